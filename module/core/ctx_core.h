@@ -1,0 +1,97 @@
+/* ctx_core.h - the ctxlink validation core.
+ *
+ * Loads schemas from serialized FileDescriptorSets and checks payloads against
+ * them with upb. This header and its .c files never include the Redis module
+ * header: the Redis module and the SDK's cffi extension compile the very same
+ * files, so both reach the very same verdicts.
+ *
+ * Conventions (upb's): prefixed names, inputs first, a status object for
+ * errors, arenas for parse-time memory.
+ */
+#ifndef CTX_CORE_H_
+#define CTX_CORE_H_
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The outcome of a core call. Each code maps to one stable error prefix. */
+typedef enum {
+  kCtx_Ok = 0,
+  kCtx_Invalid = 1,  /* CTXINVALID: the payload fails validation */
+  kCtx_TooBig = 2,   /* CTXTOOBIG: payload or its decoded form over a limit */
+  kCtx_Version = 3,  /* CTXVERSION: version field is not expected + 1 */
+  kCtx_Schema = 4,   /* CTXSCHEMA: bad descriptor set, type, version field... */
+  kCtx_NoMemory = 5, /* allocation failed (reported as ERR) */
+} ctx_Code;
+
+#define CTX_STATUS_MSG_MAX 256
+
+typedef struct {
+  ctx_Code code;
+  char msg[CTX_STATUS_MSG_MAX]; /* human text, without the code prefix */
+} ctx_Status;
+
+/* The stable error prefix for a code ("CTXINVALID", ...; "ERR" for NoMemory). */
+const char* ctx_Code_Prefix(ctx_Code code);
+
+void ctx_Status_Clear(ctx_Status* s);
+void ctx_Status_Set(ctx_Status* s, ctx_Code code, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Limits applied to one payload. */
+typedef struct {
+  size_t max_payload_bytes; /* larger payloads: kCtx_TooBig */
+  int max_depth;            /* message nesting levels below the root */
+  bool allow_unknown;       /* accept unknown field numbers */
+} ctx_Limits;
+
+#define CTX_DEFAULT_MAX_PAYLOAD_BYTES ((size_t)1 << 20)
+#define CTX_DEFAULT_MAX_DEPTH 32
+#define CTX_MAX_DEPTH_LIMIT 100
+#define CTX_DEFAULT_MAX_SCHEMA_BYTES ((size_t)4 << 20)
+
+void ctx_Limits_Default(ctx_Limits* l);
+
+/* A compiled schema: one message type in its own upb def pool. */
+typedef struct ctx_Schema ctx_Schema;
+
+/* Builds a schema from a serialized google.protobuf.FileDescriptorSet.
+ * `vfield` may be NULL (then "version"). Files may appear in any order.
+ * Returns NULL with status kCtx_Schema (or kCtx_NoMemory) on failure. */
+ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
+                             size_t type_len, const char* vfield,
+                             size_t vfield_len, size_t max_schema_bytes,
+                             ctx_Status* status);
+
+void ctx_Schema_Free(ctx_Schema* s);
+
+const char* ctx_Schema_TypeName(const ctx_Schema* s);
+const char* ctx_Schema_VersionField(const ctx_Schema* s);
+
+/* True when `next` can read everything `prev` wrote (see docs/PROTOCOL.md,
+ * CTX.SCHEMA.SET). Otherwise false with kCtx_Schema naming the field. */
+bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
+                                ctx_Status* status);
+
+/* The version carried by a valid payload. */
+typedef struct {
+  int64_t value;
+  bool in_range; /* false when an unsigned value does not fit int64 */
+} ctx_PayloadVersion;
+
+/* Validates `buf` against `schema` under `limits`; on success fills
+ * `version` with the payload's version field. */
+bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
+                  const ctx_Limits* limits, ctx_PayloadVersion* version,
+                  ctx_Status* status);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* CTX_CORE_H_ */

@@ -1,0 +1,373 @@
+/* ctx_schema.c - building schemas from descriptor sets, and the
+ * compatibility rule between two revisions of a schema. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx_core.h"
+#include "ctx_internal.h"
+#include "google/protobuf/descriptor.upb.h"
+#include "upb/base/status.h"
+#include "upb/reflection/def.h"
+
+struct ctx_Schema {
+  upb_DefPool* pool;
+  upb_Arena* arena; /* holds the parsed FileDescriptorSet */
+  const upb_MessageDef* msg;
+  const upb_FieldDef* vfield;
+};
+
+/* ---- status ------------------------------------------------------------ */
+
+const char* ctx_Code_Prefix(ctx_Code code) {
+  switch (code) {
+    case kCtx_Ok: return "OK";
+    case kCtx_Invalid: return "CTXINVALID";
+    case kCtx_TooBig: return "CTXTOOBIG";
+    case kCtx_Version: return "CTXVERSION";
+    case kCtx_Schema: return "CTXSCHEMA";
+    case kCtx_NoMemory: return "ERR";
+  }
+  return "ERR";
+}
+
+void ctx_Status_Clear(ctx_Status* s) {
+  s->code = kCtx_Ok;
+  s->msg[0] = '\0';
+}
+
+void ctx_Status_Set(ctx_Status* s, ctx_Code code, const char* fmt, ...) {
+  va_list ap;
+  s->code = code;
+  va_start(ap, fmt);
+  vsnprintf(s->msg, sizeof(s->msg), fmt, ap);
+  va_end(ap);
+}
+
+void ctx_Limits_Default(ctx_Limits* l) {
+  l->max_payload_bytes = CTX_DEFAULT_MAX_PAYLOAD_BYTES;
+  l->max_depth = CTX_DEFAULT_MAX_DEPTH;
+  l->allow_unknown = false;
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+static bool view_eq(upb_StringView a, upb_StringView b) {
+  return a.size == b.size && (a.size == 0 || memcmp(a.data, b.data, a.size) == 0);
+}
+
+/* Prints at most 120 bytes of a name coming from the client. */
+#define NAME_FMT "%.*s"
+#define NAME_ARG(v) (int)((v).size > 120 ? 120 : (v).size), (v).data
+
+static bool is_integer_ctype(upb_CType t) {
+  return t == kUpb_CType_Int32 || t == kUpb_CType_Int64 ||
+         t == kUpb_CType_UInt32 || t == kUpb_CType_UInt64;
+}
+
+/* Adds every file of `set` to `pool`, each after the files it imports. */
+static bool add_files(upb_DefPool* pool,
+                      const google_protobuf_FileDescriptorProto* const* files,
+                      size_t n, ctx_Status* status) {
+  bool* done = calloc(n ? n : 1, sizeof(bool));
+  if (!done) {
+    ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
+    return false;
+  }
+  bool ok = false;
+  size_t loaded = 0;
+  upb_Status us;
+  for (bool progress = true; progress && loaded < n;) {
+    progress = false;
+    for (size_t i = 0; i < n; i++) {
+      if (done[i]) continue;
+      size_t ndeps;
+      const upb_StringView* deps =
+          google_protobuf_FileDescriptorProto_dependency(files[i], &ndeps);
+      bool ready = true;
+      for (size_t d = 0; d < ndeps && ready; d++) {
+        ready = upb_DefPool_FindFileByNameWithSize(pool, deps[d].data,
+                                                   deps[d].size) != NULL;
+      }
+      if (!ready) continue;
+      upb_Status_Clear(&us);
+      if (!upb_DefPool_AddFile(pool, files[i], &us)) {
+        upb_StringView name = google_protobuf_FileDescriptorProto_name(files[i]);
+        ctx_Status_Set(status, kCtx_Schema, "bad descriptor set: file '" NAME_FMT "': %s",
+                       NAME_ARG(name), upb_Status_ErrorMessage(&us));
+        goto done;
+      }
+      done[i] = true;
+      loaded++;
+      progress = true;
+    }
+  }
+  if (loaded < n) {
+    /* Name the first import that no file in the set provides. */
+    for (size_t i = 0; i < n; i++) {
+      if (done[i]) continue;
+      upb_StringView name = google_protobuf_FileDescriptorProto_name(files[i]);
+      size_t ndeps;
+      const upb_StringView* deps =
+          google_protobuf_FileDescriptorProto_dependency(files[i], &ndeps);
+      for (size_t d = 0; d < ndeps; d++) {
+        bool present = false;
+        for (size_t j = 0; j < n && !present; j++) {
+          present = view_eq(deps[d], google_protobuf_FileDescriptorProto_name(files[j]));
+        }
+        if (!present) {
+          ctx_Status_Set(status, kCtx_Schema,
+                         "bad descriptor set: missing import '" NAME_FMT
+                         "' needed by '" NAME_FMT "'",
+                         NAME_ARG(deps[d]), NAME_ARG(name));
+          goto done;
+        }
+      }
+      ctx_Status_Set(status, kCtx_Schema,
+                     "bad descriptor set: import cycle through '" NAME_FMT "'",
+                     NAME_ARG(name));
+      goto done;
+    }
+  }
+  ok = true;
+done:
+  free(done);
+  return ok;
+}
+
+ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
+                             size_t type_len, const char* vfield,
+                             size_t vfield_len, size_t max_schema_bytes,
+                             ctx_Status* status) {
+  ctx_Status_Clear(status);
+  if (fds_len > max_schema_bytes) {
+    ctx_Status_Set(status, kCtx_Schema,
+                   "bad descriptor set: %zu bytes, the limit is %zu", fds_len,
+                   max_schema_bytes);
+    return NULL;
+  }
+  if (!vfield) {
+    vfield = "version";
+    vfield_len = 7;
+  }
+  ctx_Schema* s = calloc(1, sizeof(*s));
+  if (!s) goto oom;
+  s->arena = upb_Arena_New();
+  s->pool = upb_DefPool_New();
+  if (!s->arena || !s->pool) goto oom;
+
+  google_protobuf_FileDescriptorSet* set =
+      google_protobuf_FileDescriptorSet_parse(fds, fds_len, s->arena);
+  if (!set) {
+    ctx_Status_Set(status, kCtx_Schema,
+                   "bad descriptor set: not a serialized FileDescriptorSet");
+    goto fail;
+  }
+  size_t n;
+  const google_protobuf_FileDescriptorProto* const* files =
+      google_protobuf_FileDescriptorSet_file(set, &n);
+  if (n == 0) {
+    ctx_Status_Set(status, kCtx_Schema, "bad descriptor set: it holds no file");
+    goto fail;
+  }
+  for (size_t i = 0; i < n; i++) {
+    upb_StringView a = google_protobuf_FileDescriptorProto_name(files[i]);
+    for (size_t j = i + 1; j < n; j++) {
+      if (view_eq(a, google_protobuf_FileDescriptorProto_name(files[j]))) {
+        ctx_Status_Set(status, kCtx_Schema,
+                       "bad descriptor set: file '" NAME_FMT "' appears twice",
+                       NAME_ARG(a));
+        goto fail;
+      }
+    }
+  }
+  if (!add_files(s->pool, files, n, status)) goto fail;
+
+  upb_StringView tv = {type, type_len};
+  s->msg = upb_DefPool_FindMessageByNameWithSize(s->pool, type, type_len);
+  if (!s->msg) {
+    ctx_Status_Set(status, kCtx_Schema,
+                   "message type '" NAME_FMT "' is not in the descriptor set",
+                   NAME_ARG(tv));
+    goto fail;
+  }
+  upb_StringView vv = {vfield, vfield_len};
+  s->vfield = upb_MessageDef_FindFieldByNameWithSize(s->msg, vfield, vfield_len);
+  if (!s->vfield) {
+    ctx_Status_Set(status, kCtx_Schema,
+                   "message '%s' has no top-level field '" NAME_FMT
+                   "' to hold the context version",
+                   upb_MessageDef_FullName(s->msg), NAME_ARG(vv));
+    goto fail;
+  }
+  if (upb_FieldDef_IsRepeated(s->vfield) ||
+      !is_integer_ctype(upb_FieldDef_CType(s->vfield))) {
+    ctx_Status_Set(status, kCtx_Schema,
+                   "version field '%s' of '%s' must be a singular integer field",
+                   upb_FieldDef_Name(s->vfield), upb_MessageDef_FullName(s->msg));
+    goto fail;
+  }
+  return s;
+
+oom:
+  ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
+fail:
+  ctx_Schema_Free(s);
+  return NULL;
+}
+
+void ctx_Schema_Free(ctx_Schema* s) {
+  if (!s) return;
+  if (s->pool) upb_DefPool_Free(s->pool);
+  if (s->arena) upb_Arena_Free(s->arena);
+  free(s);
+}
+
+const char* ctx_Schema_TypeName(const ctx_Schema* s) {
+  return upb_MessageDef_FullName(s->msg);
+}
+
+const char* ctx_Schema_VersionField(const ctx_Schema* s) {
+  return upb_FieldDef_Name(s->vfield);
+}
+
+const upb_MessageDef* ctx_Schema_MessageDef(const ctx_Schema* s) { return s->msg; }
+const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s) {
+  return s->vfield;
+}
+
+/* ---- compatibility --------------------------------------------------------- */
+
+typedef enum {
+  kWire_Varint,
+  kWire_ZigZag,
+  kWire_Fixed32,
+  kWire_Fixed64,
+  kWire_Bytes,
+  kWire_Message,
+  kWire_Group,
+} wire_class;
+
+static wire_class field_class(const upb_FieldDef* f) {
+  switch (upb_FieldDef_Type(f)) {
+    case kUpb_FieldType_Int32:
+    case kUpb_FieldType_Int64:
+    case kUpb_FieldType_UInt32:
+    case kUpb_FieldType_UInt64:
+    case kUpb_FieldType_Bool:
+    case kUpb_FieldType_Enum:
+      return kWire_Varint;
+    case kUpb_FieldType_SInt32:
+    case kUpb_FieldType_SInt64:
+      return kWire_ZigZag;
+    case kUpb_FieldType_Fixed32:
+    case kUpb_FieldType_SFixed32:
+    case kUpb_FieldType_Float:
+      return kWire_Fixed32;
+    case kUpb_FieldType_Fixed64:
+    case kUpb_FieldType_SFixed64:
+    case kUpb_FieldType_Double:
+      return kWire_Fixed64;
+    case kUpb_FieldType_String:
+    case kUpb_FieldType_Bytes:
+      return kWire_Bytes;
+    case kUpb_FieldType_Message:
+      return kWire_Message;
+    case kUpb_FieldType_Group:
+      return kWire_Group;
+  }
+  return kWire_Bytes;
+}
+
+typedef struct {
+  const upb_MessageDef* prev;
+  const upb_MessageDef* next;
+} msg_pair;
+
+typedef struct {
+  msg_pair* items;
+  size_t len, cap;
+} pair_list;
+
+static bool pairs_push(pair_list* l, const upb_MessageDef* a,
+                       const upb_MessageDef* b) {
+  for (size_t i = 0; i < l->len; i++) {
+    if (l->items[i].prev == a && l->items[i].next == b) return true;
+  }
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 16;
+    msg_pair* items = realloc(l->items, cap * sizeof(*items));
+    if (!items) return false;
+    l->items = items;
+    l->cap = cap;
+  }
+  l->items[l->len++] = (msg_pair){a, b};
+  return true;
+}
+
+bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
+                                ctx_Status* status) {
+  ctx_Status_Clear(status);
+  pair_list work = {0};
+  bool ok = false;
+  if (!pairs_push(&work, prev->msg, next->msg)) goto oom;
+  /* `work` only grows; every pair is visited once (recursive types end). */
+  for (size_t w = 0; w < work.len; w++) {
+    const upb_MessageDef* a = work.items[w].prev;
+    const upb_MessageDef* b = work.items[w].next;
+    int na = upb_MessageDef_FieldCount(a);
+    for (int i = 0; i < na; i++) {
+      const upb_FieldDef* fa = upb_MessageDef_Field(a, i);
+      const upb_FieldDef* fb =
+          upb_MessageDef_FindFieldByNumber(b, upb_FieldDef_Number(fa));
+      if (!fb) {
+        if (upb_FieldDef_IsRequired(fa)) {
+          ctx_Status_Set(status, kCtx_Schema,
+                         "incompatible schema: required field '%s' (%u) of '%s' "
+                         "was removed (use FORCE to override)",
+                         upb_FieldDef_Name(fa), (unsigned)upb_FieldDef_Number(fa),
+                         upb_MessageDef_FullName(a));
+          goto done;
+        }
+        continue;
+      }
+      if (field_class(fa) != field_class(fb) ||
+          upb_FieldDef_IsRepeated(fa) != upb_FieldDef_IsRepeated(fb)) {
+        ctx_Status_Set(status, kCtx_Schema,
+                       "incompatible schema: field %u of '%s' changes from '%s' to "
+                       "'%s' with another type or cardinality (use FORCE to override)",
+                       (unsigned)upb_FieldDef_Number(fa), upb_MessageDef_FullName(a),
+                       upb_FieldDef_Name(fa), upb_FieldDef_Name(fb));
+        goto done;
+      }
+      if (upb_FieldDef_IsSubMessage(fa) &&
+          !pairs_push(&work, upb_FieldDef_MessageSubDef(fa),
+                      upb_FieldDef_MessageSubDef(fb))) {
+        goto oom;
+      }
+    }
+    int nb = upb_MessageDef_FieldCount(b);
+    for (int i = 0; i < nb; i++) {
+      const upb_FieldDef* fb = upb_MessageDef_Field(b, i);
+      if (!upb_FieldDef_IsRequired(fb)) continue;
+      const upb_FieldDef* fa =
+          upb_MessageDef_FindFieldByNumber(a, upb_FieldDef_Number(fb));
+      if (!fa || !upb_FieldDef_IsRequired(fa)) {
+        ctx_Status_Set(status, kCtx_Schema,
+                       "incompatible schema: new required field '%s' (%u) in '%s' "
+                       "(use FORCE to override)",
+                       upb_FieldDef_Name(fb), (unsigned)upb_FieldDef_Number(fb),
+                       upb_MessageDef_FullName(b));
+        goto done;
+      }
+    }
+  }
+  ok = true;
+  goto done;
+oom:
+  ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
+done:
+  free(work.items);
+  return ok;
+}

@@ -1,0 +1,427 @@
+/* ctx_validate.c - checking one payload against a schema.
+ *
+ * Two passes, both bounded by the payload:
+ *   1. a wire walk driven by the message definition: structure, wire types,
+ *      unknown fields, UTF-8, closed enums and depth, with the exact field
+ *      path in every error (upb's decoder accepts unknown fields and keeps
+ *      wrongly typed known fields as unknown data, so this policy must be
+ *      enforced here);
+ *   2. upb_Decode with required-field checks into an arena with a byte budget,
+ *      which also yields the version field.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx_core.h"
+#include "ctx_internal.h"
+#include "upb/mem/arena.h"
+#include "upb/reflection/message.h"
+#include "upb/util/required_fields.h"
+#include "upb/wire/decode.h"
+#include "utf8_range.h"
+
+enum {
+  kWT_Varint = 0,
+  kWT_Fixed64 = 1,
+  kWT_Delimited = 2,
+  kWT_StartGroup = 3,
+  kWT_EndGroup = 4,
+  kWT_Fixed32 = 5,
+};
+
+/* One message being walked; the chain leads back to the root. */
+typedef struct frame {
+  const struct frame* parent;
+  const upb_FieldDef* field;  /* the field in `parent` holding this message */
+  const char* parent_start;   /* start of the parent message's bytes */
+  const char* field_tag;      /* where that field's tag starts in the parent */
+} frame;
+
+typedef struct {
+  const ctx_Limits* limits;
+  ctx_Status* status;
+} walker;
+
+/* ---- wire primitives --------------------------------------------------------- */
+
+/* Reads a varint of at most 10 bytes whose value fits 64 bits. */
+static const char* read_varint(const char* p, const char* end, uint64_t* out) {
+  uint64_t v = 0;
+  for (int i = 0; i < 10; i++) {
+    if (p >= end) return NULL;
+    uint8_t b = (uint8_t)*p++;
+    if (i == 9 && b > 1) return NULL;
+    v |= (uint64_t)(b & 0x7f) << (7 * i);
+    if (!(b & 0x80)) {
+      *out = v;
+      return p;
+    }
+  }
+  return NULL;
+}
+
+static int expected_wire_type(const upb_FieldDef* f) {
+  switch (upb_FieldDef_Type(f)) {
+    case kUpb_FieldType_Double:
+    case kUpb_FieldType_Fixed64:
+    case kUpb_FieldType_SFixed64:
+      return kWT_Fixed64;
+    case kUpb_FieldType_Float:
+    case kUpb_FieldType_Fixed32:
+    case kUpb_FieldType_SFixed32:
+      return kWT_Fixed32;
+    case kUpb_FieldType_String:
+    case kUpb_FieldType_Bytes:
+    case kUpb_FieldType_Message:
+      return kWT_Delimited;
+    case kUpb_FieldType_Group:
+      return kWT_StartGroup;
+    default:
+      return kWT_Varint;
+  }
+}
+
+/* Skips one value of wire type `wt` whose tag was just read (value checks only
+ * for structure). Groups nest, bounded by the depth limit. */
+static const char* skip_value(const char* p, const char* end, uint32_t number,
+                              int wt, int depth, int max_depth) {
+  uint64_t v;
+  switch (wt) {
+    case kWT_Varint:
+      return read_varint(p, end, &v);
+    case kWT_Fixed64:
+      return end - p < 8 ? NULL : p + 8;
+    case kWT_Fixed32:
+      return end - p < 4 ? NULL : p + 4;
+    case kWT_Delimited:
+      p = read_varint(p, end, &v);
+      if (!p || v > (uint64_t)(end - p)) return NULL;
+      return p + v;
+    case kWT_StartGroup:
+      if (depth + 1 > max_depth) return NULL;
+      while (p < end) {
+        uint64_t tag;
+        p = read_varint(p, end, &tag);
+        if (!p || tag > UINT32_MAX || (tag >> 3) == 0) return NULL;
+        int w = (int)(tag & 7);
+        if (w == kWT_EndGroup) return (tag >> 3) == number ? p : NULL;
+        p = skip_value(p, end, (uint32_t)(tag >> 3), w, depth + 1, max_depth);
+        if (!p) return NULL;
+      }
+      return NULL;
+    default:
+      return NULL;
+  }
+}
+
+/* ---- error paths --------------------------------------------------------------- */
+
+/* How many times field `number` occurs in [start, stop), bytes already walked. */
+static size_t count_occurrences(const char* start, const char* stop,
+                                uint32_t number) {
+  size_t n = 0;
+  const char* p = start;
+  while (p && p < stop) {
+    uint64_t tag;
+    p = read_varint(p, stop, &tag);
+    if (!p) break;
+    if ((tag >> 3) == number) n++;
+    p = skip_value(p, stop, (uint32_t)(tag >> 3), (int)(tag & 7), 0,
+                   CTX_MAX_DEPTH_LIMIT + 1);
+  }
+  return n;
+}
+
+static size_t append(char* buf, size_t size, size_t at, const char* s) {
+  size_t len = strlen(s);
+  if (at < size) {
+    size_t room = size - at - 1;
+    memcpy(buf + at, s, len < room ? len : room);
+    buf[at + (len < room ? len : room)] = '\0';
+  }
+  return at + len;
+}
+
+static size_t frame_path(const frame* fr, char* buf, size_t size) {
+  if (!fr || !fr->field) return 0;
+  size_t at = frame_path(fr->parent, buf, size);
+  if (at) at = append(buf, size, at, ".");
+  at = append(buf, size, at, upb_FieldDef_Name(fr->field));
+  if (upb_FieldDef_IsRepeated(fr->field)) {
+    char idx[32];
+    snprintf(idx, sizeof(idx), "[%zu]",
+             count_occurrences(fr->parent_start, fr->field_tag,
+                               upb_FieldDef_Number(fr->field)));
+    at = append(buf, size, at, idx);
+  }
+  return at;
+}
+
+static bool fail_at(walker* w, const frame* fr, const upb_FieldDef* f,
+                    uint32_t number, const char* why) {
+  char path[160];
+  path[0] = '\0';
+  size_t at = frame_path(fr, path, sizeof(path));
+  if (f) {
+    if (at) at = append(path, sizeof(path), at, ".");
+    append(path, sizeof(path), at, upb_FieldDef_Name(f));
+    ctx_Status_Set(w->status, kCtx_Invalid, "field '%s' (%u): %s", path,
+                   (unsigned)number, why);
+  } else if (number) {
+    ctx_Status_Set(w->status, kCtx_Invalid, "%s%sfield %u: %s", path,
+                   path[0] ? ": " : "", (unsigned)number, why);
+  } else {
+    ctx_Status_Set(w->status, kCtx_Invalid, "%s%s%s", path[0] ? path : "",
+                   path[0] ? ": " : "", why);
+  }
+  return false;
+}
+
+/* ---- the walk ------------------------------------------------------------------- */
+
+static bool closed_enum_ok(const upb_FieldDef* f, uint64_t v) {
+  if (upb_FieldDef_CType(f) != kUpb_CType_Enum) return true;
+  const upb_EnumDef* e = upb_FieldDef_EnumSubDef(f);
+  if (!upb_EnumDef_IsClosed(e)) return true;
+  return upb_EnumDef_CheckNumber(e, (int32_t)v);
+}
+
+static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
+                         const char* p, const char* end, int depth,
+                         uint32_t group_number, const char** group_end);
+
+/* A packed run of scalars of field `f`. */
+static bool walk_packed(walker* w, const frame* fr, const upb_FieldDef* f,
+                        uint32_t number, const char* p, const char* end) {
+  int wt = expected_wire_type(f);
+  if (wt == kWT_Fixed32 || wt == kWT_Fixed64) {
+    size_t unit = wt == kWT_Fixed32 ? 4 : 8;
+    if ((size_t)(end - p) % unit) {
+      return fail_at(w, fr, f, number, "packed length is not a multiple of the element size");
+    }
+    return true;
+  }
+  while (p < end) {
+    uint64_t v;
+    p = read_varint(p, end, &v);
+    if (!p) return fail_at(w, fr, f, number, "malformed varint in packed field");
+    if (!closed_enum_ok(f, v)) {
+      return fail_at(w, fr, f, number, "value is not in the enum");
+    }
+  }
+  return true;
+}
+
+static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
+                         const char* p, const char* end, int depth,
+                         uint32_t group_number, const char** group_end) {
+  const char* start = p;
+  char why[96];
+  while (p < end) {
+    const char* tag_at = p;
+    uint64_t tag;
+    p = read_varint(p, end, &tag);
+    if (!p) return fail_at(w, fr, NULL, 0, "malformed tag");
+    if (tag > UINT32_MAX) return fail_at(w, fr, NULL, 0, "tag out of range");
+    uint32_t number = (uint32_t)(tag >> 3);
+    int wt = (int)(tag & 7);
+    if (number == 0) return fail_at(w, fr, NULL, 0, "field number 0");
+    if (wt == kWT_EndGroup) {
+      if (group_number && number == group_number) {
+        *group_end = p;
+        return true;
+      }
+      return fail_at(w, fr, NULL, number, "unmatched end-group");
+    }
+    if (wt > kWT_Fixed32) return fail_at(w, fr, NULL, number, "invalid wire type");
+
+    const upb_FieldDef* f = upb_MessageDef_FindFieldByNumber(m, number);
+    if (!f) {
+      if (!w->limits->allow_unknown) {
+        return fail_at(w, fr, NULL, number, "unknown field");
+      }
+      p = skip_value(p, end, number, wt, depth, w->limits->max_depth);
+      if (!p) return fail_at(w, fr, NULL, number, "malformed value");
+      continue;
+    }
+
+    int want = expected_wire_type(f);
+    bool packed = wt == kWT_Delimited && want != kWT_Delimited &&
+                  want != kWT_StartGroup && upb_FieldDef_IsRepeated(f);
+    if (wt != want && !packed) {
+      snprintf(why, sizeof(why), "wire type %d, expected %d", wt, want);
+      return fail_at(w, fr, f, number, why);
+    }
+
+    uint64_t v;
+    switch (wt) {
+      case kWT_Varint:
+        p = read_varint(p, end, &v);
+        if (!p) return fail_at(w, fr, f, number, "malformed varint");
+        if (!closed_enum_ok(f, v)) {
+          return fail_at(w, fr, f, number, "value is not in the enum");
+        }
+        break;
+      case kWT_Fixed64:
+      case kWT_Fixed32: {
+        size_t unit = wt == kWT_Fixed32 ? 4 : 8;
+        if ((size_t)(end - p) < unit) return fail_at(w, fr, f, number, "truncated");
+        p += unit;
+        break;
+      }
+      case kWT_Delimited: {
+        p = read_varint(p, end, &v);
+        if (!p) return fail_at(w, fr, f, number, "malformed length");
+        if (v > (uint64_t)(end - p)) {
+          return fail_at(w, fr, f, number, "length runs past the end");
+        }
+        const char* vend = p + v;
+        if (packed) {
+          if (!walk_packed(w, fr, f, number, p, vend)) return false;
+        } else if (upb_FieldDef_CType(f) == kUpb_CType_String) {
+          if (!utf8_range_IsValid(p, (size_t)v)) {
+            return fail_at(w, fr, f, number, "invalid UTF-8");
+          }
+        } else if (upb_FieldDef_CType(f) == kUpb_CType_Message) {
+          if (depth + 1 > w->limits->max_depth) {
+            snprintf(why, sizeof(why), "nesting deeper than %d levels",
+                     w->limits->max_depth);
+            return fail_at(w, fr, f, number, why);
+          }
+          frame child = {fr, f, start, tag_at};
+          if (!walk_message(w, &child, upb_FieldDef_MessageSubDef(f), p, vend,
+                            depth + 1, 0, NULL)) {
+            return false;
+          }
+        }
+        p = vend;
+        break;
+      }
+      case kWT_StartGroup: {
+        if (depth + 1 > w->limits->max_depth) {
+          snprintf(why, sizeof(why), "nesting deeper than %d levels",
+                   w->limits->max_depth);
+          return fail_at(w, fr, f, number, why);
+        }
+        frame child = {fr, f, start, tag_at};
+        const char* after = NULL;
+        if (!walk_message(w, &child, upb_FieldDef_MessageSubDef(f), p, end,
+                          depth + 1, number, &after)) {
+          return false;
+        }
+        p = after;
+        break;
+      }
+    }
+  }
+  if (group_number) return fail_at(w, fr, NULL, group_number, "group is not closed");
+  return true;
+}
+
+/* ---- decoding with a budget ------------------------------------------------------ */
+
+/* An upb_alloc that refuses to go past a byte budget instead of aborting. */
+typedef struct {
+  upb_alloc alloc;
+  size_t used;
+  size_t budget;
+} budget_alloc;
+
+static void* budget_fn(upb_alloc* a, void* ptr, size_t oldsize, size_t size,
+                       size_t* actual_size) {
+  budget_alloc* b = (budget_alloc*)a;
+  if (size == 0) {
+    free(ptr);
+    b->used -= oldsize <= b->used ? oldsize : b->used;
+    return NULL;
+  }
+  if (size > oldsize && size - oldsize > b->budget - b->used) return NULL;
+  void* q = realloc(ptr, size);
+  if (!q) return NULL;
+  b->used = b->used - oldsize + size;
+  if (actual_size) *actual_size = size;
+  return q;
+}
+
+static bool read_version(const upb_Message* msg, const upb_FieldDef* f,
+                         ctx_PayloadVersion* out) {
+  upb_MessageValue v = upb_Message_GetFieldByDef(msg, f);
+  out->in_range = true;
+  switch (upb_FieldDef_CType(f)) {
+    case kUpb_CType_Int32: out->value = v.int32_val; break;
+    case kUpb_CType_UInt32: out->value = v.uint32_val; break;
+    case kUpb_CType_Int64: out->value = v.int64_val; break;
+    case kUpb_CType_UInt64:
+      out->in_range = v.uint64_val <= (uint64_t)INT64_MAX;
+      out->value = out->in_range ? (int64_t)v.uint64_val : -1;
+      break;
+    default: return false;
+  }
+  return true;
+}
+
+bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
+                  const ctx_Limits* limits, ctx_PayloadVersion* version,
+                  ctx_Status* status) {
+  ctx_Status_Clear(status);
+  if (len > limits->max_payload_bytes) {
+    ctx_Status_Set(status, kCtx_TooBig, "payload is %zu bytes, the limit is %zu",
+                   len, limits->max_payload_bytes);
+    return false;
+  }
+  const upb_MessageDef* m = ctx_Schema_MessageDef(schema);
+  walker w = {limits, status};
+  frame root = {NULL, NULL, buf, buf};
+  if (!walk_message(&w, &root, m, buf, buf + len, 0, 0, NULL)) return false;
+
+  /* The walk passed; now decode for real. Depth is already enforced above, so
+   * upb gets some slack rather than a second, possibly different, count. */
+  char first_block[4096];
+  budget_alloc ba = {{budget_fn}, 0, 64 * len + (64u << 10)};
+  upb_Arena* arena = upb_Arena_Init(first_block, sizeof(first_block), &ba.alloc);
+  if (!arena) {
+    ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
+    return false;
+  }
+  bool ok = false;
+  const upb_MiniTable* mt = upb_MessageDef_MiniTable(m);
+  upb_Message* msg = upb_Message_New(mt, arena);
+  if (!msg) {
+    ctx_Status_Set(status, kCtx_TooBig, "decoded payload exceeds the memory budget");
+    goto done;
+  }
+  int opts = kUpb_DecodeOption_CheckRequired |
+             kUpb_DecodeOption_AlwaysValidateUtf8 |
+             (int)upb_DecodeOptions_MaxDepth((uint16_t)(limits->max_depth + 2));
+  upb_DecodeStatus ds = upb_Decode(buf, len, msg, mt, NULL, opts, arena);
+  if (ds == kUpb_DecodeStatus_MissingRequired) {
+    upb_FieldPathEntry* missing = NULL;
+    char path[160] = "?";
+    if (upb_util_HasUnsetRequired(msg, m, NULL, &missing) && missing) {
+      upb_FieldPathEntry* it = missing;
+      upb_FieldPath_ToText(&it, path, sizeof(path));
+    }
+    free(missing);
+    ctx_Status_Set(status, kCtx_Invalid, "field '%s': required field is missing",
+                   path);
+    goto done;
+  }
+  if (ds == kUpb_DecodeStatus_OutOfMemory) {
+    ctx_Status_Set(status, kCtx_TooBig, "decoded payload exceeds the memory budget");
+    goto done;
+  }
+  if (ds != kUpb_DecodeStatus_Ok) {
+    ctx_Status_Set(status, kCtx_Invalid, "payload rejected by the decoder: %s",
+                   upb_DecodeStatus_String(ds));
+    goto done;
+  }
+  if (!read_version(msg, ctx_Schema_VersionFieldDef(schema), version)) {
+    ctx_Status_Set(status, kCtx_Schema, "version field is not an integer");
+    goto done;
+  }
+  ok = true;
+done:
+  upb_Arena_Free(arena);
+  return ok;
+}

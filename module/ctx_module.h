@@ -1,0 +1,78 @@
+/* ctx_module.h - what the module's files share: configuration, counters,
+ * the schema registry and the command handlers. */
+#ifndef CTX_MODULE_H_
+#define CTX_MODULE_H_
+
+#include "core/ctx_core.h"
+#include "rm.h"
+
+/* ---- configuration (module arguments, fixed at load) ---- */
+typedef struct {
+  ctx_Limits limits;
+  size_t max_schema_bytes;
+} ctx_Config;
+
+extern ctx_Config ctx_config;
+
+/* ---- INFO ctx counters ---- */
+typedef struct {
+  long long cas_ok;
+  long long cas_conflicts;
+  long long del_ok;
+  long long get_hits;
+  long long get_misses;
+  long long rejected_invalid;
+  long long rejected_version;
+  long long rejected_toobig;
+  long long rejected_schema;
+} ctx_Stats;
+
+extern ctx_Stats ctx_stats;
+
+/* Replies with "<CODE> <message>" for a core status. Always returns
+ * REDISMODULE_OK so handlers can `return ctx_ReplyStatus(...)`. */
+int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st);
+
+/* ---- the schema registry (registry.c) ---- */
+
+/* The registry's key names (see docs/PROTOCOL.md, "Schema registry"). */
+#define CTX_REGISTRY_PREFIX "__ctx:schema:"
+#define CTX_REGISTRY_INDEX "__ctx:schemas"
+#define CTX_SCHEMA_NAME_MAX 128
+
+/* True when `name` is a legal schema name; else replies CTXSCHEMA. */
+int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name);
+
+RedisModuleString *ctx_Registry_KeyName(RedisModuleCtx *ctx, const char *name,
+                                        size_t len);
+
+/* The compiled newest revision of schema `name`, or NULL with st set
+ * (CTXSCHEMA unknown schema / entry that does not compile). The schema stays
+ * owned by the cache; valid until the next registry call. */
+const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
+                                       size_t len, ctx_Status *st);
+
+/* Puts a freshly built schema in the cache under `digest` (takes ownership). */
+void ctx_Registry_Remember(const char *name, size_t len, const char *digest,
+                           ctx_Schema *schema);
+void ctx_Registry_Forget(const char *name, size_t len);
+void ctx_Registry_Clear(void);
+long long ctx_Registry_CacheSize(void);
+int ctx_Registry_Init(RedisModuleCtx *ctx);
+
+/* Hex SHA-1 of type, vfield and fds (each length-prefixed): the registry
+ * entry's `digest` field. `out` has room for 41 bytes. */
+void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
+                         size_t vfield_len, const char *fds, size_t fds_len,
+                         char out[41]);
+
+/* ---- command handlers ---- */
+int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_SchemaDelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+
+#endif /* CTX_MODULE_H_ */
