@@ -1,0 +1,24 @@
+--[[
+  schema_del.lua - CTX.SCHEMA.DEL for servers without the module.
+
+  KEYS[1]  "__ctx:schema:<name>"
+  KEYS[2]  "__ctx:schemas"
+  ARGV[1]  name
+
+  Replies:
+    1  a schema was removed (DEL of the entry and/or SREM of the name)
+    0  there was none
+  Contexts using the schema stay readable and deletable; cas.lua refuses writes to them with
+  "CTXSCHEMA unknown schema" until the name is registered again.
+]]
+
+local removed = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('DEL', KEYS[1]) > 0 then removed = 1 end
+end
+local t = redis.call('TYPE', KEYS[2])
+if type(t) == 'table' then t = t.ok end
+if t == 'set' or t == 'none' then
+  if redis.call('SREM', KEYS[2], ARGV[1]) > 0 then removed = 1 end
+end
+return removed

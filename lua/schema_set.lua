@@ -1,0 +1,80 @@
+--[[
+  schema_set.lua - the registry write of CTX.SCHEMA.SET for servers without the module
+  (docs/PROTOCOL.md, "Schema registry" and "Lua engine").
+
+  The SDK parses the descriptor set, checks the message type, the version field and the
+  compatibility with the revision it read (and FORCE) in Python, compiles the plan, then calls:
+
+  KEYS[1]  "__ctx:schema:<name>"   the registry entry
+  KEYS[2]  "__ctx:schemas"         the set of registered names
+  ARGV[1]  name
+  ARGV[2]  message type (full name)
+  ARGV[3]  serialized FileDescriptorSet
+  ARGV[4]  version field name ("version" unless VERSIONFIELD)
+  ARGV[5]  plan (canonical JSON, its "digest" must be the entry's digest; "" for none)
+  ARGV[6]  the revision the SDK read before checking compatibility (0 = no entry)
+
+  digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes.
+
+  Replies:
+    the revision (integer). When the entry already holds this very definition (same digest)
+    nothing is written and the current revision is returned. Otherwise
+    HSET KEYS[1] type fds revision vfield digest plan + SADD KEYS[2] name, revision + 1.
+  Errors:
+    CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
+    CTXSCHEMA the registry key does not match the name
+    CTXSCHEMA the registry key holds another type
+    CTXSCHEMA the plan does not belong to this definition   (plan digest != digest)
+    CTXSCHEMA concurrent registration, retry   (the entry's revision is not ARGV[6])
+]]
+
+local entry, index = KEYS[1], KEYS[2]
+local name, mtype, fds, vfield, plan = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local seen = tonumber(ARGV[6]) or 0
+
+if #name < 1 or #name > 128 or not string.find(name, '^[A-Za-z0-9_.:%-]+$') then
+  return redis.error_reply('CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
+end
+if entry ~= '__ctx:schema:' .. name then
+  return redis.error_reply('CTXSCHEMA the registry key does not match the name')
+end
+
+local t = redis.call('TYPE', entry)
+if type(t) == 'table' then t = t.ok end
+if t ~= 'none' and t ~= 'hash' then
+  return redis.error_reply('CTXSCHEMA the registry key holds another type')
+end
+
+local digest = redis.sha1hex(#mtype .. ':' .. mtype .. #vfield .. ':' .. vfield .. fds)
+if plan ~= '' then
+  local ok, p = pcall(cjson.decode, plan)
+  if not ok or type(p) ~= 'table' or p.digest ~= digest then
+    return redis.error_reply('CTXSCHEMA the plan does not belong to this definition')
+  end
+end
+
+local revision = 0
+if t == 'hash' then
+  local h = redis.call('HMGET', entry, 'revision', 'digest')
+  local r = h[1] and string.find(h[1], '^%d+$') and tonumber(h[1]) or 0
+  revision = r
+  if h[2] == digest and revision > 0 then
+    return revision -- the very same definition: nothing changes
+  end
+end
+if revision ~= seen then
+  return redis.error_reply('CTXSCHEMA concurrent registration, retry')
+end
+
+revision = revision + 1
+local rs = string.format('%.0f', revision)
+if plan ~= '' then
+  redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', rs, 'vfield', vfield,
+    'digest', digest, 'plan', plan)
+else
+  redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', rs, 'vfield', vfield,
+    'digest', digest)
+  redis.call('HDEL', entry, 'plan')
+end
+redis.call('SADD', index, name)
+return revision

@@ -1,0 +1,768 @@
+"""The Lua engine (lua/*.lua) against the module, on real servers.
+
+One stock redis-server runs the scripts (SCRIPT LOAD + EVALSHA); two servers with the module
+(unknown-fields reject / allow, both with a small max-payload-bytes and max-depth) give the
+reference answers. The parity corpus sends every payload to CTX.CAS and to cas.lua and wants
+the same decision, the same error code and the same stored hash.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "sdk"))
+
+from ctxlink._plan import compile_plan, registry_digest  # noqa: E402
+from ctxlink.embedded import EmbeddedRedis, find_module  # noqa: E402
+
+LUA_DIR = ROOT / "lua"
+SCRIPTS = ("get", "cas", "del", "schema_set", "schema_plan", "schema_get", "schema_list",
+           "schema_del")
+MAX_PAYLOAD = 2048
+MAX_DEPTH = 8
+ORDER = "ctxlink.example.Order"
+TREE = "ctxlink.test.lua.Tree"
+CODES = ("ERR", "WRONGTYPE", "CTXSCHEMA", "CTXINVALID", "CTXVERSION", "CTXTOOBIG")
+
+
+# --------------------------------------------------------------------------- wire writing
+
+def varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def long_varint(n: int, length: int) -> bytes:
+    """``n`` written with exactly ``length`` bytes (padding with continuation bytes)."""
+    out = bytearray()
+    for i in range(length):
+        b = (n >> (7 * i)) & 0x7F
+        out.append(b | (0x80 if i < length - 1 else 0))
+    return bytes(out)
+
+
+def tag(num: int, wt: int) -> bytes:
+    return varint((num << 3) | wt)
+
+
+def f_varint(num: int, v: int) -> bytes:
+    return tag(num, 0) + varint(v)
+
+
+def f_len(num: int, data: bytes) -> bytes:
+    return tag(num, 2) + varint(len(data)) + data
+
+
+def f_fixed32(num: int, v: int) -> bytes:
+    return tag(num, 5) + (v & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def f_fixed64(num: int, v: int) -> bytes:
+    return tag(num, 1) + (v & ((1 << 64) - 1)).to_bytes(8, "little")
+
+
+def f_group(num: int, body: bytes) -> bytes:
+    return tag(num, 3) + body + tag(num, 4)
+
+
+def zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63)
+
+
+def tag_positions(data: bytes) -> list[int]:
+    """Offsets of the top-level tags of a well-formed message."""
+    out, i = [], 0
+    while i < len(data):
+        out.append(i)
+        t, i = read_varint(data, i)
+        wt = t & 7
+        if wt == 0:
+            _, i = read_varint(data, i)
+        elif wt == 1:
+            i += 8
+        elif wt == 5:
+            i += 4
+        elif wt == 2:
+            n, i = read_varint(data, i)
+            i += n
+        else:
+            break
+    return out
+
+
+def read_varint(data: bytes, i: int) -> tuple[int, int]:
+    v, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def _compile(include: Path, name: str, out: Path) -> bytes:
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{include}",
+                    "--include_imports", f"--descriptor_set_out={out}", name],
+                   check=True, capture_output=True, cwd=include)
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fds(tmp_path_factory) -> dict[str, bytes]:
+    d = tmp_path_factory.mktemp("luaprotos")
+    return {
+        "order": _compile(ROOT / "proto", "order.proto", d / "order.pb"),
+        "tree": _compile(Path(__file__).resolve().parent, "tree.proto", d / "tree.pb"),
+    }
+
+
+@pytest.fixture(scope="module")
+def stock():
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def modules():
+    limits = ["max-payload-bytes", str(MAX_PAYLOAD), "max-depth", str(MAX_DEPTH)]
+    with EmbeddedRedis(module=find_module(), module_args=limits) as rej, \
+            EmbeddedRedis(module=find_module(),
+                          module_args=limits + ["unknown-fields", "allow"]) as allow:
+        yield {"reject": rej, "allow": allow}
+
+
+class Lua:
+    """The scripts on one connection, called the way the SDK calls them."""
+
+    def __init__(self, r: redis.Redis):
+        self.r = r
+        self.sha = {n: r.script_load((LUA_DIR / f"{n}.lua").read_text()) for n in SCRIPTS}
+
+    def call(self, script: str, keys: list, args: list) -> Any:
+        return self.r.evalsha(self.sha[script], len(keys), *keys, *args)
+
+    def schema_set(self, name: str, mtype: str, fds: bytes, vfield: str = "version",
+                   seen: int = 0) -> Any:
+        digest = registry_digest(mtype, vfield, fds)
+        plan = compile_plan(fds, mtype, vfield, digest)
+        return self.call("schema_set", [f"__ctx:schema:{name}", "__ctx:schemas"],
+                         [name, mtype, fds, vfield, plan, seen])
+
+    def cas(self, key: str, expected: Any, payload: bytes, schema: str | None = None,
+            by: str = "", unknown: str = "reject", stored_schema: str | None = None) -> Any:
+        name = schema or stored_schema
+        return self.call("cas", [key, f"__ctx:schema:{name}"],
+                         [expected, payload, 1 if schema else 0, by, MAX_PAYLOAD, MAX_DEPTH,
+                          unknown])
+
+    def get(self, key: str) -> Any:
+        return self.call("get", [key], [])
+
+    def delete(self, key: str, expected: Any) -> Any:
+        return self.call("del", [key], [expected])
+
+
+def module_cas(r: redis.Redis, key: str, expected: Any, payload: bytes,
+               schema: str | None = None, by: str = "") -> Any:
+    args: list[Any] = ["CTX.CAS", key, expected, payload]
+    if schema:
+        args += ["SCHEMA", schema]
+    if by:
+        args += ["BY", by]
+    return r.execute_command(*args)
+
+
+def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return ("ok", fn())
+    except redis.ResponseError as e:
+        return ("err", str(e).split(" ", 1)[0])
+
+
+@pytest.fixture(scope="module")
+def lua(stock) -> Lua:
+    return Lua(stock.client())
+
+
+@pytest.fixture(scope="module")
+def registered(lua, modules, fds):
+    for server in modules.values():
+        r = server.client()
+        assert r.execute_command("CTX.SCHEMA.SET", "order", ORDER, fds["order"]) == 1
+        assert r.execute_command("CTX.SCHEMA.SET", "tree", TREE, fds["tree"]) == 1
+    assert lua.schema_set("order", ORDER, fds["order"]) == 1
+    assert lua.schema_set("tree", TREE, fds["tree"]) == 1
+    return True
+
+
+# --------------------------------------------------------------------------- registry
+
+TREE_PLAN = (
+    '{"v":1,"digest":"D","vf":1,"vk":"int64","m":['
+    '{"f":{"1":["v",0,0],"2":["s",0,0],"3":["m",1,0],"4":["m",0,0],"5":["m",0,1],'
+    '"6":["m",1,1],"7":["e",0,0],"8":["e",1,0],"9":["e",1,0],"10":["g",0,2],'
+    '"14":["z",1,0],"15":["4",1,0],"16":["8",1,0],"17":["b",0,0],"18":["v",0,0]},"r":[]},'
+    '{"f":{"1":["s",0,0],"2":["e",0,0]},"r":[1]},'
+    '{"f":{"11":["v",0,0],"12":["s",0,0],"13":["m",0,0]},"r":[12]}],'
+    '"e":[[-3,0,1,5]]}'
+)
+
+
+def test_plan_is_breadth_first_canonical_json(fds):
+    assert compile_plan(fds["tree"], TREE, "version", "D") == TREE_PLAN
+    plan = compile_plan(fds["order"], ORDER, "version", "D")
+    assert plan.startswith('{"v":1,"digest":"D","vf":2,"vk":"int64","m":[{"f":{"1":["s",0,0],')
+    assert plan.endswith('{"f":{"1":["s",0,0],"2":["v",0,0]},"r":[]}],"e":[]}')
+
+
+def test_registry_digest_hashes_lengths_type_vfield_and_fds():
+    import hashlib
+    assert registry_digest("a.B", "version", b"\x01\x02") == hashlib.sha1(
+        b"3:a.B7:version\x01\x02").hexdigest()
+
+
+def test_compile_plan_refuses_unknown_type_and_bad_version_field(fds):
+    from ctxlink._plan import PlanError
+    with pytest.raises(PlanError):
+        compile_plan(fds["order"], "no.Such", "version", "D")
+    with pytest.raises(PlanError):
+        compile_plan(fds["order"], ORDER, "order_id", "D")
+    with pytest.raises(PlanError):
+        compile_plan(b"\xff\xff", ORDER, "version", "D")
+
+
+def test_plan_digest_equals_the_digest_the_module_writes(modules, registered, fds):
+    r = modules["reject"].client()
+    assert r.hget("__ctx:schema:order", "digest").decode() == registry_digest(
+        ORDER, "version", fds["order"])
+    assert r.hget("__ctx:schema:tree", "digest").decode() == registry_digest(
+        TREE, "version", fds["tree"])
+
+
+def test_schema_set_writes_the_same_entry_as_the_module(lua, modules, registered):
+    r = modules["reject"].client()
+    for name in ("order", "tree"):
+        mod = r.hgetall(f"__ctx:schema:{name}")
+        mine = lua.r.hgetall(f"__ctx:schema:{name}")
+        for field in (b"type", b"fds", b"revision", b"vfield", b"digest"):
+            assert mine[field] == mod[field], (name, field)
+        assert set(mod) == {b"type", b"fds", b"revision", b"vfield", b"digest"}
+        assert set(mine) == set(mod) | {b"plan"}
+    assert sorted(lua.r.smembers("__ctx:schemas")) == sorted(r.smembers("__ctx:schemas"))
+
+
+def test_same_definition_again_keeps_the_revision_and_writes_nothing(lua, registered, fds):
+    before = lua.r.hgetall("__ctx:schema:order")
+    dirty = lua.r.info("persistence")["rdb_changes_since_last_save"]
+    assert lua.schema_set("order", ORDER, fds["order"], seen=0) == 1
+    assert lua.r.hgetall("__ctx:schema:order") == before
+    assert lua.r.info("persistence")["rdb_changes_since_last_save"] == dirty
+
+
+def test_schema_set_refuses_a_stale_revision_and_bumps_a_current_one(lua, modules, fds):
+    m = modules["reject"].client()
+    name = "rev-test"
+    assert lua.schema_set(name, ORDER, fds["order"]) == 1
+    assert m.execute_command("CTX.SCHEMA.SET", name, ORDER, fds["order"]) == 1
+    # a different definition (other version field) of the same name
+    with pytest.raises(redis.ResponseError, match="^CTXSCHEMA concurrent registration"):
+        lua.schema_set(name, ORDER, fds["order"], vfield="base_price", seen=0)
+    assert lua.schema_set(name, ORDER, fds["order"], vfield="base_price", seen=1) == 2
+    assert m.execute_command("CTX.SCHEMA.SET", name, ORDER, fds["order"], "FORCE",
+                             "VERSIONFIELD", "base_price") == 2
+    for field in ("type", "fds", "revision", "vfield", "digest"):
+        assert lua.r.hget(f"__ctx:schema:{name}", field) == m.hget(f"__ctx:schema:{name}",
+                                                                     field)
+
+
+def test_invalid_schema_name_is_ctxschema(lua, fds):
+    with pytest.raises(redis.ResponseError, match="^CTXSCHEMA invalid schema name"):
+        lua.call("schema_set", ["__ctx:schema:bad name", "__ctx:schemas"],
+                 ["bad name", ORDER, fds["order"], "version", "", 0])
+
+
+def test_schema_get_list_del_reply_like_the_module(lua, modules, registered, fds):
+    m = modules["reject"].client()
+    for name in ("zeta", "Alpha", "a.b", "a-b", "a:b", "B_1"):
+        lua.schema_set(name, ORDER, fds["order"])
+        m.execute_command("CTX.SCHEMA.SET", name, ORDER, fds["order"])
+    assert lua.call("schema_list", ["__ctx:schemas"], []) == m.execute_command(
+        "CTX.SCHEMA.LIST")
+    assert lua.call("schema_get", ["__ctx:schema:zeta"], []) == m.execute_command(
+        "CTX.SCHEMA.GET", "zeta")
+    assert lua.call("schema_get", ["__ctx:schema:nope"], []) is None
+    for name in ("zeta", "zeta", "never"):
+        assert lua.call("schema_del", [f"__ctx:schema:{name}", "__ctx:schemas"],
+                        [name]) == m.execute_command("CTX.SCHEMA.DEL", name)
+    assert lua.call("schema_list", ["__ctx:schemas"], []) == m.execute_command(
+        "CTX.SCHEMA.LIST")
+
+
+def test_entry_without_plan_is_noplan_until_schema_plan_adds_it(lua, registered, fds):
+    # an entry as the module writes it: no plan
+    lua.r.hset("__ctx:schema:bare", mapping={
+        "type": ORDER, "fds": fds["order"], "revision": 1, "vfield": "version",
+        "digest": registry_digest(ORDER, "version", fds["order"])})
+    payload = order_payload(1, order_id="o-1")
+    with pytest.raises(redis.ResponseError, match="^CTXSCHEMA noplan bare"):
+        lua.cas("bare:1", 0, payload, schema="bare")
+    digest = registry_digest(ORDER, "version", fds["order"])
+    plan = compile_plan(fds["order"], ORDER, "version", digest)
+    assert lua.call("schema_plan", ["__ctx:schema:bare"], ["0" * 40, plan]) == 0
+    assert lua.call("schema_plan", ["__ctx:schema:bare"], [digest, plan]) == 1
+    assert lua.cas("bare:1", 0, payload, schema="bare") == 1
+    # a plan left over from another definition is stale
+    lua.r.hset("__ctx:schema:bare", "digest", "f" * 40)
+    with pytest.raises(redis.ResponseError, match="^CTXSCHEMA noplan bare"):
+        lua.cas("bare:1", 1, order_payload(2), stored_schema="bare")
+
+
+# --------------------------------------------------------------------------- data commands
+
+def order_payload(version: int, **fields) -> bytes:
+    """An Order written by hand (fields in number order, as protobuf writes them)."""
+    out = b""
+    if "order_id" in fields:
+        out += f_len(1, fields["order_id"].encode())
+    if version:
+        out += f_varint(2, version)
+    if fields.get("status"):
+        out += f_varint(3, fields["status"])
+    for num, name in ((4, "base_price"), (5, "discount"), (6, "final_price")):
+        if fields.get(name):
+            out += f_varint(num, fields[name])
+    if fields.get("inventory_reserved"):
+        out += f_varint(7, 1)
+    if fields.get("last_updated_by"):
+        out += f_len(8, fields["last_updated_by"].encode())
+    if fields.get("last_updated_epoch"):
+        out += f_varint(9, fields["last_updated_epoch"])
+    for sku, qty in fields.get("items", ()):
+        item = (f_len(1, sku.encode()) if sku else b"") + (f_varint(2, qty) if qty else b"")
+        out += f_len(10, item)
+    return out
+
+
+def both(lua: Lua, mod: redis.Redis, fn_lua, fn_mod):
+    return outcome(fn_lua), outcome(fn_mod)
+
+
+def strip_ms(state):
+    if isinstance(state, list) and len(state) == 5:
+        return [state[0], state[1], state[2], "ms", state[4]]
+    return state
+
+
+def test_create_get_conflict_update_delete_like_the_module(lua, modules, registered):
+    m = modules["reject"].client()
+    key = "order:flow"
+    v1 = order_payload(1, order_id="o-1", status=1, items=[("sku-1", 2)])
+    v2 = order_payload(2, order_id="o-1", status=2, items=[("sku-1", 2)])
+    steps = [
+        (lambda: lua.get(key), lambda: m.execute_command("CTX.GET", key)),
+        (lambda: lua.cas(key, 0, v1), lambda: module_cas(m, key, 0, v1)),  # schema required
+        (lambda: lua.cas(key, 0, v1, schema="order", by="router"),
+         lambda: module_cas(m, key, 0, v1, schema="order", by="router")),
+        (lambda: lua.get(key), lambda: m.execute_command("CTX.GET", key)),
+        (lambda: lua.cas(key, 0, v1, schema="order"),
+         lambda: module_cas(m, key, 0, v1, schema="order")),  # conflict: state
+        (lambda: lua.cas("order:none", 5, v1, schema="order"),
+         lambda: module_cas(m, "order:none", 5, v1, schema="order")),  # conflict: nil
+        (lambda: lua.cas(key, 1, v2, schema="tree"),
+         lambda: module_cas(m, key, 1, v2, schema="tree")),  # mismatch
+        (lambda: lua.cas(key, 1, v1, stored_schema="order"),
+         lambda: module_cas(m, key, 1, v1)),  # CTXVERSION
+        (lambda: lua.cas(key, 1, v2, stored_schema="order", by="pricing"),
+         lambda: module_cas(m, key, 1, v2, by="pricing")),
+        (lambda: lua.get(key), lambda: m.execute_command("CTX.GET", key)),
+        (lambda: lua.delete(key, 1), lambda: m.execute_command("CTX.DEL", key, 1)),
+        (lambda: lua.delete(key, 2), lambda: m.execute_command("CTX.DEL", key, 2)),
+        (lambda: lua.delete(key, 2), lambda: m.execute_command("CTX.DEL", key, 2)),
+        (lambda: lua.get(key), lambda: m.execute_command("CTX.GET", key)),
+    ]
+    for i, (fl, fm) in enumerate(steps):
+        a, b = outcome(fl), outcome(fm)
+        assert (a[0], strip_ms(a[1])) == (b[0], strip_ms(b[1])), f"step {i}: {a} vs {b}"
+
+
+def test_wrongtype_and_bad_versions_like_the_module(lua, modules, registered):
+    m = modules["reject"].client()
+    p = order_payload(1)
+    for r in (lua.r, m):
+        r.set("str", "x")
+        r.hset("nover", "a", "b")
+        r.hset("badver", mapping={"version": "01", "schema": "order"})
+        r.hset("zerover", mapping={"version": "0", "schema": "order"})
+        r.hset("noschema", mapping={"version": "1"})
+    cases = []
+    for key in ("str", "nover", "badver", "zerover"):
+        cases.append((lambda k=key: lua.get(k), lambda k=key: m.execute_command("CTX.GET", k)))
+        cases.append((lambda k=key: lua.cas(k, 0, p, schema="order"),
+                      lambda k=key: module_cas(m, k, 0, p, schema="order")))
+        cases.append((lambda k=key: lua.delete(k, 1),
+                      lambda k=key: m.execute_command("CTX.DEL", k, 1)))
+    cases.append((lambda: lua.cas("noschema", 1, order_payload(2), stored_schema="order"),
+                  lambda: module_cas(m, "noschema", 1, order_payload(2))))
+    for bad in ("-1", "abc", "01", "+1", "", "1.5", " 1"):
+        cases.append((lambda b=bad: lua.cas("fresh", b, p, schema="order"),
+                      lambda b=bad: module_cas(m, "fresh", b, p, schema="order")))
+        cases.append((lambda b=bad: lua.delete("fresh", b),
+                      lambda b=bad: m.execute_command("CTX.DEL", "fresh", b)))
+    cases.append((lambda: lua.cas("fresh", 0, p, schema="nosuch"),
+                  lambda: module_cas(m, "fresh", 0, p, schema="nosuch")))
+    for i, (fl, fm) in enumerate(cases):
+        a, b = outcome(fl), outcome(fm)
+        assert a == b, f"case {i}: lua {a} vs module {b}"
+
+
+def test_every_version_field_type_decodes_like_the_module(lua, modules, tmp_path):
+    """All ten integer version field types (tests/lua/vkinds.proto), odd values included."""
+    vfds = _compile(Path(__file__).resolve().parent, "vkinds.proto", tmp_path / "vkinds.pb")
+    m = modules["reject"].client()
+    varint_kinds = {"VInt32", "VInt64", "VUint32", "VUint64"}
+    values = [1, 2, 0, -1, -2, 3, (1 << 32) + 1, (1 << 32) + 3, (1 << 31) + 1, 1 << 31,
+              (1 << 63), (1 << 63) + 1, (1 << 64) - 1, (1 << 64) - 2, 1 << 53, (1 << 53) + 1,
+              (1 << 52) + 1]
+    n = 0
+    for msg in ("VInt32", "VInt64", "VUint32", "VUint64", "VSint32", "VSint64", "VFixed32",
+                "VFixed64", "VSfixed32", "VSfixed64"):
+        name = f"vk-{msg}"
+        full = f"ctxlink.test.lua.vk.{msg}"
+        assert lua.schema_set(name, full, vfds) == 1
+        assert m.execute_command("CTX.SCHEMA.SET", name, full, vfds) == 1
+        for v in values:
+            if msg in varint_kinds:
+                encodings = [f_varint(1, v)]
+            elif msg in ("VSint32", "VSint64"):
+                encodings = [f_varint(1, zigzag(v)), f_varint(1, v)]
+            elif msg in ("VFixed32", "VSfixed32"):
+                encodings = [f_fixed32(1, v)]
+            else:
+                encodings = [f_fixed64(1, v)]
+            for enc in encodings:
+                for payload in (enc + f_len(2, b"id"), f_varint(1, 9) + enc if msg in
+                                varint_kinds else enc, f_len(2, b"id")):
+                    key = f"ver:{msg}:{n}"
+                    n += 1
+                    a = outcome(lambda: lua.cas(key, 0, payload, schema=name))
+                    b = outcome(lambda: module_cas(m, key, 0, payload, schema=name))
+                    assert a == b, (msg, v, payload.hex(), a, b)
+
+
+# --------------------------------------------------------------------------- parity corpus
+
+BAD_UTF8 = [b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xed\xa0\x80",
+            b"\xed\xbf\xbf", b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80",
+            b"\xf5\x80\x80\x80", b"\xff", b"\x80", b"\xbf", b"\xe2\x82", b"\xf0\x9f\x98",
+            b"\xc3", b"a\xc3(b", b"\xe2\x28\xa1", b"\xf8\x88\x80\x80\x80"]
+GOOD_UTF8 = [b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80",
+             b"\xef\xbf\xbf", b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", b"\xf3\xbf\xbf\xbf",
+             "héllo wörld €".encode(), "日本語テキスト".encode(), "🙂🚀".encode(), b"\x00nul"]
+
+
+def random_text(rng: random.Random) -> bytes:
+    parts = [rng.choice([b"abc", b"sku-", b"o-", b"x" * rng.randint(0, 40)] + GOOD_UTF8)
+             for _ in range(rng.randint(0, 4))]
+    return b"".join(parts)
+
+
+def random_order(rng: random.Random, version: int = 1) -> bytes:
+    out = b""
+    if rng.random() < 0.9:
+        out += f_len(1, random_text(rng))
+    out += f_varint(2, version)
+    if rng.random() < 0.7:
+        out += f_varint(3, rng.choice([0, 1, 2, 3, 4, 5, 9, 1 << 40, -1]))
+    for num in (4, 5, 6, 9):
+        if rng.random() < 0.5:
+            out += f_varint(num, rng.choice([0, 1, 999, 1 << 50, -5]))
+    if rng.random() < 0.3:
+        out += f_varint(7, rng.choice([0, 1, 2]))
+    if rng.random() < 0.5:
+        out += f_len(8, random_text(rng))
+    for _ in range(rng.randint(0, 4)):
+        item = b""
+        if rng.random() < 0.8:
+            item += f_len(1, random_text(rng))
+        if rng.random() < 0.8:
+            item += f_varint(2, rng.randint(0, 1 << 33))
+        out += f_len(10, item)
+    return out
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    kind = rng.randrange(10)
+    if kind == 0 and b:  # truncate
+        return bytes(b[: rng.randrange(len(b))])
+    if kind == 1 and b:  # bit flips
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+        return bytes(b)
+    if kind == 2 and b:  # flipped wire type of a top-level tag
+        i = rng.choice(tag_positions(data))
+        b[i] = (b[i] & ~7) | rng.randrange(8)
+        return bytes(b)
+    if kind == 3:  # an unknown field of some wire type
+        num = rng.choice([11, 12, 15, 16, 100, 1000, 536870911])
+        extra = rng.choice([f_varint(num, 7), f_fixed32(num, 1), f_fixed64(num, 1),
+                            f_len(num, b"zz"), f_group(num, f_varint(1, 1)),
+                            f_group(num, f_group(2, f_len(3, b"x"))),
+                            tag(num, 3) + f_varint(1, 1),  # unclosed
+                            f_group(num, tag(num + 1, 4)),  # mismatched end
+                            tag(num, 6), tag(num, 7) + b"\x00"])
+        at = rng.choice(tag_positions(data) + [len(data)])
+        return bytes(b[:at]) + extra + bytes(b[at:])
+    if kind == 4:  # bad UTF-8 in a string field
+        bad = rng.choice(BAD_UTF8)
+        return data + rng.choice([f_len(1, b"ok" + bad), f_len(8, bad + b"ok"),
+                                  f_len(10, f_len(1, bad))])
+    if kind == 5:  # overlong / malformed varints
+        return data + rng.choice([
+            tag(2, 0) + long_varint(1, 10),
+            tag(2, 0) + b"\xff" * 9 + b"\x01",
+            tag(2, 0) + b"\xff" * 9 + b"\x02",
+            tag(2, 0) + b"\x81" * 10 + b"\x00",
+            tag(2, 0) + b"\x81",
+            long_varint((4 << 3) | 0, 5) + b"\x01",
+            long_varint((4 << 3) | 0, 6) + b"\x01",
+            tag(8, 2) + long_varint(2, 6) + b"ab",
+            tag(8, 2) + long_varint(2, 5) + b"ab",
+            b"\x80\x80\x80\x80\x80\x10",  # tag above 32 bits
+            b"\xf8\xff\xff\xff\x0f\x00",  # field 2^29-1 wire type 0
+            b"\x00",  # field number 0
+            b"\x02\x00",
+            tag(1, 2) + varint(1000) + b"x",  # length past the end
+        ])
+    if kind == 6 and b:  # insert a random byte
+        i = rng.randrange(len(b) + 1)
+        b[i:i] = bytes([rng.randrange(256)])
+        return bytes(b)
+    if kind == 7 and b:  # delete a byte
+        i = rng.randrange(len(b))
+        del b[i]
+        return bytes(b)
+    if kind == 8:  # duplicated fields: last version wins
+        return data + f_varint(2, rng.choice([1, 2, 0]))
+    # a nested message that ends inside a value, with more parent bytes after it
+    return data + rng.choice([
+        f_len(10, f_len(1, b"ok") + tag(2, 2) + varint(1) + b"\x01"),
+        f_len(10, tag(2, 0)) + f_varint(9, 5),
+        f_len(10, tag(2, 0) + b"\x80") + f_varint(9, 5),
+        f_len(10, tag(1, 2)) + f_len(8, b"abc"),
+        f_len(10, tag(2, 5) + b"\x00\x00") + b"\x00" * 4,
+        f_len(10, f_len(1, b"ok")[:-1]) + b"k",
+        f_len(10, b"\x8a") + b"\x01",
+    ])
+
+
+def tree(version: int | None = 1, **f) -> bytes:
+    out = b""
+    if version is not None:
+        out += f_varint(1, version)
+    for piece in f.get("raw", ()):
+        out += piece
+    return out
+
+
+def leaf(name: bytes | None = b"n", level: int | None = None) -> bytes:
+    out = b""
+    if name is not None:
+        out += f_len(1, name)
+    if level is not None:
+        out += f_varint(2, level)
+    return out
+
+
+def chain(depth: int, inner: bytes = b"", field: int = 4) -> bytes:
+    """A Tree nested ``depth`` levels deep through field ``field`` (4 next, 3 kids)."""
+    body = inner
+    for _ in range(depth):
+        body = f_len(field, body)
+    return body
+
+
+def group_chain(depth: int) -> bytes:
+    """Box groups nested through Box.t (two levels per step: group, then Tree)."""
+    body = f_len(12, b"b")
+    for _ in range(depth):
+        body = f_group(10, f_len(12, b"b") + f_len(13, body))
+    return body
+
+
+def nested_unknown_groups(first: int, depth: int) -> bytes:
+    body = b""
+    for i in reversed(range(depth)):
+        body = f_group(first + i, body)
+    return body
+
+
+def tree_corpus(rng: random.Random) -> list[bytes]:
+    c: list[bytes] = []
+    for d in range(0, MAX_DEPTH + 3):
+        c.append(tree(raw=[chain(d)]))
+        c.append(tree(raw=[chain(d, field=3)]))
+        c.append(tree(raw=[chain(d, f_len(5, leaf(None)))]))  # required missing, deep
+        c.append(tree(raw=[chain(d, f_len(5, leaf()))]))
+        c.append(tree(raw=[f_group(10, f_len(12, b"b") + f_len(13, chain(d)))]))
+    for d in range(0, MAX_DEPTH // 2 + 2):
+        c.append(tree(raw=[group_chain(d)]))
+        c.append(tree(raw=[f_len(4, group_chain(d))]))
+    for lvl in (0, 1, 5, -3, 2, 3, -1, (1 << 32) + 1, (1 << 32) + 2, 1 << 31, -(1 << 31)):
+        c.append(tree(raw=[f_varint(7, lvl)]))
+        c.append(tree(raw=[f_varint(8, lvl), f_varint(8, 0)]))
+        c.append(tree(raw=[f_len(9, varint(0) + varint(lvl))]))
+        c.append(tree(raw=[f_len(8, varint(lvl))]))  # packed on the wire, unpacked declared
+        c.append(tree(raw=[f_len(5, leaf(level=lvl))]))
+    c += [
+        tree(raw=[f_len(5, leaf(None)), f_len(5, leaf())]),  # merged: first end misses name
+        tree(raw=[f_len(5, leaf()), f_len(5, leaf(None, 1))]),  # merged, complete
+        tree(raw=[f_len(6, leaf()), f_len(6, leaf(None))]),  # repeated: each checked
+        tree(raw=[f_group(10, f_varint(11, 1))]),  # group without required b
+        tree(raw=[f_group(10, f_varint(11, 1)), f_group(10, f_len(12, b"b"))]),
+        tree(raw=[f_group(10, f_len(12, b"b")), f_group(10, f_varint(11, 1))]),
+        tree(raw=[f_group(10, f_len(12, b"b"))]),
+        tree(raw=[tag(10, 3) + f_len(12, b"b")]),  # group not closed
+        tree(raw=[tag(10, 3) + f_len(12, b"b") + tag(11, 4)]),  # wrong end
+        tree(raw=[tag(10, 4)]),  # end-group outside a group
+        tree(raw=[f_len(10, f_len(12, b"b"))]),  # group field as length-delimited
+        tree(raw=[f_group(4, b"")]),  # message field as group
+        tree(raw=[f_len(15, b"\x00" * 8)]),
+        tree(raw=[f_len(15, b"\x00" * 7)]),
+        tree(raw=[f_fixed32(15, 5)]),
+        tree(raw=[f_len(16, b"\x00" * 16)]),
+        tree(raw=[f_len(16, b"\x00" * 12)]),
+        tree(raw=[f_fixed64(16, 1)]),
+        tree(raw=[f_len(14, varint(zigzag(-5)) + varint(3))]),
+        tree(raw=[f_len(14, b"\x80")]),  # malformed varint in packed
+        tree(raw=[f_varint(18, 1 << 40)]),
+        tree(raw=[f_len(17, b"\xff\xfe")]),  # bytes: no UTF-8 check
+        tree(raw=[f_varint(100, 1)]),  # extension: unknown
+        tree(raw=[f_group(150, f_group(151, f_group(152, b"")))]),
+        tree(raw=[nested_unknown_groups(150, 7)]),
+        tree(raw=[nested_unknown_groups(150, 9)]),
+        tree(None, raw=[f_len(2, b"no version")]),
+        tree(2),
+        tree(1, raw=[f_varint(1, 5), f_varint(1, 1)]),
+        tree(1, raw=[f_fixed64(1, 1)]),
+    ]
+    for bad in BAD_UTF8 + GOOD_UTF8:
+        c.append(tree(raw=[f_len(2, bad)]))
+        c.append(tree(raw=[f_len(3, f_len(5, leaf(b"x" + bad)))]))
+    base = [tree(raw=[f_len(3, tree(None, raw=[f_len(5, leaf())])), f_group(
+        10, f_len(12, b"b")), f_len(9, varint(1) + varint(5)), f_len(2, b"lbl")])]
+    for _ in range(120):
+        c.append(mutate_tree(rng, rng.choice(base + c[:40])))
+    return c
+
+
+def mutate_tree(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    if not b:
+        return data
+    k = rng.randrange(4)
+    if k == 0:
+        return bytes(b[: rng.randrange(len(b))])
+    if k == 1:
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+        return bytes(b)
+    if k == 2:
+        i = rng.randrange(len(b) + 1)
+        b[i:i] = bytes([rng.randrange(256)])
+        return bytes(b)
+    i = rng.randrange(len(b))
+    del b[i]
+    return bytes(b)
+
+
+def order_corpus(rng: random.Random) -> list[bytes]:
+    c: list[bytes] = []
+    for _ in range(120):
+        c.append(random_order(rng))
+    for _ in range(330):
+        c.append(mutate(rng, random_order(rng)))
+    for v in (0, 2, -1, 1 << 53, (1 << 53) + 1, 1 << 63, (1 << 64) - 1, (1 << 32) + 1):
+        c.append(random_order(rng, v))
+    c.append(random_order(rng) + f_len(8, b"x" * MAX_PAYLOAD))  # over max-payload-bytes
+    c.append(f_varint(2, 1) + f_len(8, b"x" * (MAX_PAYLOAD - 6)))  # exactly at the limit
+    c.append(f_varint(2, 1) + f_len(8, b"x" * (MAX_PAYLOAD - 5)))  # one over
+    c.append(b"")
+    return c
+
+
+def corpus() -> list[tuple[str, bytes]]:
+    rng = random.Random(20261125)
+    return ([("order", p) for p in order_corpus(rng)] + [("tree", p) for p in tree_corpus(rng)])
+
+
+@pytest.mark.parametrize("unknown", ["reject", "allow"])
+def test_parity_corpus_same_decision_code_and_hash_as_the_module(lua, modules, registered,
+                                                                 unknown):
+    m = modules[unknown].client()
+    items = corpus()
+    assert len(items) >= 500
+    disagreements = []
+    codes: dict[str, int] = {}
+    for i, (schema, payload) in enumerate(items):
+        key = f"p:{unknown}:{i}"
+        a = outcome(lambda: lua.cas(key, 0, payload, schema=schema, by="w", unknown=unknown))
+        b = outcome(lambda: module_cas(m, key, 0, payload, schema=schema, by="w"))
+        codes[str(b[1]) if b[0] == "err" else "ok"] = codes.get(
+            str(b[1]) if b[0] == "err" else "ok", 0) + 1
+        if a != b:
+            disagreements.append((i, schema, payload.hex(), a, b))
+            continue
+        if a[0] == "ok":
+            ha, hb = lua.r.hgetall(key), m.hgetall(key)
+            ha.pop(b"updated_ms")
+            hb.pop(b"updated_ms")
+            if ha != hb:
+                disagreements.append((i, schema, payload.hex(), ha, hb))
+    print(f"\nparity[{unknown}]: {len(items)} payloads, "
+          f"{len(items) - len(disagreements)} agreements, module outcomes {codes}")
+    assert not disagreements, "\n".join(map(str, disagreements[:20]))
+
+
+def test_parity_on_updates_without_schema(lua, modules, registered):
+    """Updates (expected 1, no SCHEMA) of mutated v2 payloads: same answers and hashes."""
+    m = modules["reject"].client()
+    rng = random.Random(7)
+    bad = []
+    for i in range(60):
+        payload = mutate(rng, random_order(rng, 2)) if i % 3 else random_order(rng, 2)
+        key = f"u:{i}"
+        first = random_order(rng, 1)
+        assert lua.cas(key, 0, first, schema="order") == 1
+        assert module_cas(m, key, 0, first, schema="order") == 1
+        a = outcome(lambda: lua.cas(key, 1, payload, stored_schema="order"))
+        b = outcome(lambda: module_cas(m, key, 1, payload))
+        if a != b:
+            bad.append((i, payload.hex(), a, b))
+        elif a[0] == "ok":
+            ha, hb = lua.r.hgetall(key), m.hgetall(key)
+            ha.pop(b"updated_ms")
+            hb.pop(b"updated_ms")
+            if ha != hb:
+                bad.append((i, payload.hex(), ha, hb))
+    assert not bad, bad
