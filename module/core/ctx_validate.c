@@ -45,7 +45,8 @@ typedef struct {
 
 /* ---- wire primitives --------------------------------------------------------- */
 
-/* Reads a varint of at most 10 bytes whose value fits 64 bits. */
+/* Reads a varint of at most 10 bytes whose value fits 64 bits. Tags and
+ * lengths are further limited to 5 bytes (as upb's decoder does). */
 static const char* read_varint(const char* p, const char* end, uint64_t* out) {
   uint64_t v = 0;
   for (int i = 0; i < 10; i++) {
@@ -94,16 +95,19 @@ static const char* skip_value(const char* p, const char* end, uint32_t number,
       return end - p < 8 ? NULL : p + 8;
     case kWT_Fixed32:
       return end - p < 4 ? NULL : p + 4;
-    case kWT_Delimited:
+    case kWT_Delimited: {
+      const char* len_at = p;
       p = read_varint(p, end, &v);
-      if (!p || v > (uint64_t)(end - p)) return NULL;
+      if (!p || p - len_at > 5 || v > (uint64_t)(end - p)) return NULL;
       return p + v;
+    }
     case kWT_StartGroup:
       if (depth + 1 > max_depth) return NULL;
       while (p < end) {
         uint64_t tag;
+        const char* tag_at = p;
         p = read_varint(p, end, &tag);
-        if (!p || tag > UINT32_MAX || (tag >> 3) == 0) return NULL;
+        if (!p || p - tag_at > 5 || tag > UINT32_MAX || (tag >> 3) == 0) return NULL;
         int w = (int)(tag & 7);
         if (w == kWT_EndGroup) return (tag >> 3) == number ? p : NULL;
         p = skip_value(p, end, (uint32_t)(tag >> 3), w, depth + 1, max_depth);
@@ -222,7 +226,7 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
     const char* tag_at = p;
     uint64_t tag;
     p = read_varint(p, end, &tag);
-    if (!p) return fail_at(w, fr, NULL, 0, "malformed tag");
+    if (!p || p - tag_at > 5) return fail_at(w, fr, NULL, 0, "malformed tag");
     if (tag > UINT32_MAX) return fail_at(w, fr, NULL, 0, "tag out of range");
     uint32_t number = (uint32_t)(tag >> 3);
     int wt = (int)(tag & 7);
@@ -271,8 +275,9 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
         break;
       }
       case kWT_Delimited: {
+        const char* len_at = p;
         p = read_varint(p, end, &v);
-        if (!p) return fail_at(w, fr, f, number, "malformed length");
+        if (!p || p - len_at > 5) return fail_at(w, fr, f, number, "malformed length");
         if (v > (uint64_t)(end - p)) {
           return fail_at(w, fr, f, number, "length runs past the end");
         }
