@@ -23,6 +23,7 @@ ctx_Stats ctx_stats;
 RedisModuleCommand *(*ctx_GetCommand)(RedisModuleCtx *ctx, const char *name);
 int (*ctx_SetCommandInfo)(RedisModuleCommand *command,
                           const RedisModuleCommandInfo *info);
+int (*ctx_SetCommandACLCategories)(RedisModuleCommand *command, const char *categories);
 const RedisModuleCommandInfoVersion ctx_CommandInfoVersion = {
     1, sizeof(RedisModuleCommandHistoryEntry), sizeof(RedisModuleCommandKeySpec),
     sizeof(RedisModuleCommandArg)};
@@ -35,6 +36,10 @@ void ctx_compat_Init(void) {
   if (RedisModule_GetApi("RedisModule_SetCommandInfo", (void *)&ctx_SetCommandInfo) !=
       REDISMODULE_OK) {
     ctx_SetCommandInfo = NULL;
+  }
+  if (RedisModule_GetApi("RedisModule_SetCommandACLCategories",
+                         (void *)&ctx_SetCommandACLCategories) != REDISMODULE_OK) {
+    ctx_SetCommandACLCategories = NULL; /* Redis < 7.2 */
   }
 }
 
@@ -51,25 +56,26 @@ typedef struct {
   const char *name;
   RedisModuleCmdFunc fn;
   const char *flags;
+  const char *acl; /* ACL categories (Redis 7.2+) */
   int arity;          /* Redis convention: -N means at least N */
   uint64_t key_flags; /* KEY_NONE: the command names no key */
   const char *summary;
 } ctx_CommandSpec;
 
 static const ctx_CommandSpec kCommands[] = {
-    {"ctx.get", ctx_GetCommand_, "readonly fast", 2, KEY_READ,
+    {"ctx.get", ctx_GetCommand_, "readonly fast", "read fast", 2, KEY_READ,
      "Read a context: [version, raw, schema, updated_ms, updated_by] or nil."},
-    {"ctx.cas", ctx_CasCommand, "write deny-oom", -4, KEY_UPDATE,
+    {"ctx.cas", ctx_CasCommand, "write deny-oom", "write", -4, KEY_UPDATE,
      "Create or update a context if its version is expected_version."},
-    {"ctx.del", ctx_DelCommand, "write deny-oom", 3, KEY_DELETE,
+    {"ctx.del", ctx_DelCommand, "write deny-oom", "write", 3, KEY_DELETE,
      "Delete a context if its version is expected_version."},
-    {"ctx.schema.set", ctx_SchemaSetCommand, "write deny-oom", -4, KEY_NONE,
+    {"ctx.schema.set", ctx_SchemaSetCommand, "write deny-oom", "write", -4, KEY_NONE,
      "Register or update a schema from a FileDescriptorSet."},
-    {"ctx.schema.get", ctx_SchemaGetCommand, "readonly", 2, KEY_NONE,
+    {"ctx.schema.get", ctx_SchemaGetCommand, "readonly", "read", 2, KEY_NONE,
      "Get a schema: [message_type, descriptor_set, revision] or nil."},
-    {"ctx.schema.list", ctx_SchemaListCommand, "readonly", 1, KEY_NONE,
+    {"ctx.schema.list", ctx_SchemaListCommand, "readonly", "read", 1, KEY_NONE,
      "List registered schema names."},
-    {"ctx.schema.del", ctx_SchemaDelCommand, "write", 2, KEY_NONE,
+    {"ctx.schema.del", ctx_SchemaDelCommand, "write", "write", 2, KEY_NONE,
      "Remove a schema."},
 };
 
@@ -82,6 +88,10 @@ static int register_command(RedisModuleCtx *ctx, const ctx_CommandSpec *c) {
   if (!ctx_GetCommand || !ctx_SetCommandInfo) return REDISMODULE_OK; /* Redis < 7 */
   RedisModuleCommand *cmd = ctx_GetCommand(ctx, c->name);
   if (!cmd) return REDISMODULE_ERR;
+  if (ctx_SetCommandACLCategories &&
+      ctx_SetCommandACLCategories(cmd, c->acl) == REDISMODULE_ERR) {
+    return REDISMODULE_ERR;
+  }
   RedisModuleCommandKeySpec specs[2];
   memset(specs, 0, sizeof(specs));
   specs[0].flags = c->key_flags;
@@ -112,8 +122,9 @@ static int parse_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   ctx_config.max_schema_bytes = CTX_DEFAULT_MAX_SCHEMA_BYTES;
   if (argc % 2) {
     RedisModule_Log(ctx, "warning",
-                    "ctxlink: module arguments come in pairs (name value); got %d words",
-                    argc);
+                    "ctxlink: module argument '%s' has no value (arguments come in "
+                    "pairs: name value)",
+                    RedisModule_StringPtrLen(argv[argc - 1], NULL));
     return REDISMODULE_ERR;
   }
   for (int i = 0; i < argc; i += 2) {
