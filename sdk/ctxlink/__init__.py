@@ -1,11 +1,53 @@
 """ctxlink: versioned, schema-validated shared context for cooperating agents, on Redis.
 
-The Python SDK (engine detection, get / cas / update, the Lua fallback) is being
-built; for now the package ships the embedded test server used by the demo,
-the tests and the benchmarks.
+    import redis, ctxlink
+    store = ctxlink.connect(redis.Redis())          # module if loaded, else the Lua scripts
+    store.register_schema("order", Order)
+    store.cas("order:1", 0, Order(order_id="o-1"), schema="order")
+    version, order = store.update("order:1", lambda o: setattr(o, "discount", 5),
+                                  message_class=Order)
+
+``ctxlink.aio`` is the same API for ``redis.asyncio`` clients.
+
+The Lua engine reads its scripts from ``ctxlink/lua/*.lua`` inside an installed package, else from
+``lua/`` at the root of the source checkout (``Path(ctxlink.__file__).parents[2] / "lua"``).
 """
 
+from ctxlink._core import SchemaInfo
+from ctxlink._exceptions import (
+    ConflictError,
+    CtxError,
+    EngineError,
+    NotFoundError,
+    PayloadTooLarge,
+    SchemaError,
+    ServerError,
+    ValidationError,
+    VersionError,
+    WrongTypeError,
+)
+from ctxlink._sync import Store, connect
+from ctxlink._types import CasResult, Snapshot, Updated
 from ctxlink.embedded import EmbeddedRedis
 
-__all__ = ["EmbeddedRedis", "__version__"]
+__all__ = [
+    "connect",
+    "Store",
+    "Snapshot",
+    "CasResult",
+    "Updated",
+    "SchemaInfo",
+    "CtxError",
+    "ServerError",
+    "ValidationError",
+    "SchemaError",
+    "VersionError",
+    "PayloadTooLarge",
+    "WrongTypeError",
+    "ConflictError",
+    "NotFoundError",
+    "EngineError",
+    "EmbeddedRedis",
+    "__version__",
+]
 __version__ = "0.1.0"

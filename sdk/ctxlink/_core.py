@@ -1,0 +1,834 @@
+"""Everything the sync and asyncio front ends share: the engine state, argument building, reply
+parsing and the logic of every operation, written as sans-I/O generators.
+
+An operation is a generator that *yields instructions* (:class:`Cmd`, :class:`LoadScript`,
+:class:`Sleep`) and receives their results through ``send`` (or an exception through ``throw``).
+It returns the operation's result with ``StopIteration.value``. The front ends
+(:mod:`ctxlink._sync`, :mod:`ctxlink.aio`) only run the loop: the sync one calls the client, the
+asyncio one awaits it. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Optional, TypeVar, Union
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
+from google.protobuf.message import Message
+from redis.exceptions import NoScriptError
+
+from ctxlink._exceptions import (
+    ConflictError,
+    EngineError,
+    NotFoundError,
+    SchemaError,
+    VersionError,
+    error_from_reply,
+)
+from ctxlink._types import CasResult, Snapshot, Updated
+
+__all__ = [
+    "Cmd",
+    "LoadScript",
+    "Sleep",
+    "Instr",
+    "Op",
+    "SchemaInfo",
+    "State",
+    "Script",
+    "map_error",
+    "find_lua_dir",
+    "load_scripts",
+    "op_detect",
+    "op_get",
+    "op_cas",
+    "op_delete",
+    "op_update",
+    "op_register_schema",
+    "op_schemas",
+    "op_get_schema",
+    "op_drop_schema",
+    "build_descriptor_set",
+]
+
+MODULE = "module"
+LUA = "lua"
+ENGINES = (MODULE, LUA)
+
+SCHEMA_PREFIX = "__ctx:schema:"
+SCHEMAS_KEY = "__ctx:schemas"
+_KEY_MISMATCH = re.compile(r"^CTXSCHEMA schema key mismatch: the context uses '(.*)'$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,128}$")
+_SCRIPT_NAMES = (
+    "get",
+    "cas",
+    "del",
+    "schema_set",
+    "schema_plan",
+    "schema_get",
+    "schema_list",
+    "schema_del",
+)
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# instructions
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """Send one command; ``nodes`` ("primaries" / "random") only matters on a Redis Cluster."""
+
+    args: tuple[Any, ...]
+    nodes: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LoadScript:
+    """``SCRIPT LOAD`` a source (on every primary of a cluster); the result is its SHA-1."""
+
+    source: bytes
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+Instr = Union[Cmd, LoadScript, Sleep]
+Op = Generator[Instr, Any, T]
+
+
+def map_error(exc: BaseException) -> BaseException:
+    """A client library error reply -> the ctxlink exception for its code (or ``exc`` itself)."""
+    mapped = error_from_reply(str(exc))
+    if mapped is None:
+        return exc
+    mapped.__cause__ = exc
+    return mapped
+
+
+# ---------------------------------------------------------------------------------------------
+# Lua scripts
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+
+
+def find_lua_dir() -> Optional[Path]:
+    """Where the scripts are: ``ctxlink/lua`` inside an installed package, else ``<repo>/lua``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "lua", here.parents[1] / "lua"):
+        if all((candidate / f"{n}.lua").is_file() for n in _SCRIPT_NAMES):
+            return candidate
+    return None
+
+
+def load_scripts(directory: Optional[Path] = None) -> dict[str, Script]:
+    directory = directory or find_lua_dir()
+    if directory is None:
+        raise EngineError("the Lua scripts (lua/*.lua) were not found next to the ctxlink package")
+    scripts = {}
+    for name in _SCRIPT_NAMES:
+        source = (directory / f"{name}.lua").read_bytes()
+        scripts[name] = Script(name, source, hashlib.sha1(source).hexdigest())
+    return scripts
+
+
+# ---------------------------------------------------------------------------------------------
+# state shared by every call of one Store
+
+
+class _LRU:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+
+@dataclass
+class State:
+    """Engine choice, limits the Lua engine enforces, and the caches of one Store."""
+
+    engine: str
+    cluster: bool = False
+    max_payload_bytes: int = 1048576
+    max_depth: int = 32
+    unknown_fields: str = "reject"
+    max_schema_bytes: int = 4194304
+    scripts: dict[str, Script] = field(default_factory=dict)
+    # schema name -> version field name (from register_schema or the registry)
+    vfield_by_schema: dict[str, str] = field(default_factory=dict)
+    # message full name -> version field name (from register_schema)
+    vfield_by_type: dict[str, str] = field(default_factory=dict)
+    # context key -> schema name (Lua engine: cas needs the registry key)
+    key_schema: _LRU = field(default_factory=lambda: _LRU(4096))
+    backoff_base: float = 0.001
+    backoff_cap: float = 0.05
+
+    def remember_schema(self, key: Any, snap: Optional[Snapshot]) -> None:
+        if self.engine == LUA:
+            if snap is None:
+                self.key_schema.pop(key)
+            else:
+                self.key_schema.put(key, snap.schema)
+
+
+def registry_key(name: str) -> str:
+    return SCHEMA_PREFIX + name
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return bytes(value)
+
+
+def parse_state(reply: Any) -> Optional[Snapshot]:
+    """``CTX.GET``'s reply (nil or the 5-element array) -> Snapshot / None."""
+    if reply is None:
+        return None
+    version, raw, schema, updated_ms, updated_by = reply
+    return Snapshot(
+        version=int(version),
+        raw=_bytes(raw),
+        schema=_text(schema),
+        updated_ms=int(updated_ms),
+        updated_by=_text(updated_by),
+    )
+
+
+def parse_write(reply: Any) -> CasResult:
+    """``CTX.CAS`` / ``CTX.DEL`` reply: an integer on success, else the conflict state (or nil)."""
+    if isinstance(reply, int):
+        return CasResult(True, reply, None)
+    snap = parse_state(reply)
+    return CasResult(False, snap.version if snap else 0, snap)
+
+
+# ---------------------------------------------------------------------------------------------
+# script calls
+
+
+def _evalsha(st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...]) -> Op[Any]:
+    script = st.scripts[name]
+    cmd = Cmd(("EVALSHA", script.sha, len(keys), *keys, *args))
+    try:
+        return (yield cmd)
+    except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, failover)
+        pass
+    yield LoadScript(script.source)
+    return (yield cmd)
+
+
+def _admin(st: State, args: tuple[Any, ...], write: bool) -> Op[Any]:
+    """A keyless schema command; on a cluster it goes to every primary (write) or any node."""
+    reply = yield Cmd(args, nodes=("primaries" if write else "random") if st.cluster else None)
+    return reply
+
+
+# ---------------------------------------------------------------------------------------------
+# engine detection
+
+
+def op_detect(cluster: bool) -> Op[bool]:
+    """True when the server knows ``CTX.CAS`` (``COMMAND INFO ctx.cas``; any node of a cluster)."""
+    reply = yield Cmd(("COMMAND INFO", "ctx.cas"), nodes="random" if cluster else None)
+    if isinstance(reply, dict):  # redis-py parses COMMAND replies into {name: info}
+        return any(_text(k).lower() == "ctx.cas" for k in reply) or any(
+            isinstance(v, dict) and _text(v.get("name", "")).lower() == "ctx.cas"
+            for v in reply.values()
+        )
+    if isinstance(reply, (list, tuple)):
+        return any(item is not None and item != [] for item in reply)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# data operations
+
+
+def op_get(st: State, key: Any) -> Op[Optional[Snapshot]]:
+    if st.engine == MODULE:
+        reply = yield Cmd(("CTX.GET", key))
+    else:
+        reply = yield from _evalsha(st, "get", (key,), ())
+    snap = parse_state(reply)
+    st.remember_schema(key, snap)
+    return snap
+
+
+def _vfield(st: State, schema: Optional[str], desc: Descriptor) -> Op[str]:
+    """The version field name for a payload of type ``desc`` stored under ``schema``.
+
+    Cached per schema name; the first use of a name not registered through this Store reads
+    the registry's ``vfield`` once. Without a schema name: the type's cached name, else "version".
+    """
+    if schema is not None:
+        cached = st.vfield_by_schema.get(schema)
+        if cached is not None:
+            return cached
+        try:
+            value = yield Cmd(("HGET", registry_key(schema), "vfield"))
+        except Exception:  # no ACL right on __ctx:* ... fall back to the default
+            value = None
+        if value:
+            name = _text(value)
+            st.vfield_by_schema[schema] = name
+            return name
+    return st.vfield_by_type.get(desc.full_name, "version")
+
+
+def _encode(
+    st: State, payload: Union[bytes, Message], expected: int, schema: Optional[str]
+) -> Op[bytes]:
+    if isinstance(payload, Message):
+        vf = yield from _vfield(st, schema, payload.DESCRIPTOR)
+        msg = type(payload)()
+        msg.CopyFrom(payload)
+        setattr(msg, vf, expected + 1)
+        return bytes(msg.SerializeToString())
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes or a protobuf message, not {type(payload).__name__}")
+
+
+def _check_version(expected: int) -> int:
+    if isinstance(expected, bool) or not isinstance(expected, int):
+        raise TypeError("expected_version must be an int")
+    return expected
+
+
+def _cas_raw(
+    st: State,
+    key: Any,
+    expected: int,
+    raw: bytes,
+    schema: Optional[str],
+    by: Optional[str],
+) -> Op[CasResult]:
+    if st.engine == MODULE:
+        args: tuple[Any, ...] = ("CTX.CAS", key, expected, raw)
+        if schema is not None:
+            args += ("SCHEMA", schema)
+        if by is not None:
+            args += ("BY", by)
+        return parse_write((yield Cmd(args)))
+
+    name = schema if schema is not None else st.key_schema.get(key)
+    if name is None:
+        stored = yield Cmd(("HGET", key, "schema"))
+        name = _text(stored) if stored else ""
+    argv = (
+        expected,
+        raw,
+        1 if schema is not None else 0,
+        by if by is not None else "",
+        st.max_payload_bytes,
+        st.max_depth,
+        st.unknown_fields,
+    )
+    planned = relocated = False
+    while True:
+        try:
+            reply = yield from _evalsha(st, "cas", (key, registry_key(name)), argv)
+            break
+        except SchemaError as exc:
+            text = str(exc)
+            if text.startswith("CTXSCHEMA noplan ") and not planned:
+                # the entry has no (current) plan: compile it here, store it, retry once
+                planned = True
+                yield from _install_plan(st, text[len("CTXSCHEMA noplan ") :].strip())
+                continue
+            match = _KEY_MISMATCH.match(text)
+            if match and not relocated and schema is None:
+                # our cached schema for the key was stale: use the one the context has
+                relocated = True
+                name = match.group(1)
+                st.key_schema.put(key, name)
+                continue
+            if match:
+                st.key_schema.pop(key)
+            raise
+    result = parse_write(reply)
+    if result.ok:
+        if name:
+            st.key_schema.put(key, name)
+    else:
+        st.remember_schema(key, result.current)
+    return result
+
+
+def _install_plan(st: State, name: str) -> Op[None]:
+    """Lua engine: compile the entry's validation plan and store it next to the entry."""
+    from ctxlink._plan import compile_plan
+
+    rk = registry_key(name)
+    type_name, fds, vfield, digest = yield Cmd(("HMGET", rk, "type", "fds", "vfield", "digest"))
+    if type_name is None or fds is None:
+        return
+    plan = compile_plan(_bytes(fds), _text(type_name), _text(vfield or b"version"), _text(digest))
+    yield from _evalsha(st, "schema_plan", (rk,), (_text(digest), plan))
+
+
+def op_cas(
+    st: State,
+    key: Any,
+    expected_version: int,
+    payload: Union[bytes, Message],
+    schema: Optional[str],
+    by: Optional[str],
+) -> Op[CasResult]:
+    expected = _check_version(expected_version)
+    raw = yield from _encode(st, payload, expected, schema)
+    try:
+        return (yield from _cas_raw(st, key, expected, raw, schema, by))
+    except VersionError:
+        if not isinstance(payload, Message) or schema is None:
+            raise
+        if not (yield from _vfield_changed(st, schema, payload.DESCRIPTOR)):
+            raise
+    raw = yield from _encode(st, payload, expected, schema)
+    return (yield from _cas_raw(st, key, expected, raw, schema, by))
+
+
+def _vfield_changed(st: State, schema: str, desc: Descriptor) -> Op[bool]:
+    """After CTXVERSION: re-reads the schema's version field; True when the cached one was stale
+    (the schema was re-registered with another VERSIONFIELD), so the write is worth retrying."""
+    old = st.vfield_by_schema.pop(schema, None)
+    new = yield from _vfield(st, schema, desc)
+    return old is not None and new != old
+
+
+def op_delete(st: State, key: Any, expected_version: int) -> Op[CasResult]:
+    expected = _check_version(expected_version)
+    if st.engine == MODULE:
+        reply = yield Cmd(("CTX.DEL", key, expected))
+    else:
+        reply = yield from _evalsha(st, "del", (key,), (expected,))
+    if isinstance(reply, int):
+        st.remember_schema(key, None)
+        return CasResult(True, 0, None)
+    result = parse_write(reply)
+    st.remember_schema(key, result.current)
+    return result
+
+
+def op_update(
+    st: State,
+    key: Any,
+    fn: Callable[[Any], Any],
+    message_class: type[Message],
+    schema: Optional[str],
+    by: Optional[str],
+    retries: int,
+    default: Optional[Callable[[], Message]],
+) -> Op[Updated[Any]]:
+    snap = yield from op_get(st, key)
+    attempts = 0
+    while True:
+        if snap is None:
+            if default is None:
+                raise NotFoundError(f"no context at {key!r} and no default to create one")
+            if schema is None:
+                raise ValueError("update() needs schema= to create a context from default()")
+            msg = message_class()
+            msg.CopyFrom(default())
+            expected, name = 0, schema
+        else:
+            msg = snap.decode(message_class)
+            expected, name = snap.version, snap.schema
+        out = fn(msg)
+        if out is not None:
+            msg = out
+        vf = yield from _vfield(st, name, msg.DESCRIPTOR)
+        setattr(msg, vf, expected + 1)
+        raw = msg.SerializeToString()
+        try:
+            result = yield from _cas_raw(st, key, expected, raw, schema or name, by)
+        except VersionError:
+            if not (yield from _vfield_changed(st, name, msg.DESCRIPTOR)):
+                raise
+            vf = yield from _vfield(st, name, msg.DESCRIPTOR)
+            setattr(msg, vf, expected + 1)
+            raw = msg.SerializeToString()
+            result = yield from _cas_raw(st, key, expected, raw, schema or name, by)
+        attempts += 1
+        if result.ok:
+            return Updated(result.version, msg, raw, name, attempts)
+        if attempts > retries:
+            raise ConflictError(
+                f"update of {key!r} gave up after {attempts} conflicting attempts", result.current
+            )
+        snap = result.current
+        ceiling = min(st.backoff_cap, st.backoff_base * (2 ** (attempts - 1)))
+        yield Sleep(random.uniform(0, ceiling))
+
+
+# ---------------------------------------------------------------------------------------------
+# schemas
+
+
+@dataclass(frozen=True)
+class SchemaInfo:
+    """A registry entry, as ``get_schema`` returns it."""
+
+    name: str
+    message_type: str
+    descriptor_set: bytes
+    revision: int
+
+
+def build_descriptor_set(desc: Union[Descriptor, FileDescriptor]) -> bytes:
+    """A serialized FileDescriptorSet with ``desc``'s file and every transitive import,
+    dependencies first."""
+    root = desc if isinstance(desc, FileDescriptor) else desc.file
+    ordered: list[FileDescriptor] = []
+    seen: set[str] = set()
+
+    def visit(f: FileDescriptor) -> None:
+        if f.name in seen:
+            return
+        seen.add(f.name)
+        for dep in f.dependencies:
+            visit(dep)
+        ordered.append(f)
+
+    visit(root)
+    fds = descriptor_pb2.FileDescriptorSet()
+    for f in ordered:
+        f.CopyToProto(fds.file.add())
+    return bytes(fds.SerializeToString())
+
+
+def resolve_schema_source(source: Any, message_type: Optional[str]) -> tuple[str, bytes]:
+    """(message type, descriptor set) from a message class/instance/descriptor or a set's bytes."""
+    desc = getattr(source, "DESCRIPTOR", source)
+    if isinstance(desc, Descriptor):
+        if message_type is not None and message_type != desc.full_name:
+            raise ValueError(f"message_type {message_type!r} != {desc.full_name!r}")
+        return desc.full_name, build_descriptor_set(desc)
+    if isinstance(source, descriptor_pb2.FileDescriptorSet):
+        source = source.SerializeToString()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        fds = bytes(source)
+        if message_type is None:
+            parsed = descriptor_pb2.FileDescriptorSet.FromString(fds)
+            names = [
+                (f.package + "." if f.package else "") + m.name
+                for f in parsed.file
+                for m in f.message_type
+            ]
+            if len(names) != 1:
+                raise ValueError("message_type= is required: the set defines several messages")
+            message_type = names[0]
+        return message_type, fds
+    raise TypeError("register_schema needs a message class, a Descriptor or descriptor-set bytes")
+
+
+_INT_TYPES = {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+_WIRE_CLASS = {
+    FieldDescriptor.TYPE_INT32: "varint",
+    FieldDescriptor.TYPE_INT64: "varint",
+    FieldDescriptor.TYPE_UINT32: "varint",
+    FieldDescriptor.TYPE_UINT64: "varint",
+    FieldDescriptor.TYPE_BOOL: "varint",
+    FieldDescriptor.TYPE_ENUM: "varint",
+    FieldDescriptor.TYPE_SINT32: "zigzag",
+    FieldDescriptor.TYPE_SINT64: "zigzag",
+    FieldDescriptor.TYPE_FIXED32: "fixed32",
+    FieldDescriptor.TYPE_SFIXED32: "fixed32",
+    FieldDescriptor.TYPE_FLOAT: "fixed32",
+    FieldDescriptor.TYPE_FIXED64: "fixed64",
+    FieldDescriptor.TYPE_SFIXED64: "fixed64",
+    FieldDescriptor.TYPE_DOUBLE: "fixed64",
+    FieldDescriptor.TYPE_STRING: "bytes",
+    FieldDescriptor.TYPE_BYTES: "bytes",
+    FieldDescriptor.TYPE_MESSAGE: "message",
+    FieldDescriptor.TYPE_GROUP: "group",
+}
+
+
+def _repeated(f: FieldDescriptor) -> bool:
+    value = getattr(f, "is_repeated", None)
+    return bool(value) if value is not None else f.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _required(f: FieldDescriptor) -> bool:
+    value = getattr(f, "is_required", None)
+    return bool(value) if value is not None else f.label == FieldDescriptor.LABEL_REQUIRED
+
+
+def _schema_error(text: str) -> SchemaError:
+    return SchemaError("CTXSCHEMA " + text)
+
+
+def load_descriptor(fds: bytes, type_name: str, max_bytes: int) -> Descriptor:
+    """Checks a descriptor set as CTX.SCHEMA.SET does and returns the message's descriptor."""
+    if len(fds) > max_bytes:
+        raise _schema_error(f"descriptor set is {len(fds)} bytes, over max-schema-bytes")
+    try:
+        parsed = descriptor_pb2.FileDescriptorSet.FromString(fds)
+    except Exception as exc:
+        raise _schema_error(f"descriptor set does not parse: {exc}") from None
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    for f in parsed.file:
+        if f.name in files:
+            raise _schema_error(f"file '{f.name}' appears twice in the descriptor set")
+        files[f.name] = f
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(name: str, chain: tuple[str, ...]) -> None:
+        if name in added:
+            return
+        if name in chain:
+            raise _schema_error(f"import cycle through '{name}'")
+        proto = files[name]
+        for dep in proto.dependency:
+            if dep not in files:
+                raise _schema_error(f"missing import '{dep}' (imported by '{name}')")
+            add(dep, chain + (name,))
+        try:
+            pool.Add(proto)
+        except Exception as exc:
+            raise _schema_error(f"file '{name}' refused: {exc}") from None
+        added.add(name)
+
+    for name in files:
+        add(name, ())
+    try:
+        return pool.FindMessageTypeByName(type_name)
+    except KeyError:
+        raise _schema_error(f"message type '{type_name}' is not in the descriptor set") from None
+
+
+def check_version_field(desc: Descriptor, vfield: str) -> None:
+    f = desc.fields_by_name.get(vfield)
+    if f is None or _repeated(f) or f.type not in _INT_TYPES:
+        raise _schema_error(
+            f"message '{desc.full_name}' has no top-level singular integer field '{vfield}'"
+        )
+
+
+def check_compatible(old: Descriptor, new: Descriptor) -> None:
+    """Raises SchemaError when ``new`` is not wire-compatible with ``old`` (PROTOCOL rules)."""
+    seen: set[tuple[str, str]] = set()
+    todo = [(old, new, old.full_name)]
+    while todo:
+        a, b, path = todo.pop()
+        if (a.full_name, b.full_name) in seen:
+            continue
+        seen.add((a.full_name, b.full_name))
+        for fa in a.fields:
+            fb = b.fields_by_number.get(fa.number)
+            if fb is None:
+                if _required(fa):
+                    raise _schema_error(
+                        f"incompatible: required field {path}.{fa.name} ({fa.number}) removed"
+                    )
+                continue
+            where = f"{path}.{fa.name} ({fa.number})"
+            if _WIRE_CLASS[fa.type] != _WIRE_CLASS[fb.type]:
+                raise _schema_error(
+                    f"incompatible: field {where} changes wire class "
+                    f"{_WIRE_CLASS[fa.type]} -> {_WIRE_CLASS[fb.type]}"
+                )
+            if _repeated(fa) != _repeated(fb):
+                raise _schema_error(f"incompatible: field {where} changes cardinality")
+            if _required(fa) and not _required(fb):
+                raise _schema_error(f"incompatible: required field {where} removed")
+            if _required(fb) and not _required(fa):
+                raise _schema_error(f"incompatible: new required field {where}")
+            if fa.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+                todo.append((fa.message_type, fb.message_type, f"{path}.{fa.name}"))
+        for fb in b.fields:
+            if _required(fb) and fb.number not in a.fields_by_number:
+                raise _schema_error(
+                    f"incompatible: new required field {path}.{fb.name} ({fb.number})"
+                )
+
+
+def op_register_schema(
+    st: State,
+    name: str,
+    source: Any,
+    force: bool,
+    version_field: Optional[str],
+    message_type: Optional[str],
+) -> Op[int]:
+    type_name, fds = resolve_schema_source(source, message_type)
+    vfield = version_field or "version"
+    if st.engine == MODULE:
+        args: tuple[Any, ...] = ("CTX.SCHEMA.SET", name, type_name, fds)
+        if force:
+            args += ("FORCE",)
+        if version_field is not None:
+            args += ("VERSIONFIELD", version_field)
+        revision = int((yield from _admin(st, args, write=True)))
+    else:
+        from ctxlink._plan import compile_plan, registry_digest
+
+        if not _NAME_RE.match(name):
+            raise _schema_error("invalid schema name")
+        desc = load_descriptor(fds, type_name, st.max_schema_bytes)
+        check_version_field(desc, vfield)
+        rk = registry_key(name)
+        prev = yield Cmd(("HMGET", rk, "type", "fds", "revision", "digest"))
+        prev_type, prev_fds, prev_rev, prev_digest = prev
+        digest = registry_digest(type_name, vfield, fds)
+        if prev_rev is not None and prev_digest is not None and _text(prev_digest) == digest:
+            revision = int(prev_rev)
+        else:
+            if (
+                prev_rev is not None
+                and prev_type is not None
+                and prev_fds is not None
+                and not force
+            ):
+                try:
+                    old = load_descriptor(_bytes(prev_fds), _text(prev_type), 1 << 62)
+                except SchemaError:
+                    old = None  # a damaged previous entry cannot constrain the new one
+                if old is not None:
+                    check_compatible(old, desc)
+            plan = compile_plan(fds, type_name, vfield, digest)
+            reply = yield from _evalsha(
+                st,
+                "schema_set",
+                (rk, SCHEMAS_KEY),
+                (name, type_name, fds, vfield, plan, int(prev_rev) if prev_rev is not None else 0),
+            )
+            revision = int(reply)
+    st.vfield_by_schema[name] = vfield
+    st.vfield_by_type[type_name] = vfield
+    return revision
+
+
+def op_schemas(st: State) -> Op[list[str]]:
+    if st.engine == MODULE:
+        reply = yield from _admin(st, ("CTX.SCHEMA.LIST",), write=False)
+    else:
+        reply = yield from _evalsha(st, "schema_list", (SCHEMAS_KEY,), ())
+    return sorted(_text(n) for n in (reply or []))
+
+
+def op_get_schema(st: State, name: str) -> Op[Optional[SchemaInfo]]:
+    if st.engine == MODULE:
+        reply = yield from _admin(st, ("CTX.SCHEMA.GET", name), write=False)
+    else:
+        reply = yield from _evalsha(st, "schema_get", (registry_key(name),), ())
+    if reply is None:
+        return None
+    type_name, fds, revision = reply[:3]
+    return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision))
+
+
+def op_drop_schema(st: State, name: str) -> Op[bool]:
+    if st.engine == MODULE:
+        reply = yield from _admin(st, ("CTX.SCHEMA.DEL", name), write=True)
+    else:
+        reply = yield from _evalsha(st, "schema_del", (registry_key(name), SCHEMAS_KEY), (name,))
+    st.vfield_by_schema.pop(name, None)
+    return bool(int(reply))
+
+
+def cluster_targets(client: Any, nodes: str) -> list[Any]:
+    """The ClusterNodes of a RedisCluster (sync or asyncio) a keyless command goes to."""
+    if nodes == "primaries":
+        return list(client.get_primaries())
+    return [client.get_random_node()]
+
+
+def is_cluster(client: Any) -> bool:
+    return hasattr(client, "nodes_manager")
+
+
+def check_client(client: Any) -> None:
+    """Refuses clients that decode replies to str (payloads are bytes)."""
+    kwargs: dict[str, Any] = {}
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        kwargs = getattr(pool, "connection_kwargs", {}) or {}
+    else:
+        nm = getattr(client, "nodes_manager", None)
+        kwargs = getattr(nm, "connection_kwargs", {}) or {}
+    if kwargs.get("decode_responses"):
+        raise ValueError("ctxlink needs a client with decode_responses=False (payloads are bytes)")
+
+
+def make_state(engine: str, cluster: bool, options: dict[str, Any]) -> State:
+    if engine == LUA and cluster:
+        # cas.lua touches the context key and its registry entry, which sit in different slots
+        # until the per-slot registry of docs/PROTOCOL.md ("Redis Cluster") exists
+        raise EngineError("the Lua engine does not run on Redis Cluster yet; load the module")
+    st = State(engine=engine, cluster=cluster, **options)
+    if engine == LUA:
+        st.scripts = load_scripts()
+    return st
+
+
+def choose_engine(requested: str, has_module: Optional[bool]) -> str:
+    if requested == MODULE:
+        if has_module is False:
+            raise EngineError("engine='module' but the server does not know CTX.CAS")
+        return MODULE
+    if requested == LUA:
+        return LUA
+    if requested != "auto":
+        raise ValueError(f"engine must be 'auto', 'module' or 'lua', not {requested!r}")
+    if has_module:
+        return MODULE
+    if find_lua_dir() is None:
+        raise EngineError("the server has no ctxlink module and the Lua scripts are missing")
+    return LUA

@@ -1,0 +1,128 @@
+"""Exceptions raised by the ctxlink SDK.
+
+Every exception the SDK raises on purpose derives from one root, so ``except CtxError`` catches
+them all. Errors the server replies with keep the server's message (code included) as their text.
+
+    CtxError                    root of every ctxlink exception
+    ├── ServerError             the server (module or Lua script) replied with a ctxlink error code
+    │   ├── ValidationError     CTXINVALID: the payload fails validation against the schema
+    │   ├── SchemaError         CTXSCHEMA: unknown/mismatched/missing schema, bad descriptor set
+    │   ├── VersionError        CTXVERSION: the payload's version field is not expected + 1
+    │   ├── PayloadTooLarge     CTXTOOBIG: the payload or its decoded form is over the limit
+    │   └── WrongTypeError      WRONGTYPE: the key exists and is not a context
+    ├── ConflictError           ``update`` gave up after its retries; ``.current`` is the last state
+    ├── NotFoundError           ``update`` found no context and had no ``default`` to create one
+    └── EngineError             the requested engine is unavailable (no module, no Lua scripts)
+
+Other error replies (``ERR`` syntax errors, ``NOPERM``, ``READONLY`` ...) and connection problems
+pass through as the client library's own exceptions (``redis.exceptions.*``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctxlink._types import Snapshot
+
+__all__ = [
+    "CtxError",
+    "ServerError",
+    "ValidationError",
+    "SchemaError",
+    "VersionError",
+    "PayloadTooLarge",
+    "WrongTypeError",
+    "ConflictError",
+    "NotFoundError",
+    "EngineError",
+    "EXCEPTION_CLASSES",
+    "error_from_reply",
+]
+
+
+class CtxError(Exception):
+    """Root of every exception the ctxlink SDK raises."""
+
+
+class ServerError(CtxError):
+    """An error reply carrying a ctxlink error code; ``str(exc)`` is the server's full message."""
+
+    code: str = ""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationError(ServerError):
+    """CTXINVALID: the payload does not decode or validate against the newest schema revision."""
+
+    code = "CTXINVALID"
+
+
+class SchemaError(ServerError):
+    """CTXSCHEMA: unknown, mismatched or required schema, or a bad/incompatible descriptor set."""
+
+    code = "CTXSCHEMA"
+
+
+class VersionError(ServerError):
+    """CTXVERSION: the payload's version field is not ``expected_version + 1``."""
+
+    code = "CTXVERSION"
+
+
+class PayloadTooLarge(ServerError):
+    """CTXTOOBIG: the payload (or the memory needed to decode it) is over the server's limit."""
+
+    code = "CTXTOOBIG"
+
+
+class WrongTypeError(ServerError):
+    """WRONGTYPE: the key exists and is not a context (not a hash with a usable version)."""
+
+    code = "WRONGTYPE"
+
+
+class ConflictError(CtxError):
+    """``update`` lost every compare-and-set race; ``current`` is the last state it saw."""
+
+    def __init__(self, message: str, current: "Optional[Snapshot]") -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class NotFoundError(CtxError, LookupError):
+    """``update`` found no context under the key and was given no ``default`` to create one."""
+
+
+class EngineError(CtxError):
+    """The requested engine cannot run: the module is not loaded or the Lua scripts are missing."""
+
+
+#: Error-reply code (first word of the reply) -> exception class, like redis-py's table.
+EXCEPTION_CLASSES: dict[str, type[ServerError]] = {
+    "CTXINVALID": ValidationError,
+    "CTXSCHEMA": SchemaError,
+    "CTXVERSION": VersionError,
+    "CTXTOOBIG": PayloadTooLarge,
+    "WRONGTYPE": WrongTypeError,
+}
+
+
+def error_from_reply(message: str) -> Optional[ServerError]:
+    """The ctxlink exception for an error reply's text, or None when the code is not ours.
+
+    Error replies coming out of a Lua script may carry a prefix added by Redis (``ERR ...``,
+    ``user_script:...``); the code is looked for as the first word, then after such a prefix.
+    """
+    code = message.split(" ", 1)[0]
+    cls = EXCEPTION_CLASSES.get(code)
+    if cls is not None:
+        return cls(message)
+    for code, cls in EXCEPTION_CLASSES.items():
+        pos = message.find(code + " ")
+        if pos > 0 and message[pos - 1] in " :":
+            return cls(message[pos:])
+    return None

@@ -1,0 +1,191 @@
+"""The synchronous front end: runs the operations of :mod:`ctxlink._core` on a redis-py client."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
+
+from google.protobuf.message import Message
+from redis.exceptions import ResponseError
+
+from ctxlink import _core
+from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
+from ctxlink._types import CasResult, M, Snapshot, Updated
+
+T = TypeVar("T")
+
+__all__ = ["Store", "connect"]
+
+EngineName = Literal["auto", "module", "lua"]
+
+
+def _run(client: Any, op: Op[T]) -> T:
+    """Drives one operation: sends what it yields, feeds back replies or mapped errors."""
+    reply: Any = None
+    error: Optional[BaseException] = None
+    while True:
+        try:
+            instr = op.send(reply) if error is None else op.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            if type(instr) is Cmd:
+                if instr.nodes is not None:  # keyless command on a Redis Cluster
+                    # sent to the node(s) directly: redis-py's cluster router refuses
+                    # command names with two dots (CTX.SCHEMA.SET); the first reply counts
+                    replies = [
+                        client.get_redis_connection(node).execute_command(*instr.args)
+                        for node in _core.cluster_targets(client, instr.nodes)
+                    ]
+                    reply = replies[0]
+                else:
+                    reply = client.execute_command(*instr.args)
+            elif type(instr) is LoadScript:
+                reply = client.script_load(instr.source)
+            elif type(instr) is Sleep:
+                time.sleep(instr.seconds)
+            else:  # pragma: no cover
+                raise TypeError(f"unknown instruction {instr!r}")
+        except ResponseError as exc:
+            error = _core.map_error(exc)
+
+
+class Store:
+    """Contexts on one Redis deployment, through the module or the Lua scripts.
+
+    Build it with :func:`connect`. Thread-safe: share one Store (and one client) between threads.
+    """
+
+    def __init__(self, client: Any, state: State) -> None:
+        self._client = client
+        self._st = state
+
+    @property
+    def engine(self) -> str:
+        """``"module"`` (CTX.* commands) or ``"lua"`` (scripts from ``lua/``)."""
+        return self._st.engine
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<ctxlink.Store engine={self.engine!r} client={self._client!r}>"
+
+    # -- contexts --------------------------------------------------------------------------
+    def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
+        """The context at ``key``, or None. One round trip."""
+        return _run(self._client, _core.op_get(self._st, key))
+
+    def cas(
+        self,
+        key: Union[str, bytes],
+        expected_version: int,
+        payload: Union[bytes, Message],
+        *,
+        schema: Optional[str] = None,
+        by: Optional[str] = None,
+    ) -> CasResult:
+        """Writes ``payload`` if the stored version is ``expected_version`` (0 = create).
+
+        ``payload`` is the encoded bytes (whose version field must already be expected + 1) or a
+        message, whose version field the SDK sets to expected + 1 on a copy. A conflict is not an
+        error: ``ok`` is False and ``current`` holds the state the server has now.
+        """
+        return _run(
+            self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
+        )
+
+    def delete(self, key: Union[str, bytes], expected_version: int) -> CasResult:
+        """Deletes the context if its version is ``expected_version``; ``ok`` False on conflict."""
+        return _run(self._client, _core.op_delete(self._st, key, expected_version))
+
+    def update(
+        self,
+        key: Union[str, bytes],
+        fn: Callable[[M], Optional[M]],
+        *,
+        message_class: type[M],
+        schema: Optional[str] = None,
+        by: Optional[str] = None,
+        retries: int = 3,
+        default: Optional[Callable[[], M]] = None,
+    ) -> Updated[M]:
+        """Read-modify-write with optimistic concurrency.
+
+        ``fn`` receives a freshly decoded message and changes it in place (or returns a new one).
+        On a conflict it is called again with the state the conflict reply carried (no extra GET),
+        after a small jittered backoff; after ``retries`` retries :class:`ConflictError` is raised
+        with the last state. When the key is absent the context is created from ``default()``
+        (``schema`` required), else :class:`NotFoundError`. Returns :class:`Updated`
+        (``version, message = store.update(...)``).
+        """
+        return _run(
+            self._client,
+            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default),
+        )
+
+    # -- schema registry -------------------------------------------------------------------
+    def register_schema(
+        self,
+        name: str,
+        message_class_or_descriptor_set: Any,
+        *,
+        force: bool = False,
+        version_field: Optional[str] = None,
+        message_type: Optional[str] = None,
+    ) -> int:
+        """Registers (or re-registers) a schema; returns its revision.
+
+        Accepts a generated/message class (or instance, or its ``Descriptor``), whose descriptor
+        set is built with every transitive import, or a serialized ``FileDescriptorSet`` (then
+        ``message_type`` names the message unless the set defines exactly one).
+        """
+        return _run(
+            self._client,
+            _core.op_register_schema(
+                self._st, name, message_class_or_descriptor_set, force, version_field, message_type
+            ),
+        )
+
+    def schemas(self) -> list[str]:
+        """Registered schema names, sorted."""
+        return _run(self._client, _core.op_schemas(self._st))
+
+    def get_schema(self, name: str) -> Optional[SchemaInfo]:
+        """The registry entry (message type, descriptor set, revision), or None."""
+        return _run(self._client, _core.op_get_schema(self._st, name))
+
+    def drop_schema(self, name: str) -> bool:
+        """Removes a schema; True when there was one."""
+        return _run(self._client, _core.op_drop_schema(self._st, name))
+
+
+def connect(
+    client: Any,
+    *,
+    engine: EngineName = "auto",
+    max_payload_bytes: int = 1048576,
+    max_depth: int = 32,
+    unknown_fields: Literal["reject", "allow"] = "reject",
+    max_schema_bytes: int = 4194304,
+) -> Store:
+    """A :class:`Store` on a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``).
+
+    ``engine="auto"`` asks the server ``COMMAND INFO ctx.cas`` and uses the module when it is
+    loaded, else the Lua scripts. The limits are those the Lua engine enforces (the module uses
+    its own load-time arguments); keep them equal to the module's on mixed deployments.
+    """
+    _core.check_client(client)
+    has_module: Optional[bool] = None
+    if engine != "lua":
+        has_module = _run(client, _core.op_detect(_core.is_cluster(client)))
+    chosen = _core.choose_engine(engine, has_module)
+    options = dict(
+        max_payload_bytes=max_payload_bytes,
+        max_depth=max_depth,
+        unknown_fields=unknown_fields,
+        max_schema_bytes=max_schema_bytes,
+    )
+    return Store(client, _core.make_state(chosen, _core.is_cluster(client), options))

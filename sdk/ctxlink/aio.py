@@ -1,0 +1,162 @@
+"""The asyncio twin of :mod:`ctxlink`: same names and arguments, for ``redis.asyncio`` clients.
+
+    store = await ctxlink.aio.connect(redis.asyncio.Redis(...))
+    snap = await store.get("order:1")
+
+Everything but the awaiting is shared with the sync front end (:mod:`ctxlink._core`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
+
+from google.protobuf.message import Message
+from redis.exceptions import ResponseError
+
+from ctxlink import _core
+from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
+from ctxlink._exceptions import *  # noqa: F401,F403  (same names as ctxlink)
+from ctxlink._exceptions import __all__ as _exc_all
+from ctxlink._types import CasResult, M, Snapshot, Updated
+
+T = TypeVar("T")
+
+__all__ = ["Store", "connect", "Snapshot", "CasResult", "Updated", "SchemaInfo", *_exc_all]
+
+EngineName = Literal["auto", "module", "lua"]
+
+
+async def _run(client: Any, op: Op[T]) -> T:
+    reply: Any = None
+    error: Optional[BaseException] = None
+    while True:
+        try:
+            instr = op.send(reply) if error is None else op.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            if type(instr) is Cmd:
+                if instr.nodes is not None:  # keyless command on a Redis Cluster
+                    # sent to the node(s) directly: redis-py's cluster router refuses
+                    # command names with two dots (CTX.SCHEMA.SET); the first reply counts
+                    await client.initialize()  # the asyncio cluster client discovers lazily
+                    replies = [
+                        await node.execute_command(*instr.args)
+                        for node in _core.cluster_targets(client, instr.nodes)
+                    ]
+                    reply = replies[0]
+                else:
+                    reply = await client.execute_command(*instr.args)
+            elif type(instr) is LoadScript:
+                reply = await client.script_load(instr.source)
+            elif type(instr) is Sleep:
+                await asyncio.sleep(instr.seconds)
+            else:  # pragma: no cover
+                raise TypeError(f"unknown instruction {instr!r}")
+        except ResponseError as exc:
+            error = _core.map_error(exc)
+
+
+class Store:
+    """Async twin of :class:`ctxlink.Store`; every method is awaitable, same semantics."""
+
+    def __init__(self, client: Any, state: State) -> None:
+        self._client = client
+        self._st = state
+
+    @property
+    def engine(self) -> str:
+        return self._st.engine
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<ctxlink.aio.Store engine={self.engine!r} client={self._client!r}>"
+
+    async def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
+        return await _run(self._client, _core.op_get(self._st, key))
+
+    async def cas(
+        self,
+        key: Union[str, bytes],
+        expected_version: int,
+        payload: Union[bytes, Message],
+        *,
+        schema: Optional[str] = None,
+        by: Optional[str] = None,
+    ) -> CasResult:
+        return await _run(
+            self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
+        )
+
+    async def delete(self, key: Union[str, bytes], expected_version: int) -> CasResult:
+        return await _run(self._client, _core.op_delete(self._st, key, expected_version))
+
+    async def update(
+        self,
+        key: Union[str, bytes],
+        fn: Callable[[M], Optional[M]],
+        *,
+        message_class: type[M],
+        schema: Optional[str] = None,
+        by: Optional[str] = None,
+        retries: int = 3,
+        default: Optional[Callable[[], M]] = None,
+    ) -> Updated[M]:
+        return await _run(
+            self._client,
+            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default),
+        )
+
+    async def register_schema(
+        self,
+        name: str,
+        message_class_or_descriptor_set: Any,
+        *,
+        force: bool = False,
+        version_field: Optional[str] = None,
+        message_type: Optional[str] = None,
+    ) -> int:
+        return await _run(
+            self._client,
+            _core.op_register_schema(
+                self._st, name, message_class_or_descriptor_set, force, version_field, message_type
+            ),
+        )
+
+    async def schemas(self) -> list[str]:
+        return await _run(self._client, _core.op_schemas(self._st))
+
+    async def get_schema(self, name: str) -> Optional[SchemaInfo]:
+        return await _run(self._client, _core.op_get_schema(self._st, name))
+
+    async def drop_schema(self, name: str) -> bool:
+        return await _run(self._client, _core.op_drop_schema(self._st, name))
+
+
+async def connect(
+    client: Any,
+    *,
+    engine: EngineName = "auto",
+    max_payload_bytes: int = 1048576,
+    max_depth: int = 32,
+    unknown_fields: Literal["reject", "allow"] = "reject",
+    max_schema_bytes: int = 4194304,
+) -> Store:
+    """Async :func:`ctxlink.connect` for ``redis.asyncio.Redis`` / ``RedisCluster``."""
+    _core.check_client(client)
+    has_module: Optional[bool] = None
+    if engine != "lua":
+        has_module = await _run(client, _core.op_detect(_core.is_cluster(client)))
+    chosen = _core.choose_engine(engine, has_module)
+    options = dict(
+        max_payload_bytes=max_payload_bytes,
+        max_depth=max_depth,
+        unknown_fields=unknown_fields,
+        max_schema_bytes=max_schema_bytes,
+    )
+    return Store(client, _core.make_state(chosen, _core.is_cluster(client), options))
