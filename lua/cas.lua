@@ -15,11 +15,11 @@
 
   Checks, in the module's order; the first failure replies and nothing is written:
     ERR        expected_version is not an integer in range
-    WRONGTYPE  KEYS[1] exists and is not a context (not a hash, no integer version >= 1,
-               no schema field)
+    WRONGTYPE  KEYS[1] exists and is not a context (not a hash, no integer version >= 1)
     conflict   stored version (0 when absent) != expected_version: reply the current state
                [version, raw, schema, updated_ms, updated_by] or nil when there is no context
     CTXSCHEMA  "schema required to create a context", "schema mismatch: ...",
+               "the context has no schema field",
                "unknown schema '<name>'" (no registry entry),
                "noplan <name>" (entry without a plan, or plan digest != entry digest: the SDK
                compiles the plan, stores it with schema_plan.lua and retries),
@@ -111,7 +111,7 @@ if kt == 'none' then
   if not given then return err('CTXSCHEMA', 'schema required to create a context') end
 else
   if not stored_schema then
-    return err('WRONGTYPE', 'Operation against a key that is not a ctxlink context')
+    return err('CTXSCHEMA', 'the context has no schema field')
   end
   if stored_schema ~= name then
     if given then

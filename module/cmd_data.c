@@ -180,8 +180,8 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   if (kind == kState_Context) {
     if (!s.schema) {
-      reply_wrongtype(ctx);
-      goto done;
+      ctx_Status_Set(&st, kCtx_Schema, "the context has no schema field");
+      goto reject;
     }
     if (schema_arg && RedisModule_StringCompare(schema_arg, s.schema) != 0) {
       size_t al, sl;

@@ -23,6 +23,21 @@ static bool call_ok(RedisModuleCallReply *r) {
   return r && RedisModule_CallReplyType(r) != REDISMODULE_REPLY_ERROR;
 }
 
+/* True when the name index can take SADD/SREM; else replies CTXSCHEMA, so a
+ * registry write never stops half-way. */
+static bool index_usable(RedisModuleCtx *ctx) {
+  RedisModuleString *iname =
+      RedisModule_CreateString(ctx, CTX_REGISTRY_INDEX, strlen(CTX_REGISTRY_INDEX));
+  RedisModuleKey *k = RedisModule_OpenKey(ctx, iname, REDISMODULE_READ);
+  int t = RedisModule_KeyType(k);
+  RedisModule_CloseKey(k);
+  RedisModule_FreeString(ctx, iname);
+  if (t == REDISMODULE_KEYTYPE_EMPTY || t == REDISMODULE_KEYTYPE_SET) return true;
+  RedisModule_ReplyWithError(
+      ctx, "CTXSCHEMA the registry index '" CTX_REGISTRY_INDEX "' holds another type");
+  return false;
+}
+
 /* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field] */
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
@@ -83,6 +98,7 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     RedisModule_ReplyWithError(ctx, "CTXSCHEMA the registry key holds another type");
     goto done;
   }
+  if (!index_usable(ctx)) goto done;
   if (same && revision > 0) {
     /* Registering the very same definition again changes nothing. */
     RedisModule_ReplyWithLongLong(ctx, revision);
@@ -177,6 +193,7 @@ static int cmp_names(const void *a, const void *b) {
 int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   (void)argv;
   if (argc != 1) return RedisModule_WrongArity(ctx);
+  if (!index_usable(ctx)) return REDISMODULE_OK;
   RedisModuleCallReply *r = RedisModule_Call(ctx, "SMEMBERS", "c", CTX_REGISTRY_INDEX);
   if (!r || RedisModule_CallReplyType(r) != REDISMODULE_REPLY_ARRAY) {
     RedisModule_ReplyWithArray(ctx, 0);
@@ -208,6 +225,7 @@ int ctx_SchemaDelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   long long removed = 0;
   RedisModuleCallReply *r1 = NULL, *r2 = NULL;
 
+  if (!index_usable(ctx)) goto done;
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
   bool exists = RedisModule_KeyType(key) != REDISMODULE_KEYTYPE_EMPTY;
   RedisModule_CloseKey(key);
