@@ -35,13 +35,14 @@ static state_kind state_read(RedisModuleKey *key, ctx_State *s, bool full) {
   int type = RedisModule_KeyType(key);
   if (type == REDISMODULE_KEYTYPE_EMPTY) return kState_Absent;
   if (type != REDISMODULE_KEYTYPE_HASH) return kState_WrongType;
+  const ctx_Names *n = &ctx_names;
   if (full) {
-    RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "version", &s->version,
-                        "schema", &s->schema, "raw", &s->raw, "updated_ms",
-                        &s->updated_ms, "updated_by", &s->updated_by, NULL);
+    RedisModule_HashGet(key, REDISMODULE_HASH_NONE, n->version, &s->version, n->schema,
+                        &s->schema, n->raw, &s->raw, n->updated_ms, &s->updated_ms,
+                        n->updated_by, &s->updated_by, NULL);
   } else {
-    RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "version", &s->version,
-                        "schema", &s->schema, NULL);
+    RedisModule_HashGet(key, REDISMODULE_HASH_NONE, n->version, &s->version, n->schema,
+                        &s->schema, NULL);
   }
   if (!s->version || RedisModule_StringToLongLong(s->version, &s->ver) != REDISMODULE_OK ||
       s->ver < 1) {
@@ -158,7 +159,7 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 
   ctx_State s;
   ctx_Status st;
-  RedisModuleString *verstr = NULL, *msstr = NULL, *empty = NULL;
+  RedisModuleString *verstr = NULL, *msstr = NULL;
   RedisModuleKey *key =
       RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ | REDISMODULE_WRITE);
   state_kind kind = state_read(key, &s, false);
@@ -216,13 +217,14 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   /* Write all five fields, then propagate exactly that write. */
   verstr = RedisModule_CreateStringFromLongLong(ctx, expected + 1);
   msstr = RedisModule_CreateStringFromLongLong(ctx, RedisModule_Milliseconds());
-  if (!by) by = empty = RedisModule_CreateString(ctx, "", 0);
-  RedisModule_HashSet(key, REDISMODULE_HASH_CFIELDS, "raw", argv[3], "version", verstr,
-                      "schema", schema_name, "updated_ms", msstr, "updated_by", by,
+  if (!by) by = ctx_names.empty;
+  const ctx_Names *n = &ctx_names;
+  RedisModule_HashSet(key, REDISMODULE_HASH_NONE, n->raw, argv[3], n->version, verstr,
+                      n->schema, schema_name, n->updated_ms, msstr, n->updated_by, by,
                       NULL);
-  RedisModule_Replicate(ctx, "HSET", "scscscscscs", argv[1], "raw", argv[3], "version",
-                        verstr, "schema", schema_name, "updated_ms", msstr,
-                        "updated_by", by);
+  RedisModule_Replicate(ctx, "HSET", "sssssssssss", argv[1], n->raw, argv[3], n->version,
+                        verstr, n->schema, schema_name, n->updated_ms, msstr,
+                        n->updated_by, by);
   RedisModule_SignalModifiedKey(ctx, argv[1]);
   RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_HASH, "hset", argv[1]);
   ctx_stats.cas_ok++;
@@ -235,7 +237,6 @@ reject:
 done:
   if (verstr) RedisModule_FreeString(ctx, verstr);
   if (msstr) RedisModule_FreeString(ctx, msstr);
-  if (empty) RedisModule_FreeString(ctx, empty);
   state_free(ctx, &s);
   RedisModule_CloseKey(key);
   return REDISMODULE_OK;

@@ -29,6 +29,13 @@ typedef struct {
 
 extern ctx_Stats ctx_stats;
 
+/* Field names made once at load, so the hot path allocates no name strings. */
+typedef struct {
+  RedisModuleString *raw, *version, *schema, *updated_ms, *updated_by, *digest, *empty;
+} ctx_Names;
+
+extern ctx_Names ctx_names;
+
 /* Replies with "<CODE> <message>" for a core status. Always returns
  * REDISMODULE_OK so handlers can `return ctx_ReplyStatus(...)`. */
 int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st);

@@ -17,6 +17,21 @@
 
 ctx_Config ctx_config;
 ctx_Stats ctx_stats;
+ctx_Names ctx_names;
+
+static RedisModuleString *make_name(const char *s) {
+  return RedisModule_CreateString(NULL, s, strlen(s));
+}
+
+static void make_names(void) {
+  ctx_names.raw = make_name("raw");
+  ctx_names.version = make_name("version");
+  ctx_names.schema = make_name("schema");
+  ctx_names.updated_ms = make_name("updated_ms");
+  ctx_names.updated_by = make_name("updated_by");
+  ctx_names.digest = make_name("digest");
+  ctx_names.empty = make_name("");
+}
 
 /* ---- Redis 7 command info, looked up at load ---- */
 
@@ -191,6 +206,7 @@ __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ct
   }
   ctx_compat_Init();
   if (parse_args(ctx, argv, argc) == REDISMODULE_ERR) return REDISMODULE_ERR;
+  make_names();
   RedisModule_SetModuleOptions(ctx, REDISMODULE_OPTIONS_HANDLE_IO_ERRORS |
                                         REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED);
   for (size_t i = 0; i < sizeof(kCommands) / sizeof(kCommands[0]); i++) {

@@ -10,6 +10,7 @@
 typedef struct {
   char digest[41];
   ctx_Schema *schema;
+  RedisModuleString *keyname; /* __ctx:schema:<name>, kept to spare the hot path */
 } cache_entry;
 
 static RedisModuleDict *cache; /* name -> cache_entry* */
@@ -57,6 +58,7 @@ void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
 static void entry_free(cache_entry *e) {
   if (!e) return;
   ctx_Schema_Free(e->schema);
+  RedisModule_FreeString(NULL, e->keyname);
   RedisModule_Free(e);
 }
 
@@ -65,6 +67,7 @@ void ctx_Registry_Remember(const char *name, size_t len, const char *digest,
   cache_entry *e = RedisModule_Alloc(sizeof(*e));
   memcpy(e->digest, digest, 41);
   e->schema = schema;
+  e->keyname = ctx_Registry_KeyName(NULL, name, len);
   cache_entry *old = NULL;
   RedisModule_DictDelC(cache, (void *)name, len, &old);
   entry_free(old);
@@ -103,18 +106,18 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
                                        size_t len, ctx_Status *st) {
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
-  RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, len);
-  RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
+  cache_entry *e = RedisModule_DictGetC(cache, (void *)name, len, NULL);
+  RedisModuleString *kname = e ? NULL : ctx_Registry_KeyName(ctx, name, len);
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, e ? e->keyname : kname, REDISMODULE_READ);
   int nl = len > 120 ? 120 : (int)len;
 
   if (RedisModule_KeyType(key) != REDISMODULE_KEYTYPE_HASH) {
     ctx_Status_Set(st, kCtx_Schema, "unknown schema '%.*s'", nl, name);
     goto done;
   }
-  RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &digest, NULL);
+  RedisModule_HashGet(key, REDISMODULE_HASH_NONE, ctx_names.digest, &digest, NULL);
   size_t dlen;
   const char *d = str_or_empty(digest, &dlen);
-  cache_entry *e = RedisModule_DictGetC(cache, (void *)name, len, NULL);
   if (e && dlen == 40 && memcmp(e->digest, d, 40) == 0) {
     result = e->schema;
     goto done;
@@ -149,7 +152,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
 
 done:
   RedisModule_CloseKey(key);
-  RedisModule_FreeString(ctx, kname);
+  if (kname) RedisModule_FreeString(ctx, kname);
   if (type) RedisModule_FreeString(ctx, type);
   if (fds) RedisModule_FreeString(ctx, fds);
   if (vfield) RedisModule_FreeString(ctx, vfield);

@@ -7,5 +7,7 @@
 
 const upb_MessageDef* ctx_Schema_MessageDef(const ctx_Schema* s);
 const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s);
+/* True when a required field is reachable from the root message. */
+bool ctx_Schema_HasRequired(const ctx_Schema* s);
 
 #endif /* CTX_INTERNAL_H_ */

@@ -16,6 +16,7 @@ struct ctx_Schema {
   upb_Arena* arena; /* holds the parsed FileDescriptorSet */
   const upb_MessageDef* msg;
   const upb_FieldDef* vfield;
+  bool has_required;
 };
 
 /* ---- status ------------------------------------------------------------ */
@@ -136,6 +137,39 @@ done:
   return ok;
 }
 
+/* Sets *found when any message reachable from `root` has a required field. */
+static bool find_required(const upb_MessageDef* root, bool* found) {
+  size_t len = 0, cap = 16;
+  const upb_MessageDef** seen = malloc(cap * sizeof(*seen));
+  if (!seen) return false;
+  seen[len++] = root;
+  *found = false;
+  for (size_t i = 0; i < len && !*found; i++) {
+    int n = upb_MessageDef_FieldCount(seen[i]);
+    for (int j = 0; j < n && !*found; j++) {
+      const upb_FieldDef* f = upb_MessageDef_Field(seen[i], j);
+      if (upb_FieldDef_IsRequired(f)) *found = true;
+      const upb_MessageDef* sub = upb_FieldDef_MessageSubDef(f);
+      if (!sub) continue;
+      bool known = false;
+      for (size_t k = 0; k < len && !known; k++) known = seen[k] == sub;
+      if (known) continue;
+      if (len == cap) {
+        const upb_MessageDef** more = realloc(seen, 2 * cap * sizeof(*seen));
+        if (!more) {
+          free(seen);
+          return false;
+        }
+        seen = more;
+        cap *= 2;
+      }
+      seen[len++] = sub;
+    }
+  }
+  free(seen);
+  return true;
+}
+
 ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
                              size_t type_len, const char* vfield,
                              size_t vfield_len, size_t max_schema_bytes,
@@ -208,6 +242,7 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
                    upb_FieldDef_Name(s->vfield), upb_MessageDef_FullName(s->msg));
     goto fail;
   }
+  if (!find_required(s->msg, &s->has_required)) goto oom;
   return s;
 
 oom:
@@ -236,6 +271,7 @@ const upb_MessageDef* ctx_Schema_MessageDef(const ctx_Schema* s) { return s->msg
 const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s) {
   return s->vfield;
 }
+bool ctx_Schema_HasRequired(const ctx_Schema* s) { return s->has_required; }
 
 /* ---- compatibility --------------------------------------------------------- */
 

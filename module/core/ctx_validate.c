@@ -1,13 +1,14 @@
 /* ctx_validate.c - checking one payload against a schema.
  *
  * Two passes, both bounded by the payload:
- *   1. a wire walk driven by the message definition: structure, wire types,
- *      unknown fields, UTF-8, closed enums and depth, with the exact field
- *      path in every error (upb's decoder accepts unknown fields and keeps
- *      wrongly typed known fields as unknown data, so this policy must be
- *      enforced here);
- *   2. upb_Decode with required-field checks into an arena with a byte budget,
- *      which also yields the version field.
+ *   1. a wire walk driven by the upb message definition: structure, wire
+ *      types, unknown fields, UTF-8, closed enums and depth, with the exact
+ *      field path in every error (upb's decoder accepts unknown fields and
+ *      keeps wrongly typed known fields as unknown data, so this policy must be
+ *      enforced here); it also reads the version field;
+ *   2. for schemas with proto2 required fields (at any depth), upb_Decode with
+ *      required-field checks into an arena with a byte budget. Schemas without
+ *      them skip the decode: it could only repeat what the walk established.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,8 @@ typedef struct frame {
 typedef struct {
   const ctx_Limits* limits;
   ctx_Status* status;
+  const upb_FieldDef* vfield; /* the root's version field */
+  uint64_t vraw;              /* its last value on the wire (0 when absent) */
 } walker;
 
 /* ---- wire primitives --------------------------------------------------------- */
@@ -266,11 +269,17 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
         if (!closed_enum_ok(f, v)) {
           return fail_at(w, fr, f, number, "value is not in the enum");
         }
+        if (f == w->vfield && depth == 0) w->vraw = v;
         break;
       case kWT_Fixed64:
       case kWT_Fixed32: {
         size_t unit = wt == kWT_Fixed32 ? 4 : 8;
         if ((size_t)(end - p) < unit) return fail_at(w, fr, f, number, "truncated");
+        if (f == w->vfield && depth == 0) {
+          v = 0;
+          for (size_t i = 0; i < unit; i++) v |= (uint64_t)(uint8_t)p[i] << (8 * i);
+          w->vraw = v;
+        }
         p += unit;
         break;
       }
@@ -349,19 +358,38 @@ static void* budget_fn(upb_alloc* a, void* ptr, size_t oldsize, size_t size,
   return q;
 }
 
-static bool read_version(const upb_Message* msg, const upb_FieldDef* f,
-                         ctx_PayloadVersion* out) {
-  upb_MessageValue v = upb_Message_GetFieldByDef(msg, f);
+/* The version field's value from its last wire value, converted exactly as
+ * protobuf parsers do (32-bit types keep the low 32 bits; zigzag for sint). */
+static bool version_from_wire(const upb_FieldDef* f, uint64_t raw,
+                              ctx_PayloadVersion* out) {
+  uint32_t lo = (uint32_t)raw;
   out->in_range = true;
-  switch (upb_FieldDef_CType(f)) {
-    case kUpb_CType_Int32: out->value = v.int32_val; break;
-    case kUpb_CType_UInt32: out->value = v.uint32_val; break;
-    case kUpb_CType_Int64: out->value = v.int64_val; break;
-    case kUpb_CType_UInt64:
-      out->in_range = v.uint64_val <= (uint64_t)INT64_MAX;
-      out->value = out->in_range ? (int64_t)v.uint64_val : -1;
+  switch (upb_FieldDef_Type(f)) {
+    case kUpb_FieldType_Int32:
+    case kUpb_FieldType_SFixed32:
+      out->value = (int32_t)lo;
       break;
-    default: return false;
+    case kUpb_FieldType_UInt32:
+    case kUpb_FieldType_Fixed32:
+      out->value = lo;
+      break;
+    case kUpb_FieldType_SInt32:
+      out->value = (int32_t)((lo >> 1) ^ (0u - (lo & 1)));
+      break;
+    case kUpb_FieldType_Int64:
+    case kUpb_FieldType_SFixed64:
+      out->value = (int64_t)raw;
+      break;
+    case kUpb_FieldType_SInt64:
+      out->value = (int64_t)((raw >> 1) ^ (0 - (raw & 1)));
+      break;
+    case kUpb_FieldType_UInt64:
+    case kUpb_FieldType_Fixed64:
+      out->in_range = raw <= (uint64_t)INT64_MAX;
+      out->value = out->in_range ? (int64_t)raw : -1;
+      break;
+    default:
+      return false;
   }
   return true;
 }
@@ -376,12 +404,18 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
     return false;
   }
   const upb_MessageDef* m = ctx_Schema_MessageDef(schema);
-  walker w = {limits, status};
+  walker w = {limits, status, ctx_Schema_VersionFieldDef(schema), 0};
   frame root = {NULL, NULL, buf, buf};
   if (!walk_message(&w, &root, m, buf, buf + len, 0, 0, NULL)) return false;
+  if (!version_from_wire(w.vfield, w.vraw, version)) {
+    ctx_Status_Set(status, kCtx_Schema, "version field is not an integer");
+    return false;
+  }
+  if (!ctx_Schema_HasRequired(schema)) return true;
 
-  /* The walk passed; now decode for real. Depth is already enforced above, so
-   * upb gets some slack rather than a second, possibly different, count. */
+  /* Required fields: upb decodes the payload and checks them at every depth.
+   * Depth is already enforced above, so upb gets some slack rather than a
+   * second, possibly different, count. */
   char first_block[4096];
   budget_alloc ba = {{budget_fn}, 0, 64 * len + (64u << 10)};
   upb_Arena* arena = upb_Arena_Init(first_block, sizeof(first_block), &ba.alloc);
@@ -419,10 +453,6 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
   if (ds != kUpb_DecodeStatus_Ok) {
     ctx_Status_Set(status, kCtx_Invalid, "payload rejected by the decoder: %s",
                    upb_DecodeStatus_String(ds));
-    goto done;
-  }
-  if (!read_version(msg, ctx_Schema_VersionFieldDef(schema), version)) {
-    ctx_Status_Set(status, kCtx_Schema, "version field is not an integer");
     goto done;
   }
   ok = true;
