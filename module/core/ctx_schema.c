@@ -17,6 +17,9 @@ struct ctx_Schema {
   const upb_MessageDef* msg;
   const upb_FieldDef* vfield;
   bool has_required;
+  ctx_MsgPlan* plans; /* [0] is the root */
+  const upb_MessageDef** plan_defs;
+  int nplans;
 };
 
 /* ---- status ------------------------------------------------------------ */
@@ -137,36 +140,115 @@ done:
   return ok;
 }
 
-/* Sets *found when any message reachable from `root` has a required field. */
-static bool find_required(const upb_MessageDef* root, bool* found) {
-  size_t len = 0, cap = 16;
-  const upb_MessageDef** seen = malloc(cap * sizeof(*seen));
-  if (!seen) return false;
-  seen[len++] = root;
-  *found = false;
-  for (size_t i = 0; i < len && !*found; i++) {
-    int n = upb_MessageDef_FieldCount(seen[i]);
-    for (int j = 0; j < n && !*found; j++) {
-      const upb_FieldDef* f = upb_MessageDef_Field(seen[i], j);
-      if (upb_FieldDef_IsRequired(f)) *found = true;
-      const upb_MessageDef* sub = upb_FieldDef_MessageSubDef(f);
-      if (!sub) continue;
-      bool known = false;
-      for (size_t k = 0; k < len && !known; k++) known = seen[k] == sub;
-      if (known) continue;
-      if (len == cap) {
-        const upb_MessageDef** more = realloc(seen, 2 * cap * sizeof(*seen));
-        if (!more) {
-          free(seen);
-          return false;
-        }
-        seen = more;
-        cap *= 2;
+#define CTX_DENSE_MAX 256
+
+static int wire_type_of(const upb_FieldDef* f) {
+  switch (upb_FieldDef_Type(f)) {
+    case kUpb_FieldType_Double:
+    case kUpb_FieldType_Fixed64:
+    case kUpb_FieldType_SFixed64:
+      return 1;
+    case kUpb_FieldType_Float:
+    case kUpb_FieldType_Fixed32:
+    case kUpb_FieldType_SFixed32:
+      return 5;
+    case kUpb_FieldType_String:
+    case kUpb_FieldType_Bytes:
+    case kUpb_FieldType_Message:
+      return 2;
+    case kUpb_FieldType_Group:
+      return 3;
+    default:
+      return 0;
+  }
+}
+
+static int cmp_field_plans(const void* a, const void* b) {
+  uint32_t x = ((const ctx_FieldPlan*)a)->number, y = ((const ctx_FieldPlan*)b)->number;
+  return x < y ? -1 : x > y;
+}
+
+static void free_plans(ctx_Schema* s) {
+  for (int i = 0; i < s->nplans; i++) {
+    free(s->plans[i].fields);
+    free(s->plans[i].dense);
+  }
+  free(s->plans);
+  free(s->plan_defs);
+}
+
+/* Index of `m` in the schema's message list, appending it when new. */
+static int plan_index(ctx_Schema* s, const upb_MessageDef* m, int* cap) {
+  for (int i = 0; i < s->nplans; i++) {
+    if (s->plan_defs[i] == m) return i;
+  }
+  if (s->nplans == *cap) {
+    int ncap = *cap ? *cap * 2 : 8;
+    const upb_MessageDef** defs = realloc(s->plan_defs, (size_t)ncap * sizeof(*defs));
+    if (!defs) return -1;
+    s->plan_defs = defs;
+    ctx_MsgPlan* plans = realloc(s->plans, (size_t)ncap * sizeof(*plans));
+    if (!plans) return -1;
+    s->plans = plans;
+    *cap = ncap;
+  }
+  s->plan_defs[s->nplans] = m;
+  memset(&s->plans[s->nplans], 0, sizeof(ctx_MsgPlan));
+  return s->nplans++;
+}
+
+/* Builds the walk's plans for every message reachable from the root, breadth
+ * first, and notes whether any of them has a required field. */
+static bool build_plans(ctx_Schema* s) {
+  int cap = 0;
+  if (plan_index(s, s->msg, &cap) < 0) return false;
+  for (int i = 0; i < s->nplans; i++) {
+    const upb_MessageDef* m = s->plan_defs[i];
+    int n = upb_MessageDef_FieldCount(m);
+    ctx_FieldPlan* fields = calloc(n ? (size_t)n : 1, sizeof(*fields));
+    if (!fields) return false;
+    s->plans[i].fields = fields;
+    s->plans[i].nfields = n;
+    uint32_t max_number = 0;
+    for (int j = 0; j < n; j++) {
+      const upb_FieldDef* f = upb_MessageDef_Field(m, j);
+      ctx_FieldPlan* fp = &fields[j];
+      fp->def = f;
+      fp->number = upb_FieldDef_Number(f);
+      fp->wire_type = (uint8_t)wire_type_of(f);
+      fp->sub = -1;
+      if (fp->number > max_number) max_number = fp->number;
+      if (upb_FieldDef_IsRequired(f)) s->has_required = true;
+      switch (upb_FieldDef_CType(f)) {
+        case kUpb_CType_String: fp->kind = kCtx_Kind_String; break;
+        case kUpb_CType_Bytes: fp->kind = kCtx_Kind_Bytes; break;
+        case kUpb_CType_Message:
+          fp->kind = fp->wire_type == 3 ? kCtx_Kind_Group : kCtx_Kind_Message;
+          break;
+        default: fp->kind = kCtx_Kind_Scalar; break;
       }
-      seen[len++] = sub;
+      if (upb_FieldDef_CType(f) == kUpb_CType_Enum &&
+          upb_EnumDef_IsClosed(upb_FieldDef_EnumSubDef(f))) {
+        fp->closed_enum = upb_FieldDef_EnumSubDef(f);
+      }
+      fp->packable = upb_FieldDef_IsRepeated(f) && fp->kind == kCtx_Kind_Scalar;
+      if (fp->kind == kCtx_Kind_Message || fp->kind == kCtx_Kind_Group) {
+        /* plan_index may move s->plans: keep no pointer into it across. */
+        int sub = plan_index(s, upb_FieldDef_MessageSubDef(f), &cap);
+        if (sub < 0) return false;
+        s->plans[i].fields[j].sub = sub;
+      }
+    }
+    ctx_MsgPlan* mp = &s->plans[i];
+    qsort(mp->fields, (size_t)n, sizeof(*mp->fields), cmp_field_plans);
+    mp->dense_len = max_number + 1 < CTX_DENSE_MAX ? max_number + 1 : CTX_DENSE_MAX;
+    mp->dense = malloc(mp->dense_len * sizeof(*mp->dense));
+    if (!mp->dense) return false;
+    for (uint32_t k = 0; k < mp->dense_len; k++) mp->dense[k] = -1;
+    for (int j = 0; j < n; j++) {
+      if (mp->fields[j].number < mp->dense_len) mp->dense[mp->fields[j].number] = (int16_t)j;
     }
   }
-  free(seen);
   return true;
 }
 
@@ -242,7 +324,7 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
                    upb_FieldDef_Name(s->vfield), upb_MessageDef_FullName(s->msg));
     goto fail;
   }
-  if (!find_required(s->msg, &s->has_required)) goto oom;
+  if (!build_plans(s)) goto oom;
   return s;
 
 oom:
@@ -254,6 +336,7 @@ fail:
 
 void ctx_Schema_Free(ctx_Schema* s) {
   if (!s) return;
+  free_plans(s);
   if (s->pool) upb_DefPool_Free(s->pool);
   if (s->arena) upb_Arena_Free(s->arena);
   free(s);
@@ -272,6 +355,7 @@ const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s) {
   return s->vfield;
 }
 bool ctx_Schema_HasRequired(const ctx_Schema* s) { return s->has_required; }
+const ctx_MsgPlan* ctx_Schema_Plans(const ctx_Schema* s) { return s->plans; }
 
 /* ---- compatibility --------------------------------------------------------- */
 

@@ -42,6 +42,7 @@ typedef struct frame {
 typedef struct {
   const ctx_Limits* limits;
   ctx_Status* status;
+  const ctx_MsgPlan* plans;   /* the schema's messages; [0] is the root */
   const upb_FieldDef* vfield; /* the root's version field */
   uint64_t vraw;              /* its last value on the wire (0 when absent) */
 } walker;
@@ -63,27 +64,6 @@ static const char* read_varint(const char* p, const char* end, uint64_t* out) {
     }
   }
   return NULL;
-}
-
-static int expected_wire_type(const upb_FieldDef* f) {
-  switch (upb_FieldDef_Type(f)) {
-    case kUpb_FieldType_Double:
-    case kUpb_FieldType_Fixed64:
-    case kUpb_FieldType_SFixed64:
-      return kWT_Fixed64;
-    case kUpb_FieldType_Float:
-    case kUpb_FieldType_Fixed32:
-    case kUpb_FieldType_SFixed32:
-      return kWT_Fixed32;
-    case kUpb_FieldType_String:
-    case kUpb_FieldType_Bytes:
-    case kUpb_FieldType_Message:
-      return kWT_Delimited;
-    case kUpb_FieldType_Group:
-      return kWT_StartGroup;
-    default:
-      return kWT_Varint;
-  }
 }
 
 /* Skips one value of wire type `wt` whose tag was just read (value checks only
@@ -187,21 +167,20 @@ static bool fail_at(walker* w, const frame* fr, const upb_FieldDef* f,
 
 /* ---- the walk ------------------------------------------------------------------- */
 
-static bool closed_enum_ok(const upb_FieldDef* f, uint64_t v) {
-  if (upb_FieldDef_CType(f) != kUpb_CType_Enum) return true;
-  const upb_EnumDef* e = upb_FieldDef_EnumSubDef(f);
-  if (!upb_EnumDef_IsClosed(e)) return true;
-  return upb_EnumDef_CheckNumber(e, (int32_t)v);
+static bool enum_ok(const ctx_FieldPlan* fp, uint64_t v) {
+  return !fp->closed_enum || upb_EnumDef_CheckNumber(fp->closed_enum, (int32_t)v);
 }
 
-static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
+static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
                          const char* p, const char* end, int depth,
                          uint32_t group_number, const char** group_end);
 
-/* A packed run of scalars of field `f`. */
-static bool walk_packed(walker* w, const frame* fr, const upb_FieldDef* f,
-                        uint32_t number, const char* p, const char* end) {
-  int wt = expected_wire_type(f);
+/* A packed run of scalars of field `fp`. */
+static bool walk_packed(walker* w, const frame* fr, const ctx_FieldPlan* fp,
+                        const char* p, const char* end) {
+  const upb_FieldDef* f = fp->def;
+  uint32_t number = fp->number;
+  int wt = fp->wire_type;
   if (wt == kWT_Fixed32 || wt == kWT_Fixed64) {
     size_t unit = wt == kWT_Fixed32 ? 4 : 8;
     if ((size_t)(end - p) % unit) {
@@ -213,14 +192,14 @@ static bool walk_packed(walker* w, const frame* fr, const upb_FieldDef* f,
     uint64_t v;
     p = read_varint(p, end, &v);
     if (!p) return fail_at(w, fr, f, number, "malformed varint in packed field");
-    if (!closed_enum_ok(f, v)) {
+    if (!enum_ok(fp, v)) {
       return fail_at(w, fr, f, number, "value is not in the enum");
     }
   }
   return true;
 }
 
-static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
+static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
                          const char* p, const char* end, int depth,
                          uint32_t group_number, const char** group_end) {
   const char* start = p;
@@ -243,8 +222,8 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
     }
     if (wt > kWT_Fixed32) return fail_at(w, fr, NULL, number, "invalid wire type");
 
-    const upb_FieldDef* f = upb_MessageDef_FindFieldByNumber(m, number);
-    if (!f) {
+    const ctx_FieldPlan* fp = ctx_MsgPlan_Find(mp, number);
+    if (!fp) {
       if (!w->limits->allow_unknown) {
         return fail_at(w, fr, NULL, number, "unknown field");
       }
@@ -253,9 +232,9 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
       continue;
     }
 
-    int want = expected_wire_type(f);
-    bool packed = wt == kWT_Delimited && want != kWT_Delimited &&
-                  want != kWT_StartGroup && upb_FieldDef_IsRepeated(f);
+    const upb_FieldDef* f = fp->def;
+    int want = fp->wire_type;
+    bool packed = wt == kWT_Delimited && fp->packable;
     if (wt != want && !packed) {
       snprintf(why, sizeof(why), "wire type %d, expected %d", wt, want);
       return fail_at(w, fr, f, number, why);
@@ -266,7 +245,7 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
       case kWT_Varint:
         p = read_varint(p, end, &v);
         if (!p) return fail_at(w, fr, f, number, "malformed varint");
-        if (!closed_enum_ok(f, v)) {
+        if (!enum_ok(fp, v)) {
           return fail_at(w, fr, f, number, "value is not in the enum");
         }
         if (f == w->vfield && depth == 0) w->vraw = v;
@@ -292,20 +271,20 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
         }
         const char* vend = p + v;
         if (packed) {
-          if (!walk_packed(w, fr, f, number, p, vend)) return false;
-        } else if (upb_FieldDef_CType(f) == kUpb_CType_String) {
+          if (!walk_packed(w, fr, fp, p, vend)) return false;
+        } else if (fp->kind == kCtx_Kind_String) {
           if (!utf8_range_IsValid(p, (size_t)v)) {
             return fail_at(w, fr, f, number, "invalid UTF-8");
           }
-        } else if (upb_FieldDef_CType(f) == kUpb_CType_Message) {
+        } else if (fp->kind == kCtx_Kind_Message) {
           if (depth + 1 > w->limits->max_depth) {
             snprintf(why, sizeof(why), "nesting deeper than %d levels",
                      w->limits->max_depth);
             return fail_at(w, fr, f, number, why);
           }
           frame child = {fr, f, start, tag_at};
-          if (!walk_message(w, &child, upb_FieldDef_MessageSubDef(f), p, vend,
-                            depth + 1, 0, NULL)) {
+          if (!walk_message(w, &child, &w->plans[fp->sub], p, vend, depth + 1, 0,
+                            NULL)) {
             return false;
           }
         }
@@ -320,8 +299,8 @@ static bool walk_message(walker* w, const frame* fr, const upb_MessageDef* m,
         }
         frame child = {fr, f, start, tag_at};
         const char* after = NULL;
-        if (!walk_message(w, &child, upb_FieldDef_MessageSubDef(f), p, end,
-                          depth + 1, number, &after)) {
+        if (!walk_message(w, &child, &w->plans[fp->sub], p, end, depth + 1, number,
+                          &after)) {
           return false;
         }
         p = after;
@@ -404,9 +383,10 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
     return false;
   }
   const upb_MessageDef* m = ctx_Schema_MessageDef(schema);
-  walker w = {limits, status, ctx_Schema_VersionFieldDef(schema), 0};
+  walker w = {limits, status, ctx_Schema_Plans(schema), ctx_Schema_VersionFieldDef(schema),
+              0};
   frame root = {NULL, NULL, buf, buf};
-  if (!walk_message(&w, &root, m, buf, buf + len, 0, 0, NULL)) return false;
+  if (!walk_message(&w, &root, &w.plans[0], buf, buf + len, 0, 0, NULL)) return false;
   if (!version_from_wire(w.vfield, w.vraw, version)) {
     ctx_Status_Set(status, kCtx_Schema, "version field is not an integer");
     return false;
