@@ -198,6 +198,9 @@ class State:
     key_schema: _LRU = field(default_factory=lambda: _LRU(4096))
     backoff_base: float = 0.001
     backoff_cap: float = 0.05
+    # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
+    local: Any = None
+    local_limits_read: bool = False
 
     def remember_schema(self, key: Any, snap: Optional[Snapshot]) -> None:
         if self.engine == LUA:
@@ -420,6 +423,8 @@ def op_cas(
 ) -> Op[CasResult]:
     expected = _check_version(expected_version)
     raw = yield from _encode(st, payload, expected, schema)
+    if st.local is not None:  # opt-in local check, see "local check" below
+        yield from _local_precheck(st, key, expected, raw, schema, not isinstance(payload, Message))
     try:
         return (yield from _cas_raw(st, key, expected, raw, schema, by))
     except VersionError:
@@ -502,6 +507,109 @@ def op_update(
         snap = result.current
         ceiling = min(st.backoff_cap, st.backoff_base * (2 ** (attempts - 1)))
         yield Sleep(random.uniform(0, ceiling))
+
+
+# ---------------------------------------------------------------------------------------------
+# local check (connect(local_check=True); ctxlink._local, the optional cffi extension)
+#
+# Before CTX.CAS / cas.lua, the payload is checked with the module's own validation core against
+# the schema's descriptor set (fetched once with get_schema). A payload the core rejects raises
+# the exception the server would raise, without sending the write. Everything else (no schema
+# name known, schema missing or not compiling, out of memory) is left to the server, which stays
+# the authority. Before refusing, the registry entry is read again (one round trip, on rejects
+# only), so a schema re-registered by someone else is not judged with a stale copy.
+
+
+def enable_local_check(st: State) -> bool:
+    """Turns the local check on when the extension is built; False (server only) when not."""
+    from ctxlink import _local
+
+    if not _local.available():
+        return False
+    st.local = _local.LocalValidator(
+        max_payload_bytes=st.max_payload_bytes,
+        max_depth=st.max_depth,
+        unknown_fields=st.unknown_fields,
+    )
+    return True
+
+
+def _local_read_limits(st: State) -> Op[None]:
+    """Module engine: the limits that count are the module's load-time arguments (INFO ctx)."""
+    st.local_limits_read = True
+    if st.engine != MODULE:
+        return
+    try:
+        info = yield Cmd(("INFO", "ctx"), nodes="random" if st.cluster else None)
+    except Exception:
+        return
+    if not isinstance(info, dict):
+        return
+    values = {_text(k): v for k, v in info.items()}
+    try:
+        if "ctx_max_payload_bytes" in values:
+            st.local.max_payload_bytes = int(values["ctx_max_payload_bytes"])
+        if "ctx_max_depth" in values:
+            st.local.max_depth = int(values["ctx_max_depth"])
+        if "ctx_unknown_fields" in values:
+            st.local.unknown_fields = _text(values["ctx_unknown_fields"])
+    except (TypeError, ValueError):
+        return
+
+
+def _local_load(st: State, name: str) -> Op[Any]:
+    """Fetches and compiles schema ``name`` for the local check (a ``LocalSchema`` whose
+    ``vfield`` is None when the registry's version field name could not be read); None when the
+    schema is unknown or does not compile (the server then answers)."""
+    from ctxlink import _local
+
+    info = yield from op_get_schema(st, name)
+    if info is None:
+        st.local.forget(name)
+        return None
+    vfield = st.vfield_by_schema.get(name)
+    if vfield is None:
+        try:
+            value = yield Cmd(("HGET", registry_key(name), "vfield"))
+        except Exception:  # no ACL right on __ctx:* ... the version rule is then not checked
+            value = None
+        vfield = _text(value) if value else None
+    try:
+        return st.local.set_schema(name, info.descriptor_set, info.message_type, vfield)
+    except (SchemaError, MemoryError):
+        st.local.forget(name)
+        return None
+
+
+def _local_precheck(
+    st: State, key: Any, expected: int, raw: bytes, schema: Optional[str], own_version: bool
+) -> Op[None]:
+    from ctxlink import _local
+
+    name = schema if schema is not None else st.key_schema.get(key)
+    if name is None:  # an update without SCHEMA whose stored schema we do not know
+        return
+    if not st.local_limits_read:
+        yield from _local_read_limits(st)
+    entry = st.local.get_schema(name)
+    if entry is None:
+        entry = yield from _local_load(st, name)
+        if entry is None:
+            return
+    for attempt in range(2):
+        code, message = st.local.check_cas(entry, raw, expected)
+        if code == "CTXVERSION" and not (own_version and entry.vfield is not None):
+            code = None  # the SDK set the version itself, or we do not know the field's name
+        if code not in ("CTXINVALID", "CTXTOOBIG", "CTXVERSION"):
+            return
+        if attempt == 0:  # confirm against the current registry entry before refusing
+            fresh = yield from _local_load(st, name)
+            if fresh is None:
+                return
+            if fresh is entry:
+                break
+            entry = fresh
+    _local.raise_for(code, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,6 +860,8 @@ def op_register_schema(
             revision = int(reply)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
+    if st.local is not None:  # local check: recompile from the registry on next use
+        st.local.forget(name)
     return revision
 
 
@@ -780,6 +890,8 @@ def op_drop_schema(st: State, name: str) -> Op[bool]:
     else:
         reply = yield from _evalsha(st, "schema_del", (registry_key(name), SCHEMAS_KEY), (name,))
     st.vfield_by_schema.pop(name, None)
+    if st.local is not None:  # local check: forget the dropped schema
+        st.local.forget(name)
     return bool(int(reply))
 
 

@@ -170,12 +170,20 @@ def connect(
     max_depth: int = 32,
     unknown_fields: Literal["reject", "allow"] = "reject",
     max_schema_bytes: int = 4194304,
+    local_check: bool = False,
 ) -> Store:
     """A :class:`Store` on a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``).
 
     ``engine="auto"`` asks the server ``COMMAND INFO ctx.cas`` and uses the module when it is
     loaded, else the Lua scripts. The limits are those the Lua engine enforces (the module uses
     its own load-time arguments); keep them equal to the module's on mixed deployments.
+
+    ``local_check=True`` makes ``cas`` check the payload first with the module's own validation
+    core (the optional cffi extension ``ctxlink._ctxcore``, built by ``make ext``) against the
+    schema's descriptor set, fetched once; a payload it rejects raises the exception the server
+    would raise (``ValidationError``, ``PayloadTooLarge``, ``VersionError``) and is not sent. The
+    limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
+    Without the extension the option does nothing: the server validates, as always.
     """
     _core.check_client(client)
     has_module: Optional[bool] = None
@@ -188,4 +196,7 @@ def connect(
         unknown_fields=unknown_fields,
         max_schema_bytes=max_schema_bytes,
     )
-    return Store(client, _core.make_state(chosen, _core.is_cluster(client), options))
+    state = _core.make_state(chosen, _core.is_cluster(client), options)
+    if local_check:  # opt-in: check payloads with the cffi core first (server only if not built)
+        _core.enable_local_check(state)
+    return Store(client, state)

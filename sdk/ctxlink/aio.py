@@ -146,6 +146,7 @@ async def connect(
     max_depth: int = 32,
     unknown_fields: Literal["reject", "allow"] = "reject",
     max_schema_bytes: int = 4194304,
+    local_check: bool = False,
 ) -> Store:
     """Async :func:`ctxlink.connect` for ``redis.asyncio.Redis`` / ``RedisCluster``."""
     _core.check_client(client)
@@ -159,4 +160,7 @@ async def connect(
         unknown_fields=unknown_fields,
         max_schema_bytes=max_schema_bytes,
     )
-    return Store(client, _core.make_state(chosen, _core.is_cluster(client), options))
+    state = _core.make_state(chosen, _core.is_cluster(client), options)
+    if local_check:  # opt-in: check payloads with the cffi core first (server only if not built)
+        _core.enable_local_check(state)
+    return Store(client, state)
