@@ -1,5 +1,8 @@
+#!lua
 --[[
   cas.lua - CTX.CAS for servers without the module (docs/PROTOCOL.md, "Lua engine").
+
+  Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
 
   KEYS[1]  the context key
   KEYS[2]  the registry entry "__ctx:schema:<name>" of the schema to validate against: the
@@ -21,6 +24,8 @@
     CTXSCHEMA  "schema required to create a context", "schema mismatch: ...",
                "the context has no schema field",
                "unknown schema '<name>'" (no registry entry),
+               "registry entry for schema '<name>' is damaged ..." (type, fds or vfield
+               missing, or digest != sha1hex of the content: edited by hand, as the module),
                "noplan <name>" (entry without a plan, or plan digest != entry digest: the SDK
                compiles the plan, stores it with schema_plan.lua and retries),
                "schema key mismatch: the context uses '<name>'" (update without SCHEMA where
@@ -125,9 +130,16 @@ end
 if ktype(skey) ~= 'hash' then
   return err('CTXSCHEMA', fmt("unknown schema '%s'", sub(name, 1, 120)))
 end
-local entry = redis.call('HMGET', skey, 'digest', 'plan')
+local entry = redis.call('HMGET', skey, 'digest', 'plan', 'type', 'fds', 'vfield')
 local digest, plan_json = entry[1] or nil, entry[2] or nil
-if not plan_json or not digest then return err('CTXSCHEMA', 'noplan ' .. name) end
+local etype, efds, evfield = entry[3] or nil, entry[4] or nil, entry[5] or nil
+-- As the module: an entry whose digest is not the digest of its content was edited by hand.
+if not etype or not efds or not evfield or not digest
+    or digest ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield .. efds) then
+  return err('CTXSCHEMA', fmt("registry entry for schema '%s' is damaged (edited outside "
+    .. "CTX.SCHEMA.SET?); register the schema again", sub(name, 1, 120)))
+end
+if not plan_json then return err('CTXSCHEMA', 'noplan ' .. name) end
 local ok, plan = pcall(cjson.decode, plan_json)
 if not ok or type(plan) ~= 'table' or plan.v ~= 1 or plan.digest ~= digest then
   return err('CTXSCHEMA', 'noplan ' .. name)

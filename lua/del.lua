@@ -1,5 +1,9 @@
+#!lua
 --[[
   del.lua - CTX.DEL for servers without the module (docs/PROTOCOL.md, "Lua engine").
+
+  Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.DEL: refused under maxmemory
+  before it runs (a script without flags could DEL under OOM).
 
   KEYS[1]  the context key
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are

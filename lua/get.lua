@@ -1,5 +1,8 @@
+#!lua flags=no-writes
 --[[
   get.lua - CTX.GET for servers without the module (docs/PROTOCOL.md, "Lua engine").
+
+  Shebang (Redis 7.0+, script flags): read-only, like CTX.GET (EVALSHA_RO, replicas, under OOM).
 
   KEYS[1]  the context key
   ARGV     none

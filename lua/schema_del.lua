@@ -1,5 +1,8 @@
+#!lua flags=allow-oom
 --[[
   schema_del.lua - CTX.SCHEMA.DEL for servers without the module.
+
+  Shebang (Redis 7.0+, script flags): write, not deny-oom, like CTX.SCHEMA.DEL.
 
   KEYS[1]  "__ctx:schema:<name>"
   KEYS[2]  "__ctx:schemas"
@@ -8,17 +11,20 @@
   Replies:
     1  a schema was removed (DEL of the entry and/or SREM of the name)
     0  there was none
+  Errors:
+    CTXSCHEMA  KEYS[2] holds another type than a set (checked first: nothing is written)
   Contexts using the schema stay readable and deletable; cas.lua refuses writes to them with
   "CTXSCHEMA unknown schema" until the name is registered again.
 ]]
 
+local t = redis.call('TYPE', KEYS[2])
+if type(t) == 'table' then t = t.ok end
+if t ~= 'set' and t ~= 'none' then
+  return redis.error_reply("CTXSCHEMA the registry index '" .. KEYS[2] .. "' holds another type")
+end
 local removed = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('DEL', KEYS[1]) > 0 then removed = 1 end
 end
-local t = redis.call('TYPE', KEYS[2])
-if type(t) == 'table' then t = t.ok end
-if t == 'set' or t == 'none' then
-  if redis.call('SREM', KEYS[2], ARGV[1]) > 0 then removed = 1 end
-end
+if redis.call('SREM', KEYS[2], ARGV[1]) > 0 then removed = 1 end
 return removed

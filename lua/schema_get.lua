@@ -1,5 +1,8 @@
+#!lua flags=no-writes
 --[[
   schema_get.lua - CTX.SCHEMA.GET for servers without the module.
+
+  Shebang (Redis 7.0+, script flags): read-only, like CTX.SCHEMA.GET.
 
   KEYS[1]  "__ctx:schema:<name>"
   ARGV     none

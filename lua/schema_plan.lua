@@ -1,7 +1,10 @@
+#!lua
 --[[
   schema_plan.lua - attach a validation plan to a registry entry (docs/PROTOCOL.md,
   "The validation plan"), e.g. to an entry written by the module, after cas.lua replied
   "CTXSCHEMA noplan <name>".
+
+  Shebang (Redis 7.0+, script flags): write deny-oom.
 
   KEYS[1]  "__ctx:schema:<name>"
   ARGV[1]  the digest the plan was compiled for

@@ -1,6 +1,9 @@
+#!lua
 --[[
   schema_set.lua - the registry write of CTX.SCHEMA.SET for servers without the module
   (docs/PROTOCOL.md, "Schema registry" and "Lua engine").
+
+  Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.SCHEMA.SET.
 
   The SDK parses the descriptor set, checks the message type, the version field and the
   compatibility with the revision it read (and FORCE) in Python, compiles the plan, then calls:
@@ -18,12 +21,14 @@
 
   Replies:
     the revision (integer). When the entry already holds this very definition (same digest)
-    nothing is written and the current revision is returned. Otherwise
+    nothing is written and the current revision is returned. Every check comes before the
+    first write, so an error writes nothing. Otherwise
     HSET KEYS[1] type fds revision vfield digest plan + SADD KEYS[2] name, revision + 1.
   Errors:
     CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
+    CTXSCHEMA the registry index '__ctx:schemas' holds another type   (KEYS[2] not a set)
     CTXSCHEMA the plan does not belong to this definition   (plan digest != digest)
     CTXSCHEMA concurrent registration, retry   (the entry's revision is not ARGV[6])
 ]]
@@ -43,6 +48,12 @@ local t = redis.call('TYPE', entry)
 if type(t) == 'table' then t = t.ok end
 if t ~= 'none' and t ~= 'hash' then
   return redis.error_reply('CTXSCHEMA the registry key holds another type')
+end
+
+local it = redis.call('TYPE', index)
+if type(it) == 'table' then it = it.ok end
+if it ~= 'none' and it ~= 'set' then
+  return redis.error_reply("CTXSCHEMA the registry index '" .. index .. "' holds another type")
 end
 
 local digest = redis.sha1hex(#mtype .. ':' .. mtype .. #vfield .. ':' .. vfield .. fds)

@@ -1,5 +1,8 @@
-"""Engines the suite runs against. Tests only talk to a context store through a backend object,
-so the Lua engine can be added to ENGINES later without touching the tests.
+"""Engines the suite runs against. Tests only talk to a context store through a backend object:
+
+- ``module``: a redis-server with build/ctxlink.so, the CTX.* commands;
+- ``lua``: a stock redis-server (no module), the lua/ scripts by EVALSHA with the SDK's Python
+  side (argument syntax, descriptor-set checks, validation plans).
 
 A backend sends the raw commands and returns raw replies; redis-py exceptions pass through
 unchanged (their full text, code included, is ``servers.error_text(exc)``).
@@ -7,17 +10,26 @@ unchanged (their full text, code included, is ``servers.error_text(exc)``).
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import redis
 
-from servers import Server, ServerPool
+from ctxlink._core import check_compatible, check_version_field, load_descriptor
+from ctxlink._exceptions import SchemaError
+from ctxlink._plan import PlanError, compile_plan, registry_digest
+from servers import REPO_ROOT, Server, ServerPool
 
-ENGINES = ["module"]
+ENGINES = ["module", "lua"]
+
+_NAME_RE = re.compile(rb"^[A-Za-z0-9_.\-:]{1,128}$")
 
 
 class ModuleBackend:
     """The native module: CTX.* commands."""
 
     engine = "module"
+    max_version = 2**63 - 2
 
     def __init__(self, server: Server, client: redis.Redis | None = None):
         self.server = server
@@ -74,7 +86,334 @@ class ModuleBackend:
         return self.r.execute_command("CTX.SCHEMA.DEL", name)
 
 
-BACKENDS = {"module": ModuleBackend}
+# --------------------------------------------------------------------------- the Lua engine
+
+LUA_DIR = REPO_ROOT / "lua"
+LUA_SCRIPTS = ("get", "cas", "del", "schema_set", "schema_plan", "schema_get", "schema_list",
+               "schema_del")
+SCHEMA_PREFIX = "__ctx:schema:"
+SCHEMAS_KEY = "__ctx:schemas"
+# Lua numbers are doubles: the scripts accept expected versions up to 2^53 - 2 (PROTOCOL.md,
+# "Lua engine"; the headers of cas.lua and del.lua).
+LUA_MAX_VERSION = 2**53 - 2
+DEFAULT_LIMITS = {"max-payload-bytes": 1048576, "max-depth": 32, "unknown-fields": "reject",
+                  "max-schema-bytes": 4194304}
+_KEY_MISMATCH = re.compile(rb"^CTXSCHEMA schema key mismatch: the context uses '(.*)'$", re.S)
+
+
+def _b(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return str(value).encode("utf-8", "surrogateescape")
+
+
+def reply_error(text: str | bytes) -> redis.ResponseError:
+    """An error reply made on the client side (argument parsing, descriptor checks): the same
+    exception type and ``raw_error`` as an error the server sent."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    exc = redis.ResponseError(text)
+    exc.raw_error = text
+    return exc
+
+
+def _arity(cmd: str) -> redis.ResponseError:
+    return reply_error(f"ERR wrong number of arguments for '{cmd.lower()}' command")
+
+
+def _syntax() -> redis.ResponseError:
+    return reply_error("ERR syntax error")
+
+
+class _LuaScripts:
+    """The lua/ sources and their SHA-1s, read once."""
+
+    _cache: dict[str, tuple[bytes, str]] | None = None
+
+    @classmethod
+    def get(cls) -> dict[str, tuple[bytes, str]]:
+        if cls._cache is None:
+            out = {}
+            for name in LUA_SCRIPTS:
+                src = (LUA_DIR / f"{name}.lua").read_bytes()
+                out[name] = (src, hashlib.sha1(src).hexdigest())
+            cls._cache = out
+        return cls._cache
+
+
+class LuaBackend:
+    """The Lua engine on a stock redis-server: the lua/ scripts by EVALSHA, with what the SDK
+    does around them in Python (argument syntax, descriptor checks, the validation plan).
+
+    Replies and error codes are the module's; error texts may differ (PROTOCOL.md, "Lua engine").
+    Limits are the server's (``server.ctx_limits``, set by :func:`start_engine_server`)."""
+
+    engine = "lua"
+    max_version = LUA_MAX_VERSION
+
+    def __init__(self, server: Server, client: redis.Redis | None = None,
+                 _shared: dict | None = None):
+        self.server = server
+        self.r = client if client is not None else server.r
+        limits = dict(DEFAULT_LIMITS)
+        for k, v in (getattr(server, "ctx_limits", None) or {}).items():
+            limits[k.replace("_", "-")] = v
+        self.limits = limits
+        # state shared with with_client() copies: scripts known to be loaded, key -> schema
+        self._shared = _shared if _shared is not None else {"loaded": set(), "key_schema": {}}
+
+    def with_client(self, client: redis.Redis) -> "LuaBackend":
+        return type(self)(self.server, client, self._shared)
+
+    # ---- scripts
+    def _load(self, name: str) -> str:
+        src, sha = _LuaScripts.get()[name]
+        got = self.r.execute_command("SCRIPT", "LOAD", src)
+        got = got.decode() if isinstance(got, bytes) else got
+        assert got == sha, (name, got, sha)
+        self._shared["loaded"].add(name)
+        return sha
+
+    def _sha(self, name: str) -> str:
+        """The script's SHA-1, SCRIPT LOADed first unless this backend already did."""
+        if name not in self._shared["loaded"]:
+            return self._load(name)
+        return _LuaScripts.get()[name][1]
+
+    def _evalsha(self, name: str, keys: list, argv: list):
+        sha = _LuaScripts.get()[name][1]
+        try:
+            return self.r.execute_command("EVALSHA", sha, len(keys), *keys, *argv)
+        except redis.exceptions.NoScriptError:
+            self._load(name)
+            return self.r.execute_command("EVALSHA", sha, len(keys), *keys, *argv)
+
+    # ---- argument builders (usable in pipelines / MULTI)
+    def get_args(self, key):
+        return ["EVALSHA", self._sha("get"), 1, key]
+
+    def _cas_schema_name(self, key, schema) -> bytes:
+        """KEYS[2] of cas.lua: SCHEMA when given, else the context's schema (remembered from
+        earlier calls like the SDK's cache, else read with HGET)."""
+        if schema is not None:
+            return _b(schema)
+        cached = self._shared["key_schema"].get(_b(key))
+        if cached is not None:
+            return cached
+        try:
+            stored = self.r.hget(key, "schema")
+        except redis.ResponseError:  # not a hash: cas.lua replies WRONGTYPE
+            stored = None
+        return stored or b""
+
+    def cas_args(self, key, expected, payload, schema=None, by=None):
+        name = self._cas_schema_name(key, schema)
+        if schema is not None:
+            self._shared["key_schema"][_b(key)] = name
+        return self._cas_script_args(key, expected, payload, name, schema is not None, by)
+
+    def _cas_script_args(self, key, expected, payload, name: bytes, given: bool, by):
+        lim = self.limits
+        return ["EVALSHA", self._sha("cas"), 2, key, SCHEMA_PREFIX.encode() + name,
+                expected, payload, 1 if given else 0, by if by is not None else "",
+                lim["max-payload-bytes"], lim["max-depth"], lim["unknown-fields"]]
+
+    def del_args(self, key, expected):
+        return ["EVALSHA", self._sha("del"), 1, key, expected]
+
+    # ---- commands
+    def command(self, *args):
+        """A CTX.* command with arbitrary arguments, parsed as the module parses it."""
+        if not args:
+            raise reply_error("ERR wrong number of arguments")
+        cmd = _b(args[0]).decode("utf-8", "replace").upper()
+        rest = args[1:]
+        if cmd == "CTX.GET":
+            if len(rest) != 1:
+                raise _arity(cmd)
+            return self.get(rest[0])
+        if cmd == "CTX.CAS":
+            if len(rest) < 3:
+                raise _arity(cmd)
+            key, expected, payload = rest[:3]
+            opts: dict[str, object] = {}
+            opt = list(rest[3:])
+            for i in range(0, len(opt), 2):
+                word = _b(opt[i]).upper()
+                slot = {b"SCHEMA": "schema", b"BY": "by"}.get(word)
+                if slot is None or slot in opts or i + 1 >= len(opt):
+                    raise _syntax()
+                opts[slot] = opt[i + 1]
+            return self.cas(key, expected, payload, **opts)
+        if cmd == "CTX.DEL":
+            if len(rest) != 2:
+                raise _arity(cmd)
+            return self.delete(rest[0], rest[1])
+        if cmd == "CTX.SCHEMA.SET":
+            if len(rest) < 3:
+                raise _arity(cmd)
+            force, vfield = False, None
+            opt = list(rest[3:])
+            i = 0
+            while i < len(opt):
+                word = _b(opt[i]).upper()
+                if word == b"FORCE" and not force:
+                    force = True
+                elif word == b"VERSIONFIELD" and vfield is None and i + 1 < len(opt):
+                    i += 1
+                    vfield = opt[i]
+                else:
+                    raise _syntax()
+                i += 1
+            return self.schema_set(rest[0], rest[1], rest[2], force=force, versionfield=vfield)
+        if cmd == "CTX.SCHEMA.GET":
+            if len(rest) != 1:
+                raise _arity(cmd)
+            return self.schema_get(rest[0])
+        if cmd == "CTX.SCHEMA.LIST":
+            if rest:
+                raise _arity(cmd)
+            return self.schema_list()
+        if cmd == "CTX.SCHEMA.DEL":
+            if len(rest) != 1:
+                raise _arity(cmd)
+            return self.schema_del(rest[0])
+        raise reply_error(f"ERR unknown command '{cmd}'")
+
+    def get(self, key):
+        reply = self._evalsha("get", [key], [])
+        self._remember(key, reply)
+        return reply
+
+    def _remember(self, key, state):
+        if isinstance(state, list):
+            self._shared["key_schema"][_b(key)] = _b(state[2])
+        elif state is None:
+            self._shared["key_schema"].pop(_b(key), None)
+
+    def cas(self, key, expected, payload, schema=None, by=None):
+        given = schema is not None
+        name = self._cas_schema_name(key, schema)
+        planned = relocated = False
+        while True:
+            try:
+                reply = self._evalsha("cas", [key, SCHEMA_PREFIX.encode() + name],
+                                      self._cas_script_args(key, expected, payload, name, given,
+                                                            by)[5:])
+                break
+            except redis.ResponseError as exc:
+                text = _b(getattr(exc, "raw_error", None) or str(exc))
+                if text.startswith(b"CTXSCHEMA noplan ") and not planned:
+                    planned = True  # compile the entry's plan, store it, retry once
+                    self._install_plan(name)
+                    continue
+                m = _KEY_MISMATCH.match(text)
+                if m and not given and not relocated:
+                    relocated = True  # stale remembered schema: use the context's
+                    name = m.group(1)
+                    continue
+                if m:
+                    self._shared["key_schema"].pop(_b(key), None)
+                raise
+        if isinstance(reply, int):
+            self._shared["key_schema"][_b(key)] = name
+        else:
+            self._remember(key, reply)
+        return reply
+
+    def _install_plan(self, name: bytes) -> None:
+        """What the SDK does after "CTXSCHEMA noplan": compile the entry's plan and attach it
+        (schema_plan.lua writes it only if the entry still has the digest it was made for)."""
+        rk = SCHEMA_PREFIX.encode() + name
+        type_, fds, vfield, digest = self.r.hmget(rk, "type", "fds", "vfield", "digest")
+        if type_ is None or fds is None or vfield is None or digest is None:
+            return
+        try:
+            plan = compile_plan(fds, type_.decode("utf-8", "surrogateescape"),
+                                vfield.decode("utf-8", "surrogateescape"), digest.decode())
+        except PlanError as e:
+            raise reply_error(f"CTXSCHEMA registry entry for schema "
+                              f"'{name[:120].decode('utf-8', 'replace')}' does not compile: {e}")
+        self._evalsha("schema_plan", [rk], [digest, plan])
+
+    def delete(self, key, expected):
+        reply = self._evalsha("del", [key], [expected])
+        if reply == 1:
+            self._shared["key_schema"].pop(_b(key), None)
+        else:
+            self._remember(key, reply)
+        return reply
+
+    def schema_set(self, name, type, fds, force=False, versionfield=None):
+        """CTX.SCHEMA.SET the way the SDK's Lua engine does it: the descriptor set, the message
+        type, the version field and the compatibility are checked in Python (the SDK's own
+        checks), the plan is compiled, then schema_set.lua writes if the revision is unchanged."""
+        name_b, type_b, fds = _b(name), _b(type), _b(fds)
+        vfield_b = _b(versionfield) if versionfield is not None else b"version"
+        if not _NAME_RE.match(name_b):
+            raise reply_error("CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :")
+        type_s = type_b.decode("utf-8", "surrogateescape")
+        vfield_s = vfield_b.decode("utf-8", "surrogateescape")
+        try:
+            desc = load_descriptor(fds, type_s, int(self.limits["max-schema-bytes"]))
+            check_version_field(desc, vfield_s)
+        except SchemaError as e:
+            raise reply_error(str(e)) from None
+        rk = SCHEMA_PREFIX.encode() + name_b
+        digest = registry_digest(type_b, vfield_b, fds)
+        kind = self.r.type(rk)
+        prev_rev = 0
+        if kind == b"hash":
+            p_type, p_fds, p_rev, p_vfield, p_digest = self.r.hmget(
+                rk, "type", "fds", "revision", "vfield", "digest")
+            try:
+                prev_rev = int(p_rev) if p_rev is not None else 0
+            except ValueError:
+                prev_rev = 0
+            same = p_digest is not None and p_digest.decode("latin-1") == digest
+            if not same and not force:
+                # as the module: the registered revision must be readable (its digest matching
+                # its content) and the new one wire-compatible with it
+                readable = (p_type is not None and p_fds is not None and p_vfield is not None
+                            and p_digest is not None
+                            and p_digest.decode("latin-1") == registry_digest(p_type, p_vfield,
+                                                                               p_fds))
+                old = None
+                if readable:
+                    try:
+                        old = load_descriptor(p_fds, p_type.decode("utf-8", "surrogateescape"),
+                                              1 << 62)
+                        check_version_field(old, p_vfield.decode("utf-8", "surrogateescape"))
+                    except SchemaError:
+                        old = None
+                if old is None:
+                    raise reply_error("CTXSCHEMA the registered revision cannot be read; "
+                                      "use FORCE to replace it")
+                try:
+                    check_compatible(old, desc)
+                except SchemaError as e:
+                    raise reply_error(str(e)) from None
+        try:
+            plan = compile_plan(fds, type_s, vfield_s, digest)
+        except PlanError as e:
+            raise reply_error(f"CTXSCHEMA {e}") from None
+        return self._evalsha("schema_set", [rk, SCHEMAS_KEY],
+                             [name_b, type_b, fds, vfield_b, plan, prev_rev])
+
+    def schema_get(self, name):
+        return self._evalsha("schema_get", [SCHEMA_PREFIX.encode() + _b(name)], [])
+
+    def schema_list(self):
+        return self._evalsha("schema_list", [SCHEMAS_KEY], [])
+
+    def schema_del(self, name):
+        return self._evalsha("schema_del", [SCHEMA_PREFIX.encode() + _b(name), SCHEMAS_KEY],
+                             [name])
+
+
+BACKENDS = {"module": ModuleBackend, "lua": LuaBackend}
 
 
 def limits_to_module_args(limits: dict) -> list[str]:
@@ -87,10 +426,17 @@ def limits_to_module_args(limits: dict) -> list[str]:
 def start_engine_server(pool: ServerPool, engine: str, limits: dict | None = None, **kw) -> Server:
     """A dedicated server for ``engine`` with the given limits (module arguments, e.g.
     ``{"max-payload-bytes": 256}``)."""
-    limits = limits or {}
+    limits = dict(limits or {})
     if engine == "module":
-        return pool.start(module=True, module_args=limits_to_module_args(limits), **kw)
-    raise ValueError(f"unknown engine {engine!r}")
+        server = pool.start(module=True, module_args=limits_to_module_args(limits), **kw)
+    elif engine == "lua":
+        # a stock server: the limits the module would take as arguments go to cas.lua's ARGV
+        # (and max-schema-bytes to the Python checks before schema_set.lua)
+        server = pool.start(module=False, **kw)
+    else:
+        raise ValueError(f"unknown engine {engine!r}")
+    server.ctx_limits = limits
+    return server
 
 
 def make_backend(engine: str, server: Server):

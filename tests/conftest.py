@@ -26,6 +26,24 @@ from helpers import ProtoLib  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "stock: runs against a stock redis-server only")
+    config.addinivalue_line(
+        "markers",
+        "module_only(reason): checks something only the native module has (INFO ctx, module "
+        "arguments, CTX.* called from scripts, key specs and ACL on module commands ...); "
+        "skipped on the lua engine with the reason given")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("module_only")
+        if marker is None:
+            continue
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("engine") if callspec is not None else None
+        if engine is not None and engine != "module":
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else
+                                                     "needs the native module")
+            item.add_marker(pytest.mark.skip(reason=f"module only: {reason}"))
 
 
 @pytest.fixture(scope="session")

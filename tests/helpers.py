@@ -227,3 +227,32 @@ def write_registry(r: redis.Redis, name: str, type_: str, fds: bytes, revision: 
 
 def registry_snapshot(r: redis.Redis) -> dict:
     return {k: key_state(r, k) for k in sorted(r.keys("__ctx:*"))}
+
+
+# --------------------------------------------------------------------------- engines' field paths
+
+
+def engine_field_path(backend, pb, schema, path: str) -> str:
+    """The field path of a CTXINVALID message as ``backend``'s engine writes it.
+
+    The module names fields (``items[2].sku``); the Lua engine's plan carries no names, so its
+    messages use field numbers (``10[2].1``, see the header of lua/cas.lua). ``path`` is given by
+    names and translated with the descriptor of ``schema`` (one of SCHEMAS, or a message
+    Descriptor) for the Lua engine."""
+    if backend.engine == "module":
+        return path
+    if isinstance(schema, str):
+        proto, full, _ = SCHEMAS[schema]
+        desc = pb.cls(proto, full).DESCRIPTOR
+    else:
+        desc = schema
+    out = []
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        if name.isdigit():  # an unknown field: named by its number on both engines
+            out.append(part)
+            continue
+        field = desc.fields_by_name[name]
+        out.append(f"{field.number}" + (f"[{index}" if index else ""))
+        desc = field.message_type
+    return ".".join(out)

@@ -9,6 +9,12 @@ import redis
 import servers as srv
 from helpers import assert_error
 
+# COMMAND INFO key specs, flags and ACL categories of CTX.*, and ACL rules naming CTX.* commands:
+# a stock server running the Lua engine has no such commands (it runs EVALSHA, whose keys are
+# the script's KEYS, registry keys included).
+pytestmark = pytest.mark.module_only(
+    reason="key specs, command flags and ACL rules of the CTX.* module commands")
+
 DATA = {  # command: (example args, key-spec flags it must carry, command flags)
     "CTX.GET": (["k"], {b"RO", b"access"}, {b"readonly", b"fast"}),
     "CTX.CAS": (["k", "0", "payload", "SCHEMA", "s", "BY", "w"], {b"RW", b"update"}, {b"write", b"denyoom"}),

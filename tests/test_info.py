@@ -23,10 +23,11 @@ def ctx_info(backend) -> dict:
     return out
 
 
+pytestmark = pytest.mark.module_only(reason="INFO ctx is the native module's")
+
+
 @pytest.fixture
 def module_only(backend):
-    if backend.engine != "module":
-        pytest.skip("INFO ctx is the native module's")
     return backend
 
 

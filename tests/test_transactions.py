@@ -65,10 +65,9 @@ def test_rejected_cas_inside_multi_exec_does_not_abort_the_transaction(ready, pb
 # --------------------------------------------------------------------------- Lua
 
 
+@pytest.mark.module_only(reason="redis.call('CTX.CAS') needs the native commands")
 def test_cas_from_lua_with_redis_call(ready, pb, r):
     b = ready
-    if b.engine != "module":
-        pytest.skip("redis.call('CTX.CAS') needs the native commands")
     script = "return redis.call('CTX.CAS', KEYS[1], ARGV[1], ARGV[2], 'SCHEMA', 'order', 'BY', 'lua')"
     assert r.eval(script, 1, "order:1", 0, pb.order(1)) == 1
     assert b.get("order:1")[4] == b"lua"
@@ -90,10 +89,10 @@ def test_cas_from_lua_with_redis_call(ready, pb, r):
     assert r.eval(get, 1, "order:1") == b.get("order:1")
 
 
+@pytest.mark.module_only(reason="CTX.* called from EVAL_RO / no-writes scripts needs the native "
+                                 "commands")
 def test_ctx_get_is_allowed_in_read_only_scripts_and_cas_is_not(ready, pb, r):
     b = ready
-    if b.engine != "module":
-        pytest.skip("native commands only")
     b.cas("order:1", 0, pb.order(1), schema="order")
     assert r.execute_command("EVAL_RO", "return redis.call('CTX.GET', KEYS[1])", 1, "order:1")[0] == 1
     with pytest.raises(redis.ResponseError):

@@ -330,8 +330,11 @@ def test_entry_without_plan_is_noplan_until_schema_plan_adds_it(lua, registered,
     assert lua.call("schema_plan", ["__ctx:schema:bare"], ["0" * 40, plan]) == 0
     assert lua.call("schema_plan", ["__ctx:schema:bare"], [digest, plan]) == 1
     assert lua.cas("bare:1", 0, payload, schema="bare") == 1
-    # a plan left over from another definition is stale
-    lua.r.hset("__ctx:schema:bare", "digest", "f" * 40)
+    # a plan left over from another definition is stale: the entry re-registered (as the module
+    # writes it: consistent digest, the old plan left in place) with another version field
+    lua.r.hset("__ctx:schema:bare", mapping={
+        "revision": 2, "vfield": "base_price",
+        "digest": registry_digest(ORDER, "base_price", fds["order"])})
     with pytest.raises(redis.ResponseError, match="^CTXSCHEMA noplan bare"):
         lua.cas("bare:1", 1, order_payload(2), stored_schema="bare")
 
