@@ -61,7 +61,7 @@ UPB_SRCS :=
 UPB_OBJS  = $(UPB_SRCS:$(PB)/%.c=$(OBJ)/upb/%.o)
 
 .DELETE_ON_ERROR:
-.PHONY: all test demo bench venv check-symbols clean distclean FORCE
+.PHONY: all test demo bench bench-sdk venv check-symbols clean distclean FORCE
 
 # Default: the Redis module.
 all: $(MODULE_SO)
@@ -142,20 +142,30 @@ $(VENV_STAMP): requirements-dev.txt $(PYPROJECT)
 	  -r requirements-dev.txt $(if $(PYPROJECT),-e .)
 	@touch $@
 
+# The SDK's optional cffi extension ctxlink._ctxcore: module/core/*.c + build/libupb.a, built
+# in place as sdk/ctxlink/_ctxcore.<abi>.so (git-ignored) for the editable install.
+.PHONY: ext
+ext: $(LIBUPB) $(VENV_STAMP)
+	$(VENV_PY) sdk/ctxlink/_ffi_build.py
+
 # Run the test suite; extra pytest arguments via PYTEST_ARGS="...".
 # pytest's exit code 5 (nothing collected) fails, with a clear message.
-test: all $(VENV_STAMP)
+test: all ext $(VENV_STAMP)
 	@rc=0; $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: no tests ran (pytest collected nothing)" >&2; fi; \
 	exit $$rc
 
 # Run the end-to-end demo.
 demo: all $(VENV_STAMP)
-	$(VENV_PY) examples/demo.py
+	$(VENV)/bin/ctxlink demo
 
 # Run the module benchmark.
 bench: all $(VENV_STAMP)
 	$(VENV_PY) bench/bench_module.py
+
+# Run the SDK benchmark (SDK get/cas vs bare redis-py HGET/HSET, module and Lua engines).
+bench-sdk: all $(VENV_STAMP)
+	$(VENV_PY) bench/bench_sdk.py
 
 # Remove build outputs; keeps build/_deps (fetched sources) and .venv.
 clean:
