@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 from ctxlink._exceptions import (
     ConflictError,
+    CtxError,
     EngineError,
     NotFoundError,
     SchemaError,
@@ -126,6 +127,15 @@ class Script:
     name: str
     source: bytes
     sha: str
+
+    def without_shebang(self) -> "Script":
+        """The script for Redis 6.2, which does not know the ``#!lua flags=...`` line (7.0+):
+        the line becomes a comment, so line numbers in error messages stay the same."""
+        if not self.source.startswith(b"#!"):
+            return self
+        first, _, rest = self.source.partition(b"\n")
+        source = b"-- " + first[2:] + b"\n" + rest
+        return Script(self.name, source, hashlib.sha1(source).hexdigest())
 
 
 def find_lua_dir() -> Optional[Path]:
@@ -259,7 +269,17 @@ def _evalsha(st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...])
         return (yield cmd)
     except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, failover)
         pass
-    yield LoadScript(script.source)
+    try:
+        yield LoadScript(script.source)
+    except CtxError:
+        raise
+    except Exception as exc:  # Redis < 7 cannot compile the "#!lua" line: use the 6.2 form
+        if script.source == script.without_shebang().source or "compil" not in str(exc):
+            raise
+        st.scripts = {n: s.without_shebang() for n, s in st.scripts.items()}
+        script = st.scripts[name]
+        cmd = Cmd(("EVALSHA", script.sha, len(keys), *keys, *args))
+        yield LoadScript(script.source)
     return (yield cmd)
 
 
