@@ -196,7 +196,13 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   size_t nlen;
   const char *name = RedisModule_StringPtrLen(schema_name, &nlen);
-  const ctx_Schema *schema = ctx_Registry_Resolve(ctx, name, nlen, &st);
+  int slot = -1; /* in a cluster: the registry copy of the key's own slot */
+  if (ctx_Cluster_Enabled()) {
+    size_t klen;
+    const char *k = RedisModule_StringPtrLen(argv[1], &klen);
+    slot = ctx_KeySlot(k, klen);
+  }
+  const ctx_Schema *schema = ctx_Registry_Resolve(ctx, name, nlen, slot, &st);
   if (!schema) goto reject;
 
   size_t plen;

@@ -2,7 +2,11 @@
  *
  * The registry is ordinary keys (docs/PROTOCOL.md, "Schema registry"), written
  * through RedisModule_Call with "!" so each write is propagated, counted as a
- * change and signalled exactly like the command a client would have sent. */
+ * change and signalled exactly like the command a client would have sent.
+ *
+ * A standalone server has one copy of the registry. A cluster node has one
+ * copy per slot it serves (docs/PROTOCOL.md, "Redis Cluster"): writes go to
+ * every copy, reads use the first. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,12 +14,62 @@
 
 #include "ctx_module.h"
 
+/* The registry copies a schema command works on: {-1} on a standalone server,
+ * else the served slots. */
+typedef struct {
+  int *slots;
+  int n;
+} copies;
+
+static void copies_free(copies *c) {
+  if (c->slots) RedisModule_Free(c->slots);
+  c->slots = NULL;
+  c->n = 0;
+}
+
+/* Fills `c`; replies and returns false when a cluster node serves no slot. */
+static bool copies_get(RedisModuleCtx *ctx, copies *c, bool replicas_too) {
+  c->n = 0;
+  if (!ctx_Cluster_Enabled()) {
+    c->slots = RedisModule_Alloc(sizeof(int));
+    c->slots[c->n++] = -1;
+    return true;
+  }
+  unsigned char *served = RedisModule_Alloc(CTX_SLOTS);
+  int count = ctx_Cluster_ServedSlots(ctx, served, replicas_too);
+  c->slots = RedisModule_Alloc((size_t)(count ? count : 1) * sizeof(int));
+  for (int s = 0; s < CTX_SLOTS; s++) {
+    if (served[s]) c->slots[c->n++] = s;
+  }
+  RedisModule_Free(served);
+  if (c->n == 0) {
+    RedisModule_ReplyWithError(ctx, "CTXSCHEMA this cluster node serves no slot");
+    return false;
+  }
+  return true;
+}
+
+static int key_type(RedisModuleCtx *ctx, RedisModuleString *name);
+
+/* For reads: the first copy that exists here (slot configuration may lag a
+ * resharding for a moment), else the first copy. */
+static int first_present(RedisModuleCtx *ctx, const copies *c, const char *name, size_t nlen) {
+  for (int i = 0; i < c->n; i++) {
+    RedisModuleString *k = name ? ctx_Registry_KeyName(ctx, name, nlen, c->slots[i])
+                                : ctx_Registry_IndexName(ctx, c->slots[i]);
+    int t = key_type(ctx, k);
+    RedisModule_FreeString(ctx, k);
+    if (t != REDISMODULE_KEYTYPE_EMPTY) return c->slots[i];
+  }
+  return c->slots[0];
+}
+
 static int reply_cmd_error(RedisModuleCtx *ctx, RedisModuleCallReply *r) {
-  size_t len;
+  size_t len = 0;
   const char *msg = r ? RedisModule_CallReplyStringPtr(r, &len) : NULL;
   char buf[200];
   snprintf(buf, sizeof(buf), "ERR registry write failed: %.*s",
-           msg ? (int)(len > 150 ? 150 : len) : 7, msg ? msg : "unknown");
+           msg ? (int)(len > 150 ? 150 : len) : 7, msg ? msg : "refused");
   return RedisModule_ReplyWithError(ctx, buf);
 }
 
@@ -23,18 +77,22 @@ static bool call_ok(RedisModuleCallReply *r) {
   return r && RedisModule_CallReplyType(r) != REDISMODULE_REPLY_ERROR;
 }
 
-/* True when the name index can take SADD/SREM; else replies CTXSCHEMA, so a
- * registry write never stops half-way. */
-static bool index_usable(RedisModuleCtx *ctx) {
-  RedisModuleString *iname =
-      RedisModule_CreateString(ctx, CTX_REGISTRY_INDEX, strlen(CTX_REGISTRY_INDEX));
-  RedisModuleKey *k = RedisModule_OpenKey(ctx, iname, REDISMODULE_READ);
+static int key_type(RedisModuleCtx *ctx, RedisModuleString *name) {
+  RedisModuleKey *k = RedisModule_OpenKey(ctx, name, REDISMODULE_READ);
   int t = RedisModule_KeyType(k);
   RedisModule_CloseKey(k);
+  return t;
+}
+
+/* True when the name index can take SADD/SREM; else replies CTXSCHEMA, so a
+ * registry write never stops half-way. */
+static bool index_usable(RedisModuleCtx *ctx, int slot) {
+  RedisModuleString *iname = ctx_Registry_IndexName(ctx, slot);
+  int t = key_type(ctx, iname);
   RedisModule_FreeString(ctx, iname);
   if (t == REDISMODULE_KEYTYPE_EMPTY || t == REDISMODULE_KEYTYPE_SET) return true;
-  RedisModule_ReplyWithError(
-      ctx, "CTXSCHEMA the registry index '" CTX_REGISTRY_INDEX "' holds another type");
+  RedisModule_ReplyWithError(ctx, "CTXSCHEMA the registry index '" CTX_REGISTRY_INDEX
+                                  "' holds another type");
   return false;
 }
 
@@ -62,9 +120,8 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   const char *vfield = vfield_arg ? RedisModule_StringPtrLen(vfield_arg, &vlen) : "version";
 
   ctx_Status st;
-  RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, nlen);
-  RedisModuleString *revstr = NULL;
-  RedisModuleCallReply *r1 = NULL, *r2 = NULL;
+  copies c = {0};
+  RedisModuleString *kname = NULL, *iname = NULL, *revstr = NULL, *prev_digest = NULL;
   ctx_Schema *next =
       ctx_Schema_Build(fds, flen, type, tlen, vfield, vlen, ctx_config.max_schema_bytes, &st);
   if (!next) {
@@ -73,39 +130,38 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   }
   char digest[41];
   ctx_Registry_Digest(type, tlen, vfield, vlen, fds, flen, digest);
+  if (!copies_get(ctx, &c, false)) goto done;
 
-  /* The previous revision, if any. */
+  /* The previous revision, from the first copy (all copies are written together). */
+  int ref = c.slots[0];
   long long revision = 0;
+  kname = ctx_Registry_KeyName(ctx, name, nlen, ref);
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
   int ktype = RedisModule_KeyType(key);
-  RedisModuleString *prev_digest = NULL;
   if (ktype == REDISMODULE_KEYTYPE_HASH) {
     RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "revision", &revstr, "digest",
                         &prev_digest, NULL);
     if (revstr) RedisModule_StringToLongLong(revstr, &revision);
   }
   RedisModule_CloseKey(key);
-  if (revstr) RedisModule_FreeString(ctx, revstr);
-  revstr = NULL;
   bool same = false;
   if (prev_digest) {
     size_t dl;
     const char *d = RedisModule_StringPtrLen(prev_digest, &dl);
     same = dl == 40 && memcmp(d, digest, 40) == 0;
-    RedisModule_FreeString(ctx, prev_digest);
   }
   if (ktype != REDISMODULE_KEYTYPE_EMPTY && ktype != REDISMODULE_KEYTYPE_HASH) {
     RedisModule_ReplyWithError(ctx, "CTXSCHEMA the registry key holds another type");
     goto done;
   }
-  if (!index_usable(ctx)) goto done;
+  if (!index_usable(ctx, ref)) goto done;
   if (same && revision > 0) {
     /* Registering the very same definition again changes nothing. */
     RedisModule_ReplyWithLongLong(ctx, revision);
     goto done;
   }
   if (ktype == REDISMODULE_KEYTYPE_HASH && !force) {
-    const ctx_Schema *prev = ctx_Registry_Resolve(ctx, name, nlen, &st);
+    const ctx_Schema *prev = ctx_Registry_Resolve(ctx, name, nlen, ref, &st);
     if (!prev) {
       ctx_Status_Set(&st, kCtx_Schema,
                      "the registered revision cannot be read; use FORCE to replace it");
@@ -120,19 +176,24 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   if (revision < 0 || revision >= INT64_MAX) revision = 0;
   revision++;
 
+  if (revstr) RedisModule_FreeString(ctx, revstr);
   revstr = RedisModule_CreateStringFromLongLong(ctx, revision);
-  /* s: RedisModuleString, c: C string, b: buffer and length. */
-  r1 = RedisModule_Call(ctx, "HSET", "!scscscscbcc", kname, "type", argv[2], "fds",
-                        argv[3], "revision", revstr, "vfield", vfield, vlen, "digest",
-                        digest);
-  if (!call_ok(r1)) {
-    reply_cmd_error(ctx, r1);
-    goto done;
-  }
-  r2 = RedisModule_Call(ctx, "SADD", "!cs", CTX_REGISTRY_INDEX, argv[1]);
-  if (!call_ok(r2)) {
-    reply_cmd_error(ctx, r2);
-    goto done;
+  for (int i = 0; i < c.n; i++) {
+    RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c.slots[i]);
+    RedisModuleString *ix = ctx_Registry_IndexName(ctx, c.slots[i]);
+    /* s: RedisModuleString, c: C string, b: buffer and length. */
+    RedisModuleCallReply *r1 =
+        RedisModule_Call(ctx, "HSET", "!scscscscbcc", k, "type", argv[2], "fds", argv[3],
+                         "revision", revstr, "vfield", vfield, vlen, "digest", digest);
+    RedisModuleCallReply *r2 =
+        call_ok(r1) ? RedisModule_Call(ctx, "SADD", "!ss", ix, argv[1]) : NULL;
+    bool ok = call_ok(r1) && call_ok(r2);
+    if (!ok) reply_cmd_error(ctx, call_ok(r1) ? r2 : r1);
+    if (r1) RedisModule_FreeCallReply(r1);
+    if (r2) RedisModule_FreeCallReply(r2);
+    RedisModule_FreeString(ctx, k);
+    RedisModule_FreeString(ctx, ix);
+    if (!ok) goto done;
   }
   ctx_Registry_Remember(name, nlen, digest, next);
   next = NULL;
@@ -140,19 +201,22 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
 
 done:
   ctx_Schema_Free(next);
-  if (r1) RedisModule_FreeCallReply(r1);
-  if (r2) RedisModule_FreeCallReply(r2);
+  copies_free(&c);
   if (revstr) RedisModule_FreeString(ctx, revstr);
-  RedisModule_FreeString(ctx, kname);
+  if (prev_digest) RedisModule_FreeString(ctx, prev_digest);
+  if (kname) RedisModule_FreeString(ctx, kname);
+  if (iname) RedisModule_FreeString(ctx, iname);
   return REDISMODULE_OK;
 }
 
 /* CTX.SCHEMA.GET name */
 int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc != 2) return RedisModule_WrongArity(ctx);
+  copies c = {0};
+  if (!copies_get(ctx, &c, true)) return REDISMODULE_OK;
   size_t nlen;
   const char *name = RedisModule_StringPtrLen(argv[1], &nlen);
-  RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, nlen);
+  RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, nlen, first_present(ctx, &c, name, nlen));
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
   RedisModuleString *type = NULL, *fds = NULL, *rev = NULL;
   long long revision = 0;
@@ -173,82 +237,106 @@ int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   if (rev) RedisModule_FreeString(ctx, rev);
   RedisModule_CloseKey(key);
   RedisModule_FreeString(ctx, kname);
+  copies_free(&c);
   return REDISMODULE_OK;
 }
 
+/* The names in one copy of the index, collected with ScanKey (RedisModule_Call
+ * would refuse the key on a cluster replica, which owns no slot). */
 typedef struct {
-  const char *ptr;
-  size_t len;
-} name_ref;
+  RedisModuleCtx *ctx;
+  RedisModuleString **names;
+  size_t len, cap;
+} name_list;
+
+static void collect_name(RedisModuleKey *key, RedisModuleString *field,
+                         RedisModuleString *value, void *privdata) {
+  (void)key;
+  (void)value;
+  name_list *l = privdata;
+  if (l->len == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 16;
+    l->names = RedisModule_Realloc(l->names, l->cap * sizeof(*l->names));
+  }
+  RedisModule_RetainString(l->ctx, field);
+  l->names[l->len++] = field;
+}
 
 static int cmp_names(const void *a, const void *b) {
-  const name_ref *x = a, *y = b;
-  size_t n = x->len < y->len ? x->len : y->len;
-  int c = memcmp(x->ptr, y->ptr, n);
+  size_t la, lb;
+  const char *x = RedisModule_StringPtrLen(*(RedisModuleString *const *)a, &la);
+  const char *y = RedisModule_StringPtrLen(*(RedisModuleString *const *)b, &lb);
+  int c = memcmp(x, y, la < lb ? la : lb);
   if (c) return c;
-  return x->len < y->len ? -1 : x->len > y->len;
+  return la < lb ? -1 : la > lb;
 }
 
 /* CTX.SCHEMA.LIST */
 int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   (void)argv;
   if (argc != 1) return RedisModule_WrongArity(ctx);
-  if (!index_usable(ctx)) return REDISMODULE_OK;
-  RedisModuleCallReply *r = RedisModule_Call(ctx, "SMEMBERS", "c", CTX_REGISTRY_INDEX);
-  if (!r || RedisModule_CallReplyType(r) != REDISMODULE_REPLY_ARRAY) {
-    RedisModule_ReplyWithArray(ctx, 0);
-    if (r) RedisModule_FreeCallReply(r);
-    return REDISMODULE_OK;
+  copies c = {0};
+  if (!copies_get(ctx, &c, true)) return REDISMODULE_OK;
+  int ref = first_present(ctx, &c, NULL, 0);
+  copies_free(&c);
+  if (!index_usable(ctx, ref)) return REDISMODULE_OK;
+  RedisModuleString *iname = ctx_Registry_IndexName(ctx, ref);
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, iname, REDISMODULE_READ);
+  name_list l = {ctx, NULL, 0, 0};
+  if (RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_SET) {
+    RedisModuleScanCursor *cursor = RedisModule_ScanCursorCreate();
+    while (RedisModule_ScanKey(key, cursor, collect_name, &l)) {
+    }
+    RedisModule_ScanCursorDestroy(cursor);
   }
-  size_t n = RedisModule_CallReplyLength(r);
-  name_ref *names = RedisModule_Alloc((n ? n : 1) * sizeof(*names));
-  for (size_t i = 0; i < n; i++) {
-    RedisModuleCallReply *e = RedisModule_CallReplyArrayElement(r, i);
-    names[i].ptr = RedisModule_CallReplyStringPtr(e, &names[i].len);
+  RedisModule_CloseKey(key);
+  RedisModule_FreeString(ctx, iname);
+  if (l.len) qsort(l.names, l.len, sizeof(*l.names), cmp_names);
+  RedisModule_ReplyWithArray(ctx, (long)l.len);
+  for (size_t i = 0; i < l.len; i++) {
+    RedisModule_ReplyWithString(ctx, l.names[i]);
+    RedisModule_FreeString(ctx, l.names[i]);
   }
-  qsort(names, n, sizeof(*names), cmp_names);
-  RedisModule_ReplyWithArray(ctx, (long)n);
-  for (size_t i = 0; i < n; i++) {
-    RedisModule_ReplyWithStringBuffer(ctx, names[i].ptr, names[i].len);
-  }
-  RedisModule_Free(names);
-  RedisModule_FreeCallReply(r);
+  if (l.names) RedisModule_Free(l.names);
   return REDISMODULE_OK;
 }
 
 /* CTX.SCHEMA.DEL name */
 int ctx_SchemaDelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc != 2) return RedisModule_WrongArity(ctx);
+  copies c = {0};
+  if (!copies_get(ctx, &c, false)) return REDISMODULE_OK;
   size_t nlen;
   const char *name = RedisModule_StringPtrLen(argv[1], &nlen);
-  RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, nlen);
   long long removed = 0;
-  RedisModuleCallReply *r1 = NULL, *r2 = NULL;
-
-  if (!index_usable(ctx)) goto done;
-  RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
-  bool exists = RedisModule_KeyType(key) != REDISMODULE_KEYTYPE_EMPTY;
-  RedisModule_CloseKey(key);
-  if (exists) {
-    r1 = RedisModule_Call(ctx, "DEL", "!s", kname);
-    if (!call_ok(r1)) {
-      reply_cmd_error(ctx, r1);
-      goto done;
+  for (int i = 0; i < c.n; i++) {
+    if (!index_usable(ctx, c.slots[i])) goto done;
+  }
+  for (int i = 0; i < c.n; i++) {
+    RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c.slots[i]);
+    RedisModuleString *ix = ctx_Registry_IndexName(ctx, c.slots[i]);
+    RedisModuleCallReply *r1 = NULL, *r2 = NULL;
+    bool ok = true;
+    if (key_type(ctx, k) != REDISMODULE_KEYTYPE_EMPTY) {
+      r1 = RedisModule_Call(ctx, "DEL", "!s", k);
+      ok = call_ok(r1);
+      if (ok && RedisModule_CallReplyInteger(r1) > 0) removed = 1;
     }
-    removed = RedisModule_CallReplyInteger(r1) > 0;
+    if (ok) {
+      r2 = RedisModule_Call(ctx, "SREM", "!ss", ix, argv[1]);
+      ok = call_ok(r2);
+      if (ok && RedisModule_CallReplyInteger(r2) > 0) removed = 1;
+    }
+    if (!ok) reply_cmd_error(ctx, r2 ? r2 : r1);
+    if (r1) RedisModule_FreeCallReply(r1);
+    if (r2) RedisModule_FreeCallReply(r2);
+    RedisModule_FreeString(ctx, k);
+    RedisModule_FreeString(ctx, ix);
+    if (!ok) goto done;
   }
-  r2 = RedisModule_Call(ctx, "SREM", "!cs", CTX_REGISTRY_INDEX, argv[1]);
-  if (!call_ok(r2)) {
-    reply_cmd_error(ctx, r2);
-    goto done;
-  }
-  if (RedisModule_CallReplyInteger(r2) > 0) removed = 1;
   ctx_Registry_Forget(name, nlen);
   RedisModule_ReplyWithLongLong(ctx, removed);
-
 done:
-  if (r1) RedisModule_FreeCallReply(r1);
-  if (r2) RedisModule_FreeCallReply(r2);
-  RedisModule_FreeString(ctx, kname);
+  copies_free(&c);
   return REDISMODULE_OK;
 }

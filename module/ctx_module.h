@@ -43,21 +43,32 @@ int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st);
 /* ---- the schema registry (registry.c) ---- */
 
 /* The registry's key names (see docs/PROTOCOL.md, "Schema registry"). */
-#define CTX_REGISTRY_PREFIX "__ctx:schema:"
 #define CTX_REGISTRY_INDEX "__ctx:schemas"
 #define CTX_SCHEMA_NAME_MAX 128
 
 /* True when `name` is a legal schema name; else replies CTXSCHEMA. */
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name);
 
+/* Registry key names. `slot` -1: the standalone names (__ctx:schema:<name>,
+ * __ctx:schemas); a slot: that slot's copy in a cluster (__ctx:{<tag>}:...). */
 RedisModuleString *ctx_Registry_KeyName(RedisModuleCtx *ctx, const char *name,
-                                        size_t len);
+                                        size_t len, int slot);
+RedisModuleString *ctx_Registry_IndexName(RedisModuleCtx *ctx, int slot);
 
-/* The compiled newest revision of schema `name`, or NULL with st set
- * (CTXSCHEMA unknown schema / entry that does not compile). The schema stays
- * owned by the cache; valid until the next registry call. */
+/* The compiled newest revision of schema `name` from the registry copy of
+ * `slot` (-1 standalone), or NULL with st set (CTXSCHEMA unknown schema /
+ * entry that does not compile). The schema stays owned by the cache; valid
+ * until the next registry call. */
 const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
-                                       size_t len, ctx_Status *st);
+                                       size_t len, int slot, ctx_Status *st);
+
+/* ---- Redis Cluster (cluster.c) ---- */
+#define CTX_SLOTS 16384
+int ctx_Cluster_Init(RedisModuleCtx *ctx);
+bool ctx_Cluster_Enabled(void);
+int ctx_KeySlot(const char *key, size_t len);
+const char *ctx_SlotTag(int slot);
+int ctx_Cluster_ServedSlots(RedisModuleCtx *ctx, unsigned char *served, bool replicas_too);
 
 /* Puts a freshly built schema in the cache under `digest` (takes ownership). */
 void ctx_Registry_Remember(const char *name, size_t len, const char *digest,

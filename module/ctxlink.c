@@ -218,5 +218,6 @@ __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ct
   if (RedisModule_RegisterInfoFunc(ctx, info_func) == REDISMODULE_ERR) {
     return REDISMODULE_ERR;
   }
+  if (ctx_Cluster_Init(ctx) == REDISMODULE_ERR) return REDISMODULE_ERR;
   return ctx_Registry_Init(ctx);
 }

@@ -10,7 +10,7 @@
 typedef struct {
   char digest[41];
   ctx_Schema *schema;
-  RedisModuleString *keyname; /* __ctx:schema:<name>, kept to spare the hot path */
+  RedisModuleString *keyname; /* __ctx:schema:<name> (standalone), kept for the hot path */
 } cache_entry;
 
 static RedisModuleDict *cache; /* name -> cache_entry* */
@@ -31,11 +31,27 @@ int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name) {
   return ok;
 }
 
-RedisModuleString *ctx_Registry_KeyName(RedisModuleCtx *ctx, const char *name,
-                                        size_t len) {
-  RedisModuleString *k =
-      RedisModule_CreateString(ctx, CTX_REGISTRY_PREFIX, strlen(CTX_REGISTRY_PREFIX));
+/* "__ctx:" or, for a slot's copy in a cluster, "__ctx:{<tag>}:". */
+static RedisModuleString *registry_prefix(RedisModuleCtx *ctx, int slot) {
+  if (slot < 0) return RedisModule_CreateString(ctx, "__ctx:", 6);
+  RedisModuleString *k = RedisModule_CreateString(ctx, "__ctx:{", 7);
+  const char *tag = ctx_SlotTag(slot);
+  RedisModule_StringAppendBuffer(ctx, k, tag, strlen(tag));
+  RedisModule_StringAppendBuffer(ctx, k, "}:", 2);
+  return k;
+}
+
+RedisModuleString *ctx_Registry_KeyName(RedisModuleCtx *ctx, const char *name, size_t len,
+                                        int slot) {
+  RedisModuleString *k = registry_prefix(ctx, slot);
+  RedisModule_StringAppendBuffer(ctx, k, "schema:", 7);
   RedisModule_StringAppendBuffer(ctx, k, name, len);
+  return k;
+}
+
+RedisModuleString *ctx_Registry_IndexName(RedisModuleCtx *ctx, int slot) {
+  RedisModuleString *k = registry_prefix(ctx, slot);
+  RedisModule_StringAppendBuffer(ctx, k, "schemas", 7);
   return k;
 }
 
@@ -67,7 +83,7 @@ void ctx_Registry_Remember(const char *name, size_t len, const char *digest,
   cache_entry *e = RedisModule_Alloc(sizeof(*e));
   memcpy(e->digest, digest, 41);
   e->schema = schema;
-  e->keyname = ctx_Registry_KeyName(NULL, name, len);
+  e->keyname = ctx_Registry_KeyName(NULL, name, len, -1);
   cache_entry *old = NULL;
   RedisModule_DictDelC(cache, (void *)name, len, &old);
   entry_free(old);
@@ -103,12 +119,14 @@ static const char *str_or_empty(RedisModuleString *s, size_t *len) {
 }
 
 const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
-                                       size_t len, ctx_Status *st) {
+                                       size_t len, int slot, ctx_Status *st) {
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
   cache_entry *e = RedisModule_DictGetC(cache, (void *)name, len, NULL);
-  RedisModuleString *kname = e ? NULL : ctx_Registry_KeyName(ctx, name, len);
-  RedisModuleKey *key = RedisModule_OpenKey(ctx, e ? e->keyname : kname, REDISMODULE_READ);
+  bool cached_name = e && slot < 0;
+  RedisModuleString *kname = cached_name ? NULL : ctx_Registry_KeyName(ctx, name, len, slot);
+  RedisModuleKey *key =
+      RedisModule_OpenKey(ctx, cached_name ? e->keyname : kname, REDISMODULE_READ);
   int nl = len > 120 ? 120 : (int)len;
 
   if (RedisModule_KeyType(key) != REDISMODULE_KEYTYPE_HASH) {

@@ -1,0 +1,158 @@
+"""The module on a real Redis Cluster: three primaries and a replica on loopback.
+
+Each slot carries its own copy of the schema registry (docs/PROTOCOL.md, "Redis Cluster"), so
+CTX.CAS only touches keys of its own slot, and the copies move with their slots on resharding.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from typing import Iterator
+
+import ctxlink
+import pytest
+import redis
+from ctxlink import EmbeddedRedis
+from ctxlink.embedded import find_module, free_port
+from redis.cluster import RedisCluster
+
+from helpers import ProtoLib, error_text
+
+RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+
+def _wait(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _node() -> tuple[EmbeddedRedis, int]:
+    bus = free_port()
+    server = EmbeddedRedis(
+        module=find_module(),
+        args=["--cluster-enabled", "yes", "--cluster-port", str(bus),
+              "--cluster-node-timeout", "5000"],
+    ).start()
+    return server, bus
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[EmbeddedRedis]]:
+    nodes: list[EmbeddedRedis] = []
+    try:
+        buses = []
+        for _ in range(4):
+            server, bus = _node()
+            nodes.append(server)
+            buses.append(bus)
+        clients = [n.client() for n in nodes]
+        for c, (lo, hi) in zip(clients, RANGES):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for n, bus in zip(nodes[1:], buses[1:]):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
+        _wait(lambda: all(len(c.execute_command("CLUSTER", "NODES").splitlines()) == 4 for c in clients),
+              "all nodes to know each other")
+        primary_id = clients[0].execute_command("CLUSTER", "MYID")
+        _wait(lambda: primary_id in clients[3].execute_command("CLUSTER", "NODES"), "the replica to see its primary")
+        clients[3].execute_command("CLUSTER", "REPLICATE", primary_id)
+        _wait(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients),
+              "cluster_state:ok")
+        _wait(lambda: clients[3].info("replication").get("master_link_status") == "up", "the replica link")
+        for c in clients:
+            c.close()
+        yield nodes
+    finally:
+        for n in nodes:
+            n.close()
+
+
+@pytest.fixture
+def rc(cluster: list[EmbeddedRedis]) -> Iterator[RedisCluster]:
+    client = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory: pytest.TempPathFactory) -> ProtoLib:
+    return ProtoLib(tmp_path_factory.mktemp("cluster-protos"))
+
+
+def _primaries(cluster: list[EmbeddedRedis]) -> list[redis.Redis]:
+    return [n.client() for n in cluster[:3]]
+
+
+def test_schemas_reach_every_slot_of_every_primary(cluster, rc, pb) -> None:
+    store = ctxlink.connect(rc)
+    assert store.engine == "module"
+    assert store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order") == 1
+    for r, (lo, hi) in zip(_primaries(cluster), RANGES):
+        assert r.execute_command("CTX.SCHEMA.LIST") == [b"order"]
+        # one copy of the entry and of the name index per slot the node serves
+        assert r.dbsize() >= 2 * (hi - lo + 1)
+    for i in range(300):
+        assert rc.execute_command("CTX.CAS", f"order:{i}", 0, pb.order(1), "SCHEMA", "order") == 1
+    # every node validates: keys of each third of the slots are rejected the same way
+    owners = {}
+    for i in range(300):
+        owners.setdefault(rc.keyslot(f"order:{i}") // 5461, i)
+    assert len(owners) == 3
+    for i in owners.values():
+        with pytest.raises(redis.ResponseError) as exc:
+            rc.execute_command("CTX.CAS", f"order:{i}", 1, pb.order(2) + b"\x52\x03\x0a\x01\xff")
+        assert error_text(exc.value).startswith("CTXINVALID")
+        assert rc.execute_command("CTX.GET", f"order:{i}")[0] == 1
+
+
+def test_registry_copies_move_with_their_slots(cluster, rc, pb) -> None:
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is needed to reshard (apt-get install redis-tools)")
+    store = ctxlink.connect(rc)
+    store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order")
+    keys = [f"move:{i}" for i in range(400)]
+    for k in keys:
+        rc.execute_command("CTX.CAS", k, 0, pb.order(1), "SCHEMA", "order")
+    src, dst = (c.client().execute_command("CLUSTER", "MYID").decode() for c in cluster[:2])
+    subprocess.run(
+        ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{cluster[0].port}",
+         "--cluster-from", src, "--cluster-to", dst, "--cluster-slots", "300", "--cluster-yes"],
+        check=True, capture_output=True, timeout=120,
+    )
+    rc.nodes_manager.initialize()
+    moved = [k for k in keys if rc.keyslot(k) < 300]
+    assert moved, "no test key landed in a moved slot"
+    for k in keys:
+        assert rc.execute_command("CTX.CAS", k, 1, pb.order(2)) == 2
+    target = cluster[1].client()
+    for k in moved:
+        assert target.execute_command("CTX.GET", k)[0] == 2  # served by the new owner
+
+
+def test_a_replica_holds_the_registry_and_refuses_writes(cluster, rc, pb) -> None:
+    store = ctxlink.connect(rc)
+    store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order")
+    primary, replica = cluster[0].client(), cluster[3].client()
+    primary.execute_command("WAIT", 1, 5000)
+    assert replica.execute_command("CTX.SCHEMA.LIST") == [b"order"]
+    assert replica.execute_command("CTX.SCHEMA.GET", "order")[0] == b"ctxlink.example.Order"
+    _wait(lambda: primary.execute_command("DEBUG", "DIGEST") == replica.execute_command("DEBUG", "DIGEST"),
+          "the replica's dataset digest to match")
+    with pytest.raises(redis.ResponseError):
+        replica.execute_command("CTX.SCHEMA.SET", "x", "ctxlink.example.Order", pb.fds("order"))
+
+
+def test_reregistration_updates_every_copy(cluster, rc, pb) -> None:
+    store = ctxlink.connect(rc)
+    first = store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order")
+    second = store.register_schema("order", pb.fds("order_v2_compat"), message_type="ctxlink.example.Order")
+    assert second == first + 1
+    for r in _primaries(cluster):
+        assert r.execute_command("CTX.SCHEMA.GET", "order")[2] == second
+    with pytest.raises(ctxlink.SchemaError):
+        store.register_schema("order", pb.fds("order_v2_incompat"), message_type="ctxlink.example.Order")
