@@ -368,18 +368,10 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     VERBOSE = args.verbose
 
-    if args.redis_tree:
-        try:
+    try:
+        if args.redis_tree:
             extract_redis_tree(args.force)
             return 0
-        except FetchError as e:
-            print(f"fetch_deps: ERROR: {e}", file=sys.stderr)
-            return 1
-        except (OSError, tarfile.TarError) as e:
-            print(f"fetch_deps: ERROR: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-
-    try:
         want = desired_state()
         have = read_stamp()
         if not args.force and have == want and outputs_present():

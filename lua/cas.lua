@@ -391,6 +391,16 @@ end
 
 -- `node` tracks required-field presence like upb: one table per message instance, a singular
 -- message field of an instance merges all its occurrences into one child instance.
+local function child_node(node, number, repeated)
+  if repeated then return {} end
+  local child = node[-number]
+  if not child then
+    child = {}
+    node[-number] = child
+  end
+  return child
+end
+
 local function walk(mi, p, e, depth, gnum, node)
   local msg = M[mi]
   local fr = depth
@@ -480,18 +490,7 @@ local function walk(mi, p, e, depth, gnum, node)
           if depth + 1 > max_depth then
             fail(fr, true, number, fmt('nesting deeper than %d levels', max_depth))
           end
-          local child = nil
-          if node then
-            if f[3] then
-              child = {}
-            else
-              child = node[-number]
-              if not child then
-                child = {}
-                node[-number] = child
-              end
-            end
-          end
+          local child = node and child_node(node, number, f[3])
           local d = depth + 1
           SN[d], SR[d], SS[d], ST[d] = number, f[3], start, tag_at
           walk(f[4], q, vend, d, 0, child)
@@ -501,18 +500,7 @@ local function walk(mi, p, e, depth, gnum, node)
         if depth + 1 > max_depth then
           fail(fr, true, number, fmt('nesting deeper than %d levels', max_depth))
         end
-        local child = nil
-        if node then
-          if f[3] then
-            child = {}
-          else
-            child = node[-number]
-            if not child then
-              child = {}
-              node[-number] = child
-            end
-          end
-        end
+        local child = node and child_node(node, number, f[3])
         local d = depth + 1
         SN[d], SR[d], SS[d], ST[d] = number, f[3], start, tag_at
         p = walk(f[4], p, e, d, number, child)
