@@ -43,16 +43,15 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from ctxlink.embedded import EmbeddedRedis
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,13 +99,6 @@ def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (the kernel picks it for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def find_tool(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
     if not path:
@@ -126,86 +118,6 @@ def fmt_int(x: float) -> str:
 
 
 # ---------------------------------------------------------------- the server
-
-
-class RedisServer:
-    """A throwaway redis-server with the module loaded, in its own temp dir.
-
-    It runs in its own session so that a Ctrl-C in the terminal reaches this
-    script (which then stops the server) and not the server directly."""
-
-    def __init__(self, server_bin: str, module: Path):
-        self.server_bin = server_bin
-        self.module = module
-        self.tmp = Path(tempfile.mkdtemp(prefix="ctxlink-bench-"))
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        last_log = ""
-        for _attempt in range(5):
-            self.port = free_port()
-            argv = [
-                self.server_bin,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.tmp),
-                "--save", "",
-                "--appendonly", "no",
-                "--logfile", "redis.log",
-                "--daemonize", "no",
-                "--loadmodule", str(self.module),
-            ]
-            self.proc = subprocess.Popen(
-                argv, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-            if self._wait_ready(timeout=15):
-                return
-            last_log = self._log_tail()
-            self._stop_process()
-            if "Address already in use" not in last_log:
-                break  # not a port race: retrying will not help
-        raise BenchError(f"redis-server did not start; log tail:\n{last_log}")
-
-    def _wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping():
-                    return True
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        return False
-
-    def _log_tail(self, lines: int = 15) -> str:
-        try:
-            text = (self.tmp / "redis.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _stop_process(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # SIGTERM: redis shuts down; nothing to save
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        try:
-            self._stop_process()
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=300)
 
 
 # ---------------------------------------------------------------- schema and payload
@@ -358,13 +270,13 @@ class Run:
 
 
 class Bench:
-    def __init__(self, args, server: RedisServer, bench_bin: str, fds: bytes, payload: bytes):
+    def __init__(self, args, server: EmbeddedRedis, bench_bin: str, fds: bytes, payload: bytes):
         self.args = args
         self.server = server
         self.bench_bin = bench_bin
         self.fds = fds
         self.payload = payload
-        self.r = server.client()
+        self.r = server.client(socket_timeout=300)
         self.warnings: list[str] = []
 
     # -- server state
@@ -731,10 +643,11 @@ def main(argv=None) -> int:
         log(f"error: {e}")
         return 2
 
-    server = RedisServer(server_bin, args.module)
+    # its own session, so that a Ctrl-C reaches this script (which stops it), not the server
+    server = EmbeddedRedis(module=args.module, binary=server_bin, new_session=True)
     try:
         server.start()
-        r = server.client()
+        r = server.client(socket_timeout=300)
         facts = machine_facts(server_bin, bench_bin, args.module, r.info("server"))
         log("ctxlink module benchmark" + (" (--quick: a smoke check, not a measurement)"
                                           if args.quick else ""))
@@ -750,7 +663,7 @@ def main(argv=None) -> int:
         log(f"  load            redis-benchmark -c {args.clients} -P {args.pipeline} "
             f"--threads 1; {args.rounds} round(s) per side, ~{args.seconds:g} s per run")
 
-        fds = compile_schema(server.tmp)
+        fds = compile_schema(server.dir)
         payload = build_payload(order_class(fds))
         assert b"\x00" not in payload
         sha = r.script_load(LUA_CAS)
@@ -825,7 +738,7 @@ def main(argv=None) -> int:
         if _current_child is not None and _current_child.poll() is None:
             _current_child.kill()
             _current_child.wait()
-        server.stop()
+        server.close()
 
 
 if __name__ == "__main__":

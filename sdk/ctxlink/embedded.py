@@ -68,12 +68,14 @@ class EmbeddedRedis:
         directory: str | os.PathLike[str] | None = None,
         binary: str = "redis-server",
         startup_timeout: float = 10.0,
+        new_session: bool = False,
     ) -> None:
         self.module = Path(module) if module is not None else None
         self.module_args = list(module_args)
         self.args = list(args)
         self.binary = binary
         self.startup_timeout = startup_timeout
+        self.new_session = new_session  # keep a terminal's Ctrl-C from reaching the server
         self._own_dir = directory is None
         self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ctxlink-redis-"))
         self.port = 0
@@ -105,7 +107,8 @@ class EmbeddedRedis:
                 cmd += ["--loadmodule", str(self.module.resolve()), *self.module_args]
             cmd += self.args
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                start_new_session=self.new_session,
             )
             if self._wait_ready():
                 return self
