@@ -35,54 +35,17 @@ CODES = ("ERR", "WRONGTYPE", "CTXSCHEMA", "CTXINVALID", "CTXVERSION", "CTXTOOBIG
 
 # --------------------------------------------------------------------------- wire writing
 
-def varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def long_varint(n: int, length: int) -> bytes:
-    """``n`` written with exactly ``length`` bytes (padding with continuation bytes)."""
-    out = bytearray()
-    for i in range(length):
-        b = (n >> (7 * i)) & 0x7F
-        out.append(b | (0x80 if i < length - 1 else 0))
-    return bytes(out)
-
-
-def tag(num: int, wt: int) -> bytes:
-    return varint((num << 3) | wt)
-
-
-def f_varint(num: int, v: int) -> bytes:
-    return tag(num, 0) + varint(v)
-
-
-def f_len(num: int, data: bytes) -> bytes:
-    return tag(num, 2) + varint(len(data)) + data
-
-
-def f_fixed32(num: int, v: int) -> bytes:
-    return tag(num, 5) + (v & 0xFFFFFFFF).to_bytes(4, "little")
-
-
-def f_fixed64(num: int, v: int) -> bytes:
-    return tag(num, 1) + (v & ((1 << 64) - 1)).to_bytes(8, "little")
-
-
-def f_group(num: int, body: bytes) -> bytes:
-    return tag(num, 3) + body + tag(num, 4)
-
-
-def zigzag(n: int) -> int:
-    return (n << 1) ^ (n >> 63)
+from wire import (  # noqa: E402  (tests/wire.py: the suite's one wire encoder)
+    f_fixed32,
+    f_fixed64,
+    f_group,
+    f_len,
+    f_varint,
+    long_varint,
+    tag,
+    varint,
+    zigzag,
+)
 
 
 def tag_positions(data: bytes) -> list[int]:

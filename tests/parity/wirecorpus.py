@@ -18,43 +18,14 @@ Item = tuple[str, str, bytes]
 # --------------------------------------------------------------------------- wire writing
 
 
-def varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def padded_varint(n: int, width: int) -> bytes:
-    """``n`` spelt with exactly ``width`` bytes (overlong when wider than needed)."""
-    return bytes(((n >> (7 * i)) & 0x7F) | (0x80 if i < width - 1 else 0) for i in range(width))
-
-
-def key(num: int, wt: int) -> bytes:
-    return varint((num << 3) | wt)
-
-
-def vint(num: int, v: int) -> bytes:
-    return key(num, 0) + varint(v)
-
-
-def ld(num: int, data: bytes) -> bytes:
-    return key(num, 2) + varint(len(data)) + data
-
-
-def fx32(num: int, v: int) -> bytes:
-    return key(num, 5) + (v & 0xFFFFFFFF).to_bytes(4, "little")
-
-
-def fx64(num: int, v: int) -> bytes:
-    return key(num, 1) + (v & ((1 << 64) - 1)).to_bytes(8, "little")
-
-
-def grp(num: int, body: bytes) -> bytes:
-    return key(num, 3) + body + key(num, 4)
+from wire import f_fixed32 as fx32  # tests/wire.py: the suite's one wire encoder
+from wire import f_fixed64 as fx64
+from wire import f_group as grp
+from wire import f_len as ld
+from wire import f_varint as vint
+from wire import long_varint as padded_varint
+from wire import tag as key
+from wire import varint
 
 
 def zz(n: int) -> int:
