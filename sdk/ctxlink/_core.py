@@ -33,7 +33,7 @@ from ctxlink._exceptions import (
     VersionError,
     error_from_reply,
 )
-from ctxlink._types import CasResult, Snapshot, Updated
+from ctxlink._types import CasResult, Snapshot, Updated, new_cas_result, new_snapshot
 
 __all__ = [
     "Cmd",
@@ -236,26 +236,46 @@ def _bytes(value: Any) -> bytes:
     return bytes(value)
 
 
+# bytes -> str for the schema / updated_by fields of replies: a handful of distinct values, so
+# decoded once (bounded; cleared when full)
+_TEXT_CACHE: dict[bytes, str] = {}
+_TEXT_CACHE_MAX = 1024
+
+
+def _reply_text(value: Any) -> str:
+    if type(value) is bytes:
+        text = _TEXT_CACHE.get(value)
+        if text is None:
+            text = value.decode("utf-8", "surrogateescape")
+            if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
+                _TEXT_CACHE.clear()
+            _TEXT_CACHE[value] = text
+        return text
+    return _text(value)
+
+
 def parse_state(reply: Any) -> Optional[Snapshot]:
     """``CTX.GET``'s reply (nil or the 5-element array) -> Snapshot / None."""
     if reply is None:
         return None
     version, raw, schema, updated_ms, updated_by = reply
-    return Snapshot(
-        version=int(version),
-        raw=_bytes(raw),
-        schema=_text(schema),
-        updated_ms=int(updated_ms),
-        updated_by=_text(updated_by),
+    return new_snapshot(
+        (
+            version if type(version) is int else int(version),
+            raw if type(raw) is bytes else _bytes(raw),
+            _reply_text(schema),
+            updated_ms if type(updated_ms) is int else int(updated_ms),
+            _reply_text(updated_by),
+        )
     )
 
 
 def parse_write(reply: Any) -> CasResult:
     """``CTX.CAS`` / ``CTX.DEL`` reply: an integer on success, else the conflict state (or nil)."""
-    if isinstance(reply, int):
-        return CasResult(True, reply, None)
+    if type(reply) is int or isinstance(reply, int):
+        return new_cas_result((True, reply, None))
     snap = parse_state(reply)
-    return CasResult(False, snap.version if snap else 0, snap)
+    return new_cas_result((False, snap[0] if snap is not None else 0, snap))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
+import redis
 from google.protobuf.message import Message
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ctxlink import _core
 from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
-from ctxlink._types import CasResult, M, Snapshot, Updated
+from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
 
@@ -51,6 +54,103 @@ def _run(client: Any, op: Op[T]) -> T:
             error = _core.map_error(exc)
 
 
+_recorder: Any
+try:  # redis-py >= 6: OpenTelemetry metrics, recorded by execute_command when enabled
+    from redis.observability import recorder as _recorder
+except ImportError:  # pragma: no cover - older redis-py
+    _recorder = None
+
+
+def _metrics_off() -> bool:
+    if _recorder is None:  # pragma: no cover
+        return True
+    if not hasattr(_recorder, "_metrics_collector") or _recorder._metrics_collector is not None:
+        return False
+    make = getattr(_recorder, "_get_or_create_collector", None)
+    return make is not None and make() is None
+
+
+def _plain_client(client: Any) -> bool:
+    """A stock ``redis.Redis`` (no subclass overriding the command path) on a plain pool."""
+    if not isinstance(client, redis.Redis) or _core.is_cluster(client):
+        return False
+    cls, base = type(client), redis.Redis
+    for name in ("execute_command", "_execute_command", "parse_response"):
+        if getattr(cls, name, None) is not getattr(base, name, None):
+            return False
+    try:
+        major = int(redis.__version__.split(".")[0])
+    except ValueError:  # pragma: no cover
+        return False
+    pool = getattr(client, "connection_pool", None)
+    return (
+        major >= 6
+        and isinstance(pool, redis.ConnectionPool)
+        and getattr(pool, "cache", None) is None  # client-side caching: through redis-py
+        and hasattr(getattr(pool, "connection_class", None), "should_reconnect")
+        and _metrics_off()
+    )
+
+
+class _Direct:
+    """Sends one data command on a pooled connection without ``execute_command``'s per-call
+    machinery (retry closure, option handling, metric hooks that are off anyway).
+
+    Only built for a stock ``redis.Redis`` (see :func:`_plain_client`); each call still falls back
+    to ``client.execute_command`` when the client holds a single connection, when its
+    ``execute_command`` was replaced on the instance, when a response callback is registered for
+    the command, or when redis-py's metrics got enabled. Connection errors are handled as redis-py
+    does: the connection is closed and, unless the client's retry policy allows no retries, the
+    command goes through ``execute_command`` (and its retry policy) again.
+    """
+
+    __slots__ = ("_client", "_pool")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._pool = client.connection_pool
+
+    def __call__(self, args: tuple[Any, ...]) -> Any:
+        client = self._client
+        if (
+            client.connection is not None
+            or "execute_command" in client.__dict__
+            or args[0] in client.response_callbacks
+            or (_recorder is not None and _recorder._metrics_collector is not None)
+        ):
+            return client.execute_command(*args)
+        pool = self._pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command(*args)
+            return conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError):
+            conn.disconnect()
+            if conn.retry.get_retries() == 0:
+                raise
+        finally:
+            try:
+                if conn.should_reconnect():
+                    conn.disconnect()
+                    conn.connect()
+            finally:
+                pool.release(conn)
+        return client.execute_command(*args)  # the retries, by redis-py's own path
+
+
+def _sender(client: Any, state: State) -> Optional[Callable[[tuple[Any, ...]], Any]]:
+    """The module engine's hot-path sender, or None (Lua engine: the generic path)."""
+    if state.engine != _core.MODULE:
+        return None
+    if _plain_client(client):
+        return _Direct(client)
+
+    def send(args: tuple[Any, ...]) -> Any:
+        return client.execute_command(*args)
+
+    return send
+
+
 class Store:
     """Contexts on one Redis deployment, through the module or the Lua scripts.
 
@@ -60,6 +160,8 @@ class Store:
     def __init__(self, client: Any, state: State) -> None:
         self._client = client
         self._st = state
+        # module engine: get/cas skip the generic operation machinery (same replies, same errors)
+        self._send = _sender(client, state)
 
     @property
     def engine(self) -> str:
@@ -76,7 +178,14 @@ class Store:
     # -- contexts --------------------------------------------------------------------------
     def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
         """The context at ``key``, or None. One round trip."""
-        return _run(self._client, _core.op_get(self._st, key))
+        send = self._send
+        if send is None:
+            return _run(self._client, _core.op_get(self._st, key))
+        try:
+            reply = send(("CTX.GET", key))
+        except ResponseError as exc:
+            raise _core.map_error(exc)  # map_error sets __cause__
+        return _core.parse_state(reply)
 
     def cas(
         self,
@@ -93,9 +202,28 @@ class Store:
         message, whose version field the SDK sets to expected + 1 on a copy. A conflict is not an
         error: ``ok`` is False and ``current`` holds the state the server has now.
         """
-        return _run(
-            self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
-        )
+        send = self._send
+        if (
+            send is None
+            or type(payload) is not bytes
+            or type(expected_version) is not int
+            or self._st.local is not None
+        ):
+            return _run(
+                self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
+            )
+        args: tuple[Any, ...] = ("CTX.CAS", key, expected_version, payload)
+        if schema is not None:
+            args += ("SCHEMA", schema)
+        if by is not None:
+            args += ("BY", by)
+        try:
+            reply = send(args)
+        except ResponseError as exc:
+            raise _core.map_error(exc)  # map_error sets __cause__
+        if type(reply) is int:
+            return new_cas_result((True, reply, None))
+        return _core.parse_write(reply)
 
     def delete(self, key: Union[str, bytes], expected_version: int) -> CasResult:
         """Deletes the context if its version is ``expected_version``; ``ok`` False on conflict."""

@@ -18,7 +18,7 @@ from ctxlink import _core
 from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
 from ctxlink._exceptions import *  # noqa: F401,F403  (same names as ctxlink)
 from ctxlink._exceptions import __all__ as _exc_all
-from ctxlink._types import CasResult, M, Snapshot, Updated
+from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
 
@@ -65,6 +65,8 @@ class Store:
     def __init__(self, client: Any, state: State) -> None:
         self._client = client
         self._st = state
+        # module engine: get/cas skip the generic operation machinery (same replies, same errors)
+        self._fast = state.engine == _core.MODULE
 
     @property
     def engine(self) -> str:
@@ -78,7 +80,13 @@ class Store:
         return f"<ctxlink.aio.Store engine={self.engine!r} client={self._client!r}>"
 
     async def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
-        return await _run(self._client, _core.op_get(self._st, key))
+        if not self._fast:
+            return await _run(self._client, _core.op_get(self._st, key))
+        try:
+            reply = await self._client.execute_command("CTX.GET", key)
+        except ResponseError as exc:
+            raise _core.map_error(exc)  # map_error sets __cause__
+        return _core.parse_state(reply)
 
     async def cas(
         self,
@@ -89,9 +97,27 @@ class Store:
         schema: Optional[str] = None,
         by: Optional[str] = None,
     ) -> CasResult:
-        return await _run(
-            self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
-        )
+        if (
+            not self._fast
+            or type(payload) is not bytes
+            or type(expected_version) is not int
+            or self._st.local is not None
+        ):
+            return await _run(
+                self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
+            )
+        args: tuple[Any, ...] = ("CTX.CAS", key, expected_version, payload)
+        if schema is not None:
+            args += ("SCHEMA", schema)
+        if by is not None:
+            args += ("BY", by)
+        try:
+            reply = await self._client.execute_command(*args)
+        except ResponseError as exc:
+            raise _core.map_error(exc)  # map_error sets __cause__
+        if type(reply) is int:
+            return new_cas_result((True, reply, None))
+        return _core.parse_write(reply)
 
     async def delete(self, key: Union[str, bytes], expected_version: int) -> CasResult:
         return await _run(self._client, _core.op_delete(self._st, key, expected_version))
