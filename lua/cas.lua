@@ -123,7 +123,7 @@ else
       return err('CTXSCHEMA', fmt("schema mismatch: the context uses '%s', not '%s'",
         sub(stored_schema, 1, 120), sub(name, 1, 120)))
     end
-    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(stored_schema, 1, 120)))
+    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(stored_schema, 1, 128)))
   end
 end
 

@@ -224,6 +224,36 @@ def registry_key(name: str) -> str:
     return SCHEMA_PREFIX + name
 
 
+_SLOT_TAGS: list[str] = []
+
+
+def _slot_tag(slot: int) -> str:
+    """The smallest decimal integer whose CRC16 lands in ``slot`` (docs/PROTOCOL.md)."""
+    if not _SLOT_TAGS:
+        import binascii
+
+        tags: list[Optional[str]] = [None] * 16384
+        missing, n = 16384, 0
+        while missing:
+            t = str(n)
+            slot_n = binascii.crc_hqx(t.encode(), 0) & 16383
+            if tags[slot_n] is None:
+                tags[slot_n] = t
+                missing -= 1
+            n += 1
+        _SLOT_TAGS.extend(t for t in tags if t is not None)
+    return _SLOT_TAGS[slot]
+
+
+def registry_key_for(st: "State", name: str, key: Any) -> str:
+    """The registry entry a command on ``key`` reads: on a cluster, the copy in ``key``'s slot."""
+    if not st.cluster or key is None:
+        return registry_key(name)
+    from redis.crc import key_slot
+
+    return f"__ctx:{{{_slot_tag(key_slot(_bytes(key)))}}}:schema:{name}"
+
+
 def _text(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "surrogateescape")
@@ -340,7 +370,7 @@ def op_get(st: State, key: Any) -> Op[Optional[Snapshot]]:
     return snap
 
 
-def _vfield(st: State, schema: Optional[str], desc: Descriptor) -> Op[str]:
+def _vfield(st: State, schema: Optional[str], desc: Descriptor, key: Any = None) -> Op[str]:
     """The version field name for a payload of type ``desc`` stored under ``schema``.
 
     Cached per schema name; the first use of a name not registered through this Store reads
@@ -351,7 +381,7 @@ def _vfield(st: State, schema: Optional[str], desc: Descriptor) -> Op[str]:
         if cached is not None:
             return cached
         try:
-            value = yield Cmd(("HGET", registry_key(schema), "vfield"))
+            value = yield Cmd(("HGET", registry_key_for(st, schema, key), "vfield"))
         except Exception:  # no ACL right on __ctx:* ... fall back to the default
             value = None
         if value:
@@ -362,10 +392,11 @@ def _vfield(st: State, schema: Optional[str], desc: Descriptor) -> Op[str]:
 
 
 def _encode(
-    st: State, payload: Union[bytes, Message], expected: int, schema: Optional[str]
+    st: State, payload: Union[bytes, Message], expected: int, schema: Optional[str],
+    key: Any = None,
 ) -> Op[bytes]:
     if isinstance(payload, Message):
-        vf = yield from _vfield(st, schema, payload.DESCRIPTOR)
+        vf = yield from _vfield(st, schema, payload.DESCRIPTOR, key)
         msg = type(payload)()
         msg.CopyFrom(payload)
         setattr(msg, vf, expected + 1)
@@ -462,25 +493,41 @@ def op_cas(
     by: Optional[str],
 ) -> Op[CasResult]:
     expected = _check_version(expected_version)
-    raw = yield from _encode(st, payload, expected, schema)
+    # For a message, the version field's name comes from the schema: the one given, else the
+    # context's own (known from an earlier reply, or one HGET), so a VERSIONFIELD is honoured.
+    vschema = schema
+    if vschema is None and isinstance(payload, Message) and expected > 0:
+        vschema = st.key_schema.get(key)
+        if vschema is None:
+            stored = yield Cmd(("HGET", key, "schema"))
+            vschema = _text(stored) if stored else None
+            if vschema:
+                st.key_schema.put(key, vschema)
+    raw = yield from _encode(st, payload, expected, vschema, key)
     if st.local is not None:  # opt-in local check, see "local check" below
         yield from _local_precheck(st, key, expected, raw, schema, not isinstance(payload, Message))
     try:
-        return (yield from _cas_raw(st, key, expected, raw, schema, by))
+        result = yield from _cas_raw(st, key, expected, raw, schema, by)
+        if st.engine == MODULE:  # what the Lua engine's _cas_raw records, for _encode next time
+            if result.ok and schema is not None:
+                st.key_schema.put(key, schema)
+            elif result.current is not None:
+                st.key_schema.put(key, result.current.schema)
+        return result
     except VersionError:
-        if not isinstance(payload, Message) or schema is None:
+        if not isinstance(payload, Message) or vschema is None:
             raise
-        if not (yield from _vfield_changed(st, schema, payload.DESCRIPTOR)):
+        if not (yield from _vfield_changed(st, vschema, payload.DESCRIPTOR, key)):
             raise
-    raw = yield from _encode(st, payload, expected, schema)
+    raw = yield from _encode(st, payload, expected, vschema, key)
     return (yield from _cas_raw(st, key, expected, raw, schema, by))
 
 
-def _vfield_changed(st: State, schema: str, desc: Descriptor) -> Op[bool]:
+def _vfield_changed(st: State, schema: str, desc: Descriptor, key: Any = None) -> Op[bool]:
     """After CTXVERSION: re-reads the schema's version field; True when the cached one was stale
     (the schema was re-registered with another VERSIONFIELD), so the write is worth retrying."""
     old = st.vfield_by_schema.pop(schema, None)
-    new = yield from _vfield(st, schema, desc)
+    new = yield from _vfield(st, schema, desc, key)
     return old is not None and new != old
 
 
@@ -525,15 +572,15 @@ def op_update(
         out = fn(msg)
         if out is not None:
             msg = out
-        vf = yield from _vfield(st, name, msg.DESCRIPTOR)
+        vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
         setattr(msg, vf, expected + 1)
         raw = msg.SerializeToString()
         try:
             result = yield from _cas_raw(st, key, expected, raw, schema or name, by)
         except VersionError:
-            if not (yield from _vfield_changed(st, name, msg.DESCRIPTOR)):
+            if not (yield from _vfield_changed(st, name, msg.DESCRIPTOR, key)):
                 raise
-            vf = yield from _vfield(st, name, msg.DESCRIPTOR)
+            vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
             setattr(msg, vf, expected + 1)
             raw = msg.SerializeToString()
             result = yield from _cas_raw(st, key, expected, raw, schema or name, by)
@@ -545,8 +592,13 @@ def op_update(
                 f"update of {key!r} gave up after {attempts} conflicting attempts", result.current
             )
         snap = result.current
-        ceiling = min(st.backoff_cap, st.backoff_base * (2 ** (attempts - 1)))
-        yield Sleep(random.uniform(0, ceiling))
+        yield Sleep(backoff_seconds(st, attempts))
+
+
+def backoff_seconds(st: State, attempts: int) -> float:
+    """Jittered exponential backoff after ``attempts`` conflicts, at most ``st.backoff_cap``."""
+    ceiling = min(st.backoff_cap, st.backoff_base * 2 ** min(attempts - 1, 30))
+    return random.uniform(0, ceiling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +649,7 @@ def _local_read_limits(st: State) -> Op[None]:
         return
 
 
-def _local_load(st: State, name: str) -> Op[Any]:
+def _local_load(st: State, name: str, key: Any = None) -> Op[Any]:
     """Fetches and compiles schema ``name`` for the local check (a ``LocalSchema`` whose
     ``vfield`` is None when the registry's version field name could not be read); None when the
     schema is unknown or does not compile (the server then answers)."""
@@ -610,7 +662,7 @@ def _local_load(st: State, name: str) -> Op[Any]:
     vfield = st.vfield_by_schema.get(name)
     if vfield is None:
         try:
-            value = yield Cmd(("HGET", registry_key(name), "vfield"))
+            value = yield Cmd(("HGET", registry_key_for(st, name, key), "vfield"))
         except Exception:  # no ACL right on __ctx:* ... the version rule is then not checked
             value = None
         vfield = _text(value) if value else None
@@ -626,14 +678,17 @@ def _local_precheck(
 ) -> Op[None]:
     from ctxlink import _local
 
-    name = schema if schema is not None else st.key_schema.get(key)
-    if name is None:  # an update without SCHEMA whose stored schema we do not know
+    # Only writes that name their schema: a cached key -> schema may be stale (the context was
+    # deleted and created again with another schema), and judging by it could refuse a payload
+    # the server would accept. Without SCHEMA the server checks, as always.
+    name = schema
+    if name is None:
         return
     if not st.local_limits_read:
         yield from _local_read_limits(st)
     entry = st.local.get_schema(name)
     if entry is None:
-        entry = yield from _local_load(st, name)
+        entry = yield from _local_load(st, name, key)
         if entry is None:
             return
     for attempt in range(2):
@@ -643,7 +698,7 @@ def _local_precheck(
         if code not in ("CTXINVALID", "CTXTOOBIG", "CTXVERSION"):
             return
         if attempt == 0:  # confirm against the current registry entry before refusing
-            fresh = yield from _local_load(st, name)
+            fresh = yield from _local_load(st, name, key)
             if fresh is None:
                 return
             if fresh is entry:
@@ -940,6 +995,30 @@ def cluster_targets(client: Any, nodes: str) -> list[Any]:
     if nodes == "primaries":
         return list(client.get_primaries())
     return [client.get_random_node()]
+
+
+def merge_node_replies(results: list[tuple[str, Any]]) -> Any:
+    """The reply of a schema command sent to several cluster nodes: every node must have
+    answered, and the same. Otherwise an error that says which nodes did what (a schema write
+    that reached only some primaries must be repeated: it is idempotent)."""
+    failed = [(node, r) for node, r in results if isinstance(r, BaseException)]
+    if failed:
+        done = [node for node, r in results if not isinstance(r, BaseException)]
+        first = failed[0][1]
+        if not done:  # failed everywhere: the error as it is
+            raise first
+        detail = "; ".join(f"{node}: {r}" for node, r in failed)
+        text = f"{first} [failed on {detail}; succeeded on {', '.join(done) or 'none'}]"
+        if isinstance(first, CtxError):
+            raise type(first)(text) from first
+        raise EngineError(text) from first
+    replies = [r for _, r in results]
+    if any(r != replies[0] for r in replies[1:]):
+        raise EngineError(
+            "cluster primaries answered differently: "
+            + "; ".join(f"{node}: {r!r}" for node, r in results)
+        )
+    return replies[0]
 
 
 def is_cluster(client: Any) -> bool:

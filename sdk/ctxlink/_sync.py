@@ -8,7 +8,7 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 import redis
 from google.protobuf.message import Message
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ctxlink import _core
@@ -36,12 +36,17 @@ def _run(client: Any, op: Op[T]) -> T:
             if type(instr) is Cmd:
                 if instr.nodes is not None:  # keyless command on a Redis Cluster
                     # sent to the node(s) directly: redis-py's cluster router refuses
-                    # command names with two dots (CTX.SCHEMA.SET); the first reply counts
-                    replies = [
-                        client.get_redis_connection(node).execute_command(*instr.args)
-                        for node in _core.cluster_targets(client, instr.nodes)
-                    ]
-                    reply = replies[0]
+                    # command names with two dots (CTX.SCHEMA.SET); all must agree
+                    results: list[tuple[str, Any]] = []
+                    for node in _core.cluster_targets(client, instr.nodes):
+                        try:
+                            node_client = client.get_redis_connection(node)
+                            results.append((node.name, node_client.execute_command(*instr.args)))
+                        except ResponseError as exc:
+                            results.append((node.name, _core.map_error(exc)))
+                        except RedisError as exc:
+                            results.append((node.name, exc))
+                    reply = _core.merge_node_replies(results)
                 else:
                     reply = client.execute_command(*instr.args)
             elif type(instr) is LoadScript:
@@ -199,7 +204,8 @@ class Store:
         """Writes ``payload`` if the stored version is ``expected_version`` (0 = create).
 
         ``payload`` is the encoded bytes (whose version field must already be expected + 1) or a
-        message, whose version field the SDK sets to expected + 1 on a copy. A conflict is not an
+        message, whose version field the SDK sets to expected + 1 on a copy (the field named by the
+        schema; without ``schema=`` the SDK asks the context for it once per key). A conflict is not an
         error: ``ok`` is False and ``current`` holds the state the server has now.
         """
         send = self._send

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 from google.protobuf.message import Message
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ctxlink import _core
 from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
@@ -22,7 +22,11 @@ from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
 
-__all__ = ["Store", "connect", "Snapshot", "CasResult", "Updated", "SchemaInfo", *_exc_all]
+# the same names as ctxlink (its exception classes, not the helpers of _exceptions)
+__all__ = [
+    "Store", "connect", "Snapshot", "CasResult", "Updated", "SchemaInfo",
+    *(name for name in _exc_all if name[0].isupper() and name != "EXCEPTION_CLASSES"),
+]
 
 EngineName = Literal["auto", "module", "lua"]
 
@@ -42,11 +46,15 @@ async def _run(client: Any, op: Op[T]) -> T:
                     # sent to the node(s) directly: redis-py's cluster router refuses
                     # command names with two dots (CTX.SCHEMA.SET); the first reply counts
                     await client.initialize()  # the asyncio cluster client discovers lazily
-                    replies = [
-                        await node.execute_command(*instr.args)
-                        for node in _core.cluster_targets(client, instr.nodes)
-                    ]
-                    reply = replies[0]
+                    results: list[tuple[str, Any]] = []
+                    for node in _core.cluster_targets(client, instr.nodes):
+                        try:
+                            results.append((node.name, await node.execute_command(*instr.args)))
+                        except ResponseError as exc:
+                            results.append((node.name, _core.map_error(exc)))
+                        except RedisError as exc:
+                            results.append((node.name, exc))
+                    reply = _core.merge_node_replies(results)
                 else:
                     reply = await client.execute_command(*instr.args)
             elif type(instr) is LoadScript:

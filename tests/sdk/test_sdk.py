@@ -236,7 +236,9 @@ def test_update_retries_from_conflict_state_without_extra_get(
     def fn(o: Any) -> None:
         calls.append(o.version)
         if len(calls) == 1:  # a concurrent writer slips in between our read and our CAS
-            assert other.cas("u:2", o.version, Order(order_id="u2", base_price=1000)).ok
+            # (bytes, so the interloper's own lookups do not show in the command counts)
+            theirs = Order(order_id="u2", base_price=1000, version=o.version + 1)
+            assert other.cas("u:2", o.version, theirs.SerializeToString()).ok
         o.base_price += 1
 
     before = stats(client)
@@ -662,3 +664,53 @@ def test_one_round_trip_per_get_and_cas(
             assert delta.get("evalsha") == 1, delta
             # what the scripts ran inside is counted too, but no direct HGET / SCRIPT LOAD
             assert "script|load" not in delta, delta
+
+
+# ---------------------------------------------------------------------------------------------
+# found in review
+
+
+def test_message_cas_without_schema_uses_the_contexts_version_field(
+    server: Any, protos: Protos, sdk_engine: str
+) -> None:
+    """A schema registered elsewhere with VERSIONFIELD rev: a Store that never saw it still sets
+    ``rev`` (not a field called ``version``) when given a message and no ``schema=``."""
+    Doc = protos.cls("versions", "ctxlink.test.v.Doc")
+    admin = make_store(server.client(), sdk_engine)
+    admin.register_schema("doc", protos.fds["versions"], message_type="ctxlink.test.v.Doc",
+                          version_field="rev")
+    assert admin.cas("d:1", 0, Doc(id="d"), schema="doc").ok
+    fresh = make_store(server.client(), sdk_engine)
+    result = fresh.cas("d:1", 1, Doc(id="d", body="edited"))
+    assert result.ok and result.version == 2
+    snap = fresh.get("d:1")
+    assert snap is not None and snap.decode(Doc).rev == 2 and snap.decode(Doc).body == "edited"
+
+
+def test_local_check_does_not_judge_by_a_stale_key_schema(
+    server: Any, protos: Protos, sdk_engine: str
+) -> None:
+    """The context was deleted and created again under another schema: a write without
+    ``schema=`` is not refused locally by the old schema (the server decides)."""
+    from ctxlink import _local
+
+    if not _local.available():
+        pytest.skip("the cffi extension is not built (make ext)")
+    Order, Doc = protos.Order, protos.cls("versions", "ctxlink.test.v.Doc")
+    admin = make_store(server.client(), sdk_engine)
+    admin.register_schema("order", Order)
+    admin.register_schema("doc", protos.fds["versions"], message_type="ctxlink.test.v.Doc",
+                          version_field="rev")
+    checked = ctxlink.connect(server.client(), engine=sdk_engine, local_check=True)
+    assert checked.cas("k:stale", 0, Order(order_id="o"), schema="order").ok  # caches k -> order
+    assert admin.delete("k:stale", 1).ok
+    assert admin.cas("k:stale", 0, Doc(id="d"), schema="doc").ok
+    result = checked.cas("k:stale", 1, Doc(id="d", rev=2).SerializeToString())
+    assert result.ok and result.version == 2
+
+
+def test_update_backoff_does_not_overflow_with_many_retries() -> None:
+    from ctxlink import _core
+
+    st = _core.make_state("module", False, {})
+    assert _core.backoff_seconds(st, 5000) <= st.backoff_cap
