@@ -21,8 +21,9 @@
 
   Replies:
     the revision (integer). When the entry already holds this very definition (same digest)
-    nothing is written and the current revision is returned. Every check comes before the
-    first write, so an error writes nothing. Otherwise
+    nothing is written and the current revision is returned; if that entry's content no longer
+    hashes to its digest (edited by hand) it is written again under the same revision. Every
+    check comes before the first write, so an error writes nothing. Otherwise
     HSET KEYS[1] type fds revision vfield digest plan + SADD KEYS[2] name, revision + 1.
   Errors:
     CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
@@ -64,20 +65,25 @@ if plan ~= '' then
   end
 end
 
-local revision = 0
+local revision, repair = 0, false
 if t == 'hash' then
-  local h = redis.call('HMGET', entry, 'revision', 'digest')
+  local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield')
   local r = h[1] and string.find(h[1], '^%d+$') and tonumber(h[1]) or 0
   revision = r
   if h[2] == digest and revision > 0 then
-    return revision -- the very same definition: nothing changes
+    -- the very same definition: nothing changes, unless the entry was damaged by hand (its
+    -- content no longer hashes to its digest): then it is written again, same revision
+    local intact = h[3] and h[4] and h[5] and
+      redis.sha1hex(#h[3] .. ':' .. h[3] .. #h[5] .. ':' .. h[5] .. h[4]) == digest
+    if intact then return revision end
+    repair = true
   end
 end
-if revision ~= seen then
+if revision ~= seen and not repair then
   return redis.error_reply('CTXSCHEMA concurrent registration, retry')
 end
 
-revision = revision + 1
+if not repair then revision = revision + 1 end
 local rs = string.format('%.0f', revision)
 if plan ~= '' then
   redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', rs, 'vfield', vfield,

@@ -43,6 +43,7 @@ static bool copies_get(RedisModuleCtx *ctx, copies *c, bool replicas_too) {
   }
   RedisModule_Free(served);
   if (c->n == 0) {
+    copies_free(c);
     RedisModule_ReplyWithError(ctx, "CTXSCHEMA this cluster node serves no slot");
     return false;
   }
@@ -89,11 +90,57 @@ static int key_type(RedisModuleCtx *ctx, RedisModuleString *name) {
 static bool index_usable(RedisModuleCtx *ctx, int slot) {
   RedisModuleString *iname = ctx_Registry_IndexName(ctx, slot);
   int t = key_type(ctx, iname);
+  if (t != REDISMODULE_KEYTYPE_EMPTY && t != REDISMODULE_KEYTYPE_SET) {
+    char buf[160];
+    size_t len;
+    const char *n = RedisModule_StringPtrLen(iname, &len);
+    snprintf(buf, sizeof(buf), "CTXSCHEMA the registry index '%.*s' holds another type",
+             (int)len, n);
+    RedisModule_ReplyWithError(ctx, buf);
+  }
   RedisModule_FreeString(ctx, iname);
-  if (t == REDISMODULE_KEYTYPE_EMPTY || t == REDISMODULE_KEYTYPE_SET) return true;
-  RedisModule_ReplyWithError(ctx, "CTXSCHEMA the registry index '" CTX_REGISTRY_INDEX
-                                  "' holds another type");
-  return false;
+  return t == REDISMODULE_KEYTYPE_EMPTY || t == REDISMODULE_KEYTYPE_SET;
+}
+
+/* True when every copy is an entry whose `digest` is `digest` and whose content still hashes
+ * to it (checked on the first copy; the others are written together with it). */
+static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, size_t nlen,
+                        const char *digest) {
+  for (int i = 0; i < c->n; i++) {
+    RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c->slots[i]);
+    RedisModuleKey *key = RedisModule_OpenKey(ctx, k, REDISMODULE_READ);
+    RedisModuleString *d = NULL, *type = NULL, *fds = NULL, *vf = NULL;
+    bool ok = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH;
+    if (ok && i == 0) {
+      RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, "type", &type, "fds",
+                          &fds, "vfield", &vf, NULL);
+      ok = d && type && fds && vf;
+      if (ok) {
+        size_t tl, fl, vl;
+        const char *t = RedisModule_StringPtrLen(type, &tl);
+        const char *f = RedisModule_StringPtrLen(fds, &fl);
+        const char *v = RedisModule_StringPtrLen(vf, &vl);
+        char computed[41];
+        ctx_Registry_Digest(t, tl, v, vl, f, fl, computed);
+        ok = memcmp(computed, digest, 40) == 0;
+      }
+    } else if (ok) {
+      RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, NULL);
+    }
+    if (ok) {
+      size_t dl;
+      const char *dp = d ? RedisModule_StringPtrLen(d, &dl) : NULL;
+      ok = dp && dl == 40 && memcmp(dp, digest, 40) == 0;
+    }
+    RedisModuleString *all[] = {d, type, fds, vf};
+    for (size_t j = 0; j < 4; j++) {
+      if (all[j]) RedisModule_FreeString(ctx, all[j]);
+    }
+    RedisModule_CloseKey(key);
+    RedisModule_FreeString(ctx, k);
+    if (!ok) return false;
+  }
+  return true;
 }
 
 /* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field] */
@@ -150,17 +197,28 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     const char *d = RedisModule_StringPtrLen(prev_digest, &dl);
     same = dl == 40 && memcmp(d, digest, 40) == 0;
   }
-  if (ktype != REDISMODULE_KEYTYPE_EMPTY && ktype != REDISMODULE_KEYTYPE_HASH) {
-    RedisModule_ReplyWithError(ctx, "CTXSCHEMA the registry key holds another type");
-    goto done;
+  /* Every copy must be writable before any is written: no half-done registration. */
+  for (int i = 0; i < c.n; i++) {
+    RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c.slots[i]);
+    int t = key_type(ctx, k);
+    RedisModule_FreeString(ctx, k);
+    if (t != REDISMODULE_KEYTYPE_EMPTY && t != REDISMODULE_KEYTYPE_HASH) {
+      RedisModule_ReplyWithError(ctx, "CTXSCHEMA the registry key holds another type");
+      goto done;
+    }
+    if (!index_usable(ctx, c.slots[i])) goto done;
   }
-  if (!index_usable(ctx, ref)) goto done;
+  /* The very same definition again changes nothing, if every copy holds it intact; else the
+   * copies are written again under the same revision (a repair, not a new revision). */
+  bool keep_revision = false;
   if (same && revision > 0) {
-    /* Registering the very same definition again changes nothing. */
-    RedisModule_ReplyWithLongLong(ctx, revision);
-    goto done;
+    if (copies_hold(ctx, &c, name, nlen, digest)) {
+      RedisModule_ReplyWithLongLong(ctx, revision);
+      goto done;
+    }
+    keep_revision = true;
   }
-  if (ktype == REDISMODULE_KEYTYPE_HASH && !force) {
+  if (ktype == REDISMODULE_KEYTYPE_HASH && !force && !keep_revision) {
     const ctx_Schema *prev = ctx_Registry_Resolve(ctx, name, nlen, ref, &st);
     if (!prev) {
       ctx_Status_Set(&st, kCtx_Schema,
@@ -173,8 +231,10 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
       goto done;
     }
   }
-  if (revision < 0 || revision >= INT64_MAX) revision = 0;
-  revision++;
+  if (!keep_revision) {
+    if (revision < 0 || revision >= INT64_MAX) revision = 0;
+    revision++;
+  }
 
   if (revstr) RedisModule_FreeString(ctx, revstr);
   revstr = RedisModule_CreateStringFromLongLong(ctx, revision);
@@ -195,7 +255,7 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     RedisModule_FreeString(ctx, ix);
     if (!ok) goto done;
   }
-  ctx_Registry_Remember(name, nlen, digest, next);
+  ctx_Registry_Remember(digest, next);
   next = NULL;
   RedisModule_ReplyWithLongLong(ctx, revision);
 
@@ -334,7 +394,6 @@ int ctx_SchemaDelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     RedisModule_FreeString(ctx, ix);
     if (!ok) goto done;
   }
-  ctx_Registry_Forget(name, nlen);
   RedisModule_ReplyWithLongLong(ctx, removed);
 done:
   copies_free(&c);

@@ -70,10 +70,9 @@ int ctx_KeySlot(const char *key, size_t len);
 const char *ctx_SlotTag(int slot);
 int ctx_Cluster_ServedSlots(RedisModuleCtx *ctx, unsigned char *served, bool replicas_too);
 
-/* Puts a freshly built schema in the cache under `digest` (takes ownership). */
-void ctx_Registry_Remember(const char *name, size_t len, const char *digest,
-                           ctx_Schema *schema);
-void ctx_Registry_Forget(const char *name, size_t len);
+/* Puts a freshly built schema in the cache under its 40-character `digest`
+ * (takes ownership). */
+void ctx_Registry_Remember(const char *digest, ctx_Schema *schema);
 void ctx_Registry_Clear(void);
 long long ctx_Registry_CacheSize(void);
 int ctx_Registry_Init(RedisModuleCtx *ctx);

@@ -1,19 +1,18 @@
 /* registry.c - the schema registry: plain keys in the keyspace, plus a cache
- * of compiled schemas keyed by name and checked against the entry's digest on
- * every use (so replication, restarts, FLUSHALL and hand edits are picked up). */
+ * of compiled schemas keyed by the entry's digest. Every use reads the digest
+ * of the entry it needs, so replication, restarts, FLUSHALL, other databases
+ * and other slots' copies are always picked up, and two definitions under one
+ * name (two databases, two slots) each keep their compiled form. */
 #include <stdio.h>
 #include <string.h>
 
 #include "ctx_module.h"
 #include "sha1.h"
 
-typedef struct {
-  char digest[41];
-  ctx_Schema *schema;
-  RedisModuleString *keyname; /* __ctx:schema:<name> (standalone), kept for the hot path */
-} cache_entry;
+#define CTX_CACHE_MAX 64 /* compiled schemas kept; the oldest-keyed one goes first */
 
-static RedisModuleDict *cache; /* name -> cache_entry* */
+static RedisModuleDict *compiled; /* digest (40 hex chars) -> ctx_Schema* */
+static RedisModuleDict *keynames; /* name -> __ctx:schema:<name>, spares the hot path */
 
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name) {
   size_t len;
@@ -71,43 +70,58 @@ void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
   ctx_Sha1_HexFinal(&s, out);
 }
 
-static void entry_free(cache_entry *e) {
-  if (!e) return;
-  ctx_Schema_Free(e->schema);
-  RedisModule_FreeString(NULL, e->keyname);
-  RedisModule_Free(e);
-}
-
-void ctx_Registry_Remember(const char *name, size_t len, const char *digest,
-                           ctx_Schema *schema) {
-  cache_entry *e = RedisModule_Alloc(sizeof(*e));
-  memcpy(e->digest, digest, 41);
-  e->schema = schema;
-  e->keyname = ctx_Registry_KeyName(NULL, name, len, -1);
-  cache_entry *old = NULL;
-  RedisModule_DictDelC(cache, (void *)name, len, &old);
-  entry_free(old);
-  RedisModule_DictSetC(cache, (void *)name, len, e);
-}
-
-void ctx_Registry_Forget(const char *name, size_t len) {
-  cache_entry *old = NULL;
-  if (RedisModule_DictDelC(cache, (void *)name, len, &old) == REDISMODULE_OK) {
-    entry_free(old);
+void ctx_Registry_Remember(const char *digest, ctx_Schema *schema) {
+  if (RedisModule_DictGetC(compiled, (void *)digest, 40, NULL)) {
+    ctx_Schema_Free(schema); /* the same definition is compiled already */
+    return;
   }
+  if (RedisModule_DictSize(compiled) >= CTX_CACHE_MAX) {
+    RedisModuleDictIter *it = RedisModule_DictIteratorStartC(compiled, "^", NULL, 0);
+    size_t klen;
+    ctx_Schema *victim = NULL;
+    char *k = RedisModule_DictNextC(it, &klen, (void **)&victim);
+    char key[40];
+    if (k && klen == 40) memcpy(key, k, 40);
+    RedisModule_DictIteratorStop(it);
+    if (k && klen == 40) {
+      RedisModule_DictDelC(compiled, key, 40, NULL);
+      ctx_Schema_Free(victim);
+    }
+  }
+  RedisModule_DictSetC(compiled, (void *)digest, 40, schema);
+}
+
+static void free_all(void) {
+  RedisModuleDictIter *it = RedisModule_DictIteratorStartC(compiled, "^", NULL, 0);
+  ctx_Schema *schema;
+  while (RedisModule_DictNextC(it, NULL, (void **)&schema)) ctx_Schema_Free(schema);
+  RedisModule_DictIteratorStop(it);
+  RedisModule_FreeDict(NULL, compiled);
+  it = RedisModule_DictIteratorStartC(keynames, "^", NULL, 0);
+  RedisModuleString *name;
+  while (RedisModule_DictNextC(it, NULL, (void **)&name)) RedisModule_FreeString(NULL, name);
+  RedisModule_DictIteratorStop(it);
+  RedisModule_FreeDict(NULL, keynames);
 }
 
 void ctx_Registry_Clear(void) {
-  RedisModuleDictIter *it = RedisModule_DictIteratorStartC(cache, "^", NULL, 0);
-  cache_entry *e;
-  while (RedisModule_DictNextC(it, NULL, (void **)&e)) entry_free(e);
-  RedisModule_DictIteratorStop(it);
-  RedisModule_FreeDict(NULL, cache);
-  cache = RedisModule_CreateDict(NULL);
+  free_all();
+  compiled = RedisModule_CreateDict(NULL);
+  keynames = RedisModule_CreateDict(NULL);
 }
 
 long long ctx_Registry_CacheSize(void) {
-  return (long long)RedisModule_DictSize(cache);
+  return (long long)RedisModule_DictSize(compiled);
+}
+
+/* The standalone registry key of `name`, made once. */
+static RedisModuleString *standalone_keyname(const char *name, size_t len) {
+  RedisModuleString *k = RedisModule_DictGetC(keynames, (void *)name, len, NULL);
+  if (!k) {
+    k = ctx_Registry_KeyName(NULL, name, len, -1);
+    RedisModule_DictSetC(keynames, (void *)name, len, k);
+  }
+  return k;
 }
 
 static const char *str_or_empty(RedisModuleString *s, size_t *len) {
@@ -122,11 +136,9 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
                                        size_t len, int slot, ctx_Status *st) {
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
-  cache_entry *e = RedisModule_DictGetC(cache, (void *)name, len, NULL);
-  bool cached_name = e && slot < 0;
-  RedisModuleString *kname = cached_name ? NULL : ctx_Registry_KeyName(ctx, name, len, slot);
-  RedisModuleKey *key =
-      RedisModule_OpenKey(ctx, cached_name ? e->keyname : kname, REDISMODULE_READ);
+  RedisModuleString *kname = slot < 0 ? NULL : ctx_Registry_KeyName(ctx, name, len, slot);
+  RedisModuleKey *key = RedisModule_OpenKey(
+      ctx, kname ? kname : standalone_keyname(name, len), REDISMODULE_READ);
   int nl = len > 120 ? 120 : (int)len;
 
   if (RedisModule_KeyType(key) != REDISMODULE_KEYTYPE_HASH) {
@@ -136,9 +148,9 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   RedisModule_HashGet(key, REDISMODULE_HASH_NONE, ctx_names.digest, &digest, NULL);
   size_t dlen;
   const char *d = str_or_empty(digest, &dlen);
-  if (e && dlen == 40 && memcmp(e->digest, d, 40) == 0) {
-    result = e->schema;
-    goto done;
+  if (dlen == 40) {
+    result = RedisModule_DictGetC(compiled, (void *)d, 40, NULL);
+    if (result) goto done;
   }
 
   /* Not cached, or the entry changed: compile it from the keyspace. */
@@ -165,7 +177,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
                    name, cst.msg);
     goto done;
   }
-  ctx_Registry_Remember(name, len, computed, s);
+  ctx_Registry_Remember(computed, s);
   result = s;
 
 done:
@@ -191,7 +203,8 @@ static void on_wholesale_change(RedisModuleCtx *ctx, RedisModuleEvent eid,
 }
 
 int ctx_Registry_Init(RedisModuleCtx *ctx) {
-  cache = RedisModule_CreateDict(NULL);
+  compiled = RedisModule_CreateDict(NULL);
+  keynames = RedisModule_CreateDict(NULL);
   if (RedisModule_SubscribeToServerEvent) {
     RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_FlushDB,
                                        on_wholesale_change);

@@ -156,3 +156,21 @@ def test_reregistration_updates_every_copy(cluster, rc, pb) -> None:
         assert r.execute_command("CTX.SCHEMA.GET", "order")[2] == second
     with pytest.raises(ctxlink.SchemaError):
         store.register_schema("order", pb.fds("order_v2_incompat"), message_type="ctxlink.example.Order")
+
+
+def test_reregistering_fills_a_missing_slot_copy(cluster, rc, pb) -> None:
+    """A copy lost from one slot (hand edit, a node that missed a registration) is written again
+    by registering the same definition, under the same revision."""
+    from ctxlink._core import _slot_tag
+
+    store = ctxlink.connect(rc)
+    revision = store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order")
+    key = next(f"gap:{i}" for i in range(1000) if rc.keyslot(f"gap:{i}") > 11000)
+    copy = f"__ctx:{{{_slot_tag(rc.keyslot(key))}}}:schema:order"
+    assert rc.delete(copy) == 1
+    with pytest.raises(redis.ResponseError) as exc:
+        rc.execute_command("CTX.CAS", key, 0, pb.order(1), "SCHEMA", "order")
+    assert error_text(exc.value).startswith("CTXSCHEMA")
+    assert store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order") == revision
+    assert rc.exists(copy) == 1
+    assert rc.execute_command("CTX.CAS", key, 0, pb.order(1), "SCHEMA", "order") == 1

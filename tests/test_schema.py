@@ -766,3 +766,31 @@ def test_schema_write_over_a_corrupt_name_set_writes_nothing(backend, pb, r, op)
         with pytest.raises(redis.ResponseError) as excinfo:
             calls[op]()
     assert error_text(excinfo.value).startswith("CTXSCHEMA "), error_text(excinfo.value)
+
+
+def test_reregistering_repairs_an_entry_damaged_by_hand(backend, pb, r, uniq):
+    """An entry whose content was edited without its digest is refused as damaged after a reload,
+    and registering the right definition again restores it under the same revision."""
+    name = uniq("order")
+    assert backend.schema_set(name, ORDER, pb.fds("order")) == 1
+    assert backend.cas("k:rep", 0, pb.order(1), schema=name) == 1
+    r.hset(reg_key(name), "fds", pb.fds("order_v2_compat"))  # digest left as it was
+    r.execute_command("DEBUG", "RELOAD")
+    assert_error("CTXSCHEMA", backend.cas, "k:rep", 1, pb.order(2))
+    assert backend.schema_set(name, ORDER, pb.fds("order")) == 1
+    assert r.hget(reg_key(name), "fds") == pb.fds("order")
+    assert backend.cas("k:rep", 1, pb.order(2)) == 2
+
+
+def test_one_name_with_two_definitions_in_two_databases(backend, pb, r, uniq):
+    """The registry is per database; each database validates with its own definition."""
+    name = uniq("order")
+    assert backend.schema_set(name, ORDER, pb.fds("order")) == 1
+    other = backend.with_client(backend.server.client(db=1))
+    try:
+        assert other.schema_set(name, ORDER, pb.fds("order"), versionfield="base_price") == 1
+        for i in range(1, 4):
+            assert backend.cas("k:db", i - 1, pb.order(i), schema=name) == i
+            assert other.cas("k:db", i - 1, pb.order(0, base_price=i), schema=name) == i
+    finally:
+        other.r.flushdb()

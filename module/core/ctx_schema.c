@@ -142,6 +142,58 @@ done:
 
 #define CTX_DENSE_MAX 256
 
+/* ---- a small hash index: (pointer, pointer) -> int, so that schemas with many
+ * message types compile in linear time ---------------------------------------- */
+
+typedef struct {
+  const void* a;
+  const void* b;
+  int value;
+} idx_slot;
+
+typedef struct {
+  idx_slot* slots; /* a == NULL: empty */
+  size_t cap, len;
+} ptr_index;
+
+static size_t idx_hash(const void* a, const void* b) {
+  uint64_t x = (uint64_t)(uintptr_t)a * 0x9E3779B97F4A7C15ull;
+  x ^= (uint64_t)(uintptr_t)b * 0xC2B2AE3D27D4EB4Full;
+  return (size_t)(x ^ (x >> 31));
+}
+
+static int idx_get(const ptr_index* ix, const void* a, const void* b) {
+  if (!ix->cap) return -1;
+  for (size_t i = idx_hash(a, b) & (ix->cap - 1);; i = (i + 1) & (ix->cap - 1)) {
+    const idx_slot* sl = &ix->slots[i];
+    if (!sl->a) return -1;
+    if (sl->a == a && sl->b == b) return sl->value;
+  }
+}
+
+static bool idx_put(ptr_index* ix, const void* a, const void* b, int value) {
+  if (2 * (ix->len + 1) > ix->cap) {
+    size_t cap = ix->cap ? ix->cap * 2 : 64;
+    idx_slot* slots = calloc(cap, sizeof(*slots));
+    if (!slots) return false;
+    for (size_t i = 0; i < ix->cap; i++) {
+      const idx_slot* sl = &ix->slots[i];
+      if (!sl->a) continue;
+      size_t j = idx_hash(sl->a, sl->b) & (cap - 1);
+      while (slots[j].a) j = (j + 1) & (cap - 1);
+      slots[j] = *sl;
+    }
+    free(ix->slots);
+    ix->slots = slots;
+    ix->cap = cap;
+  }
+  size_t j = idx_hash(a, b) & (ix->cap - 1);
+  while (ix->slots[j].a) j = (j + 1) & (ix->cap - 1);
+  ix->slots[j] = (idx_slot){a, b, value};
+  ix->len++;
+  return true;
+}
+
 static int wire_type_of(const upb_FieldDef* f) {
   switch (upb_FieldDef_Type(f)) {
     case kUpb_FieldType_Double:
@@ -178,10 +230,10 @@ static void free_plans(ctx_Schema* s) {
 }
 
 /* Index of `m` in the schema's message list, appending it when new. */
-static int plan_index(ctx_Schema* s, const upb_MessageDef* m, int* cap) {
-  for (int i = 0; i < s->nplans; i++) {
-    if (s->plan_defs[i] == m) return i;
-  }
+static int plan_index(ctx_Schema* s, ptr_index* ix, const upb_MessageDef* m, int* cap) {
+  int known = idx_get(ix, m, NULL);
+  if (known >= 0) return known;
+  if (!idx_put(ix, m, NULL, s->nplans)) return -1;
   if (s->nplans == *cap) {
     int ncap = *cap ? *cap * 2 : 8;
     const upb_MessageDef** defs = realloc(s->plan_defs, (size_t)ncap * sizeof(*defs));
@@ -197,11 +249,21 @@ static int plan_index(ctx_Schema* s, const upb_MessageDef* m, int* cap) {
   return s->nplans++;
 }
 
+static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp);
+
 /* Builds the walk's plans for every message reachable from the root, breadth
  * first, and notes whether any of them has a required field. */
 static bool build_plans(ctx_Schema* s) {
   int cap = 0;
-  if (plan_index(s, s->msg, &cap) < 0) return false;
+  ptr_index ix = {0};
+  bool ok = build_plans_with(s, &ix, &cap);
+  free(ix.slots);
+  return ok;
+}
+
+static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
+  int cap = *capp; /* capacity of s->plans / s->plan_defs */
+  if (plan_index(s, ix, s->msg, &cap) < 0) return false;
   for (int i = 0; i < s->nplans; i++) {
     const upb_MessageDef* m = s->plan_defs[i];
     int n = upb_MessageDef_FieldCount(m);
@@ -234,7 +296,7 @@ static bool build_plans(ctx_Schema* s) {
       fp->packable = upb_FieldDef_IsRepeated(f) && fp->kind == kCtx_Kind_Scalar;
       if (fp->kind == kCtx_Kind_Message || fp->kind == kCtx_Kind_Group) {
         /* plan_index may move s->plans: keep no pointer into it across. */
-        int sub = plan_index(s, upb_FieldDef_MessageSubDef(f), &cap);
+        int sub = plan_index(s, ix, upb_FieldDef_MessageSubDef(f), &cap);
         if (sub < 0) return false;
         s->plans[i].fields[j].sub = sub;
       }
@@ -410,11 +472,10 @@ typedef struct {
   size_t len, cap;
 } pair_list;
 
-static bool pairs_push(pair_list* l, const upb_MessageDef* a,
+static bool pairs_push(pair_list* l, ptr_index* seen, const upb_MessageDef* a,
                        const upb_MessageDef* b) {
-  for (size_t i = 0; i < l->len; i++) {
-    if (l->items[i].prev == a && l->items[i].next == b) return true;
-  }
+  if (idx_get(seen, a, b) >= 0) return true;
+  if (!idx_put(seen, a, b, 0)) return false;
   if (l->len == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 16;
     msg_pair* items = realloc(l->items, cap * sizeof(*items));
@@ -430,8 +491,9 @@ bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
                                 ctx_Status* status) {
   ctx_Status_Clear(status);
   pair_list work = {0};
+  ptr_index seen = {0};
   bool ok = false;
-  if (!pairs_push(&work, prev->msg, next->msg)) goto oom;
+  if (!pairs_push(&work, &seen, prev->msg, next->msg)) goto oom;
   /* `work` only grows; every pair is visited once (recursive types end). */
   for (size_t w = 0; w < work.len; w++) {
     const upb_MessageDef* a = work.items[w].prev;
@@ -462,7 +524,7 @@ bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
         goto done;
       }
       if (upb_FieldDef_IsSubMessage(fa) &&
-          !pairs_push(&work, upb_FieldDef_MessageSubDef(fa),
+          !pairs_push(&work, &seen, upb_FieldDef_MessageSubDef(fa),
                       upb_FieldDef_MessageSubDef(fb))) {
         goto oom;
       }
@@ -489,5 +551,6 @@ oom:
   ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
 done:
   free(work.items);
+  free(seen.slots);
   return ok;
 }
