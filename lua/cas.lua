@@ -5,7 +5,8 @@
   Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
 
   KEYS[1]  the context key
-  KEYS[2]  the registry entry "__ctx:schema:<name>" of the schema to validate against: the
+  KEYS[2]  the registry entry "__ctx:schema:<name>" (on Redis Cluster the copy in KEYS[1]'s
+           slot, "__ctx:{<tag>}:schema:<name>") of the schema to validate against: the
            SCHEMA argument on create, the context's stored schema on update
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
            doubles, the module accepts up to 2^63 - 2)
@@ -80,7 +81,7 @@ local max_payload = tonumber(ARGV[5]) or 1048576
 local max_depth = tonumber(ARGV[6]) or 32
 local allow_unknown = ARGV[7] == 'allow'
 local ckey, skey = KEYS[1], KEYS[2]
-local name = sub(skey, #PREFIX + 1)
+local name = string.match(skey, '^__ctx:{%d+}:schema:(.*)$') or sub(skey, #PREFIX + 1)
 
 -- ---- key type and version -------------------------------------------------------------------
 

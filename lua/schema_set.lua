@@ -10,12 +10,16 @@
 
   KEYS[1]  "__ctx:schema:<name>"   the registry entry
   KEYS[2]  "__ctx:schemas"         the set of registered names
+           (on Redis Cluster: one slot's copies, "__ctx:{<tag>}:schema:<name>" and
+           "__ctx:{<tag>}:schemas", with the same tag)
   ARGV[1]  name
   ARGV[2]  message type (full name)
   ARGV[3]  serialized FileDescriptorSet
   ARGV[4]  version field name ("version" unless VERSIONFIELD)
   ARGV[5]  plan (canonical JSON, its "digest" must be the entry's digest; "" for none)
   ARGV[6]  the revision the SDK read before checking compatibility (0 = no entry)
+  ARGV[7]  "1" when the SDK found this very definition registered: a missing copy is written
+           under revision ARGV[6] instead of the next one (a repair; optional)
 
   digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes.
 
@@ -37,11 +41,15 @@
 local entry, index = KEYS[1], KEYS[2]
 local name, mtype, fds, vfield, plan = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local seen = tonumber(ARGV[6]) or 0
+local keep = ARGV[7] == '1'
 
 if #name < 1 or #name > 128 or not string.find(name, '^[A-Za-z0-9_.:%-]+$') then
   return redis.error_reply('CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
 end
-if entry ~= '__ctx:schema:' .. name then
+-- the plain entry, or (Redis Cluster) the copy of one slot: __ctx:{<tag>}:schema:<name>
+local tag = string.match(entry, '^__ctx:{(%d+)}:schema:')
+local prefix = tag and ('__ctx:{' .. tag .. '}:') or '__ctx:'
+if entry ~= prefix .. 'schema:' .. name or index ~= prefix .. 'schemas' then
   return redis.error_reply('CTXSCHEMA the registry key does not match the name')
 end
 
@@ -65,7 +73,8 @@ if plan ~= '' then
   end
 end
 
-local revision, repair = 0, false
+-- a copy that does not exist yet (a new name, or a cluster slot's missing copy) joins at `seen`
+local revision, repair = seen, false
 if t == 'hash' then
   local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield')
   local r = h[1] and string.find(h[1], '^%d+$') and tonumber(h[1]) or 0
@@ -83,7 +92,7 @@ if revision ~= seen and not repair then
   return redis.error_reply('CTXSCHEMA concurrent registration, retry')
 end
 
-if not repair then revision = revision + 1 end
+if not repair and not keep then revision = revision + 1 end
 local rs = string.format('%.0f', revision)
 if plan ~= '' then
   redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', rs, 'vfield', vfield,

@@ -32,10 +32,10 @@ def _wait(predicate, what: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _node() -> tuple[EmbeddedRedis, int]:
+def _node(module: bool = True) -> tuple[EmbeddedRedis, int]:
     bus = free_port()
     server = EmbeddedRedis(
-        module=find_module(),
+        module=find_module() if module else None,
         args=["--cluster-enabled", "yes", "--cluster-port", str(bus),
               "--cluster-node-timeout", "5000"],
     ).start()
@@ -44,11 +44,21 @@ def _node() -> tuple[EmbeddedRedis, int]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[list[EmbeddedRedis]]:
+    yield from _cluster(module=True)
+
+
+@pytest.fixture(scope="module")
+def stock_cluster() -> Iterator[list[EmbeddedRedis]]:
+    """The same cluster without the module: the Lua engine's ground."""
+    yield from _cluster(module=False)
+
+
+def _cluster(module: bool) -> Iterator[list[EmbeddedRedis]]:
     nodes: list[EmbeddedRedis] = []
     try:
         buses = []
         for _ in range(4):
-            server, bus = _node()
+            server, bus = _node(module)
             nodes.append(server)
             buses.append(bus)
         clients = [n.client() for n in nodes]
@@ -174,3 +184,30 @@ def test_reregistering_fills_a_missing_slot_copy(cluster, rc, pb) -> None:
     assert store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order") == revision
     assert rc.exists(copy) == 1
     assert rc.execute_command("CTX.CAS", key, 0, pb.order(1), "SCHEMA", "order") == 1
+
+
+def test_the_lua_engine_keeps_a_registry_copy_per_slot(stock_cluster, pb) -> None:
+    """On a cluster without the module, the SDK's Lua engine writes the same per-slot copies;
+    every script touches only keys of one slot, and the copies move with their slots."""
+    rc = RedisCluster(host="127.0.0.1", port=stock_cluster[0].port)
+    try:
+        store = ctxlink.connect(rc)
+        assert store.engine == "lua"
+        assert store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order") == 1
+        keys = [f"lua:{i}" for i in range(300)]
+        for k in keys:
+            assert store.cas(k, 0, pb.order(1), schema="order").ok
+        with pytest.raises(ctxlink.ValidationError):
+            store.cas(keys[7], 1, pb.order(2) + b"\x52\x03\x0a\x01\xff")
+        src, dst = (n.client().execute_command("CLUSTER", "MYID").decode() for n in stock_cluster[:2])
+        subprocess.run(
+            ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{stock_cluster[0].port}",
+             "--cluster-from", src, "--cluster-to", dst, "--cluster-slots", "200", "--cluster-yes"],
+            check=True, capture_output=True, timeout=120,
+        )
+        rc.nodes_manager.initialize()
+        for k in keys:
+            assert store.cas(k, 1, pb.order(2)).ok
+        assert store.schemas() == ["order"]
+    finally:
+        rc.close()

@@ -245,6 +245,15 @@ def _slot_tag(slot: int) -> str:
     return _SLOT_TAGS[slot]
 
 
+def registry_copies(st: "State", name: str) -> list[tuple[str, str]]:
+    """(entry, index) of every copy of the registry: one on a standalone server, one per slot on
+    a cluster (docs/PROTOCOL.md, "Redis Cluster")."""
+    if not st.cluster:
+        return [(registry_key(name), SCHEMAS_KEY)]
+    tags = (_slot_tag(slot) for slot in range(16384))
+    return [(f"__ctx:{{{t}}}:schema:{name}", f"__ctx:{{{t}}}:schemas") for t in tags]
+
+
 def registry_key_for(st: "State", name: str, key: Any) -> str:
     """The registry entry a command on ``key`` reads: on a cluster, the copy in ``key``'s slot."""
     if not st.cluster or key is None:
@@ -444,14 +453,14 @@ def _cas_raw(
     planned = relocated = False
     while True:
         try:
-            reply = yield from _evalsha(st, "cas", (key, registry_key(name)), argv)
+            reply = yield from _evalsha(st, "cas", (key, registry_key_for(st, name, key)), argv)
             break
         except SchemaError as exc:
             text = str(exc)
             if text.startswith("CTXSCHEMA noplan ") and not planned:
                 # the entry has no (current) plan: compile it here, store it, retry once
                 planned = True
-                yield from _install_plan(st, text[len("CTXSCHEMA noplan ") :].strip())
+                yield from _install_plan(st, text[len("CTXSCHEMA noplan ") :].strip(), key)
                 continue
             match = _KEY_MISMATCH.match(text)
             if match and not relocated and schema is None:
@@ -472,11 +481,11 @@ def _cas_raw(
     return result
 
 
-def _install_plan(st: State, name: str) -> Op[None]:
+def _install_plan(st: State, name: str, key: Any) -> Op[None]:
     """Lua engine: compile the entry's validation plan and store it next to the entry."""
     from ctxlink._plan import compile_plan
 
-    rk = registry_key(name)
+    rk = registry_key_for(st, name, key)
     type_name, fds, vfield, digest = yield Cmd(("HMGET", rk, "type", "fds", "vfield", "digest"))
     if type_name is None or fds is None:
         return
@@ -926,33 +935,31 @@ def op_register_schema(
             raise _schema_error("invalid schema name")
         desc = load_descriptor(fds, type_name, st.max_schema_bytes)
         check_version_field(desc, vfield)
-        rk = registry_key(name)
-        prev = yield Cmd(("HMGET", rk, "type", "fds", "revision", "digest"))
+        copies = registry_copies(st, name)
+        prev = yield Cmd(("HMGET", copies[0][0], "type", "fds", "revision", "digest"))
         prev_type, prev_fds, prev_rev, prev_digest = prev
         digest = registry_digest(type_name, vfield, fds)
-        if prev_rev is not None and prev_digest is not None and _text(prev_digest) == digest:
-            revision = int(prev_rev)
-        else:
-            if (
-                prev_rev is not None
-                and prev_type is not None
-                and prev_fds is not None
-                and not force
-            ):
+        same = prev_rev is not None and prev_digest is not None and _text(prev_digest) == digest
+        if not same and prev_rev is not None and prev_type is not None and prev_fds is not None:
+            if not force:
                 try:
                     old = load_descriptor(_bytes(prev_fds), _text(prev_type), 1 << 62)
                 except SchemaError:
                     old = None  # a damaged previous entry cannot constrain the new one
                 if old is not None:
                     check_compatible(old, desc)
-            plan = compile_plan(fds, type_name, vfield, digest)
+        plan = compile_plan(fds, type_name, vfield, digest)
+        seen = int(prev_rev) if prev_rev is not None else 0
+        # every copy (one per slot on a cluster); the script writes nothing where the very same
+        # definition is intact, and repairs a damaged or missing copy under the same revision
+        for entry, index in copies:
             reply = yield from _evalsha(
                 st,
                 "schema_set",
-                (rk, SCHEMAS_KEY),
-                (name, type_name, fds, vfield, plan, int(prev_rev) if prev_rev is not None else 0),
+                (entry, index),
+                (name, type_name, fds, vfield, plan, seen, 1 if same else 0),
             )
-            revision = int(reply)
+        revision = int(reply)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
     if st.local is not None:  # local check: recompile from the registry on next use
@@ -964,7 +971,7 @@ def op_schemas(st: State) -> Op[list[str]]:
     if st.engine == MODULE:
         reply = yield from _admin(st, ("CTX.SCHEMA.LIST",), write=False)
     else:
-        reply = yield from _evalsha(st, "schema_list", (SCHEMAS_KEY,), ())
+        reply = yield from _evalsha(st, "schema_list", (registry_copies(st, "")[0][1],), ())
     return sorted(_text(n) for n in (reply or []))
 
 
@@ -972,7 +979,7 @@ def op_get_schema(st: State, name: str) -> Op[Optional[SchemaInfo]]:
     if st.engine == MODULE:
         reply = yield from _admin(st, ("CTX.SCHEMA.GET", name), write=False)
     else:
-        reply = yield from _evalsha(st, "schema_get", (registry_key(name),), ())
+        reply = yield from _evalsha(st, "schema_get", (registry_copies(st, name)[0][0],), ())
     if reply is None:
         return None
     type_name, fds, revision = reply[:3]
@@ -983,7 +990,10 @@ def op_drop_schema(st: State, name: str) -> Op[bool]:
     if st.engine == MODULE:
         reply = yield from _admin(st, ("CTX.SCHEMA.DEL", name), write=True)
     else:
-        reply = yield from _evalsha(st, "schema_del", (registry_key(name), SCHEMAS_KEY), (name,))
+        removed = 0
+        for entry, index in registry_copies(st, name):
+            removed |= int((yield from _evalsha(st, "schema_del", (entry, index), (name,))))
+        reply = removed
     st.vfield_by_schema.pop(name, None)
     if st.local is not None:  # local check: forget the dropped schema
         st.local.forget(name)
@@ -1039,10 +1049,6 @@ def check_client(client: Any) -> None:
 
 
 def make_state(engine: str, cluster: bool, options: dict[str, Any]) -> State:
-    if engine == LUA and cluster:
-        # cas.lua touches the context key and its registry entry, which sit in different slots
-        # until the per-slot registry of docs/PROTOCOL.md ("Redis Cluster") exists
-        raise EngineError("the Lua engine does not run on Redis Cluster yet; load the module")
     st = State(engine=engine, cluster=cluster, **options)
     if engine == LUA:
         st.scripts = load_scripts()

@@ -616,13 +616,24 @@ def test_cluster_module_engine(cluster_servers: Any, protos: Protos) -> None:
     asyncio.run(main())
 
 
-def test_cluster_lua_engine_refused(cluster_servers: Any) -> None:
+def test_cluster_lua_engine_on_one_node(cluster_servers: Any, protos: Protos) -> None:
+    """A stock cluster node (no module): the Lua engine keeps a registry copy per slot."""
     from redis.cluster import RedisCluster
 
+    Order = protos.Order
     rc = RedisCluster(host="127.0.0.1", port=cluster_servers[1].port)
     try:
-        with pytest.raises(ctxlink.EngineError, match="Cluster"):
-            ctxlink.connect(rc)
+        store = ctxlink.connect(rc)
+        assert store.engine == "lua"
+        assert store.register_schema("order", Order) == 1
+        assert store.register_schema("order", Order) == 1
+        assert store.schemas() == ["order"] and store.get_schema("order").revision == 1  # type: ignore[union-attr]
+        for i in range(20):
+            assert store.cas(f"o:{i}", 0, Order(order_id=str(i)), schema="order").ok
+        with pytest.raises(ctxlink.ValidationError):
+            store.cas("o:3", 1, Order(version=2).SerializeToString() + b"\x52\x03\x0a\x01\xff")
+        assert store.update("o:3", lambda o: setattr(o, "discount", 3), message_class=Order).version == 2
+        assert store.drop_schema("order") and store.schemas() == []
     finally:
         rc.close()
 
