@@ -829,36 +829,12 @@ def load_descriptor(fds: bytes, type_name: str, max_bytes: int) -> Descriptor:
     """Checks a descriptor set as CTX.SCHEMA.SET does and returns the message's descriptor."""
     if len(fds) > max_bytes:
         raise _schema_error(f"descriptor set is {len(fds)} bytes, over max-schema-bytes")
+    from ctxlink._plan import PlanError, load_pool
+
     try:
-        parsed = descriptor_pb2.FileDescriptorSet.FromString(fds)
-    except Exception as exc:
-        raise _schema_error(f"descriptor set does not parse: {exc}") from None
-    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-    for f in parsed.file:
-        if f.name in files:
-            raise _schema_error(f"file '{f.name}' appears twice in the descriptor set")
-        files[f.name] = f
-    pool = descriptor_pool.DescriptorPool()
-    added: set[str] = set()
-
-    def add(name: str, chain: tuple[str, ...]) -> None:
-        if name in added:
-            return
-        if name in chain:
-            raise _schema_error(f"import cycle through '{name}'")
-        proto = files[name]
-        for dep in proto.dependency:
-            if dep not in files:
-                raise _schema_error(f"missing import '{dep}' (imported by '{name}')")
-            add(dep, chain + (name,))
-        try:
-            pool.Add(proto)
-        except Exception as exc:
-            raise _schema_error(f"file '{name}' refused: {exc}") from None
-        added.add(name)
-
-    for name in files:
-        add(name, ())
+        pool = load_pool(fds)
+    except PlanError as exc:
+        raise _schema_error(str(exc)) from None
     try:
         return pool.FindMessageTypeByName(type_name)
     except KeyError:

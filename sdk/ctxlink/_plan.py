@@ -81,15 +81,19 @@ def registry_digest(type_name: str | bytes, vfield: str | bytes, fds: bytes) -> 
     return h.hexdigest()
 
 
-def _load_pool(fds: bytes) -> descriptor_pool.DescriptorPool:
+def load_pool(fds: bytes) -> descriptor_pool.DescriptorPool:
+    """A pool holding every file of a serialized FileDescriptorSet, imports first (files may
+    come in any order). Raises PlanError with the reason a CTX.SCHEMA.SET would give."""
     files = descriptor_pb2.FileDescriptorSet()
     try:
         files.ParseFromString(bytes(fds))
     except Exception as e:  # protobuf raises DecodeError (a Message.Error)
-        raise PlanError(f"the descriptor set does not parse: {e}") from e
-    by_name = {f.name: f for f in files.file}
-    if len(by_name) != len(files.file):
-        raise PlanError("the descriptor set holds a file twice")
+        raise PlanError(f"descriptor set does not parse: {e}") from None
+    by_name: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    for f in files.file:
+        if f.name in by_name:
+            raise PlanError(f"file '{f.name}' appears twice in the descriptor set")
+        by_name[f.name] = f
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()
 
@@ -97,20 +101,20 @@ def _load_pool(fds: bytes) -> descriptor_pool.DescriptorPool:
         if name in added:
             return
         if name in chain:
-            raise PlanError(f"import cycle through {name!r}")
-        proto = by_name.get(name)
-        if proto is None:
-            raise PlanError(f"missing import {name!r}")
+            raise PlanError(f"import cycle through '{name}'")
+        proto = by_name[name]
         for dep in proto.dependency:
+            if dep not in by_name:
+                raise PlanError(f"missing import '{dep}' (imported by '{name}')")
             add(dep, chain + (name,))
         try:
             pool.Add(proto)
         except Exception as e:
-            raise PlanError(f"file {name!r} is refused: {e}") from e
+            raise PlanError(f"file '{name}' refused: {e}") from None
         added.add(name)
 
-    for f in files.file:  # files may come in any order: add imports first
-        add(f.name, ())
+    for name in by_name:
+        add(name, ())
     return pool
 
 
@@ -141,7 +145,7 @@ def compile_plan(fds: bytes, type_name: str, vfield: str, digest: str) -> str:
     ``vfield`` names the top-level integer version field; ``digest`` is the registry entry's
     digest (see :func:`registry_digest`) the plan is tied to.
     """
-    pool = _load_pool(fds)
+    pool = load_pool(fds)
     try:
         root: Descriptor = pool.FindMessageTypeByName(type_name)
     except KeyError as e:
