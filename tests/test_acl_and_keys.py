@@ -4,7 +4,6 @@ their key at position 1 with key specs, schema commands declare none; ACL key pa
 from __future__ import annotations
 
 import pytest
-import redis
 
 import servers as srv
 from helpers import assert_error

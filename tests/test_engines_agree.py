@@ -5,7 +5,6 @@ Lua engine gives the same replies (errors: the same code) and leaves the same co
 
 from __future__ import annotations
 
-import pytest
 import redis
 
 from backends import make_backend, start_engine_server

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Optional, TypeVar, Union
 
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.message import Message
 from redis.exceptions import NoScriptError
@@ -662,8 +662,6 @@ def _local_load(st: State, name: str, key: Any = None) -> Op[Any]:
     """Fetches and compiles schema ``name`` for the local check (a ``LocalSchema`` whose
     ``vfield`` is None when the registry's version field name could not be read); None when the
     schema is unknown or does not compile (the server then answers)."""
-    from ctxlink import _local
-
     info = yield from op_get_schema(st, name)
     if info is None:
         st.local.forget(name)
