@@ -396,6 +396,7 @@ def _vfield(st: State, schema: Optional[str], desc: Descriptor, key: Any = None)
         if value:
             name = _text(value)
             st.vfield_by_schema[schema] = name
+            st.vfield_by_type[desc.full_name] = name
             return name
     return st.vfield_by_type.get(desc.full_name, "version")
 
@@ -505,7 +506,12 @@ def op_cas(
     # For a message, the version field's name comes from the schema: the one given, else the
     # context's own (known from an earlier reply, or one HGET), so a VERSIONFIELD is honoured.
     vschema = schema
-    if vschema is None and isinstance(payload, Message) and expected > 0:
+    if (
+        vschema is None
+        and isinstance(payload, Message)
+        and expected > 0
+        and payload.DESCRIPTOR.full_name not in st.vfield_by_type
+    ):
         vschema = st.key_schema.get(key)
         if vschema is None:
             stored = yield Cmd(("HGET", key, "schema"))
