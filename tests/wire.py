@@ -120,3 +120,15 @@ def fields(data: bytes) -> list[tuple[int, int, int]]:
         out.append((i, end, key >> 3))
         i = end
     return out
+
+
+def tag_offsets(data: bytes) -> list[int]:
+    """Offsets of the top-level tags of a well-formed message, up to its first group."""
+    out, i = [], 0
+    while i < len(data):
+        key, _ = read_varint(data, i)
+        out.append(i)
+        if key & 7 not in (VARINT, I64, LEN, I32):
+            break
+        i = skip_field(data, i)
+    return out

@@ -43,41 +43,10 @@ from wire import (  # noqa: E402  (tests/wire.py: the suite's one wire encoder)
     f_varint,
     long_varint,
     tag,
+    tag_offsets,
     varint,
     zigzag,
 )
-
-
-def tag_positions(data: bytes) -> list[int]:
-    """Offsets of the top-level tags of a well-formed message."""
-    out, i = [], 0
-    while i < len(data):
-        out.append(i)
-        t, i = read_varint(data, i)
-        wt = t & 7
-        if wt == 0:
-            _, i = read_varint(data, i)
-        elif wt == 1:
-            i += 8
-        elif wt == 5:
-            i += 4
-        elif wt == 2:
-            n, i = read_varint(data, i)
-            i += n
-        else:
-            break
-    return out
-
-
-def read_varint(data: bytes, i: int) -> tuple[int, int]:
-    v, shift = 0, 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -486,7 +455,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
             b[i] ^= 1 << rng.randrange(8)
         return bytes(b)
     if kind == 2 and b:  # flipped wire type of a top-level tag
-        i = rng.choice(tag_positions(data))
+        i = rng.choice(tag_offsets(data))
         b[i] = (b[i] & ~7) | rng.randrange(8)
         return bytes(b)
     if kind == 3:  # an unknown field of some wire type
@@ -497,7 +466,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
                             tag(num, 3) + f_varint(1, 1),  # unclosed
                             f_group(num, tag(num + 1, 4)),  # mismatched end
                             tag(num, 6), tag(num, 7) + b"\x00"])
-        at = rng.choice(tag_positions(data) + [len(data)])
+        at = rng.choice(tag_offsets(data) + [len(data)])
         return bytes(b[:at]) + extra + bytes(b[at:])
     if kind == 4:  # bad UTF-8 in a string field
         bad = rng.choice(BAD_UTF8)

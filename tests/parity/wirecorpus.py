@@ -25,43 +25,12 @@ from wire import f_len as ld
 from wire import f_varint as vint
 from wire import long_varint as padded_varint
 from wire import tag as key
+from wire import tag_offsets
 from wire import varint
 
 
 def zz(n: int) -> int:
     return ((n << 1) ^ (n >> 63)) & ((1 << 64) - 1)
-
-
-def top_tags(data: bytes) -> list[int]:
-    """Offsets of the top-level tags of a well-formed message without groups."""
-    offsets, i = [], 0
-    while i < len(data):
-        offsets.append(i)
-        tag, i = _read(data, i)
-        wt = tag & 7
-        if wt == 0:
-            _, i = _read(data, i)
-        elif wt == 1:
-            i += 8
-        elif wt == 5:
-            i += 4
-        elif wt == 2:
-            n, i = _read(data, i)
-            i += n
-        else:
-            break
-    return offsets
-
-
-def _read(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return value, i
 
 
 # --------------------------------------------------------------------------- text
@@ -122,7 +91,7 @@ def truncated(rng: random.Random, data: bytes) -> bytes:
 
 def flipped_wire_type(rng: random.Random, data: bytes) -> bytes:
     b = bytearray(data)
-    at = rng.choice(top_tags(data))
+    at = rng.choice(tag_offsets(data))
     b[at] = (b[at] & ~7) | rng.choice([w for w in range(8) if w != b[at] & 7])
     return bytes(b)
 
@@ -136,7 +105,7 @@ def with_unknown(rng: random.Random, data: bytes) -> bytes:
         grp(num, b"")[:-1] + key(num + 1, 4),  # closed by the wrong number
         key(num, 6) + b"\x00", key(num, 7) + b"\x00",  # wire types 6 and 7 do not exist
     ])
-    at = rng.choice(top_tags(data) + [len(data)])
+    at = rng.choice(tag_offsets(data) + [len(data)])
     return data[:at] + extra + data[at:]
 
 
