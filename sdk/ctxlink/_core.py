@@ -422,6 +422,18 @@ def _check_version(expected: int) -> int:
     return expected
 
 
+def cas_command(
+    key: Any, expected: int, raw: bytes, schema: Optional[str], by: Optional[str]
+) -> tuple[Any, ...]:
+    """The arguments of ``CTX.CAS`` (one builder for the generic path and both fast paths)."""
+    args: tuple[Any, ...] = ("CTX.CAS", key, expected, raw)
+    if schema is not None:
+        args += ("SCHEMA", schema)
+    if by is not None:
+        args += ("BY", by)
+    return args
+
+
 def _cas_raw(
     st: State,
     key: Any,
@@ -431,12 +443,7 @@ def _cas_raw(
     by: Optional[str],
 ) -> Op[CasResult]:
     if st.engine == MODULE:
-        args: tuple[Any, ...] = ("CTX.CAS", key, expected, raw)
-        if schema is not None:
-            args += ("SCHEMA", schema)
-        if by is not None:
-            args += ("BY", by)
-        return parse_write((yield Cmd(args)))
+        return parse_write((yield Cmd(cas_command(key, expected, raw, schema, by))))
 
     name = schema if schema is not None else st.key_schema.get(key)
     if name is None:

@@ -218,11 +218,7 @@ class Store:
             return _run(
                 self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
             )
-        args: tuple[Any, ...] = ("CTX.CAS", key, expected_version, payload)
-        if schema is not None:
-            args += ("SCHEMA", schema)
-        if by is not None:
-            args += ("BY", by)
+        args = _core.cas_command(key, expected_version, payload, schema, by)
         try:
             reply = send(args)
         except ResponseError as exc:

@@ -44,7 +44,7 @@ async def _run(client: Any, op: Op[T]) -> T:
             if type(instr) is Cmd:
                 if instr.nodes is not None:  # keyless command on a Redis Cluster
                     # sent to the node(s) directly: redis-py's cluster router refuses
-                    # command names with two dots (CTX.SCHEMA.SET); the first reply counts
+                    # command names with two dots (CTX.SCHEMA.SET); all must agree
                     await client.initialize()  # the asyncio cluster client discovers lazily
                     results: list[tuple[str, Any]] = []
                     for node in _core.cluster_targets(client, instr.nodes):
@@ -114,11 +114,7 @@ class Store:
             return await _run(
                 self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
             )
-        args: tuple[Any, ...] = ("CTX.CAS", key, expected_version, payload)
-        if schema is not None:
-            args += ("SCHEMA", schema)
-        if by is not None:
-            args += ("BY", by)
+        args = _core.cas_command(key, expected_version, payload, schema, by)
         try:
             reply = await self._client.execute_command(*args)
         except ResponseError as exc:
