@@ -19,6 +19,34 @@
 extern "C" {
 #endif
 
+/* ---- memory --------------------------------------------------------------
+ *
+ * Every allocation of the core, and every allocation upb makes (upb allocates
+ * only through its global allocator, which ctx_SetAllocator points at these
+ * hooks), goes through ctx_malloc & co. The Redis module sets the hooks to
+ * RedisModule_Alloc & co on load; without a call the core uses libc (the
+ * SDK's cffi extension). Each block carries a 16-byte size header, so the core
+ * knows how many bytes are live (ctx_AllocatedBytes) and how many a compiled
+ * schema holds (ctx_Schema_MemoryBytes).
+ *
+ * Set the hooks once, before the core allocates anything: a block must be
+ * freed by the allocator that made it. Not thread-safe. */
+typedef struct {
+  void* (*malloc)(size_t);
+  void* (*realloc)(void*, size_t);
+  void (*free)(void*);
+} ctx_Allocator;
+
+void ctx_SetAllocator(const ctx_Allocator* a); /* NULL restores libc */
+
+void* ctx_malloc(size_t n);
+void* ctx_calloc(size_t n, size_t size);
+void* ctx_realloc(void* p, size_t n);
+void ctx_free(void* p);
+
+/* Bytes currently allocated through the hooks (core and upb, headers included). */
+size_t ctx_AllocatedBytes(void);
+
 /* The outcome of a core call. Each code maps to one stable error prefix. */
 typedef enum {
   kCtx_Ok = 0,
@@ -71,6 +99,10 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
 void ctx_Schema_Free(ctx_Schema* s);
 
 const char* ctx_Schema_TypeName(const ctx_Schema* s);
+
+/* Bytes a compiled schema holds (def pool, descriptor arena, walk plans): the
+ * growth of ctx_AllocatedBytes across its ctx_Schema_Build. */
+size_t ctx_Schema_MemoryBytes(const ctx_Schema* s);
 const char* ctx_Schema_VersionField(const ctx_Schema* s);
 
 /* True when `next` can read everything `prev` wrote (see docs/PROTOCOL.md,

@@ -5,6 +5,9 @@
 #include "ctx_core.h"
 #include "upb/reflection/def.h"
 
+/* Points upb's global allocator at the core hooks (idempotent). */
+void ctx_EnsureUpbHooks(void);
+
 const upb_MessageDef* ctx_Schema_MessageDef(const ctx_Schema* s);
 const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s);
 /* True when a required field is reachable from the root message. */

@@ -20,6 +20,7 @@ struct ctx_Schema {
   ctx_MsgPlan* plans; /* [0] is the root */
   const upb_MessageDef** plan_defs;
   int nplans;
+  size_t memory_bytes; /* growth of ctx_AllocatedBytes while building it */
 };
 
 /* ---- status ------------------------------------------------------------ */
@@ -74,7 +75,7 @@ static bool is_integer_ctype(upb_CType t) {
 static bool add_files(upb_DefPool* pool,
                       const google_protobuf_FileDescriptorProto* const* files,
                       size_t n, ctx_Status* status) {
-  bool* done = calloc(n ? n : 1, sizeof(bool));
+  bool* done = ctx_calloc(n ? n : 1, sizeof(bool));
   if (!done) {
     ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
     return false;
@@ -136,7 +137,7 @@ static bool add_files(upb_DefPool* pool,
   }
   ok = true;
 done:
-  free(done);
+  ctx_free(done);
   return ok;
 }
 
@@ -174,7 +175,7 @@ static int idx_get(const ptr_index* ix, const void* a, const void* b) {
 static bool idx_put(ptr_index* ix, const void* a, const void* b, int value) {
   if (2 * (ix->len + 1) > ix->cap) {
     size_t cap = ix->cap ? ix->cap * 2 : 64;
-    idx_slot* slots = calloc(cap, sizeof(*slots));
+    idx_slot* slots = ctx_calloc(cap, sizeof(*slots));
     if (!slots) return false;
     for (size_t i = 0; i < ix->cap; i++) {
       const idx_slot* sl = &ix->slots[i];
@@ -183,7 +184,7 @@ static bool idx_put(ptr_index* ix, const void* a, const void* b, int value) {
       while (slots[j].a) j = (j + 1) & (cap - 1);
       slots[j] = *sl;
     }
-    free(ix->slots);
+    ctx_free(ix->slots);
     ix->slots = slots;
     ix->cap = cap;
   }
@@ -222,11 +223,11 @@ static int cmp_field_plans(const void* a, const void* b) {
 
 static void free_plans(ctx_Schema* s) {
   for (int i = 0; i < s->nplans; i++) {
-    free(s->plans[i].fields);
-    free(s->plans[i].dense);
+    ctx_free(s->plans[i].fields);
+    ctx_free(s->plans[i].dense);
   }
-  free(s->plans);
-  free(s->plan_defs);
+  ctx_free(s->plans);
+  ctx_free(s->plan_defs);
 }
 
 /* Index of `m` in the schema's message list, appending it when new. */
@@ -236,10 +237,10 @@ static int plan_index(ctx_Schema* s, ptr_index* ix, const upb_MessageDef* m, int
   if (!idx_put(ix, m, NULL, s->nplans)) return -1;
   if (s->nplans == *cap) {
     int ncap = *cap ? *cap * 2 : 8;
-    const upb_MessageDef** defs = realloc(s->plan_defs, (size_t)ncap * sizeof(*defs));
+    const upb_MessageDef** defs = ctx_realloc(s->plan_defs, (size_t)ncap * sizeof(*defs));
     if (!defs) return -1;
     s->plan_defs = defs;
-    ctx_MsgPlan* plans = realloc(s->plans, (size_t)ncap * sizeof(*plans));
+    ctx_MsgPlan* plans = ctx_realloc(s->plans, (size_t)ncap * sizeof(*plans));
     if (!plans) return -1;
     s->plans = plans;
     *cap = ncap;
@@ -257,7 +258,7 @@ static bool build_plans(ctx_Schema* s) {
   int cap = 0;
   ptr_index ix = {0};
   bool ok = build_plans_with(s, &ix, &cap);
-  free(ix.slots);
+  ctx_free(ix.slots);
   return ok;
 }
 
@@ -267,7 +268,7 @@ static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
   for (int i = 0; i < s->nplans; i++) {
     const upb_MessageDef* m = s->plan_defs[i];
     int n = upb_MessageDef_FieldCount(m);
-    ctx_FieldPlan* fields = calloc(n ? (size_t)n : 1, sizeof(*fields));
+    ctx_FieldPlan* fields = ctx_calloc(n ? (size_t)n : 1, sizeof(*fields));
     if (!fields) return false;
     s->plans[i].fields = fields;
     s->plans[i].nfields = n;
@@ -304,7 +305,7 @@ static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
     ctx_MsgPlan* mp = &s->plans[i];
     qsort(mp->fields, (size_t)n, sizeof(*mp->fields), cmp_field_plans);
     mp->dense_len = max_number + 1 < CTX_DENSE_MAX ? max_number + 1 : CTX_DENSE_MAX;
-    mp->dense = malloc(mp->dense_len * sizeof(*mp->dense));
+    mp->dense = ctx_malloc(mp->dense_len * sizeof(*mp->dense));
     if (!mp->dense) return false;
     for (uint32_t k = 0; k < mp->dense_len; k++) mp->dense[k] = -1;
     for (int j = 0; j < n; j++) {
@@ -325,11 +326,13 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
                    max_schema_bytes);
     return NULL;
   }
+  ctx_EnsureUpbHooks();
+  size_t live_before = ctx_AllocatedBytes();
   if (!vfield) {
     vfield = "version";
     vfield_len = 7;
   }
-  ctx_Schema* s = calloc(1, sizeof(*s));
+  ctx_Schema* s = ctx_calloc(1, sizeof(*s));
   if (!s) goto oom;
   s->arena = upb_Arena_New();
   s->pool = upb_DefPool_New();
@@ -387,6 +390,10 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
     goto fail;
   }
   if (!build_plans(s)) goto oom;
+  {
+    size_t live_after = ctx_AllocatedBytes();
+    s->memory_bytes = live_after > live_before ? live_after - live_before : 0;
+  }
   return s;
 
 oom:
@@ -401,7 +408,7 @@ void ctx_Schema_Free(ctx_Schema* s) {
   free_plans(s);
   if (s->pool) upb_DefPool_Free(s->pool);
   if (s->arena) upb_Arena_Free(s->arena);
-  free(s);
+  ctx_free(s);
 }
 
 const char* ctx_Schema_TypeName(const ctx_Schema* s) {
@@ -411,6 +418,8 @@ const char* ctx_Schema_TypeName(const ctx_Schema* s) {
 const char* ctx_Schema_VersionField(const ctx_Schema* s) {
   return upb_FieldDef_Name(s->vfield);
 }
+
+size_t ctx_Schema_MemoryBytes(const ctx_Schema* s) { return s->memory_bytes; }
 
 const upb_MessageDef* ctx_Schema_MessageDef(const ctx_Schema* s) { return s->msg; }
 const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s) {
@@ -478,7 +487,7 @@ static bool pairs_push(pair_list* l, ptr_index* seen, const upb_MessageDef* a,
   if (!idx_put(seen, a, b, 0)) return false;
   if (l->len == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 16;
-    msg_pair* items = realloc(l->items, cap * sizeof(*items));
+    msg_pair* items = ctx_realloc(l->items, cap * sizeof(*items));
     if (!items) return false;
     l->items = items;
     l->cap = cap;
@@ -550,7 +559,7 @@ bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
 oom:
   ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
 done:
-  free(work.items);
-  free(seen.slots);
+  ctx_free(work.items);
+  ctx_free(seen.slots);
   return ok;
 }

@@ -325,12 +325,12 @@ static void* budget_fn(upb_alloc* a, void* ptr, size_t oldsize, size_t size,
                        size_t* actual_size) {
   budget_alloc* b = (budget_alloc*)a;
   if (size == 0) {
-    free(ptr);
+    ctx_free(ptr);
     b->used -= oldsize <= b->used ? oldsize : b->used;
     return NULL;
   }
   if (size > oldsize && size - oldsize > b->budget - b->used) return NULL;
-  void* q = realloc(ptr, size);
+  void* q = ctx_realloc(ptr, size);
   if (!q) return NULL;
   b->used = b->used - oldsize + size;
   if (actual_size) *actual_size = size;
@@ -421,7 +421,7 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
       upb_FieldPathEntry* it = missing;
       upb_FieldPath_ToText(&it, path, sizeof(path));
     }
-    free(missing);
+    ctx_free(missing);
     ctx_Status_Set(status, kCtx_Invalid, "field '%s': required field is missing",
                    path);
     goto done;

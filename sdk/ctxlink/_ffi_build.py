@@ -78,6 +78,8 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
 void ctx_Schema_Free(ctx_Schema* s);
 const char* ctx_Schema_TypeName(const ctx_Schema* s);
 const char* ctx_Schema_VersionField(const ctx_Schema* s);
+size_t ctx_Schema_MemoryBytes(const ctx_Schema* s);
+size_t ctx_AllocatedBytes(void);
 
 bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
                   const ctx_Limits* limits, ctx_PayloadVersion* version,
