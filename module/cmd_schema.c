@@ -272,6 +272,7 @@ done:
 /* CTX.SCHEMA.GET name */
 int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc != 2) return RedisModule_WrongArity(ctx);
+  if (!ctx_Registry_CheckName(ctx, argv[1])) return REDISMODULE_OK;
   copies c = {0};
   if (!copies_get(ctx, &c, true)) return REDISMODULE_OK;
   size_t nlen;
@@ -364,6 +365,7 @@ int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int arg
 /* CTX.SCHEMA.DEL name */
 int ctx_SchemaDelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc != 2) return RedisModule_WrongArity(ctx);
+  if (!ctx_Registry_CheckName(ctx, argv[1])) return REDISMODULE_OK;
   copies c = {0};
   if (!copies_get(ctx, &c, false)) return REDISMODULE_OK;
   size_t nlen;

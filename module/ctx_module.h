@@ -10,7 +10,11 @@
 typedef struct {
   ctx_Limits limits;
   size_t max_schema_bytes;
+  size_t schema_cache_bytes; /* compiled-schema cache byte limit */
 } ctx_Config;
+
+#define CTX_DEFAULT_SCHEMA_CACHE_BYTES ((size_t)256 << 20)
+#define CTX_MAX_SCHEMA_CACHE_BYTES ((long long)1 << 40)
 
 extern ctx_Config ctx_config;
 
@@ -45,8 +49,13 @@ int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st);
 /* The registry's key names (see docs/PROTOCOL.md, "Schema registry"). */
 #define CTX_REGISTRY_INDEX "__ctx:schemas"
 #define CTX_SCHEMA_NAME_MAX 128
+#define CTX_BAD_NAME_MSG "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
 
-/* True when `name` is a legal schema name; else replies CTXSCHEMA. */
+/* True when `name` is a legal schema name (docs/PROTOCOL.md, "Schema registry"). */
+bool ctx_Registry_NameValid(const char *name, size_t len);
+
+/* True when `name` is a legal schema name; else replies
+ * "CTXSCHEMA " CTX_BAD_NAME_MSG. */
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name);
 
 /* Registry key names. `slot` -1: the standalone names (__ctx:schema:<name>,
@@ -56,9 +65,11 @@ RedisModuleString *ctx_Registry_KeyName(RedisModuleCtx *ctx, const char *name,
 RedisModuleString *ctx_Registry_IndexName(RedisModuleCtx *ctx, int slot);
 
 /* The compiled newest revision of schema `name` from the registry copy of
- * `slot` (-1 standalone), or NULL with st set (CTXSCHEMA unknown schema /
- * entry that does not compile). The schema stays owned by the cache; valid
- * until the next registry call. */
+ * `slot` (-1 standalone), or NULL with st set (CTXSCHEMA invalid schema name /
+ * unknown schema / entry that does not compile). The schema stays owned by the
+ * registry and is valid until the next registry call (Resolve, Remember,
+ * Clear): use it within the command. A schema too large for the cache is kept
+ * only until then. */
 const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
                                        size_t len, int slot, ctx_Status *st);
 
@@ -71,10 +82,18 @@ const char *ctx_SlotTag(int slot);
 int ctx_Cluster_ServedSlots(RedisModuleCtx *ctx, unsigned char *served, bool replicas_too);
 
 /* Puts a freshly built schema in the cache under its 40-character `digest`
- * (takes ownership). */
+ * (takes ownership; the schema may be freed at once). */
 void ctx_Registry_Remember(const char *digest, ctx_Schema *schema);
 void ctx_Registry_Clear(void);
-long long ctx_Registry_CacheSize(void);
+
+typedef struct {
+  long long schemas;   /* compiled schemas kept */
+  long long bytes;     /* bytes they hold (ctx_Schema_MemoryBytes) */
+  long long evictions; /* entries dropped to stay within the limits */
+  long long keynames;  /* cached registry key names */
+} ctx_CacheStats;
+
+void ctx_Registry_CacheStats(ctx_CacheStats *out);
 int ctx_Registry_Init(RedisModuleCtx *ctx);
 
 /* Hex SHA-1 of type, vfield and fds (each length-prefixed): the registry

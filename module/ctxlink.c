@@ -2,6 +2,7 @@
  *
  *   redis-server --loadmodule build/ctxlink.so [max-payload-bytes N]
  *       [max-depth N] [unknown-fields reject|allow] [max-schema-bytes N]
+ *       [schema-cache-bytes N]
  */
 #define CTX_RM_MAIN
 #include <errno.h>
@@ -32,6 +33,12 @@ static void make_names(void) {
   ctx_names.digest = make_name("digest");
   ctx_names.empty = make_name("");
 }
+
+/* ---- the core's allocator: Redis' ---- */
+
+static void *redis_malloc(size_t n) { return RedisModule_Alloc(n); }
+static void *redis_realloc(void *p, size_t n) { return RedisModule_Realloc(p, n); }
+static void redis_free(void *p) { RedisModule_Free(p); }
 
 /* ---- Redis 7 command info, looked up at load ---- */
 
@@ -135,6 +142,7 @@ static bool parse_size(RedisModuleString *s, long long lo, long long hi, long lo
 static int parse_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   ctx_Limits_Default(&ctx_config.limits);
   ctx_config.max_schema_bytes = CTX_DEFAULT_MAX_SCHEMA_BYTES;
+  ctx_config.schema_cache_bytes = CTX_DEFAULT_SCHEMA_CACHE_BYTES;
   if (argc % 2) {
     RedisModule_Log(ctx, "warning",
                     "ctxlink: module argument '%s' has no value (arguments come in "
@@ -156,6 +164,9 @@ static int parse_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     } else if (!strcasecmp(name, "max-schema-bytes")) {
       ok = parse_size(argv[i + 1], 1, 512LL << 20, &v);
       if (ok) ctx_config.max_schema_bytes = (size_t)v;
+    } else if (!strcasecmp(name, "schema-cache-bytes")) {
+      ok = parse_size(argv[i + 1], 0, CTX_MAX_SCHEMA_CACHE_BYTES, &v);
+      if (ok) ctx_config.schema_cache_bytes = (size_t)v;
     } else if (!strcasecmp(name, "unknown-fields")) {
       ok = !strcasecmp(value, "reject") || !strcasecmp(value, "allow");
       if (ok) ctx_config.limits.allow_unknown = !strcasecmp(value, "allow");
@@ -186,7 +197,14 @@ static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_version", ctx_stats.rejected_version);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_toobig", ctx_stats.rejected_toobig);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_schema", ctx_stats.rejected_schema);
-  RedisModule_InfoAddFieldLongLong(ctx, "schemas_loaded", ctx_Registry_CacheSize());
+  ctx_CacheStats cs;
+  ctx_Registry_CacheStats(&cs);
+  RedisModule_InfoAddFieldLongLong(ctx, "schemas_loaded", cs.schemas);
+  RedisModule_InfoAddFieldLongLong(ctx, "schema_cache_bytes", cs.bytes);
+  RedisModule_InfoAddFieldLongLong(ctx, "schema_cache_evictions", cs.evictions);
+  RedisModule_InfoAddFieldLongLong(ctx, "schema_keynames_cached", cs.keynames);
+  RedisModule_InfoAddFieldLongLong(ctx, "core_allocated_bytes",
+                                   (long long)ctx_AllocatedBytes());
   RedisModule_InfoAddSection(ctx, "config");
   RedisModule_InfoAddFieldLongLong(ctx, "max_payload_bytes",
                                    (long long)ctx_config.limits.max_payload_bytes);
@@ -195,6 +213,8 @@ static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
                                   ctx_config.limits.allow_unknown ? "allow" : "reject");
   RedisModule_InfoAddFieldLongLong(ctx, "max_schema_bytes",
                                    (long long)ctx_config.max_schema_bytes);
+  RedisModule_InfoAddFieldLongLong(ctx, "schema_cache_bytes_limit",
+                                   (long long)ctx_config.schema_cache_bytes);
 }
 
 __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ctx,
@@ -205,6 +225,10 @@ __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ct
     return REDISMODULE_ERR;
   }
   ctx_compat_Init();
+  /* Before anything reaches the core: its memory and upb's go through Redis'
+   * allocator, so used_memory, maxmemory and MEMORY STATS see it. */
+  static const ctx_Allocator redis_alloc = {redis_malloc, redis_realloc, redis_free};
+  ctx_SetAllocator(&redis_alloc);
   if (parse_args(ctx, argv, argc) == REDISMODULE_ERR) return REDISMODULE_ERR;
   make_names();
   RedisModule_SetModuleOptions(ctx, REDISMODULE_OPTIONS_HANDLE_IO_ERRORS |

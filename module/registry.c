@@ -9,24 +9,46 @@
 #include "ctx_module.h"
 #include "sha1.h"
 
-#define CTX_CACHE_MAX 64 /* compiled schemas kept; the oldest-keyed one goes first */
+/* Compiled schemas: a least-recently-used list over a dict keyed by digest,
+ * bounded by a count and by the bytes the schemas hold (module argument
+ * schema-cache-bytes). A schema larger than the byte limit is compiled for the
+ * command that needs it and freed at the next registry call, never kept. */
+#define CTX_CACHE_MAX 64
 
-static RedisModuleDict *compiled; /* digest (40 hex chars) -> ctx_Schema* */
-static RedisModuleDict *keynames; /* name -> __ctx:schema:<name>, spares the hot path */
+/* Standalone registry key names of names that resolved to an entry. */
+#define CTX_KEYNAMES_MAX 1024
+
+typedef struct cache_node {
+  char digest[40];
+  ctx_Schema *schema;
+  size_t bytes;
+  struct cache_node *prev, *next; /* prev: more recently used */
+} cache_node;
+
+static RedisModuleDict *compiled; /* digest (40 hex chars) -> cache_node* */
+static cache_node *mru, *lru;     /* most / least recently used */
+static size_t cache_bytes;
+static long long cache_evictions;
+static ctx_Schema *transient; /* the last schema too large to keep */
+static RedisModuleDict *keynames; /* name -> __ctx:schema:<name> */
+
+bool ctx_Registry_NameValid(const char *s, size_t len) {
+  if (len < 1 || len > CTX_SCHEMA_NAME_MAX) return false;
+  for (size_t i = 0; i < len; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '.' || c == '-' || c == ':')) {
+      return false;
+    }
+  }
+  return true;
+}
 
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name) {
   size_t len;
   const char *s = RedisModule_StringPtrLen(name, &len);
-  bool ok = len >= 1 && len <= CTX_SCHEMA_NAME_MAX;
-  for (size_t i = 0; ok && i < len; i++) {
-    char c = s[i];
-    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-' || c == ':';
-  }
-  if (!ok) {
-    RedisModule_ReplyWithError(
-        ctx, "CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :");
-  }
+  bool ok = ctx_Registry_NameValid(s, len);
+  if (!ok) RedisModule_ReplyWithError(ctx, "CTXSCHEMA " CTX_BAD_NAME_MSG);
   return ok;
 }
 
@@ -70,58 +92,131 @@ void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
   ctx_Sha1_HexFinal(&s, out);
 }
 
-void ctx_Registry_Remember(const char *digest, ctx_Schema *schema) {
-  if (RedisModule_DictGetC(compiled, (void *)digest, 40, NULL)) {
-    ctx_Schema_Free(schema); /* the same definition is compiled already */
-    return;
-  }
-  if (RedisModule_DictSize(compiled) >= CTX_CACHE_MAX) {
-    RedisModuleDictIter *it = RedisModule_DictIteratorStartC(compiled, "^", NULL, 0);
-    size_t klen;
-    ctx_Schema *victim = NULL;
-    char *k = RedisModule_DictNextC(it, &klen, (void **)&victim);
-    char key[40];
-    if (k && klen == 40) memcpy(key, k, 40);
-    RedisModule_DictIteratorStop(it);
-    if (k && klen == 40) {
-      RedisModule_DictDelC(compiled, key, 40, NULL);
-      ctx_Schema_Free(victim);
-    }
-  }
-  RedisModule_DictSetC(compiled, (void *)digest, 40, schema);
+static void lru_unlink(cache_node *n) {
+  if (n->prev) n->prev->next = n->next; else mru = n->next;
+  if (n->next) n->next->prev = n->prev; else lru = n->prev;
+  n->prev = n->next = NULL;
 }
 
-static void free_all(void) {
-  RedisModuleDictIter *it = RedisModule_DictIteratorStartC(compiled, "^", NULL, 0);
-  ctx_Schema *schema;
-  while (RedisModule_DictNextC(it, NULL, (void **)&schema)) ctx_Schema_Free(schema);
-  RedisModule_DictIteratorStop(it);
-  RedisModule_FreeDict(NULL, compiled);
-  it = RedisModule_DictIteratorStartC(keynames, "^", NULL, 0);
+static void lru_push_front(cache_node *n) {
+  n->prev = NULL;
+  n->next = mru;
+  if (mru) mru->prev = n;
+  mru = n;
+  if (!lru) lru = n;
+}
+
+static void node_drop(cache_node *n) {
+  lru_unlink(n);
+  RedisModule_DictDelC(compiled, n->digest, 40, NULL);
+  cache_bytes -= n->bytes;
+  ctx_Schema_Free(n->schema);
+  RedisModule_Free(n);
+}
+
+/* Frees the schema handed out last time without being kept: its command is over. */
+static void drop_transient(void) {
+  if (transient) ctx_Schema_Free(transient);
+  transient = NULL;
+}
+
+static const ctx_Schema *cache_get(const char *digest) {
+  cache_node *n = RedisModule_DictGetC(compiled, (void *)digest, 40, NULL);
+  if (!n) return NULL;
+  if (n != mru) {
+    lru_unlink(n);
+    lru_push_front(n);
+  }
+  return n->schema;
+}
+
+/* Keeps `schema` (owned) under `digest`, evicting least recently used entries
+ * to stay within both limits. Returns the schema to use for this command. */
+static const ctx_Schema *cache_put(const char *digest, ctx_Schema *schema) {
+  const ctx_Schema *have = cache_get(digest);
+  if (have) {
+    ctx_Schema_Free(schema); /* the same definition is compiled already */
+    return have;
+  }
+  size_t bytes = ctx_Schema_MemoryBytes(schema);
+  if (bytes > ctx_config.schema_cache_bytes) {
+    transient = schema;
+    return schema;
+  }
+  while (lru && (RedisModule_DictSize(compiled) >= CTX_CACHE_MAX ||
+                 cache_bytes + bytes > ctx_config.schema_cache_bytes)) {
+    node_drop(lru);
+    cache_evictions++;
+  }
+  cache_node *n = RedisModule_Calloc(1, sizeof(*n));
+  memcpy(n->digest, digest, 40);
+  n->schema = schema;
+  n->bytes = bytes;
+  RedisModule_DictSetC(compiled, n->digest, 40, n);
+  lru_push_front(n);
+  cache_bytes += bytes;
+  return schema;
+}
+
+void ctx_Registry_Remember(const char *digest, ctx_Schema *schema) {
+  drop_transient();
+  cache_put(digest, schema);
+  drop_transient(); /* nobody uses a schema too large to keep after registering it */
+}
+
+static void free_keynames(void) {
+  RedisModuleDictIter *it = RedisModule_DictIteratorStartC(keynames, "^", NULL, 0);
   RedisModuleString *name;
   while (RedisModule_DictNextC(it, NULL, (void **)&name)) RedisModule_FreeString(NULL, name);
   RedisModule_DictIteratorStop(it);
   RedisModule_FreeDict(NULL, keynames);
 }
 
-void ctx_Registry_Clear(void) {
-  free_all();
+static void free_all(void) {
+  drop_transient();
+  while (lru) node_drop(lru);
+  RedisModule_FreeDict(NULL, compiled);
+  free_keynames();
+}
+
+static void create_all(void) {
   compiled = RedisModule_CreateDict(NULL);
   keynames = RedisModule_CreateDict(NULL);
 }
 
-long long ctx_Registry_CacheSize(void) {
-  return (long long)RedisModule_DictSize(compiled);
+void ctx_Registry_Clear(void) {
+  free_all();
+  create_all();
 }
 
-/* The standalone registry key of `name`, made once. */
-static RedisModuleString *standalone_keyname(const char *name, size_t len) {
+void ctx_Registry_CacheStats(ctx_CacheStats *out) {
+  out->schemas = (long long)RedisModule_DictSize(compiled);
+  out->bytes = (long long)cache_bytes;
+  out->evictions = cache_evictions;
+  out->keynames = (long long)RedisModule_DictSize(keynames);
+}
+
+/* The standalone registry key of `name`: from the cache, else made (`*made`
+ * set: then keyname_done keeps or frees it). */
+static RedisModuleString *standalone_keyname(const char *name, size_t len, bool *made) {
   RedisModuleString *k = RedisModule_DictGetC(keynames, (void *)name, len, NULL);
-  if (!k) {
-    k = ctx_Registry_KeyName(NULL, name, len, -1);
-    RedisModule_DictSetC(keynames, (void *)name, len, k);
+  *made = !k;
+  return k ? k : ctx_Registry_KeyName(NULL, name, len, -1);
+}
+
+/* Keeps a made key name only for a name that has a registry entry, so the
+ * cache holds registered names, not whatever clients ask for; when full it
+ * starts over (the names in use come back at once). */
+static void keyname_done(const char *name, size_t len, RedisModuleString *k, bool found) {
+  if (!found) {
+    RedisModule_FreeString(NULL, k);
+    return;
   }
-  return k;
+  if (RedisModule_DictSize(keynames) >= CTX_KEYNAMES_MAX) {
+    free_keynames();
+    keynames = RedisModule_CreateDict(NULL);
+  }
+  RedisModule_DictSetC(keynames, (void *)name, len, k);
 }
 
 static const char *str_or_empty(RedisModuleString *s, size_t *len) {
@@ -134,14 +229,23 @@ static const char *str_or_empty(RedisModuleString *s, size_t *len) {
 
 const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
                                        size_t len, int slot, ctx_Status *st) {
+  drop_transient();
+  /* A name that cannot be registered is refused before any lookup: nothing
+   * is made or kept for it. */
+  if (!ctx_Registry_NameValid(name, len)) {
+    ctx_Status_Set(st, kCtx_Schema, "%s", CTX_BAD_NAME_MSG);
+    return NULL;
+  }
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
-  RedisModuleString *kname = slot < 0 ? NULL : ctx_Registry_KeyName(ctx, name, len, slot);
-  RedisModuleKey *key = RedisModule_OpenKey(
-      ctx, kname ? kname : standalone_keyname(name, len), REDISMODULE_READ);
+  bool made = false;
+  RedisModuleString *kname = slot < 0 ? standalone_keyname(name, len, &made)
+                                      : ctx_Registry_KeyName(ctx, name, len, slot);
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
+  bool found = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH;
   int nl = len > 120 ? 120 : (int)len;
 
-  if (RedisModule_KeyType(key) != REDISMODULE_KEYTYPE_HASH) {
+  if (!found) {
     ctx_Status_Set(st, kCtx_Schema, "unknown schema '%.*s'", nl, name);
     goto done;
   }
@@ -149,7 +253,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   size_t dlen;
   const char *d = str_or_empty(digest, &dlen);
   if (dlen == 40) {
-    result = RedisModule_DictGetC(compiled, (void *)d, 40, NULL);
+    result = cache_get(d);
     if (result) goto done;
   }
 
@@ -177,12 +281,15 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
                    name, cst.msg);
     goto done;
   }
-  ctx_Registry_Remember(computed, s);
-  result = s;
+  result = cache_put(computed, s);
 
 done:
   RedisModule_CloseKey(key);
-  if (kname) RedisModule_FreeString(ctx, kname);
+  if (slot >= 0) {
+    RedisModule_FreeString(ctx, kname);
+  } else if (made) {
+    keyname_done(name, len, kname, found);
+  }
   if (type) RedisModule_FreeString(ctx, type);
   if (fds) RedisModule_FreeString(ctx, fds);
   if (vfield) RedisModule_FreeString(ctx, vfield);
@@ -203,8 +310,7 @@ static void on_wholesale_change(RedisModuleCtx *ctx, RedisModuleEvent eid,
 }
 
 int ctx_Registry_Init(RedisModuleCtx *ctx) {
-  compiled = RedisModule_CreateDict(NULL);
-  keynames = RedisModule_CreateDict(NULL);
+  create_all();
   if (RedisModule_SubscribeToServerEvent) {
     RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_FlushDB,
                                        on_wholesale_change);
