@@ -116,8 +116,19 @@ typedef struct {
   bool in_range; /* false when an unsigned value does not fit int64 */
 } ctx_PayloadVersion;
 
+/* The bytes ctx_Validate may hold to check the required fields of a payload
+ * of `len` bytes: CTX_REQUIRED_BUDGET_PER_BYTE * len + CTX_REQUIRED_BUDGET_BASE
+ * (docs/PROTOCOL.md, "Validation"). Going over it is kCtx_TooBig. */
+#define CTX_REQUIRED_BUDGET_PER_BYTE 32
+#define CTX_REQUIRED_BUDGET_BASE ((size_t)64 << 10)
+static inline size_t ctx_RequiredBudget(size_t len) {
+  return CTX_REQUIRED_BUDGET_PER_BYTE * len + CTX_REQUIRED_BUDGET_BASE;
+}
+
 /* Validates `buf` against `schema` under `limits`; on success fills
- * `version` with the payload's version field. */
+ * `version` with the payload's version field. Memory: the walk recurses once
+ * per nesting level (at most max_depth) and, for schemas with proto2 required
+ * fields, holds at most ctx_RequiredBudget(len) bytes. */
 bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
                   const ctx_Limits* limits, ctx_PayloadVersion* version,
                   ctx_Status* status);

@@ -32,6 +32,8 @@ typedef struct {
   uint8_t wire_type; /* the wire type of one unpacked value */
   uint8_t kind;      /* ctx_Kind */
   bool packable;     /* repeated scalar: wire type 2 (packed) is accepted too */
+  bool repeated;
+  int32_t req;       /* proto2 required: index among the message's required fields, else -1 */
 } ctx_FieldPlan;
 
 typedef struct {
@@ -39,6 +41,8 @@ typedef struct {
   int nfields;
   int16_t* dense;        /* number -> index in fields, or -1, for numbers < dense_len */
   uint32_t dense_len;
+  int nrequired;         /* required fields; their `req` is 0..nrequired-1 by number */
+  const ctx_FieldPlan** required; /* the required fields by `req` */
 } ctx_MsgPlan;
 
 /* The plans; index 0 is the root message. */

@@ -225,6 +225,7 @@ static void free_plans(ctx_Schema* s) {
   for (int i = 0; i < s->nplans; i++) {
     ctx_free(s->plans[i].fields);
     ctx_free(s->plans[i].dense);
+    ctx_free(s->plans[i].required);
   }
   ctx_free(s->plans);
   ctx_free(s->plan_defs);
@@ -294,7 +295,9 @@ static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
           upb_EnumDef_IsClosed(upb_FieldDef_EnumSubDef(f))) {
         fp->closed_enum = upb_FieldDef_EnumSubDef(f);
       }
-      fp->packable = upb_FieldDef_IsRepeated(f) && fp->kind == kCtx_Kind_Scalar;
+      fp->repeated = upb_FieldDef_IsRepeated(f);
+      fp->req = -1;
+      fp->packable = fp->repeated && fp->kind == kCtx_Kind_Scalar;
       if (fp->kind == kCtx_Kind_Message || fp->kind == kCtx_Kind_Group) {
         /* plan_index may move s->plans: keep no pointer into it across. */
         int sub = plan_index(s, ix, upb_FieldDef_MessageSubDef(f), &cap);
@@ -310,6 +313,14 @@ static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
     for (uint32_t k = 0; k < mp->dense_len; k++) mp->dense[k] = -1;
     for (int j = 0; j < n; j++) {
       if (mp->fields[j].number < mp->dense_len) mp->dense[mp->fields[j].number] = (int16_t)j;
+      if (upb_FieldDef_IsRequired(mp->fields[j].def)) mp->fields[j].req = mp->nrequired++;
+    }
+    if (mp->nrequired) {
+      mp->required = ctx_calloc((size_t)mp->nrequired, sizeof(*mp->required));
+      if (!mp->required) return false;
+      for (int j = 0; j < n; j++) {
+        if (mp->fields[j].req >= 0) mp->required[mp->fields[j].req] = &mp->fields[j];
+      }
     }
   }
   return true;

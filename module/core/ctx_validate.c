@@ -1,25 +1,27 @@
 /* ctx_validate.c - checking one payload against a schema.
  *
- * Two passes, both bounded by the payload:
- *   1. a wire walk driven by the upb message definition: structure, wire
- *      types, unknown fields, UTF-8, closed enums and depth, with the exact
- *      field path in every error (upb's decoder accepts unknown fields and
- *      keeps wrongly typed known fields as unknown data, so this policy must be
- *      enforced here); it also reads the version field;
- *   2. for schemas with proto2 required fields (at any depth), upb_Decode with
- *      required-field checks into an arena with a byte budget. Schemas without
- *      them skip the decode: it could only repeat what the walk established.
+ * One pass over the wire bytes, driven by the schema's plans: structure, wire
+ * types, unknown fields, UTF-8, closed enums, depth and proto2 required fields,
+ * with the exact field path in every error; it also reads the version field.
+ *
+ * upb's decoder is not used: it accepts unknown fields and keeps wrongly typed
+ * known fields as unknown data (so the walk must enforce that policy anyway),
+ * and everything it checks besides required fields (tags and lengths of at
+ * most 5 bytes, end-group numbers, UTF-8, closed enums, depth) the walk checks
+ * too. Required fields are checked here, exactly as lua/cas.lua and upb's
+ * decoder do: one presence record per message instance; all occurrences of a
+ * singular message (or group) field within one parent instance share one child
+ * record (they merge), each occurrence of a repeated one gets its own; a
+ * record is checked at the end of every occurrence of its message. The first
+ * missing field is reported; structural errors found later still win (the walk
+ * goes on, without presence records). Presence memory is O(payload) and capped
+ * by a budget (docs/PROTOCOL.md, "Validation").
  */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "ctx_core.h"
 #include "ctx_internal.h"
-#include "upb/mem/arena.h"
-#include "upb/reflection/message.h"
-#include "upb/util/required_fields.h"
-#include "upb/wire/decode.h"
 #include "utf8_range.h"
 
 enum {
@@ -39,12 +41,134 @@ typedef struct frame {
   const char* field_tag;      /* where that field's tag starts in the parent */
 } frame;
 
+/* ---- presence records for required fields ------------------------------------
+ *
+ * A record is a uint64_t, named by an id (1, 2, ...): for a message with at
+ * most 64 required fields, a bit per required field; for larger ones, the
+ * count of distinct required fields seen, each one remembered in the table.
+ * The table maps (record, key) -> value: key 2*i for required field i of a
+ * large message (value unused), key 2*number+1 for the child record of the
+ * singular message field `number`. Records live in fixed chunks (no copying
+ * as they grow); the table doubles at half load. Every byte counts against
+ * the budget. */
+
+#define PRES_CHUNK 4096 /* records per chunk */
+
+typedef struct {
+  uint32_t rec; /* 0: empty slot */
+  uint32_t key;
+  uint32_t val;
+} pres_slot;
+
+typedef struct {
+  uint64_t** chunks;
+  size_t nchunks, chunks_cap;
+  uint32_t nrecs;
+  pres_slot* slots;
+  size_t cap, len;
+  size_t used, budget; /* bytes */
+} presence;
+
+static void* pres_alloc(presence* pr, size_t bytes) {
+  if (bytes > pr->budget - pr->used) return NULL;
+  void* p = ctx_calloc(1, bytes);
+  if (p) pr->used += bytes;
+  return p;
+}
+
+static void pres_release(presence* pr, void* p, size_t bytes) {
+  if (!p) return;
+  ctx_free(p);
+  pr->used -= bytes;
+}
+
+static void pres_free(presence* pr) {
+  for (size_t i = 0; i < pr->nchunks; i++) {
+    pres_release(pr, pr->chunks[i], PRES_CHUNK * sizeof(uint64_t));
+  }
+  pres_release(pr, pr->chunks, pr->chunks_cap * sizeof(*pr->chunks));
+  pres_release(pr, pr->slots, pr->cap * sizeof(*pr->slots));
+  pr->chunks = NULL;
+  pr->slots = NULL;
+  pr->nchunks = pr->chunks_cap = pr->cap = pr->len = 0;
+  pr->nrecs = 0;
+}
+
+/* A new, empty record; 0 when over budget. */
+static uint32_t pres_new(presence* pr) {
+  if (pr->nrecs == UINT32_MAX - 1) return 0;
+  if (pr->nrecs == pr->nchunks * PRES_CHUNK) {
+    if (pr->nchunks == pr->chunks_cap) {
+      size_t cap = pr->chunks_cap ? pr->chunks_cap * 2 : 16;
+      uint64_t** chunks = pres_alloc(pr, cap * sizeof(*chunks));
+      if (!chunks) return 0;
+      if (pr->nchunks) memcpy(chunks, pr->chunks, pr->nchunks * sizeof(*chunks));
+      pres_release(pr, pr->chunks, pr->chunks_cap * sizeof(*chunks));
+      pr->chunks = chunks;
+      pr->chunks_cap = cap;
+    }
+    uint64_t* chunk = pres_alloc(pr, PRES_CHUNK * sizeof(uint64_t));
+    if (!chunk) return 0;
+    pr->chunks[pr->nchunks++] = chunk;
+  }
+  return ++pr->nrecs;
+}
+
+static uint64_t* pres_rec(const presence* pr, uint32_t id) {
+  return &pr->chunks[(id - 1) / PRES_CHUNK][(id - 1) % PRES_CHUNK];
+}
+
+static size_t pres_hash(uint32_t rec, uint32_t key) {
+  uint64_t x = ((uint64_t)rec << 32 | key) * 0x9E3779B97F4A7C15ull;
+  return (size_t)(x ^ (x >> 29));
+}
+
+static pres_slot* pres_lookup(const presence* pr, uint32_t rec, uint32_t key) {
+  if (!pr->cap) return NULL;
+  for (size_t i = pres_hash(rec, key) & (pr->cap - 1);; i = (i + 1) & (pr->cap - 1)) {
+    pres_slot* sl = &pr->slots[i];
+    if (!sl->rec) return NULL;
+    if (sl->rec == rec && sl->key == key) return sl;
+  }
+}
+
+/* The slot of (rec, key), added (val 0) when new: *fresh tells. NULL when
+ * over budget. */
+static pres_slot* pres_insert(presence* pr, uint32_t rec, uint32_t key, bool* fresh) {
+  pres_slot* sl = pres_lookup(pr, rec, key);
+  *fresh = sl == NULL;
+  if (sl) return sl;
+  if (2 * (pr->len + 1) > pr->cap) {
+    size_t cap = pr->cap ? pr->cap * 2 : 256;
+    pres_slot* slots = pres_alloc(pr, cap * sizeof(*slots));
+    if (!slots) return NULL;
+    for (size_t i = 0; i < pr->cap; i++) {
+      const pres_slot* o = &pr->slots[i];
+      if (!o->rec) continue;
+      size_t j = pres_hash(o->rec, o->key) & (cap - 1);
+      while (slots[j].rec) j = (j + 1) & (cap - 1);
+      slots[j] = *o;
+    }
+    pres_release(pr, pr->slots, pr->cap * sizeof(*slots));
+    pr->slots = slots;
+    pr->cap = cap;
+  }
+  size_t j = pres_hash(rec, key) & (pr->cap - 1);
+  while (pr->slots[j].rec) j = (j + 1) & (pr->cap - 1);
+  pr->slots[j] = (pres_slot){rec, key, 0};
+  pr->len++;
+  return &pr->slots[j];
+}
+
 typedef struct {
   const ctx_Limits* limits;
   ctx_Status* status;
   const ctx_MsgPlan* plans;   /* the schema's messages; [0] is the root */
   const upb_FieldDef* vfield; /* the root's version field */
   uint64_t vraw;              /* its last value on the wire (0 when absent) */
+  presence pres;              /* required-field presence (while tracking) */
+  bool tracking;              /* presence records are kept */
+  bool missing;               /* a required field is missing (status holds it) */
 } walker;
 
 /* ---- wire primitives --------------------------------------------------------- */
@@ -165,6 +289,76 @@ static bool fail_at(walker* w, const frame* fr, const upb_FieldDef* f,
   return false;
 }
 
+/* ---- required fields ------------------------------------------------------------ */
+
+static bool over_budget(walker* w) {
+  ctx_Status_Set(w->status, kCtx_TooBig,
+                 "checking required fields needs more than %zu bytes", w->pres.budget);
+  return false;
+}
+
+/* Notes that required field `fp` occurs in record `rec` of a message of `mp`. */
+static bool mark_required(walker* w, const ctx_MsgPlan* mp, uint32_t rec,
+                          const ctx_FieldPlan* fp) {
+  if (mp->nrequired <= 64) {
+    *pres_rec(&w->pres, rec) |= (uint64_t)1 << fp->req;
+    return true;
+  }
+  bool fresh;
+  if (!pres_insert(&w->pres, rec, 2u * (uint32_t)fp->req, &fresh)) return over_budget(w);
+  if (fresh) (*pres_rec(&w->pres, rec))++;
+  return true;
+}
+
+/* The record for one occurrence of message field `fp` in record `rec`: a new
+ * one for a repeated field, the same one for every occurrence of a singular
+ * field (they merge). 0 when over budget (status set). */
+static uint32_t child_rec(walker* w, uint32_t rec, const ctx_FieldPlan* fp) {
+  uint32_t id;
+  if (fp->repeated) {
+    if (!(id = pres_new(&w->pres))) over_budget(w);
+    return id;
+  }
+  bool fresh;
+  pres_slot* sl = pres_insert(&w->pres, rec, 2u * fp->number + 1, &fresh);
+  if (!sl) return over_budget(w), 0;
+  if (fresh) {
+    if (!(id = pres_new(&w->pres))) return over_budget(w), 0;
+    sl->val = id;
+  }
+  return sl->val;
+}
+
+/* At the end of an occurrence of a message: its record must hold every
+ * required field. The first missing one is reported and tracking stops. */
+static void check_required(walker* w, const frame* fr, const ctx_MsgPlan* mp,
+                           uint32_t rec) {
+  if (!mp->nrequired) return;
+  uint64_t r = *pres_rec(&w->pres, rec);
+  int first = -1;
+  if (mp->nrequired <= 64) {
+    uint64_t all = mp->nrequired == 64 ? ~(uint64_t)0
+                                       : ((uint64_t)1 << mp->nrequired) - 1;
+    if ((r & all) == all) return;
+    first = __builtin_ctzll(~r & all);
+  } else {
+    if (r == (uint64_t)mp->nrequired) return;
+    for (int i = 0; i < mp->nrequired && first < 0; i++) {
+      if (!pres_lookup(&w->pres, rec, 2u * (uint32_t)i)) first = i;
+    }
+    if (first < 0) return; /* unreachable: the count says one is missing */
+  }
+  char path[160];
+  path[0] = '\0';
+  size_t at = frame_path(fr, path, sizeof(path));
+  if (at) at = append(path, sizeof(path), at, ".");
+  append(path, sizeof(path), at, upb_FieldDef_Name(mp->required[first]->def));
+  ctx_Status_Set(w->status, kCtx_Invalid, "field '%s': required field is missing", path);
+  w->missing = true;
+  w->tracking = false;
+  pres_free(&w->pres);
+}
+
 /* ---- the walk ------------------------------------------------------------------- */
 
 static bool enum_ok(const ctx_FieldPlan* fp, uint64_t v) {
@@ -172,7 +366,7 @@ static bool enum_ok(const ctx_FieldPlan* fp, uint64_t v) {
 }
 
 static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
-                         const char* p, const char* end, int depth,
+                         uint32_t rec, const char* p, const char* end, int depth,
                          uint32_t group_number, const char** group_end);
 
 /* A packed run of scalars of field `fp`. */
@@ -199,8 +393,9 @@ static bool walk_packed(walker* w, const frame* fr, const ctx_FieldPlan* fp,
   return true;
 }
 
+/* `rec` is the message's presence record (used only while w->tracking). */
 static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
-                         const char* p, const char* end, int depth,
+                         uint32_t rec, const char* p, const char* end, int depth,
                          uint32_t group_number, const char** group_end) {
   const char* start = p;
   char why[96];
@@ -215,6 +410,7 @@ static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
     if (number == 0) return fail_at(w, fr, NULL, 0, "field number 0");
     if (wt == kWT_EndGroup) {
       if (group_number && number == group_number) {
+        if (w->tracking) check_required(w, fr, mp, rec);
         *group_end = p;
         return true;
       }
@@ -239,6 +435,7 @@ static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
       snprintf(why, sizeof(why), "wire type %d, expected %d", wt, want);
       return fail_at(w, fr, f, number, why);
     }
+    if (w->tracking && fp->req >= 0 && !mark_required(w, mp, rec, fp)) return false;
 
     uint64_t v;
     switch (wt) {
@@ -282,8 +479,10 @@ static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
                      w->limits->max_depth);
             return fail_at(w, fr, f, number, why);
           }
+          uint32_t crec = 0;
+          if (w->tracking && !(crec = child_rec(w, rec, fp))) return false;
           frame child = {fr, f, start, tag_at};
-          if (!walk_message(w, &child, &w->plans[fp->sub], p, vend, depth + 1, 0,
+          if (!walk_message(w, &child, &w->plans[fp->sub], crec, p, vend, depth + 1, 0,
                             NULL)) {
             return false;
           }
@@ -297,10 +496,12 @@ static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
                    w->limits->max_depth);
           return fail_at(w, fr, f, number, why);
         }
+        uint32_t crec = 0;
+        if (w->tracking && !(crec = child_rec(w, rec, fp))) return false;
         frame child = {fr, f, start, tag_at};
         const char* after = NULL;
-        if (!walk_message(w, &child, &w->plans[fp->sub], p, end, depth + 1, number,
-                          &after)) {
+        if (!walk_message(w, &child, &w->plans[fp->sub], crec, p, end, depth + 1,
+                          number, &after)) {
           return false;
         }
         p = after;
@@ -309,32 +510,8 @@ static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
     }
   }
   if (group_number) return fail_at(w, fr, NULL, group_number, "group is not closed");
+  if (w->tracking) check_required(w, fr, mp, rec);
   return true;
-}
-
-/* ---- decoding with a budget ------------------------------------------------------ */
-
-/* An upb_alloc that refuses to go past a byte budget instead of aborting. */
-typedef struct {
-  upb_alloc alloc;
-  size_t used;
-  size_t budget;
-} budget_alloc;
-
-static void* budget_fn(upb_alloc* a, void* ptr, size_t oldsize, size_t size,
-                       size_t* actual_size) {
-  budget_alloc* b = (budget_alloc*)a;
-  if (size == 0) {
-    ctx_free(ptr);
-    b->used -= oldsize <= b->used ? oldsize : b->used;
-    return NULL;
-  }
-  if (size > oldsize && size - oldsize > b->budget - b->used) return NULL;
-  void* q = ctx_realloc(ptr, size);
-  if (!q) return NULL;
-  b->used = b->used - oldsize + size;
-  if (actual_size) *actual_size = size;
-  return q;
 }
 
 /* The version field's value from its last wire value, converted exactly as
@@ -382,61 +559,21 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
                    len, limits->max_payload_bytes);
     return false;
   }
-  const upb_MessageDef* m = ctx_Schema_MessageDef(schema);
   walker w = {limits, status, ctx_Schema_Plans(schema), ctx_Schema_VersionFieldDef(schema),
-              0};
+              0, {0}, false, false};
+  w.pres.budget = ctx_RequiredBudget(len);
+  uint32_t root_rec = 0;
+  if (ctx_Schema_HasRequired(schema)) {
+    w.tracking = true;
+    if (!(root_rec = pres_new(&w.pres))) return over_budget(&w);
+  }
   frame root = {NULL, NULL, buf, buf};
-  if (!walk_message(&w, &root, &w.plans[0], buf, buf + len, 0, 0, NULL)) return false;
+  bool ok = walk_message(&w, &root, &w.plans[0], root_rec, buf, buf + len, 0, 0, NULL);
+  pres_free(&w.pres);
+  if (!ok) return false;
   if (!version_from_wire(w.vfield, w.vraw, version)) {
     ctx_Status_Set(status, kCtx_Schema, "version field is not an integer");
     return false;
   }
-  if (!ctx_Schema_HasRequired(schema)) return true;
-
-  /* Required fields: upb decodes the payload and checks them at every depth.
-   * Depth is already enforced above, so upb gets some slack rather than a
-   * second, possibly different, count. */
-  char first_block[4096];
-  budget_alloc ba = {{budget_fn}, 0, 64 * len + (64u << 10)};
-  upb_Arena* arena = upb_Arena_Init(first_block, sizeof(first_block), &ba.alloc);
-  if (!arena) {
-    ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
-    return false;
-  }
-  bool ok = false;
-  const upb_MiniTable* mt = upb_MessageDef_MiniTable(m);
-  upb_Message* msg = upb_Message_New(mt, arena);
-  if (!msg) {
-    ctx_Status_Set(status, kCtx_TooBig, "decoded payload exceeds the memory budget");
-    goto done;
-  }
-  int opts = kUpb_DecodeOption_CheckRequired |
-             kUpb_DecodeOption_AlwaysValidateUtf8 |
-             (int)upb_DecodeOptions_MaxDepth((uint16_t)(limits->max_depth + 2));
-  upb_DecodeStatus ds = upb_Decode(buf, len, msg, mt, NULL, opts, arena);
-  if (ds == kUpb_DecodeStatus_MissingRequired) {
-    upb_FieldPathEntry* missing = NULL;
-    char path[160] = "?";
-    if (upb_util_HasUnsetRequired(msg, m, NULL, &missing) && missing) {
-      upb_FieldPathEntry* it = missing;
-      upb_FieldPath_ToText(&it, path, sizeof(path));
-    }
-    ctx_free(missing);
-    ctx_Status_Set(status, kCtx_Invalid, "field '%s': required field is missing",
-                   path);
-    goto done;
-  }
-  if (ds == kUpb_DecodeStatus_OutOfMemory) {
-    ctx_Status_Set(status, kCtx_TooBig, "decoded payload exceeds the memory budget");
-    goto done;
-  }
-  if (ds != kUpb_DecodeStatus_Ok) {
-    ctx_Status_Set(status, kCtx_Invalid, "payload rejected by the decoder: %s",
-                   upb_DecodeStatus_String(ds));
-    goto done;
-  }
-  ok = true;
-done:
-  upb_Arena_Free(arena);
-  return ok;
+  return !w.missing;
 }

@@ -1,0 +1,197 @@
+"""Hardening of the validation core (module/core): required fields checked inside the wire walk
+with memory bounded by the payload, and schema compilation in linear time
+(docs/PROTOCOL.md, "Validation" and "CTX.SCHEMA.SET").
+
+The schemas are built here with ``descriptor_pb2``; no binary is committed."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import redis
+from google.protobuf import descriptor_pb2 as d2
+
+from servers import error_text
+
+FD = d2.FieldDescriptorProto
+
+# ctx_RequiredBudget(len) in module/core/ctx_core.h
+BUDGET_PER_BYTE = 32
+BUDGET_BASE = 64 << 10
+
+
+def required_budget(n: int) -> int:
+    return BUDGET_PER_BYTE * n + BUDGET_BASE
+
+
+# ---- wire helpers ------------------------------------------------------------------------------
+
+def varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def tag(number: int, wt: int) -> bytes:
+    return varint(number << 3 | wt)
+
+
+def ld(number: int, body: bytes) -> bytes:
+    return tag(number, 2) + varint(len(body)) + body
+
+
+# ---- the schema of the issue ---------------------------------------------------------------------
+
+def _field(m, name: str, number: int, label: int, ftype: int, type_name: str = "") -> None:
+    f = m.field.add(name=name, number=number, label=label, type=ftype)
+    if type_name:
+        f.type_name = type_name
+
+
+def bomb_fds() -> bytes:
+    """proto2: Root{int64 version=1; repeated Node n=2}, Node{repeated Node n=1; repeated Leaf
+    leaf=2}, Leaf{required bool r1..r63 = 1..63}."""
+    fds = d2.FileDescriptorSet()
+    f = fds.file.add(name="bomb.proto", package="bomb", syntax="proto2")
+    root = f.message_type.add(name="Root")
+    _field(root, "version", 1, FD.LABEL_OPTIONAL, FD.TYPE_INT64)
+    _field(root, "n", 2, FD.LABEL_REPEATED, FD.TYPE_MESSAGE, ".bomb.Node")
+    node = f.message_type.add(name="Node")
+    _field(node, "n", 1, FD.LABEL_REPEATED, FD.TYPE_MESSAGE, ".bomb.Node")
+    _field(node, "leaf", 2, FD.LABEL_REPEATED, FD.TYPE_MESSAGE, ".bomb.Leaf")
+    leaf = f.message_type.add(name="Leaf")
+    for i in range(1, 64):
+        _field(leaf, f"r{i}", i, FD.LABEL_REQUIRED, FD.TYPE_BOOL)
+    return fds.SerializeToString()
+
+
+def bomb_payload(leaves: int, levels: int = 30, leaf: bytes = b"") -> bytes:
+    inner = ld(2, leaf) * leaves  # Node.leaf, each an empty Leaf: 63 required fields missing
+    for _ in range(levels - 1):
+        inner = ld(1, inner)  # Node.n
+    return tag(1, 0) + varint(1) + ld(2, inner)  # Root.version = 1, Root.n
+
+
+def peak_rss(server) -> int:
+    """VmHWM of the server process, in bytes."""
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture(scope="module")
+def bomb_server(module_servers, module_so):
+    s = module_servers.start_module(module_args=["max-payload-bytes", str(1 << 20)])
+    s.r.execute_command("CTX.SCHEMA.SET", "bomb", "bomb.Root", bomb_fds())
+    return s
+
+
+def cas_timed(server, key: str, payload: bytes) -> tuple[float, str | None]:
+    t0 = time.perf_counter()
+    try:
+        server.r.execute_command("CTX.CAS", key, 0, payload, "SCHEMA", "bomb")
+        err = None
+    except redis.ResponseError as e:
+        err = error_text(e)
+    return time.perf_counter() - t0, err
+
+
+def test_empty_leaves_with_63_required_fields_are_invalid_quickly_and_the_server_survives(
+        bomb_server):
+    payload = bomb_payload(16_500)
+    assert 33_000 <= len(payload) <= 34_000
+    before = peak_rss(bomb_server)
+    took, err = cas_timed(bomb_server, "bomb:33k", payload)
+    print(f"\n33 KB bomb: {took * 1000:.1f} ms, peak RSS +{(peak_rss(bomb_server) - before) >> 10} KiB")
+    assert err is not None and err.startswith("CTXINVALID field '")
+    assert err.endswith("': required field is missing")
+    assert err.startswith("CTXINVALID field '" + "n[0]." * 20)  # the path is cut at 160 bytes
+    assert took < 0.5
+    bomb_server.assert_alive()
+    assert bomb_server.r.exists("bomb:33k") == 0
+    assert peak_rss(bomb_server) - before <= 2 * required_budget(len(payload)) + (32 << 20)
+
+
+@pytest.mark.parametrize("size", [200_000, 600_000])
+def test_large_payloads_of_empty_leaves_stay_within_time_and_memory_budget(bomb_server, size):
+    payload = bomb_payload(size // 2)
+    before = peak_rss(bomb_server)
+    took, err = cas_timed(bomb_server, f"bomb:{size}", payload)
+    grew = peak_rss(bomb_server) - before
+    print(f"\n{len(payload)} B bomb: {took * 1000:.1f} ms, peak RSS +{grew >> 10} KiB, "
+          f"budget {required_budget(len(payload)) >> 10} KiB")
+    assert err is not None and err.endswith("': required field is missing")
+    assert took < 0.5
+    bomb_server.assert_alive()
+    assert grew <= 2 * required_budget(len(payload)) + (32 << 20)
+
+
+@pytest.mark.parametrize("size", [200_000, 600_000])
+def test_valid_payloads_that_keep_every_presence_record_stay_within_budget(bomb_server, size):
+    # empty Nodes carry no required field: nothing is missing, so every record is kept
+    # (one per message instance), plus complete leaves (63 bools each)
+    full_leaf = b"".join(tag(i, 0) + b"\x01" for i in range(1, 64))
+    nodes = ld(1, b"") * (size // 4) + ld(2, full_leaf) * (size // 4 // len(full_leaf))
+    payload = tag(1, 0) + varint(1) + ld(2, nodes)
+    before = peak_rss(bomb_server)
+    took, err = cas_timed(bomb_server, f"ok:{size}", payload)
+    grew = peak_rss(bomb_server) - before
+    print(f"\n{len(payload)} B valid: {took * 1000:.1f} ms, peak RSS +{grew >> 10} KiB, "
+          f"budget {required_budget(len(payload)) >> 10} KiB")
+    assert err is None
+    assert took < 0.5
+    assert grew <= 2 * required_budget(len(payload)) + (32 << 20)
+
+
+def test_each_repeated_occurrence_is_checked_and_structural_errors_win(bomb_server):
+    _, err = cas_timed(bomb_server, "m", bomb_payload(3, levels=3))
+    assert err == "CTXINVALID field 'n[0].n[0].n[0].leaf[0].r1': required field is missing"
+    # Leaf occurrences in a repeated field are separate instances: the second one lacks r2..r63
+    full_leaf = b"".join(tag(i, 0) + b"\x01" for i in range(1, 64))
+    payload = tag(1, 0) + varint(1) + ld(2, ld(2, full_leaf) + ld(2, tag(1, 0) + b"\x01"))
+    _, err = cas_timed(bomb_server, "m", payload)
+    assert err == "CTXINVALID field 'n[0].leaf[1].r2': required field is missing"
+    # a structural error after a missing required field wins (as in lua/cas.lua)
+    payload = tag(1, 0) + varint(1) + ld(2, ld(2, b"") + ld(9, b""))
+    _, err = cas_timed(bomb_server, "m", payload)
+    assert err == "CTXINVALID n[0]: field 9: unknown field"
+
+
+# ---- the core's own memory accounting (the SDK's cffi build of the core) --------------------
+
+def _core():
+    try:
+        from ctxlink._ctxcore import ffi, lib  # type: ignore[attr-defined]
+    except ImportError:
+        pytest.skip("ctxlink._ctxcore is not built (make ext)")
+    return ffi, lib
+
+
+def test_core_accounts_schema_bytes_and_frees_everything_after_validation():
+    ffi, lib = _core()
+    base = lib.ctx_AllocatedBytes()
+    data = bomb_fds()
+    st = ffi.new("ctx_Status*")
+    s = lib.ctx_Schema_Build(data, len(data), b"bomb.Root", 9, ffi.NULL, 0, 1 << 22, st)
+    assert s != ffi.NULL, ffi.string(st.msg)
+    held = lib.ctx_Schema_MemoryBytes(s)
+    assert held > 0 and lib.ctx_AllocatedBytes() - base == held
+    limits = ffi.new("ctx_Limits*")
+    lib.ctx_Limits_Default(limits)
+    pv = ffi.new("ctx_PayloadVersion*")
+    for payload in (bomb_payload(1000), bomb_payload(10, leaf=b"".join(
+            tag(i, 0) + b"\x01" for i in range(1, 64)))):
+        ok = lib.ctx_Validate(s, payload, len(payload), limits, pv, st)
+        assert lib.ctx_AllocatedBytes() - base == held  # presence records all freed
+    assert ok and pv.value == 1
+    lib.ctx_Schema_Free(s)
+    assert lib.ctx_AllocatedBytes() == base
