@@ -71,73 +71,179 @@ static bool is_integer_ctype(upb_CType t) {
          t == kUpb_CType_UInt32 || t == kUpb_CType_UInt64;
 }
 
-/* Adds every file of `set` to `pool`, each after the files it imports. */
-static bool add_files(upb_DefPool* pool,
-                      const google_protobuf_FileDescriptorProto* const* files,
-                      size_t n, ctx_Status* status) {
-  bool* done = ctx_calloc(n ? n : 1, sizeof(bool));
-  if (!done) {
+/* ---- file names: a hash set over the set's files, and their import order ---- */
+
+typedef struct {
+  const google_protobuf_FileDescriptorProto* const* files;
+  size_t n;
+  int32_t* slots; /* file index, -1: empty */
+  size_t cap;     /* power of two, >= 2n */
+} name_index;
+
+static upb_StringView file_name(const name_index* ni, size_t i) {
+  return google_protobuf_FileDescriptorProto_name(ni->files[i]);
+}
+
+static size_t name_hash(upb_StringView v) {
+  uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+  for (size_t i = 0; i < v.size; i++) {
+    h ^= (uint8_t)v.data[i];
+    h *= 0x100000001b3ull;
+  }
+  return (size_t)(h ^ (h >> 32));
+}
+
+/* The index of the file named `v`, or -1. */
+static int32_t name_find(const name_index* ni, upb_StringView v) {
+  for (size_t i = name_hash(v) & (ni->cap - 1);; i = (i + 1) & (ni->cap - 1)) {
+    int32_t f = ni->slots[i];
+    if (f < 0 || view_eq(file_name(ni, (size_t)f), v)) return f;
+  }
+}
+
+/* Indexes every file name; a name given twice is an error naming the
+ * duplicated file that comes first in the set. */
+static bool name_index_build(name_index* ni, ctx_Status* status) {
+  ni->cap = 16;
+  while (ni->cap < 2 * ni->n) ni->cap *= 2;
+  ni->slots = ctx_malloc(ni->cap * sizeof(*ni->slots));
+  if (!ni->slots) {
     ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
     return false;
   }
+  memset(ni->slots, 0xff, ni->cap * sizeof(*ni->slots));
+  int32_t dup = -1;
+  for (size_t i = 0; i < ni->n; i++) {
+    upb_StringView v = file_name(ni, i);
+    size_t j = name_hash(v) & (ni->cap - 1);
+    for (; ni->slots[j] >= 0; j = (j + 1) & (ni->cap - 1)) {
+      if (view_eq(file_name(ni, (size_t)ni->slots[j]), v)) break;
+    }
+    if (ni->slots[j] < 0) {
+      ni->slots[j] = (int32_t)i;
+    } else if (dup < 0 || ni->slots[j] < dup) {
+      dup = ni->slots[j];
+    }
+  }
+  if (dup >= 0) {
+    upb_StringView v = file_name(ni, (size_t)dup);
+    ctx_Status_Set(status, kCtx_Schema,
+                   "bad descriptor set: file '" NAME_FMT "' appears twice", NAME_ARG(v));
+    return false;
+  }
+  return true;
+}
+
+/* Adds every file of the set to `pool`, each after the files it imports, in
+ * time linear in the files and imports: Kahn's algorithm over the import
+ * graph (no recursion). */
+static bool add_files(upb_DefPool* pool,
+                      const google_protobuf_FileDescriptorProto* const* files,
+                      size_t n, ctx_Status* status) {
+  name_index ni = {files, n, NULL, 0};
+  size_t* first = NULL;   /* CSR: dependents of file i are users[first[i]..first[i+1]) */
+  int32_t* users = NULL;
+  int32_t* pending = NULL; /* imports not loaded yet, per file */
+  int32_t* queue = NULL;
   bool ok = false;
-  size_t loaded = 0;
-  upb_Status us;
-  for (bool progress = true; progress && loaded < n;) {
-    progress = false;
-    for (size_t i = 0; i < n; i++) {
-      if (done[i]) continue;
-      size_t ndeps;
-      const upb_StringView* deps =
-          google_protobuf_FileDescriptorProto_dependency(files[i], &ndeps);
-      bool ready = true;
-      for (size_t d = 0; d < ndeps && ready; d++) {
-        ready = upb_DefPool_FindFileByNameWithSize(pool, deps[d].data,
-                                                   deps[d].size) != NULL;
-      }
-      if (!ready) continue;
-      upb_Status_Clear(&us);
-      if (!upb_DefPool_AddFile(pool, files[i], &us)) {
-        upb_StringView name = google_protobuf_FileDescriptorProto_name(files[i]);
-        ctx_Status_Set(status, kCtx_Schema, "bad descriptor set: file '" NAME_FMT "': %s",
-                       NAME_ARG(name), upb_Status_ErrorMessage(&us));
+  if (n > INT32_MAX / 2) {
+    ctx_Status_Set(status, kCtx_Schema, "bad descriptor set: too many files");
+    return false;
+  }
+  if (!name_index_build(&ni, status)) goto done;
+
+  /* Every import must be in the set; name the first one that is not. */
+  size_t nedges = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t ndeps;
+    const upb_StringView* deps = google_protobuf_FileDescriptorProto_dependency(files[i], &ndeps);
+    for (size_t d = 0; d < ndeps; d++) {
+      if (name_find(&ni, deps[d]) < 0) {
+        upb_StringView name = file_name(&ni, i);
+        ctx_Status_Set(status, kCtx_Schema,
+                       "bad descriptor set: missing import '" NAME_FMT
+                       "' needed by '" NAME_FMT "'",
+                       NAME_ARG(deps[d]), NAME_ARG(name));
         goto done;
       }
-      done[i] = true;
-      loaded++;
-      progress = true;
     }
+    nedges += ndeps;
   }
-  if (loaded < n) {
-    /* Name the first import that no file in the set provides. */
+  first = ctx_calloc(n + 1, sizeof(*first));
+  users = ctx_malloc((nedges ? nedges : 1) * sizeof(*users));
+  pending = ctx_calloc(n, sizeof(*pending));
+  queue = ctx_malloc(n * sizeof(*queue));
+  if (!first || !users || !pending || !queue) goto oom;
+  for (size_t i = 0; i < n; i++) {
+    size_t ndeps;
+    const upb_StringView* deps = google_protobuf_FileDescriptorProto_dependency(files[i], &ndeps);
+    pending[i] = (int32_t)ndeps;
+    for (size_t d = 0; d < ndeps; d++) first[name_find(&ni, deps[d]) + 1]++;
+  }
+  for (size_t i = 0; i < n; i++) first[i + 1] += first[i];
+  {
+    size_t* fill = ctx_malloc((n ? n : 1) * sizeof(*fill));
+    if (!fill) goto oom;
+    memcpy(fill, first, n * sizeof(*fill));
     for (size_t i = 0; i < n; i++) {
-      if (done[i]) continue;
-      upb_StringView name = google_protobuf_FileDescriptorProto_name(files[i]);
       size_t ndeps;
       const upb_StringView* deps =
           google_protobuf_FileDescriptorProto_dependency(files[i], &ndeps);
-      for (size_t d = 0; d < ndeps; d++) {
-        bool present = false;
-        for (size_t j = 0; j < n && !present; j++) {
-          present = view_eq(deps[d], google_protobuf_FileDescriptorProto_name(files[j]));
-        }
-        if (!present) {
-          ctx_Status_Set(status, kCtx_Schema,
-                         "bad descriptor set: missing import '" NAME_FMT
-                         "' needed by '" NAME_FMT "'",
-                         NAME_ARG(deps[d]), NAME_ARG(name));
-          goto done;
-        }
-      }
-      ctx_Status_Set(status, kCtx_Schema,
-                     "bad descriptor set: import cycle through '" NAME_FMT "'",
-                     NAME_ARG(name));
+      for (size_t d = 0; d < ndeps; d++) users[fill[name_find(&ni, deps[d])]++] = (int32_t)i;
+    }
+    ctx_free(fill);
+  }
+
+  size_t head = 0, tail = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!pending[i]) queue[tail++] = (int32_t)i;
+  }
+  upb_Status us;
+  while (head < tail) {
+    size_t i = (size_t)queue[head++];
+    upb_Status_Clear(&us);
+    if (!upb_DefPool_AddFile(pool, files[i], &us)) {
+      upb_StringView name = file_name(&ni, i);
+      ctx_Status_Set(status, kCtx_Schema, "bad descriptor set: file '" NAME_FMT "': %s",
+                     NAME_ARG(name), upb_Status_ErrorMessage(&us));
       goto done;
     }
+    for (size_t u = first[i]; u < first[i + 1]; u++) {
+      if (--pending[users[u]] == 0) queue[tail++] = users[u];
+    }
+  }
+  if (tail < n) {
+    /* Every file left waits for another file left: following unloaded imports
+     * from any of them enters a cycle within n steps. */
+    size_t at = 0;
+    while (!pending[at]) at++;
+    for (size_t step = 0; step < n; step++) {
+      size_t ndeps;
+      const upb_StringView* deps =
+          google_protobuf_FileDescriptorProto_dependency(files[at], &ndeps);
+      for (size_t d = 0; d < ndeps; d++) {
+        int32_t j = name_find(&ni, deps[d]);
+        if (pending[j]) {
+          at = (size_t)j;
+          break;
+        }
+      }
+    }
+    upb_StringView name = file_name(&ni, at);
+    ctx_Status_Set(status, kCtx_Schema,
+                   "bad descriptor set: import cycle through '" NAME_FMT "'", NAME_ARG(name));
+    goto done;
   }
   ok = true;
+  goto done;
+oom:
+  ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
 done:
-  ctx_free(done);
+  ctx_free(ni.slots);
+  ctx_free(first);
+  ctx_free(users);
+  ctx_free(pending);
+  ctx_free(queue);
   return ok;
 }
 
@@ -362,17 +468,6 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
   if (n == 0) {
     ctx_Status_Set(status, kCtx_Schema, "bad descriptor set: it holds no file");
     goto fail;
-  }
-  for (size_t i = 0; i < n; i++) {
-    upb_StringView a = google_protobuf_FileDescriptorProto_name(files[i]);
-    for (size_t j = i + 1; j < n; j++) {
-      if (view_eq(a, google_protobuf_FileDescriptorProto_name(files[j]))) {
-        ctx_Status_Set(status, kCtx_Schema,
-                       "bad descriptor set: file '" NAME_FMT "' appears twice",
-                       NAME_ARG(a));
-        goto fail;
-      }
-    }
   }
   if (!add_files(s->pool, files, n, status)) goto fail;
 
