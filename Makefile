@@ -191,3 +191,88 @@ distclean: clean
 FORCE:
 
 -include $(MODULE_OBJS:.o=.d) $(UPB_OBJS:.o=.d)
+
+# ---------------------------------------------------------------------------
+# Torture suite (docs/RELIABILITY.md). None of these run in `make test`, which
+# runs only the short smoke (tests/test_torture_smoke.py).
+#
+#   make torture    crash loop (kill -9, AOF), linearizability under SIGSTOP,
+#                   payload storm; long versions. Extra args: TORTURE_ARGS=...
+#   make fuzz       libFuzzer on ctx_Validate (clang, ASan+UBSan), FUZZ_RUNS inputs
+#   make asan       test subset against build/asan/ctxlink.so (ASan+UBSan) in Redis 6.2
+#   make valgrind   test subset against Redis 6.2 under valgrind, normal module
+
+TORTURE_ARGS ?=
+REDIS62_ABS   = $(abspath $(REDIS62))
+SAN_TESTS    ?= tests/test_validation.py tests/test_commands.py
+
+.PHONY: torture fuzz fuzz-build asan asan-build valgrind
+
+torture: all redis62 $(VENV_STAMP)
+	$(VENV_PY) tests/torture/run_all.py $(TORTURE_ARGS)
+
+# libFuzzer harness: module/core/*.c and upb compiled with clang and the
+# sanitizers into build/fuzz (needs clang's compiler-rt: libclang-rt-14-dev).
+FUZZ_CC     ?= clang
+FUZZ_DIR    := $(BUILD)/fuzz
+FUZZ_RUNS   ?= 10000000
+FUZZ_ARGS   ?=
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS := -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) -fsanitize=fuzzer-no-link -std=gnu11
+CORE_SRCS   := $(sort $(wildcard module/core/*.c))
+FUZZ_CORE_OBJS := $(CORE_SRCS:%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_UPB_OBJS   = $(UPB_SRCS:$(PB)/%.c=$(FUZZ_DIR)/obj/upb/%.o)
+FUZZ_BIN    := $(FUZZ_DIR)/fuzz_validate
+
+$(FUZZ_UPB_OBJS): $(FUZZ_DIR)/obj/upb/%.o: $(PB)/%.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	@echo "  CC (upb, fuzz) $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -w $(addprefix -I,$(DEP_DIRS)) -c $< -o $@
+
+$(FUZZ_CORE_OBJS): $(FUZZ_DIR)/obj/%.o: %.c $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra $(CTX_INCLUDES) -c $< -o $@
+
+$(FUZZ_BIN): tests/torture/fuzz_validate.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: $(FUZZ_BIN) $(VENV_STAMP)
+	$(VENV_PY) tests/torture/fuzz_inputs.py $(FUZZ_DIR)
+	@mkdir -p $(FUZZ_DIR)/corpus.work
+	CTX_FUZZ_SCHEMAS=$(FUZZ_DIR)/schemas $(FUZZ_BIN) -runs=$(FUZZ_RUNS) -max_len=4096 \
+	  -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus.work $(FUZZ_DIR)/corpus
+
+# The module with ASan+UBSan (gcc), loaded into Redis 6.2 (libc malloc) with
+# the ASan runtime preloaded (tests/torture/asan-redis-server). Reports go to
+# build/asan/logs; any report from the run fails the target.
+ASAN_DIR   := $(BUILD)/asan
+ASAN_SO    := $(ASAN_DIR)/ctxlink.so
+ASAN_OBJS  := $(MODULE_SRCS:%.c=$(ASAN_DIR)/obj/%.o)
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
+
+$(ASAN_OBJS): $(ASAN_DIR)/obj/%.o: %.c $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CTX_CFLAGS) $(ASAN_FLAGS) $(CTX_INCLUDES) -c $< -o $@
+
+$(ASAN_SO): $(ASAN_OBJS) $(LIBUPB) $(MAPFILE)
+	$(CC) $(SO_LDFLAGS) $(ASAN_FLAGS) -o $@ $(ASAN_OBJS) $(LIBUPB)
+
+asan-build: $(ASAN_SO)
+
+asan: $(ASAN_SO) ext redis62 $(VENV_STAMP)
+	@rm -rf $(ASAN_DIR)/logs && mkdir -p $(ASAN_DIR)/logs
+	CTX_REDIS_SERVER=$(abspath tests/torture/asan-redis-server) CTX_REAL_REDIS_SERVER=$(REDIS62_ABS) \
+	  CTX_MODULE_PATH=$(abspath $(ASAN_SO)) CTX_SAN_LOGS=$(abspath $(ASAN_DIR)/logs) \
+	  $(VENV_PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS) $(PYTEST_ARGS)
+	$(VENV_PY) tests/torture/san_report.py asan $(ASAN_DIR)/logs
+
+VALGRIND_DIR := $(BUILD)/valgrind
+
+valgrind: all ext redis62 $(VENV_STAMP)
+	@rm -rf $(VALGRIND_DIR)/logs && mkdir -p $(VALGRIND_DIR)/logs
+	CTX_REDIS_SERVER=$(abspath tests/torture/valgrind-redis-server) CTX_REAL_REDIS_SERVER=$(REDIS62_ABS) \
+	  CTX_SAN_LOGS=$(abspath $(VALGRIND_DIR)/logs) \
+	  $(VENV_PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS) $(PYTEST_ARGS)
+	$(VENV_PY) tests/torture/san_report.py valgrind $(VALGRIND_DIR)/logs

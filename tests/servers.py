@@ -26,7 +26,7 @@ import redis
 from redis._parsers import _RESP2Parser
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODULE_PATH = REPO_ROOT / "build" / "ctxlink.so"
+MODULE_PATH = Path(os.environ.get("CTX_MODULE_PATH") or REPO_ROOT / "build" / "ctxlink.so")
 REDIS_SERVER = os.environ.get("CTX_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 HOST = "127.0.0.1"
 
