@@ -166,6 +166,87 @@ def test_each_repeated_occurrence_is_checked_and_structural_errors_win(bomb_serv
     assert err == "CTXINVALID n[0]: field 9: unknown field"
 
 
+def big_fds() -> bytes:
+    fds = d2.FileDescriptorSet()
+    f = fds.file.add(name="big.proto", package="big", syntax="proto2")
+    m = f.message_type.add(name="Big")
+    _field(m, "version", 1, FD.LABEL_OPTIONAL, FD.TYPE_INT64)
+    for i in range(2, 66):
+        _field(m, f"r{i}", i, FD.LABEL_REQUIRED, FD.TYPE_BOOL)
+    return fds.SerializeToString()
+
+
+def test_more_than_63_required_fields_in_a_message_are_refused(bomb_server):
+    with pytest.raises(redis.ResponseError) as info:
+        bomb_server.r.execute_command("CTX.SCHEMA.SET", "big", "big.Big", big_fds())
+    assert error_text(info.value).startswith("CTXSCHEMA bad descriptor set: file 'big.proto'")
+
+
+def bin_fds() -> bytes:
+    """proto2 Bin{optional int64 version = 1; optional Bin l = 2; optional Bin r = 3;
+    optional Req q = 4}, Req{required bool x = 1; required bool y = 2}: singular children."""
+    fds = d2.FileDescriptorSet()
+    f = fds.file.add(name="bin.proto", package="bin", syntax="proto2")
+    m = f.message_type.add(name="Bin")
+    _field(m, "version", 1, FD.LABEL_OPTIONAL, FD.TYPE_INT64)
+    _field(m, "l", 2, FD.LABEL_OPTIONAL, FD.TYPE_MESSAGE, ".bin.Bin")
+    _field(m, "r", 3, FD.LABEL_OPTIONAL, FD.TYPE_MESSAGE, ".bin.Bin")
+    _field(m, "q", 4, FD.LABEL_OPTIONAL, FD.TYPE_MESSAGE, ".bin.Req")
+    q = f.message_type.add(name="Req")
+    _field(q, "x", 1, FD.LABEL_REQUIRED, FD.TYPE_BOOL)
+    _field(q, "y", 2, FD.LABEL_REQUIRED, FD.TYPE_BOOL)
+    return fds.SerializeToString()
+
+
+def bin_tree(depth: int) -> bytes:
+    """A full binary tree of singular children: every instance but the root holds a child link."""
+    node = b""
+    for _ in range(depth):
+        node = ld(2, node) + ld(3, node)
+    return node
+
+
+def test_singular_occurrences_merge_and_each_occurrence_is_checked(bomb_server):
+    r = bomb_server.r
+    r.execute_command("CTX.SCHEMA.SET", "bin", "bin.Bin", bin_fds())
+    X, Y = tag(1, 0) + b"\x01", tag(2, 0) + b"\x01"
+
+    def cas(payload: bytes) -> str | None:
+        r.delete("bin")
+        try:
+            r.execute_command("CTX.CAS", "bin", 0, tag(1, 0) + b"\x01" + payload, "SCHEMA", "bin")
+        except redis.ResponseError as e:
+            return error_text(e)
+        return None
+
+    assert cas(ld(4, X + Y)) is None
+    assert cas(ld(2, ld(4, X))) == "CTXINVALID field 'l.q.y': required field is missing"
+    # checked at the end of each occurrence with what the merged message has so far (upb's
+    # decoder and lua/cas.lua do the same): the first half alone lacks y
+    assert cas(ld(4, X) + ld(4, Y)) == "CTXINVALID field 'q.y': required field is missing"
+    assert cas(ld(4, X + Y) + ld(4, Y)) is None
+    # merging through a singular parent that occurs twice
+    assert cas(ld(2, ld(4, X + Y)) + ld(2, ld(4, Y))) is None
+    assert cas(ld(2, ld(3, b"")) + ld(2, ld(4, X))) == \
+        "CTXINVALID field 'l.q.y': required field is missing"
+
+
+def test_a_tree_of_singular_children_stays_within_budget(bomb_server):
+    r = bomb_server.r
+    r.execute_command("CTX.SCHEMA.SET", "bin", "bin.Bin", bin_fds())
+    payload = tag(1, 0) + b"\x01" + bin_tree(17)
+    assert len(payload) < 1 << 20
+    before = peak_rss(bomb_server)
+    t0 = time.perf_counter()
+    r.execute_command("CTX.CAS", "bintree", 0, payload, "SCHEMA", "bin")
+    took = time.perf_counter() - t0
+    grew = peak_rss(bomb_server) - before
+    print(f"\n{len(payload)} B binary tree ({(1 << 18) - 1} instances): {took * 1000:.1f} ms, "
+          f"peak RSS +{grew >> 10} KiB, budget {required_budget(len(payload)) >> 10} KiB")
+    assert took < 0.5
+    assert grew <= 2 * required_budget(len(payload)) + (32 << 20)
+
+
 # ---- the core's own memory accounting (the SDK's cffi build of the core) --------------------
 
 def _core():

@@ -421,6 +421,7 @@ static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
       if (mp->fields[j].number < mp->dense_len) mp->dense[mp->fields[j].number] = (int16_t)j;
       if (upb_FieldDef_IsRequired(mp->fields[j].def)) mp->fields[j].req = mp->nrequired++;
     }
+    if (mp->nrequired > 64) return false; /* upb refuses more than 63 */
     if (mp->nrequired) {
       mp->required = ctx_calloc((size_t)mp->nrequired, sizeof(*mp->required));
       if (!mp->required) return false;

@@ -43,14 +43,11 @@ typedef struct frame {
 
 /* ---- presence records for required fields ------------------------------------
  *
- * A record is a uint64_t, named by an id (1, 2, ...): for a message with at
- * most 64 required fields, a bit per required field; for larger ones, the
- * count of distinct required fields seen, each one remembered in the table.
- * The table maps (record, key) -> value: key 2*i for required field i of a
- * large message (value unused), key 2*number+1 for the child record of the
- * singular message field `number`. Records live in fixed chunks (no copying
- * as they grow); the table doubles at half load. Every byte counts against
- * the budget. */
+ * A record is a uint64_t bit set (a bit per required field: upb refuses
+ * messages with more than 63), named by an id (1, 2, ...). The table maps
+ * (record, 2 * number + 1) -> the child record of the singular message field
+ * `number`. Records live in fixed chunks (no copying as they grow); the table
+ * doubles at 3/4 load (which keeps the peak of a resize within the budget). Every byte counts against the budget. */
 
 #define PRES_CHUNK 4096 /* records per chunk */
 
@@ -138,7 +135,7 @@ static pres_slot* pres_insert(presence* pr, uint32_t rec, uint32_t key, bool* fr
   pres_slot* sl = pres_lookup(pr, rec, key);
   *fresh = sl == NULL;
   if (sl) return sl;
-  if (2 * (pr->len + 1) > pr->cap) {
+  if (4 * (pr->len + 1) > 3 * pr->cap) {
     size_t cap = pr->cap ? pr->cap * 2 : 256;
     pres_slot* slots = pres_alloc(pr, cap * sizeof(*slots));
     if (!slots) return NULL;
@@ -297,17 +294,9 @@ static bool over_budget(walker* w) {
   return false;
 }
 
-/* Notes that required field `fp` occurs in record `rec` of a message of `mp`. */
-static bool mark_required(walker* w, const ctx_MsgPlan* mp, uint32_t rec,
-                          const ctx_FieldPlan* fp) {
-  if (mp->nrequired <= 64) {
-    *pres_rec(&w->pres, rec) |= (uint64_t)1 << fp->req;
-    return true;
-  }
-  bool fresh;
-  if (!pres_insert(&w->pres, rec, 2u * (uint32_t)fp->req, &fresh)) return over_budget(w);
-  if (fresh) (*pres_rec(&w->pres, rec))++;
-  return true;
+/* Notes that required field `fp` occurs in record `rec`. */
+static void mark_required(walker* w, uint32_t rec, const ctx_FieldPlan* fp) {
+  *pres_rec(&w->pres, rec) |= (uint64_t)1 << fp->req;
 }
 
 /* The record for one occurrence of message field `fp` in record `rec`: a new
@@ -335,19 +324,9 @@ static void check_required(walker* w, const frame* fr, const ctx_MsgPlan* mp,
                            uint32_t rec) {
   if (!mp->nrequired) return;
   uint64_t r = *pres_rec(&w->pres, rec);
-  int first = -1;
-  if (mp->nrequired <= 64) {
-    uint64_t all = mp->nrequired == 64 ? ~(uint64_t)0
-                                       : ((uint64_t)1 << mp->nrequired) - 1;
-    if ((r & all) == all) return;
-    first = __builtin_ctzll(~r & all);
-  } else {
-    if (r == (uint64_t)mp->nrequired) return;
-    for (int i = 0; i < mp->nrequired && first < 0; i++) {
-      if (!pres_lookup(&w->pres, rec, 2u * (uint32_t)i)) first = i;
-    }
-    if (first < 0) return; /* unreachable: the count says one is missing */
-  }
+  uint64_t all = mp->nrequired >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << mp->nrequired) - 1;
+  if ((r & all) == all) return;
+  int first = __builtin_ctzll(~r & all);
   char path[160];
   path[0] = '\0';
   size_t at = frame_path(fr, path, sizeof(path));
@@ -435,7 +414,7 @@ static bool walk_message(walker* w, const frame* fr, const ctx_MsgPlan* mp,
       snprintf(why, sizeof(why), "wire type %d, expected %d", wt, want);
       return fail_at(w, fr, f, number, why);
     }
-    if (w->tracking && fp->req >= 0 && !mark_required(w, mp, rec, fp)) return false;
+    if (w->tracking && fp->req >= 0) mark_required(w, rec, fp);
 
     uint64_t v;
     switch (wt) {
