@@ -9,7 +9,10 @@ from wire import f_len, f_varint
 
 COUNTERS = ["ctx_cas_ok", "ctx_cas_conflicts", "ctx_del_ok", "ctx_get_hits", "ctx_get_misses",
             "ctx_rejected_invalid", "ctx_rejected_version", "ctx_rejected_toobig",
-            "ctx_rejected_schema", "ctx_schemas_loaded"]
+            "ctx_rejected_schema", "ctx_schemas_loaded", "ctx_schema_cache_bytes",
+            "ctx_schema_cache_evictions", "ctx_schema_keynames_cached", "ctx_core_allocated_bytes"]
+CACHE_GAUGES = ["ctx_schemas_loaded", "ctx_schema_cache_bytes", "ctx_schema_cache_evictions",
+                "ctx_schema_keynames_cached", "ctx_core_allocated_bytes"]
 
 
 def ctx_info(backend) -> dict:
@@ -35,6 +38,7 @@ def test_info_ctx_has_the_ctx_stats_section_with_every_counter(module_only):
     with module_only.server.raw() as c:
         text = c.call("INFO", "ctx").decode()
     assert "# ctx_stats" in text, text
+    assert "# ctx_config" in text, text
     info = ctx_info(module_only)
     for name in COUNTERS:
         assert name in info, f"{name} missing from INFO ctx: {text}"
@@ -89,7 +93,7 @@ def test_counters_move_as_documented(module_only, pb, r):
         "ctx_rejected_version": 1,
         "ctx_rejected_toobig": 1,
         "ctx_rejected_schema": 3,
-        "ctx_schemas_loaded": delta["ctx_schemas_loaded"],
+        **{k: delta[k] for k in CACHE_GAUGES},
     }
     assert after["ctx_schemas_loaded"] >= 1
 
@@ -103,3 +107,24 @@ def test_schemas_loaded_counts_compiled_schemas(module_only, pb):
     doc = pb.cls("versions", "ctxlink.test.v.Doc")
     b.cas("d", 0, doc(rev=1).SerializeToString(), schema="doc")
     assert int(ctx_info(b)["ctx_schemas_loaded"]) >= 3
+
+
+def test_cache_figures_follow_compiled_schemas(module_only, pb):
+    b = module_only
+    b.r.flushall()  # empties the compiled-schema cache
+    info = {k: int(v) for k, v in ctx_info(b).items() if k in CACHE_GAUGES}
+    assert (info["ctx_schemas_loaded"], info["ctx_schema_cache_bytes"],
+            info["ctx_schema_keynames_cached"]) == (0, 0, 0)
+    pb.register(b, "order")
+    pb.register(b, "node")
+    info = {k: int(v) for k, v in ctx_info(b).items() if k in CACHE_GAUGES}
+    assert info["ctx_schemas_loaded"] == 2
+    assert 0 < info["ctx_schema_cache_bytes"] <= info["ctx_core_allocated_bytes"]
+    b.cas("o", 0, pb.order(1), schema="order")
+    assert_error("CTXSCHEMA", b.cas, "x", 0, pb.order(1), schema="nosuch")
+    assert_error("CTXSCHEMA", b.cas, "x", 0, pb.order(1), schema="no such")
+    assert int(ctx_info(b)["ctx_schema_keynames_cached"]) == 1  # registered names only
+    b.r.flushall()
+    info = {k: int(v) for k, v in ctx_info(b).items() if k in CACHE_GAUGES}
+    assert (info["ctx_schemas_loaded"], info["ctx_schema_cache_bytes"],
+            info["ctx_schema_keynames_cached"], info["ctx_core_allocated_bytes"]) == (0, 0, 0, 0)

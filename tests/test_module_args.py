@@ -10,6 +10,9 @@ from backends import ModuleBackend
 from helpers import assert_error, write_registry
 from wire import f_len, f_msg, f_str, f_varint
 
+CONFIG_FIELDS = ["ctx_max_payload_bytes", "ctx_max_depth", "ctx_unknown_fields",
+                 "ctx_max_schema_bytes", "ctx_schema_cache_bytes_limit"]
+
 BAD_ARGS = [
     (["max-payload-bytes", "0"], "max-payload-bytes"),
     (["max-payload-bytes", "536870913"], "max-payload-bytes"),
@@ -24,6 +27,10 @@ BAD_ARGS = [
     (["unknown-fields", "1"], "unknown-fields"),
     (["max-schema-bytes", "0"], "max-schema-bytes"),
     (["max-schema-bytes", "536870913"], "max-schema-bytes"),
+    (["schema-cache-bytes", "-1"], "schema-cache-bytes"),
+    (["schema-cache-bytes", "1099511627777"], "schema-cache-bytes"),
+    (["schema-cache-bytes", "256MB"], "schema-cache-bytes"),
+    (["schema-cache-bytes"], "schema-cache-bytes"),
     (["bogus", "1"], "bogus"),
     (["max-depth"], "max-depth"),
     (["max-depth", "4", "max-payload-bytes"], "max-payload-bytes"),
@@ -59,9 +66,10 @@ def test_module_load_at_runtime_uses_existing_registry_keys(servers, module_so, 
 
 
 @pytest.mark.parametrize("args", [
-    ["max-payload-bytes", "1", "max-depth", "1", "max-schema-bytes", "1", "unknown-fields", "reject"],
+    ["max-payload-bytes", "1", "max-depth", "1", "max-schema-bytes", "1", "unknown-fields", "reject",
+     "schema-cache-bytes", "0"],
     ["max-payload-bytes", "536870912", "max-depth", "100", "max-schema-bytes", "536870912",
-     "unknown-fields", "allow"],
+     "unknown-fields", "allow", "schema-cache-bytes", "1099511627776"],
     [],
 ], ids=["minimum", "maximum", "defaults"])
 def test_boundary_arguments_load(servers, module_so, args):
@@ -104,3 +112,27 @@ def test_module_list_reports_the_arguments(servers, module_so):
     ctx = [m for m in ctx if m[b"name"] == b"ctx"]
     assert len(ctx) == 1, modules
     assert ctx[0].get(b"args", [b"max-depth", b"7"]) == [b"max-depth", b"7"]
+
+
+def test_config_section_of_info_reports_the_arguments(servers, module_so):
+    s = servers.start(module=True, module_args=["max-payload-bytes", "300", "max-depth", "4",
+                                                "unknown-fields", "allow",
+                                                "max-schema-bytes", "100000",
+                                                "schema-cache-bytes", "12345"])
+    info = s.r.info("ctx")
+    assert {k: v for k, v in info.items() if k in CONFIG_FIELDS} == {
+        "ctx_max_payload_bytes": 300,
+        "ctx_max_depth": 4,
+        "ctx_unknown_fields": "allow",
+        "ctx_max_schema_bytes": 100000,
+        "ctx_schema_cache_bytes_limit": 12345,
+    }
+    s = servers.start(module=True)
+    info = s.r.info("ctx")
+    assert {k: v for k, v in info.items() if k in CONFIG_FIELDS} == {
+        "ctx_max_payload_bytes": 1048576,
+        "ctx_max_depth": 32,
+        "ctx_unknown_fields": "reject",
+        "ctx_max_schema_bytes": 4194304,
+        "ctx_schema_cache_bytes_limit": 268435456,
+    }
