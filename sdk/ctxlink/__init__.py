@@ -2,6 +2,7 @@
 
     import redis, ctxlink
     store = ctxlink.connect(redis.Redis())          # module if loaded, else the Lua scripts
+                                                    # (or a URL: ctxlink.connect("redis://..."))
     store.register_schema("order", Order)
     store.cas("order:1", 0, Order(order_id="o-1"), schema="order")
     version, order = store.update("order:1", lambda o: setattr(o, "discount", 5),
@@ -15,9 +16,11 @@ The Lua engine reads its scripts from ``ctxlink/lua/*.lua`` inside an installed 
 
 from ctxlink._core import SchemaInfo
 from ctxlink._exceptions import (
+    ArgumentError,
     ConflictError,
     CtxError,
     EngineError,
+    MessageTypeError,
     NotFoundError,
     PayloadTooLarge,
     SchemaError,
@@ -47,6 +50,8 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "EngineError",
+    "ArgumentError",
+    "MessageTypeError",
     "EmbeddedRedis",
     "__version__",
 ]

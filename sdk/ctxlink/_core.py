@@ -11,6 +11,7 @@ asyncio one awaits it. Nothing here touches the network.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 import re
 import threading
@@ -21,24 +22,35 @@ from typing import Any, Callable, Generator, Optional, TypeVar, Union
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from redis.exceptions import NoScriptError
 
 from ctxlink._exceptions import (
+    ArgumentError,
     ConflictError,
     CtxError,
     EngineError,
+    MessageTypeError,
     NotFoundError,
     SchemaError,
+    ValidationError,
     VersionError,
     error_from_reply,
 )
-from ctxlink._types import CasResult, Snapshot, Updated, new_cas_result, new_snapshot
+from ctxlink._types import (
+    CasResult,
+    Snapshot,
+    Updated,
+    new_cas_result,
+    new_snapshot,
+    note_schema_type,
+)
 
 __all__ = [
     "Cmd",
     "LoadScript",
     "Sleep",
+    "Await",
     "Instr",
     "Op",
     "SchemaInfo",
@@ -105,7 +117,15 @@ class Sleep:
     seconds: float
 
 
-Instr = Union[Cmd, LoadScript, Sleep]
+@dataclass(frozen=True)
+class Await:
+    """Await ``awaitable`` (what ``update``'s function returned) and send back its result. The
+    asyncio front end awaits it; the sync one closes it and throws ``TypeError`` into the op."""
+
+    awaitable: Any
+
+
+Instr = Union[Cmd, LoadScript, Sleep, Await]
 Op = Generator[Instr, Any, T]
 
 
@@ -204,6 +224,8 @@ class State:
     vfield_by_schema: dict[str, str] = field(default_factory=dict)
     # message full name -> version field name (from register_schema)
     vfield_by_type: dict[str, str] = field(default_factory=dict)
+    # schema name -> message type full name (register_schema or the registry's ``type``)
+    type_by_schema: dict[str, str] = field(default_factory=dict)
     # context key -> schema name (Lua engine: cas needs the registry key)
     key_schema: _LRU = field(default_factory=lambda: _LRU(4096))
     backoff_base: float = 0.001
@@ -413,13 +435,77 @@ def _encode(
         return bytes(msg.SerializeToString())
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return bytes(payload)
-    raise TypeError(f"payload must be bytes or a protobuf message, not {type(payload).__name__}")
+    raise TypeError(
+        f"payload must be the encoded bytes or a protobuf message, not {type(payload).__name__}"
+        + (" (encode text first? payloads are protobuf bytes)" if isinstance(payload, str) else "")
+    )
 
 
-def _check_version(expected: int) -> int:
-    if isinstance(expected, bool) or not isinstance(expected, int):
-        raise TypeError("expected_version must be an int")
+#: Largest ``expected_version`` the module accepts (the new version must fit in an int64) and
+#: the Lua engine's (Lua numbers are doubles; docs/PROTOCOL.md, "Lua engine").
+MAX_EXPECTED_MODULE = (1 << 63) - 2
+MAX_EXPECTED_LUA = (1 << 53) - 2
+
+
+def max_expected(st: Optional[State]) -> int:
+    return MAX_EXPECTED_LUA if st is not None and st.engine == LUA else MAX_EXPECTED_MODULE
+
+
+def _check_version(expected: int, st: Optional[State] = None) -> int:
+    """``expected_version`` as sent: an int in ``0 .. max`` (ArgumentError / TypeError before
+    anything is sent, instead of the server's bare ``ERR``)."""
+    if type(expected) is not int:
+        if isinstance(expected, bool) or not isinstance(expected, int):
+            raise TypeError(
+                f"expected_version must be an int (0 creates), not {type(expected).__name__}"
+            )
+        expected = int(expected)
+    limit = max_expected(st)
+    if not 0 <= expected <= limit:
+        raise ArgumentError(
+            f"expected_version must be 0 (create) or the stored version, in 0..{limit}"
+            f"{' on the Lua engine' if limit == MAX_EXPECTED_LUA else ''}; got {expected}"
+        )
     return expected
+
+
+def _schema_type(st: State, name: str, key: Any = None) -> Op[Optional[str]]:
+    """The message type (full name) schema ``name`` stores: cached per name, else read once from
+    the registry entry's ``type`` field. None when unknown or not readable (no ACL right on
+    ``__ctx:*``): the type check is then skipped and the server validates as always."""
+    cached = st.type_by_schema.get(name)
+    if cached is not None:
+        return cached
+    try:
+        value = yield Cmd(("HGET", registry_key_for(st, name, key), "type"))
+    except Exception:  # NOPERM, WRONGTYPE ... no check
+        return None
+    if not value:
+        return None
+    type_name = _text(value)
+    st.type_by_schema[name] = type_name
+    note_schema_type(name, type_name)
+    return type_name
+
+
+def _check_type(st: State, name: Optional[str], desc: Descriptor, key: Any = None) -> Op[None]:
+    """Refuses (MessageTypeError) a message whose type is not the one schema ``name`` stores. A
+    mismatch is confirmed against a fresh read of the registry before refusing."""
+    if not name:
+        return
+    expected = yield from _schema_type(st, name, key)
+    if expected is None or expected == desc.full_name:
+        return
+    st.type_by_schema.pop(name, None)
+    expected = yield from _schema_type(st, name, key)
+    if expected is None or expected == desc.full_name:
+        return
+    raise MessageTypeError(
+        f"schema {name!r} stores {expected} messages, not {desc.full_name}: pass the class "
+        f"generated for {expected}",
+        expected,
+        desc.full_name,
+    )
 
 
 def cas_command(
@@ -509,22 +595,20 @@ def op_cas(
     schema: Optional[str],
     by: Optional[str],
 ) -> Op[CasResult]:
-    expected = _check_version(expected_version)
+    expected = _check_version(expected_version, st)
     # For a message, the version field's name comes from the schema: the one given, else the
     # context's own (known from an earlier reply, or one HGET), so a VERSIONFIELD is honoured.
+    # The message's type must be the one that schema stores (checked before sending).
     vschema = schema
-    if (
-        vschema is None
-        and isinstance(payload, Message)
-        and expected > 0
-        and payload.DESCRIPTOR.full_name not in st.vfield_by_type
-    ):
-        vschema = st.key_schema.get(key)
-        if vschema is None:
-            stored = yield Cmd(("HGET", key, "schema"))
-            vschema = _text(stored) if stored else None
-            if vschema:
-                st.key_schema.put(key, vschema)
+    if isinstance(payload, Message):
+        if vschema is None and expected > 0:
+            vschema = st.key_schema.get(key)
+            if vschema is None:
+                stored = yield Cmd(("HGET", key, "schema"))
+                vschema = _text(stored) if stored else None
+                if vschema:
+                    st.key_schema.put(key, vschema)
+        yield from _check_type(st, vschema, payload.DESCRIPTOR, key)
     raw = yield from _encode(st, payload, expected, vschema, key)
     if st.local is not None:  # opt-in local check, see "local check" below
         yield from _local_precheck(st, key, expected, raw, schema, not isinstance(payload, Message))
@@ -554,7 +638,7 @@ def _vfield_changed(st: State, schema: str, desc: Descriptor, key: Any = None) -
 
 
 def op_delete(st: State, key: Any, expected_version: int) -> Op[CasResult]:
-    expected = _check_version(expected_version)
+    expected = _check_version(expected_version, st)
     if st.engine == MODULE:
         reply = yield Cmd(("CTX.DEL", key, expected))
     else:
@@ -576,24 +660,67 @@ def op_update(
     by: Optional[str],
     retries: int,
     default: Optional[Callable[[], Message]],
+    drop_unknown: bool = False,
 ) -> Op[Updated[Any]]:
+    """``update`` (and ``migrate`` with ``drop_unknown``: the stored payload is parsed leniently,
+    fields the class does not know are dropped, and ``fn`` may be None)."""
+    check_message_class(message_class, "message_class")
+    if fn is not None and not callable(fn):
+        raise TypeError(f"fn must be a function taking the message, not {type(fn).__name__}")
+    if type(retries) is not int or retries < 0:
+        raise ArgumentError(f"retries must be an int >= 0, not {retries!r}")
+    desc = message_class.DESCRIPTOR
     snap = yield from op_get(st, key)
     attempts = 0
+    checked = None
     while True:
         if snap is None:
             if default is None:
-                raise NotFoundError(f"no context at {key!r} and no default to create one")
+                raise NotFoundError(
+                    f"no context at {key!r} and no default= to create one"
+                    if not drop_unknown
+                    else f"no context at {key!r} to migrate"
+                )
             if schema is None:
-                raise ValueError("update() needs schema= to create a context from default()")
+                raise ArgumentError("update() needs schema= to create a context from default()")
+            if checked != schema:
+                yield from _check_type(st, schema, desc, key)
+                checked = schema
+            first = default()
+            if inspect.isawaitable(first):
+                first = yield Await(first)
             msg = message_class()
-            msg.CopyFrom(default())
+            msg.CopyFrom(first)
             expected, name = 0, schema
         else:
-            msg = snap.decode(message_class)
-            expected, name = snap.version, snap.schema
-        out = fn(msg)
-        if out is not None:
-            msg = out
+            expected, name = snap[0], snap[2]
+            if checked != name:
+                yield from _check_type(st, name, desc, key)
+                checked = name
+            if drop_unknown:
+                msg = message_class()
+                try:
+                    msg.ParseFromString(snap[1])
+                except DecodeError as exc:
+                    raise ValidationError(
+                        f"CTXINVALID the stored payload at {key!r} does not parse as "
+                        f"{desc.full_name} ({exc}); write a fixed payload with cas()"
+                    ) from None
+                msg.DiscardUnknownFields()
+            else:
+                msg = snap.decode(message_class)
+        if fn is not None:
+            out = fn(msg)
+            if out is not None:
+                if inspect.isawaitable(out):
+                    out = yield Await(out)
+                if out is not None:
+                    if not isinstance(out, Message) or out.DESCRIPTOR.full_name != desc.full_name:
+                        raise TypeError(
+                            "update()'s fn must change the message in place (return None) or "
+                            f"return a {desc.full_name}, not {type(out).__name__}"
+                        )
+                    msg = out
         vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
         setattr(msg, vf, expected + 1)
         raw = msg.SerializeToString()
@@ -765,27 +892,63 @@ def build_descriptor_set(desc: Union[Descriptor, FileDescriptor]) -> bytes:
 
 def resolve_schema_source(source: Any, message_type: Optional[str]) -> tuple[str, bytes]:
     """(message type, descriptor set) from a message class/instance/descriptor or a set's bytes."""
+    if message_type is not None and not isinstance(message_type, str):
+        raise TypeError(f"message_type must be a str, not {type(message_type).__name__}")
     desc = getattr(source, "DESCRIPTOR", source)
     if isinstance(desc, Descriptor):
         if message_type is not None and message_type != desc.full_name:
-            raise ValueError(f"message_type {message_type!r} != {desc.full_name!r}")
+            raise ArgumentError(
+                f"message_type {message_type!r} is not the class's type {desc.full_name!r}; "
+                "leave message_type out when passing a class"
+            )
         return desc.full_name, build_descriptor_set(desc)
     if isinstance(source, descriptor_pb2.FileDescriptorSet):
         source = source.SerializeToString()
     if isinstance(source, (bytes, bytearray, memoryview)):
         fds = bytes(source)
-        if message_type is None:
+        try:
             parsed = descriptor_pb2.FileDescriptorSet.FromString(fds)
-            names = [
-                (f.package + "." if f.package else "") + m.name
-                for f in parsed.file
-                for m in f.message_type
-            ]
+        except DecodeError as exc:
+            raise _schema_error(
+                f"the descriptor set does not parse as a FileDescriptorSet ({exc}); pass the "
+                "message class, or the bytes protoc --include_imports --descriptor_set_out writes"
+            ) from None
+        names = [
+            (f.package + "." if f.package else "") + m.name
+            for f in parsed.file
+            for m in f.message_type
+        ]
+        if not names:
+            raise _schema_error(
+                "the descriptor set defines no message; pass the message class, or the bytes "
+                "protoc --include_imports --descriptor_set_out writes"
+            )
+        if message_type is None:
             if len(names) != 1:
-                raise ValueError("message_type= is required: the set defines several messages")
+                raise ArgumentError(
+                    f"message_type= is required: the set defines {len(names)} messages "
+                    f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                )
             message_type = names[0]
         return message_type, fds
-    raise TypeError("register_schema needs a message class, a Descriptor or descriptor-set bytes")
+    if isinstance(source, str):
+        raise TypeError(
+            "register_schema needs a message class or descriptor-set bytes, not a str "
+            "(read the .pb file in binary mode)"
+        )
+    raise TypeError(
+        "register_schema needs a generated message class (or instance, or Descriptor) or "
+        f"serialized FileDescriptorSet bytes, not {type(source).__name__}"
+    )
+
+
+def check_message_class(cls: Any, what: str) -> None:
+    """TypeError unless ``cls`` is a generated protobuf message class."""
+    if not (isinstance(cls, type) and issubclass(cls, Message)):
+        hint = " (pass the class, not an instance)" if isinstance(cls, Message) else ""
+        raise TypeError(
+            f"{what} must be a generated protobuf message class, not {type(cls).__name__}{hint}"
+        )
 
 
 _INT_TYPES = {
@@ -906,6 +1069,10 @@ def op_register_schema(
     version_field: Optional[str],
     message_type: Optional[str],
 ) -> Op[int]:
+    if not isinstance(name, str):
+        raise TypeError(f"the schema name must be a str, not {type(name).__name__}")
+    if version_field is not None and (not isinstance(version_field, str) or not version_field):
+        raise ArgumentError(f"version_field must be a non-empty field name, not {version_field!r}")
     type_name, fds = resolve_schema_source(source, message_type)
     vfield = version_field or "version"
     if st.engine == MODULE:
@@ -949,6 +1116,8 @@ def op_register_schema(
         revision = int(reply)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
+    st.type_by_schema[name] = type_name
+    note_schema_type(name, type_name)
     if st.local is not None:  # local check: recompile from the registry on next use
         st.local.forget(name)
     return revision
@@ -982,6 +1151,7 @@ def op_drop_schema(st: State, name: str) -> Op[bool]:
             removed |= int((yield from _evalsha(st, "schema_del", (entry, index), (name,))))
         reply = removed
     st.vfield_by_schema.pop(name, None)
+    st.type_by_schema.pop(name, None)
     if st.local is not None:  # local check: forget the dropped schema
         st.local.forget(name)
     return bool(int(reply))
@@ -1022,8 +1192,55 @@ def is_cluster(client: Any) -> bool:
     return hasattr(client, "nodes_manager")
 
 
-def check_client(client: Any) -> None:
-    """Refuses clients that decode replies to str (payloads are bytes)."""
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_client(target: Any, asyncio: bool) -> tuple[Any, bool]:
+    """``(client, owned)`` for ``connect``'s first argument: a ``redis://``, ``rediss://`` or
+    ``unix://`` URL becomes a new ``redis.Redis`` (``redis.asyncio.Redis`` for asyncio) that the
+    Store owns and closes; a client is checked (:func:`check_client`) and used as it is."""
+    if isinstance(target, (str, bytes)):
+        url = target.decode() if isinstance(target, bytes) else target
+        if not url.startswith(_URL_SCHEMES):
+            raise ArgumentError(
+                f"connect() takes a redis-py client or a redis://, rediss:// or unix:// URL, "
+                f"not {url!r} (e.g. 'redis://localhost:6379/0')"
+            )
+        if asyncio:
+            import redis.asyncio
+
+            client: Any = redis.asyncio.Redis.from_url(url)
+        else:
+            import redis
+
+            client = redis.Redis.from_url(url)
+        check_client(client, asyncio)
+        return client, True
+    check_client(target, asyncio)
+    return target, False
+
+
+def check_client(client: Any, asyncio: bool = False) -> None:
+    """Refuses what the front end cannot drive: not a redis-py client, a client of the other
+    kind (sync / asyncio; TypeError naming the right ``connect``), or a client that decodes
+    replies to str (payloads are bytes)."""
+    execute = getattr(client, "execute_command", None)
+    if execute is None:
+        entry = "ctxlink.aio.connect" if asyncio else "ctxlink.connect"
+        raise TypeError(
+            f"{entry}() needs a redis-py client (redis{'.asyncio' if asyncio else ''}.Redis or "
+            f"RedisCluster) or a redis:// URL, not {type(client).__name__}"
+        )
+    if inspect.iscoroutinefunction(execute) != asyncio:
+        if asyncio:
+            raise TypeError(
+                f"ctxlink.aio.connect() needs a redis.asyncio client, not {type(client).__name__}"
+                ": for a synchronous redis-py client use ctxlink.connect()"
+            )
+        raise TypeError(
+            f"ctxlink.connect() needs a synchronous redis-py client, not the asyncio "
+            f"{type(client).__name__}: use `await ctxlink.aio.connect(client)`"
+        )
     kwargs: dict[str, Any] = {}
     pool = getattr(client, "connection_pool", None)
     if pool is not None:
@@ -1036,6 +1253,13 @@ def check_client(client: Any) -> None:
 
 
 def make_state(engine: str, cluster: bool, options: dict[str, Any]) -> State:
+    for opt in ("max_payload_bytes", "max_depth", "max_schema_bytes"):
+        value = options.get(opt)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ArgumentError(f"{opt} must be a positive int, not {value!r}")
+    unknown = options.get("unknown_fields")
+    if unknown is not None and unknown not in ("reject", "allow"):
+        raise ArgumentError(f"unknown_fields must be 'reject' or 'allow', not {unknown!r}")
     st = State(engine=engine, cluster=cluster, **options)
     if engine == LUA:
         st.scripts = load_scripts()
@@ -1050,7 +1274,7 @@ def choose_engine(requested: str, has_module: Optional[bool]) -> str:
     if requested == LUA:
         return LUA
     if requested != "auto":
-        raise ValueError(f"engine must be 'auto', 'module' or 'lua', not {requested!r}")
+        raise ArgumentError(f"engine must be 'auto', 'module' or 'lua', not {requested!r}")
     if has_module:
         return MODULE
     if find_lua_dir() is None:

@@ -4,7 +4,8 @@ Every exception the SDK raises on purpose derives from one root, so ``except Ctx
 them all. Errors the server replies with keep the server's message (code included) as their text.
 
     CtxError                    root of every ctxlink exception
-    ├── ServerError             the server (module or Lua script) replied with a ctxlink error code
+    ├── ServerError             the server (module or Lua script) replied with a ctxlink error code;
+    │   │                       also a ``redis.exceptions.ResponseError``
     │   ├── ValidationError     CTXINVALID: the payload fails validation against the schema
     │   ├── SchemaError         CTXSCHEMA: unknown/mismatched/missing schema, bad descriptor set
     │   ├── VersionError        CTXVERSION: the payload's version field is not expected + 1
@@ -12,7 +13,15 @@ them all. Errors the server replies with keep the server's message (code include
     │   └── WrongTypeError      WRONGTYPE: the key exists and is not a context
     ├── ConflictError           ``update`` gave up after its retries; ``.current`` is the last state
     ├── NotFoundError           ``update`` found no context and had no ``default`` to create one
-    └── EngineError             the requested engine is unavailable (no module, no Lua scripts)
+    ├── EngineError             the requested engine is unavailable (no module, no Lua scripts)
+    ├── ArgumentError           an argument is out of range or malformed; nothing was sent (also a
+    │                           ``ValueError``)
+    └── MessageTypeError        the message class is not the type the schema stores; nothing was
+                                written (also a ``TypeError``)
+
+``SchemaError`` is also raised without a server reply when a descriptor set does not parse. The
+wrong kind of client for the front end (a ``redis.asyncio`` client given to ``ctxlink.connect``,
+or the reverse) and arguments of the wrong Python type raise ``TypeError``.
 
 Other error replies (``ERR`` syntax errors, ``NOPERM``, ``READONLY`` ...) and connection problems
 pass through as the client library's own exceptions (``redis.exceptions.*``).
@@ -21,6 +30,8 @@ pass through as the client library's own exceptions (``redis.exceptions.*``).
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
+
+from redis.exceptions import ResponseError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctxlink._types import Snapshot
@@ -36,6 +47,8 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "EngineError",
+    "ArgumentError",
+    "MessageTypeError",
     "EXCEPTION_CLASSES",
     "error_from_reply",
 ]
@@ -45,8 +58,11 @@ class CtxError(Exception):
     """Root of every exception the ctxlink SDK raises."""
 
 
-class ServerError(CtxError):
-    """An error reply carrying a ctxlink error code; ``str(exc)`` is the server's full message."""
+class ServerError(CtxError, ResponseError):
+    """An error reply carrying a ctxlink error code; ``str(exc)`` is the server's full message.
+
+    Also a ``redis.exceptions.ResponseError``, so ``except ResponseError`` still catches it.
+    """
 
     code: str = ""
 
@@ -99,6 +115,21 @@ class NotFoundError(CtxError, LookupError):
 
 class EngineError(CtxError):
     """The requested engine cannot run: the module is not loaded or the Lua scripts are missing."""
+
+
+class ArgumentError(CtxError, ValueError):
+    """An argument's value is out of range or malformed (``expected_version`` -1, a URL that is
+    not ``redis://``...); raised before anything is sent."""
+
+
+class MessageTypeError(CtxError, TypeError):
+    """The message class given is not the message type the context's schema stores; ``expected``
+    is that type's full name, ``got`` the class's. Raised before anything is written."""
+
+    def __init__(self, message: str, expected: str = "", got: str = "") -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
 
 
 #: Error-reply code (first word of the reply) -> exception class, like redis-py's table.

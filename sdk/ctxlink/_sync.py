@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import time
+from types import TracebackType
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import redis
@@ -12,7 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ctxlink import _core
-from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
+from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State
 from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
@@ -20,6 +22,12 @@ T = TypeVar("T")
 __all__ = ["Store", "connect"]
 
 EngineName = Literal["auto", "module", "lua"]
+
+_ASYNC_FN = (
+    "update() got an async function (or one returning an awaitable): the sync Store cannot "
+    "await it; use ctxlink.aio (`await store.update(...)` on `await ctxlink.aio.connect(...)`)"
+)
+_MAX_EXPECTED = _core.MAX_EXPECTED_MODULE
 
 
 def _run(client: Any, op: Op[T]) -> T:
@@ -53,6 +61,11 @@ def _run(client: Any, op: Op[T]) -> T:
                 reply = client.script_load(instr.source)
             elif type(instr) is Sleep:
                 time.sleep(instr.seconds)
+            elif type(instr) is Await:  # an async function given to the sync front end
+                close = getattr(instr.awaitable, "close", None)
+                if close is not None:
+                    close()  # no "coroutine was never awaited" warning
+                error = TypeError(_ASYNC_FN)
             else:  # pragma: no cover
                 raise TypeError(f"unknown instruction {instr!r}")
         except ResponseError as exc:
@@ -160,11 +173,14 @@ class Store:
     """Contexts on one Redis deployment, through the module or the Lua scripts.
 
     Build it with :func:`connect`. Thread-safe: share one Store (and one client) between threads.
+    A Store built from a URL owns its client: :meth:`close` (or leaving ``with``) closes it; a
+    Store given a client never closes it.
     """
 
-    def __init__(self, client: Any, state: State) -> None:
+    def __init__(self, client: Any, state: State, owns_client: bool = False) -> None:
         self._client = client
         self._st = state
+        self._owns = owns_client
         # module engine: get/cas skip the generic operation machinery (same replies, same errors)
         self._send = _sender(client, state)
 
@@ -179,6 +195,22 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<ctxlink.Store engine={self.engine!r} client={self._client!r}>"
+
+    def close(self) -> None:
+        """Closes the client when the Store created it from a URL; else does nothing."""
+        if self._owns:
+            self._client.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
 
     # -- contexts --------------------------------------------------------------------------
     def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
@@ -213,6 +245,7 @@ class Store:
             send is None
             or type(payload) is not bytes
             or type(expected_version) is not int
+            or not 0 <= expected_version <= _MAX_EXPECTED
             or self._st.local is not None
         ):
             return _run(
@@ -244,16 +277,48 @@ class Store:
     ) -> Updated[M]:
         """Read-modify-write with optimistic concurrency.
 
-        ``fn`` receives a freshly decoded message and changes it in place (or returns a new one).
+        ``fn`` receives a freshly decoded message and changes it in place (or returns a new one);
+        it must be a plain function (an ``async def`` one needs :mod:`ctxlink.aio`).
+        ``message_class`` must be the schema's message type (else :class:`MessageTypeError`).
         On a conflict it is called again with the state the conflict reply carried (no extra GET),
         after a small jittered backoff; after ``retries`` retries :class:`ConflictError` is raised
         with the last state. When the key is absent the context is created from ``default()``
         (``schema`` required), else :class:`NotFoundError`. Returns :class:`Updated`
         (``version, message = store.update(...)``).
         """
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(default):
+            raise TypeError(_ASYNC_FN)
         return _run(
             self._client,
             _core.op_update(self._st, key, fn, message_class, schema, by, retries, default),
+        )
+
+    def migrate(
+        self,
+        key: Union[str, bytes],
+        message_class: type[M],
+        fn: Optional[Callable[[M], Optional[M]]] = None,
+        *,
+        by: Optional[str] = None,
+        retries: int = 3,
+    ) -> Updated[M]:
+        """Rewrites a context so that it validates against its schema's newest revision, after
+        an incompatible change registered with ``force=True`` (docs/PROTOCOL.md, "Migrating
+        contexts after a forced schema change").
+
+        The stored payload is parsed leniently with ``message_class`` (the new revision's class):
+        fields it does not know, or whose wire type changed, are dropped. ``fn`` may then fill in
+        what was lost (in place, or return a new message). The result is written with
+        compare-and-set, retried on conflicts like :meth:`update`. :class:`NotFoundError` when
+        there is no context at ``key``.
+        """
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(_ASYNC_FN.replace("update()", "migrate()"))
+        return _run(
+            self._client,
+            _core.op_update(
+                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True
+            ),
         )
 
     # -- schema registry -------------------------------------------------------------------
@@ -293,7 +358,7 @@ class Store:
 
 
 def connect(
-    client: Any,
+    client: Union[Any, str],
     *,
     engine: EngineName = "auto",
     max_payload_bytes: int = 1048576,
@@ -302,10 +367,15 @@ def connect(
     max_schema_bytes: int = 4194304,
     local_check: bool = False,
 ) -> Store:
-    """A :class:`Store` on a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``).
+    """A :class:`Store` on a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``)
+    or on a ``redis://``, ``rediss://`` or ``unix://`` URL.
 
-    ``engine="auto"`` asks the server ``COMMAND INFO ctx.cas`` and uses the module when it is
-    loaded, else the Lua scripts. The limits are those the Lua engine enforces (the module uses
+    From a URL the Store builds a ``redis.Redis`` it owns (``with ctxlink.connect(url) as
+    store:`` or ``store.close()`` closes it); for a cluster pass a ``RedisCluster``. A
+    ``redis.asyncio`` client raises ``TypeError``: use :func:`ctxlink.aio.connect`.
+
+    ``engine="auto"`` asks the server whether it knows ``CTX.GET`` (no ACL right needed, see
+    docs/PROTOCOL.md "ACL") and uses the module when it is loaded, else the Lua scripts. The limits are those the Lua engine enforces (the module uses
     its own load-time arguments); keep them equal to the module's on mixed deployments.
 
     ``local_check=True`` makes ``cas`` check the payload first with the module's own validation
@@ -315,7 +385,27 @@ def connect(
     limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
     Without the extension the option does nothing: the server validates, as always.
     """
-    _core.check_client(client)
+    client, owned = _core.open_client(client, asyncio=False)
+    try:
+        store = _connect(client, engine, max_payload_bytes, max_depth, unknown_fields,
+                         max_schema_bytes, local_check)
+    except BaseException:
+        if owned:
+            client.close()
+        raise
+    store._owns = owned
+    return store
+
+
+def _connect(
+    client: Any,
+    engine: EngineName,
+    max_payload_bytes: int,
+    max_depth: int,
+    unknown_fields: Literal["reject", "allow"],
+    max_schema_bytes: int,
+    local_check: bool,
+) -> Store:
     has_module: Optional[bool] = None
     if engine != "lua":
         has_module = _run(client, _core.op_detect(_core.is_cluster(client)))

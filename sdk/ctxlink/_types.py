@@ -8,9 +8,38 @@ from typing import Callable, Generic, Iterator, NamedTuple, Optional, TypeVar, U
 
 from google.protobuf.message import Message
 
-__all__ = ["Snapshot", "CasResult", "Updated", "M", "new_snapshot", "new_cas_result"]
+from ctxlink._exceptions import MessageTypeError
+
+__all__ = [
+    "Snapshot",
+    "CasResult",
+    "Updated",
+    "M",
+    "new_snapshot",
+    "new_cas_result",
+    "note_schema_type",
+]
 
 M = TypeVar("M", bound=Message)
+
+#: schema name -> message type full name, as the Stores of this process last learned it
+#: (register_schema, or the registry read by update/cas/migrate); used by Snapshot.decode
+_SCHEMA_TYPES: dict[str, str] = {}
+
+
+def note_schema_type(schema: str, type_name: str) -> None:
+    """Records the message type schema ``schema`` stores (for :meth:`Snapshot.decode`)."""
+    if len(_SCHEMA_TYPES) >= 4096 and schema not in _SCHEMA_TYPES:
+        _SCHEMA_TYPES.clear()
+    _SCHEMA_TYPES[schema] = type_name
+
+
+def _has_unknown(msg: Message) -> bool:
+    """True when ``msg`` (or a message inside it) kept fields its class does not know."""
+    bare = type(msg)()
+    bare.CopyFrom(msg)
+    bare.DiscardUnknownFields()
+    return bare.ByteSize() != msg.ByteSize()
 
 
 class Snapshot(NamedTuple):
@@ -27,9 +56,38 @@ class Snapshot(NamedTuple):
     updated_by: str
 
     def decode(self, message_class: type[M]) -> M:
-        """Parses ``raw`` into a new ``message_class`` instance."""
+        """Parses ``raw`` into a new ``message_class`` instance.
+
+        Raises :class:`~ctxlink.MessageTypeError` instead of returning a wrong message when
+        ``message_class`` is clearly not the schema's type: no field of the payload is known to
+        it (a stored payload always has its version field), or the SDK knows the schema's type
+        (a Store of this process registered it or read it from the registry), the class is
+        another type and the payload has fields the class does not know. A class that merely
+        lacks fields a newer schema revision added is accepted (they stay unknown fields).
+        """
+        raw = self[1]
         msg: M = message_class()
-        msg.ParseFromString(self[1])
+        msg.ParseFromString(raw)
+        if raw and not msg.ListFields():
+            got = message_class.DESCRIPTOR.full_name
+            expected = _SCHEMA_TYPES.get(self[2])
+            want = f"{expected} " if expected else ""
+            raise MessageTypeError(
+                f"the payload of schema {self[2]!r} has no field {got} knows: decode it "
+                f"with the schema's {want}message class",
+                expected or "",
+                got,
+            )
+        expected = _SCHEMA_TYPES.get(self[2])
+        if expected is not None:
+            got = message_class.DESCRIPTOR.full_name
+            if got != expected and _has_unknown(msg):
+                raise MessageTypeError(
+                    f"schema {self[2]!r} stores {expected} messages, not {got}: decode with "
+                    f"the class generated for {expected}",
+                    expected,
+                    got,
+                )
         return msg
 
 

@@ -3,19 +3,26 @@
     store = await ctxlink.aio.connect(redis.asyncio.Redis(...))
     snap = await store.get("order:1")
 
+    async with await ctxlink.aio.connect("redis://localhost:6379") as store:  # owns its client
+        ...
+
+``update``'s function (and ``default``) may be ``async def`` here.
+
 Everything but the awaiting is shared with the sync front end (:mod:`ctxlink._core`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from types import TracebackType
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 from google.protobuf.message import Message
 from redis.exceptions import RedisError, ResponseError
 
 from ctxlink import _core
-from ctxlink._core import Cmd, LoadScript, Op, SchemaInfo, Sleep, State
+from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State
 from ctxlink._exceptions import *  # noqa: F401,F403  (same names as ctxlink)
 from ctxlink._exceptions import __all__ as _exc_all
 from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
@@ -61,18 +68,28 @@ async def _run(client: Any, op: Op[T]) -> T:
                 reply = await client.script_load(instr.source)
             elif type(instr) is Sleep:
                 await asyncio.sleep(instr.seconds)
+            elif type(instr) is Await:  # update()'s async function
+                reply = await instr.awaitable
             else:  # pragma: no cover
                 raise TypeError(f"unknown instruction {instr!r}")
         except ResponseError as exc:
             error = _core.map_error(exc)
 
 
-class Store:
-    """Async twin of :class:`ctxlink.Store`; every method is awaitable, same semantics."""
+_MAX_EXPECTED = _core.MAX_EXPECTED_MODULE
 
-    def __init__(self, client: Any, state: State) -> None:
+
+class Store:
+    """Async twin of :class:`ctxlink.Store`; every method is awaitable, same semantics.
+
+    A Store built from a URL owns its client: ``await store.close()`` (or leaving ``async
+    with``) closes it; a Store given a client never closes it.
+    """
+
+    def __init__(self, client: Any, state: State, owns_client: bool = False) -> None:
         self._client = client
         self._st = state
+        self._owns = owns_client
         # module engine: get/cas skip the generic operation machinery (same replies, same errors)
         self._fast = state.engine == _core.MODULE
 
@@ -86,6 +103,24 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<ctxlink.aio.Store engine={self.engine!r} client={self._client!r}>"
+
+    async def close(self) -> None:
+        """Closes the client when the Store created it from a URL; else does nothing."""
+        if self._owns:
+            await _close_client(self._client)
+
+    aclose = close
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.close()
 
     async def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
         if not self._fast:
@@ -109,6 +144,7 @@ class Store:
             not self._fast
             or type(payload) is not bytes
             or type(expected_version) is not int
+            or not 0 <= expected_version <= _MAX_EXPECTED
             or self._st.local is not None
         ):
             return await _run(
@@ -142,6 +178,23 @@ class Store:
             _core.op_update(self._st, key, fn, message_class, schema, by, retries, default),
         )
 
+    async def migrate(
+        self,
+        key: Union[str, bytes],
+        message_class: type[M],
+        fn: Optional[Callable[[M], Any]] = None,
+        *,
+        by: Optional[str] = None,
+        retries: int = 3,
+    ) -> Updated[M]:
+        """Async :meth:`ctxlink.Store.migrate` (``fn`` may be ``async def``)."""
+        return await _run(
+            self._client,
+            _core.op_update(
+                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True
+            ),
+        )
+
     async def register_schema(
         self,
         name: str,
@@ -168,8 +221,13 @@ class Store:
         return await _run(self._client, _core.op_drop_schema(self._st, name))
 
 
+async def _close_client(client: Any) -> None:
+    close = getattr(client, "aclose", None) or client.close  # redis-py >= 5.0.1: aclose
+    await close()
+
+
 async def connect(
-    client: Any,
+    client: Union[Any, str],
     *,
     engine: EngineName = "auto",
     max_payload_bytes: int = 1048576,
@@ -178,8 +236,31 @@ async def connect(
     max_schema_bytes: int = 4194304,
     local_check: bool = False,
 ) -> Store:
-    """Async :func:`ctxlink.connect` for ``redis.asyncio.Redis`` / ``RedisCluster``."""
-    _core.check_client(client)
+    """Async :func:`ctxlink.connect` for ``redis.asyncio.Redis`` / ``RedisCluster``, or a
+    ``redis://``, ``rediss://`` or ``unix://`` URL (the Store then owns a new
+    ``redis.asyncio.Redis``). A synchronous client raises ``TypeError``: use
+    :func:`ctxlink.connect`."""
+    client, owned = _core.open_client(client, asyncio=True)
+    try:
+        store = await _connect(client, engine, max_payload_bytes, max_depth, unknown_fields,
+                               max_schema_bytes, local_check)
+    except BaseException:
+        if owned:
+            await _close_client(client)
+        raise
+    store._owns = owned
+    return store
+
+
+async def _connect(
+    client: Any,
+    engine: EngineName,
+    max_payload_bytes: int,
+    max_depth: int,
+    unknown_fields: Literal["reject", "allow"],
+    max_schema_bytes: int,
+    local_check: bool,
+) -> Store:
     has_module: Optional[bool] = None
     if engine != "lua":
         has_module = await _run(client, _core.op_detect(_core.is_cluster(client)))

@@ -83,10 +83,19 @@ def test_errors_map_to_the_same_classes(mstore: Any) -> None:
         mstore.get("plain")
     with pytest.raises(TypeError):
         mstore.cas("k", True, payload(1), schema="order")
-    # an error reply that is not ours passes through unchanged
+    # an error reply that is not ours passes through unchanged (NOPERM)
+    mstore.client.execute_command(
+        "ACL", "SETUSER", "nocas", "on", "nopass", "+@all", "-ctx.cas", "~*"
+    )
+    limited = ctxlink.connect(
+        redis.Redis(port=mstore.client.connection_pool.connection_kwargs["port"],
+                    username="nocas", password="x"),
+        engine="module",
+    )
     with pytest.raises(redis.exceptions.ResponseError) as plain:
-        mstore.cas("k", -1, payload(0), schema="order")
+        limited.cas("k", 0, payload(1), schema="order")
     assert not isinstance(plain.value, ctxlink.CtxError)
+    limited.client.close()
 
 
 def test_instance_patched_execute_command_still_sees_the_commands(mstore: Any) -> None:
