@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402,F401  (sys.path)
+import torture_common as common  # noqa: E402
 
 import redis  # noqa: E402
 

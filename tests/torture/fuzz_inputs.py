@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SCHEMAS, fill, hostile_schemas, protolib  # noqa: E402
+from torture_common import SCHEMAS, fill, hostile_schemas, protolib  # noqa: E402
 
 from helpers import ProtoLib  # noqa: E402
 

@@ -170,27 +170,30 @@ def hostile_schemas(max_schema_bytes: int) -> list[tuple[str, str, bytes]]:
     _field(b, "a", 1, F.TYPE_MESSAGE, type_name=".h.A")
     out.append(("recursion", "h.A", _fds(f)))
 
-    # 10,000 fields
-    f = _file("wide.proto")
-    w = f.message_type.add(name="Wide")
-    _field(w, "version", 1, F.TYPE_INT64)
-    types = [F.TYPE_INT32, F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_SINT64, F.TYPE_FIXED32, F.TYPE_BOOL]
-    for i in range(2, 10_001):
-        _field(w, f"f{i}", i, types[i % len(types)])
-    out.append(("10000-fields", "h.Wide", _fds(f)))
+    # 10,000 fields: small scalars (fits upb's message size limit) and strings (does not)
+    for label, types in (("10000-fields", [F.TYPE_INT32, F.TYPE_BOOL, F.TYPE_SINT32, F.TYPE_FIXED32]),
+                         ("10000-strings", [F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_INT64])):
+        f = _file("wide.proto")
+        w = f.message_type.add(name="Wide")
+        _field(w, "version", 1, F.TYPE_INT64)
+        for i in range(2, 10_001):
+            _field(w, f"f{i}", i, types[i % len(types)])
+        out.append((label, "h.Wide", _fds(f)))
 
-    # deep nesting: 150 nested message types, each holding the next
-    f = _file("deep.proto")
-    top = f.message_type.add(name="D0")
-    _field(top, "version", 1, F.TYPE_INT64)
-    cur, path = top, ".h.D0"
-    for i in range(1, 150):
-        nested = cur.nested_type.add(name=f"D{i}")
-        path = f"{path}.D{i}"
-        _field(cur, "next", 2, F.TYPE_MESSAGE, type_name=path)
-        _field(nested, "v", 1, F.TYPE_INT32)
-        cur = nested
-    out.append(("deep-nesting", "h.D0", _fds(f)))
+    # deep nesting: 60 and 150 nested message types, each holding the next (150 is past the
+    # depth at which upb stops decoding the descriptor set itself)
+    for levels in (60, 150):
+        f = _file("deep.proto")
+        top = f.message_type.add(name="D0")
+        _field(top, "version", 1, F.TYPE_INT64)
+        cur, path = top, ".h.D0"
+        for i in range(1, levels):
+            nested = cur.nested_type.add(name=f"D{i}")
+            path = f"{path}.D{i}"
+            _field(cur, "next", 2, F.TYPE_MESSAGE, type_name=path)
+            _field(nested, "v", 1, F.TYPE_INT32)
+            cur = nested
+        out.append((f"deep-nesting-{levels}", "h.D0", _fds(f)))
 
     # sizes around max-schema-bytes: padding comments cannot be used, so field names are
     for delta in (-64, -1, 0, 1, 64):
@@ -285,7 +288,7 @@ def _sized_fds(target: int) -> bytes:
         n, i = pad, 2
         while n > 0:
             chunk = min(n, 200)
-            _field(m, "f" + "x" * chunk, i, F.TYPE_INT32)
+            _field(m, f"f{i}_" + "x" * chunk, i, F.TYPE_INT32)
             n -= chunk
             i += 1
         return _fds(f)
