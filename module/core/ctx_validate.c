@@ -544,7 +544,10 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
   uint32_t root_rec = 0;
   if (ctx_Schema_HasRequired(schema)) {
     w.tracking = true;
-    if (!(root_rec = pres_new(&w.pres))) return over_budget(&w);
+    if (!(root_rec = pres_new(&w.pres))) {
+      pres_free(&w.pres);
+      return over_budget(&w);
+    }
   }
   frame root = {NULL, NULL, buf, buf};
   bool ok = walk_message(&w, &root, &w.plans[0], root_rec, buf, buf + len, 0, 0, NULL);
