@@ -4,18 +4,27 @@
 
   Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
 
-  KEYS[1]  the context key
-  KEYS[2]  the registry entry "__ctx:schema:<name>" (on Redis Cluster the copy in KEYS[1]'s
-           slot, "__ctx:{<tag>}:schema:<name>") of the schema to validate against: the
-           SCHEMA argument on create, the context's stored schema on update
+  KEYS[1]  the context key: the only key the script declares and the only key it writes
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
            doubles, the module accepts up to 2^63 - 2)
   ARGV[2]  payload (serialized protobuf message)
-  ARGV[3]  "1" when the caller gave SCHEMA (then KEYS[2] is that schema), "0" when not
+  ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), "0" when not
   ARGV[4]  writer id for updated_by ("" for none)
   ARGV[5]  max_payload_bytes
   ARGV[6]  max_depth (root message = depth 0)
   ARGV[7]  unknown fields: "reject" or "allow"
+  ARGV[8]  the schema name to validate against: the SCHEMA argument on create, the context's
+           stored schema on update ("" when the caller does not know it)
+  ARGV[9]  on Redis Cluster, the slot tag of KEYS[1]'s slot (the smallest decimal integer whose
+           CRC16 lands in that slot, docs/PROTOCOL.md "Redis Cluster"); "" or absent on a
+           standalone server
+
+  The registry entry is read, not declared: "__ctx:schema:<ARGV[8]>", or on a cluster the copy
+  in KEYS[1]'s own slot, "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>". Redis 7 treats every declared
+  key of a script as read-write, so declaring the entry would make agents hold write access to
+  the registry; read undeclared, read access (ACL %R~__ctx:*) is enough. On a cluster the
+  server refuses a read outside KEYS[1]'s slot, and while that slot migrates a read of a copy
+  that already moved fails ("Script attempted to access a non local key"): the SDK retries.
 
   Checks, in the module's order; the first failure replies and nothing is written:
     ERR        expected_version is not an integer in range
@@ -24,13 +33,15 @@
                [version, raw, schema, updated_ms, updated_by] or nil when there is no context
     CTXSCHEMA  "schema required to create a context", "schema mismatch: ...",
                "the context has no schema field",
+               "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :" (ARGV[8],
+               checked before any key is built from it),
                "unknown schema '<name>'" (no registry entry),
                "registry entry for schema '<name>' is damaged ..." (type, fds or vfield
                missing, or digest != sha1hex of the content: edited by hand, as the module),
                "noplan <name>" (entry without a plan, or plan digest != entry digest: the SDK
                compiles the plan, stores it with schema_plan.lua and retries),
                "schema key mismatch: the context uses '<name>'" (update without SCHEMA where
-               KEYS[2] is not the context's schema: the SDK read a stale schema and retries)
+               ARGV[8] is not the context's schema: the SDK read a stale schema and retries)
     CTXTOOBIG  payload longer than max_payload_bytes
     CTXINVALID the payload fails the wire walk (see below) or lacks a required field
     CTXVERSION the payload's version field != expected_version + 1
@@ -49,7 +60,6 @@
 local byte, sub, find, floor = string.byte, string.sub, string.find, math.floor
 local fmt = string.format
 
-local PREFIX = '__ctx:schema:'
 local TWO32 = 4294967296
 local TWO31 = 2147483648
 local MAX_EXPECTED = 9007199254740990
@@ -80,8 +90,9 @@ local by = ARGV[4] or ''
 local max_payload = tonumber(ARGV[5]) or 1048576
 local max_depth = tonumber(ARGV[6]) or 32
 local allow_unknown = ARGV[7] == 'allow'
-local ckey, skey = KEYS[1], KEYS[2]
-local name = string.match(skey, '^__ctx:{%d+}:schema:(.*)$') or sub(skey, #PREFIX + 1)
+local ckey = KEYS[1]
+local name = ARGV[8] or ''
+local tag = ARGV[9] or ''
 
 -- ---- key type and version -------------------------------------------------------------------
 
@@ -126,6 +137,20 @@ else
     end
     return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(stored_schema, 1, 128)))
   end
+end
+
+-- The registry entry, read undeclared (see the header). The name becomes part of a key name:
+-- checked first, as CTX.SCHEMA.SET checks it; the tag is a slot's decimal tag or nothing.
+if #name < 1 or #name > 128 or find(name, '[^A-Za-z0-9_.:%-]') then
+  return err('CTXSCHEMA', 'invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
+end
+local skey
+if tag == '' then
+  skey = '__ctx:schema:' .. name
+elseif #tag <= 10 and find(tag, '^%d+$') then
+  skey = '__ctx:{' .. tag .. '}:schema:' .. name
+else
+  return err('ERR', 'slot tag must be a decimal integer (ARGV[9])')
 end
 
 if ktype(skey) ~= 'hash' then

@@ -195,7 +195,7 @@ class LuaBackend:
         return ["EVALSHA", self._sha("get"), 1, key]
 
     def _cas_schema_name(self, key, schema) -> bytes:
-        """KEYS[2] of cas.lua: SCHEMA when given, else the context's schema (remembered from
+        """ARGV[8] of cas.lua: SCHEMA when given, else the context's schema (remembered from
         earlier calls like the SDK's cache, else read with HGET)."""
         if schema is not None:
             return _b(schema)
@@ -216,9 +216,10 @@ class LuaBackend:
 
     def _cas_script_args(self, key, expected, payload, name: bytes, given: bool, by):
         lim = self.limits
-        return ["EVALSHA", self._sha("cas"), 2, key, SCHEMA_PREFIX.encode() + name,
+        # KEYS = the context key only; the registry entry is read undeclared (ARGV[8] names it)
+        return ["EVALSHA", self._sha("cas"), 1, key,
                 expected, payload, 1 if given else 0, by if by is not None else "",
-                lim["max-payload-bytes"], lim["max-depth"], lim["unknown-fields"]]
+                lim["max-payload-bytes"], lim["max-depth"], lim["unknown-fields"], name]
 
     def del_args(self, key, expected):
         return ["EVALSHA", self._sha("del"), 1, key, expected]
@@ -299,9 +300,9 @@ class LuaBackend:
         planned = relocated = False
         while True:
             try:
-                reply = self._evalsha("cas", [key, SCHEMA_PREFIX.encode() + name],
+                reply = self._evalsha("cas", [key],
                                       self._cas_script_args(key, expected, payload, name, given,
-                                                            by)[5:])
+                                                            by)[4:])
                 break
             except redis.ResponseError as exc:
                 text = _b(getattr(exc, "raw_error", None) or str(exc))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Generator, Optional, TypeVar, Union
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.message import DecodeError, Message
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ctxlink._exceptions import (
     ArgumentError,
@@ -276,13 +276,19 @@ def registry_copies(st: "State", name: str) -> list[tuple[str, str]]:
     return [(f"__ctx:{{{t}}}:schema:{name}", f"__ctx:{{{t}}}:schemas") for t in tags]
 
 
-def registry_key_for(st: "State", name: str, key: Any) -> str:
-    """The registry entry a command on ``key`` reads: on a cluster, the copy in ``key``'s slot."""
+def registry_tag(st: "State", key: Any) -> str:
+    """The slot tag of ``key``'s registry copy on a cluster ("" on a standalone server)."""
     if not st.cluster or key is None:
-        return registry_key(name)
+        return ""
     from redis.crc import key_slot
 
-    return f"__ctx:{{{_slot_tag(key_slot(_bytes(key)))}}}:schema:{name}"
+    return _slot_tag(key_slot(_bytes(key)))
+
+
+def registry_key_for(st: "State", name: str, key: Any) -> str:
+    """The registry entry a command on ``key`` reads: on a cluster, the copy in ``key``'s slot."""
+    tag = registry_tag(st, key)
+    return f"__ctx:{{{tag}}}:schema:{name}" if tag else registry_key(name)
 
 
 def _text(value: Any) -> str:
@@ -375,8 +381,37 @@ def _admin(st: State, args: tuple[Any, ...], write: bool) -> Op[Any]:
 
 
 def op_detect(cluster: bool) -> Op[bool]:
-    """True when the server knows ``CTX.CAS`` (``COMMAND INFO ctx.cas``; any node of a cluster)."""
-    reply = yield Cmd(("COMMAND INFO", "ctx.cas"), nodes="random" if cluster else None)
+    """True when the server has the module; asked of any node of a cluster.
+
+    ``CTX.GET`` without arguments needs no ACL right to tell: a stock server answers "unknown
+    command" (checked before anything else), a server with the module "wrong number of
+    arguments" (Redis 7: arity is checked before ACL) or NOPERM naming the command (Redis 6.2:
+    ACL first). Any other answer falls back to ``COMMAND INFO ctx.cas``.
+    """
+    nodes = "random" if cluster else None
+    try:
+        yield Cmd(("CTX.GET",), nodes=nodes)
+    except Exception as exc:  # the expected outcome: an error reply
+        known = _detect_reply(str(exc))
+        if known is not None:
+            return known
+    return (yield from _detect_command_info(nodes))
+
+
+def _detect_reply(text: str) -> Optional[bool]:
+    """The verdict of ``CTX.GET``'s error reply (see :func:`op_detect`), None when unclear."""
+    low = text.lower()  # redis-py may have cut the code (ERR, NOPERM) off the text
+    if "ctx.get" not in low:
+        return None
+    if "unknown command" in low:
+        return False
+    if "wrong number of arguments" in low or "no permissions to run" in low:
+        return True
+    return None
+
+
+def _detect_command_info(nodes: Optional[str]) -> Op[bool]:
+    reply = yield Cmd(("COMMAND INFO", "ctx.cas"), nodes=nodes)
     if isinstance(reply, dict):  # redis-py parses COMMAND replies into {name: info}
         return any(_text(k).lower() == "ctx.cas" for k in reply) or any(
             isinstance(v, dict) and _text(v.get("name", "")).lower() == "ctx.cas"
@@ -544,13 +579,24 @@ def _cas_raw(
         st.max_depth,
         st.unknown_fields,
     )
+    tag = registry_tag(st, key)
     planned = relocated = False
+    moving = 0
     while True:
         try:
-            reply = yield from _evalsha(st, "cas", (key, registry_key_for(st, name, key)), argv)
+            # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
+            reply = yield from _evalsha(st, "cas", (key,), (*argv, name, tag))
             break
         except SchemaError as exc:
             text = str(exc)
+            if st.cluster and text.startswith("CTXSCHEMA unknown schema ") and moving < len(
+                _MOVING_DELAYS
+            ):
+                # the context reached this node before the registry copy of its slot did
+                # (resharding in progress): the copy follows within milliseconds
+                yield Sleep(_MOVING_DELAYS[moving])
+                moving += 1
+                continue
             if text.startswith("CTXSCHEMA noplan ") and not planned:
                 # the entry has no (current) plan: compile it here, store it, retry once
                 planned = True
@@ -566,6 +612,11 @@ def _cas_raw(
             if match:
                 st.key_schema.pop(key)
             raise
+        except ResponseError as exc:
+            if not _slot_moving(st, exc) or moving >= len(_MOVING_DELAYS):
+                raise
+            yield Sleep(_MOVING_DELAYS[moving])
+            moving += 1
     result = parse_write(reply)
     if result.ok:
         if name:
@@ -573,6 +624,20 @@ def _cas_raw(
     else:
         st.remember_schema(key, result.current)
     return result
+
+
+# Lua engine on a cluster: pauses before retrying cas.lua while the key's slot is being migrated
+_MOVING_DELAYS = (0.005, 0.02, 0.05, 0.1)
+_MOVING_ERRORS = ("non local key", "TRYAGAIN", "ASK ")
+
+
+def _slot_moving(st: State, exc: BaseException) -> bool:
+    """True for the error cas.lua gets when the registry copy it reads left (or has not yet
+    reached) the node during a slot migration: worth a retry after a short pause."""
+    if not st.cluster or isinstance(exc, CtxError):
+        return False
+    text = str(exc)
+    return any(marker in text for marker in _MOVING_ERRORS)
 
 
 def _install_plan(st: State, name: str, key: Any) -> Op[None]:

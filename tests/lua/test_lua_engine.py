@@ -102,9 +102,9 @@ class Lua:
     def cas(self, key: str, expected: Any, payload: bytes, schema: str | None = None,
             by: str = "", unknown: str = "reject", stored_schema: str | None = None) -> Any:
         name = schema or stored_schema
-        return self.call("cas", [key, f"__ctx:schema:{name}"],
+        return self.call("cas", [key],
                          [expected, payload, 1 if schema else 0, by, MAX_PAYLOAD, MAX_DEPTH,
-                          unknown])
+                          unknown, name or ""])
 
     def get(self, key: str) -> Any:
         return self.call("get", [key], [])
