@@ -212,7 +212,10 @@ class Server:
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
             except redis.ResponseError:
-                pass
+                try:  # Redis 6.2 has no NOW
+                    c.execute_command("SHUTDOWN", "NOSAVE")
+                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                    pass
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
