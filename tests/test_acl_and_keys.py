@@ -9,8 +9,9 @@ import servers as srv
 from helpers import assert_error
 
 # COMMAND INFO key specs, flags and ACL categories of CTX.*, and ACL rules naming CTX.* commands:
-# a stock server running the Lua engine has no such commands (it runs EVALSHA, whose keys are
-# the script's KEYS, registry keys included).
+# a stock server running the Lua engine has no such commands (it runs EVALSHA, whose only key
+# for data scripts is the context key; the registry is read undeclared). ACL lines for agents on
+# both engines: tests/test_least_privilege.py.
 pytestmark = pytest.mark.module_only(
     reason="key specs, command flags and ACL rules of the CTX.* module commands")
 
