@@ -748,7 +748,7 @@ def op_update(
                 )
             if schema is None:
                 raise ArgumentError("update() needs schema= to create a context from default()")
-            if checked != schema:
+            if checked != schema and st.type_by_schema.get(schema) != desc.full_name:
                 yield from _check_type(st, schema, desc, key)
                 checked = schema
             first = default()
@@ -759,7 +759,7 @@ def op_update(
             expected, name = 0, schema
         else:
             expected, name = snap[0], snap[2]
-            if checked != name:
+            if checked != name and st.type_by_schema.get(name) != desc.full_name:
                 yield from _check_type(st, name, desc, key)
                 checked = name
             if drop_unknown:

@@ -28,6 +28,13 @@ _ASYNC_FN = (
     "await it; use ctxlink.aio (`await store.update(...)` on `await ctxlink.aio.connect(...)`)"
 )
 _MAX_EXPECTED = _core.MAX_EXPECTED_MODULE
+_ASYNC_FLAGS = inspect.CO_COROUTINE
+
+
+def _is_async(fn: Any) -> bool:
+    """An ``async def`` function (cheap test; other awaitables are caught when fn returns one)."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & _ASYNC_FLAGS)
 
 
 def _run(client: Any, op: Op[T]) -> T:
@@ -286,7 +293,7 @@ class Store:
         (``schema`` required), else :class:`NotFoundError`. Returns :class:`Updated`
         (``version, message = store.update(...)``).
         """
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(default):
+        if _is_async(fn) or (default is not None and _is_async(default)):
             raise TypeError(_ASYNC_FN)
         return _run(
             self._client,
@@ -312,7 +319,7 @@ class Store:
         compare-and-set, retried on conflicts like :meth:`update`. :class:`NotFoundError` when
         there is no context at ``key``.
         """
-        if inspect.iscoroutinefunction(fn):
+        if fn is not None and _is_async(fn):
             raise TypeError(_ASYNC_FN.replace("update()", "migrate()"))
         return _run(
             self._client,

@@ -25,13 +25,18 @@ M = TypeVar("M", bound=Message)
 #: schema name -> message type full name, as the Stores of this process last learned it
 #: (register_schema, or the registry read by update/cas/migrate); used by Snapshot.decode
 _SCHEMA_TYPES: dict[str, str] = {}
+#: (schema name, message class) pairs Snapshot.decode already accepted: checked once each
+_DECODE_OK: dict[tuple[str, type], bool] = {}
 
 
 def note_schema_type(schema: str, type_name: str) -> None:
     """Records the message type schema ``schema`` stores (for :meth:`Snapshot.decode`)."""
-    if len(_SCHEMA_TYPES) >= 4096 and schema not in _SCHEMA_TYPES:
+    if _SCHEMA_TYPES.get(schema) == type_name:
+        return
+    if len(_SCHEMA_TYPES) >= 4096:
         _SCHEMA_TYPES.clear()
     _SCHEMA_TYPES[schema] = type_name
+    _DECODE_OK.clear()  # judge again with what is known now
 
 
 def _has_unknown(msg: Message) -> bool:
@@ -68,6 +73,8 @@ class Snapshot(NamedTuple):
         raw = self[1]
         msg: M = message_class()
         msg.ParseFromString(raw)
+        if (self[2], message_class) in _DECODE_OK:
+            return msg
         if raw and not msg.ListFields():
             got = message_class.DESCRIPTOR.full_name
             expected = _SCHEMA_TYPES.get(self[2])
@@ -88,6 +95,10 @@ class Snapshot(NamedTuple):
                     expected,
                     got,
                 )
+        if raw:
+            if len(_DECODE_OK) >= 1024:
+                _DECODE_OK.clear()
+            _DECODE_OK[(self[2], message_class)] = True
         return msg
 
 
