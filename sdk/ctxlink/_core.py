@@ -1292,9 +1292,10 @@ def check_client(client: Any, asyncio: bool = False) -> None:
     execute = getattr(client, "execute_command", None)
     if execute is None:
         entry = "ctxlink.aio.connect" if asyncio else "ctxlink.connect"
+        hint = " (pass server.url or server.client())" if hasattr(client, "port") else ""
         raise TypeError(
             f"{entry}() needs a redis-py client (redis{'.asyncio' if asyncio else ''}.Redis or "
-            f"RedisCluster) or a redis:// URL, not {type(client).__name__}"
+            f"RedisCluster) or a redis:// URL, not {type(client).__name__}{hint}"
         )
     if inspect.iscoroutinefunction(execute) != asyncio:
         if asyncio:

@@ -1,7 +1,8 @@
 """Exceptions raised by the ctxlink SDK.
 
-Every exception the SDK raises on purpose derives from one root, so ``except CtxError`` catches
-them all. Errors the server replies with keep the server's message (code included) as their text.
+Every ctxlink error derives from one root, so ``except CtxError`` catches them all (only
+arguments of the wrong Python type raise a plain ``TypeError``, see below). Errors the server
+replies with keep the server's message (code included) as their text.
 
     CtxError                    root of every ctxlink exception
     ├── ServerError             the server (module or Lua script) replied with a ctxlink error code;
@@ -19,7 +20,8 @@ them all. Errors the server replies with keep the server's message (code include
     └── MessageTypeError        the message class is not the type the schema stores; nothing was
                                 written (also a ``TypeError``)
 
-``SchemaError`` is also raised without a server reply when a descriptor set does not parse. The
+``SchemaError`` is also raised without a server reply when a descriptor set does not parse, and
+``ValidationError`` by ``migrate`` when a stored payload does not parse even leniently. The
 wrong kind of client for the front end (a ``redis.asyncio`` client given to ``ctxlink.connect``,
 or the reverse) and arguments of the wrong Python type raise ``TypeError``.
 

@@ -79,6 +79,8 @@ def test_connect_refuses_what_is_not_a_client_or_a_url(module_server: Any) -> No
         ctxlink.connect(f"127.0.0.1:{module_server.port}")
     with pytest.raises(TypeError, match=r"redis-py client"):
         ctxlink.connect(42)
+    with pytest.raises(TypeError, match=r"server\.url or server\.client\(\)"):
+        ctxlink.connect(module_server)  # the EmbeddedRedis itself
     with pytest.raises(ArgumentError, match=r"engine must be"):
         ctxlink.connect(module_server.client(), engine="sql")  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match=r"unknown_fields"):
