@@ -13,6 +13,15 @@ from ctxlink.embedded import find_module, free_port
 from sdk_support import REPO  # type: ignore[import-not-found]
 
 
+def _env() -> dict[str, str]:
+    """The environment with this checkout's SDK first on the path (whatever .venv installed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO / "sdk"), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
 def test_readme_sdk_example_runs_as_written() -> None:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
@@ -20,7 +29,8 @@ def test_readme_sdk_example_runs_as_written() -> None:
     example = blocks[0]
     assert len(example.strip().splitlines()) <= 11
     out = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-c", example], capture_output=True, text=True, cwd=REPO, timeout=60,
+        env=_env(),
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "1000", "pricing"]
@@ -81,7 +91,7 @@ def test_readme_redis_cli_session_runs_as_written(tmp_path: Path) -> None:
         script += [cmd, f"echo {marker}"]
     try:
         run = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=60)
+                             cwd=tmp_path, timeout=60, env=_env())
     finally:
         pid = tmp_path / "redis.pid"
         if pid.exists():
