@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -80,6 +81,7 @@ class Storm:
         self.b = (ModuleBackend if engine == "module" else LuaBackend)(self.server, self.r)
         self.problems: list[str] = []
         self.replies = {"ok": 0, "conflict": 0}
+        self.samples: dict[str, str] = {}  # code -> first error text seen
         self.rss: list[int] = []
         self.pinger = Pinger(self.server.port)
 
@@ -97,8 +99,9 @@ class Storm:
             cases.append((name, full, pb.fds(proto)))
         accepted = []
         for i, (label, full, fds) in enumerate(cases):
-            if self._schema_set(f"s{i}-{label}", full, fds):
-                accepted.append((label, full, fds, f"s{i}-{label}"))
+            name = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"s{i}-{label}")
+            if self._schema_set(name, full, fds):
+                accepted.append((label, full, fds, name))
         sources = [c for c in cases if len(c[2]) < 20000] or cases
         for k in range(mutations):
             label, full, fds = self.rng.choice(sources)
@@ -193,6 +196,7 @@ class Storm:
                 elif isinstance(reply, redis.ResponseError):
                     code = srv.error_code(reply)
                     self.replies[code] = self.replies.get(code, 0) + 1
+                    self.samples.setdefault(code, srv.error_text(reply)[:120])
                     if code not in CODES:
                         self.problems.append(f"{k}: undocumented error {srv.error_text(reply)!r}")
                     if dump != prev:
@@ -260,7 +264,7 @@ def run(engine: str, payloads: int, schema_mutations: int, workdir: Path, seed: 
         rss_start_mib=round(rss0 / 2**20, 1), rss_max_mib=round(rss_max / 2**20, 1),
         pings=st.pinger.count, worst_ping_s=round(st.pinger.worst, 3),
         schema_seconds=round(t_schemas, 1), seconds=round(time.monotonic() - t0, 1),
-        problems=st.problems,
+        samples=st.samples, problems=st.problems,
     )
 
 
@@ -283,6 +287,8 @@ def main() -> int:
               f"(worst {res['worst_ping_s']} s), problems: {len(res['problems'])}")
         if res["accepted_schemas"]:
             print(f"    accepted hostile/suite schemas: {', '.join(res['accepted_schemas'])}")
+        for code, text in sorted(res["samples"].items()):
+            print(f"    e.g. {text}")
         for p in res["problems"][:20]:
             print("   ", p[:2000])
         failed |= bool(res["problems"])
