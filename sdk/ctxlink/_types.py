@@ -39,14 +39,6 @@ def note_schema_type(schema: str, type_name: str) -> None:
     _DECODE_OK.clear()  # judge again with what is known now
 
 
-def _has_unknown(msg: Message) -> bool:
-    """True when ``msg`` (or a message inside it) kept fields its class does not know."""
-    bare = type(msg)()
-    bare.CopyFrom(msg)
-    bare.DiscardUnknownFields()
-    return bare.ByteSize() != msg.ByteSize()
-
-
 class Snapshot(NamedTuple):
     """One stored state of a context, as ``CTX.GET`` returns it.
 
@@ -64,11 +56,13 @@ class Snapshot(NamedTuple):
         """Parses ``raw`` into a new ``message_class`` instance.
 
         Raises :class:`~ctxlink.MessageTypeError` instead of returning a wrong message when
-        ``message_class`` is clearly not the schema's type: no field of the payload is known to
-        it (a stored payload always has its version field), or the SDK knows the schema's type
-        (a Store of this process registered it or read it from the registry), the class is
-        another type and the payload has fields the class does not know. A class that merely
-        lacks fields a newer schema revision added is accepted (they stay unknown fields).
+        ``message_class`` is not the schema's type, as far as the SDK can tell without I/O:
+        when it knows the schema's message type (a Store of this process registered the schema
+        or read its type from the registry in ``update``/``cas``/``migrate``) and the class's full
+        name differs, or when no field of the payload is known to the class (a stored payload
+        always has its version field). A class of the same type that lacks fields a newer schema
+        revision added is accepted (they stay unknown fields). When the SDK knows nothing of the
+        schema, a class of another type that happens to know every field present decodes.
         """
         raw = self[1]
         msg: M = message_class()
@@ -88,7 +82,7 @@ class Snapshot(NamedTuple):
         expected = _SCHEMA_TYPES.get(self[2])
         if expected is not None:
             got = message_class.DESCRIPTOR.full_name
-            if got != expected and _has_unknown(msg):
+            if got != expected:
                 raise MessageTypeError(
                     f"schema {self[2]!r} stores {expected} messages, not {got}: decode with "
                     f"the class generated for {expected}",

@@ -240,6 +240,11 @@ def test_snapshot_decode_refuses_a_class_that_is_not_the_schemas(
     # some fields in common: refused because this process knows the schema's type
     with pytest.raises(MessageTypeError, match=r"stores ctxlink\.example\.Order"):
         snap.decode(protos.cls("order", "ctxlink.example.LineItem"))
+    store.cas("p", 0, protos.Order(order_id="p"), schema="order")
+    only_known = store.get("p")  # fields 1 and 2: LineItem knows both (sku, quantity)
+    assert only_known is not None
+    with pytest.raises(MessageTypeError, match=r"stores ctxlink\.example\.Order"):
+        only_known.decode(protos.cls("order", "ctxlink.example.LineItem"))
     # an older class of the same type (fewer fields) still decodes
     compat = protos.cls("order_v2_compat", "ctxlink.example.Order")
     assert compat().DESCRIPTOR.full_name == "ctxlink.example.Order"
