@@ -114,6 +114,16 @@ def test_connect_from_a_url_closes_the_client_when_it_fails(module_server: Any) 
     assert gone(probe, "failing")
 
 
+def test_connect_takes_a_unix_socket_url(tmp_path: Any, protos: Protos) -> None:
+    sock = tmp_path / "redis.sock"
+    with ctxlink.EmbeddedRedis(module=ctxlink.embedded.find_module(),
+                               args=["--unixsocket", str(sock), "--unixsocketperm", "700"]):
+        with ctxlink.connect(f"unix://{sock}") as store:
+            assert store.engine == "module"
+            store.register_schema("order", protos.Order)
+            assert store.cas("s", 0, protos.Order(order_id="s"), schema="order").ok
+
+
 def test_aio_store_from_a_url_owns_its_client(server: Any, sdk_engine: str, client: redis.Redis,
                                              protos: Protos) -> None:
     async def main() -> None:
@@ -122,6 +132,8 @@ def test_aio_store_from_a_url_owns_its_client(server: Any, sdk_engine: str, clie
             assert isinstance(store.client, redis.asyncio.Redis)
             await store.register_schema("order", protos.Order)
             assert (await store.cas("a:1", 0, protos.Order(), schema="order")).ok
+            with pytest.raises(ArgumentError):  # the asyncio fast path checks the range too
+                await store.cas("a:1", -1, b"", schema="order")
             assert "aowned" in names_connected(client)
         assert gone(client, "aowned")
 
