@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -85,6 +86,7 @@ def _check_key(key: str, ops: list[Op]) -> list[tuple[str, str]]:
     for w in writes:
         produced[w.expected + 1].append(w)
     seen_versions: dict[int, Op] = {}
+    acked_at = {w.version: w for w in acked}
     for w in acked:
         if w.version != w.expected + 1:
             out.append(("chain", f"{key}: client {w.client} CAS expected {w.expected} "
@@ -118,8 +120,8 @@ def _check_key(key: str, ops: list[Op]) -> list[tuple[str, str]]:
             out.append(("unwritten-read", f"{key}: client {o.client} saw version {o.version} "
                                           f"before its write was sent"))
         else:
-            ack = [w for w in acked if w.version == o.version]
-            if ack and all(w.payload != o.seen for w in ack):
+            ack = acked_at.get(o.version)
+            if ack is not None and ack.payload != o.seen:
                 out.append(("unwritten-read", f"{key}: client {o.client} saw version "
                                               f"{o.version} with another payload than the "
                                               f"acknowledged one"))
@@ -254,8 +256,11 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
                           version=snap.version if snap else 0, seen=snap.raw if snap else None))
     alive = server.alive()
     server.stop(check=False)
+    t_check = time.monotonic()
     violations = check(history)
+    check_s = time.monotonic() - t_check
     return dict(
+        check_s=round(check_s, 2),
         engine=engine, ops=len(history),
         acked_writes=sum(1 for o in history if o.kind == "cas" and o.outcome == "ok"),
         conflicts=sum(1 for o in history if o.outcome == "conflict"),
@@ -276,12 +281,17 @@ def main() -> int:
     args = ap.parse_args()
     failed = False
     for engine in (["module", "lua"] if args.engine == "both" else [args.engine]):
-        res = run(engine, args.seconds, Path(tempfile.mkdtemp(prefix=f"ctx-lin-{engine}-")),
-                  clients=args.clients, timeout=args.timeout, seed=args.seed)
+        workdir = Path(tempfile.mkdtemp(prefix=f"ctx-lin-{engine}-"))
+        try:
+            res = run(engine, args.seconds, workdir, clients=args.clients, timeout=args.timeout,
+                      seed=args.seed)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
         print(f"linearizability [{engine}]: {res['ops']} ops ({res['acked_writes']} acknowledged "
               f"writes, {res['conflicts']} conflicts, {res['unknown']} timed out), "
               f"{res['pauses']} SIGSTOP pauses ({res['paused_s']} s), {res['seconds']} s, "
-              f"violations: {len(res['violations'])}, errors: {len(res['errors'])}")
+              f"check {res['check_s']} s, "
+              f"violations: {len(res['violations'])}, errors: {len(res['errors'])}", flush=True)
         for v in res["violations"][:20] + [("error", e) for e in res["errors"][:5]]:
             print("   ", *v)
         failed |= bool(res["violations"] or res["errors"] or not res["alive"])

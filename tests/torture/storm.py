@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import re
 import sys
 import tempfile
@@ -279,8 +280,11 @@ def main() -> int:
     for engine, n in (("module", args.payloads), ("lua", args.lua_payloads)):
         if n <= 0:
             continue
-        res = run(engine, n, args.schema_mutations,
-                  Path(tempfile.mkdtemp(prefix=f"ctx-storm-{engine}-")), seed=args.seed)
+        workdir = Path(tempfile.mkdtemp(prefix=f"ctx-storm-{engine}-"))
+        try:
+            res = run(engine, n, args.schema_mutations, workdir, seed=args.seed)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
         print(f"payload storm [{engine}]: {res['payloads']} payloads in {res['seconds']} s "
               f"(schemas {res['schema_seconds']} s), replies {res['replies']}, RSS "
               f"{res['rss_start_mib']} -> max {res['rss_max_mib']} MiB, {res['pings']} PINGs "
