@@ -20,8 +20,10 @@ from ctxlink._exceptions import (
     ConflictError,
     CtxError,
     EngineError,
+    FieldError,
     MessageTypeError,
     NotFoundError,
+    OutcomeUnknownError,
     PayloadTooLarge,
     SchemaError,
     ServerError,
@@ -30,7 +32,7 @@ from ctxlink._exceptions import (
     WrongTypeError,
 )
 from ctxlink._sync import Store, connect
-from ctxlink._types import CasResult, Snapshot, Updated
+from ctxlink._types import Backoff, CasResult, Snapshot, Updated
 from ctxlink.embedded import EmbeddedRedis
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Snapshot",
     "CasResult",
     "Updated",
+    "Backoff",
     "SchemaInfo",
     "CtxError",
     "ServerError",
@@ -47,7 +50,9 @@ __all__ = [
     "VersionError",
     "PayloadTooLarge",
     "WrongTypeError",
+    "FieldError",
     "ConflictError",
+    "OutcomeUnknownError",
     "NotFoundError",
     "EngineError",
     "ArgumentError",
@@ -55,4 +60,4 @@ __all__ = [
     "EmbeddedRedis",
     "__version__",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

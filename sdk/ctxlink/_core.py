@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import random
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +32,19 @@ from ctxlink._exceptions import (
     ConflictError,
     CtxError,
     EngineError,
+    FieldError,
     MessageTypeError,
     NotFoundError,
+    OutcomeUnknownError,
     SchemaError,
     ValidationError,
     VersionError,
     error_from_reply,
 )
+from ctxlink._fields import FieldNameError, field_plan
+from ctxlink._send import TRANSPORT_ERRORS
 from ctxlink._types import (
+    Backoff,
     CasResult,
     Snapshot,
     Updated,
@@ -51,6 +58,7 @@ __all__ = [
     "LoadScript",
     "Sleep",
     "Await",
+    "Write",
     "Instr",
     "Op",
     "SchemaInfo",
@@ -125,7 +133,17 @@ class Await:
     awaitable: Any
 
 
-Instr = Union[Cmd, LoadScript, Sleep, Await]
+@dataclass(frozen=True)
+class Write:
+    """Send one write on ``key`` exactly once: the front end sends it on a connection it owns,
+    without redis-py's retries (:mod:`ctxlink._send`), and throws a transport error (the reply was
+    lost: the write may have landed) back into the operation, which re-sends the same attempt."""
+
+    key: Any
+    args: tuple[Any, ...]
+
+
+Instr = Union[Cmd, LoadScript, Sleep, Await, Write]
 Op = Generator[Instr, Any, T]
 
 
@@ -228,8 +246,7 @@ class State:
     type_by_schema: dict[str, str] = field(default_factory=dict)
     # context key -> schema name (Lua engine: cas needs the registry key)
     key_schema: _LRU = field(default_factory=lambda: _LRU(4096))
-    backoff_base: float = 0.001
-    backoff_cap: float = 0.05
+    backoff: Backoff = field(default_factory=Backoff)
     # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
     local: Any = None
     local_limits_read: bool = False
@@ -337,21 +354,66 @@ def parse_state(reply: Any) -> Optional[Snapshot]:
     )
 
 
+_REPLAYED = (b"replayed", "replayed")
+
+
 def parse_write(reply: Any) -> CasResult:
-    """``CTX.CAS`` / ``CTX.DEL`` reply: an integer on success, else the conflict state (or nil)."""
-    if type(reply) is int or isinstance(reply, int):
-        return new_cas_result((True, reply, None))
-    snap = parse_state(reply)
-    return new_cas_result((False, snap[0] if snap is not None else 0, snap))
+    """A ``CTX.CAS`` / ``CTX.PATCH`` / ``CTX.DEL`` reply as a CasResult (field numbers of
+    ``changed`` as decimal text; :func:`parse_outcome` names them)."""
+    return parse_outcome(reply).result
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A write's reply: the result, the oldest version the window knows (conflicts of commands
+    that carried an id), the merged payload (``CTX.PATCH`` success) and the raw ``changed``."""
+
+    result: CasResult
+    oldest: Optional[int] = None
+    raw: Optional[bytes] = None
+    changed: tuple[int, ...] = ()
+
+
+def parse_outcome(reply: Any, names: Optional[Callable[[tuple[int, ...]], tuple[str, ...]]] = None
+                  ) -> Outcome:
+    """Replies (docs/PROTOCOL.md): an integer (done), ``["replayed", version]``, ``[version,
+    merged payload]`` (a patch, done), nil (conflict: no context) or the conflict state
+    ``[version, raw, schema, updated_ms, updated_by(, oldest_known, changed)]``."""
+    if type(reply) is int:
+        return Outcome(new_cas_result((True, reply, None, False, ())))
+    if reply is None:
+        return Outcome(new_cas_result((False, 0, None, False, ())))
+    if isinstance(reply, int):
+        return Outcome(new_cas_result((True, int(reply), None, False, ())))
+    if len(reply) == 2:
+        first = reply[0]
+        if first in _REPLAYED:
+            return Outcome(new_cas_result((True, int(reply[1]), None, True, ())))
+        return Outcome(new_cas_result((True, int(first), None, False, ())), raw=_bytes(reply[1]))
+    snap = parse_state(reply[:5])
+    assert snap is not None
+    oldest = int(reply[5]) if len(reply) > 5 else None
+    changed = tuple(int(n) for n in reply[6]) if len(reply) > 6 and reply[6] else ()
+    named = names(changed) if names is not None else tuple(str(n) for n in changed)
+    return Outcome(new_cas_result((False, snap[0], snap, False, named)), oldest, None, changed)
 
 
 # ---------------------------------------------------------------------------------------------
 # script calls
 
 
-def _evalsha(st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...]) -> Op[Any]:
+def _evalsha(
+    st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...], write: bool = False
+) -> Op[Any]:
+    """Runs a script; ``write``: as a :class:`Write` on ``keys[0]`` (sent once; NOSCRIPT means it
+    did not run, so loading the script and sending it again is no re-send)."""
     script = st.scripts[name]
-    cmd = Cmd(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def instr(sha: str) -> Instr:
+        args_ = ("EVALSHA", sha, len(keys), *keys, *args)
+        return Write(keys[0], args_) if write else Cmd(args_)
+
+    cmd = instr(script.sha)
     try:
         return (yield cmd)
     except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, failover)
@@ -365,7 +427,7 @@ def _evalsha(st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...])
             raise
         st.scripts = {n: s.without_shebang() for n, s in st.scripts.items()}
         script = st.scripts[name]
-        cmd = Cmd(("EVALSHA", script.sha, len(keys), *keys, *args))
+        cmd = instr(script.sha)
         yield LoadScript(script.source)
     return (yield cmd)
 
@@ -543,8 +605,32 @@ def _check_type(st: State, name: Optional[str], desc: Descriptor, key: Any = Non
     )
 
 
+def new_write_id() -> str:
+    """A fresh write id: 16 random bytes as 32 hex characters."""
+    return os.urandom(16).hex()
+
+
+def check_write_id(write_id: Any) -> Union[str, bytes]:
+    """A write id as given (str or bytes of 1 to 64 bytes), else ArgumentError / TypeError."""
+    if isinstance(write_id, str):
+        size = len(write_id.encode("utf-8", "surrogateescape"))
+    elif isinstance(write_id, (bytes, bytearray, memoryview)):
+        write_id = bytes(write_id)
+        size = len(write_id)
+    else:
+        raise TypeError(f"write_id must be str or bytes, not {type(write_id).__name__}")
+    if not 1 <= size <= 64:
+        raise ArgumentError(f"write_id must be 1 to 64 bytes, not {size}")
+    return write_id
+
+
 def cas_command(
-    key: Any, expected: int, raw: bytes, schema: Optional[str], by: Optional[str]
+    key: Any,
+    expected: int,
+    raw: bytes,
+    schema: Optional[str],
+    by: Optional[str],
+    write_id: Any = None,
 ) -> tuple[Any, ...]:
     """The arguments of ``CTX.CAS`` (one builder for the generic path and both fast paths)."""
     args: tuple[Any, ...] = ("CTX.CAS", key, expected, raw)
@@ -552,40 +638,100 @@ def cas_command(
         args += ("SCHEMA", schema)
     if by is not None:
         args += ("BY", by)
+    if write_id is not None:
+        args += ("ID", write_id)
     return args
 
 
-def _cas_raw(
+def patch_command(
+    key: Any,
+    base: int,
+    payload: bytes,
+    fields: tuple[int, ...],
+    reads: tuple[int, ...],
+    schema: Optional[str],
+    by: Optional[str],
+    write_id: Any,
+) -> tuple[Any, ...]:
+    """The arguments of ``CTX.PATCH``."""
+    args: tuple[Any, ...] = ("CTX.PATCH", key, base, payload, "FIELDS", len(fields), *fields)
+    if reads:
+        args += ("READS", len(reads), *reads)
+    if schema is not None:
+        args += ("SCHEMA", schema)
+    if by is not None:
+        args += ("BY", by)
+    return args + ("ID", write_id)
+
+
+def _lua_argv(
+    st: State,
+    expected: int,
+    payload: bytes,
+    given: bool,
+    by: Optional[str],
+    name: str,
+    tag: str,
+    write_id: Any,
+    fields: Optional[tuple[int, ...]],
+    reads: tuple[int, ...],
+) -> tuple[Any, ...]:
+    """ARGV of lua/cas.lua (its header documents them): 1..9 for a CAS without id, else 1..13."""
+    argv = (
+        expected,
+        payload,
+        1 if given else 0,
+        by if by is not None else "",
+        st.max_payload_bytes,
+        st.max_depth,
+        st.unknown_fields,
+        name,
+        tag,
+    )
+    if write_id is None and fields is None:
+        return argv
+    return argv + (
+        "patch" if fields is not None else "cas",
+        " ".join(map(str, fields or ())),
+        " ".join(map(str, reads)),
+        write_id if write_id is not None else "",
+    )
+
+
+def _write_raw(
     st: State,
     key: Any,
     expected: int,
     raw: bytes,
     schema: Optional[str],
     by: Optional[str],
-) -> Op[CasResult]:
+    write_id: Any = None,
+    fields: Optional[tuple[int, ...]] = None,
+    reads: tuple[int, ...] = (),
+) -> Op[Any]:
+    """Sends one write (``CTX.CAS``, or ``CTX.PATCH`` when ``fields`` is given) once, as a
+    :class:`Write`, and returns its raw reply. A transport error passes through: the caller
+    decides about re-sending."""
     if st.engine == MODULE:
-        return parse_write((yield Cmd(cas_command(key, expected, raw, schema, by))))
+        if fields is None:
+            args = cas_command(key, expected, raw, schema, by, write_id)
+        else:
+            args = patch_command(key, expected, raw, fields, reads, schema, by, write_id)
+        return (yield Write(key, args))
 
     name = schema if schema is not None else st.key_schema.get(key)
     if name is None:
-        stored = yield Cmd(("HGET", key, "schema"))
-        name = _text(stored) if stored else ""
-    argv = (
-        expected,
-        raw,
-        1 if schema is not None else 0,
-        by if by is not None else "",
-        st.max_payload_bytes,
-        st.max_depth,
-        st.unknown_fields,
-    )
+        stored = yield from _evalsha(st, "get", (key,), ())
+        name = _reply_text(stored[2]) if stored else ""
     tag = registry_tag(st, key)
     planned = relocated = False
     moving = 0
     while True:
+        argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
+                         reads)
         try:
             # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
-            reply = yield from _evalsha(st, "cas", (key,), (*argv, name, tag))
+            reply = yield from _evalsha(st, "cas", (key,), argv, write=True)
             break
         except SchemaError as exc:
             text = str(exc)
@@ -617,13 +763,62 @@ def _cas_raw(
                 raise
             yield Sleep(_MOVING_DELAYS[moving])
             moving += 1
-    result = parse_write(reply)
-    if result.ok:
-        if name:
-            st.key_schema.put(key, name)
-    else:
-        st.remember_schema(key, result.current)
-    return result
+    if isinstance(reply, (list, tuple)) and len(reply) >= 5:  # a conflict: the context's own
+        st.key_schema.put(key, _reply_text(reply[2]))
+    elif reply is None:
+        st.key_schema.pop(key)
+    elif name:
+        st.key_schema.put(key, name)
+    return reply
+
+
+#: ``update``'s default total time, in seconds, for conflicts and re-sends together.
+UPDATE_TIMEOUT = 30.0
+
+#: How often ``cas``/``delete`` re-send a write whose reply was lost before giving up with
+#: OutcomeUnknownError (``update`` re-sends until its deadline).
+CAS_RESENDS = 3
+
+
+def _send_settled(
+    st: State,
+    key: Any,
+    send: Callable[[], Op[Any]],
+    write_id: Any,
+    deadline: Optional[float],
+    resends: Optional[int],
+) -> Op[tuple[Any, bool]]:
+    """Sends a write until a reply arrives: after a transport error the very same attempt
+    (same id) is sent again, after a backoff, while ``resends`` and ``deadline`` allow; then
+    OutcomeUnknownError. Returns (reply, whether it was re-sent)."""
+    resent = 0
+    while True:
+        try:
+            return (yield from send()), resent > 0
+        except TRANSPORT_ERRORS as exc:
+            resent += 1
+            if (resends is not None and resent > resends) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                raise OutcomeUnknownError(
+                    f"the reply to a write of {key!r} (write id {write_id!r}) was lost and "
+                    f"re-sending it did not settle whether it was applied: it may have landed; "
+                    f"read the context before deciding ({type(exc).__name__}: {exc})",
+                    key,
+                    write_id,
+                ) from exc
+            yield Sleep(random.uniform(0, st.backoff.ceiling(resent)))
+
+
+def _ambiguous(outcome: Outcome, expected: int, resent: bool) -> bool:
+    """A conflict reply to a re-sent write that cannot tell whether the first send landed: the
+    write id is not in the window (else the reply says "replayed"), but the window does not
+    reach back to the version that write would have produced, or the context is gone."""
+    if not resent or outcome.result.ok:
+        return False
+    if outcome.result.current is None:
+        return expected > 0
+    return outcome.oldest is None or expected + 1 < outcome.oldest
 
 
 # Lua engine on a cluster: pauses before retrying cas.lua while the key's slot is being migrated
@@ -659,39 +854,62 @@ def op_cas(
     payload: Union[bytes, Message],
     schema: Optional[str],
     by: Optional[str],
+    write_id: Any = None,
+    sent: bool = False,
 ) -> Op[CasResult]:
+    """``cas``; ``sent``: this write (same ``write_id``) was sent already and its reply lost."""
     expected = _check_version(expected_version, st)
+    wid = new_write_id() if write_id is None else check_write_id(write_id)
     # For a message, the version field's name comes from the schema: the one given, else the
-    # context's own (known from an earlier reply, or one HGET), so a VERSIONFIELD is honoured.
+    # context's own (known from an earlier reply, or one read), so a VERSIONFIELD is honoured.
     # The message's type must be the one that schema stores (checked before sending).
     vschema = schema
     if isinstance(payload, Message):
         if vschema is None and expected > 0:
             vschema = st.key_schema.get(key)
             if vschema is None:
-                stored = yield Cmd(("HGET", key, "schema"))
-                vschema = _text(stored) if stored else None
+                current = yield from op_get(st, key)
+                vschema = current.schema if current is not None else None
                 if vschema:
                     st.key_schema.put(key, vschema)
         yield from _check_type(st, vschema, payload.DESCRIPTOR, key)
     raw = yield from _encode(st, payload, expected, vschema, key)
     if st.local is not None:  # opt-in local check, see "local check" below
         yield from _local_precheck(st, key, expected, raw, schema, not isinstance(payload, Message))
-    try:
-        result = yield from _cas_raw(st, key, expected, raw, schema, by)
-        if st.engine == MODULE:  # what the Lua engine's _cas_raw records, for _encode next time
-            if result.ok and schema is not None:
-                st.key_schema.put(key, schema)
-            elif result.current is not None:
-                st.key_schema.put(key, result.current.schema)
-        return result
-    except VersionError:
-        if not isinstance(payload, Message) or vschema is None:
-            raise
-        if not (yield from _vfield_changed(st, vschema, payload.DESCRIPTOR, key)):
-            raise
-    raw = yield from _encode(st, payload, expected, vschema, key)
-    return (yield from _cas_raw(st, key, expected, raw, schema, by))
+    for attempt in range(2):
+        try:
+            reply, resent = yield from _send_settled(
+                st, key, lambda: _write_raw(st, key, expected, raw, schema, by, wid), wid, None,
+                CAS_RESENDS,
+            )
+            break
+        except VersionError:
+            if attempt or not isinstance(payload, Message) or vschema is None:
+                raise
+            if not (yield from _vfield_changed(st, vschema, payload.DESCRIPTOR, key)):
+                raise
+            raw = yield from _encode(st, payload, expected, vschema, key)
+    outcome = parse_outcome(reply)
+    if _ambiguous(outcome, expected, resent or sent):
+        raise _unknown(key, wid)
+    result = outcome.result
+    if st.engine == MODULE:  # what the Lua engine's _write_raw records, for _encode next time
+        if result.ok and schema is not None:
+            st.key_schema.put(key, schema)
+        elif result.current is not None:
+            st.key_schema.put(key, result.current.schema)
+    return result
+
+
+def _unknown(key: Any, write_id: Any) -> OutcomeUnknownError:
+    return OutcomeUnknownError(
+        f"the reply to a write of {key!r} (write id {write_id!r}) was lost, and by the time it "
+        "was re-sent more writes had happened than the context's window of recent write ids "
+        "holds (or the context was deleted): it may have landed; read the context before "
+        "deciding",
+        key,
+        write_id,
+    )
 
 
 def _vfield_changed(st: State, schema: str, desc: Descriptor, key: Any = None) -> Op[bool]:
@@ -702,18 +920,30 @@ def _vfield_changed(st: State, schema: str, desc: Descriptor, key: Any = None) -
     return old is not None and new != old
 
 
-def op_delete(st: State, key: Any, expected_version: int) -> Op[CasResult]:
+def op_delete(st: State, key: Any, expected_version: int, write_id: Any = None) -> Op[CasResult]:
     expected = _check_version(expected_version, st)
-    if st.engine == MODULE:
-        reply = yield Cmd(("CTX.DEL", key, expected))
-    else:
-        reply = yield from _evalsha(st, "del", (key,), (expected,))
+    wid = new_write_id() if write_id is None else check_write_id(write_id)
+
+    def send() -> Op[Any]:
+        if st.engine == MODULE:
+            return (yield Write(key, ("CTX.DEL", key, expected, "ID", wid)))
+        return (yield from _evalsha(st, "del", (key,), (expected, wid), write=True))
+
+    reply, resent = yield from _send_settled(st, key, send, wid, None, CAS_RESENDS)
     if isinstance(reply, int):
         st.remember_schema(key, None)
-        return CasResult(True, 0, None)
+        return new_cas_result((True, 0, None, False, ()))
+    if reply is None and resent:
+        # the re-sent delete finds no context: gone either way (ours, or another agent's)
+        st.remember_schema(key, None)
+        return new_cas_result((True, 0, None, True, ()))
     result = parse_write(reply)
     st.remember_schema(key, result.current)
     return result
+
+
+def _field_error(exc: FieldNameError) -> FieldError:
+    return FieldError(f"CTXFIELD {exc}")
 
 
 def op_update(
@@ -723,20 +953,35 @@ def op_update(
     message_class: type[Message],
     schema: Optional[str],
     by: Optional[str],
-    retries: int,
+    retries: Optional[int],
     default: Optional[Callable[[], Message]],
     drop_unknown: bool = False,
+    reads: Optional[Any] = None,
+    timeout: Optional[float] = None,
+    backoff: Optional[Backoff] = None,
 ) -> Op[Updated[Any]]:
     """``update`` (and ``migrate`` with ``drop_unknown``: the stored payload is parsed leniently,
-    fields the class does not know are dropped, and ``fn`` may be None)."""
+    fields the class does not know are dropped, and ``fn`` may be None).
+
+    Each attempt gets its own write id. After a transport error the same attempt is re-sent
+    (same payload, same id) until ``timeout``; ``fn`` runs again only after a real conflict."""
     check_message_class(message_class, "message_class")
     if fn is not None and not callable(fn):
         raise TypeError(f"fn must be a function taking the message, not {type(fn).__name__}")
-    if type(retries) is not int or retries < 0:
-        raise ArgumentError(f"retries must be an int >= 0, not {retries!r}")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        raise ArgumentError(f"retries must be None (no limit) or an int >= 0, not {retries!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise ArgumentError(f"timeout must be None or a number of seconds > 0, not {timeout!r}")
+    pause = backoff if backoff is not None else st.backoff
     desc = message_class.DESCRIPTOR
+    if reads is not None:  # names checked before anything is sent
+        try:
+            field_plan(desc, st.vfield_by_type.get(desc.full_name, "version")).read_numbers(reads)
+        except FieldNameError as exc:
+            raise _field_error(exc) from None
+    deadline = None if timeout is None else time.monotonic() + timeout
     snap = yield from op_get(st, key)
-    attempts = 0
+    calls = conflicts = 0
     checked = None
     while True:
         if snap is None:
@@ -774,6 +1019,11 @@ def op_update(
                 msg.DiscardUnknownFields()
             else:
                 msg = snap.decode(message_class)
+        patching = reads is not None and snap is not None
+        if patching:
+            before = message_class()
+            before.CopyFrom(msg)
+        calls += 1
         if fn is not None:
             out = fn(msg)
             if out is not None:
@@ -787,32 +1037,72 @@ def op_update(
                         )
                     msg = out
         vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
-        setattr(msg, vf, expected + 1)
-        raw = msg.SerializeToString()
+        wid = new_write_id()
+        plan = None
+        if patching:
+            assert snap is not None
+            plan = field_plan(desc, vf)
+            try:
+                read_numbers = plan.read_numbers(reads)
+            except FieldNameError as exc:
+                raise _field_error(exc) from None
+            units = plan.changed(before, msg)
+            if not units:  # nothing to write: the state fn saw
+                return Updated(snap[0], before, snap[1], name, calls)
+            raw, fields = plan.patch(msg, units)
+
+            def send() -> Op[Any]:
+                return _write_raw(st, key, expected, raw, schema or name, by, wid, fields,
+                                  read_numbers)
+        else:
+            setattr(msg, vf, expected + 1)
+            raw = msg.SerializeToString()
+
+            def send() -> Op[Any]:
+                return _write_raw(st, key, expected, raw, schema or name, by, wid)
+
         try:
-            result = yield from _cas_raw(st, key, expected, raw, schema or name, by)
+            reply, resent = yield from _send_settled(st, key, send, wid, deadline, None)
         except VersionError:
-            if not (yield from _vfield_changed(st, name, msg.DESCRIPTOR, key)):
+            if patching or not (yield from _vfield_changed(st, name, msg.DESCRIPTOR, key)):
                 raise
             vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
             setattr(msg, vf, expected + 1)
             raw = msg.SerializeToString()
-            result = yield from _cas_raw(st, key, expected, raw, schema or name, by)
-        attempts += 1
+            reply, resent = yield from _send_settled(st, key, send, wid, deadline, None)
+        outcome = parse_outcome(reply, plan.names if plan is not None else None)
+        if _ambiguous(outcome, expected, resent):
+            raise _unknown(key, wid)
+        result = outcome.result
         if result.ok:
-            return Updated(result.version, msg, raw, name, attempts)
-        if attempts > retries:
+            if not patching:
+                return Updated(result.version, msg, raw, name, calls)
+            merged = outcome.raw
+            if merged is None:  # a replayed patch: the merge it stored, if nothing came after
+                now = yield from op_get(st, key)
+                if now is not None and now[0] == result.version:
+                    merged = now[1]
+            if merged is None:  # overwritten since: the writer's own view, at its version
+                setattr(msg, vf, result.version)
+                return Updated(result.version, msg, msg.SerializeToString(), name, calls)
+            stored = message_class()
+            stored.ParseFromString(merged)
+            return Updated(result.version, stored, merged, name, calls)
+        conflicts += 1
+        if (retries is not None and conflicts > retries) or (
+            deadline is not None and time.monotonic() >= deadline
+        ):
+            why = f"{conflicts} conflicts" if retries is not None and conflicts > retries else (
+                f"its {timeout:g} s timeout")
             raise ConflictError(
-                f"update of {key!r} gave up after {attempts} conflicting attempts", result.current
+                f"update of {key!r} gave up after {why}"
+                + (f" (changed: {', '.join(result.changed)})" if result.changed else ""),
+                result.current,
+                result.changed,
+                calls,
             )
         snap = result.current
-        yield Sleep(backoff_seconds(st, attempts))
-
-
-def backoff_seconds(st: State, attempts: int) -> float:
-    """Jittered exponential backoff after ``attempts`` conflicts, at most ``st.backoff_cap``."""
-    ceiling = min(st.backoff_cap, st.backoff_base * 2 ** min(attempts - 1, 30))
-    return random.uniform(0, ceiling)
+        yield Sleep(random.uniform(0, pause.ceiling(conflicts)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,14 @@ replies with keep the server's message (code included) as their text.
     │   ├── SchemaError         CTXSCHEMA: unknown/mismatched/missing schema, bad descriptor set
     │   ├── VersionError        CTXVERSION: the payload's version field is not expected + 1
     │   ├── PayloadTooLarge     CTXTOOBIG: the payload or its decoded form is over the limit
+    │   ├── FieldError          CTXFIELD: a field list names a field the schema's message does not
+    │   │                       have at the top level, or its version field (also raised by
+    │   │                       ``update(reads=...)`` before anything is sent)
     │   └── WrongTypeError      WRONGTYPE: the key exists and is not a context
-    ├── ConflictError           ``update`` gave up after its retries; ``.current`` is the last state
+    ├── ConflictError           ``update`` gave up (``retries`` or ``timeout``); ``.current`` is the
+    │                           last state, ``.changed`` the fields another writer changed
+    ├── OutcomeUnknownError     a write was sent, its reply was lost, and whether it was applied
+    │                           cannot be settled (``.key``, ``.write_id``): it may have landed
     ├── NotFoundError           ``update`` found no context and had no ``default`` to create one
     ├── EngineError             the requested engine is unavailable (no module, no Lua scripts)
     ├── ArgumentError           an argument is out of range or malformed; nothing was sent (also a
@@ -46,7 +52,9 @@ __all__ = [
     "VersionError",
     "PayloadTooLarge",
     "WrongTypeError",
+    "FieldError",
     "ConflictError",
+    "OutcomeUnknownError",
     "NotFoundError",
     "EngineError",
     "ArgumentError",
@@ -103,12 +111,44 @@ class WrongTypeError(ServerError):
     code = "WRONGTYPE"
 
 
-class ConflictError(CtxError):
-    """``update`` lost every compare-and-set race; ``current`` is the last state it saw."""
+class FieldError(ServerError):
+    """CTXFIELD: a field list (``CTX.PATCH`` FIELDS/READS, ``update(reads=...)``) names a field
+    that is not a top-level field of the schema's message, names its version field, or names a
+    field twice; or a patch payload holds a field it does not list."""
 
-    def __init__(self, message: str, current: "Optional[Snapshot]") -> None:
+    code = "CTXFIELD"
+
+
+class ConflictError(CtxError):
+    """``update`` gave up: other writers kept changing what it depends on until ``retries`` or
+    ``timeout`` ran out. ``current`` is the last state it saw, ``changed`` the names of the fields
+    of its read and write set that the last conflict reported (empty for a whole-context write),
+    ``attempts`` how many times ``fn`` was called."""
+
+    def __init__(
+        self,
+        message: str,
+        current: "Optional[Snapshot]",
+        changed: tuple[str, ...] = (),
+        attempts: int = 0,
+    ) -> None:
         super().__init__(message)
         self.current = current
+        self.changed = changed
+        self.attempts = attempts
+
+
+class OutcomeUnknownError(CtxError):
+    """A write was sent, its reply was lost (timeout, reset, connection error), and whether the
+    server applied it cannot be settled: re-sending it found neither its write id in the
+    context's window of recent writes nor a state it could not have produced (more writes than the
+    window holds happened since), or the deadline passed first. The write **may have landed**:
+    read the context before deciding what to do. ``key`` and ``write_id`` name it."""
+
+    def __init__(self, message: str, key: object = None, write_id: object = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.write_id = write_id
 
 
 class NotFoundError(CtxError, LookupError):
@@ -140,6 +180,7 @@ EXCEPTION_CLASSES: dict[str, type[ServerError]] = {
     "CTXSCHEMA": SchemaError,
     "CTXVERSION": VersionError,
     "CTXTOOBIG": PayloadTooLarge,
+    "CTXFIELD": FieldError,
     "WRONGTYPE": WrongTypeError,
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from types import TracebackType
-from typing import Any, Callable, Literal, Optional, TypeVar, Union
+from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, Union
 
 import redis
 from google.protobuf.message import Message
@@ -14,8 +14,9 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ctxlink import _core
-from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State
-from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
+from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State, Write
+from ctxlink._send import TRANSPORT_ERRORS, send_write
+from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
 
@@ -64,6 +65,11 @@ def _run(client: Any, op: Op[T]) -> T:
                     reply = _core.merge_node_replies(results)
                 else:
                     reply = client.execute_command(*instr.args)
+            elif type(instr) is Write:  # once, on a connection of ours: no redis-py retry
+                try:
+                    reply = send_write(client, instr.key, instr.args)
+                except TRANSPORT_ERRORS as exc:  # the reply was lost: the op decides
+                    error = exc
             elif type(instr) is LoadScript:
                 reply = client.script_load(instr.source)
             elif type(instr) is Sleep:
@@ -239,6 +245,7 @@ class Store:
         *,
         schema: Optional[str] = None,
         by: Optional[str] = None,
+        write_id: Optional[Union[str, bytes]] = None,
     ) -> CasResult:
         """Writes ``payload`` if the stored version is ``expected_version`` (0 = create).
 
@@ -246,30 +253,51 @@ class Store:
         message, whose version field the SDK sets to expected + 1 on a copy (the field named by the
         schema; without ``schema=`` the SDK asks the context for it once per key). A conflict is not an
         error: ``ok`` is False and ``current`` holds the state the server has now.
+
+        ``write_id`` (1 to 64 bytes; a fresh random one when not given) makes the write
+        idempotent: if its reply is lost the SDK re-sends it (up to 3 times) and the server,
+        which remembers the ids of each context's last 16 writes, does not apply it twice:
+        ``replayed`` is then True. When that cannot be settled, :class:`OutcomeUnknownError`.
         """
-        send = self._send
         if (
-            send is None
+            self._send is None
             or type(payload) is not bytes
             or type(expected_version) is not int
             or not 0 <= expected_version <= _MAX_EXPECTED
             or self._st.local is not None
+            or write_id is not None
         ):
             return _run(
-                self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
+                self._client,
+                _core.op_cas(self._st, key, expected_version, payload, schema, by, write_id),
             )
-        args = _core.cas_command(key, expected_version, payload, schema, by)
+        wid = _core.new_write_id()
+        args = _core.cas_command(key, expected_version, payload, schema, by, wid)
         try:
-            reply = send(args)
+            reply = send_write(self._client, key, args)
         except ResponseError as exc:
             raise _core.map_error(exc)  # map_error sets __cause__
+        except TRANSPORT_ERRORS:  # lost reply: re-send the same write (same id), settled there
+            return _run(
+                self._client,
+                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, True),
+            )
         if type(reply) is int:
-            return new_cas_result((True, reply, None))
+            return new_cas_result((True, reply, None, False, ()))
         return _core.parse_write(reply)
 
-    def delete(self, key: Union[str, bytes], expected_version: int) -> CasResult:
-        """Deletes the context if its version is ``expected_version``; ``ok`` False on conflict."""
-        return _run(self._client, _core.op_delete(self._st, key, expected_version))
+    def delete(
+        self,
+        key: Union[str, bytes],
+        expected_version: int,
+        *,
+        write_id: Optional[Union[str, bytes]] = None,
+    ) -> CasResult:
+        """Deletes the context if its version is ``expected_version``; ``ok`` False on conflict.
+
+        A delete whose reply was lost is re-sent; if the re-sent one finds no context the result
+        is ``ok`` with ``replayed`` True: the context is gone either way."""
+        return _run(self._client, _core.op_delete(self._st, key, expected_version, write_id))
 
     def update(
         self,
@@ -279,25 +307,41 @@ class Store:
         message_class: type[M],
         schema: Optional[str] = None,
         by: Optional[str] = None,
-        retries: int = 3,
+        reads: Optional[Sequence[str]] = None,
+        retries: Optional[int] = None,
+        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
+        backoff: Optional[Backoff] = None,
         default: Optional[Callable[[], M]] = None,
     ) -> Updated[M]:
-        """Read-modify-write with optimistic concurrency.
+        """Read-modify-write with optimistic concurrency, applied exactly once.
 
         ``fn`` receives a freshly decoded message and changes it in place (or returns a new one);
         it must be a plain function (an ``async def`` one needs :mod:`ctxlink.aio`).
         ``message_class`` must be the schema's message type (else :class:`MessageTypeError`).
         On a conflict it is called again with the state the conflict reply carried (no extra GET),
-        after a small jittered backoff; after ``retries`` retries :class:`ConflictError` is raised
-        with the last state. When the key is absent the context is created from ``default()``
+        after a jittered backoff (``backoff``, default ``Backoff(base=0.001, cap=0.05)``). It gives
+        up with :class:`ConflictError` (the last state, the changed fields) after ``retries``
+        conflicts (default None: no limit) or when ``timeout`` seconds (default 30; None: none)
+        have passed. When the key is absent the context is created from ``default()``
         (``schema`` required), else :class:`NotFoundError`. Returns :class:`Updated`
         (``version, message = store.update(...)``).
+
+        ``reads=None`` writes the whole context and conflicts with any other write. A list of
+        top-level field names (``[]`` too) makes it a field patch: only the fields ``fn`` changed
+        are sent (``CTX.PATCH``), and it conflicts only when another writer changed one of those
+        or one of ``reads`` since the state ``fn`` saw; the server merges it into the current
+        state otherwise. Nothing changed: nothing is written.
+
+        Every attempt carries its own write id. When a reply is lost (timeout, reset), the same
+        attempt is re-sent, never ``fn`` called again; if that cannot settle whether it landed,
+        :class:`OutcomeUnknownError`.
         """
         if _is_async(fn) or (default is not None and _is_async(default)):
             raise TypeError(_ASYNC_FN)
         return _run(
             self._client,
-            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default),
+            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default,
+                            reads=reads, timeout=timeout, backoff=backoff),
         )
 
     def migrate(
@@ -307,7 +351,8 @@ class Store:
         fn: Optional[Callable[[M], Optional[M]]] = None,
         *,
         by: Optional[str] = None,
-        retries: int = 3,
+        retries: Optional[int] = None,
+        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
     ) -> Updated[M]:
         """Rewrites a context so that it validates against its schema's newest revision, after
         an incompatible change registered with ``force=True`` (docs/PROTOCOL.md, "Migrating
@@ -324,7 +369,8 @@ class Store:
         return _run(
             self._client,
             _core.op_update(
-                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True
+                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True,
+                timeout=timeout,
             ),
         )
 

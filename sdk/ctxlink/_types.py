@@ -14,6 +14,7 @@ __all__ = [
     "Snapshot",
     "CasResult",
     "Updated",
+    "Backoff",
     "M",
     "new_snapshot",
     "new_cas_result",
@@ -103,6 +104,11 @@ class CasResult(NamedTuple):
       ``current`` is None.
     - ``ok`` False: a conflict; ``current`` is the state the server holds now (None when there is
       no context) and ``version`` its version (0 when absent).
+    - ``replayed`` True: this write id had been applied already (a re-sent write: redis-py's or
+      the SDK's re-send after a lost reply, or the same ``write_id`` given twice); nothing was
+      written again and ``version`` is the version that write produced.
+    - ``changed``: on a conflict of a field patch, the names of the writer's fields that another
+      writer changed.
 
     Immutable (a named tuple); its truth value is ``ok``.
     """
@@ -110,6 +116,8 @@ class CasResult(NamedTuple):
     ok: bool
     version: int
     current: Optional[Snapshot] = None
+    replayed: bool = False
+    changed: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return self[0]
@@ -120,7 +128,10 @@ class Updated(Generic[M]):
     """What ``update`` returns: the version it wrote and the message it wrote (version field set).
 
     Unpacks like a tuple: ``version, order = store.update(...)``. ``raw`` is the exact payload
-    stored, ``attempts`` how many CAS calls it took.
+    stored (after a field patch: the server's merge of the fields written into the state it held)
+    and ``message`` that payload decoded; ``attempts`` is how many times ``fn`` was called. When
+    ``fn`` changed nothing under ``reads=``, nothing was written: ``version`` and ``raw`` are the
+    state ``fn`` saw.
     """
 
     version: int
@@ -139,6 +150,24 @@ class Updated(Generic[M]):
 new_snapshot: Callable[[tuple[int, bytes, str, int, str]], Snapshot] = partial(
     tuple.__new__, Snapshot
 )
-new_cas_result: Callable[[tuple[bool, int, Optional[Snapshot]]], CasResult] = partial(
-    tuple.__new__, CasResult
-)
+new_cas_result: Callable[
+    [tuple[bool, int, Optional[Snapshot], bool, tuple[str, ...]]], CasResult
+] = partial(tuple.__new__, CasResult)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long ``update`` waits before retrying after a conflict (or before re-sending after a
+    lost reply): "full jitter", a uniform draw in ``[0, min(cap, base * 2 ** (n - 1))]`` seconds
+    after the n-th retry. Defaults: 1 ms doubling up to 50 ms."""
+
+    base: float = 0.001
+    cap: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (self.base >= 0 and self.cap >= 0):
+            raise ValueError("Backoff base and cap must be >= 0 seconds")
+
+    def ceiling(self, n: int) -> float:
+        return min(self.cap, self.base * 2 ** min(max(n, 1) - 1, 60))
+

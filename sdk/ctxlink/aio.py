@@ -16,22 +16,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 from types import TracebackType
-from typing import Any, Callable, Literal, Optional, TypeVar, Union
+from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, Union
 
 from google.protobuf.message import Message
 from redis.exceptions import RedisError, ResponseError
 
 from ctxlink import _core
-from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State
+from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State, Write
 from ctxlink._exceptions import *  # noqa: F401,F403  (same names as ctxlink)
 from ctxlink._exceptions import __all__ as _exc_all
-from ctxlink._types import CasResult, M, Snapshot, Updated, new_cas_result
+from ctxlink._send import TRANSPORT_ERRORS, send_write_async
+from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
 
 # the same names as ctxlink (its exception classes, not the helpers of _exceptions)
 __all__ = [
-    "Store", "connect", "Snapshot", "CasResult", "Updated", "SchemaInfo",
+    "Store", "connect", "Snapshot", "CasResult", "Updated", "SchemaInfo", "Backoff",
     *(name for name in _exc_all if name[0].isupper() and name != "EXCEPTION_CLASSES"),
 ]
 
@@ -64,6 +65,11 @@ async def _run(client: Any, op: Op[T]) -> T:
                     reply = _core.merge_node_replies(results)
                 else:
                     reply = await client.execute_command(*instr.args)
+            elif type(instr) is Write:  # once, on a connection of ours: no redis-py retry
+                try:
+                    reply = await send_write_async(client, instr.key, instr.args)
+                except TRANSPORT_ERRORS as exc:  # the reply was lost: the op decides
+                    error = exc
             elif type(instr) is LoadScript:
                 reply = await client.script_load(instr.source)
             elif type(instr) is Sleep:
@@ -139,6 +145,7 @@ class Store:
         *,
         schema: Optional[str] = None,
         by: Optional[str] = None,
+        write_id: Optional[Union[str, bytes]] = None,
     ) -> CasResult:
         if (
             not self._fast
@@ -146,21 +153,37 @@ class Store:
             or type(expected_version) is not int
             or not 0 <= expected_version <= _MAX_EXPECTED
             or self._st.local is not None
+            or write_id is not None
         ):
             return await _run(
-                self._client, _core.op_cas(self._st, key, expected_version, payload, schema, by)
+                self._client,
+                _core.op_cas(self._st, key, expected_version, payload, schema, by, write_id),
             )
-        args = _core.cas_command(key, expected_version, payload, schema, by)
+        wid = _core.new_write_id()
+        args = _core.cas_command(key, expected_version, payload, schema, by, wid)
         try:
-            reply = await self._client.execute_command(*args)
+            reply = await send_write_async(self._client, key, args)
         except ResponseError as exc:
             raise _core.map_error(exc)  # map_error sets __cause__
+        except TRANSPORT_ERRORS:  # lost reply: re-send the same write (same id), settled there
+            return await _run(
+                self._client,
+                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, True),
+            )
         if type(reply) is int:
-            return new_cas_result((True, reply, None))
+            return new_cas_result((True, reply, None, False, ()))
         return _core.parse_write(reply)
 
-    async def delete(self, key: Union[str, bytes], expected_version: int) -> CasResult:
-        return await _run(self._client, _core.op_delete(self._st, key, expected_version))
+    async def delete(
+        self,
+        key: Union[str, bytes],
+        expected_version: int,
+        *,
+        write_id: Optional[Union[str, bytes]] = None,
+    ) -> CasResult:
+        return await _run(
+            self._client, _core.op_delete(self._st, key, expected_version, write_id)
+        )
 
     async def update(
         self,
@@ -170,12 +193,17 @@ class Store:
         message_class: type[M],
         schema: Optional[str] = None,
         by: Optional[str] = None,
-        retries: int = 3,
+        reads: Optional[Sequence[str]] = None,
+        retries: Optional[int] = None,
+        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
+        backoff: Optional[Backoff] = None,
         default: Optional[Callable[[], M]] = None,
     ) -> Updated[M]:
+        """Async :meth:`ctxlink.Store.update` (``fn`` and ``default`` may be ``async def``)."""
         return await _run(
             self._client,
-            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default),
+            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default,
+                            reads=reads, timeout=timeout, backoff=backoff),
         )
 
     async def migrate(
@@ -185,13 +213,15 @@ class Store:
         fn: Optional[Callable[[M], Any]] = None,
         *,
         by: Optional[str] = None,
-        retries: int = 3,
+        retries: Optional[int] = None,
+        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
     ) -> Updated[M]:
         """Async :meth:`ctxlink.Store.migrate` (``fn`` may be ``async def``)."""
         return await _run(
             self._client,
             _core.op_update(
-                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True
+                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True,
+                timeout=timeout,
             ),
         )
 

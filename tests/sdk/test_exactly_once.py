@@ -1,0 +1,308 @@
+"""Protocol v2 through the SDK, on both engines: exactly-once writes when replies are lost
+(a fault-injecting proxy drops the reply of a write the server executed, with another writer in
+between), field-level concurrency with declared read sets, and contention that never gives up."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+import redis.asyncio
+
+import ctxlink
+import ctxlink.aio
+from sdk_support import Protos  # type: ignore[import-not-found]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from faultproxy import FaultProxy  # noqa: E402
+
+
+def connect(client: Any, engine: str) -> ctxlink.Store:
+    return ctxlink.connect(client, engine=engine)
+
+
+@pytest.fixture
+def store(client: redis.Redis, sdk_engine: str, protos: Protos) -> ctxlink.Store:
+    s = connect(client, sdk_engine)
+    s.register_schema("order", protos.Order)
+    return s
+
+
+def write_matcher(store: ctxlink.Store) -> Callable[[list[bytes]], bool]:
+    """Matches the write commands of ``store``'s engine (CTX.CAS / CTX.PATCH, or cas.lua)."""
+    names = {b"CTX.CAS", b"CTX.PATCH"}
+    shas = {s.sha.encode() for n, s in store._st.scripts.items() if n == "cas"}
+
+    def match(args: list[bytes]) -> bool:
+        if not args:
+            return False
+        name = args[0].upper()
+        return name in names or (name in (b"EVALSHA", b"EVALSHA_RO") and args[1] in shas)
+
+    return match
+
+
+def bump(field: str, by: int = 1) -> Callable[[Any], None]:
+    def fn(o: Any) -> None:
+        setattr(o, field, getattr(o, field) + by)
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# exactly once
+
+
+@pytest.mark.parametrize("reads", [None, ["base_price"]])
+def test_update_is_applied_once_when_its_reply_is_lost(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos, reads: Any
+) -> None:
+    Order = protos.Order
+    store.cas("o:1", 0, Order(order_id="o"), schema="order")
+    with FaultProxy(server.port) as proxy:
+        agent = connect(redis.Redis(port=proxy.port), sdk_engine)  # default redis-py retries
+        proxy.arm(
+            write_matcher(agent), times=1,
+            hook=lambda _: store.update("o:1", bump("discount"), message_class=Order),
+        )
+        calls: list[int] = []
+
+        def fn(o: Any) -> None:
+            calls.append(1)
+            o.base_price += 10
+
+        up = agent.update("o:1", fn, message_class=Order, reads=reads)
+        assert proxy.faults == 1
+        agent.client.close()
+    final = store.get("o:1")
+    assert final is not None
+    order = final.decode(Order)
+    assert (order.base_price, order.discount) == (10, 1)  # each write exactly once
+    assert calls == [1] and up.attempts == 1  # fn was not called again after the lost reply
+    assert final.version == 3
+
+
+def test_cas_resend_is_reported_as_replayed(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    Order = protos.Order
+    store.cas("o:2", 0, Order(order_id="o"), schema="order")
+    with FaultProxy(server.port) as proxy:
+        agent = connect(redis.Redis(port=proxy.port), sdk_engine)
+        proxy.arm(write_matcher(agent), times=1,
+                  hook=lambda _: store.update("o:2", bump("discount"), message_class=Order))
+        result = agent.cas("o:2", 1, Order(order_id="o", base_price=7), write_id="w-1")
+        agent.client.close()
+    assert result.ok and result.replayed and result.version == 2
+    snap = store.get("o:2")
+    assert snap is not None and snap.version == 3
+    # the same id again, later: still a replay, nothing written
+    again = store.cas("o:2", 1, Order(order_id="o", base_price=99), write_id="w-1")
+    assert again.ok and again.replayed and again.version == 2
+    assert store.get("o:2") == snap
+
+
+def test_resend_past_the_window_is_outcome_unknown(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    Order = protos.Order
+    store.cas("o:3", 0, Order(order_id="o"), schema="order")
+
+    def seventeen_writes(_: Any) -> None:
+        for _ in range(17):
+            store.update("o:3", bump("discount"), message_class=Order)
+
+    with FaultProxy(server.port) as proxy:
+        agent = connect(redis.Redis(port=proxy.port), sdk_engine)
+        proxy.arm(write_matcher(agent), times=1, hook=seventeen_writes)
+        calls: list[int] = []
+
+        def fn(o: Any) -> None:
+            calls.append(1)
+            o.base_price += 10
+
+        with pytest.raises(ctxlink.OutcomeUnknownError) as info:
+            agent.update("o:3", fn, message_class=Order)
+        agent.client.close()
+    assert info.value.key == "o:3" and info.value.write_id
+    assert isinstance(info.value, ctxlink.CtxError)
+    assert calls == [1]
+    order = store.get("o:3").decode(Order)  # type: ignore[union-attr]
+    assert (order.base_price, order.discount) == (10, 17)  # it had landed, once
+
+
+def test_async_update_is_applied_once_when_its_reply_is_lost(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    Order = protos.Order
+    store.cas("o:4", 0, Order(order_id="o"), schema="order")
+
+    async def main() -> None:
+        with FaultProxy(server.port) as proxy:
+            client = redis.asyncio.Redis(port=proxy.port)
+            agent = await ctxlink.aio.connect(client, engine=sdk_engine)
+            proxy.arm(write_matcher(agent), times=1,  # type: ignore[arg-type]
+                      hook=lambda _: store.update("o:4", bump("discount"), message_class=Order))
+            up = await agent.update("o:4", bump("base_price", 10), message_class=Order)
+            assert up.attempts == 1 and proxy.faults == 1
+            await client.aclose()
+
+    asyncio.run(main())
+    order = store.get("o:4").decode(Order)  # type: ignore[union-attr]
+    assert (order.base_price, order.discount) == (10, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# field-level concurrency
+
+
+def test_disjoint_fields_never_conflict(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    Order = protos.Order
+    store.cas("f:1", 0, Order(order_id="f"), schema="order")
+    fields = ["base_price", "discount", "final_price", "last_updated_epoch"]
+    rounds = 40
+    attempts: list[int] = []
+    lock = threading.Lock()
+
+    def worker(field: str) -> None:
+        client = server.client()
+        s = connect(client, sdk_engine)
+        for _ in range(rounds):
+            up = s.update("f:1", bump(field), message_class=Order, reads=[])
+            with lock:
+                attempts.append(up.attempts)
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(f,)) for f in fields]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    order = store.get("f:1").decode(Order)  # type: ignore[union-attr]
+    assert [getattr(order, f) for f in fields] == [rounds] * len(fields)
+    assert attempts == [1] * (rounds * len(fields))  # zero conflicts
+
+
+def test_a_changed_read_conflicts_and_the_retry_sees_it(
+    store: ctxlink.Store, protos: Protos
+) -> None:
+    Order = protos.Order
+    store.cas("f:2", 0, Order(order_id="f", base_price=100), schema="order")
+    seen: list[int] = []
+
+    def price(o: Any) -> None:
+        seen.append(o.base_price)
+        if len(seen) == 1:  # another agent changes the price while we think
+            store.update("f:2", bump("base_price", 50), message_class=Order, reads=[])
+        o.final_price = o.base_price - o.discount
+
+    up = store.update("f:2", price, message_class=Order, reads=["base_price", "discount"])
+    assert seen == [100, 150] and up.attempts == 2
+    assert up.message.final_price == 150
+    order = store.get("f:2").decode(Order)  # type: ignore[union-attr]
+    assert (order.base_price, order.final_price) == (150, 150)
+
+
+def test_an_unrelated_change_does_not_conflict(store: ctxlink.Store, protos: Protos) -> None:
+    Order = protos.Order
+    store.cas("f:3", 0, Order(order_id="f", base_price=100), schema="order")
+    calls: list[int] = []
+
+    def price(o: Any) -> None:
+        calls.append(1)
+        store.update("f:3", lambda x: setattr(x, "inventory_reserved", True),
+                     message_class=Order, reads=[])
+        o.final_price = o.base_price
+
+    up = store.update("f:3", price, message_class=Order, reads=["base_price"])
+    assert calls == [1] and up.attempts == 1
+    order = store.get("f:3").decode(Order)  # type: ignore[union-attr]
+    assert order.inventory_reserved and order.final_price == 100  # merged on the server
+    assert up.message == order and up.raw == store.get("f:3").raw  # type: ignore[union-attr]
+
+
+def test_conflict_names_the_changed_fields(store: ctxlink.Store, protos: Protos) -> None:
+    Order = protos.Order
+    store.cas("f:4", 0, Order(order_id="f"), schema="order")
+    store.update("f:4", bump("discount"), message_class=Order, reads=[])
+
+    def never(o: Any) -> None:
+        store.update("f:4", bump("discount"), message_class=Order, reads=[])
+        o.final_price += 1
+
+    with pytest.raises(ctxlink.ConflictError) as info:
+        store.update("f:4", never, message_class=Order, reads=["discount"], retries=0)
+    assert info.value.changed == ("discount",)
+
+
+def test_nothing_changed_writes_nothing(store: ctxlink.Store, protos: Protos) -> None:
+    Order = protos.Order
+    store.cas("f:5", 0, Order(order_id="f"), schema="order")
+    before = store.get("f:5")
+    up = store.update("f:5", lambda o: None, message_class=Order, reads=["discount"])
+    assert up.version == 1 and store.get("f:5") == before
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [["no_such_field"], ["version"], ["discount", "discount"], "discount"],
+)
+def test_bad_read_sets_fail_before_anything_is_sent(
+    store: ctxlink.Store, protos: Protos, reads: Any
+) -> None:
+    Order = protos.Order
+    store.cas("f:6", 0, Order(order_id="f"), schema="order")
+    before = store.get("f:6")
+    with pytest.raises(ctxlink.FieldError):
+        store.update("f:6", bump("discount"), message_class=Order, reads=reads)
+    assert store.get("f:6") == before
+
+
+# ---------------------------------------------------------------------------------------------
+# contention
+
+
+@pytest.mark.parametrize("reads", [None, ["base_price"]])
+def test_sixteen_writers_on_one_field_never_give_up(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos, reads: Any
+) -> None:
+    Order = protos.Order
+    store.cas("c:16", 0, Order(order_id="c"), schema="order")
+    writers, rounds = 16, 50
+    errors: list[BaseException] = []
+    worst: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        client = server.client()
+        s = connect(client, sdk_engine)
+        try:
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                s.update("c:16", bump("base_price"), message_class=Order, reads=reads)
+                with lock:
+                    worst.append(time.perf_counter() - t0)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    snap = store.get("c:16")
+    assert snap is not None and snap.decode(Order).base_price == writers * rounds
+    assert snap.version == writers * rounds + 1
+    print(f"16 writers x {rounds}: slowest update {max(worst) * 1000:.0f} ms")
