@@ -254,13 +254,19 @@ def registry_copies(st: "State", name: str) -> list[tuple[str, str]]:
     return [(f"__ctx:{{{t}}}:schema:{name}", f"__ctx:{{{t}}}:schemas") for t in tags]
 
 
-def registry_key_for(st: "State", name: str, key: Any) -> str:
-    """The registry entry a command on ``key`` reads: on a cluster, the copy in ``key``'s slot."""
+def registry_tag(st: "State", key: Any) -> str:
+    """The slot tag of ``key``'s registry copy on a cluster ("" on a standalone server)."""
     if not st.cluster or key is None:
-        return registry_key(name)
+        return ""
     from redis.crc import key_slot
 
-    return f"__ctx:{{{_slot_tag(key_slot(_bytes(key)))}}}:schema:{name}"
+    return _slot_tag(key_slot(_bytes(key)))
+
+
+def registry_key_for(st: "State", name: str, key: Any) -> str:
+    """The registry entry a command on ``key`` reads: on a cluster, the copy in ``key``'s slot."""
+    tag = registry_tag(st, key)
+    return f"__ctx:{{{tag}}}:schema:{name}" if tag else registry_key(name)
 
 
 def _text(value: Any) -> str:
@@ -458,10 +464,12 @@ def _cas_raw(
         st.max_depth,
         st.unknown_fields,
     )
+    tag = registry_tag(st, key)
     planned = relocated = False
     while True:
         try:
-            reply = yield from _evalsha(st, "cas", (key, registry_key_for(st, name, key)), argv)
+            # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
+            reply = yield from _evalsha(st, "cas", (key,), (*argv, name, tag))
             break
         except SchemaError as exc:
             text = str(exc)
