@@ -39,10 +39,12 @@
 
   Checks, in the module's order; the first failure replies and nothing is written:
     ERR        expected_version / base_version not an integer in range, writer id over 65535
-               bytes, write id not 1..64 bytes; CTX.PATCH: FIELDS empty, a field number that is
-               not a decimal integer in 1 .. 536870911, a number twice in FIELDS or in READS
+               bytes, write id not 1..64 bytes; CTX.PATCH: a field number that is not a
+               decimal integer in 1 .. 536870911, a number twice in FIELDS or in READS, FIELDS
+               empty (the module's texts)
     WRONGTYPE  KEYS[1] exists and is not a context (not a v1 context hash, not a v2 string)
-    replayed   the write id's digest is in the window: ["replayed", version that write produced]
+    replayed   the write id's digest is in the window: ["replayed" (a status reply), version
+               that write produced]
     conflict   CTX.CAS: stored version (0 when absent) != expected_version; CTX.PATCH: absent
                key and base_version != 0, or a field of FIELDS/READS changed after base_version
                (docs/PROTOCOL.md, "CTX.PATCH"). Reply nil (no context), else the current state
@@ -66,7 +68,8 @@
     CTXINVALID CTX.PATCH: unparseable top-level structure of the payload; both: the (merged)
                payload fails the wire walk (see below) or lacks a required field
     CTXTOOBIG  the payload (CTX.PATCH: the merged payload) is longer than max_payload_bytes
-    CTXVERSION CTX.CAS: the payload's version field != expected_version + 1
+    CTXVERSION CTX.CAS: the payload's version field != expected_version + 1; CTX.PATCH: the
+               new version does not fit a 32-bit version field
   Success: the v2 value with version + 1, updated_ms (server TIME), a new window record
   (SHA-1 prefix of the id or zeros; mask bit 31 for CTX.CAS and creates, the FIELDS bits for a
   patch); reply the new version (CTX.CAS) or [new version, merged payload] (CTX.PATCH).
@@ -124,20 +127,27 @@ end
 -- FIELDS / READS: numbers as given; F and R are sets, U = F u R ascending
 local FL, RL, F, R = {}, {}, {}, {}
 local function parse_fields(text, list, set, what)
+  -- as the module: every number in range first, then the first repeat in argument order
   for word in string.gmatch(text or '', '[^ ]+') do
     local f = strict_int(word)
     if not f or f < 1 or f > MAX_FIELD then
       return err('ERR', 'field numbers must be integers from 1 to ' .. MAX_FIELD)
     end
+    list[#list + 1] = f
+  end
+  for _, f in ipairs(list) do
     if set[f] then return err('ERR', fmt('field %d is listed twice in %s', f, what)) end
     set[f] = true
-    list[#list + 1] = f
   end
 end
 if patching then
-  local e = parse_fields(ARGV[11], FL, F, 'FIELDS') or parse_fields(ARGV[12], RL, R, 'READS')
+  local e = parse_fields(ARGV[11], FL, F, 'FIELDS')
   if e then return e end
-  if #FL == 0 then return err('ERR', 'FIELDS needs at least one field number') end
+  if #FL == 0 then
+    return err('ERR', 'FIELDS needs a count from 1 to the field numbers that follow')
+  end
+  e = parse_fields(ARGV[12], RL, R, 'READS')
+  if e then return e end
 end
 
 local payload = ARGV[2]
@@ -201,7 +211,9 @@ if wid then
     tonumber(sub(hex, 15, 16), 16))
   if digest ~= ZERO8 then
     for i = 0, cur_n - 1 do
-      if sub(val, 25 + 12 * i, 32 + 12 * i) == digest then return { 'replayed', cur_v - i } end
+      if sub(val, 25 + 12 * i, 32 + 12 * i) == digest then
+        return { redis.status_reply('replayed'), cur_v - i }
+      end
     end
   end
 end
@@ -679,6 +691,12 @@ if patching then
   for _, f in ipairs(RL) do
     local e = check_field(f)
     if e then return e end
+  end
+  -- the largest version the field's type holds (the module's ctx_VersionField.max)
+  local vmax = (VK == 'int32' or VK == 'sint32' or VK == 'sfixed32') and 2147483647
+    or (VK == 'uint32' or VK == 'fixed32') and 4294967295 or nil
+  if vmax and new_v > vmax then
+    return err('CTXVERSION', fmt('version %.0f does not fit the version field', new_v))
   end
 
   -- The splice reads the top level as module/core/ctx_value.c does (its error texts depend on

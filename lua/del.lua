@@ -14,7 +14,8 @@
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
     nil       conflict: the key does not exist
-    [version, raw, schema, updated_ms, updated_by]   conflict: the current state
+    [version, raw, schema, updated_ms, updated_by]   conflict: the current state; with an ID
+              also [oldest_known, changed] (changed empty), as CTX.CAS
   Errors:
     ERR        expected_version is not an integer in range; write id not 1 to 64 bytes
     WRONGTYPE  the key exists and is not a context (v2 string or v1 hash)
@@ -50,7 +51,7 @@ end
 local key = KEYS[1]
 local got = redis.pcall('GET', key)
 if got == false then return false end
-local state
+local state, oldest
 if type(got) == 'string' then
   local len = #got
   if len < 24 or sub(got, 1, 4) ~= 'CTX\2' then return wrongtype() end
@@ -59,6 +60,7 @@ if type(got) == 'string' then
   local hl = at + sl + bl - 1
   if n > 16 or sl < 1 or sl > 128 or hl > len or v < 1 then return wrongtype() end
   state = { v, sub(got, hl + 1), sub(got, at, at + sl - 1), ms, sub(got, at + sl, hl) }
+  oldest = v - n + 1
 else
   local t = redis.call('TYPE', key)
   if type(t) == 'table' then t = t.ok end
@@ -67,7 +69,13 @@ else
   local v = strict_int(h[1] or nil)
   if not v or v < 1 then return wrongtype() end
   state = { v, h[2] or '', h[3] or '', strict_int(h[4] or nil) or 0, h[5] or '' }
+  oldest = v + 1
 end
-if state[1] ~= expected then return state end
+if state[1] ~= expected then
+  if wid then -- as CTX.CAS: a command with ID gets oldest_known and an empty `changed`
+    state[6], state[7] = oldest, {}
+  end
+  return state
+end
 redis.call('DEL', key)
 return 1

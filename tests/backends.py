@@ -131,13 +131,31 @@ def _syntax() -> redis.ResponseError:
 
 _CAS_OPTIONS = {b"SCHEMA": "schema", b"BY": "by", b"ID": "write_id"}
 _PATCH_OPTIONS = {**_CAS_OPTIONS, b"FIELDS": "fields", b"READS": "reads"}
-_FIELDS_REQUIRED = "ERR FIELDS needs at least one field number"
-_FIELD_RANGE = "ERR field numbers must be integers from 1 to 536870911"
+_INT_RE = re.compile(rb"^(0|-?[1-9][0-9]*)$")
+
+
+def _field_list(words: list, what: str) -> list:
+    """FIELDS / READS numbers checked as the module checks them: every number in range, then
+    the first repeat in argument order."""
+    nums = []
+    for w in words:
+        w = _b(w)
+        if not _INT_RE.match(w) or not 1 <= int(w) <= 536870911:
+            raise reply_error("ERR field numbers must be integers from 1 to 536870911")
+        nums.append(int(w))
+    seen: set[int] = set()
+    for n in nums:
+        if n in seen:
+            raise reply_error(f"ERR field {n} is listed twice in {what}")
+        seen.add(n)
+    return [_b(w) for w in words]
 
 
 def _options(opt, known: dict) -> dict:
-    """Options as the module parses them: keywords in any order, each at most once; FIELDS and
-    READS take a count then that many field numbers (checked by cas.lua)."""
+    """Options parsed as the module parses them, left to right, each error replied where the
+    module finds it: keywords in any order, each at most once; ID 1..64 bytes, BY at most
+    65535; FIELDS / READS take a count (FIELDS 1.., READS 0.., at most the arguments left)
+    then that many field numbers."""
     opts: dict[str, object] = {}
     opt = list(opt)
     i = 0
@@ -146,27 +164,40 @@ def _options(opt, known: dict) -> dict:
         if slot is None or slot in opts or i + 1 >= len(opt):
             raise _syntax()
         if slot in ("fields", "reads"):
+            what = "FIELDS" if slot == "fields" else "READS"
             count = _b(opt[i + 1])
-            if not re.fullmatch(rb"0|[1-9][0-9]{0,9}", count):
-                raise _syntax()
+            left = len(opt) - i - 2
+            low = 1 if slot == "fields" else 0
+            if not _INT_RE.match(count) or not low <= int(count) <= left:
+                raise reply_error(f"ERR {what} needs a count from {low} to the field numbers "
+                                  "that follow")
             k = int(count)
-            if i + 2 + k > len(opt):
-                raise _syntax()
-            if slot == "fields" and k == 0:
-                raise reply_error(_FIELDS_REQUIRED)
-            opts[slot] = [_b(x) for x in opt[i + 2: i + 2 + k]]
+            opts[slot] = _field_list(opt[i + 2: i + 2 + k], what)
             i += 2 + k
-        else:
-            opts[slot] = opt[i + 1]
-            i += 2
+            continue
+        value = _b(opt[i + 1])
+        if slot == "write_id" and not 1 <= len(value) <= 64:
+            raise reply_error("ERR write id must be 1 to 64 bytes")
+        if slot == "by" and len(value) > 65535:
+            raise reply_error("ERR writer id is longer than 65535 bytes")
+        opts[slot] = opt[i + 1]
+        i += 2
     return opts
+
+
+def _check_version_arg(value, what: str) -> None:
+    """A version argument as the script checks it (the module's rule, Lua's 2^53 - 2 limit),
+    before the options, as the module parses it."""
+    v = _b(value)
+    if not _INT_RE.match(v) or len(v) > 20 or not 0 <= int(v) <= LUA_MAX_VERSION:
+        raise reply_error(f"ERR {what} must be an integer from 0 to {LUA_MAX_VERSION}")
 
 
 def _numbers(fields) -> bytes:
     """A FIELDS / READS list as cas.lua takes it: decimal numbers separated by one space."""
     words = [_b(f) for f in fields]
     if any(not w or b" " in w for w in words):
-        raise reply_error(_FIELD_RANGE)
+        raise reply_error("ERR field numbers must be integers from 1 to 536870911")
     return b" ".join(words)
 
 
@@ -314,20 +345,24 @@ class LuaBackend:
             if len(rest) < 3:
                 raise _arity(cmd)
             key, expected, payload = rest[:3]
+            _check_version_arg(expected, "expected_version")
             return self.cas(key, expected, payload, **_options(rest[3:], _CAS_OPTIONS))
         if cmd == "CTX.PATCH":
             if len(rest) < 3:
                 raise _arity(cmd)
             key, base, payload = rest[:3]
+            _check_version_arg(base, "base_version")
             opts = _options(rest[3:], _PATCH_OPTIONS)
             if "fields" not in opts:
-                raise reply_error(_FIELDS_REQUIRED)
+                raise reply_error("ERR FIELDS is required")
             return self.patch(key, base, payload, **opts)
         if cmd == "CTX.DEL":
-            if len(rest) != 2 and len(rest) != 4:
+            if len(rest) < 2:
                 raise _arity(cmd)
-            opts = _options(rest[2:], {b"ID": "write_id"})
-            return self.delete(rest[0], rest[1], **opts)
+            if len(rest) != 2 and len(rest) != 4:
+                raise _syntax()
+            _check_version_arg(rest[1], "expected_version")
+            return self.delete(rest[0], rest[1], **_options(rest[2:], {b"ID": "write_id"}))
         if cmd == "CTX.SCHEMA.SET":
             if len(rest) < 3:
                 raise _arity(cmd)
