@@ -14,7 +14,8 @@
 #include "ctx_module.h"
 
 #define CTX_MODULE_NAME "ctx"
-#define CTX_MODULE_VERSION 100 /* 0.1.0 */
+#define CTX_MODULE_VERSION 200 /* 0.2.0 */
+#define CTX_PROTOCOL 2        /* docs/PROTOCOL.md; INFO ctx_protocol */
 
 ctx_Config ctx_config;
 ctx_Stats ctx_stats;
@@ -89,7 +90,9 @@ static const ctx_CommandSpec kCommands[] = {
      "Read a context: [version, raw, schema, updated_ms, updated_by] or nil."},
     {"ctx.cas", ctx_CasCommand, "write deny-oom", "write", -4, KEY_UPDATE,
      "Create or update a context if its version is expected_version."},
-    {"ctx.del", ctx_DelCommand, "write deny-oom", "write", 3, KEY_DELETE,
+    {"ctx.patch", ctx_PatchCommand, "write deny-oom", "write", -4, KEY_UPDATE,
+     "Write some top-level fields of a context if none it reads or writes changed."},
+    {"ctx.del", ctx_DelCommand, "write deny-oom", "write", -3, KEY_DELETE,
      "Delete a context if its version is expected_version."},
     {"ctx.schema.set", ctx_SchemaSetCommand, "write deny-oom", "write", -4, KEY_NONE,
      "Register or update a schema from a FileDescriptorSet."},
@@ -188,8 +191,11 @@ static int parse_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   (void)for_crash_report;
   RedisModule_InfoAddSection(ctx, "stats");
+  RedisModule_InfoAddFieldLongLong(ctx, "protocol", CTX_PROTOCOL);
   RedisModule_InfoAddFieldLongLong(ctx, "cas_ok", ctx_stats.cas_ok);
   RedisModule_InfoAddFieldLongLong(ctx, "cas_conflicts", ctx_stats.cas_conflicts);
+  RedisModule_InfoAddFieldLongLong(ctx, "patch_ok", ctx_stats.patch_ok);
+  RedisModule_InfoAddFieldLongLong(ctx, "replays", ctx_stats.replays);
   RedisModule_InfoAddFieldLongLong(ctx, "del_ok", ctx_stats.del_ok);
   RedisModule_InfoAddFieldLongLong(ctx, "get_hits", ctx_stats.get_hits);
   RedisModule_InfoAddFieldLongLong(ctx, "get_misses", ctx_stats.get_misses);
@@ -197,6 +203,7 @@ static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_version", ctx_stats.rejected_version);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_toobig", ctx_stats.rejected_toobig);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_schema", ctx_stats.rejected_schema);
+  RedisModule_InfoAddFieldLongLong(ctx, "rejected_field", ctx_stats.rejected_field);
   ctx_CacheStats cs;
   ctx_Registry_CacheStats(&cs);
   RedisModule_InfoAddFieldLongLong(ctx, "schemas_loaded", cs.schemas);
