@@ -45,16 +45,34 @@ class ModuleBackend:
     def get_args(self, key):
         return ["CTX.GET", key]
 
-    def cas_args(self, key, expected, payload, schema=None, by=None):
+    def cas_args(self, key, expected, payload, schema=None, by=None, write_id=None):
         args = ["CTX.CAS", key, expected, payload]
         if schema is not None:
             args += ["SCHEMA", schema]
         if by is not None:
             args += ["BY", by]
+        if write_id is not None:
+            args += ["ID", write_id]
         return args
 
-    def del_args(self, key, expected):
-        return ["CTX.DEL", key, expected]
+    def patch_args(self, key, base, payload, fields, reads=None, schema=None, by=None,
+                   write_id=None):
+        args = ["CTX.PATCH", key, base, payload, "FIELDS", len(fields), *fields]
+        if reads is not None:
+            args += ["READS", len(reads), *reads]
+        if schema is not None:
+            args += ["SCHEMA", schema]
+        if by is not None:
+            args += ["BY", by]
+        if write_id is not None:
+            args += ["ID", write_id]
+        return args
+
+    def del_args(self, key, expected, write_id=None):
+        args = ["CTX.DEL", key, expected]
+        if write_id is not None:
+            args += ["ID", write_id]
+        return args
 
     # ---- commands
     def command(self, *args):
@@ -64,11 +82,17 @@ class ModuleBackend:
     def get(self, key):
         return self.r.execute_command(*self.get_args(key))
 
-    def cas(self, key, expected, payload, schema=None, by=None):
-        return self.r.execute_command(*self.cas_args(key, expected, payload, schema, by))
+    def cas(self, key, expected, payload, schema=None, by=None, write_id=None):
+        return self.r.execute_command(*self.cas_args(key, expected, payload, schema, by,
+                                                     write_id))
 
-    def delete(self, key, expected):
-        return self.r.execute_command(*self.del_args(key, expected))
+    def patch(self, key, base, payload, fields, reads=None, schema=None, by=None,
+              write_id=None):
+        return self.r.execute_command(*self.patch_args(key, base, payload, fields, reads,
+                                                       schema, by, write_id))
+
+    def delete(self, key, expected, write_id=None):
+        return self.r.execute_command(*self.del_args(key, expected, write_id))
 
     def schema_set(self, name, type, fds, force=False, versionfield=None):
         args = ["CTX.SCHEMA.SET", name, type, fds]
