@@ -48,9 +48,9 @@
     conflict   CTX.CAS: stored version (0 when absent) != expected_version; CTX.PATCH: absent
                key and base_version != 0, or a field of FIELDS/READS changed after base_version
                (docs/PROTOCOL.md, "CTX.PATCH"). Reply nil (no context), else the current state
-               [version, raw, schema, updated_ms, updated_by] and, when the write carried an
-               id, also [oldest_known, changed] (changed: ascending field numbers; empty for
-               CTX.CAS)
+               [version, raw, schema, updated_ms, updated_by], then [oldest_known, changed]
+               for every CTX.PATCH and for a CTX.CAS that carried an id (changed: ascending
+               field numbers; empty for CTX.CAS)
     CTXSCHEMA  "schema required to create a context", "schema mismatch: ...",
                "the context has no schema field",
                "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :" (ARGV[8],
@@ -221,7 +221,7 @@ end
 -- ---- conflict -----------------------------------------------------------------------------
 
 local function conflict(changed)
-  if not wid then return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by } end
+  if not wid and not patching then return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by } end
   return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, cur_v - cur_n + 1, changed }
 end
 
