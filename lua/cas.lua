@@ -1,87 +1,59 @@
 #!lua
 --[[
-  cas.lua - CTX.CAS and CTX.PATCH for servers without the module (docs/PROTOCOL.md, "Lua engine").
+  cas.lua - CTX.CAS and CTX.PATCH for servers without the module (docs/PROTOCOL.md, "Lua engine":
+  the details of every step are there).
 
-  Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
+  Shebang (Redis 7.0+): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
+  One script for both commands (ARGV[10]): they share the argument checks, the key read, the
+  write-id window, the schema lookup and the validation walk; scripts cannot include one another.
+  Keep this file under 32 KB: Redis keeps a SCRIPT LOAD argument of 32 KB or more in the client's
+  query buffer, which after a large payload on that connection stays cached with the script.
 
-  One script for both commands (ARGV[10] picks the mode): they share the argument checks, the
-  key read, the write-id window, the schema lookup and the 350-line validation walk, and Redis
-  scripts cannot include one another; a second script would duplicate the walk.
-
-  KEYS[1]  the context key: the only key the script declares and the only key it writes
-  ARGV[1]  expected_version (CTX.CAS) or base_version (CTX.PATCH): decimal integer
-           0 .. 9007199254740990 (2^53 - 2; Lua numbers are doubles, the module accepts up to
-           2^63 - 2)
-  ARGV[2]  payload (serialized protobuf message; for CTX.PATCH only the fields in FIELDS)
-  ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), "0" when not
+  KEYS[1]  the context key: the only key declared, the only key written
+  ARGV[1]  expected_version (CAS) / base_version (PATCH): decimal, 0 .. 2^53 - 2 (Lua doubles)
+  ARGV[2]  payload (PATCH: only the fields in FIELDS)
+  ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), else "0"
   ARGV[4]  writer id for updated_by ("" for none; at most 65535 bytes)
-  ARGV[5]  max_payload_bytes
-  ARGV[6]  max_depth (root message = depth 0)
-  ARGV[7]  unknown fields: "reject" or "allow"
-  ARGV[8]  the schema name to validate against: the SCHEMA argument on create, the context's
-           stored schema on update ("" when the caller does not know it)
-  ARGV[9]  on Redis Cluster, the slot tag of KEYS[1]'s slot (the smallest decimal integer whose
-           CRC16 lands in that slot, docs/PROTOCOL.md "Redis Cluster"); "" or absent on a
-           standalone server
-  ARGV[10] "cas" (default when absent) or "patch"
-  ARGV[11] CTX.PATCH: the FIELDS numbers, decimal, separated by one space, in the order given
-  ARGV[12] CTX.PATCH: the READS numbers, same form ("" for none)
-  ARGV[13] the write id (ID), 1 to 64 bytes; absent: the write carries no id
+  ARGV[5]  max_payload_bytes   ARGV[6] max_depth (root = 0)   ARGV[7] "reject" / "allow" unknown
+  ARGV[8]  the schema name: SCHEMA on create, the context's schema on update ("" if unknown)
+  ARGV[9]  cluster: the slot tag of KEYS[1]'s slot; "" or absent standalone
+  ARGV[10] "cas" (default) or "patch"
+  ARGV[11] PATCH: FIELDS numbers, decimal, one space apart, in the order given
+  ARGV[12] PATCH: READS numbers, same form ("" for none)
+  ARGV[13] the write id (ID), 1 to 64 bytes; absent: no id
 
-  The registry entry is read, not declared: "__ctx:schema:<ARGV[8]>", or on a cluster the copy
-  in KEYS[1]'s own slot, "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>". Redis 7 treats every declared
-  key of a script as read-write, so declaring the entry would make agents hold write access to
-  the registry; read undeclared, read access (ACL %R~__ctx:*) is enough.
-
-  Storage (docs/PROTOCOL.md, "Storage format"): a v2 string "CTX\2" + header + window records
-  + schema + updated_by + payload; a v1 hash is still read (its window is empty) and the first
-  write replaces it. Every write is `SET KEYS[1] <value> KEEPTTL`.
+  The registry entry is read undeclared ("__ctx:schema:<ARGV[8]>", on a cluster
+  "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>"): declared keys are read-write on Redis 7, and agents
+  should need read access (%R~__ctx:*) only. A context is a v2 string (a v1 hash is read, with an
+  empty window, and replaced by the first write); every write is SET KEYS[1] <value> KEEPTTL.
 
   Checks, in the module's order; the first failure replies and nothing is written:
-    ERR        expected_version / base_version not an integer in range, writer id over 65535
-               bytes, write id not 1..64 bytes; CTX.PATCH: a field number that is not a
-               decimal integer in 1 .. 536870911, a number twice in FIELDS or in READS, FIELDS
-               empty (the module's texts)
-    WRONGTYPE  KEYS[1] exists and is not a context (not a v1 context hash, not a v2 string)
-    replayed   the write id's digest is in the window: ["replayed" (a status reply), version
-               that write produced]
-    conflict   CTX.CAS: stored version (0 when absent) != expected_version; CTX.PATCH: absent
-               key and base_version != 0, or a field of FIELDS/READS changed after base_version
-               (docs/PROTOCOL.md, "CTX.PATCH"). Reply nil (no context), else the current state
-               [version, raw, schema, updated_ms, updated_by], then [oldest_known, changed]
-               for every CTX.PATCH and for a CTX.CAS that carried an id (changed: ascending
-               field numbers; empty for CTX.CAS)
-    CTXSCHEMA  "schema required to create a context", "schema mismatch: ...",
-               "the context has no schema field",
-               "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :" (ARGV[8],
-               checked before any key is built from it; the module says "unknown schema"),
-               "unknown schema '<name>'" (no registry entry),
-               "registry entry for schema '<name>' is damaged ..." (type, fds or vfield
-               missing, or digest != sha1hex of the content: edited by hand, as the module),
-               "noplan <name>" (entry without a plan, or plan digest != entry digest: the SDK
-               compiles the plan, stores it with schema_plan.lua and retries),
-               "schema key mismatch: the context uses '<name>'" (update without SCHEMA where
-               ARGV[8] is not the context's schema: the SDK read a stale schema and retries)
-    CTXFIELD   CTX.PATCH: a number of FIELDS/READS (FIELDS first, each list in the order given)
-               that is not a top-level field or is the version field; a top-level field of the
-               payload that is not in FIELDS
-    CTXINVALID CTX.PATCH: unparseable top-level structure of the payload; both: the (merged)
-               payload fails the wire walk (see below) or lacks a required field
-    CTXTOOBIG  the payload (CTX.PATCH: the merged payload) is longer than max_payload_bytes
-    CTXVERSION CTX.CAS: the payload's version field != expected_version + 1; CTX.PATCH: the
-               new version does not fit a 32-bit version field
-  Success: the v2 value with version + 1, updated_ms (server TIME), a new window record
-  (SHA-1 prefix of the id or zeros; mask bit 31 for CTX.CAS and creates, the FIELDS bits for a
-  patch); reply the new version (CTX.CAS) or [new version, merged payload] (CTX.PATCH).
+    ERR        versions out of range, writer id over 65535 bytes, write id not 1..64 bytes,
+               PATCH field numbers not in 1..536870911, repeated in FIELDS or READS, no FIELDS
+    WRONGTYPE  KEYS[1] exists and is not a context
+    replayed   the id's digest is in the window: ["replayed" (status), version it produced]
+    conflict   nil (no context) or [version, raw, schema, updated_ms, updated_by], plus
+               [oldest_known, changed] for PATCH and for a CAS with ID (changed: ascending
+               field numbers of FIELDS u READS written after base_version; empty for CAS)
+    CTXSCHEMA  schema required / mismatch / no schema field / invalid name / unknown /
+               damaged entry; "noplan <name>" (the SDK stores a plan and retries); "schema key
+               mismatch: the context uses '<name>'" (stale ARGV[8]: the SDK retries)
+    CTXFIELD   PATCH: FIELDS then READS, in the order given: not a top-level field, or the
+               version field; a payload field not in FIELDS
+    CTXVERSION PATCH: the new version does not fit a 32-bit version field
+    CTXINVALID PATCH: unparseable top level; the (merged) payload fails the walk
+    CTXTOOBIG  the (merged) payload is over max_payload_bytes
+    CTXVERSION CAS: the payload's version field != expected_version + 1
+  Success: version + 1, updated_ms from TIME, a new window record (digest of the id or zeros;
+  mask bit 31 for CAS and creates, the FIELDS bits for a patch). Reply: the new version (CAS),
+  [new version, merged payload] (PATCH).
 
-  Field paths in CTXINVALID messages use field numbers (the plan carries no names), e.g.
-  "field '10[2].1' (1): invalid UTF-8" where the module says "field 'items[2].sku' (1): ...".
-  The walk follows module/core/ctx_validate.c; tags and lengths written with more than 5 bytes
-  are rejected too (the module's upb decoder refuses them after its walk: CTXINVALID as well).
-  Known limits: a proto2 [default = ...] on the version field is not in the plan; an absent
-  version field reads as 0; a map entry without its value whose value type has required fields
-  is not flagged (upb checks the empty value, the plan does not mark map entries); stored
-  versions above 2^53 are not exact.
+  CTXINVALID paths use field numbers (the plan has no names): "field '10[2].1' (1): ..." where
+  the module says "field 'items[2].sku' (1): ...". The walk follows module/core/ctx_validate.c;
+  tags and lengths over 5 bytes are rejected (as upb does after the module's walk). Known limits:
+  a proto2 [default] on the version field is not in the plan (an absent field reads 0); a map
+  entry without its value whose value type has required fields is not flagged; stored versions
+  above 2^53 are not exact.
 ]]
 
 local byte, sub, find, floor, char = string.byte, string.sub, string.find, math.floor, string.char
