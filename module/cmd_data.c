@@ -185,22 +185,16 @@ static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int ar
   return 1;
 }
 
-static int hexval(char c) {
-  return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
-}
-
 /* The first 8 bytes of SHA-1(id). */
 static void write_digest(RedisModuleString *id, unsigned char out[CTX_DIGEST_LEN]) {
   size_t len;
   const char *p = RedisModule_StringPtrLen(id, &len);
   ctx_Sha1 sh;
-  char hex[41];
+  uint8_t raw[20];
   ctx_Sha1_Init(&sh);
   ctx_Sha1_Update(&sh, p, len);
-  ctx_Sha1_HexFinal(&sh, hex);
-  for (int i = 0; i < CTX_DIGEST_LEN; i++) {
-    out[i] = (unsigned char)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
-  }
+  ctx_Sha1_Final(&sh, raw);
+  memcpy(out, raw, CTX_DIGEST_LEN);
 }
 
 /* ---- schema and writing ---- */
@@ -241,9 +235,11 @@ static const ctx_Schema *write_schema(RedisModuleCtx *ctx, RedisModuleString *ke
   return ctx_Registry_Resolve(ctx, *name, *nlen, slot, st);
 }
 
-/* Stores the new value of `key` (replacing a v1 hash or the previous v2
- * string, keeping the key's TTL) and propagates `SET key value KEEPTTL`.
- * Reads `s` (the window it extends) before writing. */
+/* Stores the new value of `key` and propagates `SET key value KEEPTTL`.
+ * Reads `s` (the window it extends, maybe the schema name and payload) before
+ * writing. The TTL survives: a v2 string that does not grow is rewritten in
+ * place (no key re-insert, the expiry untouched); otherwise the key is
+ * replaced by a string of the exact size and its expiry restored. */
 static void write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *keyname,
                         const ctx_State *s, uint64_t version, const unsigned char *digest,
                         uint32_t mask, const char *schema, size_t schema_len,
@@ -256,26 +252,30 @@ static void write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
   char *buf = size <= sizeof(stackbuf) ? stackbuf : RedisModule_Alloc(size);
   ctx_Value_Write(buf, prev, version, (uint64_t)RedisModule_Milliseconds(), digest, mask,
                   schema, schema_len, by_p, by_len, payload, payload_len);
-  RedisModuleString *val = RedisModule_CreateString(ctx, buf, size);
-  if (buf != stackbuf) RedisModule_Free(buf);
 
-  mstime_t expire = REDISMODULE_NO_EXPIRE;
-  if (prev) {
-    expire = RedisModule_GetAbsExpire ? RedisModule_GetAbsExpire(key)
-                                      : RedisModule_GetExpire(key);
-  }
-  RedisModule_StringSet(key, val); /* replaces any type, drops the TTL */
-  if (expire != REDISMODULE_NO_EXPIRE) {
-    if (RedisModule_GetAbsExpire) {
-      RedisModule_SetAbsExpire(key, expire);
-    } else {
-      RedisModule_SetExpire(key, expire);
+  bool in_place = prev && !s->v1 && size <= RedisModule_ValueLength(key);
+  if (!in_place && s->kind != kState_Absent) {
+    mstime_t expire = RedisModule_GetAbsExpire ? RedisModule_GetAbsExpire(key)
+                                               : RedisModule_GetExpire(key);
+    RedisModule_DeleteKey(key);
+    RedisModule_StringTruncate(key, size); /* a new string of exactly `size` bytes */
+    if (expire != REDISMODULE_NO_EXPIRE) {
+      if (RedisModule_GetAbsExpire) {
+        RedisModule_SetAbsExpire(key, expire);
+      } else {
+        RedisModule_SetExpire(key, expire);
+      }
     }
+  } else {
+    RedisModule_StringTruncate(key, size);
   }
-  RedisModule_Replicate(ctx, "SET", "ssc", keyname, val, "KEEPTTL");
+  size_t len;
+  char *dst = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
+  memcpy(dst, buf, size);
+  RedisModule_Replicate(ctx, "SET", "sbc", keyname, buf, size, "KEEPTTL");
+  if (buf != stackbuf) RedisModule_Free(buf);
   RedisModule_SignalModifiedKey(ctx, keyname);
   RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_STRING, "set", keyname);
-  RedisModule_FreeString(ctx, val);
 }
 
 static void count_rejection(const ctx_Status *st) {

@@ -55,6 +55,14 @@ def test_a_landed_write_resent_with_its_id_is_replayed_even_after_other_writes(b
     assert v.record_for("patch-3")[1].mask == ctxvalue.field_bit(4)
 
 
+@pytest.mark.parametrize("length", [1, 55, 56, 63, 64])
+def test_the_window_holds_the_sha1_prefix_of_the_write_id(backend, order, r, length):
+    write_id = bytes(range(256))[-length:]
+    assert backend.cas("o:1", 0, order(1), schema="order", write_id=write_id) == 1
+    assert value(r, "o:1").window[0].digest == ctxvalue.id_digest(write_id)
+    assert backend.cas("o:1", 0, order(1), schema="order", write_id=write_id) == [b"replayed", 1]
+
+
 def test_a_write_without_id_records_a_zero_digest_that_never_matches(backend, order, r):
     assert backend.cas("o:1", 0, order(1), schema="order") == 1
     assert value(r, "o:1").window[0].digest == bytes(8)
