@@ -104,9 +104,21 @@ def test_a_conflict_has_seven_elements_with_id_and_five_without(backend, order, 
 def test_the_ttl_of_a_context_survives_writes(backend, order, r):
     backend.cas("o:1", 0, order(1), schema="order")
     r.pexpire("o:1", 100_000)
-    backend.cas("o:1", 1, order(2), write_id="a")
+    backend.cas("o:1", 1, order(2), write_id="a")       # the value grows
     backend.patch("o:1", 2, f_varint(4, 1), [4])
     assert 90_000 < r.pttl("o:1") <= 100_000
+    for v in range(4, 20):                                # a full window: same size, shrinking
+        assert backend.cas("o:1", v - 1, order(v), write_id=f"w{v}") == v
+    assert backend.cas("o:1", 19, f_varint(2, 20)) == 20
+    assert 90_000 < r.pttl("o:1") <= 100_000
+    # a v1 hash replaced by its first v2 write keeps its TTL too
+    r.hset("v1", mapping=context_hash(order(1), 1, "order", 5, "x"))
+    r.pexpire("v1", 100_000)
+    assert backend.cas("v1", 1, order(2)) == 2
+    assert r.type("v1") == b"string" and 90_000 < r.pttl("v1") <= 100_000
+    r.persist("o:1")
+    assert backend.cas("o:1", 20, order(21)) == 21
+    assert r.pttl("o:1") == -1
 
 
 # --------------------------------------------------------------------------- CTX.PATCH
