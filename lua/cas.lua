@@ -142,7 +142,7 @@ local function wrongtype()
   return err('WRONGTYPE', 'Operation against a key that is not a ctxlink context')
 end
 
-local cur_v, cur_n, cur_schema, cur_ms, cur_by, cur_raw = 0, 0, nil, 0, '', ''
+local cur_v, cur_n, cur_schema, cur_ms, cur_by, cur_raw, cur_hl = 0, 0, nil, 0, '', '', 0
 local val = nil -- the v2 value string, when the key holds one
 local present = false
 local got = redis.pcall('GET', ckey)
@@ -158,7 +158,8 @@ if type(got) == 'string' then
   local at = 25 + 12 * nrec
   cur_schema = sub(got, at, at + sl - 1)
   cur_by = sub(got, at + sl, hl)
-  cur_raw = sub(got, hl + 1)
+  cur_raw = nil -- the payload, cut out only when needed (a conflict, a patch)
+  cur_hl = hl
 elseif got then
   -- an error reply: not a string; a v1 context is a hash
   local t = redis.call('TYPE', ckey)
@@ -193,6 +194,7 @@ end
 -- ---- conflict -----------------------------------------------------------------------------
 
 local function conflict(changed)
+  cur_raw = cur_raw or sub(val, cur_hl + 1)
   if not wid and not patching then return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by } end
   return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, cur_v - cur_n + 1, changed }
 end
@@ -750,6 +752,7 @@ if patching then
 
   local parts = {}
   if present then
+    cur_raw = cur_raw or sub(val, cur_hl + 1)
     res = top_fields(cur_raw, function(num, p, r)
       if not F[num] and num ~= VF then parts[#parts + 1] = sub(cur_raw, p, r - 1) end
     end)
