@@ -182,11 +182,16 @@ if wid then
     tonumber(sub(hex, 5, 6), 16), tonumber(sub(hex, 7, 8), 16), tonumber(sub(hex, 9, 10), 16),
     tonumber(sub(hex, 11, 12), 16), tonumber(sub(hex, 13, 14), 16),
     tonumber(sub(hex, 15, 16), 16))
-  if digest ~= ZERO8 then
-    for i = 0, cur_n - 1 do
-      if sub(val, 25 + 12 * i, 32 + 12 * i) == digest then
-        return { redis.status_reply('replayed'), cur_v - i }
+  if digest ~= ZERO8 and cur_n > 0 then
+    -- a plain find over the records; a hit counts only at a record's start
+    local last, at = 13 + 12 * cur_n, 25
+    while true do
+      at = find(val, digest, at, true)
+      if not at or at > last then break end
+      if (at - 25) % 12 == 0 then
+        return { redis.status_reply('replayed'), cur_v - (at - 25) / 12 }
       end
+      at = at + 1
     end
   end
 end

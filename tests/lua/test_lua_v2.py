@@ -286,3 +286,17 @@ def test_scripts_stay_under_the_big_argument_size():
     from backends import LUA_DIR
     for path in LUA_DIR.glob("*.lua"):
         assert path.stat().st_size < 32 * 1024, path.name
+
+
+def test_replay_matches_a_digest_only_at_a_record_start(lua):
+    """The digest bytes may also occur across a record's digest and mask: not a replay."""
+    import struct
+
+    from ctxvalue import encode
+    d = id_digest("needle")
+    spanning = (b"\0\0\0\0" + d[:4], struct.unpack("<I", d[4:])[0])
+    lua.r.set("o:m", encode(7, 1, [spanning, (bytes(8), WHOLE)], b"order", b"", order(7)))
+    reply = lua.cas("o:m", 6, order(7), write_id="needle")
+    assert reply[0] == 7 and reply[5:] == [6, []]
+    lua.r.set("o:m", encode(7, 1, [spanning, (d, WHOLE)], b"order", b"", order(7)))
+    assert lua.cas("o:m", 6, order(7), write_id="needle") == [b"replayed", 6]
