@@ -1,68 +1,73 @@
 #!lua
 --[[
-  cas.lua - CTX.CAS for servers without the module (docs/PROTOCOL.md, "Lua engine").
+  cas.lua - CTX.CAS and CTX.PATCH for servers without the module (docs/PROTOCOL.md, "Lua engine":
+  the details of every step are there).
 
-  Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
+  Shebang (Redis 7.0+): write deny-oom, like CTX.CAS: refused under maxmemory before it runs.
+  One script for both commands (ARGV[10]): they share the argument checks, the key read, the
+  write-id window, the schema lookup and the validation walk; scripts cannot include one another.
+  Keep this file under 32 KB: Redis keeps a SCRIPT LOAD argument of 32 KB or more in the client's
+  query buffer, which after a large payload on that connection stays cached with the script.
 
-  KEYS[1]  the context key: the only key the script declares and the only key it writes
-  ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
-           doubles, the module accepts up to 2^63 - 2)
-  ARGV[2]  payload (serialized protobuf message)
-  ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), "0" when not
-  ARGV[4]  writer id for updated_by ("" for none)
-  ARGV[5]  max_payload_bytes
-  ARGV[6]  max_depth (root message = depth 0)
-  ARGV[7]  unknown fields: "reject" or "allow"
-  ARGV[8]  the schema name to validate against: the SCHEMA argument on create, the context's
-           stored schema on update ("" when the caller does not know it)
-  ARGV[9]  on Redis Cluster, the slot tag of KEYS[1]'s slot (the smallest decimal integer whose
-           CRC16 lands in that slot, docs/PROTOCOL.md "Redis Cluster"); "" or absent on a
-           standalone server
+  KEYS[1]  the context key: the only key declared, the only key written
+  ARGV[1]  expected_version (CAS) / base_version (PATCH): decimal, 0 .. 2^53 - 2 (Lua doubles)
+  ARGV[2]  payload (PATCH: only the fields in FIELDS)
+  ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), else "0"
+  ARGV[4]  writer id for updated_by ("" for none; at most 65535 bytes)
+  ARGV[5]  max_payload_bytes   ARGV[6] max_depth (root = 0)   ARGV[7] "reject" / "allow" unknown
+  ARGV[8]  the schema name: SCHEMA on create, the context's schema on update ("" if unknown)
+  ARGV[9]  cluster: the slot tag of KEYS[1]'s slot; "" or absent standalone
+  ARGV[10] "cas" (default) or "patch"
+  ARGV[11] PATCH: FIELDS numbers, decimal, one space apart, in the order given
+  ARGV[12] PATCH: READS numbers, same form ("" for none)
+  ARGV[13] the write id (ID), 1 to 64 bytes; absent: no id
 
-  The registry entry is read, not declared: "__ctx:schema:<ARGV[8]>", or on a cluster the copy
-  in KEYS[1]'s own slot, "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>". Redis 7 treats every declared
-  key of a script as read-write, so declaring the entry would make agents hold write access to
-  the registry; read undeclared, read access (ACL %R~__ctx:*) is enough. On a cluster the
-  server refuses a read outside KEYS[1]'s slot, and while that slot migrates a read of a copy
-  that already moved fails ("Script attempted to access a non local key"): the SDK retries.
+  The registry entry is read undeclared ("__ctx:schema:<ARGV[8]>", on a cluster
+  "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>"): declared keys are read-write on Redis 7, and agents
+  should need read access (%R~__ctx:*) only. A context is a v2 string (a v1 hash is read, with an
+  empty window, and replaced by the first write); every write is SET KEYS[1] <value> KEEPTTL.
 
   Checks, in the module's order; the first failure replies and nothing is written:
-    ERR        expected_version is not an integer in range
-    WRONGTYPE  KEYS[1] exists and is not a context (not a hash, no integer version >= 1)
-    conflict   stored version (0 when absent) != expected_version: reply the current state
-               [version, raw, schema, updated_ms, updated_by] or nil when there is no context
-    CTXSCHEMA  "schema required to create a context", "schema mismatch: ...",
-               "the context has no schema field",
-               "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :" (ARGV[8],
-               checked before any key is built from it),
-               "unknown schema '<name>'" (no registry entry),
-               "registry entry for schema '<name>' is damaged ..." (type, fds or vfield
-               missing, or digest != sha1hex of the content: edited by hand, as the module),
-               "noplan <name>" (entry without a plan, or plan digest != entry digest: the SDK
-               compiles the plan, stores it with schema_plan.lua and retries),
-               "schema key mismatch: the context uses '<name>'" (update without SCHEMA where
-               ARGV[8] is not the context's schema: the SDK read a stale schema and retries)
-    CTXTOOBIG  payload longer than max_payload_bytes
-    CTXINVALID the payload fails the wire walk (see below) or lacks a required field
-    CTXVERSION the payload's version field != expected_version + 1
-  Success: HSET KEYS[1] raw, version, schema, updated_ms (server TIME), updated_by; reply the
-  new version (integer).
+    ERR        versions out of range, writer id over 65535 bytes, write id not 1..64 bytes,
+               PATCH field numbers not in 1..536870911, repeated in FIELDS or READS, no FIELDS
+    WRONGTYPE  KEYS[1] exists and is not a context
+    replayed   the id's digest is in the window: ["replayed" (status), version it produced]
+    conflict   nil (no context) or [version, raw, schema, updated_ms, updated_by], plus
+               [oldest_known, changed] for PATCH and for a CAS with ID (changed: ascending
+               field numbers of FIELDS u READS written after base_version; empty for CAS)
+    CTXSCHEMA  schema required / mismatch / no schema field / invalid name / unknown /
+               damaged entry; "noplan <name>" (the SDK stores a plan and retries); "schema key
+               mismatch: the context uses '<name>'" (stale ARGV[8]: the SDK retries)
+    CTXFIELD   PATCH: FIELDS then READS, in the order given: not a top-level field, or the
+               version field; a payload field not in FIELDS
+    CTXVERSION PATCH: the new version does not fit a 32-bit version field
+    CTXINVALID PATCH: unparseable top level; the (merged) payload fails the walk
+    CTXTOOBIG  the (merged) payload is over max_payload_bytes
+    CTXVERSION CAS: the payload's version field != expected_version + 1
+  Success: version + 1, updated_ms from TIME, a new window record (digest of the id or zeros;
+  mask bit 31 for CAS and creates, the FIELDS bits for a patch). Reply: the new version (CAS),
+  [new version, merged payload] (PATCH).
 
-  Field paths in CTXINVALID messages use field numbers (the plan carries no names), e.g.
-  "field '10[2].1' (1): invalid UTF-8" where the module says "field 'items[2].sku' (1): ...".
-  The walk follows module/core/ctx_validate.c; tags and lengths written with more than 5 bytes
-  are rejected too (the module's upb decoder refuses them after its walk: CTXINVALID as well).
-  Known limits: a proto2 [default = ...] on the version field is not in the plan; an absent
-  version field reads as 0; a map entry without its value whose value type has required fields
-  is not flagged (upb checks the empty value, the plan does not mark map entries).
+  CTXINVALID paths use field numbers (the plan has no names): "field '10[2].1' (1): ..." where
+  the module says "field 'items[2].sku' (1): ...". The walk follows module/core/ctx_validate.c;
+  tags and lengths over 5 bytes are rejected (as upb does after the module's walk). Known limits:
+  a proto2 [default] on the version field is not in the plan (an absent field reads 0); a map
+  entry without its value whose value type has required fields is not flagged; stored versions
+  above 2^53 are not exact.
 ]]
 
-local byte, sub, find, floor = string.byte, string.sub, string.find, math.floor
+local byte, sub, find, floor, char = string.byte, string.sub, string.find, math.floor, string.char
 local fmt = string.format
+local spack, sunpack = struct.pack, struct.unpack
+local band, bor = bit.band, bit.bor
 
 local TWO32 = 4294967296
 local TWO31 = 2147483648
 local MAX_EXPECTED = 9007199254740990
+local MAX_FIELD = 536870911
+local WINDOW = 16
+local ZERO8 = '\0\0\0\0\0\0\0\0'
+local WHOLE = TWO31 -- mask bit 31: the whole context
 
 local function err(code, msg)
   return redis.error_reply(code .. ' ' .. msg)
@@ -80,62 +85,167 @@ end
 
 -- ---- arguments ----------------------------------------------------------------------------
 
+local mode = ARGV[10] or 'cas'
+if mode ~= 'cas' and mode ~= 'patch' then
+  return err('ERR', 'mode must be cas or patch (ARGV[10])')
+end
+local patching = mode == 'patch'
 local expected = strict_int(ARGV[1])
 if not expected or expected < 0 or expected > MAX_EXPECTED then
-  return err('ERR', 'expected_version must be an integer from 0 to ' .. fmt('%.0f', MAX_EXPECTED))
+  return err('ERR', (patching and 'base_version' or 'expected_version')
+    .. ' must be an integer from 0 to ' .. fmt('%.0f', MAX_EXPECTED))
 end
+
+-- FIELDS / READS: numbers as given; F and R are sets, U = F u R ascending
+local FL, RL, F, R = {}, {}, {}, {}
+local function parse_fields(text, list, set, what)
+  -- as the module: every number in range first, then the first repeat in argument order
+  for word in string.gmatch(text or '', '[^ ]+') do
+    local f = strict_int(word)
+    if not f or f < 1 or f > MAX_FIELD then
+      return err('ERR', 'field numbers must be integers from 1 to ' .. MAX_FIELD)
+    end
+    list[#list + 1] = f
+  end
+  for _, f in ipairs(list) do
+    if set[f] then return err('ERR', fmt('field %d is listed twice in %s', f, what)) end
+    set[f] = true
+  end
+end
+if patching then
+  local e = parse_fields(ARGV[11], FL, F, 'FIELDS')
+  if e then return e end
+  if #FL == 0 then
+    return err('ERR', 'FIELDS needs a count from 1 to the field numbers that follow')
+  end
+  e = parse_fields(ARGV[12], RL, R, 'READS')
+  if e then return e end
+end
+
 local payload = ARGV[2]
 local given = ARGV[3] == '1'
 local by = ARGV[4] or ''
+if #by > 65535 then return err('ERR', 'writer id is longer than 65535 bytes') end
 local max_payload = tonumber(ARGV[5]) or 1048576
 local max_depth = tonumber(ARGV[6]) or 32
 local allow_unknown = ARGV[7] == 'allow'
 local ckey = KEYS[1]
 local name = ARGV[8] or ''
 local tag = ARGV[9] or ''
+local wid = ARGV[13]
+if wid and (#wid < 1 or #wid > 64) then return err('ERR', 'write id must be 1 to 64 bytes') end
 
--- ---- key type and version -------------------------------------------------------------------
+-- ---- the stored context -------------------------------------------------------------------
+-- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
 
-local function ktype(key)
-  local t = redis.call('TYPE', key)
+local function wrongtype()
+  return err('WRONGTYPE', 'Operation against a key that is not a ctxlink context')
+end
+
+local cur_v, cur_n, cur_schema, cur_ms, cur_by, cur_raw, cur_hl = 0, 0, nil, 0, '', '', 0
+local val = nil -- the v2 value string, when the key holds one
+local present = false
+local got = redis.pcall('GET', ckey)
+if type(got) == 'string' then
+  -- v2: the type rule of docs/PROTOCOL.md, "Storage format"
+  local len = #got
+  if len < 24 or sub(got, 1, 4) ~= 'CTX\2' then return wrongtype() end
+  local v, ms, nrec, sl, bl = sunpack('<I8I8BBI2', got, 5)
+  local hl = 24 + 12 * nrec + sl + bl
+  if nrec > WINDOW or sl < 1 or sl > 128 or hl > len or v < 1 then return wrongtype() end
+  present, val = true, got
+  cur_v, cur_n, cur_ms = v, nrec, ms
+  local at = 25 + 12 * nrec
+  cur_schema = sub(got, at, at + sl - 1)
+  cur_by = sub(got, at + sl, hl)
+  cur_raw = nil -- the payload, cut out only when needed (a conflict, a patch)
+  cur_hl = hl
+elseif got then
+  -- an error reply: not a string; a v1 context is a hash
+  local t = redis.call('TYPE', ckey)
   if type(t) == 'table' then t = t.ok end
-  return t
-end
-
-local kt = ktype(ckey)
-local current, stored_schema = 0, nil
-if kt ~= 'none' then
-  if kt ~= 'hash' then
-    return err('WRONGTYPE', 'Operation against a key that is not a ctxlink context')
-  end
-  local h = redis.call('HMGET', ckey, 'version', 'schema')
-  local v = strict_int(h[1] or nil)
-  if not v or v < 1 then
-    return err('WRONGTYPE', 'Operation against a key that is not a ctxlink context')
-  end
-  current, stored_schema = v, h[2] or nil
-end
-
-if current ~= expected then
-  if kt == 'none' then return false end
+  if t ~= 'hash' then return wrongtype() end
   local h = redis.call('HMGET', ckey, 'version', 'raw', 'schema', 'updated_ms', 'updated_by')
-  return { current, h[2] or '', h[3] or '', strict_int(h[4] or nil) or 0, h[5] or '' }
+  local v = strict_int(h[1] or nil)
+  if not v or v < 1 then return wrongtype() end
+  present = true
+  cur_v, cur_raw, cur_schema = v, h[2] or '', h[3] or nil
+  cur_ms, cur_by = strict_int(h[4] or nil) or 0, h[5] or ''
+end
+
+-- ---- replay -------------------------------------------------------------------------------
+
+local digest = ZERO8
+if wid then
+  local hex = redis.sha1hex(wid)
+  digest = char(tonumber(sub(hex, 1, 2), 16), tonumber(sub(hex, 3, 4), 16),
+    tonumber(sub(hex, 5, 6), 16), tonumber(sub(hex, 7, 8), 16), tonumber(sub(hex, 9, 10), 16),
+    tonumber(sub(hex, 11, 12), 16), tonumber(sub(hex, 13, 14), 16),
+    tonumber(sub(hex, 15, 16), 16))
+  if digest ~= ZERO8 and cur_n > 0 then
+    -- a plain find over the records; a hit counts only at a record's start
+    local last, at = 13 + 12 * cur_n, 25
+    while true do
+      at = find(val, digest, at, true)
+      if not at or at > last then break end
+      if (at - 25) % 12 == 0 then
+        return { redis.status_reply('replayed'), cur_v - (at - 25) / 12 }
+      end
+      at = at + 1
+    end
+  end
+end
+
+-- ---- conflict -----------------------------------------------------------------------------
+
+local function conflict(changed)
+  cur_raw = cur_raw or sub(val, cur_hl + 1)
+  if not wid and not patching then return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by } end
+  return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, cur_v - cur_n + 1, changed }
+end
+
+if not patching then
+  if cur_v ~= expected then
+    if not present then return false end
+    return conflict({})
+  end
+elseif not present then
+  if expected ~= 0 then return false end
+elseif expected ~= cur_v then
+  local U = {}
+  for _, f in ipairs(FL) do U[#U + 1] = f end
+  for _, f in ipairs(RL) do if not F[f] then U[#U + 1] = f end end
+  table.sort(U)
+  local oldest = cur_v - cur_n + 1
+  if expected > cur_v or expected < oldest - 1 then return conflict(U) end
+  local whole, mask = false, 0
+  for i = 0, cur_v - expected - 1 do
+    local m = sunpack('<I4', val, 33 + 12 * i)
+    if m >= WHOLE then whole = true end
+    mask = bor(mask, m % WHOLE)
+  end
+  if whole then return conflict(U) end
+  local changed = {}
+  for _, f in ipairs(U) do
+    if band(mask, 2 ^ ((f - 1) % 31)) ~= 0 then changed[#changed + 1] = f end
+  end
+  if #changed > 0 then return conflict(changed) end
 end
 
 -- ---- schema ---------------------------------------------------------------------------------
 
-if kt == 'none' then
+if not present then
   if not given then return err('CTXSCHEMA', 'schema required to create a context') end
 else
-  if not stored_schema then
+  if not cur_schema then
     return err('CTXSCHEMA', 'the context has no schema field')
   end
-  if stored_schema ~= name then
+  if cur_schema ~= name then
     if given then
       return err('CTXSCHEMA', fmt("schema mismatch: the context uses '%s', not '%s'",
-        sub(stored_schema, 1, 120), sub(name, 1, 120)))
+        sub(cur_schema, 1, 120), sub(name, 1, 120)))
     end
-    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(stored_schema, 1, 128)))
+    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(cur_schema, 1, 128)))
   end
 end
 
@@ -147,34 +257,37 @@ end
 local skey
 if tag == '' then
   skey = '__ctx:schema:' .. name
-elseif #tag <= 10 and find(tag, '^%d+$') then
+elseif #tag <= 5 and find(tag, '^%d+$') then
   skey = '__ctx:{' .. tag .. '}:schema:' .. name
 else
   return err('ERR', 'slot tag must be a decimal integer (ARGV[9])')
 end
 
-if ktype(skey) ~= 'hash' then
-  return err('CTXSCHEMA', fmt("unknown schema '%s'", sub(name, 1, 120)))
-end
-local entry = redis.call('HMGET', skey, 'digest', 'plan', 'type', 'fds', 'vfield')
-local digest, plan_json = entry[1] or nil, entry[2] or nil
+local entry = redis.pcall('HMGET', skey, 'digest', 'plan', 'type', 'fds', 'vfield')
+if entry.err then entry = {} end
+local digest_hex, plan_json = entry[1] or nil, entry[2] or nil
 local etype, efds, evfield = entry[3] or nil, entry[4] or nil, entry[5] or nil
+if not digest_hex and not plan_json and not etype and not efds and not evfield then
+  local t = redis.call('TYPE', skey) -- no field at all: is there an (empty-handed) entry?
+  if type(t) == 'table' then t = t.ok end
+  if t ~= 'hash' then return err('CTXSCHEMA', fmt("unknown schema '%s'", sub(name, 1, 120))) end
+end
 -- As the module: an entry whose digest is not the digest of its content was edited by hand.
-if not etype or not efds or not evfield or not digest
-    or digest ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield .. efds) then
+if not etype or not efds or not evfield or not digest_hex
+    or digest_hex ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield .. efds) then
   return err('CTXSCHEMA', fmt("registry entry for schema '%s' is damaged (edited outside "
     .. "CTX.SCHEMA.SET?); register the schema again", sub(name, 1, 120)))
 end
 if not plan_json then return err('CTXSCHEMA', 'noplan ' .. name) end
 local ok, plan = pcall(cjson.decode, plan_json)
-if not ok or type(plan) ~= 'table' or plan.v ~= 1 or plan.digest ~= digest then
+if not ok or type(plan) ~= 'table' or plan.v ~= 1 or plan.digest ~= digest_hex then
   return err('CTXSCHEMA', 'noplan ' .. name)
 end
 
--- ---- size -----------------------------------------------------------------------------------
+-- ---- size (CTX.CAS; a patch checks its merged payload) ------------------------------------
 
 local n = #payload
-if n > max_payload then
+if not patching and n > max_payload then
   return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
 end
 
@@ -205,7 +318,7 @@ local VF, VK = plan.vf, plan.vk
 -- ---- wire primitives ------------------------------------------------------------------------
 -- Positions are 1-based; a range is [p, e) (e is one past the last byte).
 
-local s = payload
+local s = payload -- the bytes rv/skip/walk read (a patch points it at each input in turn)
 
 -- A varint of at most 10 bytes whose 10th byte is 0 or 1: its value (a double, exact below
 -- 2^53) and the position after it; nil when malformed or truncated.
@@ -538,6 +651,151 @@ local function walk(mi, p, e, depth, gnum, node)
   return p
 end
 
+-- ---- CTX.PATCH: the fields and the splice -------------------------------------------------------
+
+local new_v = cur_v + 1 -- CTX.CAS got here with cur_v == expected
+local mask = WHOLE
+if patching then
+  local root = M[1]
+  local function check_field(f)
+    if not root[f] then
+      return err('CTXFIELD', fmt("field %d is not a field of '%s'", f, etype))
+    end
+    if f == VF then return err('CTXFIELD', fmt('field %d is the version field', f)) end
+  end
+  for _, f in ipairs(FL) do
+    local e = check_field(f)
+    if e then return e end
+  end
+  for _, f in ipairs(RL) do
+    local e = check_field(f)
+    if e then return e end
+  end
+  -- the largest version the field's type holds (the module's ctx_VersionField.max)
+  local vmax = (VK == 'int32' or VK == 'sint32' or VK == 'sfixed32') and 2147483647
+    or (VK == 'uint32' or VK == 'fixed32') and 4294967295 or nil
+  if vmax and new_v > vmax then
+    return err('CTXVERSION', fmt('version %.0f does not fit the version field', new_v))
+  end
+
+  -- The splice reads the top level as module/core/ctx_value.c does (its error texts depend on
+  -- it): varints of up to 10 bytes (bits above 63 dropped), tags below 2^32 with a field number
+  -- >= 1, groups nested at most 100 deep; the walk on the merged payload is the strict check.
+  local function sv(str, p, e)
+    local v, mul = 0, 1
+    for i = 0, 9 do
+      if p >= e then return nil end
+      local b = byte(str, p)
+      p = p + 1
+      if i == 9 then b = b % 2 end
+      if b < 128 then return v + b * mul, p end
+      v = v + (b - 128) * mul
+      mul = mul * 128
+    end
+    return nil
+  end
+  local function stag(str, p, e)
+    local t, q = sv(str, p, e)
+    if not t or t >= TWO32 or t < 8 then return nil end
+    local wt = t % 8
+    return (t - wt) / 8, wt, q
+  end
+  local function sskip(str, p, e, num, wt, depth)
+    if wt == 0 then
+      local _, q = sv(str, p, e)
+      return q
+    elseif wt == 1 then
+      if e - p < 8 then return nil end
+      return p + 8
+    elseif wt == 5 then
+      if e - p < 4 then return nil end
+      return p + 4
+    elseif wt == 2 then
+      local len, q = sv(str, p, e)
+      if not len or len > e - q then return nil end
+      return q + len
+    elseif wt == 3 then
+      if depth >= 100 then return nil end
+      while true do
+        local n2, w, q = stag(str, p, e)
+        if not n2 then return nil end
+        if w == 4 then
+          if n2 == num then return q end
+          return nil
+        end
+        p = sskip(str, q, e, n2, w, depth + 1)
+        if not p then return nil end
+      end
+    end
+    return nil
+  end
+
+  -- Visits the top-level field occurrences of str: visit(number, from, to) for the bytes
+  -- [from, to) (tag through the end of the value; a group through its end-group tag). Returns
+  -- what visit returned to stop, false for unparseable structure, true at the end.
+  local function top_fields(str, visit)
+    local p, e = 1, #str + 1
+    while p < e do
+      local num, wt, q = stag(str, p, e)
+      if not num or wt == 4 then return false end
+      local r = sskip(str, q, e, num, wt, 0)
+      if not r then return false end
+      local stop = visit(num, p, r)
+      if stop then return stop end
+      p = r
+    end
+    return true
+  end
+
+  local res = top_fields(payload, function(num)
+    if not F[num] then
+      return err('CTXFIELD', fmt('payload holds field %d, which is not in FIELDS', num))
+    end
+  end)
+  if res == false then return err('CTXINVALID', 'payload is not valid protobuf wire format') end
+  if res ~= true then return res end
+
+  local parts = {}
+  if present then
+    cur_raw = cur_raw or sub(val, cur_hl + 1)
+    res = top_fields(cur_raw, function(num, p, r)
+      if not F[num] and num ~= VF then parts[#parts + 1] = sub(cur_raw, p, r - 1) end
+    end)
+    if res == false then return err('CTXINVALID', 'the stored payload is not valid protobuf wire format') end
+  end
+  parts[#parts + 1] = payload -- every occurrence of the patch, in its order: all of it
+
+  local function varint(x) -- x: an exact non-negative double
+    local out = {}
+    while x >= 128 do
+      out[#out + 1] = char(x % 128 + 128)
+      x = floor(x / 128)
+    end
+    out[#out + 1] = char(x)
+    return table.concat(out)
+  end
+  if VK == 'fixed32' or VK == 'sfixed32' then
+    parts[#parts + 1] = varint(VF * 8 + 5) .. spack('<I4', new_v)
+  elseif VK == 'fixed64' or VK == 'sfixed64' then
+    parts[#parts + 1] = varint(VF * 8 + 1) .. spack('<I8', new_v)
+  elseif VK == 'sint32' or VK == 'sint64' then
+    parts[#parts + 1] = varint(VF * 8) .. varint(2 * new_v)
+  else
+    parts[#parts + 1] = varint(VF * 8) .. varint(new_v)
+  end
+  s = table.concat(parts)
+  n = #s
+  if n > max_payload then
+    return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
+  end
+  if present then
+    mask = 0
+    for _, f in ipairs(FL) do mask = bor(mask, 2 ^ ((f - 1) % 31)) end
+  end
+end
+
+-- ---- validation of the payload (CTX.PATCH: the merged payload) ------------------------------
+
 local walked, why = pcall(walk, 1, 1, n + 1, 0, 0, any_required and {} or nil)
 if not walked then
   if why == INVALID then return err('CTXINVALID', invalid_msg) end
@@ -547,56 +805,61 @@ if missing_required then
   return err('CTXINVALID', "field '" .. missing_path .. "': required field is missing")
 end
 
--- ---- the version field ----------------------------------------------------------------------
+-- ---- the version field (CTX.CAS) ----------------------------------------------------------------
 
-local want_version = expected + 1
-local lo, hi = 0, 0
-if vpos then
-  if VK == 'fixed32' or VK == 'sfixed32' then
-    lo = le(vpos, 4)
-  elseif VK == 'fixed64' or VK == 'sfixed64' then
-    lo, hi = le(vpos, 4), le(vpos + 4, 4)
-  else
-    lo, hi = rv_split(vpos)
+if not patching then
+  local want_version = expected + 1
+  local lo, hi = 0, 0
+  if vpos then
+    if VK == 'fixed32' or VK == 'sfixed32' then
+      lo = le(vpos, 4)
+    elseif VK == 'fixed64' or VK == 'sfixed64' then
+      lo, hi = le(vpos, 4), le(vpos + 4, 4)
+    else
+      lo, hi = rv_split(vpos)
+    end
   end
-end
 
-local value, in_range = nil, true -- value nil: a number too large for a double to be exact
-if VK == 'int32' or VK == 'sfixed32' then
-  value = lo >= TWO31 and lo - TWO32 or lo
-elseif VK == 'uint32' or VK == 'fixed32' then
-  value = lo
-elseif VK == 'sint32' then
-  value = lo % 2 == 0 and lo / 2 or -(lo + 1) / 2
-elseif VK == 'uint64' or VK == 'fixed64' then
-  if hi >= TWO31 then in_range = false elseif hi < 2097152 then value = hi * TWO32 + lo end
-elseif VK == 'int64' or VK == 'sfixed64' then
-  if hi >= TWO31 then
-    value = -((TWO32 - 1 - hi) * TWO32 + (TWO32 - lo))
-    if hi < TWO32 - 2097152 then value = nil end
-  elseif hi < 2097152 then
-    value = hi * TWO32 + lo
+  local value, in_range = nil, true -- value nil: a number too large for a double to be exact
+  if VK == 'int32' or VK == 'sfixed32' then
+    value = lo >= TWO31 and lo - TWO32 or lo
+  elseif VK == 'uint32' or VK == 'fixed32' then
+    value = lo
+  elseif VK == 'sint32' then
+    value = lo % 2 == 0 and lo / 2 or -(lo + 1) / 2
+  elseif VK == 'uint64' or VK == 'fixed64' then
+    if hi >= TWO31 then in_range = false elseif hi < 2097152 then value = hi * TWO32 + lo end
+  elseif VK == 'int64' or VK == 'sfixed64' then
+    if hi >= TWO31 then
+      value = -((TWO32 - 1 - hi) * TWO32 + (TWO32 - lo))
+      if hi < TWO32 - 2097152 then value = nil end
+    elseif hi < 2097152 then
+      value = hi * TWO32 + lo
+    end
+  elseif VK == 'sint64' then
+    if hi < 2097152 then
+      local z = hi * TWO32 + lo
+      value = z % 2 == 0 and z / 2 or -(z + 1) / 2
+    end
   end
-elseif VK == 'sint64' then
-  if hi < 2097152 then
-    local z = hi * TWO32 + lo
-    value = z % 2 == 0 and z / 2 or -(z + 1) / 2
-  end
-end
 
-if not in_range then
-  return err('CTXVERSION', fmt('payload version is out of range, expected %.0f', want_version))
-end
-if value ~= want_version then
-  local shown = value and fmt('%.0f', value) or 'out of the exact range'
-  return err('CTXVERSION', fmt('payload version is %s, expected %.0f', shown, want_version))
+  if not in_range then
+    return err('CTXVERSION', fmt('payload version is out of range, expected %.0f', want_version))
+  end
+  if value ~= want_version then
+    local shown = value and fmt('%.0f', value) or 'out of the exact range'
+    return err('CTXVERSION', fmt('payload version is %s, expected %.0f', shown, want_version))
+  end
 end
 
 -- ---- the write ------------------------------------------------------------------------------
+-- The new record first, then the newest 15 of the old ones; the schema is the checked name.
 
 local t = redis.call('TIME')
-local ms = fmt('%.0f', tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000))
-local vs = fmt('%.0f', want_version)
-redis.call('HSET', ckey, 'raw', payload, 'version', vs, 'schema', name,
-  'updated_ms', ms, 'updated_by', by)
-return want_version
+local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local keep = cur_n < WINDOW and cur_n or WINDOW - 1
+redis.call('SET', ckey, 'CTX\2' .. spack('<I8I8BBI2', new_v, ms, keep + 1, #name, #by)
+  .. digest .. spack('<I4', mask) .. (keep > 0 and sub(val, 25, 24 + 12 * keep) or '')
+  .. name .. by .. s, 'KEEPTTL')
+if patching then return { new_v, s } end
+return new_v

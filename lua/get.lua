@@ -9,12 +9,15 @@
 
   Replies:
     nil                                                  the key does not exist
-    [version, raw, schema, updated_ms, updated_by]       a context (version and updated_ms
-                                                         integers, missing fields as "" / 0)
+    [version, raw, schema, updated_ms, updated_by]       a context, storage format v2 (a string
+                                                         "CTX\2" + header) or v1 (a hash;
+                                                         missing fields as "" / 0)
   Errors:
-    WRONGTYPE  the key exists and is not a context (not a hash, or a hash without a decimal
-               integer version >= 1)
+    WRONGTYPE  the key exists and is not a context (a string that fails the v2 type rule, a
+               hash without a decimal integer version >= 1, any other type)
 ]]
+
+local sub = string.sub
 
 local function strict_int(s)
   -- A decimal integer as Redis' string2ll reads it (no '+', no leading zeros), or nil.
@@ -26,16 +29,26 @@ local function strict_int(s)
   return n
 end
 
+local function wrongtype()
+  return redis.error_reply('WRONGTYPE Operation against a key that is not a ctxlink context')
+end
+
 local key = KEYS[1]
+local got = redis.pcall('GET', key)
+if got == false then return false end
+if type(got) == 'string' then
+  local len = #got
+  if len < 24 or sub(got, 1, 4) ~= 'CTX\2' then return wrongtype() end
+  local v, ms, n, sl, bl = struct.unpack('<I8I8BBI2', got, 5)
+  local at = 25 + 12 * n
+  local hl = at + sl + bl - 1
+  if n > 16 or sl < 1 or sl > 128 or hl > len or v < 1 then return wrongtype() end
+  return { v, sub(got, hl + 1), sub(got, at, at + sl - 1), ms, sub(got, at + sl, hl) }
+end
 local t = redis.call('TYPE', key)
 if type(t) == 'table' then t = t.ok end
-if t == 'none' then return false end
-if t ~= 'hash' then
-  return redis.error_reply('WRONGTYPE Operation against a key that is not a ctxlink context')
-end
+if t ~= 'hash' then return wrongtype() end
 local h = redis.call('HMGET', key, 'version', 'raw', 'schema', 'updated_ms', 'updated_by')
 local v = strict_int(h[1] or nil)
-if not v or v < 1 then
-  return redis.error_reply('WRONGTYPE Operation against a key that is not a ctxlink context')
-end
+if not v or v < 1 then return wrongtype() end
 return { v, h[2] or '', h[3] or '', strict_int(h[4] or nil) or 0, h[5] or '' }

@@ -1,87 +1,126 @@
-/* cmd_data.c - CTX.GET, CTX.CAS, CTX.DEL: the context commands.
+/* cmd_data.c - CTX.GET, CTX.CAS, CTX.PATCH, CTX.DEL: the context commands.
  *
- * A context is a plain hash {raw, version, schema, updated_ms, updated_by}
- * (docs/PROTOCOL.md). Handlers follow one order: arity, argument parsing, key
- * type, version, schema, validation, write, propagation, reply. Every error
+ * A context is a string in storage format v2 (module/core/ctx_value.h,
+ * docs/PROTOCOL.md "Storage format"); a v1 context hash {raw, version, schema,
+ * updated_ms, updated_by} is still read, and its first write replaces it with
+ * a v2 string. Every write is `SET key <value> KEEPTTL` on the replication
+ * stream. Handlers follow one order: arity, argument parsing, key type,
+ * replay, version, schema, validation, write, propagation, reply. Every error
  * path replies once and leaves through `done`, which frees what was taken. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "core/ctx_value.h"
 #include "ctx_module.h"
+#include "sha1.h"
 
 #define CTX_VERSION_MAX (INT64_MAX - 1)
 
-typedef struct {
-  RedisModuleString *raw, *version, *schema, *updated_ms, *updated_by;
-  long long ver;
-} ctx_State;
-
 typedef enum { kState_Absent, kState_Context, kState_WrongType } state_kind;
 
+/* A context as read: `v` points into the key's string (v2) or into the hash
+ * fields below (v1, n = 0). Valid until the key is written. */
+typedef struct {
+  state_kind kind;
+  bool v1;
+  ctx_Value v;
+  RedisModuleString *h_raw, *h_ver, *h_schema, *h_ms, *h_by;
+} ctx_State;
+
 static void state_free(RedisModuleCtx *ctx, ctx_State *s) {
-  RedisModuleString **all[] = {&s->raw, &s->version, &s->schema, &s->updated_ms,
-                               &s->updated_by};
+  RedisModuleString **all[] = {&s->h_raw, &s->h_ver, &s->h_schema, &s->h_ms, &s->h_by};
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
     if (*all[i]) RedisModule_FreeString(ctx, *all[i]);
     *all[i] = NULL;
   }
 }
 
-/* Reads the version and schema of the context at `key` (and, with `full`,
- * the other fields too). */
-static state_kind state_read(RedisModuleKey *key, ctx_State *s, bool full) {
-  memset(s, 0, sizeof(*s));
-  int type = RedisModule_KeyType(key);
-  if (type == REDISMODULE_KEYTYPE_EMPTY) return kState_Absent;
-  if (type != REDISMODULE_KEYTYPE_HASH) return kState_WrongType;
-  const ctx_Names *n = &ctx_names;
-  if (full) {
-    RedisModule_HashGet(key, REDISMODULE_HASH_NONE, n->version, &s->version, n->schema,
-                        &s->schema, n->raw, &s->raw, n->updated_ms, &s->updated_ms,
-                        n->updated_by, &s->updated_by, NULL);
-  } else {
-    RedisModule_HashGet(key, REDISMODULE_HASH_NONE, n->version, &s->version, n->schema,
-                        &s->schema, NULL);
+static const char *str_or_empty(RedisModuleString *s, size_t *len) {
+  if (!s) {
+    *len = 0;
+    return "";
   }
-  if (!s->version || RedisModule_StringToLongLong(s->version, &s->ver) != REDISMODULE_OK ||
-      s->ver < 1) {
+  return RedisModule_StringPtrLen(s, len);
+}
+
+/* A v1 context hash: read as a context with an empty window. */
+static state_kind state_read_v1(RedisModuleKey *key, ctx_State *s) {
+  const ctx_Names *n = &ctx_names;
+  RedisModule_HashGet(key, REDISMODULE_HASH_NONE, n->version, &s->h_ver, n->schema,
+                      &s->h_schema, n->raw, &s->h_raw, n->updated_ms, &s->h_ms,
+                      n->updated_by, &s->h_by, NULL);
+  long long ver, ms = 0;
+  if (!s->h_ver || RedisModule_StringToLongLong(s->h_ver, &ver) != REDISMODULE_OK ||
+      ver < 1) {
     return kState_WrongType;
   }
+  if (s->h_ms) RedisModule_StringToLongLong(s->h_ms, &ms);
+  s->v1 = true;
+  s->v.version = (uint64_t)ver;
+  s->v.updated_ms = (uint64_t)ms;
+  s->v.n = 0;
+  s->v.window = NULL;
+  s->v.schema = str_or_empty(s->h_schema, &s->v.schema_len);
+  s->v.updated_by = str_or_empty(s->h_by, &s->v.by_len);
+  s->v.payload = str_or_empty(s->h_raw, &s->v.payload_len);
   return kState_Context;
 }
 
-static void reply_bulk_or_empty(RedisModuleCtx *ctx, RedisModuleString *s) {
-  if (s) {
-    RedisModule_ReplyWithString(ctx, s);
-  } else {
-    RedisModule_ReplyWithStringBuffer(ctx, "", 0);
+/* Reads the context at `key` (the type rule of docs/PROTOCOL.md). */
+static state_kind state_read(RedisModuleKey *key, ctx_State *s) {
+  memset(s, 0, sizeof(*s));
+  switch (RedisModule_KeyType(key)) {
+    case REDISMODULE_KEYTYPE_EMPTY:
+      s->kind = kState_Absent;
+      break;
+    case REDISMODULE_KEYTYPE_HASH:
+      s->kind = state_read_v1(key, s);
+      break;
+    case REDISMODULE_KEYTYPE_STRING: {
+      /* The length first: short strings (integers among them) are never
+       * touched by StringDMA. */
+      size_t len = RedisModule_ValueLength(key);
+      const char *p = len >= CTX_VALUE_HEADER ? RedisModule_StringDMA(key, &len, REDISMODULE_READ)
+                                              : NULL;
+      s->kind = p && ctx_Value_Parse(p, len, &s->v) ? kState_Context : kState_WrongType;
+      break;
+    }
+    default:
+      s->kind = kState_WrongType;
   }
+  return s->kind;
 }
 
-/* [version, raw, schema, updated_ms, updated_by] */
-static void reply_state(RedisModuleCtx *ctx, const ctx_State *s) {
-  long long ms = 0;
-  if (s->updated_ms) RedisModule_StringToLongLong(s->updated_ms, &ms);
-  RedisModule_ReplyWithArray(ctx, 5);
-  RedisModule_ReplyWithLongLong(ctx, s->ver);
-  reply_bulk_or_empty(ctx, s->raw);
-  reply_bulk_or_empty(ctx, s->schema);
-  RedisModule_ReplyWithLongLong(ctx, ms);
-  reply_bulk_or_empty(ctx, s->updated_by);
+/* [version, raw, schema, updated_ms, updated_by] (+ oldest_known when nelem is
+ * 7; the caller adds `changed`). */
+static void reply_state(RedisModuleCtx *ctx, const ctx_State *s, int nelem) {
+  const ctx_Value *v = &s->v;
+  RedisModule_ReplyWithArray(ctx, nelem);
+  RedisModule_ReplyWithLongLong(ctx, (long long)v->version);
+  RedisModule_ReplyWithStringBuffer(ctx, v->payload, v->payload_len);
+  RedisModule_ReplyWithStringBuffer(ctx, v->schema, v->schema_len);
+  RedisModule_ReplyWithLongLong(ctx, (long long)v->updated_ms);
+  RedisModule_ReplyWithStringBuffer(ctx, v->updated_by, v->by_len);
+  if (nelem == 7) RedisModule_ReplyWithLongLong(ctx, (long long)ctx_Value_OldestKnown(v));
 }
 
-/* The conflict reply: the current state, or nil when there is no context. */
-static int reply_conflict(RedisModuleCtx *ctx, RedisModuleKey *key) {
+/* The conflict reply of CTX.CAS / CTX.DEL: nil without a context, else the
+ * state (seven elements, changed = [], when the command carried an id). */
+static int reply_conflict(RedisModuleCtx *ctx, const ctx_State *s, bool with_id) {
   ctx_stats.cas_conflicts++;
-  ctx_State s;
-  if (state_read(key, &s, true) != kState_Context) {
-    state_free(ctx, &s);
-    return RedisModule_ReplyWithNull(ctx);
-  }
-  reply_state(ctx, &s);
-  state_free(ctx, &s);
+  if (s->kind != kState_Context) return RedisModule_ReplyWithNull(ctx);
+  reply_state(ctx, s, with_id ? 7 : 5);
+  if (with_id) RedisModule_ReplyWithArray(ctx, 0);
   return REDISMODULE_OK;
+}
+
+static int reply_replayed(RedisModuleCtx *ctx, uint64_t version) {
+  ctx_stats.replays++;
+  RedisModule_ReplyWithArray(ctx, 2);
+  RedisModule_ReplyWithSimpleString(ctx, "replayed");
+  return RedisModule_ReplyWithLongLong(ctx, (long long)version);
 }
 
 static int reply_wrongtype(RedisModuleCtx *ctx) {
@@ -94,9 +133,11 @@ static bool parse_version(RedisModuleString *arg, long long *out) {
          *out <= CTX_VERSION_MAX;
 }
 
-static int reply_bad_version(RedisModuleCtx *ctx) {
-  return RedisModule_ReplyWithError(
-      ctx, "ERR expected_version must be an integer from 0 to 9223372036854775806");
+static int reply_bad_version(RedisModuleCtx *ctx, const char *what) {
+  char buf[128];
+  snprintf(buf, sizeof(buf), "ERR %s must be an integer from 0 to 9223372036854775806",
+           what);
+  return RedisModule_ReplyWithError(ctx, buf);
 }
 
 int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st) {
@@ -105,12 +146,155 @@ int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st) {
   return RedisModule_ReplyWithError(ctx, buf);
 }
 
-/* CTX.GET key */
+/* ---- options shared by the writes ---- */
+
+typedef struct {
+  RedisModuleString *schema, *by, *id;
+  unsigned char digest[CTX_DIGEST_LEN]; /* of id, when given */
+} ctx_WriteOpts;
+
+/* Takes SCHEMA / BY / ID at argv[i] (allowed: a mask of the three). Returns 1
+ * when consumed (two arguments), 0 when argv[i] is not one of them, -1 after
+ * an error reply. */
+enum { kOpt_Schema = 1, kOpt_By = 2, kOpt_Id = 4 };
+
+static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int i,
+                           int allowed, ctx_WriteOpts *o) {
+  const char *opt = RedisModule_StringPtrLen(argv[i], NULL);
+  RedisModuleString **slot = NULL;
+  int which = 0;
+  if (!strcasecmp(opt, "SCHEMA")) slot = &o->schema, which = kOpt_Schema;
+  else if (!strcasecmp(opt, "BY")) slot = &o->by, which = kOpt_By;
+  else if (!strcasecmp(opt, "ID")) slot = &o->id, which = kOpt_Id;
+  if (!slot || !(allowed & which)) return 0;
+  if (*slot || i + 1 >= argc) {
+    RedisModule_ReplyWithError(ctx, "ERR syntax error");
+    return -1;
+  }
+  size_t len;
+  RedisModule_StringPtrLen(argv[i + 1], &len);
+  if (which == kOpt_Id && (len < 1 || len > CTX_WRITE_ID_MAX)) {
+    RedisModule_ReplyWithError(ctx, "ERR write id must be 1 to 64 bytes");
+    return -1;
+  }
+  if (which == kOpt_By && len > CTX_VALUE_BY_MAX) {
+    RedisModule_ReplyWithError(ctx, "ERR writer id is longer than 65535 bytes");
+    return -1;
+  }
+  *slot = argv[i + 1];
+  return 1;
+}
+
+/* The first 8 bytes of SHA-1(id). */
+static void write_digest(RedisModuleString *id, unsigned char out[CTX_DIGEST_LEN]) {
+  size_t len;
+  const char *p = RedisModule_StringPtrLen(id, &len);
+  ctx_Sha1 sh;
+  uint8_t raw[20];
+  ctx_Sha1_Init(&sh);
+  ctx_Sha1_Update(&sh, p, len);
+  ctx_Sha1_Final(&sh, raw);
+  memcpy(out, raw, CTX_DIGEST_LEN);
+}
+
+/* ---- schema and writing ---- */
+
+/* The schema a write uses: SCHEMA on create; the stored one on update (equal
+ * to SCHEMA when given). NULL with st set. */
+static const ctx_Schema *write_schema(RedisModuleCtx *ctx, RedisModuleString *keyname,
+                                      const ctx_State *s, RedisModuleString *schema_arg,
+                                      const char **name, size_t *nlen, ctx_Status *st) {
+  if (s->kind == kState_Absent) {
+    if (!schema_arg) {
+      ctx_Status_Set(st, kCtx_Schema, "schema required to create a context");
+      return NULL;
+    }
+    *name = RedisModule_StringPtrLen(schema_arg, nlen);
+  } else {
+    if (s->v.schema_len == 0) {
+      ctx_Status_Set(st, kCtx_Schema, "the context has no schema field");
+      return NULL;
+    }
+    size_t al;
+    const char *a = schema_arg ? RedisModule_StringPtrLen(schema_arg, &al) : NULL;
+    if (a && (al != s->v.schema_len || memcmp(a, s->v.schema, al) != 0)) {
+      size_t sl = s->v.schema_len;
+      ctx_Status_Set(st, kCtx_Schema, "schema mismatch: the context uses '%.*s', not '%.*s'",
+                     (int)(sl > 120 ? 120 : sl), s->v.schema, (int)(al > 120 ? 120 : al), a);
+      return NULL;
+    }
+    *name = s->v.schema;
+    *nlen = s->v.schema_len;
+  }
+  int slot = -1; /* in a cluster: the registry copy of the key's own slot */
+  if (ctx_Cluster_Enabled()) {
+    size_t klen;
+    const char *k = RedisModule_StringPtrLen(keyname, &klen);
+    slot = ctx_KeySlot(k, klen);
+  }
+  return ctx_Registry_Resolve(ctx, *name, *nlen, slot, st);
+}
+
+/* Stores the new value of `key` and propagates `SET key value KEEPTTL`.
+ * Reads `s` (the window it extends, maybe the schema name and payload) before
+ * writing. The TTL survives: a v2 string that does not grow is rewritten in
+ * place (no key re-insert, the expiry untouched); otherwise the key is
+ * replaced by a string of the exact size and its expiry restored. */
+static void write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *keyname,
+                        const ctx_State *s, uint64_t version, const unsigned char *digest,
+                        uint32_t mask, const char *schema, size_t schema_len,
+                        RedisModuleString *by, const char *payload, size_t payload_len) {
+  const ctx_Value *prev = s->kind == kState_Context ? &s->v : NULL;
+  size_t by_len;
+  const char *by_p = str_or_empty(by, &by_len);
+  size_t size = ctx_Value_Size(prev, schema_len, by_len, payload_len);
+  char stackbuf[1024];
+  char *buf = size <= sizeof(stackbuf) ? stackbuf : RedisModule_Alloc(size);
+  ctx_Value_Write(buf, prev, version, (uint64_t)RedisModule_Milliseconds(), digest, mask,
+                  schema, schema_len, by_p, by_len, payload, payload_len);
+
+  bool in_place = prev && !s->v1 && size <= RedisModule_ValueLength(key);
+  if (!in_place && s->kind != kState_Absent) {
+    mstime_t expire = RedisModule_GetAbsExpire ? RedisModule_GetAbsExpire(key)
+                                               : RedisModule_GetExpire(key);
+    RedisModule_DeleteKey(key);
+    RedisModule_StringTruncate(key, size); /* a new string of exactly `size` bytes */
+    if (expire != REDISMODULE_NO_EXPIRE) {
+      if (RedisModule_GetAbsExpire) {
+        RedisModule_SetAbsExpire(key, expire);
+      } else {
+        RedisModule_SetExpire(key, expire);
+      }
+    }
+  } else {
+    RedisModule_StringTruncate(key, size);
+  }
+  size_t len;
+  char *dst = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
+  memcpy(dst, buf, size);
+  RedisModule_Replicate(ctx, "SET", "sbc", keyname, buf, size, "KEEPTTL");
+  if (buf != stackbuf) RedisModule_Free(buf);
+  RedisModule_SignalModifiedKey(ctx, keyname);
+  RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_STRING, "set", keyname);
+}
+
+static void count_rejection(const ctx_Status *st) {
+  switch (st->code) {
+    case kCtx_Invalid: ctx_stats.rejected_invalid++; break;
+    case kCtx_TooBig: ctx_stats.rejected_toobig++; break;
+    case kCtx_Version: ctx_stats.rejected_version++; break;
+    case kCtx_Schema: ctx_stats.rejected_schema++; break;
+    case kCtx_Field: ctx_stats.rejected_field++; break;
+    default: break;
+  }
+}
+
+/* ---- CTX.GET key ---- */
 int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc != 2) return RedisModule_WrongArity(ctx);
   RedisModuleKey *key = RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ);
   ctx_State s;
-  switch (state_read(key, &s, true)) {
+  switch (state_read(key, &s)) {
     case kState_Absent:
       ctx_stats.get_misses++;
       RedisModule_ReplyWithNull(ctx);
@@ -120,7 +304,7 @@ int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       break;
     case kState_Context:
       ctx_stats.get_hits++;
-      reply_state(ctx, &s);
+      reply_state(ctx, &s, 5);
       break;
   }
   state_free(ctx, &s);
@@ -128,81 +312,46 @@ int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   return REDISMODULE_OK;
 }
 
-static int count_rejection(const ctx_Status *st) {
-  switch (st->code) {
-    case kCtx_Invalid: ctx_stats.rejected_invalid++; break;
-    case kCtx_TooBig: ctx_stats.rejected_toobig++; break;
-    case kCtx_Version: ctx_stats.rejected_version++; break;
-    case kCtx_Schema: ctx_stats.rejected_schema++; break;
-    default: break;
-  }
-  return 0;
-}
-
-/* CTX.CAS key expected_version payload [SCHEMA name] [BY writer] */
+/* ---- CTX.CAS key expected_version payload [SCHEMA name] [BY writer] [ID write_id] ---- */
 int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
 
   long long expected;
-  if (!parse_version(argv[2], &expected)) return reply_bad_version(ctx);
-  RedisModuleString *schema_arg = NULL, *by = NULL;
+  if (!parse_version(argv[2], &expected)) return reply_bad_version(ctx, "expected_version");
+  ctx_WriteOpts o;
+  memset(&o, 0, sizeof(o));
   for (int i = 4; i < argc; i += 2) {
-    const char *opt = RedisModule_StringPtrLen(argv[i], NULL);
-    RedisModuleString **slot = !strcasecmp(opt, "SCHEMA") ? &schema_arg
-                               : !strcasecmp(opt, "BY")   ? &by
-                                                          : NULL;
-    if (!slot || *slot || i + 1 >= argc) {
-      return RedisModule_ReplyWithError(ctx, "ERR syntax error");
-    }
-    *slot = argv[i + 1];
+    int r = parse_write_opt(ctx, argv, argc, i, kOpt_Schema | kOpt_By | kOpt_Id, &o);
+    if (r < 0) return REDISMODULE_OK;
+    if (r == 0) return RedisModule_ReplyWithError(ctx, "ERR syntax error");
   }
+  if (o.id) write_digest(o.id, o.digest);
 
   ctx_State s;
   ctx_Status st;
-  RedisModuleString *verstr = NULL, *msstr = NULL;
   RedisModuleKey *key =
       RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ | REDISMODULE_WRITE);
-  state_kind kind = state_read(key, &s, false);
+  state_kind kind = state_read(key, &s);
   if (kind == kState_WrongType) {
     reply_wrongtype(ctx);
     goto done;
   }
-  long long current = kind == kState_Context ? s.ver : 0;
+  if (o.id && kind == kState_Context) {
+    uint64_t produced = ctx_Value_FindWrite(&s.v, o.digest);
+    if (produced) {
+      reply_replayed(ctx, produced);
+      goto done;
+    }
+  }
+  long long current = kind == kState_Context ? (long long)s.v.version : 0;
   if (current != expected) {
-    reply_conflict(ctx, key);
+    reply_conflict(ctx, &s, o.id != NULL);
     goto done;
   }
 
-  /* Which schema: named on create, stored on update (and equal if named). */
-  RedisModuleString *schema_name = schema_arg;
-  if (kind == kState_Absent && !schema_arg) {
-    ctx_Status_Set(&st, kCtx_Schema, "schema required to create a context");
-    goto reject;
-  }
-  if (kind == kState_Context) {
-    if (!s.schema) {
-      ctx_Status_Set(&st, kCtx_Schema, "the context has no schema field");
-      goto reject;
-    }
-    if (schema_arg && RedisModule_StringCompare(schema_arg, s.schema) != 0) {
-      size_t al, sl;
-      const char *a = RedisModule_StringPtrLen(schema_arg, &al);
-      const char *b = RedisModule_StringPtrLen(s.schema, &sl);
-      ctx_Status_Set(&st, kCtx_Schema, "schema mismatch: the context uses '%.*s', not '%.*s'",
-                     (int)(sl > 120 ? 120 : sl), b, (int)(al > 120 ? 120 : al), a);
-      goto reject;
-    }
-    schema_name = s.schema;
-  }
+  const char *name;
   size_t nlen;
-  const char *name = RedisModule_StringPtrLen(schema_name, &nlen);
-  int slot = -1; /* in a cluster: the registry copy of the key's own slot */
-  if (ctx_Cluster_Enabled()) {
-    size_t klen;
-    const char *k = RedisModule_StringPtrLen(argv[1], &klen);
-    slot = ctx_KeySlot(k, klen);
-  }
-  const ctx_Schema *schema = ctx_Registry_Resolve(ctx, name, nlen, slot, &st);
+  const ctx_Schema *schema = write_schema(ctx, argv[1], &s, o.schema, &name, &nlen, &st);
   if (!schema) goto reject;
 
   size_t plen;
@@ -220,19 +369,8 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     goto reject;
   }
 
-  /* Write all five fields, then propagate exactly that write. */
-  verstr = RedisModule_CreateStringFromLongLong(ctx, expected + 1);
-  msstr = RedisModule_CreateStringFromLongLong(ctx, RedisModule_Milliseconds());
-  if (!by) by = ctx_names.empty;
-  const ctx_Names *n = &ctx_names;
-  RedisModule_HashSet(key, REDISMODULE_HASH_NONE, n->raw, argv[3], n->version, verstr,
-                      n->schema, schema_name, n->updated_ms, msstr, n->updated_by, by,
-                      NULL);
-  RedisModule_Replicate(ctx, "HSET", "sssssssssss", argv[1], n->raw, argv[3], n->version,
-                        verstr, n->schema, schema_name, n->updated_ms, msstr,
-                        n->updated_by, by);
-  RedisModule_SignalModifiedKey(ctx, argv[1]);
-  RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_HASH, "hset", argv[1]);
+  write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, o.id ? o.digest : NULL,
+              CTX_MASK_WHOLE, name, nlen, o.by, payload, plen);
   ctx_stats.cas_ok++;
   RedisModule_ReplyWithLongLong(ctx, expected + 1);
   goto done;
@@ -241,32 +379,256 @@ reject:
   count_rejection(&st);
   ctx_ReplyStatus(ctx, &st);
 done:
-  if (verstr) RedisModule_FreeString(ctx, verstr);
-  if (msstr) RedisModule_FreeString(ctx, msstr);
   state_free(ctx, &s);
   RedisModule_CloseKey(key);
   return REDISMODULE_OK;
 }
 
-/* CTX.DEL key expected_version */
+/* ---- CTX.PATCH ---- */
+
+typedef struct {
+  uint32_t value;
+  int pos;
+} numpos;
+
+static int cmp_numpos(const void *a, const void *b) {
+  const numpos *x = a, *y = b;
+  if (x->value != y->value) return x->value < y->value ? -1 : 1;
+  return x->pos - y->pos;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Parses `count` field numbers at argv[i..]; replies and returns false on a
+ * bad number or a number given twice (the first repeat in argument order). */
+static bool parse_fields(RedisModuleCtx *ctx, RedisModuleString **argv, int i, int count,
+                         const char *list, uint32_t *out) {
+  for (int k = 0; k < count; k++) {
+    long long f;
+    if (RedisModule_StringToLongLong(argv[i + k], &f) != REDISMODULE_OK || f < 1 ||
+        f > CTX_FIELD_NUMBER_MAX) {
+      RedisModule_ReplyWithError(ctx,
+                                 "ERR field numbers must be integers from 1 to 536870911");
+      return false;
+    }
+    out[k] = (uint32_t)f;
+  }
+  if (count < 2) return true;
+  numpos *np = RedisModule_Alloc(sizeof(*np) * (size_t)count);
+  for (int k = 0; k < count; k++) np[k] = (numpos){out[k], k};
+  qsort(np, (size_t)count, sizeof(*np), cmp_numpos);
+  int first = -1; /* argument position of the earliest repeat */
+  for (int k = 1; k < count; k++) {
+    if (np[k].value == np[k - 1].value && (first < 0 || np[k].pos < first)) first = np[k].pos;
+  }
+  RedisModule_Free(np);
+  if (first >= 0) {
+    char buf[96];
+    snprintf(buf, sizeof(buf), "ERR field %u is listed twice in %s", out[first], list);
+    RedisModule_ReplyWithError(ctx, buf);
+    return false;
+  }
+  return true;
+}
+
+/* Parses the count at argv[i] of FIELDS/READS: 0..(arguments left). */
+static bool parse_count(RedisModuleString *arg, int left, int min, int *out) {
+  long long n;
+  if (RedisModule_StringToLongLong(arg, &n) != REDISMODULE_OK || n < min || n > left) {
+    return false;
+  }
+  *out = (int)n;
+  return true;
+}
+
+/* CTX.PATCH key base_version payload FIELDS n f1..fn [READS m r1..rm]
+ *           [SCHEMA name] [BY writer] [ID write_id] */
+int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 4) return RedisModule_WrongArity(ctx);
+
+  long long base;
+  if (!parse_version(argv[2], &base)) return reply_bad_version(ctx, "base_version");
+  ctx_WriteOpts o;
+  memset(&o, 0, sizeof(o));
+  uint32_t *fields = NULL, *reads = NULL, *uni = NULL;
+  int nfields = -1, nreads = -1, nuni = 0;
+  char *merged = NULL;
+  RedisModuleKey *key = NULL;
+  ctx_State s;
+  memset(&s, 0, sizeof(s));
+  ctx_Status st;
+
+  /* 1. syntax */
+  for (int i = 4; i < argc;) {
+    int r = parse_write_opt(ctx, argv, argc, i, kOpt_Schema | kOpt_By | kOpt_Id, &o);
+    if (r < 0) goto done;
+    if (r > 0) {
+      i += 2;
+      continue;
+    }
+    const char *opt = RedisModule_StringPtrLen(argv[i], NULL);
+    bool is_fields = !strcasecmp(opt, "FIELDS"), is_reads = !strcasecmp(opt, "READS");
+    int *cnt = is_fields ? &nfields : &nreads;
+    if ((!is_fields && !is_reads) || *cnt >= 0 || i + 1 >= argc) {
+      RedisModule_ReplyWithError(ctx, "ERR syntax error");
+      goto done;
+    }
+    if (!parse_count(argv[i + 1], argc - i - 2, is_fields ? 1 : 0, cnt)) {
+      RedisModule_ReplyWithError(
+          ctx, is_fields ? "ERR FIELDS needs a count from 1 to the field numbers that follow"
+                         : "ERR READS needs a count from 0 to the field numbers that follow");
+      goto done;
+    }
+    uint32_t **list = is_fields ? &fields : &reads;
+    *list = RedisModule_Alloc(sizeof(uint32_t) * (size_t)(*cnt + 1));
+    if (!parse_fields(ctx, argv, i + 2, *cnt, is_fields ? "FIELDS" : "READS", *list)) {
+      goto done;
+    }
+    i += 2 + *cnt;
+  }
+  if (nfields < 0) {
+    RedisModule_ReplyWithError(ctx, "ERR FIELDS is required");
+    goto done;
+  }
+  if (nreads < 0) nreads = 0;
+  if (o.id) write_digest(o.id, o.digest);
+  /* U = FIELDS u READS, ascending, each once */
+  uni = RedisModule_Alloc(sizeof(uint32_t) * (size_t)(nfields + nreads));
+  memcpy(uni, fields, sizeof(uint32_t) * (size_t)nfields);
+  if (nreads) memcpy(uni + nfields, reads, sizeof(uint32_t) * (size_t)nreads);
+  qsort(uni, (size_t)(nfields + nreads), sizeof(uint32_t), cmp_u32);
+  for (int k = 0; k < nfields + nreads; k++) {
+    if (nuni == 0 || uni[nuni - 1] != uni[k]) uni[nuni++] = uni[k];
+  }
+
+  /* 2. key type */
+  key = RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ | REDISMODULE_WRITE);
+  state_kind kind = state_read(key, &s);
+  if (kind == kState_WrongType) {
+    reply_wrongtype(ctx);
+    goto done;
+  }
+  /* 3. replay */
+  if (o.id && kind == kState_Context) {
+    uint64_t produced = ctx_Value_FindWrite(&s.v, o.digest);
+    if (produced) {
+      reply_replayed(ctx, produced);
+      goto done;
+    }
+  }
+  /* 4. conflict */
+  uint64_t cur = kind == kState_Context ? s.v.version : 0;
+  if (kind == kState_Absent && base != 0) {
+    ctx_stats.cas_conflicts++;
+    RedisModule_ReplyWithNull(ctx);
+    goto done;
+  }
+  if (kind == kState_Context && (uint64_t)base != cur) {
+    uint32_t m = 0;
+    bool all = (uint64_t)base > cur || !ctx_Value_MaskSince(&s.v, (uint64_t)base, &m) ||
+               (m & CTX_MASK_WHOLE);
+    int nchanged = 0;
+    for (int k = 0; k < nuni; k++) {
+      if (all || (m & ctx_FieldBit(uni[k]))) uni[nchanged++] = uni[k];
+    }
+    if (nchanged) {
+      ctx_stats.cas_conflicts++;
+      reply_state(ctx, &s, 7);
+      RedisModule_ReplyWithArray(ctx, nchanged);
+      for (int k = 0; k < nchanged; k++) RedisModule_ReplyWithLongLong(ctx, uni[k]);
+      goto done;
+    }
+  }
+  /* 5. schema */
+  const char *name;
+  size_t nlen;
+  const ctx_Schema *schema = write_schema(ctx, argv[1], &s, o.schema, &name, &nlen, &st);
+  if (!schema) goto reject;
+  /* 6. fields */
+  if (!ctx_Patch_CheckFields(schema, fields, nfields, reads, nreads, &st)) goto reject;
+  ctx_VersionField vf;
+  ctx_Schema_VersionFieldInfo(schema, &vf);
+  if (cur + 1 > vf.max) {
+    ctx_Status_Set(&st, kCtx_Version, "version %llu does not fit the version field",
+                   (unsigned long long)(cur + 1));
+    goto reject;
+  }
+  /* 7. the splice */
+  size_t plen, mlen;
+  const char *payload = RedisModule_StringPtrLen(argv[3], &plen);
+  const char *cp = kind == kState_Context ? s.v.payload : "";
+  size_t clen = kind == kState_Context ? s.v.payload_len : 0;
+  if (!ctx_Splice(cp, clen, payload, plen, fields, nfields, &vf, cur + 1, NULL, &mlen, &st)) {
+    goto reject;
+  }
+  merged = RedisModule_Alloc(mlen ? mlen : 1);
+  ctx_Splice(cp, clen, payload, plen, fields, nfields, &vf, cur + 1, merged, &mlen, &st);
+  /* 8. size and validation of the merged payload */
+  ctx_PayloadVersion pv;
+  if (!ctx_Validate(schema, merged, mlen, &ctx_config.limits, &pv, &st)) goto reject;
+
+  /* 9. write */
+  uint32_t mask = 0;
+  if (kind == kState_Absent) {
+    mask = CTX_MASK_WHOLE;
+  } else {
+    for (int k = 0; k < nfields; k++) mask |= ctx_FieldBit(fields[k]);
+  }
+  /* `name` may point into the stored value: write_value reads it before the
+   * key is replaced. */
+  write_value(ctx, key, argv[1], &s, cur + 1, o.id ? o.digest : NULL, mask, name, nlen, o.by,
+              merged, mlen);
+  ctx_stats.patch_ok++;
+  RedisModule_ReplyWithArray(ctx, 2);
+  RedisModule_ReplyWithLongLong(ctx, (long long)(cur + 1));
+  RedisModule_ReplyWithStringBuffer(ctx, merged, mlen);
+  goto done;
+
+reject:
+  count_rejection(&st);
+  ctx_ReplyStatus(ctx, &st);
+done:
+  if (fields) RedisModule_Free(fields);
+  if (reads) RedisModule_Free(reads);
+  if (uni) RedisModule_Free(uni);
+  if (merged) RedisModule_Free(merged);
+  state_free(ctx, &s);
+  if (key) RedisModule_CloseKey(key);
+  return REDISMODULE_OK;
+}
+
+/* ---- CTX.DEL key expected_version [ID write_id] ---- */
 int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc != 3) return RedisModule_WrongArity(ctx);
+  if (argc != 3 && argc != 5) {
+    if (argc < 3) return RedisModule_WrongArity(ctx);
+    return RedisModule_ReplyWithError(ctx, "ERR syntax error");
+  }
   long long expected;
-  if (!parse_version(argv[2], &expected)) return reply_bad_version(ctx);
+  if (!parse_version(argv[2], &expected)) return reply_bad_version(ctx, "expected_version");
+  ctx_WriteOpts o;
+  memset(&o, 0, sizeof(o));
+  if (argc == 5) {
+    int r = parse_write_opt(ctx, argv, argc, 3, kOpt_Id, &o);
+    if (r < 0) return REDISMODULE_OK;
+    if (r == 0) return RedisModule_ReplyWithError(ctx, "ERR syntax error");
+  }
 
   RedisModuleKey *key =
       RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ | REDISMODULE_WRITE);
   ctx_State s;
-  switch (state_read(key, &s, false)) {
+  switch (state_read(key, &s)) {
     case kState_WrongType:
       reply_wrongtype(ctx);
       break;
     case kState_Absent:
-      reply_conflict(ctx, key);
+      reply_conflict(ctx, &s, o.id != NULL);
       break;
     case kState_Context:
-      if (s.ver != expected) {
-        reply_conflict(ctx, key);
+      if (s.v.version != (uint64_t)expected) {
+        reply_conflict(ctx, &s, o.id != NULL);
         break;
       }
       RedisModule_DeleteKey(key);

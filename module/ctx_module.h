@@ -21,7 +21,9 @@ extern ctx_Config ctx_config;
 /* ---- INFO ctx counters ---- */
 typedef struct {
   long long cas_ok;
-  long long cas_conflicts;
+  long long cas_conflicts; /* conflicts of CTX.CAS, CTX.PATCH and CTX.DEL */
+  long long patch_ok;
+  long long replays; /* writes answered "replayed" from the window */
   long long del_ok;
   long long get_hits;
   long long get_misses;
@@ -29,6 +31,7 @@ typedef struct {
   long long rejected_version;
   long long rejected_toobig;
   long long rejected_schema;
+  long long rejected_field;
 } ctx_Stats;
 
 extern ctx_Stats ctx_stats;
@@ -105,6 +108,7 @@ void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
 /* ---- command handlers ---- */
 int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);

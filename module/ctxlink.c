@@ -14,7 +14,8 @@
 #include "ctx_module.h"
 
 #define CTX_MODULE_NAME "ctx"
-#define CTX_MODULE_VERSION 100 /* 0.1.0 */
+#define CTX_MODULE_VERSION 200 /* 0.2.0 */
+#define CTX_PROTOCOL 2        /* docs/PROTOCOL.md; INFO ctx_protocol */
 
 ctx_Config ctx_config;
 ctx_Stats ctx_stats;
@@ -82,23 +83,26 @@ typedef struct {
   int arity;          /* Redis convention: -N means at least N */
   uint64_t key_flags; /* KEY_NONE: the command names no key */
   const char *summary;
+  const char *since; /* module version that added the command; NULL: 0.1.0 */
 } ctx_CommandSpec;
 
 static const ctx_CommandSpec kCommands[] = {
     {"ctx.get", ctx_GetCommand_, "readonly fast", "read fast", 2, KEY_READ,
-     "Read a context: [version, raw, schema, updated_ms, updated_by] or nil."},
+     "Read a context: [version, raw, schema, updated_ms, updated_by] or nil.", NULL},
     {"ctx.cas", ctx_CasCommand, "write deny-oom", "write", -4, KEY_UPDATE,
-     "Create or update a context if its version is expected_version."},
-    {"ctx.del", ctx_DelCommand, "write deny-oom", "write", 3, KEY_DELETE,
-     "Delete a context if its version is expected_version."},
+     "Create or update a context if its version is expected_version.", NULL},
+    {"ctx.patch", ctx_PatchCommand, "write deny-oom", "write", -4, KEY_UPDATE,
+     "Write some top-level fields of a context if none it reads or writes changed.", "0.2.0"},
+    {"ctx.del", ctx_DelCommand, "write deny-oom", "write", -3, KEY_DELETE,
+     "Delete a context if its version is expected_version.", NULL},
     {"ctx.schema.set", ctx_SchemaSetCommand, "write deny-oom", "write", -4, KEY_NONE,
-     "Register or update a schema from a FileDescriptorSet."},
+     "Register or update a schema from a FileDescriptorSet.", NULL},
     {"ctx.schema.get", ctx_SchemaGetCommand, "readonly", "read", 2, KEY_NONE,
-     "Get a schema: [message_type, descriptor_set, revision] or nil."},
+     "Get a schema: [message_type, descriptor_set, revision] or nil.", NULL},
     {"ctx.schema.list", ctx_SchemaListCommand, "readonly", "read", 1, KEY_NONE,
-     "List registered schema names."},
+     "List registered schema names.", NULL},
     {"ctx.schema.del", ctx_SchemaDelCommand, "write", "write", 2, KEY_NONE,
-     "Remove a schema."},
+     "Remove a schema.", NULL},
 };
 
 static int register_command(RedisModuleCtx *ctx, const ctx_CommandSpec *c) {
@@ -127,7 +131,7 @@ static int register_command(RedisModuleCtx *ctx, const ctx_CommandSpec *c) {
   memset(&info, 0, sizeof(info));
   info.version = &ctx_CommandInfoVersion;
   info.summary = c->summary;
-  info.since = "0.1.0";
+  info.since = c->since ? c->since : "0.1.0";
   info.arity = c->arity;
   info.key_specs = key ? specs : NULL;
   return ctx_SetCommandInfo(cmd, &info);
@@ -188,8 +192,11 @@ static int parse_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   (void)for_crash_report;
   RedisModule_InfoAddSection(ctx, "stats");
+  RedisModule_InfoAddFieldLongLong(ctx, "protocol", CTX_PROTOCOL);
   RedisModule_InfoAddFieldLongLong(ctx, "cas_ok", ctx_stats.cas_ok);
   RedisModule_InfoAddFieldLongLong(ctx, "cas_conflicts", ctx_stats.cas_conflicts);
+  RedisModule_InfoAddFieldLongLong(ctx, "patch_ok", ctx_stats.patch_ok);
+  RedisModule_InfoAddFieldLongLong(ctx, "replays", ctx_stats.replays);
   RedisModule_InfoAddFieldLongLong(ctx, "del_ok", ctx_stats.del_ok);
   RedisModule_InfoAddFieldLongLong(ctx, "get_hits", ctx_stats.get_hits);
   RedisModule_InfoAddFieldLongLong(ctx, "get_misses", ctx_stats.get_misses);
@@ -197,6 +204,7 @@ static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_version", ctx_stats.rejected_version);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_toobig", ctx_stats.rejected_toobig);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_schema", ctx_stats.rejected_schema);
+  RedisModule_InfoAddFieldLongLong(ctx, "rejected_field", ctx_stats.rejected_field);
   ctx_CacheStats cs;
   ctx_Registry_CacheStats(&cs);
   RedisModule_InfoAddFieldLongLong(ctx, "schemas_loaded", cs.schemas);

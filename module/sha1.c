@@ -7,36 +7,55 @@
 
 static uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
 
+/* One 64-byte block, fully unrolled with a 16-word rolling schedule (about
+ * twice as fast as the 80-word loop: CTX.CAS and CTX.PATCH hash every write id). */
+#define SHA1_W(i)                                                                  \
+  (w[(i)&15] = rol(w[((i) + 13) & 15] ^ w[((i) + 8) & 15] ^ w[((i) + 2) & 15] ^ \
+                   w[(i)&15],                                                  \
+                   1))
+#define SHA1_W0(i) w[i]
+#define SHA1_F1(b, c, d) ((d) ^ ((b) & ((c) ^ (d))))
+#define SHA1_F2(b, c, d) ((b) ^ (c) ^ (d))
+#define SHA1_F3(b, c, d) ((((b) | (c)) & (d)) | ((b) & (c)))
+#define SHA1_R(a, b, c, d, e, F, k, x)          \
+  do {                                          \
+    e += rol(a, 5) + F(b, c, d) + (k) + (x);    \
+    b = rol(b, 30);                             \
+  } while (0)
+#define SHA1_R5(i, F, k, X)                   \
+  SHA1_R(a, b, c, d, e, F, k, X(i));          \
+  SHA1_R(e, a, b, c, d, F, k, X((i) + 1));    \
+  SHA1_R(d, e, a, b, c, F, k, X((i) + 2));    \
+  SHA1_R(c, d, e, a, b, F, k, X((i) + 3));    \
+  SHA1_R(b, c, d, e, a, F, k, X((i) + 4))
+
 static void block(uint32_t h[5], const uint8_t *p) {
-  uint32_t w[80];
+  uint32_t w[16];
   for (int i = 0; i < 16; i++) {
     w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
            (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
   }
-  for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
   uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-  for (int i = 0; i < 80; i++) {
-    uint32_t f, k;
-    if (i < 20) {
-      f = (b & c) | (~b & d);
-      k = 0x5A827999;
-    } else if (i < 40) {
-      f = b ^ c ^ d;
-      k = 0x6ED9EBA1;
-    } else if (i < 60) {
-      f = (b & c) | (b & d) | (c & d);
-      k = 0x8F1BBCDC;
-    } else {
-      f = b ^ c ^ d;
-      k = 0xCA62C1D6;
-    }
-    uint32_t t = rol(a, 5) + f + e + k + w[i];
-    e = d;
-    d = c;
-    c = rol(b, 30);
-    b = a;
-    a = t;
-  }
+  SHA1_R5(0, SHA1_F1, 0x5A827999, SHA1_W0);
+  SHA1_R5(5, SHA1_F1, 0x5A827999, SHA1_W0);
+  SHA1_R5(10, SHA1_F1, 0x5A827999, SHA1_W0);
+  SHA1_R(a, b, c, d, e, SHA1_F1, 0x5A827999, w[15]);
+  SHA1_R(e, a, b, c, d, SHA1_F1, 0x5A827999, SHA1_W(16));
+  SHA1_R(d, e, a, b, c, SHA1_F1, 0x5A827999, SHA1_W(17));
+  SHA1_R(c, d, e, a, b, SHA1_F1, 0x5A827999, SHA1_W(18));
+  SHA1_R(b, c, d, e, a, SHA1_F1, 0x5A827999, SHA1_W(19));
+  SHA1_R5(20, SHA1_F2, 0x6ED9EBA1, SHA1_W);
+  SHA1_R5(25, SHA1_F2, 0x6ED9EBA1, SHA1_W);
+  SHA1_R5(30, SHA1_F2, 0x6ED9EBA1, SHA1_W);
+  SHA1_R5(35, SHA1_F2, 0x6ED9EBA1, SHA1_W);
+  SHA1_R5(40, SHA1_F3, 0x8F1BBCDC, SHA1_W);
+  SHA1_R5(45, SHA1_F3, 0x8F1BBCDC, SHA1_W);
+  SHA1_R5(50, SHA1_F3, 0x8F1BBCDC, SHA1_W);
+  SHA1_R5(55, SHA1_F3, 0x8F1BBCDC, SHA1_W);
+  SHA1_R5(60, SHA1_F2, 0xCA62C1D6, SHA1_W);
+  SHA1_R5(65, SHA1_F2, 0xCA62C1D6, SHA1_W);
+  SHA1_R5(70, SHA1_F2, 0xCA62C1D6, SHA1_W);
+  SHA1_R5(75, SHA1_F2, 0xCA62C1D6, SHA1_W);
   h[0] += a;
   h[1] += b;
   h[2] += c;
@@ -69,20 +88,28 @@ void ctx_Sha1_Update(ctx_Sha1 *s, const void *data, size_t n) {
   }
 }
 
-void ctx_Sha1_HexFinal(ctx_Sha1 *s, char out[41]) {
+void ctx_Sha1_Final(ctx_Sha1 *s, uint8_t out[20]) {
   uint64_t bits = s->len * 8;
-  uint8_t pad = 0x80;
-  ctx_Sha1_Update(s, &pad, 1);
-  pad = 0;
-  while (s->used != 56) ctx_Sha1_Update(s, &pad, 1);
-  uint8_t lenbuf[8];
-  for (int i = 0; i < 8; i++) lenbuf[i] = (uint8_t)(bits >> (56 - 8 * i));
-  ctx_Sha1_Update(s, lenbuf, 8);
+  s->buf[s->used++] = 0x80;
+  if (s->used > 56) {
+    memset(s->buf + s->used, 0, 64 - s->used);
+    block(s->h, s->buf);
+    s->used = 0;
+  }
+  memset(s->buf + s->used, 0, 56 - s->used);
+  for (int i = 0; i < 8; i++) s->buf[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+  block(s->h, s->buf);
+  s->used = 0;
+  for (int i = 0; i < 20; i++) out[i] = (uint8_t)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+void ctx_Sha1_HexFinal(ctx_Sha1 *s, char out[41]) {
+  uint8_t raw[20];
+  ctx_Sha1_Final(s, raw);
   static const char hex[] = "0123456789abcdef";
   for (int i = 0; i < 20; i++) {
-    uint8_t b = (uint8_t)(s->h[i / 4] >> (24 - 8 * (i % 4)));
-    out[2 * i] = hex[b >> 4];
-    out[2 * i + 1] = hex[b & 15];
+    out[2 * i] = hex[raw[i] >> 4];
+    out[2 * i + 1] = hex[raw[i] & 15];
   }
   out[40] = '\0';
 }

@@ -14,6 +14,7 @@ typedef struct {
 
 void ctx_Sha1_Init(ctx_Sha1 *s);
 void ctx_Sha1_Update(ctx_Sha1 *s, const void *data, size_t n);
+void ctx_Sha1_Final(ctx_Sha1 *s, uint8_t out[20]);
 void ctx_Sha1_HexFinal(ctx_Sha1 *s, char out[41]);
 
 #endif /* CTX_SHA1_H_ */

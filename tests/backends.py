@@ -18,6 +18,8 @@ import redis
 from ctxlink._core import check_compatible, check_version_field, load_descriptor
 from ctxlink._exceptions import SchemaError
 from ctxlink._plan import PlanError, compile_plan, registry_digest
+from ctxvalue import decode as decode_value
+from ctxvalue import is_v2
 from servers import REPO_ROOT, Server, ServerPool
 
 ENGINES = ["module", "lua"]
@@ -43,16 +45,34 @@ class ModuleBackend:
     def get_args(self, key):
         return ["CTX.GET", key]
 
-    def cas_args(self, key, expected, payload, schema=None, by=None):
+    def cas_args(self, key, expected, payload, schema=None, by=None, write_id=None):
         args = ["CTX.CAS", key, expected, payload]
         if schema is not None:
             args += ["SCHEMA", schema]
         if by is not None:
             args += ["BY", by]
+        if write_id is not None:
+            args += ["ID", write_id]
         return args
 
-    def del_args(self, key, expected):
-        return ["CTX.DEL", key, expected]
+    def patch_args(self, key, base, payload, fields, reads=None, schema=None, by=None,
+                   write_id=None):
+        args = ["CTX.PATCH", key, base, payload, "FIELDS", len(fields), *fields]
+        if reads is not None:
+            args += ["READS", len(reads), *reads]
+        if schema is not None:
+            args += ["SCHEMA", schema]
+        if by is not None:
+            args += ["BY", by]
+        if write_id is not None:
+            args += ["ID", write_id]
+        return args
+
+    def del_args(self, key, expected, write_id=None):
+        args = ["CTX.DEL", key, expected]
+        if write_id is not None:
+            args += ["ID", write_id]
+        return args
 
     # ---- commands
     def command(self, *args):
@@ -62,11 +82,17 @@ class ModuleBackend:
     def get(self, key):
         return self.r.execute_command(*self.get_args(key))
 
-    def cas(self, key, expected, payload, schema=None, by=None):
-        return self.r.execute_command(*self.cas_args(key, expected, payload, schema, by))
+    def cas(self, key, expected, payload, schema=None, by=None, write_id=None):
+        return self.r.execute_command(*self.cas_args(key, expected, payload, schema, by,
+                                                     write_id))
 
-    def delete(self, key, expected):
-        return self.r.execute_command(*self.del_args(key, expected))
+    def patch(self, key, base, payload, fields, reads=None, schema=None, by=None,
+              write_id=None):
+        return self.r.execute_command(*self.patch_args(key, base, payload, fields, reads,
+                                                       schema, by, write_id))
+
+    def delete(self, key, expected, write_id=None):
+        return self.r.execute_command(*self.del_args(key, expected, write_id))
 
     def schema_set(self, name, type, fds, force=False, versionfield=None):
         args = ["CTX.SCHEMA.SET", name, type, fds]
@@ -125,6 +151,78 @@ def _arity(cmd: str) -> redis.ResponseError:
 
 def _syntax() -> redis.ResponseError:
     return reply_error("ERR syntax error")
+
+
+_CAS_OPTIONS = {b"SCHEMA": "schema", b"BY": "by", b"ID": "write_id"}
+_PATCH_OPTIONS = {**_CAS_OPTIONS, b"FIELDS": "fields", b"READS": "reads"}
+_INT_RE = re.compile(rb"^(0|-?[1-9][0-9]*)$")
+
+
+def _field_list(words: list, what: str) -> list:
+    """FIELDS / READS numbers checked as the module checks them: every number in range, then
+    the first repeat in argument order."""
+    nums = []
+    for w in words:
+        w = _b(w)
+        if not _INT_RE.match(w) or not 1 <= int(w) <= 536870911:
+            raise reply_error("ERR field numbers must be integers from 1 to 536870911")
+        nums.append(int(w))
+    seen: set[int] = set()
+    for n in nums:
+        if n in seen:
+            raise reply_error(f"ERR field {n} is listed twice in {what}")
+        seen.add(n)
+    return [_b(w) for w in words]
+
+
+def _options(opt, known: dict) -> dict:
+    """Options parsed as the module parses them, left to right, each error replied where the
+    module finds it: keywords in any order, each at most once; ID 1..64 bytes, BY at most
+    65535; FIELDS / READS take a count (FIELDS 1.., READS 0.., at most the arguments left)
+    then that many field numbers."""
+    opts: dict[str, object] = {}
+    opt = list(opt)
+    i = 0
+    while i < len(opt):
+        slot = known.get(_b(opt[i]).upper())
+        if slot is None or slot in opts or i + 1 >= len(opt):
+            raise _syntax()
+        if slot in ("fields", "reads"):
+            what = "FIELDS" if slot == "fields" else "READS"
+            count = _b(opt[i + 1])
+            left = len(opt) - i - 2
+            low = 1 if slot == "fields" else 0
+            if not _INT_RE.match(count) or not low <= int(count) <= left:
+                raise reply_error(f"ERR {what} needs a count from {low} to the field numbers "
+                                  "that follow")
+            k = int(count)
+            opts[slot] = _field_list(opt[i + 2: i + 2 + k], what)
+            i += 2 + k
+            continue
+        value = _b(opt[i + 1])
+        if slot == "write_id" and not 1 <= len(value) <= 64:
+            raise reply_error("ERR write id must be 1 to 64 bytes")
+        if slot == "by" and len(value) > 65535:
+            raise reply_error("ERR writer id is longer than 65535 bytes")
+        opts[slot] = opt[i + 1]
+        i += 2
+    return opts
+
+
+def _check_version_arg(value, what: str) -> None:
+    """A version argument as the script checks it (the module's rule, Lua's 2^53 - 2 limit),
+    before the options, as the module parses it."""
+    v = _b(value)
+    if not _INT_RE.match(v) or len(v) > 20 or not 0 <= int(v) <= LUA_MAX_VERSION:
+        raise reply_error(f"ERR {what} must be an integer from 0 to {LUA_MAX_VERSION}")
+
+
+def _numbers(fields) -> bytes:
+    """A FIELDS / READS list as cas.lua takes it: decimal numbers separated by one space."""
+    words = [_b(f) for f in fields]
+    if any(not w or b" " in w for w in words):
+        raise reply_error("ERR field numbers must be integers from 1 to 536870911")
+    return b" ".join(words)
 
 
 class _LuaScripts:
@@ -196,33 +294,65 @@ class LuaBackend:
 
     def _cas_schema_name(self, key, schema) -> bytes:
         """ARGV[8] of cas.lua: SCHEMA when given, else the context's schema (remembered from
-        earlier calls like the SDK's cache, else read with HGET)."""
+        earlier calls like the SDK's cache, else read from the stored value)."""
         if schema is not None:
             return _b(schema)
         cached = self._shared["key_schema"].get(_b(key))
         if cached is not None:
             return cached
-        try:
-            stored = self.r.hget(key, "schema")
-        except redis.ResponseError:  # not a hash: cas.lua replies WRONGTYPE
-            stored = None
-        return stored or b""
+        return self._stored_schema(key) or b""
 
-    def cas_args(self, key, expected, payload, schema=None, by=None):
+    def _stored_schema(self, key) -> bytes | None:
+        """The schema a stored context names: a v2 string's header, a v1 hash's field."""
+        try:
+            raw = self.r.get(key)
+        except redis.ResponseError:  # not a string: a v1 hash, or cas.lua replies WRONGTYPE
+            try:
+                return self.r.hget(key, "schema")
+            except redis.ResponseError:
+                return None
+        if raw is None or not is_v2(raw):
+            return None
+        try:
+            return decode_value(raw).schema
+        except ValueError:
+            return None
+
+    def cas_args(self, key, expected, payload, schema=None, by=None, write_id=None):
         name = self._cas_schema_name(key, schema)
         if schema is not None:
             self._shared["key_schema"][_b(key)] = name
-        return self._cas_script_args(key, expected, payload, name, schema is not None, by)
-
-    def _cas_script_args(self, key, expected, payload, name: bytes, given: bool, by):
-        lim = self.limits
-        # KEYS = the context key only; the registry entry is read undeclared (ARGV[8] names it)
         return ["EVALSHA", self._sha("cas"), 1, key,
-                expected, payload, 1 if given else 0, by if by is not None else "",
-                lim["max-payload-bytes"], lim["max-depth"], lim["unknown-fields"], name]
+                *self._cas_argv(expected, payload, name, schema is not None, by,
+                                write_id=write_id)]
 
-    def del_args(self, key, expected):
-        return ["EVALSHA", self._sha("del"), 1, key, expected]
+    def patch_args(self, key, base, payload, fields, reads=None, schema=None, by=None,
+                   write_id=None):
+        name = self._cas_schema_name(key, schema)
+        if schema is not None:
+            self._shared["key_schema"][_b(key)] = name
+        return ["EVALSHA", self._sha("cas"), 1, key,
+                *self._cas_argv(base, payload, name, schema is not None, by, fields=fields,
+                                reads=reads, write_id=write_id)]
+
+    def _cas_argv(self, expected, payload, name: bytes, given: bool, by, fields=None,
+                  reads=None, write_id=None) -> list:
+        """ARGV of cas.lua (its header): KEYS = the context key only; the registry entry is
+        read undeclared (ARGV[8] names it, ARGV[9] is the slot tag on a cluster)."""
+        lim = self.limits
+        argv = [expected, payload, 1 if given else 0, by if by is not None else "",
+                lim["max-payload-bytes"], lim["max-depth"], lim["unknown-fields"], name, ""]
+        if fields is not None:
+            argv += ["patch", _numbers(fields), _numbers(reads or ())]
+        elif write_id is not None:
+            argv += ["cas", "", ""]
+        if write_id is not None:
+            argv.append(write_id)
+        return argv
+
+    def del_args(self, key, expected, write_id=None):
+        return ["EVALSHA", self._sha("del"), 1, key, expected,
+                *(() if write_id is None else (write_id,))]
 
     # ---- commands
     def command(self, *args):
@@ -239,19 +369,24 @@ class LuaBackend:
             if len(rest) < 3:
                 raise _arity(cmd)
             key, expected, payload = rest[:3]
-            opts: dict[str, object] = {}
-            opt = list(rest[3:])
-            for i in range(0, len(opt), 2):
-                word = _b(opt[i]).upper()
-                slot = {b"SCHEMA": "schema", b"BY": "by"}.get(word)
-                if slot is None or slot in opts or i + 1 >= len(opt):
-                    raise _syntax()
-                opts[slot] = opt[i + 1]
-            return self.cas(key, expected, payload, **opts)
-        if cmd == "CTX.DEL":
-            if len(rest) != 2:
+            _check_version_arg(expected, "expected_version")
+            return self.cas(key, expected, payload, **_options(rest[3:], _CAS_OPTIONS))
+        if cmd == "CTX.PATCH":
+            if len(rest) < 3:
                 raise _arity(cmd)
-            return self.delete(rest[0], rest[1])
+            key, base, payload = rest[:3]
+            _check_version_arg(base, "base_version")
+            opts = _options(rest[3:], _PATCH_OPTIONS)
+            if "fields" not in opts:
+                raise reply_error("ERR FIELDS is required")
+            return self.patch(key, base, payload, **opts)
+        if cmd == "CTX.DEL":
+            if len(rest) < 2:
+                raise _arity(cmd)
+            if len(rest) != 2 and len(rest) != 4:
+                raise _syntax()
+            _check_version_arg(rest[1], "expected_version")
+            return self.delete(rest[0], rest[1], **_options(rest[2:], {b"ID": "write_id"}))
         if cmd == "CTX.SCHEMA.SET":
             if len(rest) < 3:
                 raise _arity(cmd)
@@ -294,15 +429,27 @@ class LuaBackend:
         elif state is None:
             self._shared["key_schema"].pop(_b(key), None)
 
-    def cas(self, key, expected, payload, schema=None, by=None):
+    def cas(self, key, expected, payload, schema=None, by=None, write_id=None):
+        return self._write(key, schema, lambda name: self._cas_argv(
+            expected, payload, name, schema is not None, by, write_id=write_id))
+
+    def patch(self, key, base, payload, fields, reads=None, schema=None, by=None,
+              write_id=None):
+        """CTX.PATCH through cas.lua's patch mode: reply [version, merged payload], a conflict
+        state, nil or ["replayed", version]."""
+        return self._write(key, schema, lambda name: self._cas_argv(
+            base, payload, name, schema is not None, by, fields=fields, reads=reads,
+            write_id=write_id))
+
+    def _write(self, key, schema, argv_for):
+        """cas.lua with the SDK's retries: a missing plan is compiled and stored, a stale
+        remembered schema is replaced by the context's."""
         given = schema is not None
         name = self._cas_schema_name(key, schema)
         planned = relocated = False
         while True:
             try:
-                reply = self._evalsha("cas", [key],
-                                      self._cas_script_args(key, expected, payload, name, given,
-                                                            by)[4:])
+                reply = self._evalsha("cas", [key], argv_for(name))
                 break
             except redis.ResponseError as exc:
                 text = _b(getattr(exc, "raw_error", None) or str(exc))
@@ -318,8 +465,8 @@ class LuaBackend:
                 if m:
                     self._shared["key_schema"].pop(_b(key), None)
                 raise
-        if isinstance(reply, int):
-            self._shared["key_schema"][_b(key)] = name
+        if isinstance(reply, int) or (isinstance(reply, list) and len(reply) == 2):
+            self._shared["key_schema"][_b(key)] = name  # written (or replayed)
         else:
             self._remember(key, reply)
         return reply
@@ -339,8 +486,8 @@ class LuaBackend:
                               f"'{name[:120].decode('utf-8', 'replace')}' does not compile: {e}")
         self._evalsha("schema_plan", [rk], [digest, plan])
 
-    def delete(self, key, expected):
-        reply = self._evalsha("del", [key], [expected])
+    def delete(self, key, expected, write_id=None):
+        reply = self._evalsha("del", [key], [expected] + ([] if write_id is None else [write_id]))
         if reply == 1:
             self._shared["key_schema"].pop(_b(key), None)
         else:

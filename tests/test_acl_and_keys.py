@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+import ctxvalue
 import servers as srv
 from helpers import assert_error
+from wire import f_varint
 
 # COMMAND INFO key specs, flags and ACL categories of CTX.*, and ACL rules naming CTX.* commands:
 # a stock server running the Lua engine has no such commands (it runs EVALSHA, whose only key
@@ -18,7 +20,9 @@ pytestmark = pytest.mark.module_only(
 DATA = {  # command: (example args, key-spec flags it must carry, command flags)
     "CTX.GET": (["k"], {b"RO", b"access"}, {b"readonly", b"fast"}),
     "CTX.CAS": (["k", "0", "payload", "SCHEMA", "s", "BY", "w"], {b"RW", b"update"}, {b"write", b"denyoom"}),
-    "CTX.DEL": (["k", "1"], {b"RW", b"delete"}, {b"write", b"denyoom"}),
+    "CTX.PATCH": (["k", "1", "payload", "FIELDS", "1", "4", "READS", "1", "5", "ID", "i"],
+                  {b"RW", b"update"}, {b"write", b"denyoom"}),
+    "CTX.DEL": (["k", "1", "ID", "i"], {b"RW", b"delete"}, {b"write", b"denyoom"}),
 }
 SCHEMA = {
     "CTX.SCHEMA.SET": (["n", "t", "fds"], {b"write", b"denyoom"}),
@@ -110,18 +114,20 @@ def seeded(backend, pb):
 
 
 def test_key_pattern_limits_data_commands(seeded, users, pb, r):
-    agent = users("agent", "~order:*", "+ctx.get", "+ctx.cas", "+ctx.del")
+    agent = users("agent", "~order:*", "+ctx.get", "+ctx.cas", "+ctx.patch", "+ctx.del")
+    assert_error("NOPERM", agent.patch, "other:1", 1, f_varint(4, 1), [4])
     assert_error("NOPERM", agent.get, "other:1")
     assert_error("NOPERM", agent.cas, "other:1", 1, pb.order(2))
     assert_error("NOPERM", agent.cas, "other:2", 0, pb.order(1), schema="order")
     assert_error("NOPERM", agent.delete, "other:1", 1)
     assert_error("NOPERM", agent.cas, "__ctx:schema:order", 0, pb.order(1), schema="order")
-    assert r.hget("other:1", "version") == b"1"
+    assert ctxvalue.decode(r.get("other:1")).version == 1
     # within the pattern everything works, and CAS needs no rights on the registry keys
     assert agent.get("order:1")[0] == 1
     assert agent.cas("order:1", 1, pb.order(2)) == 2
     assert agent.cas("order:2", 0, pb.order(1), schema="order") == 1
     assert agent.delete("order:2", 1) == 1
+    assert agent.patch("order:1", 2, f_varint(4, 1), [4])[0] == 3
 
 
 def test_agent_without_schema_rights_cannot_change_the_registry(seeded, users, pb, r):
@@ -134,22 +140,24 @@ def test_agent_without_schema_rights_cannot_change_the_registry(seeded, users, p
 
 
 def test_read_only_key_pattern_allows_get_but_not_writes(seeded, users, pb, r):
-    reader = users("reader", "%R~order:*", "+ctx.get", "+ctx.cas", "+ctx.del")
+    reader = users("reader", "%R~order:*", "+ctx.get", "+ctx.cas", "+ctx.patch", "+ctx.del")
+    assert_error("NOPERM", reader.patch, "order:1", 1, f_varint(4, 1), [4])
     assert reader.get("order:1")[0] == 1
     assert reader.get("order:404") is None
     assert_error("NOPERM", reader.cas, "order:1", 1, pb.order(2))
     assert_error("NOPERM", reader.cas, "order:3", 0, pb.order(1), schema="order")
     assert_error("NOPERM", reader.delete, "order:1", 1)
     assert_error("NOPERM", reader.get, "other:1")
-    assert r.hget("order:1", "version") == b"1"
+    assert ctxvalue.decode(r.get("order:1")).version == 1
 
 
 def test_write_only_key_pattern_is_not_enough_for_read_write_commands(seeded, users, pb, r):
-    writer = users("writer", "%W~order:*", "+ctx.get", "+ctx.cas", "+ctx.del")
+    writer = users("writer", "%W~order:*", "+ctx.get", "+ctx.cas", "+ctx.patch", "+ctx.del")
+    assert_error("NOPERM", writer.patch, "order:1", 1, f_varint(4, 1), [4])
     assert_error("NOPERM", writer.get, "order:1")
     assert_error("NOPERM", writer.cas, "order:1", 1, pb.order(2))
     assert_error("NOPERM", writer.delete, "order:1", 1)
-    assert r.hget("order:1", "version") == b"1"
+    assert ctxvalue.decode(r.get("order:1")).version == 1
 
 
 def server_supports_module_acl_categories(server) -> bool:
@@ -162,18 +170,20 @@ def test_command_rights_apply(seeded, users, pb, r):
     assert getter.get("order:1")[0] == 1
     assert_error("NOPERM", getter.cas, "order:1", 1, pb.order(2))
     assert_error("NOPERM", getter.delete, "order:1", 1)
+    assert_error("NOPERM", getter.patch, "order:1", 1, f_varint(4, 1), [4])
     assert_error("NOPERM", getter.schema_list)
     # Module commands join ACL categories (@write, @read) only on Redis 7.2+
     # (RedisModule_SetCommandACLCategories); on 7.0 they belong to none, so
     # "+@all -@write" cannot deny them there. Deny them by name instead.
     if not server_supports_module_acl_categories(seeded.server):
-        nowrite = users("nowrite", "~*", "+@all", "-@write", "-ctx.cas",
+        nowrite = users("nowrite", "~*", "+@all", "-@write", "-ctx.cas", "-ctx.patch",
                         "-ctx.del", "-ctx.schema.set", "-ctx.schema.del")
     else:
         nowrite = users("nowrite", "~*", "+@all", "-@write")
     assert nowrite.get("order:1")[0] == 1
     assert nowrite.schema_list() == [b"order"]
     assert_error("NOPERM", nowrite.cas, "order:1", 1, pb.order(2))
+    assert_error("NOPERM", nowrite.patch, "order:1", 1, f_varint(4, 1), [4])
     assert_error("NOPERM", nowrite.schema_set, "x", "ctxlink.example.Order", pb.fds("order"))
     assert_error("NOPERM", nowrite.schema_del, "order")
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 import pytest
 
 from backends import make_backend, start_engine_server
+import ctxvalue
 from helpers import (assert_error, context_hash, key_state, nothing_written, server_time_ms)
 from wire import f_str, f_varint
 
 MAX_VERSION = 2**63 - 2
-FIELDS = {b"raw", b"version", b"schema", b"updated_ms", b"updated_by"}
+
+
+def stored(r, key) -> ctxvalue.Value:
+    """The context at ``key`` as stored (storage format v2)."""
+    assert r.type(key) == b"string"
+    return ctxvalue.decode(r.get(key))
 
 
 @pytest.fixture
@@ -29,17 +35,19 @@ def create(backend, pb, key="order:1", by=None, **fields):
 # --------------------------------------------------------------------------- create / update / get
 
 
-def test_create_replies_1_and_stores_exactly_the_five_fields(backend, order, r):
+def test_create_replies_1_and_stores_one_v2_string(backend, order, r):
     payload = order(1, order_id="o-1", status=1)
     t0 = server_time_ms(r)
     assert backend.cas("order:1", 0, payload, schema="order", by="router") == 1
     t1 = server_time_ms(r)
-    assert r.type("order:1") == b"hash"
-    stored = r.hgetall("order:1")
-    assert set(stored) == FIELDS
-    ms = int(stored[b"updated_ms"])
-    assert stored == context_hash(payload, 1, "order", ms, "router")
-    assert t0 <= ms <= t1
+    v = stored(r, "order:1")
+    assert (v.version, v.schema, v.updated_by, v.payload) == (1, b"order", b"router", payload)
+    assert v.window == (ctxvalue.Record(b"\0" * 8, ctxvalue.WHOLE),)
+    assert t0 <= v.updated_ms <= t1
+    raw = r.get("order:1")
+    assert raw == ctxvalue.encode(1, v.updated_ms, v.window, b"order", b"router", payload)
+    # a stock client reads the payload with GETRANGE from the documented header length
+    assert r.getrange("order:1", 24 + 12 * 1 + len(b"order") + len(b"router"), -1) == payload
 
 
 def test_get_returns_version_raw_schema_updated_ms_updated_by(backend, order, r):
@@ -51,7 +59,7 @@ def test_get_returns_version_raw_schema_updated_ms_updated_by(backend, order, r)
     assert version == 1 and isinstance(version, int)
     assert raw == payload
     assert schema == b"order"
-    assert isinstance(updated_ms, int) and updated_ms == int(r.hget("order:1", "updated_ms"))
+    assert isinstance(updated_ms, int) and updated_ms == stored(r, "order:1").updated_ms
     assert updated_by == b"router"
 
 
@@ -68,20 +76,20 @@ def test_updated_ms_is_the_server_clock(backend, order, r):
 
 def test_updated_by_is_empty_when_by_is_absent(backend, order, r):
     backend.cas("order:1", 0, order(1), schema="order")
-    assert r.hget("order:1", "updated_by") == b""
+    assert stored(r, "order:1").updated_by == b""
     assert backend.get("order:1")[4] == b""
 
 
 def test_every_write_sets_updated_by_so_an_update_without_by_clears_it(backend, order, r):
     backend.cas("order:1", 0, order(1), schema="order", by="router")
     assert backend.cas("order:1", 1, order(2), by=None) == 2
-    assert r.hget("order:1", "updated_by") == b""
+    assert stored(r, "order:1").updated_by == b""
 
 
 def test_by_is_stored_byte_for_byte(backend, order, r):
     writer = b"agent\x00\xff \xe2\x82\xac"
     assert backend.cas("order:1", 0, order(1), schema="order", by=writer) == 1
-    assert r.hget("order:1", "updated_by") == writer
+    assert stored(r, "order:1").updated_by == writer
     assert backend.get("order:1")[4] == writer
 
 
@@ -93,8 +101,8 @@ def test_update_increments_version_and_keeps_the_stored_schema(backend, order, r
     assert backend.cas("order:1", 2, p3, schema="order", by="pricing") == 3
     version, raw, schema, _, by = backend.get("order:1")
     assert (version, raw, schema, by) == (3, p3, b"order", b"pricing")
-    assert set(r.hgetall("order:1")) == FIELDS
-    assert r.hget("order:1", "version") == b"3"
+    v = stored(r, "order:1")
+    assert (v.version, v.schema, len(v.window)) == (3, b"order", 3)
 
 
 def test_raw_is_stored_exactly_as_sent(backend, order, r):
@@ -102,7 +110,7 @@ def test_raw_is_stored_exactly_as_sent(backend, order, r):
     # valid; the stored bytes must be the client's bytes, never a re-encoding.
     payload = f_str(1, "late") + f_varint(4, 5) + f_varint(2, 1) + f_str(1, "o-1") + f_varint(4, 7)
     assert backend.cas("order:1", 0, payload, schema="order") == 1
-    assert r.hget("order:1", "raw") == payload
+    assert stored(r, "order:1").payload == payload
     assert backend.get("order:1")[1] == payload
 
 
@@ -372,7 +380,7 @@ def test_unknown_repeated_or_valueless_option_is_err(backend, pb, order, r, opti
 def test_options_are_case_insensitive_and_in_any_order(backend, order, r):
     assert backend.command("CTX.CAS", "order:1", "0", order(1), "by", "router", "schema", "order") == 1
     assert backend.command("CTX.CAS", "order:1", "1", order(2), "Schema", "order", "bY", "x") == 2
-    assert r.hget("order:1", "updated_by") == b"x"
+    assert stored(r, "order:1").updated_by == b"x"
     assert backend.command("CTX.CAS", "order:1", "2", order(3), "BY", "y") == 3
 
 
@@ -525,13 +533,13 @@ def _keyspace_events(backend, r, action) -> list[tuple[bytes, bytes]]:
         sub.close()
 
 
-def test_successful_writes_fire_the_hset_and_del_keyspace_events(backend, pb, order, r):
+def test_successful_writes_fire_the_set_and_del_keyspace_events(backend, pb, order, r):
     def ops():
         backend.cas("order:1", 0, order(1), schema="order")
         backend.cas("order:1", 1, order(2))
         backend.delete("order:1", 2)
     assert _keyspace_events(backend, r, ops) == [
-        (b"order:1", b"hset"), (b"order:1", b"hset"), (b"order:1", b"del")]
+        (b"order:1", b"set"), (b"order:1", b"set"), (b"order:1", b"del")]
 
 
 def test_rejected_and_conflicting_writes_fire_no_keyspace_event(backend, pb, order, r):

@@ -10,9 +10,10 @@ from wire import f_len, f_varint
 COUNTERS = ["ctx_cas_ok", "ctx_cas_conflicts", "ctx_del_ok", "ctx_get_hits", "ctx_get_misses",
             "ctx_rejected_invalid", "ctx_rejected_version", "ctx_rejected_toobig",
             "ctx_rejected_schema", "ctx_schemas_loaded", "ctx_schema_cache_bytes",
-            "ctx_schema_cache_evictions", "ctx_schema_keynames_cached", "ctx_core_allocated_bytes"]
+            "ctx_schema_cache_evictions", "ctx_schema_keynames_cached", "ctx_core_allocated_bytes",
+            "ctx_patch_ok", "ctx_replays", "ctx_rejected_field", "ctx_protocol"]
 CACHE_GAUGES = ["ctx_schemas_loaded", "ctx_schema_cache_bytes", "ctx_schema_cache_evictions",
-                "ctx_schema_keynames_cached", "ctx_core_allocated_bytes"]
+                "ctx_schema_keynames_cached", "ctx_core_allocated_bytes", "ctx_protocol"]
 
 
 def ctx_info(backend) -> dict:
@@ -80,12 +81,22 @@ def test_counters_move_as_documented(module_only, pb, r):
     assert_error("CTXSCHEMA", b.cas, "order:3", 0, pb.order(1), schema="nosuch")
     assert_error("CTXSCHEMA", b.cas, "order:1", 2, pb.order(3), schema="other")
     assert_error("CTXTOOBIG", b.cas, "order:3", 0, b"\x00" * (1048576 + 1), schema="order")
+    assert b.cas("order:1", 2, pb.order(3), write_id="w") == 3                 # cas_ok
+    assert b.cas("order:1", 2, pb.order(3), write_id="w") == [b"replayed", 3]  # replay
+    assert b.patch("order:1", 3, f_varint(4, 1), [4], write_id="p")[0] == 4    # patch_ok
+    assert b.patch("order:1", 3, f_varint(4, 1), [4], write_id="p")[0] == b"replayed"
+    assert b.patch("order:1", 1, f_varint(4, 1), [4])[6] == [4]                # conflict
+    assert_error("CTXFIELD", b.patch, "order:1", 4, b"", [77])
 
     after = {k: int(v) for k, v in ctx_info(b).items() if k in COUNTERS}
     delta = {k: after[k] - before[k] for k in COUNTERS}
     assert delta == {
-        "ctx_cas_ok": 3,
-        "ctx_cas_conflicts": 4,
+        "ctx_cas_ok": 4,
+        "ctx_cas_conflicts": 5,
+        "ctx_patch_ok": 1,
+        "ctx_replays": 2,
+        "ctx_rejected_field": 1,
+        "ctx_protocol": 0,
         "ctx_del_ok": 1,
         "ctx_get_hits": 2,
         "ctx_get_misses": 1,
@@ -96,6 +107,7 @@ def test_counters_move_as_documented(module_only, pb, r):
         **{k: delta[k] for k in CACHE_GAUGES},
     }
     assert after["ctx_schemas_loaded"] >= 1
+    assert after["ctx_protocol"] == 2
 
 
 def test_schemas_loaded_counts_compiled_schemas(module_only, pb):

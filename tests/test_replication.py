@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import redis
 
+import ctxvalue
 import servers as srv
 from backends import ModuleBackend
-from helpers import assert_error, check_error, context_hash, registry_entry
+from helpers import assert_error, check_error, registry_entry
 from wire import f_len, f_varint
 
 ORDER = "ctxlink.example.Order"
@@ -66,6 +67,12 @@ def hset_fields(cmd):
     return fields
 
 
+def set_value(cmd) -> bytes:
+    """The value of a context write's effect: exactly ``SET key <value> KEEPTTL``."""
+    assert [cmd[0].upper(), cmd[3].upper()] == [b"SET", b"KEEPTTL"] and len(cmd) == 4, cmd
+    return cmd[2]
+
+
 def assert_wrapped(cmds):
     names = [c[0].upper() for c in cmds]
     assert names[0] == b"MULTI" and names[-1] == b"EXEC", names
@@ -86,13 +93,13 @@ def test_replica_state_is_byte_identical(repl, pb):
     b.schema_del("doc")
     repl.sync()
     assert repl.p.digest() == repl.rep.digest()
-    for key in (b"order:1", b"__ctx:schema:order"):
-        assert repl.rep.r.hgetall(key) == repl.p.r.hgetall(key)
+    assert repl.rep.r.get(b"order:1") == repl.p.r.get(b"order:1")
+    assert repl.rep.r.hgetall(b"__ctx:schema:order") == repl.p.r.hgetall(b"__ctx:schema:order")
     assert repl.rep.r.exists("order:2", "__ctx:schema:doc") == 0
     assert ModuleBackend(repl.rep).get("order:1") == b.get("order:1")
 
 
-def test_replica_receives_the_hset_with_the_primary_clock_not_the_command(repl, pb):
+def test_replica_receives_the_set_with_the_primary_clock_not_the_command(repl, pb):
     pb.register(repl.b, "order")
     repl.sync()
     mon = srv.Monitor(repl.rep)
@@ -106,16 +113,18 @@ def test_replica_receives_the_hset_with_the_primary_clock_not_the_command(repl, 
     seen = [a for a in seen if a[0] not in (b"SELECT", b"PING", b"MULTI", b"EXEC")]
     assert not any(a[0].startswith(b"CTX.") for a in seen), seen
     assert len(seen) == 1, seen
-    ms = repl.p.r.hget("order:1", "updated_ms")
-    assert hset_fields(seen[0]) == context_hash(payload, 1, "order", int(ms), "router")
+    value = repl.p.r.get("order:1")
+    assert set_value(seen[0]) == value and seen[0][1] == b"order:1"
+    v = ctxvalue.decode(value)
+    assert (v.version, v.schema, v.updated_by, v.payload) == (1, b"order", b"router", payload)
     repl.sync()
-    assert repl.rep.r.hget("order:1", "updated_ms") == ms
+    assert repl.rep.r.get("order:1") == value
 
 
 # --------------------------------------------------------------------------- what is propagated
 
 
-def test_successful_cas_propagates_exactly_one_hset_with_the_five_fields(repl, pb):
+def test_successful_cas_propagates_exactly_one_set_keepttl_with_the_value(repl, pb):
     pb.register(repl.b, "order")
     payload = pb.order(1, order_id="o-1")
     repl.tail.mark()
@@ -123,11 +132,12 @@ def test_successful_cas_propagates_exactly_one_hset_with_the_five_fields(repl, p
     cmds = repl.effects()
     assert len(cmds) == 1, cmds
     assert cmds[0][1] == b"order:1"
-    ms = int(repl.p.r.hget("order:1", "updated_ms"))
-    assert hset_fields(cmds[0]) == context_hash(payload, 1, "order", ms, "router")
+    assert set_value(cmds[0]) == repl.p.r.get("order:1")
+    v = ctxvalue.decode(set_value(cmds[0]))
+    assert (v.version, v.schema, v.updated_by, v.payload) == (1, b"order", b"router", payload)
 
 
-def test_update_propagates_one_hset_with_all_five_fields(repl, pb):
+def test_update_propagates_one_set_keepttl_with_the_whole_value(repl, pb):
     pb.register(repl.b, "order")
     repl.b.cas("order:1", 0, pb.order(1), schema="order", by="router")
     p2 = pb.order(2, status=3)
@@ -135,8 +145,10 @@ def test_update_propagates_one_hset_with_all_five_fields(repl, pb):
     assert repl.b.cas("order:1", 1, p2) == 2
     cmds = repl.effects()
     assert len(cmds) == 1, cmds
-    ms = int(repl.p.r.hget("order:1", "updated_ms"))
-    assert hset_fields(cmds[0]) == context_hash(p2, 2, "order", ms, "")
+    assert set_value(cmds[0]) == repl.p.r.get("order:1")
+    v = ctxvalue.decode(set_value(cmds[0]))
+    assert (v.version, v.schema, v.updated_by, v.payload, len(v.window)) == (2, b"order", b"",
+                                                                           p2, 2)
 
 
 def test_successful_del_propagates_del(repl, pb):
@@ -243,7 +255,8 @@ def test_transaction_effects_are_wrapped_in_multi_exec(repl, pb):
     assert pipe.execute() == [1, True]
     cmds = repl.tail.commands()
     assert_wrapped(cmds)
-    assert [c[0].upper() for c in cmds] == [b"MULTI", b"HSET", b"SET", b"EXEC"]
+    assert [c[0].upper() for c in cmds] == [b"MULTI", b"SET", b"SET", b"EXEC"]
+    set_value(cmds[1])
     # a rejected CAS inside the transaction contributes nothing
     repl.tail.mark()
     pipe = r.pipeline(transaction=True)
@@ -262,7 +275,8 @@ def test_script_effects_are_replicated(repl, pb):
               "redis.call('SET', KEYS[2], v) return v")
     assert r.eval(script, 2, "order:1", "{x}", pb.order(1)) == 1
     cmds = repl.tail.commands()
-    assert [c[0].upper() for c in cmds] == [b"MULTI", b"HSET", b"SET", b"EXEC"], cmds
+    assert [c[0].upper() for c in cmds] == [b"MULTI", b"SET", b"SET", b"EXEC"], cmds
+    set_value(cmds[1])
     repl.sync()
     assert repl.p.digest() == repl.rep.digest()
 
@@ -326,7 +340,7 @@ def test_replica_without_the_module_gets_identical_state(servers, pb, module_so)
     pb.register(b, "doc")
     srv.wait_replicated(p, rep)
     assert p.digest() == rep.digest()
-    assert rep.r.hgetall("order:1") == p.r.hgetall("order:1")
+    assert rep.r.get("order:1") == p.r.get("order:1")
 
 
 def test_schema_set_inside_multi_is_wrapped_once(repl, pb):
@@ -338,7 +352,7 @@ def test_schema_set_inside_multi_is_wrapped_once(repl, pb):
     assert pipe.execute() == [1, 1]
     cmds = repl.tail.commands()
     assert_wrapped(cmds)  # one MULTI/EXEC around everything, no nesting
-    assert sorted(c[0].upper() for c in cmds[1:-1]) == [b"HSET", b"HSET", b"SADD"], cmds
+    assert sorted(c[0].upper() for c in cmds[1:-1]) == [b"HSET", b"SADD", b"SET"], cmds
     repl.sync()
     assert repl.p.digest() == repl.rep.digest()
 

@@ -55,6 +55,7 @@ typedef enum {
   kCtx_Version = 3,  /* CTXVERSION: version field is not expected + 1 */
   kCtx_Schema = 4,   /* CTXSCHEMA: bad descriptor set, type, version field... */
   kCtx_NoMemory = 5, /* allocation failed (reported as ERR) */
+  kCtx_Field = 6,    /* CTXFIELD: a patch names a field it may not write or read */
 } ctx_Code;
 
 #define CTX_STATUS_MSG_MAX 256

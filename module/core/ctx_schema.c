@@ -33,6 +33,7 @@ const char* ctx_Code_Prefix(ctx_Code code) {
     case kCtx_Version: return "CTXVERSION";
     case kCtx_Schema: return "CTXSCHEMA";
     case kCtx_NoMemory: return "ERR";
+    case kCtx_Field: return "CTXFIELD";
   }
   return "ERR";
 }

@@ -1,0 +1,302 @@
+"""Protocol v2 on the Lua engine (lua/cas.lua, get.lua, del.lua through tests/backends.py's
+LuaBackend), checked against the rules of docs/design/protocol-v2.md on a stock server: the
+stored string, the write-id window, replays, the seven-element conflict reply, CTX.PATCH's
+conflict rule, CTXFIELD, the splice, v1 hashes read and upgraded, KEEPTTL, what reaches a
+replica. The module is compared with the same calls in tests/parity (the patch corpus) and
+tests/test_engines_agree.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from backends import LuaBackend, start_engine_server
+from ctxvalue import WHOLE, decode, field_bit, id_digest
+from servers import error_text, wait_replicated
+from wire import f_len, f_str, f_varint
+
+ORDER = "ctxlink.example.Order"
+
+
+@pytest.fixture(scope="module")
+def stock(module_servers):
+    return start_engine_server(module_servers, "lua")
+
+
+@pytest.fixture
+def lua(stock, pb) -> LuaBackend:
+    stock.r.flushall()
+    b = LuaBackend(stock)
+    assert b.schema_set("order", ORDER, pb.fds("order")) == 1
+    return b
+
+
+def err(fn, *args, **kw) -> str:
+    with pytest.raises(redis.ResponseError) as info:
+        fn(*args, **kw)
+    return error_text(info.value)
+
+
+def order(version: int, order_id: str = "o-1", **nums) -> bytes:
+    """An Order on the wire: order_id (1), version (2), then varint fields by number."""
+    out = f_str(1, order_id) + f_varint(2, version)
+    for num in sorted(nums):
+        out += f_varint(int(num[1:]), nums[num])
+    return out
+
+
+# --------------------------------------------------------------------------- storage
+
+def test_a_write_stores_a_v2_string_with_one_record_per_write(lua):
+    assert lua.cas("o:1", 0, order(1), schema="order", by="router", write_id="w1") == 1
+    v = decode(lua.r.get("o:1"))
+    assert (v.version, v.schema, v.updated_by, v.payload) == (1, b"order", b"router", order(1))
+    assert [(r.digest, r.mask) for r in v.window] == [(id_digest("w1"), WHOLE)]
+    assert lua.cas("o:1", 1, order(2)) == 2  # no id: a zero digest
+    v = decode(lua.r.get("o:1"))
+    assert [(r.digest, r.mask) for r in v.window] == [(bytes(8), WHOLE), (id_digest("w1"), WHOLE)]
+    assert lua.r.getrange("o:1", v.header_len, -1) == order(2)
+    state = lua.get("o:1")
+    assert state[:3] == [2, order(2), b"order"] and state[4] == b""
+    assert abs(state[3] - v.updated_ms) == 0
+
+
+def test_the_window_keeps_the_newest_16_records(lua):
+    lua.cas("o:w", 0, order(1), schema="order", write_id="id-1")
+    for v in range(2, 21):
+        assert lua.cas("o:w", v - 1, order(v), write_id=f"id-{v}") == v
+    value = decode(lua.r.get("o:w"))
+    assert len(value.window) == 16 and value.oldest_known == 5
+    assert [value.record_for(f"id-{v}")[0] for v in range(5, 21)] == list(range(5, 21))
+    assert value.record_for("id-4") is None
+    # replays inside the window, a re-sent write that fell out is a conflict
+    assert lua.cas("o:w", 19, order(20), write_id="id-20") == [b"replayed", 20]
+    assert lua.cas("o:w", 4, order(5), write_id="id-5") == [b"replayed", 5]
+    reply = lua.cas("o:w", 3, order(4), write_id="id-4")
+    assert reply[0] == 20 and reply[5:] == [5, []]
+
+
+def test_a_ttl_survives_writes(lua):
+    lua.cas("o:t", 0, order(1), schema="order")
+    lua.r.pexpire("o:t", 100000)
+    lua.cas("o:t", 1, order(2))
+    lua.patch("o:t", 2, f_varint(4, 7), [4])
+    assert 0 < lua.r.pttl("o:t") <= 100000
+
+
+def test_v1_hash_is_read_and_replaced_by_the_first_write(lua):
+    lua.r.hset("o:v1", mapping={"raw": order(3), "version": 3, "schema": "order",
+                                "updated_ms": 1700000000000, "updated_by": "old"})
+    assert lua.get("o:v1") == [3, order(3), b"order", 1700000000000, b"old"]
+    # a write id on a v1 context: empty window, oldest known = version + 1
+    reply = lua.cas("o:v1", 2, order(3), write_id="x")
+    assert reply == [3, order(3), b"order", 1700000000000, b"old", 4, []]
+    assert lua.patch("o:v1", 3, f_varint(4, 9), [4], write_id="p") == [
+        4, f_str(1, "o-1") + f_varint(4, 9) + f_varint(2, 4)]
+    assert lua.r.type("o:v1") == b"string"
+    v = decode(lua.r.get("o:v1"))
+    assert (v.version, v.updated_by, len(v.window), v.window[0].mask) == (4, b"", 1, field_bit(4))
+    assert lua.delete("o:v1", 4, write_id="d") == 1
+
+
+def test_strings_that_break_the_type_rule_are_wrongtype(lua):
+    from ctxvalue import encode
+    good = encode(1, 5, [], b"order", b"", order(1))
+    bad = {
+        "short": b"CTX\x02" + bytes(10),
+        "magic": b"CTX\x01" + good[4:],
+        "n17": good[:20] + bytes([17]) + good[21:],
+        "s0": good[:21] + b"\x00" + good[22:],
+        "v0": good[:4] + bytes(8) + good[12:],
+        "blen": good[:22] + b"\xff\x00" + good[24:],
+        "plain": b"hello",
+    }
+    for key, raw in bad.items():
+        lua.r.set(key, raw)
+        for call in (lambda: lua.get(key), lambda: lua.cas(key, 1, order(2)),
+                     lambda: lua.delete(key, 1),
+                     lambda: lua.patch(key, 1, f_varint(4, 1), [4], schema="order")):
+            assert err(call).startswith("WRONGTYPE"), key
+        assert lua.r.get(key) == raw
+    lua.r.set("ok", good)
+    assert lua.get("ok") == [1, order(1), b"order", 5, b""]
+
+
+# --------------------------------------------------------------------------- CTX.CAS v2
+
+def test_cas_argument_errors(lua):
+    assert err(lua.cas, "o:e", 0, order(1), schema="order", write_id="") == \
+        "ERR write id must be 1 to 64 bytes"
+    assert err(lua.cas, "o:e", 0, order(1), schema="order", write_id="x" * 65) == \
+        "ERR write id must be 1 to 64 bytes"
+    assert lua.cas("o:e", 0, order(1), schema="order", write_id="x" * 64) == 1
+    assert err(lua.cas, "o:e", 1, order(2), by="b" * 65536) == \
+        "ERR writer id is longer than 65535 bytes"
+    assert lua.cas("o:e", 1, order(2), by="b" * 65535) == 2
+    assert err(lua.delete, "o:e", 2, write_id="") == "ERR write id must be 1 to 64 bytes"
+    assert err(lua.command, "CTX.CAS", "o:e", 2, order(3), "ID") == "ERR syntax error"
+    assert err(lua.command, "CTX.CAS", "o:e", 2, order(3), "ID", "a", "id", "b") == \
+        "ERR syntax error"
+    assert lua.command("CTX.CAS", "o:e", 2, order(3), "id", "a") == 3
+
+
+def test_replay_comes_before_the_version_check_and_writes_nothing(lua):
+    assert lua.cas("o:r", 0, order(1), schema="order", write_id="a") == 1
+    before = lua.r.get("o:r")
+    assert lua.cas("o:r", 0, order(1), schema="order", write_id="a") == [b"replayed", 1]
+    assert lua.cas("o:r", 7, b"\xff", write_id="a") == [b"replayed", 1]  # no validation
+    assert lua.r.get("o:r") == before
+    # without an id, or with another one, the same call is a conflict
+    assert lua.cas("o:r", 0, order(1), schema="order")[:2] == [1, order(1)]
+    reply = lua.cas("o:r", 0, order(1), schema="order", write_id="b")
+    assert len(reply) == 7 and reply[5:] == [1, []]
+    assert lua.cas("o:none", 3, order(4), write_id="z") is None
+
+
+# --------------------------------------------------------------------------- CTX.PATCH
+
+def test_patch_merges_top_level_fields_and_sets_the_version(lua):
+    cur = f_str(1, "o-1") + f_varint(2, 1) + f_varint(4, 100) + f_str(8, "me") + f_varint(4, 5)
+    lua.cas("o:p", 0, cur, schema="order")
+    reply = lua.patch("o:p", 1, f_varint(4, 7) + f_varint(5, 2), [4, 5], reads=[8],
+                      by="pricing", write_id="p1")
+    merged = f_str(1, "o-1") + f_str(8, "me") + f_varint(4, 7) + f_varint(5, 2) + f_varint(2, 2)
+    assert reply == [2, merged]
+    v = decode(lua.r.get("o:p"))
+    assert (v.payload, v.updated_by) == (merged, b"pricing")
+    assert v.window[0].mask == field_bit(4) | field_bit(5)
+    assert v.window[0].digest == id_digest("p1")
+    assert lua.patch("o:p", 1, f_varint(4, 7) + f_varint(5, 2), [4, 5], write_id="p1") == \
+        [b"replayed", 2]
+    # FIELDS without the payload holding them: the field is removed
+    assert lua.patch("o:p", 2, b"", [5]) == [3, f_str(1, "o-1") + f_str(8, "me")
+                                             + f_varint(4, 7) + f_varint(2, 3)]
+
+
+def test_patch_conflicts_only_on_fields_it_reads_or_writes(lua):
+    lua.cas("o:c", 0, order(1), schema="order")          # v1: whole (create)
+    lua.patch("o:c", 1, f_varint(4, 1), [4])              # v2: field 4
+    lua.patch("o:c", 2, f_varint(5, 1), [5])              # v3: field 5
+    # based on v2: only field 5 changed since
+    assert lua.patch("o:c", 2, f_varint(6, 1), [6], reads=[4])[0] == 4
+    reply = lua.patch("o:c", 2, f_varint(6, 2), [6], reads=[5, 4], write_id="k")
+    assert reply[0] == 4 and reply[5:] == [1, [5, 6]]
+    # a patch conflict always has seven elements (an id or not)
+    assert lua.patch("o:c", 2, f_varint(6, 2), [6], reads=[5])[5:] == [1, [5, 6]]
+    # based on v0 of a present key: the create record says "whole context"
+    assert lua.patch("o:c", 0, f_varint(9, 1), [9], write_id="q")[5:] == [1, [9]]
+    # a base newer than the context
+    assert lua.patch("o:c", 9, f_varint(9, 1), [9], reads=[7], write_id="q")[5:] == [1, [7, 9]]
+    # a CTX.CAS in between is the whole context
+    lua.cas("o:c", 4, order(5))
+    assert lua.patch("o:c", 4, f_varint(9, 1), [9], write_id="q")[5:] == [1, [9]]
+    # absent key: nil unless base 0 (a create)
+    assert lua.patch("o:none", 1, f_varint(4, 1), [4], schema="order") is None
+    assert lua.patch("o:new", 0, f_varint(4, 1), [4], schema="order") == [
+        1, f_varint(4, 1) + f_varint(2, 1)]
+    assert decode(lua.r.get("o:new")).window[0].mask == WHOLE
+
+
+def test_patch_beyond_the_window_is_a_conflict(lua):
+    lua.cas("o:old", 0, order(1), schema="order")
+    for v in range(2, 20):
+        lua.patch("o:old", v - 1, f_varint(5, v), [5])
+    value = decode(lua.r.get("o:old"))
+    assert value.oldest_known == 4
+    assert lua.patch("o:old", 3, f_varint(6, 1), [6])[0] == 20       # window reaches v4
+    assert lua.patch("o:old", 2, f_varint(6, 1), [6], write_id="x")[5:] == [5, [6]]
+
+
+def test_patch_field_errors(lua):
+    lua.cas("o:f", 0, order(1), schema="order")
+    before = lua.r.get("o:f")
+    cases = [
+        (([77], None), "CTXFIELD field 77 is not a field of 'ctxlink.example.Order'"),
+        (([4], [2]), "CTXFIELD field 2 is the version field"),
+        (([2], None), "CTXFIELD field 2 is the version field"),
+        (([4, 78], [79]), "CTXFIELD field 78 is not a field of 'ctxlink.example.Order'"),
+    ]
+    for (fields, reads), text in cases:
+        assert err(lua.patch, "o:f", 1, b"", fields, reads=reads) == text
+    assert err(lua.patch, "o:f", 1, f_varint(5, 1), [4]) == \
+        "CTXFIELD payload holds field 5, which is not in FIELDS"
+    assert err(lua.patch, "o:f", 1, f_varint(4, 1) + f_varint(2, 2), [4]) == \
+        "CTXFIELD payload holds field 2, which is not in FIELDS"
+    assert err(lua.patch, "o:f", 1, f_varint(4, 1) + b"\x20", [4]) == \
+        "CTXINVALID payload is not valid protobuf wire format"
+    assert err(lua.patch, "o:f", 1, b"\x22\x01\xff", [4]).startswith("CTXINVALID field '4'")
+    assert err(lua.patch, "o:f", 1, f_len(8, b"\xff"), [8]).startswith("CTXINVALID")
+    assert lua.r.get("o:f") == before
+
+
+def test_patch_syntax(lua):
+    lua.cas("o:s", 0, order(1), schema="order")
+    ok = lua.command("CTX.PATCH", "o:s", 1, f_varint(4, 3), "FIELDS", 1, 4, "READS", 1, 4)
+    assert ok[0] == 2
+    bad = [
+        ("CTX.PATCH", "o:s", 2, b""),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 0),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 2, 4),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, 0),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, 536870912),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, "04"),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 2, 4, 4),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, 4, "READS", 2, 5, 5),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, 4, "FIELDS", 1, 5),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, 4, "NOPE", 1),
+        ("CTX.PATCH", "o:s", -1, b"", "FIELDS", 1, 4),
+        ("CTX.PATCH", "o:s", 2, b"", "FIELDS", 1, 4, "ID", ""),
+    ]
+    for args in bad:
+        assert err(lua.command, *args).startswith("ERR"), args
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        lua.command("CTX.PATCH")
+
+
+def test_patch_too_big_counts_the_merged_payload(lua, stock, module_servers, pb):
+    small = LuaBackend(start_engine_server(module_servers, "lua",
+                                           limits={"max-payload-bytes": 64}))
+    small.schema_set("order", ORDER, pb.fds("order"))
+    small.cas("o:b", 0, f_varint(2, 1) + f_str(8, "x" * 40), schema="order")
+    assert err(small.patch, "o:b", 1, f_str(1, "y" * 20), [1]).startswith("CTXTOOBIG")
+    assert small.patch("o:b", 1, f_str(1, "y" * 10), [1])[0] == 2
+
+
+# --------------------------------------------------------------------------- replication
+
+def test_writes_reach_a_replica_as_set_keepttl(lua, stock, module_servers):
+    replica = module_servers.start(module=False, replicaof=("127.0.0.1", stock.port))
+    try:
+        lua.cas("o:repl", 0, order(1), schema="order", write_id="a")
+        lua.r.pexpire("o:repl", 500000)
+        lua.patch("o:repl", 1, f_varint(4, 1), [4], write_id="b")
+        wait_replicated(stock, replica)
+        assert replica.r.get("o:repl") == lua.r.get("o:repl")
+        assert replica.r.pttl("o:repl") > 0
+        assert replica.digest() == stock.digest()
+    finally:
+        replica.stop()
+
+
+def test_scripts_stay_under_the_big_argument_size():
+    """Redis keeps a SCRIPT LOAD argument of 32 KB or more in the client's query buffer (no
+    copy); after a large payload on that connection, the cached script then holds a buffer of
+    the payload's size (seen: +1.3 MB of used_memory_scripts after a 1 MiB rejected write)."""
+    from backends import LUA_DIR
+    for path in LUA_DIR.glob("*.lua"):
+        assert path.stat().st_size < 32 * 1024, path.name
+
+
+def test_replay_matches_a_digest_only_at_a_record_start(lua):
+    """The digest bytes may also occur across a record's digest and mask: not a replay."""
+    import struct
+
+    from ctxvalue import encode
+    d = id_digest("needle")
+    spanning = (b"\0\0\0\0" + d[:4], struct.unpack("<I", d[4:])[0])
+    lua.r.set("o:m", encode(7, 1, [spanning, (bytes(8), WHOLE)], b"order", b"", order(7)))
+    reply = lua.cas("o:m", 6, order(7), write_id="needle")
+    assert reply[0] == 7 and reply[5:] == [6, []]
+    lua.r.set("o:m", encode(7, 1, [spanning, (d, WHOLE)], b"order", b"", order(7)))
+    assert lua.cas("o:m", 6, order(7), write_id="needle") == [b"replayed", 6]
