@@ -245,7 +245,8 @@ else
       return err('CTXSCHEMA', fmt("schema mismatch: the context uses '%s', not '%s'",
         sub(cur_schema, 1, 120), sub(name, 1, 120)))
     end
-    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(cur_schema, 1, 128)))
+    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'",
+      sub(cur_schema, 1, 128)))
   end
 end
 
@@ -274,7 +275,8 @@ if not digest_hex and not plan_json and not etype and not efds and not evfield t
 end
 -- As the module: an entry whose digest is not the digest of its content was edited by hand.
 if not etype or not efds or not evfield or not digest_hex
-    or digest_hex ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield .. efds) then
+    or digest_hex ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield
+      .. efds) then
   return err('CTXSCHEMA', fmt("registry entry for schema '%s' is damaged (edited outside "
     .. "CTX.SCHEMA.SET?); register the schema again", sub(name, 1, 120)))
 end
@@ -761,7 +763,9 @@ if patching then
     res = top_fields(cur_raw, function(num, p, r)
       if not F[num] and num ~= VF then parts[#parts + 1] = sub(cur_raw, p, r - 1) end
     end)
-    if res == false then return err('CTXINVALID', 'the stored payload is not valid protobuf wire format') end
+    if res == false then
+      return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+    end
   end
   parts[#parts + 1] = payload -- every occurrence of the patch, in its order: all of it
 
