@@ -83,7 +83,7 @@ local function strict_int(s)
   return n
 end
 
--- ---- arguments ----------------------------------------------------------------------------
+-- ---- arguments ----
 
 local mode = ARGV[10] or 'cas'
 if mode ~= 'cas' and mode ~= 'patch' then
@@ -135,7 +135,7 @@ local tag = ARGV[9] or ''
 local wid = ARGV[13]
 if wid and (#wid < 1 or #wid > 64) then return err('ERR', 'write id must be 1 to 64 bytes') end
 
--- ---- the stored context -------------------------------------------------------------------
+-- ---- the stored context ----
 -- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
 
 local function wrongtype()
@@ -173,7 +173,7 @@ elseif got then
   cur_ms, cur_by = strict_int(h[4] or nil) or 0, h[5] or ''
 end
 
--- ---- replay -------------------------------------------------------------------------------
+-- ---- replay ----
 
 local digest = ZERO8
 if wid then
@@ -196,7 +196,7 @@ if wid then
   end
 end
 
--- ---- conflict -----------------------------------------------------------------------------
+-- ---- conflict ----
 
 local function conflict(changed)
   cur_raw = cur_raw or sub(val, cur_hl + 1)
@@ -232,7 +232,7 @@ elseif expected ~= cur_v then
   if #changed > 0 then return conflict(changed) end
 end
 
--- ---- schema ---------------------------------------------------------------------------------
+-- ---- schema ----
 
 if not present then
   if not given then return err('CTXSCHEMA', 'schema required to create a context') end
@@ -245,7 +245,8 @@ else
       return err('CTXSCHEMA', fmt("schema mismatch: the context uses '%s', not '%s'",
         sub(cur_schema, 1, 120), sub(name, 1, 120)))
     end
-    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'", sub(cur_schema, 1, 128)))
+    return err('CTXSCHEMA', fmt("schema key mismatch: the context uses '%s'",
+      sub(cur_schema, 1, 128)))
   end
 end
 
@@ -274,7 +275,8 @@ if not digest_hex and not plan_json and not etype and not efds and not evfield t
 end
 -- As the module: an entry whose digest is not the digest of its content was edited by hand.
 if not etype or not efds or not evfield or not digest_hex
-    or digest_hex ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield .. efds) then
+    or digest_hex ~= redis.sha1hex(#etype .. ':' .. etype .. #evfield .. ':' .. evfield
+      .. efds) then
   return err('CTXSCHEMA', fmt("registry entry for schema '%s' is damaged (edited outside "
     .. "CTX.SCHEMA.SET?); register the schema again", sub(name, 1, 120)))
 end
@@ -284,14 +286,14 @@ if not ok or type(plan) ~= 'table' or plan.v ~= 1 or plan.digest ~= digest_hex t
   return err('CTXSCHEMA', 'noplan ' .. name)
 end
 
--- ---- size (CTX.CAS; a patch checks its merged payload) ------------------------------------
+-- ---- size (CTX.CAS; a patch checks its merged payload) ----
 
 local n = #payload
 if not patching and n > max_payload then
   return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
 end
 
--- ---- the plan, as lookup tables -----------------------------------------------------------------
+-- ---- the plan, as lookup tables ----
 -- M[i] (i = plan index + 1) = { [number] = {want, kind, repeated, ref}, req = {numbers} }
 -- want is the wire type a non-packed occurrence must have.
 
@@ -315,7 +317,7 @@ for i, values in ipairs(plan.e) do
 end
 local VF, VK = plan.vf, plan.vk
 
--- ---- wire primitives ------------------------------------------------------------------------
+-- ---- wire primitives ----
 -- Positions are 1-based; a range is [p, e) (e is one past the last byte).
 
 local s = payload -- the bytes rv/skip/walk read (a patch points it at each input in turn)
@@ -461,7 +463,7 @@ local function skip(p, e, number, wt, depth, max_d)
   return nil
 end
 
--- ---- error paths ----------------------------------------------------------------------------
+-- ---- error paths ----
 
 local INVALID = {}
 local invalid_msg
@@ -509,7 +511,7 @@ local function fail(fr, known, number, why)
   error(INVALID)
 end
 
--- ---- the walk -------------------------------------------------------------------------------
+-- ---- the walk ----
 
 local missing_required = false
 local missing_path = '?'
@@ -651,7 +653,7 @@ local function walk(mi, p, e, depth, gnum, node)
   return p
 end
 
--- ---- CTX.PATCH: the fields and the splice -------------------------------------------------------
+-- ---- CTX.PATCH: the fields and the splice ----
 
 local new_v = cur_v + 1 -- CTX.CAS got here with cur_v == expected
 local mask = WHOLE
@@ -761,7 +763,9 @@ if patching then
     res = top_fields(cur_raw, function(num, p, r)
       if not F[num] and num ~= VF then parts[#parts + 1] = sub(cur_raw, p, r - 1) end
     end)
-    if res == false then return err('CTXINVALID', 'the stored payload is not valid protobuf wire format') end
+    if res == false then
+      return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+    end
   end
   parts[#parts + 1] = payload -- every occurrence of the patch, in its order: all of it
 
@@ -794,7 +798,7 @@ if patching then
   end
 end
 
--- ---- validation of the payload (CTX.PATCH: the merged payload) ------------------------------
+-- ---- validation of the payload (CTX.PATCH: the merged payload) ----
 
 local walked, why = pcall(walk, 1, 1, n + 1, 0, 0, any_required and {} or nil)
 if not walked then
@@ -805,7 +809,7 @@ if missing_required then
   return err('CTXINVALID', "field '" .. missing_path .. "': required field is missing")
 end
 
--- ---- the version field (CTX.CAS) ----------------------------------------------------------------
+-- ---- the version field (CTX.CAS) ----
 
 if not patching then
   local want_version = expected + 1
@@ -852,7 +856,7 @@ if not patching then
   end
 end
 
--- ---- the write ------------------------------------------------------------------------------
+-- ---- the write ----
 -- The new record first, then the newest 15 of the old ones; the schema is the checked name.
 
 local t = redis.call('TIME')

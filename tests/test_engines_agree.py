@@ -195,3 +195,44 @@ def test_same_calls_give_same_replies_and_same_stored_state(module_servers, modu
     assert b"o:1" in snapshot and b"__ctx:schema:order" in snapshot
     assert snapshot[b"__ctx:schema:order"][1][b"revision"] == b"2"
     assert snapshot[b"v1:1"][0] == b"string" and snapshot[b"w:1"][0] == b"string"
+
+
+def test_planted_values_get_the_same_replies(module_servers, module_so, pb):
+    """Values written by hand (ctxvalue.encode): a digest spanning a record's digest and mask
+    is no replay; a patch past a 32-bit version field's top is CTXVERSION; a window that does
+    not reach back to the base is a conflict on every listed field."""
+    import struct
+
+    from ctxvalue import WHOLE, encode, field_bit, id_digest
+    i32 = pb.cls("versions", "ctxlink.test.v.Int32Version")
+    d = id_digest("needle")
+    spanning = (b"\0\0\0\0" + d[:4], struct.unpack("<I", d[4:])[0])
+    top = 2**31 - 1
+    values = {
+        "m:span": encode(7, 1, [spanning, (bytes(8), WHOLE)], b"order", b"", pb.order(7)),
+        "m:found": encode(7, 1, [spanning, (d, WHOLE)], b"order", b"by", pb.order(7)),
+        "m:top": encode(top, 1, [], b"i32", b"", i32(version=top, id="a").SerializeToString()),
+        "m:win": encode(9, 1, [(bytes(8), field_bit(4)), (bytes(8), field_bit(35))], b"order",
+                        b"", pb.order(9)),
+    }
+    steps = [
+        ("CTX.CAS", "m:span", 6, pb.order(7), "ID", "needle"),
+        ("CTX.CAS", "m:found", 6, pb.order(7), "ID", "needle"),
+        ("CTX.PATCH", "m:top", top, f_str(2, "b"), "FIELDS", 1, 2),
+        ("CTX.PATCH", "m:win", 8, b"", "FIELDS", 1, 5, "READS", 1, 4),
+        ("CTX.PATCH", "m:win", 7, b"", "FIELDS", 1, 5),
+        ("CTX.PATCH", "m:win", 7, b"", "FIELDS", 1, 8),
+        ("CTX.PATCH", "m:win", 6, b"", "FIELDS", 1, 8),
+    ]
+    replies = {}
+    for engine in ("module", "lua"):
+        b = make_backend(engine, start_engine_server(module_servers, engine))
+        b.schema_set("order", ORDER, pb.fds("order"))
+        b.schema_set("i32", "ctxlink.test.v.Int32Version", pb.fds("versions"))
+        for key, raw in values.items():
+            b.r.set(key, raw)
+        replies[engine] = [run(b, "", "command", s, {}) for s in steps]
+        replies[engine].append(sorted((k, b.r.get(k)[:12] + b.r.get(k)[20:]) for k in values))
+    assert replies["module"] == replies["lua"]
+    assert replies["lua"][1] == ("ok", [b"replayed", 6])
+    assert replies["lua"][2][1].startswith("CTXVERSION")

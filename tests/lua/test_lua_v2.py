@@ -300,3 +300,17 @@ def test_replay_matches_a_digest_only_at_a_record_start(lua):
     assert reply[0] == 7 and reply[5:] == [6, []]
     lua.r.set("o:m", encode(7, 1, [spanning, (d, WHOLE)], b"order", b"", order(7)))
     assert lua.cas("o:m", 6, order(7), write_id="needle") == [b"replayed", 6]
+
+
+@pytest.mark.parametrize("mtype,top", [("Int32Version", 2**31 - 1), ("Sfixed32Version", 2**31 - 1)])
+def test_patch_version_must_fit_a_32_bit_version_field(lua, pb, mtype, top):
+    from ctxvalue import encode
+    cls = pb.cls("versions", f"ctxlink.test.v.{mtype}")
+    lua.schema_set("v32", f"ctxlink.test.v.{mtype}", pb.fds("versions"))
+    lua.r.set("o:32", encode(top, 1, [], b"v32", b"", cls(version=top, id="a").SerializeToString()))
+    assert err(lua.patch, "o:32", top, f_str(2, "b"), [2]) == \
+        f"CTXVERSION version {top + 1} does not fit the version field"
+    lua.r.set("o:32", encode(top - 1, 1, [], b"v32", b"",
+                             cls(version=top - 1).SerializeToString()))
+    assert lua.patch("o:32", top - 1, f_str(2, "b"), [2]) == [
+        top, f_str(2, "b") + cls(version=top).SerializeToString()]
