@@ -258,7 +258,7 @@ end
 local skey
 if tag == '' then
   skey = '__ctx:schema:' .. name
-elseif #tag <= 5 and find(tag, '^%d+$') then
+elseif #tag <= 6 and find(tag, '^%d+$') then
   skey = '__ctx:{' .. tag .. '}:schema:' .. name
 else
   return err('ERR', 'slot tag must be a decimal integer (ARGV[9])')

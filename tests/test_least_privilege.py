@@ -22,6 +22,7 @@ from ctxlink import EmbeddedRedis
 from ctxlink.embedded import find_module
 from redis.cluster import RedisCluster
 
+from ctxvalue import decode
 from servers import REPO_ROOT
 
 PROTOCOL = REPO_ROOT / "docs" / "PROTOCOL.md"
@@ -43,8 +44,8 @@ AGENT_ACL_62 = {
               "-ctx.schema.set -ctx.schema.del",
 }
 # Lua engine, naming the commands the scripts and the SDK run (PROTOCOL.md, "Trust boundary")
-AGENT_ACL_NARROW = ("ACL SETUSER agent on >pw ~ctx:* %R~__ctx:* +evalsha +script|load +type "
-                    "+exists +time +hget +hmget +hset +del")
+AGENT_ACL_NARROW = ("ACL SETUSER agent on >pw ~ctx:* %R~__ctx:* +evalsha +script|load +get +set "
+                    "+type +exists +time +hget +hmget +del")
 NO_COMMAND = " -command"  # the same agent without COMMAND (INFO): connect() must still work
 NOBODY = "ACL SETUSER nobody on >pw"  # no command, no key: enough to tell the engine
 
@@ -357,6 +358,6 @@ def test_cas_lua_during_a_slot_migration_is_retried_until_the_slot_settles(
             thread.join()
         agent_rc.nodes_manager.initialize()
         assert agent.get(key).version == 2
-        assert dst.hget(key, "version") == b"2"
+        assert decode(dst.get(key)).version == 2
     finally:
         agent_rc.close()

@@ -41,12 +41,12 @@ def test_module_dataset_is_served_and_validated_by_the_lua_engine(protos: Protos
         store.register_schema("order", protos.fds["order"], message_type="ctxlink.example.Order")
         assert store.cas("order:1", 0, _order(protos, 1, order_id="o-1"), schema="order").ok
         assert store.cas("order:1", 1, _order(protos, 2, order_id="o-1", base_price=100)).ok
-        before = primary.client().hgetall("order:1")
+        before = primary.client().get("order:1")
         _save_to(primary, tmp_path / "stock")
 
     with EmbeddedRedis(directory=tmp_path / "stock") as stock:
         r = stock.client()
-        assert r.hgetall("order:1") == before
+        assert r.get("order:1") == before
         store = ctxlink.connect(r)
         assert store.engine == "lua"
         snap = store.get("order:1")
@@ -54,7 +54,7 @@ def test_module_dataset_is_served_and_validated_by_the_lua_engine(protos: Protos
         assert snap.decode(protos.Order).base_price == 100
         with pytest.raises(ctxlink.ValidationError):
             store.cas("order:1", 2, _bad_payload(protos, 3))
-        assert r.hgetall("order:1") == before
+        assert r.get("order:1") == before
         result = store.cas("order:1", 2, _order(protos, 3, order_id="o-1", base_price=90), by="pricing")
         assert result.ok and result.version == 3
         conflict = store.cas("order:1", 2, _order(protos, 3))
@@ -68,19 +68,19 @@ def test_lua_dataset_is_served_and_validated_by_the_module(protos: Protos, tmp_p
         assert store.engine == "lua"
         store.register_schema("order", protos.fds["order"], message_type="ctxlink.example.Order")
         assert store.cas("order:7", 0, _order(protos, 1, order_id="o-7"), schema="order", by="router").ok
-        before = stock.client().hgetall("order:7")
+        before = stock.client().get("order:7")
         _save_to(stock, tmp_path / "module")
 
     with EmbeddedRedis(module=find_module(), directory=tmp_path / "module") as server:
         r = server.client()
-        assert r.hgetall("order:7") == before
+        assert r.get("order:7") == before
         store = ctxlink.connect(r)
         assert store.engine == "module"
         snap = store.get("order:7")
         assert snap is not None and snap.version == 1 and snap.updated_by == "router"
         with pytest.raises(ctxlink.ValidationError):
             store.cas("order:7", 1, _bad_payload(protos, 2))
-        assert r.hgetall("order:7") == before
+        assert r.get("order:7") == before
         assert store.cas("order:7", 1, _order(protos, 2, order_id="o-7", discount=5)).ok
         # The module reads the registry entry the Lua engine wrote (its extra `plan` is ignored).
         info = store.get_schema("order")

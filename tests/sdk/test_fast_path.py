@@ -98,7 +98,10 @@ def test_errors_map_to_the_same_classes(mstore: Any) -> None:
     limited.client.close()
 
 
-def test_instance_patched_execute_command_still_sees_the_commands(mstore: Any) -> None:
+def test_writes_bypass_execute_command_and_reads_still_use_it(mstore: Any) -> None:
+    """A write goes out once on a pooled connection (ctxlink._send): never through
+    execute_command, whose retries could apply it twice; reads still go through an
+    instance-patched execute_command (instrumentation sees them)."""
     client = mstore.client
     sent: list[tuple[Any, ...]] = []
     real = client.execute_command
@@ -113,7 +116,8 @@ def test_instance_patched_execute_command_still_sees_the_commands(mstore: Any) -
         mstore.get("k")
     finally:
         del client.execute_command
-    assert [a[0] for a in sent] == ["CTX.CAS", "CTX.GET"]
+    assert [a[0] for a in sent] == ["CTX.GET"]
+    assert mstore.get("k").version == 1
 
 
 def test_response_callback_and_single_connection_clients(module_server: Any) -> None:

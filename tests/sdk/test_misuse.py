@@ -149,7 +149,7 @@ def test_out_of_range_expected_version_is_refused_before_sending(
     store: ctxlink.Store, client: redis.Redis, protos: Protos, bad: int
 ) -> None:
     store.cas("k", 0, protos.Order(order_id="k"), schema="order")
-    before, calls = client.hgetall("k"), data_calls(client)
+    before, calls = client.get("k"), data_calls(client)
     raw = protos.Order(version=1).SerializeToString()
     for call in (
         lambda: store.cas("k", bad, raw, schema="order"),
@@ -159,7 +159,7 @@ def test_out_of_range_expected_version_is_refused_before_sending(
         with pytest.raises(ArgumentError, match=r"expected_version must be .* got") as info:
             call()
         assert isinstance(info.value, ValueError) and isinstance(info.value, CtxError)
-    assert data_calls(client) == calls and client.hgetall("k") == before
+    assert data_calls(client) == calls and client.get("k") == before
 
 
 def test_lua_engine_limits_expected_version_to_2_pow_53(stock_server: Any, protos: Protos) -> None:
@@ -209,7 +209,7 @@ def test_update_with_another_message_class_names_the_expected_type(
 ) -> None:
     LineItem = protos.cls("order", "ctxlink.example.LineItem")
     store.cas("o", 0, protos.Order(order_id="o", base_price=5), schema="order")
-    before, writes = client.hgetall("o"), dirty(client)
+    before, writes = client.get("o"), dirty(client)
     with pytest.raises(MessageTypeError, match=r"stores ctxlink\.example\.Order messages, not "
                                                r"ctxlink\.example\.LineItem") as info:
         store.update("o", lambda m: None, message_class=LineItem)
@@ -223,7 +223,7 @@ def test_update_with_another_message_class_names_the_expected_type(
                      default=LineItem)
     with pytest.raises(TypeError, match=r"message class"):
         store.update("o", lambda m: None, message_class=protos.Order())  # an instance
-    assert dirty(client) == writes and client.hgetall("o") == before
+    assert dirty(client) == writes and client.get("o") == before
     assert not client.exists("new")
 
 
@@ -286,7 +286,7 @@ def test_sync_update_refuses_an_async_function_naming_ctxlink_aio(
     store: ctxlink.Store, client: redis.Redis, protos: Protos
 ) -> None:
     store.cas("o", 0, protos.Order(order_id="o"), schema="order")
-    before = client.hgetall("o")
+    before = client.get("o")
 
     async def bump(m: Any) -> None:
         m.discount += 1
@@ -297,7 +297,7 @@ def test_sync_update_refuses_an_async_function_naming_ctxlink_aio(
         warnings.simplefilter("error")  # no "coroutine ... was never awaited"
         with pytest.raises(TypeError, match=r"ctxlink\.aio"):
             store.update("o", lambda m: bump(m), message_class=protos.Order)
-    assert client.hgetall("o") == before
+    assert client.get("o") == before
 
 
 def test_aio_update_awaits_an_async_function(server: Any, sdk_engine: str, protos: Protos) -> None:

@@ -138,6 +138,7 @@ def test_exception_table() -> None:
         "CTXSCHEMA",
         "CTXVERSION",
         "CTXTOOBIG",
+        "CTXFIELD",
         "WRONGTYPE",
     }
     for code, cls in EXCEPTION_CLASSES.items():
@@ -724,4 +725,5 @@ def test_update_backoff_does_not_overflow_with_many_retries() -> None:
     from ctxlink import _core
 
     st = _core.make_state("module", False, {})
-    assert _core.backoff_seconds(st, 5000) <= st.backoff_cap
+    assert st.backoff.ceiling(5000) == st.backoff.cap == 0.05
+    assert st.backoff.ceiling(1) == st.backoff.base
