@@ -68,6 +68,7 @@ __all__ = [
     "find_lua_dir",
     "load_scripts",
     "op_detect",
+    "op_check_protocol",
     "op_get",
     "op_cas",
     "op_delete",
@@ -458,6 +459,28 @@ def op_detect(cluster: bool) -> Op[bool]:
         if known is not None:
             return known
     return (yield from _detect_command_info(nodes))
+
+
+#: The protocol this SDK speaks (docs/PROTOCOL.md): it needs a module that speaks it too.
+PROTOCOL = 2
+
+
+def op_check_protocol(cluster: bool) -> Op[None]:
+    """Refuses a module older than :data:`PROTOCOL` (EngineError, before anything is written).
+
+    ``CTX.PATCH`` without arguments needs no ACL right to tell: protocol 2 answers "wrong number
+    of arguments" (Redis 7: arity before ACL) or NOPERM naming the command (6.2: ACL first); a
+    protocol 1 module "unknown command". Anything else is let through: the writes will tell."""
+    try:
+        yield Cmd(("CTX.PATCH",), nodes="random" if cluster else None)
+    except Exception as exc:  # the expected outcome: an error reply
+        low = str(exc).lower()
+        if "ctx.patch" in low and "unknown command" in low:
+            raise EngineError(
+                f"the server's ctxlink module speaks protocol 1; this SDK ({PROTOCOL}) needs "
+                "protocol 2 (CTX.PATCH, write ids): upgrade the module first, then the SDKs "
+                "(docs/PROTOCOL.md, \"Storage format\")"
+            ) from None
 
 
 def _detect_reply(text: str) -> Optional[bool]:

@@ -463,6 +463,8 @@ def _connect(
     if engine != "lua":
         has_module = _run(client, _core.op_detect(_core.is_cluster(client)))
     chosen = _core.choose_engine(engine, has_module)
+    if chosen == _core.MODULE:
+        _run(client, _core.op_check_protocol(_core.is_cluster(client)))
     options = dict(
         max_payload_bytes=max_payload_bytes,
         max_depth=max_depth,

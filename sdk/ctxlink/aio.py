@@ -295,6 +295,8 @@ async def _connect(
     if engine != "lua":
         has_module = await _run(client, _core.op_detect(_core.is_cluster(client)))
     chosen = _core.choose_engine(engine, has_module)
+    if chosen == _core.MODULE:
+        await _run(client, _core.op_check_protocol(_core.is_cluster(client)))
     options = dict(
         max_payload_bytes=max_payload_bytes,
         max_depth=max_depth,

@@ -306,3 +306,40 @@ def test_sixteen_writers_on_one_field_never_give_up(
     assert snap is not None and snap.decode(Order).base_price == writers * rounds
     assert snap.version == writers * rounds + 1
     print(f"16 writers x {rounds}: slowest update {max(worst) * 1000:.0f} ms")
+
+
+# ---------------------------------------------------------------------------------------------
+# protocol version and protocol 1 contexts
+
+
+def test_the_sdk_refuses_a_module_without_protocol_2(
+    module_server: Any, stock_server: Any
+) -> None:
+    from ctxlink import _core
+    from ctxlink._sync import _run
+
+    # a protocol 1 module answers CTX.PATCH as a server without the command does
+    old = stock_server.client()
+    with pytest.raises(ctxlink.EngineError, match="protocol 1.*upgrade the module first"):
+        _run(old, _core.op_check_protocol(False))
+    old.close()
+    new = module_server.client()
+    _run(new, _core.op_check_protocol(False))  # protocol 2: nothing raised
+    assert new.info("ctx")["ctx_protocol"] == 2
+    new.close()
+
+
+def test_a_protocol_1_context_is_read_and_updated(
+    store: ctxlink.Store, client: redis.Redis, protos: Protos
+) -> None:
+    Order = protos.Order
+    raw = Order(order_id="old", version=3, base_price=5).SerializeToString()
+    client.hset("v1:1", mapping={"raw": raw, "version": 3, "schema": "order",
+                                 "updated_ms": 1764100000123, "updated_by": "router"})
+    snap = store.get("v1:1")
+    assert snap is not None and (snap.version, snap.raw, snap.updated_by) == (3, raw, "router")
+    up = store.update("v1:1", bump("base_price"), message_class=Order, reads=["base_price"])
+    assert up.version == 4 and up.message.base_price == 6 and up.message.order_id == "old"
+    assert client.type("v1:1") == b"string"  # the first write stored it as a v2 value
+    up = store.update("v1:1", bump("discount"), message_class=Order)
+    assert up.version == 5 and store.get("v1:1").decode(Order).base_price == 6  # type: ignore
