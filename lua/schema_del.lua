@@ -12,11 +12,16 @@
     1  a schema was removed (DEL of the entry and/or SREM of the name)
     0  there was none
   Errors:
-    CTXSCHEMA  KEYS[2] holds another type than a set (checked first: nothing is written)
+    CTXSCHEMA  invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :   (checked first)
+    CTXSCHEMA  KEYS[2] holds another type than a set (nothing is written)
   Contexts using the schema stay readable and deletable; cas.lua refuses writes to them with
   "CTXSCHEMA unknown schema" until the name is registered again.
 ]]
 
+local name = ARGV[1]
+if #name < 1 or #name > 128 or string.find(name, '[^A-Za-z0-9_.:%-]') then
+  return redis.error_reply('CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
+end
 local t = redis.call('TYPE', KEYS[2])
 if type(t) == 'table' then t = t.ok end
 if t ~= 'set' and t ~= 'none' then

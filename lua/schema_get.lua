@@ -10,9 +10,16 @@
   Replies:
     [message_type, descriptor_set, revision (integer)]
     nil   no entry, or an entry without type, fds or an integer revision
+  Errors:
+    CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :   (as the module)
 ]]
 
 local entry = KEYS[1]
+-- the name, as the module checks it before any lookup: from "__ctx:schema:<name>" or a slot copy
+local name = string.match(entry, '^__ctx:{%d+}:schema:(.*)$') or string.sub(entry, 14)
+if #name < 1 or #name > 128 or string.find(name, '[^A-Za-z0-9_.:%-]') then
+  return redis.error_reply('CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
+end
 local t = redis.call('TYPE', entry)
 if type(t) == 'table' then t = t.ok end
 if t ~= 'hash' then return false end

@@ -111,7 +111,6 @@ def test_a_context_stored_with_an_invalid_schema_name_cannot_be_updated(backend,
     assert text == BAD_NAME
 
 
-@module_only
 @pytest.mark.parametrize("cmd", ["CTX.SCHEMA.GET", "CTX.SCHEMA.DEL"])
 def test_schema_get_and_del_refuse_invalid_names(backend, r, cmd):
     for name in BAD_NAMES:
