@@ -810,6 +810,7 @@ def _send_settled(
     write_id: Any,
     deadline: Optional[float],
     resends: Optional[int],
+    pause: Optional[Backoff] = None,
 ) -> Op[tuple[Any, bool]]:
     """Sends a write until a reply arrives: after a transport error the very same attempt
     (same id) is sent again, after a backoff, while ``resends`` and ``deadline`` allow; then
@@ -830,7 +831,7 @@ def _send_settled(
                     key,
                     write_id,
                 ) from exc
-            yield Sleep(random.uniform(0, st.backoff.ceiling(resent)))
+            yield Sleep(random.uniform(0, (pause or st.backoff).ceiling(resent)))
 
 
 def _ambiguous(outcome: Outcome, expected: int, resent: bool) -> bool:
@@ -1085,14 +1086,14 @@ def op_update(
                 return _write_raw(st, key, expected, raw, schema or name, by, wid)
 
         try:
-            reply, resent = yield from _send_settled(st, key, send, wid, deadline, None)
+            reply, resent = yield from _send_settled(st, key, send, wid, deadline, None, pause)
         except VersionError:
             if patching or not (yield from _vfield_changed(st, name, msg.DESCRIPTOR, key)):
                 raise
             vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
             setattr(msg, vf, expected + 1)
             raw = msg.SerializeToString()
-            reply, resent = yield from _send_settled(st, key, send, wid, deadline, None)
+            reply, resent = yield from _send_settled(st, key, send, wid, deadline, None, pause)
         outcome = parse_outcome(reply, plan.names if plan is not None else None)
         if _ambiguous(outcome, expected, resent):
             raise _unknown(key, wid)
