@@ -596,7 +596,10 @@ def test_cluster_module_engine(cluster_servers: Any, protos: Protos) -> None:
             == 2
         )
         assert store.get("o:1").decode(Order).discount == 1  # type: ignore[union-attr]
-        assert store.delete("o:1", 2).ok and store.drop_schema("order")
+        up = store.update("o:1", lambda o: setattr(o, "base_price", 9), message_class=Order,
+                          reads=["discount"])  # CTX.PATCH, sent to the key's node
+        assert (up.version, up.message.discount, up.message.base_price) == (3, 1, 9)
+        assert store.delete("o:1", 3).ok and store.drop_schema("order")
     finally:
         rc.close()
 
@@ -610,6 +613,9 @@ def test_cluster_module_engine(cluster_servers: Any, protos: Protos) -> None:
             assert await s.register_schema("order", Order) == 1
             assert (await s.cas("o:2", 0, Order(order_id="y"), schema="order")).ok
             assert (await s.get("o:2")).version == 1  # type: ignore[union-attr]
+            up = await s.update("o:2", lambda o: setattr(o, "discount", 2), message_class=Order,
+                                reads=[])
+            assert up.version == 2 and up.message.order_id == "y"
             assert await s.schemas() == ["order"]
         finally:
             await arc.aclose()
@@ -634,6 +640,9 @@ def test_cluster_lua_engine_on_one_node(cluster_servers: Any, protos: Protos) ->
         with pytest.raises(ctxlink.ValidationError):
             store.cas("o:3", 1, Order(version=2).SerializeToString() + b"\x52\x03\x0a\x01\xff")
         assert store.update("o:3", lambda o: setattr(o, "discount", 3), message_class=Order).version == 2
+        up = store.update("o:3", lambda o: setattr(o, "base_price", 4), message_class=Order,
+                          reads=["discount"])
+        assert (up.version, up.message.discount, up.message.base_price) == (3, 3, 4)
         assert store.drop_schema("order") and store.schemas() == []
     finally:
         rc.close()
