@@ -40,6 +40,10 @@ import servers as srv  # noqa: E402
 
 WRITERS = 8
 HOT_KEYS = 2
+# update() re-sends a write whose reply was lost until its timeout (30 s by default): after a
+# kill -9 that is a dead port, so keep it short. Running out of time on conflicts or re-sends
+# (ConflictError, OutcomeUnknownError) ends the writer's cycle with its write in doubt.
+UPDATE_TIMEOUT = 0.5
 
 
 def aof_config(min_size: str) -> list[tuple]:
@@ -106,7 +110,7 @@ class Writer(threading.Thread):
                         o.items.add(sku=f"w{w}", quantity=1)
 
                     up = self.store.update(f"hot:{h}", bump, message_class=self.Order,
-                                           schema="order", by=f"w{w}", retries=1000,
+                                           schema="order", by=f"w{w}", timeout=UPDATE_TIMEOUT,
                                            default=lambda h=h: self.Order(order_id=f"hot:{h}"))
                     expect = c.hot[w][h] + 1
                     got = item_count(up.message, w)
@@ -118,7 +122,8 @@ class Writer(threading.Thread):
                     with c.lock:
                         c.hot_version[h] = max(c.hot_version[h], up.version)
                 self.acked += 1
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError, ctxlink.OutcomeUnknownError,
+                ctxlink.ConflictError):
             return  # the server was killed: the write in flight may or may not have landed
         except redis.ResponseError as e:
             if "LOADING" in str(e):

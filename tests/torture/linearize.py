@@ -165,6 +165,9 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
     import ctxlink
     import servers as srv
 
+    # a reply that never came: the SDK re-sends a write with its write id and raises
+    # OutcomeUnknownError when that cannot settle whether it landed
+    lost = (redis.TimeoutError, redis.ConnectionError, ctxlink.OutcomeUnknownError)
     rng = random.Random(seed)
     Order = common.protolib().Order
     spec = dict(module=str(srv.module_path()) if engine == "module" else None, module_args=[],
@@ -176,6 +179,7 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
     hlock = threading.Lock()
     stop = threading.Event()
     pauses = [0, 0.0]
+    replayed = [0]
     errors: list[str] = []
 
     def client(cid: int, crng: random.Random) -> None:
@@ -190,7 +194,7 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
                 t0 = time.monotonic()
                 try:
                     snap = store.get(key)
-                except (redis.TimeoutError, redis.ConnectionError):
+                except lost:
                     mine.append(Op(cid, "read", key, t0, None, "unknown"))
                     continue
                 op = Op(cid, "read", key, t0, time.monotonic(), "ok",
@@ -204,7 +208,7 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
             t0 = time.monotonic()
             try:
                 res = store.cas(key, exp, payload, schema="order", by=f"c{cid}")
-            except (redis.TimeoutError, redis.ConnectionError):
+            except lost:
                 mine.append(Op(cid, "cas", key, t0, None, "unknown", exp, payload))
                 continue
             except Exception as e:  # noqa: BLE001
@@ -212,6 +216,8 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
                 mine.append(Op(cid, "cas", key, t0, time.monotonic(), "error", exp, payload))
                 continue
             t1 = time.monotonic()
+            if getattr(res, "replayed", False):
+                replayed[0] += 1  # a lost reply, settled by the SDK's re-send (same write id)
             if res.ok:
                 mine.append(Op(cid, "cas", key, t0, t1, "ok", exp, payload, version=res.version))
                 known[key] = res.version
@@ -264,7 +270,7 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
         engine=engine, ops=len(history),
         acked_writes=sum(1 for o in history if o.kind == "cas" and o.outcome == "ok"),
         conflicts=sum(1 for o in history if o.outcome == "conflict"),
-        unknown=sum(1 for o in history if o.outcome == "unknown"),
+        unknown=sum(1 for o in history if o.outcome == "unknown"), replayed=replayed[0],
         pauses=pauses[0], paused_s=round(pauses[1], 1),
         seconds=round(time.monotonic() - t_start, 1),
         violations=violations, errors=errors, alive=alive,
@@ -288,7 +294,8 @@ def main() -> int:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         print(f"linearizability [{engine}]: {res['ops']} ops ({res['acked_writes']} acknowledged "
-              f"writes, {res['conflicts']} conflicts, {res['unknown']} timed out), "
+              f"writes, {res['conflicts']} conflicts, {res['unknown']} timed out, {res['replayed']} "
+              f"settled by a re-send), "
               f"{res['pauses']} SIGSTOP pauses ({res['paused_s']} s), {res['seconds']} s, "
               f"check {res['check_s']} s, "
               f"violations: {len(res['violations'])}, errors: {len(res['errors'])}", flush=True)
