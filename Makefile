@@ -3,6 +3,7 @@
 #   make               build build/ctxlink.so (fetches third-party sources)
 #   make test          build, set up .venv, run the test suite
 #   make demo | bench  build, set up .venv, run the demo / benchmark
+#   make bench-sdk | bench-contention   SDK overhead / writers on one context
 #   make clean         remove build outputs (keeps fetched sources and .venv)
 #   make distclean     also remove build/_deps and .venv
 #
@@ -61,7 +62,7 @@ UPB_SRCS :=
 UPB_OBJS  = $(UPB_SRCS:$(PB)/%.c=$(OBJ)/upb/%.o)
 
 .DELETE_ON_ERROR:
-.PHONY: all test demo bench bench-sdk venv check-symbols clean distclean FORCE
+.PHONY: all test demo bench bench-sdk bench-contention venv check-symbols clean distclean FORCE
 
 # Default: the Redis module.
 all: $(MODULE_SO)
@@ -178,6 +179,11 @@ bench: all $(VENV_STAMP)
 # Run the SDK benchmark (SDK get/cas vs bare redis-py HGET/HSET, module and Lua engines).
 bench-sdk: all $(VENV_STAMP)
 	$(VENV_PY) bench/bench_sdk.py
+
+# Contention: update() calls/s vs writers on one context (module and Lua engines);
+# writes docs/img/contention.png (matplotlib, from requirements-dev.txt).
+bench-contention: all ext $(VENV_STAMP)
+	$(VENV_PY) bench/bench_contention.py
 
 # Remove build outputs; keeps build/_deps (fetched sources) and .venv.
 clean:

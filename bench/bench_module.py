@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Server-bound benchmark of the ctxlink module against plain Redis baselines.
+"""Server-bound benchmark of the ctxlink module (protocol 2) against plain Redis baselines.
 
 What it does (see docs/BENCHMARKS.md for the why):
 
@@ -13,19 +13,27 @@ What it does (see docs/BENCHMARKS.md for the why):
   bottleneck) on many distinct keys, alternating the two sides of every
   workload in rounds (A B A B ...) and comparing the median throughputs:
 
-    create     CTX.CAS key 0 <payload> SCHEMA order  vs  HSET key raw <payload> version 1
-    create-5f  CTX.CAS key 0 <payload> SCHEMA order  vs  HSET of the five fields CTX.CAS
-               stores (information only, no target: the storage format's own cost)
-    lua-cas    CTX.CAS key 0 <payload> SCHEMA order  vs  EVALSHA <reference Lua CAS>
-    read       CTX.GET key                           vs  HGETALL key
+    create-id  CTX.CAS key 0 <payload> SCHEMA order ID <id>  vs  HSET key raw <payload> version 1
+               (every request its own write id: redis-benchmark's __rand_int__ in the argument)
+    lua-cas    CTX.CAS ... ID <id>                    vs  EVALSHA <reference Lua CAS>
+    create     CTX.CAS without ID                     vs  HSET (the protocol 1 workload)
+    read       CTX.GET ctx:<n>                        vs  HGETALL hash:<n> (raw, version)
 
-* reports requests/s, the server-side usec_per_call (INFO commandstats), the
-  ratio module/baseline and whether it meets its target. Missing a target is
-  reported, not an error: the exit status is 0 unless the benchmark itself
-  could not run.
+* updates of existing contexts (CTX.PATCH of one field, CTX.CAS with a write id)
+  need each request's base version to be the current one, which redis-benchmark
+  cannot do: a Python driver sends pre-built RESP pipelines over raw sockets
+  (8 connections, 256 commands per send) to per-side key sets that advance in
+  lockstep, so every request succeeds; it runs HSET and the reference Lua CAS
+  (as updates) the same way, side by side, and the server-side usec_per_call
+  (INFO commandstats) compares the commands themselves;
+* measures bytes per context (used_memory delta / N): plain SET of the payload,
+  the protocol 1 five-field hash, protocol 2 with 1 and with 16 window records;
+* reports requests/s, the server-side usec_per_call, the ratio module/baseline
+  and whether it meets its target. Missing a target is reported, not an
+  error: the exit status is 0 unless the benchmark itself could not run.
 
 Usage:
-    .venv/bin/python bench/bench_module.py            # full run (about 3 minutes)
+    .venv/bin/python bench/bench_module.py            # full run (about 4 minutes)
     .venv/bin/python bench/bench_module.py --quick    # one short round per side
     .venv/bin/python bench/bench_module.py --json results.json
 """
@@ -43,12 +51,15 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import redis
 from ctxlink.embedded import EmbeddedRedis
@@ -63,7 +74,12 @@ MESSAGE_TYPE = "ctxlink.example.Order"
 
 # redis-benchmark expands __rand_int__ to a 12-digit zero-padded number in [0, R).
 KEY_PATTERN = b"order:__rand_int__"
+HASH_KEY_PATTERN = b"hash:__rand_int__"
 PREPOPULATED_KEY = "order:%012d"
+PREPOPULATED_HASH = "hash:%012d"
+# A write id per request: redis-benchmark replaces every __rand_int__, in keys and
+# arguments alike, with its own random number (27 bytes here; the SDK sends 32).
+WRITE_ID_PATTERN = b"bench-write-id-__rand_int__"
 
 CREATE_KEYSPACE = 10**9
 
@@ -319,21 +335,25 @@ class Bench:
         self.r.execute_command("CTX.DEL", probe, 1)
 
     def prepopulate(self, count: int) -> None:
-        """`count` contexts named like redis-benchmark's keys: order:%012d."""
+        """`count` contexts named like redis-benchmark's keys (order:%012d, protocol 2
+        strings) and as many plain hashes (hash:%012d: raw, version) for the baseline."""
         self.fresh_db()
         batch = 2000
         for start in range(0, count, batch):
             pipe = self.r.pipeline(transaction=False)
             for i in range(start, min(start + batch, count)):
                 pipe.execute_command("CTX.CAS", PREPOPULATED_KEY % i, 0, self.payload,
-                                     "SCHEMA", SCHEMA_NAME)
+                                     "SCHEMA", SCHEMA_NAME, "ID", f"populate-{i}")
+                pipe.execute_command("HSET", PREPOPULATED_HASH % i, "raw", self.payload,
+                                     "version", 1)
             replies = pipe.execute(raise_on_error=False)
-            bad = [x for x in replies if x != 1]
+            bad = [x for x in replies if x not in (1, 2)]
             if bad:
                 raise BenchError(f"pre-populating failed: {bad[0]!r}")
         size = self.r.dbsize()
-        if size != count + REGISTRY_KEYS:
-            raise BenchError(f"pre-populated db holds {size} keys, expected {count + REGISTRY_KEYS}")
+        if size != 2 * count + REGISTRY_KEYS:
+            raise BenchError(f"pre-populated db holds {size} keys, "
+                             f"expected {2 * count + REGISTRY_KEYS}")
 
     # -- one measurement
 
@@ -426,9 +446,11 @@ class Bench:
     def log_run(run: Run) -> None:
         extra = f", conflicts {run.conflicts}" if run.conflicts is not None else ""
         upc = f"{run.usec_per_call:.2f}" if run.usec_per_call is not None else "?"
-        log(f"   round {run.round}  {run.side:<16} {fmt_int(run.rps):>11} req/s  "
-            f"{run.seconds:5.2f} s  usec_per_call {upc:>6}  p50 {run.p50_ms:6.3f} ms  "
-            f"cpu server {run.server_cpu:4.0%} client {run.client_cpu:4.0%}"
+        p50 = "" if math.isnan(run.p50_ms) else f"  p50 {run.p50_ms:6.3f} ms"
+        client = "" if math.isnan(run.client_cpu) else f" client {run.client_cpu:4.0%}"
+        log(f"   round {run.round}  {run.side:<18} {fmt_int(run.rps):>11} req/s  "
+            f"{run.seconds:5.2f} s  usec_per_call {upc:>6}{p50}  "
+            f"cpu server {run.server_cpu:4.0%}{client}"
             f"{extra}" + (f"  !! {'; '.join(run.notes)}" if run.notes else ""))
 
     def run_workload(self, w: Workload) -> dict:
@@ -488,6 +510,10 @@ class Bench:
 
 
 def make_workloads(payload: bytes, sha: str, read_keys: int) -> list[Workload]:
+    cas_id = Side("CTX.CAS ID create", "ctx.cas",
+                  [b"CTX.CAS", KEY_PATTERN, b"0", payload, b"SCHEMA", SCHEMA_NAME.encode(),
+                   b"ID", WRITE_ID_PATTERN],
+                  CREATE_KEYSPACE, creates=True)
     cas = Side("CTX.CAS create", "ctx.cas",
                [b"CTX.CAS", KEY_PATTERN, b"0", payload, b"SCHEMA", SCHEMA_NAME.encode()],
                CREATE_KEYSPACE, creates=True)
@@ -496,22 +522,376 @@ def make_workloads(payload: bytes, sha: str, read_keys: int) -> list[Workload]:
     lua = Side("EVALSHA Lua CAS", "evalsha",
                [b"EVALSHA", sha.encode(), b"1", KEY_PATTERN, b"0", payload],
                CREATE_KEYSPACE, creates=True)
-    hset5 = Side("HSET 5 fields", "hset",
-                 [b"HSET", KEY_PATTERN, b"raw", payload, b"version", b"1",
-                  b"schema", SCHEMA_NAME.encode(), b"updated_ms", b"1764100000123",
-                  b"updated_by", b""],
-                 CREATE_KEYSPACE, creates=True)
     get = Side("CTX.GET", "ctx.get", [b"CTX.GET", KEY_PATTERN], read_keys, creates=False)
-    hgetall = Side("HGETALL", "hgetall", [b"HGETALL", KEY_PATTERN], read_keys, creates=False)
+    hgetall = Side("HGETALL", "hgetall", [b"HGETALL", HASH_KEY_PATTERN], read_keys,
+                   creates=False)
     return [
-        Workload("create", "create a context on a new key: CTX.CAS vs a plain HSET", cas, hset, 0.8),
-        Workload("create-5f", "info: CTX.CAS vs HSET of the same five fields it stores "
-                 "(the storage format's share of the cost)", cas, hset5, None),
-        Workload("lua-cas", "create via CAS: CTX.CAS vs the reference Lua CAS (EVALSHA)",
-                 cas, lua, 2.0),
-        Workload("read", f"read one of {read_keys:,} contexts: CTX.GET vs HGETALL",
-                 get, hgetall, 0.9),
+        Workload("create-id", "create a context with a write id: CTX.CAS ... ID vs a plain HSET",
+                 cas_id, hset, 0.7),
+        Workload("lua-cas", "create via CAS: CTX.CAS ... ID vs the reference Lua CAS (EVALSHA); "
+                 "floor: protocol 1's 1.25x", cas_id, lua, 1.25),
+        Workload("create", "protocol 1's workload: CTX.CAS without ID vs HSET "
+                 "(protocol 1's target 0.8x)", cas, hset, 0.8),
+        Workload("read", f"read one of {read_keys:,} contexts: CTX.GET vs HGETALL of a "
+                 "(raw, version) hash", get, hgetall, 0.9),
     ]
+
+
+# ---------------------------------------------------------------- updates (Python driver)
+#
+# An update must name the current version, so each request depends on the one
+# before it on the same key, which redis-benchmark cannot express. The driver
+# keeps one key set per side whose keys all sit at the same version; a pass
+# writes every key once, so the commands of a pass differ only in the key and
+# are built with one bytes.join (a shared tail after a per-key head). Replies
+# have a known length per pass: the driver reads exactly that many bytes,
+# checks the first and last reply and, after the run, the server's counters.
+
+UPDATE_CONNS = 8
+UPDATE_CHUNK = 256
+WINDOW = 16
+
+
+def resp_args(*args: bytes) -> bytes:
+    return b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def write_id(pass_no: int) -> bytes:
+    """32 hex characters, as the SDK sends; one per pass (each key is written once a pass)."""
+    return b"%032x" % (0x5EED0000000000000000000000000000 + pass_no)
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+@dataclass
+class UpdSide:
+    label: str
+    cmdstat: str
+    prefix: bytes                         # key names: prefix + %08d
+    head: list[bytes]                     # arguments before the key (command name first)
+    tail: Callable[[int, int], list[bytes]]  # (stored version, pass) -> arguments after the key
+    reply: Callable[[int], bytes]         # stored version -> the expected reply
+    counter: str | None = None            # INFO ctx counter that must grow by the calls
+    version: int = 1                      # the stored version of every key of this side
+    passes: int = 0                       # passes run so far (write ids)
+
+
+class UpdateDriver:
+    def __init__(self, port: int, nkeys: int, conns: int = UPDATE_CONNS,
+                 chunk: int = UPDATE_CHUNK) -> None:
+        self.port = port
+        self.nkeys = nkeys
+        self.conns = conns
+        self.chunk = chunk
+
+    def heads(self, side: UpdSide, argc: int) -> list[list[bytes]]:
+        """Per connection, the per-key heads of its keys (key i goes to connection i % conns)."""
+        pre = b"*%d\r\n" % argc + resp_args(*side.head)
+        out: list[list[bytes]] = [[] for _ in range(self.conns)]
+        for i in range(self.nkeys):
+            key = side.prefix + b"%08d" % i
+            out[i % self.conns].append(pre + resp_args(key))
+        return out
+
+    def run(self, side: UpdSide, passes: int) -> float:
+        """Writes every key of `side` `passes` times; returns the wall time in seconds."""
+        tails = [(side.tail(side.version + k, side.passes + k), side.reply(side.version + k))
+                 for k in range(passes)]
+        argc = len(side.head) + 1 + len(tails[0][0])
+        heads = self.heads(side, argc)
+        errors: list[BaseException] = []
+        socks = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(self.conns)]
+        for sk in socks:
+            sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sk.settimeout(60)
+        start = threading.Barrier(self.conns + 1)
+
+        def worker(c: int) -> None:
+            sk, mine = socks[c], heads[c]
+            try:
+                start.wait()
+                for args, reply in tails:
+                    tail = resp_args(*args)
+                    for j in range(0, len(mine), self.chunk):
+                        part = mine[j:j + self.chunk]
+                        sk.sendall(tail.join(part) + tail)
+                        n = len(reply) * len(part)
+                        buf = bytearray(n)
+                        view = memoryview(buf)
+                        got = 0
+                        while got < n:
+                            k = sk.recv_into(view[got:], n - got)
+                            if not k:
+                                raise BenchError("the server closed a driver connection")
+                            got += k
+                        if buf[:len(reply)] != reply or buf[n - len(reply):] != reply:
+                            raise BenchError(f"{side.label}: unexpected reply "
+                                             f"{bytes(buf[:120])!r}, expected {reply[:120]!r}")
+            except BaseException as e:  # noqa: BLE001 - reported by the caller
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(c,), daemon=True)
+                   for c in range(self.conns)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.monotonic()
+        for t in threads:
+            t.join()
+        seconds = time.monotonic() - t0
+        for sk in socks:
+            sk.close()
+        if errors:
+            if isinstance(errors[0], socket.timeout):
+                raise BenchError(f"{side.label}: a reply did not come (an error or conflict "
+                                 f"reply is shorter than expected)")
+            raise errors[0] if isinstance(errors[0], BenchError) else BenchError(
+                f"{side.label}: driver failed: {errors[0]!r}")
+        side.version += passes
+        side.passes += passes
+        return seconds
+
+
+def payload_with_version(Order, payload: bytes, version: int) -> bytes:
+    m = Order.FromString(payload)
+    m.version = version
+    return m.SerializeToString()
+
+
+class UpdateBench:
+    """CTX.PATCH and CTX.CAS ... ID updates vs HSET and the reference Lua CAS, as updates of
+    existing keys, alternating in rounds like the redis-benchmark workloads."""
+
+    def __init__(self, bench: "Bench", Order, sha: str, nkeys: int) -> None:
+        self.b = bench
+        self.args = bench.args
+        self.Order = Order
+        self.sha = sha.encode()
+        self.nkeys = nkeys
+        self.driver = UpdateDriver(bench.server.port, nkeys)
+        self.payloads: dict[int, bytes] = {}
+
+    def payload_v(self, version: int) -> bytes:
+        if version not in self.payloads:
+            self.payloads[version] = payload_with_version(self.Order, self.b.payload, version)
+        return self.payloads[version]
+
+    def setup(self) -> list[UpdSide]:
+        r, p = self.b.r, self.b.payload
+        self.b.fresh_db()
+        # the patch: field 4 (base_price) only, READS 0
+        q = self.Order(base_price=13999).SerializeToString()
+        r.execute_command("CTX.CAS", "patch:calibrate", 0, p, "SCHEMA", SCHEMA_NAME)
+        got = r.execute_command("CTX.PATCH", "patch:calibrate", 1, q, "FIELDS", 1, 4,
+                                "READS", 0)
+        if not isinstance(got, list) or got[0] != 2 or not got[1].endswith(b"\x10\x02"):
+            raise BenchError(f"CTX.PATCH calibration replied {got!r}")
+        merged_head = got[1][:-1]  # everything but the version's varint (the version is last)
+        r.delete("patch:calibrate")
+
+        def patch_reply(v: int) -> bytes:
+            merged = merged_head + varint(v + 1)
+            return b"*2\r\n:%d\r\n$%d\r\n%s\r\n" % (v + 1, len(merged), merged)
+
+        sides = [
+            UpdSide("CTX.PATCH 1 field", "ctx.patch", b"patch:", [b"CTX.PATCH"],
+                    lambda v, k: [b"%d" % v, q, b"FIELDS", b"1", b"4", b"READS", b"0",
+                                  b"ID", write_id(k)],
+                    patch_reply, counter="ctx_patch_ok"),
+            UpdSide("CTX.CAS ID update", "ctx.cas", b"cas:", [b"CTX.CAS"],
+                    lambda v, k: [b"%d" % v, self.payload_v(v + 1), b"ID", write_id(k)],
+                    lambda v: b":%d\r\n" % (v + 1), counter="ctx_cas_ok"),
+            UpdSide("HSET", "hset", b"hash:", [b"HSET"],
+                    lambda v, k: [b"raw", p, b"version", b"1"], lambda v: b":0\r\n"),
+            UpdSide("EVALSHA Lua CAS upd", "evalsha", b"lua:", [b"EVALSHA", self.sha, b"1"],
+                    lambda v, k: [b"%d" % v, p], lambda v: b":%d\r\n" % (v + 1)),
+        ]
+        # create every key at version 1 (contexts with a write id, as the SDK does)
+        creates = [
+            UpdSide("create", "", b"patch:", [b"CTX.CAS"],
+                    lambda v, k: [b"0", p, b"SCHEMA", SCHEMA_NAME.encode(), b"ID", write_id(k)],
+                    lambda v: b":1\r\n", version=0),
+            UpdSide("create", "", b"cas:", [b"CTX.CAS"],
+                    lambda v, k: [b"0", p, b"SCHEMA", SCHEMA_NAME.encode(), b"ID", write_id(k)],
+                    lambda v: b":1\r\n", version=0),
+            UpdSide("create", "", b"hash:", [b"HSET"],
+                    lambda v, k: [b"raw", p, b"version", b"1"], lambda v: b":2\r\n", version=0),
+            UpdSide("create", "", b"lua:", [b"EVALSHA", self.sha, b"1"],
+                    lambda v, k: [b"0", p], lambda v: b":1\r\n", version=0),
+        ]
+        for c in creates:
+            self.driver.run(c, 1)
+        for s in sides:
+            s.passes = 1  # write id of pass 0 used by the create
+        return sides
+
+    def measure(self, side: UpdSide, passes: int, rnd: int) -> Run:
+        before = self.b.ctx_counters()
+        self.b.r.config_resetstat()
+        cpu0 = self.b.server_cpu_seconds()
+        seconds = self.driver.run(side, passes)
+        cpu1 = self.b.server_cpu_seconds()
+        stat = self.b.cmdstat(side.cmdstat)
+        after = self.b.ctx_counters()
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        requests = passes * self.nkeys
+        run = Run(side=side.label, round=rnd, requests=requests, rps=requests / seconds,
+                  seconds=seconds, p50_ms=math.nan, p99_ms=math.nan,
+                  usec_per_call=float(stat["usec_per_call"]) if "usec_per_call" in stat else None,
+                  calls=int(stat.get("calls", 0)), failed_calls=int(stat.get("failed_calls", 0)),
+                  server_cpu=(cpu1 - cpu0) / seconds, client_cpu=math.nan, conflicts=0)
+        if run.calls != requests:
+            run.notes.append(f"{run.calls} calls counted, {requests} sent")
+        if run.failed_calls:
+            run.notes.append(f"{run.failed_calls} calls replied with an error")
+        if side.counter and delta.get(side.counter, 0) != requests:
+            run.notes.append(f"{side.counter} grew by {delta.get(side.counter, 0)}, "
+                             f"{requests} sent")
+        for k in ("ctx_cas_conflicts", "ctx_replays"):
+            if delta.get(k, 0):
+                run.notes.append(f"{k} {delta[k]}")
+        for n in run.notes:
+            self.b.warnings.append(f"{side.label} round {rnd}: {n}")
+        return run
+
+    def run(self) -> list[dict]:
+        log(f"\n== updates: {self.nkeys:,} existing keys per side, each written once per pass, "
+            f"Python driver ({UPDATE_CONNS} connections x {UPDATE_CHUNK} commands per send)")
+        t0 = time.monotonic()
+        sides = self.setup()
+        # warm-up: fill the contexts' windows (16 records, the steady state) and time a pass
+        rates = []
+        for s in sides:
+            n = WINDOW if s.cmdstat.startswith("ctx.") else 2
+            secs = self.driver.run(s, n)
+            rates.append(n * self.nkeys / secs)
+        if self.args.requests:
+            passes = max(1, round(self.args.requests / self.nkeys))
+        else:
+            passes = max(1, round(self.args.seconds * statistics.harmonic_mean(rates)
+                                  / self.nkeys))
+        log(f"   set up and warmed up in {time.monotonic() - t0:.1f} s; {passes} pass(es) = "
+            f"{passes * self.nkeys:,} requests per measurement, {self.args.rounds} round(s)")
+        runs: dict[str, list[Run]] = {s.label: [] for s in sides}
+        discarded: dict[str, list[Run]] = {s.label: [] for s in sides}
+        for rnd in range(1, self.args.rounds + 1):
+            order = sides if rnd % 2 else list(reversed(sides))
+            for s in order:
+                for attempt in range(self.args.retries + 1):
+                    run = self.measure(s, passes, rnd)
+                    Bench.log_run(run)
+                    if run.server_cpu >= SERVER_BOUND_CPU or attempt == self.args.retries:
+                        break
+                    discarded[s.label].append(run)
+                    log(f"            ^ discarded and repeated: the server's main thread was "
+                        f"only {run.server_cpu:.0%} busy")
+                runs[s.label].append(run)
+        # every key of every side must now be at the version the driver counted
+        for s in sides[:2]:
+            got = self.b.r.execute_command("CTX.GET", s.prefix + b"%08d" % (self.nkeys - 1))
+            if not got or got[0] != s.version:
+                raise BenchError(f"{s.label}: stored version {got and got[0]}, "
+                                 f"expected {s.version}")
+        lua_v = self.b.r.hget(b"lua:%08d" % 0, "version")
+        if int(lua_v) != sides[3].version:
+            raise BenchError(f"Lua CAS: stored version {lua_v!r}, expected {sides[3].version}")
+
+        def summary(s: UpdSide) -> dict:
+            rs = runs[s.label]
+            upcs = [r.usec_per_call for r in rs if r.usec_per_call is not None]
+            return {
+                "label": s.label,
+                "command": s.head[0].decode(),
+                "median_rps": statistics.median(r.rps for r in rs),
+                "median_usec_per_call": statistics.median(upcs) if upcs else None,
+                "conflicts_total": None,
+                "median_server_cpu": statistics.median(r.server_cpu for r in rs),
+                "median_client_cpu": math.nan,
+                "runs": [vars(r) for r in rs],
+                "discarded_runs": [vars(r) for r in discarded[s.label]],
+            }
+
+        sums = {s.label: summary(s) for s in sides}
+        patch, cas, hset, lua = (sums[s.label] for s in sides)
+        out = []
+        for name, title, mod, base in (
+            ("patch", "CTX.PATCH of one field vs HSET raw+version", patch, hset),
+            ("patch-lua", "CTX.PATCH of one field vs the reference Lua CAS update", patch, lua),
+            ("update-id", "CTX.CAS ... ID update vs HSET raw+version", cas, hset),
+            ("upd-lua", "CTX.CAS ... ID update vs the reference Lua CAS update", cas, lua),
+        ):
+            mu, bu = mod["median_usec_per_call"], base["median_usec_per_call"]
+            out.append({
+                "workload": name, "title": title, "requests_per_run": passes * self.nkeys,
+                "keyspace": self.nkeys, "module": mod, "baseline": base,
+                "ratio": mod["median_rps"] / base["median_rps"],
+                "usec_ratio": bu / mu if mu and bu else None, "target": None, "passed": None,
+            })
+        return out
+
+
+# ---------------------------------------------------------------- bytes per context
+
+
+def measure_memory(bench: "Bench", Order, n: int) -> list[dict]:
+    """used_memory delta / n after writing n contexts (same key names for every variant)."""
+    r, p = bench.r, bench.payload
+    driver = UpdateDriver(bench.server.port, n)
+    schema = SCHEMA_NAME.encode()
+    payloads: dict[int, bytes] = {}
+
+    def pv(v: int) -> bytes:
+        if v not in payloads:
+            payloads[v] = payload_with_version(Order, p, v)
+        return payloads[v]
+
+    variants = [
+        ("SET key <payload>", [UpdSide("set", "", b"mem:", [b"SET"], lambda v, k: [p],
+                                       lambda v: b"+OK\r\n")], 1),
+        ("protocol 1 hash (5 fields)",
+         [UpdSide("v1", "", b"mem:", [b"HSET"],
+                  lambda v, k: [b"raw", p, b"version", b"1", b"schema", schema,
+                                b"updated_ms", b"1764100000123", b"updated_by", b""],
+                  lambda v: b":5\r\n")], 1),
+        ("protocol 2, 1 record", [UpdSide("v2", "", b"mem:", [b"CTX.CAS"],
+                                          lambda v, k: [b"0", p, b"SCHEMA", schema,
+                                                        b"ID", write_id(k)],
+                                          lambda v: b":1\r\n", version=0)], 1),
+        ("protocol 2, 16 records", [
+            UpdSide("v2", "", b"mem:", [b"CTX.CAS"],
+                    lambda v, k: [b"0", p, b"SCHEMA", schema, b"ID", write_id(k)],
+                    lambda v: b":1\r\n", version=0),
+            UpdSide("v2 upd", "", b"mem:", [b"CTX.CAS"],
+                    lambda v, k: [b"%d" % v, pv(v + 1), b"ID", write_id(k)],
+                    lambda v: b":%d\r\n" % (v + 1), version=1, passes=1)], WINDOW - 1),
+    ]
+    out = []
+    for label, steps, upd_passes in variants:
+        bench.fresh_db()
+        before = int(r.info("memory")["used_memory"])
+        driver.run(steps[0], 1)
+        if len(steps) > 1:
+            driver.run(steps[1], upd_passes)
+        after = int(r.info("memory")["used_memory"])
+        key = b"mem:%08d" % 0
+        out.append({"variant": label, "bytes_per_context": (after - before) / n,
+                    "memory_usage_key": r.memory_usage(key),
+                    "value_bytes": r.strlen(key) if r.type(key) == b"string" else None})
+    bench.fresh_db()
+    base = out[0]["bytes_per_context"]
+    for row in out:
+        row["ratio_to_set"] = row["bytes_per_context"] / base
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -566,8 +946,8 @@ def verdict_text(passed: bool | None) -> str:
 
 
 def print_table(results: list[dict]) -> None:
-    header = (f"{'workload':<9} {'module side':<15} {'req/s':>9} {'us/call':>7}  "
-              f"{'baseline side':<15} {'req/s':>9} {'us/call':>7}  "
+    header = (f"{'workload':<9} {'module side':<19} {'req/s':>9} {'us/call':>7}  "
+              f"{'baseline side':<19} {'req/s':>9} {'us/call':>7}  "
               f"{'ratio':>6} {'target':>7} {'result':<6} {'us ratio':>8}")
     log(header)
     log("-" * len(header))
@@ -578,9 +958,9 @@ def print_table(results: list[dict]) -> None:
             return f"{x:.2f}" if x is not None else "?"
 
         ur = res["usec_ratio"]
-        log(f"{res['workload']:<9} {m['label']:<15} {fmt_int(m['median_rps']):>9} "
+        log(f"{res['workload']:<9} {m['label']:<19} {fmt_int(m['median_rps']):>9} "
             f"{upc(m['median_usec_per_call']):>7}  "
-            f"{b['label']:<15} {fmt_int(b['median_rps']):>9} {upc(b['median_usec_per_call']):>7}  "
+            f"{b['label']:<19} {fmt_int(b['median_rps']):>9} {upc(b['median_usec_per_call']):>7}  "
             f"{res['ratio']:>5.2f}x {target_text(res['target']):>7} "
             f"{verdict_text(res['passed']):<6} {'?' if ur is None else format(ur, '.2f') + 'x':>8}")
     log("ratio = module req/s / baseline req/s (the verdict); us ratio = baseline us/call / "
@@ -607,6 +987,10 @@ def parse_args(argv=None):
     p.add_argument("--pipeline", type=int, default=32, help="redis-benchmark -P (default 32)")
     p.add_argument("--read-keys", type=int, default=100_000,
                    help="contexts pre-populated for the read workload (default 100000)")
+    p.add_argument("--update-keys", type=int, default=20_000,
+                   help="keys per side of the update workloads (default 20000)")
+    p.add_argument("--memory-keys", type=int, default=50_000,
+                   help="contexts written per variant for bytes per context (default 50000)")
     p.add_argument("--module", type=Path, default=DEFAULT_MODULE,
                    help=f"module to load (default {DEFAULT_MODULE.relative_to(REPO)})")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
@@ -664,7 +1048,8 @@ def main(argv=None) -> int:
             f"--threads 1; {args.rounds} round(s) per side, ~{args.seconds:g} s per run")
 
         fds = compile_schema(server.dir)
-        payload = build_payload(order_class(fds))
+        Order = order_class(fds)
+        payload = build_payload(Order)
         assert b"\x00" not in payload
         sha = r.script_load(LUA_CAS)
         bench = Bench(args, server, bench_bin, fds, payload)
@@ -682,10 +1067,19 @@ def main(argv=None) -> int:
                 log(f"\n   pre-populated {args.read_keys:,} contexts "
                     f"({time.monotonic() - t0:.1f} s)")
             results.append(bench.run_workload(w))
+        results += UpdateBench(bench, Order, sha, args.update_keys).run()
+        t0 = time.monotonic()
+        memory = measure_memory(bench, Order, args.memory_keys)
+        log(f"\n== bytes per context: used_memory delta / {args.memory_keys:,} contexts "
+            f"({time.monotonic() - t0:.1f} s)")
 
         log("\nResults (median of the rounds; us/call = server-side usec_per_call "
             "from INFO commandstats)")
         print_table(results)
+        v2_full = memory[-1]["ratio_to_set"]
+        if v2_full > 1.5:
+            bench.warnings.append(f"bytes per context: protocol 2 with a full window is "
+                                  f"{v2_full:.2f}x a plain SET (aim <= 1.5x)")
         for res in results:
             for side in ("module", "baseline"):
                 c = res[side]["conflicts_total"]
@@ -693,14 +1087,23 @@ def main(argv=None) -> int:
                     total = res["requests_per_run"] * len(res[side]["runs"])
                     log(f"  {res['workload']}: {res[side]['label']} key collisions "
                         f"(conflicts / overwrites) {c} of {total:,} requests")
+        log(f"\nBytes per context ({len(payload)}-byte payload, used_memory delta / "
+            f"{args.memory_keys:,}; MEMORY USAGE and STRLEN of one key)")
+        for m in memory:
+            vb = "-" if m["value_bytes"] is None else str(m["value_bytes"])
+            log(f"  {m['variant']:<28} {m['bytes_per_context']:7.1f} B  "
+                f"{m['ratio_to_set']:5.2f}x SET   MEMORY USAGE {m['memory_usage_key']:>4}  "
+                f"STRLEN {vb:>4}")
         for res in results:
             for side in ("module", "baseline"):
                 sd = res[side]
                 if sd["median_server_cpu"] < SERVER_BOUND_CPU:
                     bench.warnings.append(
                         f"{res['workload']}: {sd['label']} was not server-bound (server main "
-                        f"thread {sd['median_server_cpu']:.0%} busy, redis-benchmark "
-                        f"{sd['median_client_cpu']:.0%}); its req/s understates the server")
+                        f"thread {sd['median_server_cpu']:.0%} busy"
+                        + ("" if math.isnan(sd["median_client_cpu"]) else
+                           f", redis-benchmark {sd['median_client_cpu']:.0%}")
+                        + "); its req/s understates the server")
         failed = [r_ for r_ in results if r_["passed"] is False]
         if bench.warnings:
             log("\nWarnings (the load did not do exactly what was intended):")
@@ -723,6 +1126,7 @@ def main(argv=None) -> int:
                     "payload_hex": payload.hex(),
                 },
                 "results": results,
+                "memory": memory,
                 "warnings": bench.warnings,
             }
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
