@@ -689,7 +689,10 @@ if patching then
       if p >= e then return nil end
       local b = byte(str, p)
       p = p + 1
-      if i == 9 then b = b % 2 end
+      if i == 9 then -- as read_varint: a 10th byte with its continuation bit is malformed
+        if b >= 128 then return nil end
+        b = b % 2
+      end
       if b < 128 then return v + b * mul, p end
       v = v + (b - 128) * mul
       mul = mul * 128

@@ -1,0 +1,224 @@
+"""Hand-made values planted with SET / HSET (docs/PROTOCOL.md, "Storage format", the type rule):
+strings that start with ``CTX\\x02`` and lie about their lengths, windows longer than the history,
+versions at the ends of the range, digests of a write id at and between record starts, v1 hashes
+with odd fields. Every CTX.* command on them must leave the server alive, reply with a documented
+code, and leave the value byte-identical unless it wrote; a write must produce exactly the value the
+contract describes. Both engines against one Python model (tests/ctxvalue.py), so they agree."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+import redis
+
+import ctxvalue
+from helpers import assert_error, context_hash, dirty
+from servers import error_text
+from wire import f_str, f_varint, long_varint, tag
+
+CODES = ("ERR", "WRONGTYPE", "CTXSCHEMA", "CTXINVALID", "CTXVERSION", "CTXTOOBIG", "CTXFIELD")
+WID = b"w"  # the write id whose digest the planted windows hold
+VF = 2      # Order's version field (int64)
+LUA_EXACT = 2**53
+
+
+@pytest.fixture
+def order(pb, backend):
+    assert pb.register(backend, "order") == 1
+    return pb.order
+
+
+# --------------------------------------------------------------------------- the model
+
+def model(raw: bytes) -> ctxvalue.Value | None:
+    try:
+        return ctxvalue.decode(raw)
+    except ValueError:
+        return None
+
+
+def replayed(v: ctxvalue.Value, wid: bytes) -> int | None:
+    d = ctxvalue.id_digest(wid)
+    if d == b"\0" * 8:
+        return None
+    for i, rec in enumerate(v.window):
+        if rec.digest == d:
+            return v.version - i
+    return None
+
+
+def changed(v: ctxvalue.Value, base: int, fields: list[int], reads: list[int]) -> list[int]:
+    u = sorted(set(fields) | set(reads))
+    if base == v.version:
+        return []
+    if base > v.version or base < v.oldest_known - 1:
+        return u
+    mask = 0
+    for rec in v.window[:v.version - base]:
+        mask |= rec.mask
+    if mask & ctxvalue.WHOLE:
+        return u
+    return [f for f in u if mask & ctxvalue.field_bit(f)]
+
+
+def _varint(b: bytes, pos: int) -> int | None:
+    """read_varint of module/core/ctx_value.c: the position after it, or None."""
+    for i in range(10):
+        if pos >= len(b):
+            return None
+        c = b[pos]
+        pos += 1
+        if not c & 0x80:
+            return pos
+    return None
+
+
+def _value_of(b: bytes, pos: int) -> tuple[int, int] | None:
+    """(tag value, position after) of the varint at pos, bits above 63 dropped."""
+    v = 0
+    for i in range(10):
+        if pos >= len(b):
+            return None
+        c = b[pos]
+        pos += 1
+        v |= (c & 0x7F) << (7 * i)
+        if not c & 0x80:
+            return v & (2**64 - 1), pos
+    return None
+
+
+def _skip(b: bytes, pos: int, num: int, wt: int, depth: int) -> int | None:
+    if wt == 0:
+        return _varint(b, pos)
+    if wt in (1, 5):
+        unit = 8 if wt == 1 else 4
+        return pos + unit if len(b) - pos >= unit else None
+    if wt == 2:
+        r = _value_of(b, pos)
+        if r is None or r[0] > len(b) - r[1]:
+            return None
+        return r[1] + r[0]
+    if wt == 3:
+        if depth >= 100:
+            return None
+        while True:
+            t = _tag(b, pos)
+            if t is None:
+                return None
+            n, w, pos = t
+            if w == 4:
+                return pos if n == num else None
+            pos = _skip(b, pos, n, w, depth + 1)
+            if pos is None:
+                return None
+    return None
+
+
+def _tag(b: bytes, pos: int):
+    r = _value_of(b, pos)
+    if r is None or r[0] >> 32 or r[0] >> 3 < 1:
+        return None
+    return r[0] >> 3, r[0] & 7, r[1]
+
+
+def top_fields(b: bytes) -> list[tuple[int, bytes]] | None:
+    out, pos = [], 0
+    while pos < len(b):
+        t = _tag(b, pos)
+        if t is None or t[1] == 4:
+            return None
+        end = _skip(b, t[2], t[0], t[1], 0)
+        if end is None:
+            return None
+        out.append((t[0], b[pos:end]))
+        pos = end
+    return out
+
+
+def splice(cur: bytes, patch: bytes, fields: list[int], version: int) -> bytes | None:
+    kept = top_fields(cur)
+    if kept is None:
+        return None
+    return (b"".join(raw for num, raw in kept if num not in fields and num != VF) + patch
+            + f_varint(VF, version))
+
+
+# --------------------------------------------------------------------------- hostile values
+
+def hostile_v2(rng: random.Random) -> bytes:
+    sane = rng.random() < 0.5  # half of them honest headers, so writes get through too
+    n = rng.randrange(17) if sane else rng.choice([0, 1, 2, 3, 15, 16, 16, 17, 40, 255])
+    version = rng.choice([n, n + 1, n + 5, LUA_EXACT - 1]) if sane else rng.choice(
+        [0, 1, 2, 3, 5, 15, 16, 17, 40, LUA_EXACT - 1, LUA_EXACT, 2**62, 2**63, 2**64 - 1])
+    version = max(version, 1) if sane else version
+    schema = b"order" if sane else rng.choice([b"order", b"order", b"", b"x" * 128, b"x" * 129,
+                                               b"nope", b"bad name!"])
+    by = rng.choice([b"", b"agent", b"\0\xff" * 3])
+    rest = rng.choice([
+        f_str(1, "o") + f_varint(VF, version % 2**63) + f_varint(4, 7),
+        f_varint(5, 1) + f_varint(4, 2) + f_varint(5, 3),            # a field twice
+        tag(10, 3) + f_varint(1, 1) + tag(10, 4),                     # a group at the top
+        tag(10, 3) + f_varint(1, 1),                                  # an unclosed group
+        tag(4, 0) + long_varint(1, 10)[:-1] + b"\x81" + f_varint(5, 1),
+        b"\x20",                                                      # truncated varint
+        bytes(rng.randrange(256) for _ in range(rng.randrange(12))),
+        b"",
+    ])
+    recs = b""
+    for i in range(min(n, 20)):
+        digest = ctxvalue.id_digest(WID) if rng.random() < 0.15 else (
+            b"\0" * 8 if rng.random() < 0.3 else rng.randbytes(8))
+        mask = rng.choice([0, ctxvalue.WHOLE, ctxvalue.field_bit(4), ctxvalue.field_bit(5),
+                           ctxvalue.field_bit(1) | ctxvalue.field_bit(8), rng.getrandbits(32)])
+        recs += digest + struct.pack("<I", mask)
+    if recs and rng.random() < 0.3:  # the digest between record starts: never a match
+        at = rng.randrange(1, max(2, len(recs) - 8))
+        if at % 12:
+            recs = recs[:at] + ctxvalue.id_digest(WID) + recs[at + 8:]
+    b_field = len(by) if sane or rng.random() < 0.7 else rng.choice([len(by) + 1, 65535])
+    raw = (b"CTX\x02" + struct.pack("<QQBBH", version, rng.getrandbits(52), n, len(schema) % 256,
+                                    b_field) + recs + schema + by + rest)
+    if not sane and rng.random() < 0.3:
+        raw = raw[:rng.randrange(4, len(raw) + 1)]
+    return raw
+
+
+def plant(r: redis.Redis, key: str, raw: bytes) -> None:
+    r.delete(key)
+    r.set(key, raw)
+
+
+def assert_reply_ok(reply) -> None:
+    if isinstance(reply, redis.ResponseError):
+        code = error_text(reply).split(" ", 1)[0]
+        assert code in CODES, error_text(reply)
+
+
+def call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except redis.ResponseError as e:
+        return e
+
+
+def exact(engine: str, v: ctxvalue.Value) -> bool:
+    return engine == "module" or v.version < LUA_EXACT
+
+
+def check_untouched(r, key, before, d0, what):
+    assert r.get(key) == before, f"{what} changed the value"
+    assert dirty(r) == d0, f"{what} counted a write"
+
+
+def test_a_tenth_varint_byte_with_its_continuation_bit_is_malformed_in_the_splice(
+        backend, order, r):
+    assert backend.cas("k", 0, order(1, order_id="o"), schema="order") == 1
+    before = r.get("k")
+    # field 4 with 10 varint bytes, the 10th 0x81, then field 5 (not in FIELDS): the module's
+    # splice stops at the varint (CTXINVALID); read as ending there, field 5 would be CTXFIELD
+    bad = tag(4, 0) + b"\xff" * 9 + b"\x81" + f_varint(5, 1)
+    text = assert_error("CTXINVALID", backend.patch, "k", 1, bad, [4])
+    assert text == "CTXINVALID payload is not valid protobuf wire format"
+    assert r.get("k") == before
