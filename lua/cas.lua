@@ -170,6 +170,7 @@ elseif got then
   if not v or v < 1 then return wrongtype() end
   present = true
   cur_v, cur_raw, cur_schema = v, h[2] or '', h[3] or nil
+  if cur_schema == '' then cur_schema = nil end -- as the module: an empty field is no schema
   cur_ms, cur_by = strict_int(h[4] or nil) or 0, h[5] or ''
 end
 

@@ -222,3 +222,12 @@ def test_a_tenth_varint_byte_with_its_continuation_bit_is_malformed_in_the_splic
     text = assert_error("CTXINVALID", backend.patch, "k", 1, bad, [4])
     assert text == "CTXINVALID payload is not valid protobuf wire format"
     assert r.get("k") == before
+
+
+def test_a_v1_hash_with_an_empty_schema_field_has_no_schema(backend, order, r):
+    r.hset("k", mapping=context_hash(b"", 3, "", 5))
+    text = assert_error("CTXSCHEMA", backend.patch, "k", 3, f_varint(4, 1), [4])
+    assert text == "CTXSCHEMA the context has no schema field"
+    text = assert_error("CTXSCHEMA", backend.cas, "k", 3, order(4))
+    assert text == "CTXSCHEMA the context has no schema field"
+    assert r.type("k") == b"hash"
