@@ -158,14 +158,22 @@ typedef struct {
  * an error reply. */
 enum { kOpt_Schema = 1, kOpt_By = 2, kOpt_Id = 4 };
 
+/* True when the argument is the keyword `word` (any case). The whole argument
+ * is compared: strcasecmp alone would take "ID\0junk" for ID (arguments are
+ * binary), which the Lua engine's option parser refuses. */
+static bool arg_is(RedisModuleString *arg, const char *word) {
+  size_t len;
+  const char *p = RedisModule_StringPtrLen(arg, &len);
+  return len == strlen(word) && !strncasecmp(p, word, len);
+}
+
 static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int i,
                            int allowed, ctx_WriteOpts *o) {
-  const char *opt = RedisModule_StringPtrLen(argv[i], NULL);
   RedisModuleString **slot = NULL;
   int which = 0;
-  if (!strcasecmp(opt, "SCHEMA")) slot = &o->schema, which = kOpt_Schema;
-  else if (!strcasecmp(opt, "BY")) slot = &o->by, which = kOpt_By;
-  else if (!strcasecmp(opt, "ID")) slot = &o->id, which = kOpt_Id;
+  if (arg_is(argv[i], "SCHEMA")) slot = &o->schema, which = kOpt_Schema;
+  else if (arg_is(argv[i], "BY")) slot = &o->by, which = kOpt_By;
+  else if (arg_is(argv[i], "ID")) slot = &o->id, which = kOpt_Id;
   if (!slot || !(allowed & which)) return 0;
   if (*slot || i + 1 >= argc) {
     RedisModule_ReplyWithError(ctx, "ERR syntax error");
@@ -469,8 +477,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       i += 2;
       continue;
     }
-    const char *opt = RedisModule_StringPtrLen(argv[i], NULL);
-    bool is_fields = !strcasecmp(opt, "FIELDS"), is_reads = !strcasecmp(opt, "READS");
+    bool is_fields = arg_is(argv[i], "FIELDS"), is_reads = arg_is(argv[i], "READS");
     int *cnt = is_fields ? &nfields : &nreads;
     if ((!is_fields && !is_reads) || *cnt >= 0 || i + 1 >= argc) {
       RedisModule_ReplyWithError(ctx, "ERR syntax error");

@@ -231,3 +231,14 @@ def test_a_v1_hash_with_an_empty_schema_field_has_no_schema(backend, order, r):
     text = assert_error("CTXSCHEMA", backend.cas, "k", 3, order(4))
     assert text == "CTXSCHEMA the context has no schema field"
     assert r.type("k") == b"hash"
+
+
+@pytest.mark.module_only(reason="option parsing of the module command (the SDK parses for Lua)")
+def test_an_option_keyword_with_a_nul_byte_is_a_syntax_error(backend, order, r):
+    b = backend
+    assert assert_error("ERR", b.command, "CTX.CAS", "k", "0", order(1), "ID\0x", "i") == \
+        "ERR syntax error"
+    assert assert_error("ERR", b.command, "CTX.PATCH", "k", "0", b"", "FIELDS\0", "1", "4") == \
+        "ERR syntax error"
+    assert assert_error("ERR", b.command, "CTX.DEL", "k", "0", "id\0", "i") == "ERR syntax error"
+    assert r.exists("k") == 0
