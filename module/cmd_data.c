@@ -571,6 +571,14 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (!ctx_Splice(cp, clen, payload, plen, fields, nfields, &vf, cur + 1, NULL, &mlen, &st)) {
     goto reject;
   }
+  /* Step 8's size check before the merged payload is built: a large stored
+   * payload plus a large patch would otherwise take up to 1 GB (two 512 MB
+   * bulk strings) only to be refused. Same reply as ctx_Validate's. */
+  if (mlen > ctx_config.limits.max_payload_bytes) {
+    ctx_Status_Set(&st, kCtx_TooBig, "payload is %zu bytes, the limit is %zu", mlen,
+                   ctx_config.limits.max_payload_bytes);
+    goto reject;
+  }
   merged = RedisModule_Alloc(mlen ? mlen : 1);
   ctx_Splice(cp, clen, payload, plen, fields, nfields, &vf, cur + 1, merged, &mlen, &st);
   /* 8. size and validation of the merged payload */

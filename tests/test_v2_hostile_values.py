@@ -242,3 +242,13 @@ def test_an_option_keyword_with_a_nul_byte_is_a_syntax_error(backend, order, r):
         "ERR syntax error"
     assert assert_error("ERR", b.command, "CTX.DEL", "k", "0", "id\0", "i") == "ERR syntax error"
     assert r.exists("k") == 0
+
+
+@pytest.mark.module_only(reason="max-payload-bytes is a module argument here")
+def test_a_merged_payload_over_the_limit_is_ctxtoobig(backend, order, r):
+    assert backend.cas("k", 0, order(1, order_id="o" * 1000), schema="order") == 1
+    before = r.get("k")
+    big = f_str(8, "x" * (1048576 - 500))
+    text = assert_error("CTXTOOBIG", backend.patch, "k", 1, big, [8])
+    assert text.startswith("CTXTOOBIG payload is ") and text.endswith("the limit is 1048576")
+    assert r.get("k") == before
