@@ -152,7 +152,10 @@ if type(got) == 'string' then
   if len < 24 or sub(got, 1, 4) ~= 'CTX\2' then return wrongtype() end
   local v, ms, nrec, sl, bl = sunpack('<I8I8BBI2', got, 5)
   local hl = 24 + 12 * nrec + sl + bl
-  if nrec > WINDOW or sl < 1 or sl > 128 or hl > len or v < 1 then return wrongtype() end
+  -- nrec <= v, v < 2^63: else version - i and oldest_known would leave 1 .. v
+  if nrec > WINDOW or sl < 1 or sl > 128 or hl > len or v < 1 or nrec > v or v >= 2 ^ 63 then
+    return wrongtype()
+  end
   present, val = true, got
   cur_v, cur_n, cur_ms = v, nrec, ms
   local at = 25 + 12 * nrec

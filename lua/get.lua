@@ -42,7 +42,10 @@ if type(got) == 'string' then
   local v, ms, n, sl, bl = struct.unpack('<I8I8BBI2', got, 5)
   local at = 25 + 12 * n
   local hl = at + sl + bl - 1
-  if n > 16 or sl < 1 or sl > 128 or hl > len or v < 1 then return wrongtype() end
+  -- n <= v and v < 2^63 as the module (a hand-made window longer than the history)
+  if n > 16 or sl < 1 or sl > 128 or hl > len or v < 1 or n > v or v >= 2 ^ 63 then
+    return wrongtype()
+  end
   return { v, sub(got, hl + 1), sub(got, at, at + sl - 1), ms, sub(got, at + sl, hl) }
 end
 local t = redis.call('TYPE', key)

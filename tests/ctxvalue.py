@@ -67,7 +67,7 @@ def decode(raw: bytes) -> Value:
     if not is_v2(raw):
         raise ValueError("not a v2 context value")
     version, updated_ms, n, s, b = struct.unpack_from("<QQBBH", raw, 4)
-    if n > WINDOW or not 1 <= s <= 128 or version < 1:
+    if n > WINDOW or not 1 <= s <= 128 or version < 1 or n > version or version >= 1 << 63:
         raise ValueError("bad v2 header")
     off = HEADER + RECORD * n
     if off + s + b > len(raw):

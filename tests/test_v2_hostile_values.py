@@ -212,6 +212,124 @@ def check_untouched(r, key, before, d0, what):
     assert dirty(r) == d0, f"{what} counted a write"
 
 
+# --------------------------------------------------------------------------- the tests
+
+def test_hostile_v2_strings_get_documented_replies_and_stay_byte_identical(backend, order, r):
+    rng = random.Random(20261130)
+    engine = backend.engine
+    seen = dict.fromkeys(("wrongtype", "replayed", "conflict", "patched", "refused"), 0)
+    for round_ in range(400):
+        raw = hostile_v2(rng)
+        key = f"h:{round_}"
+        plant(r, key, raw)
+        v = model(raw)
+        d0 = dirty(r)
+
+        # CTX.GET
+        got = call(backend.get, key)
+        if v is None:
+            assert isinstance(got, redis.ResponseError) and \
+                error_text(got).startswith("WRONGTYPE"), (raw, got)
+        elif exact(engine, v):
+            assert got == [v.version, v.payload, v.schema, v.updated_ms, v.updated_by], raw
+        check_untouched(r, key, raw, d0, "CTX.GET")
+
+        # CTX.CAS with the planted id (replay) and a stale version (conflict)
+        expected = (v.version - 1) if v else 1
+        got = call(backend.cas, key, max(expected, 0), order(max(expected, 0) + 1), write_id=WID)
+        assert_reply_ok(got)
+        if v is None:
+            assert error_text(got).startswith("WRONGTYPE"), (raw, got)
+        elif exact(engine, v):
+            rv = replayed(v, WID)
+            if rv is not None:
+                assert got == [b"replayed", rv], raw
+            elif v.version > 1:
+                assert got == [v.version, v.payload, v.schema, v.updated_ms, v.updated_by,
+                               v.oldest_known, []], raw
+        if not (isinstance(got, int) and not isinstance(got, bool)):
+            check_untouched(r, key, raw, d0, "CTX.CAS")
+        plant(r, key, raw)
+        d0 = dirty(r)
+
+        # CTX.DEL with a wrong version
+        wrong = 0 if v is None or not exact(engine, v) else (
+            v.version - 1 if v.version > 1 else 2)
+        got = call(backend.delete, key, wrong, write_id="d")
+        assert_reply_ok(got)
+        if v is None:
+            assert error_text(got).startswith("WRONGTYPE"), (raw, got)
+        elif exact(engine, v):
+            assert got == [v.version, v.payload, v.schema, v.updated_ms, v.updated_by,
+                           v.oldest_known, []], raw
+        check_untouched(r, key, raw, d0, "CTX.DEL")
+
+        # CTX.PATCH: field 4, reading 5, from a base in and around the window
+        if v is not None and not exact(engine, v):
+            continue
+        base = 0 if v is None else max(0, min(v.version + rng.choice([-17, -16, -3, -1, 0, 0, 1]),
+                                              2**63 - 2, LUA_EXACT - 2))
+        wid = rng.choice([WID, b"p"])
+        patch = rng.choice([f_varint(4, 9), b"", f_varint(4, 1) + f_varint(4, 2)])
+        got = call(backend.patch, key, base, patch, [4], reads=[5], write_id=wid)
+        assert_reply_ok(got)
+        if v is None:
+            assert error_text(got).startswith("WRONGTYPE"), (raw, got)
+            check_untouched(r, key, raw, d0, "CTX.PATCH")
+            seen["wrongtype"] += 1
+            continue
+        rv = replayed(v, wid)
+        ch = changed(v, base, [4], [5])
+        if rv is not None:
+            assert got == [b"replayed", rv], raw
+            seen["replayed"] += 1
+        elif ch:
+            seen["conflict"] += 1
+            assert got == [v.version, v.payload, v.schema, v.updated_ms, v.updated_by,
+                           v.oldest_known, ch], (raw, base)
+        elif isinstance(got, list) and isinstance(got[0], int):
+            # success: exactly the contract's value
+            merged = splice(v.payload, patch, [4], v.version + 1)
+            assert got == [v.version + 1, merged], (raw, base, got)
+            new = ctxvalue.decode(r.get(key))
+            assert (new.version, new.schema, new.updated_by, new.payload) == \
+                (v.version + 1, v.schema, b"", merged)
+            assert new.window == (ctxvalue.Record(ctxvalue.id_digest(wid),
+                                                  ctxvalue.field_bit(4)),) + v.window[:15]
+            seen["patched"] += 1
+            continue
+        else:
+            assert isinstance(got, redis.ResponseError), (raw, got)
+            seen["refused"] += 1
+            if splice(v.payload, patch, [4], v.version + 1) is None:
+                assert error_text(got).split()[0] in ("CTXINVALID", "CTXSCHEMA"), got
+        check_untouched(r, key, raw, d0, "CTX.PATCH")
+    assert min(seen.values()) >= 5, seen  # the generator reaches every outcome
+
+
+def test_a_window_longer_than_the_history_is_not_a_context(backend, order, r):
+    # version 1 with 16 records: version - i and version - n + 1 would leave 1 .. version
+    d = ctxvalue.id_digest(WID)
+    raw = ctxvalue.encode(1, 0, [(b"\1" * 8, 0), (d, 0)] + [(b"\0" * 8, 0)] * 14, b"order", b"",
+                          f_varint(VF, 1))
+    r.set("k", raw)
+    assert_error("WRONGTYPE", backend.get, "k")
+    assert_error("WRONGTYPE", backend.cas, "k", 0, order(1), write_id=WID)
+    assert_error("WRONGTYPE", backend.patch, "k", 0, f_varint(4, 1), [4], write_id=WID)
+    assert_error("WRONGTYPE", backend.delete, "k", 1)
+    assert r.get("k") == raw
+    # n == version is a context (a create, then n - 1 more writes)
+    r.set("k", ctxvalue.encode(2, 0, [(b"\1" * 8, 0), (d, 0)], b"order", b"", f_varint(VF, 2)))
+    assert backend.cas("k", 0, order(1), write_id=WID) == [b"replayed", 1]
+
+
+@pytest.mark.parametrize("version", [2**63, 2**64 - 1])
+def test_a_version_beyond_the_signed_64_bit_range_is_not_a_context(backend, order, r, version):
+    r.set("k", ctxvalue.encode(version, 0, [(b"\0" * 8, 0)], b"order", b"", b""))
+    assert_error("WRONGTYPE", backend.get, "k")
+    assert_error("WRONGTYPE", backend.cas, "k", 0, order(1))
+
+
 def test_a_tenth_varint_byte_with_its_continuation_bit_is_malformed_in_the_splice(
         backend, order, r):
     assert backend.cas("k", 0, order(1, order_id="o"), schema="order") == 1
@@ -231,6 +349,36 @@ def test_a_v1_hash_with_an_empty_schema_field_has_no_schema(backend, order, r):
     text = assert_error("CTXSCHEMA", backend.cas, "k", 3, order(4))
     assert text == "CTXSCHEMA the context has no schema field"
     assert r.type("k") == b"hash"
+
+
+V1_HASHES = [
+    ({b"version": b"3", b"raw": b"", b"schema": b"order"}, 3),               # no updated_ms
+    ({b"version": b"3", b"schema": b"order", b"updated_ms": b"x", b"extra": b"1"}, 3),
+    ({b"version": b"007", b"schema": b"order"}, None),
+    ({b"version": b"+5", b"schema": b"order"}, None),
+    ({b"version": b" 5", b"schema": b"order"}, None),
+    ({b"version": b"5.0", b"schema": b"order"}, None),
+    ({b"version": b"0", b"schema": b"order"}, None),
+    ({b"version": b"-1", b"schema": b"order"}, None),
+    ({b"raw": b"", b"schema": b"order"}, None),
+]
+
+
+@pytest.mark.parametrize("fields,version", V1_HASHES)
+def test_v1_hashes_follow_the_type_rule_and_convert_on_write(backend, order, r, fields, version):
+    r.hset("k", mapping=fields)
+    r.pexpire("k", 100000)
+    if version is None:
+        assert_error("WRONGTYPE", backend.get, "k")
+        assert_error("WRONGTYPE", backend.patch, "k", 3, f_varint(4, 1), [4])
+        assert r.hgetall("k") == fields
+        return
+    assert backend.get("k") == [version, fields.get(b"raw", b""), b"order", 0, b""]
+    assert backend.patch("k", version, f_varint(4, 1), [4], write_id="x") == \
+        [version + 1, f_varint(4, 1) + f_varint(VF, version + 1)]
+    new = ctxvalue.decode(r.get("k"))
+    assert (new.version, new.window[0].mask) == (version + 1, ctxvalue.field_bit(4))
+    assert 0 < r.pttl("k") <= 100000
 
 
 @pytest.mark.module_only(reason="option parsing of the module command (the SDK parses for Lua)")

@@ -36,6 +36,11 @@ bool ctx_Value_Parse(const char* buf, size_t len, ctx_Value* out) {
   size_t s = p[21];
   size_t b = (size_t)p[22] | (size_t)p[23] << 8;
   if (version < 1 || n > CTX_VALUE_WINDOW || s < 1 || s > CTX_VALUE_SCHEMA_MAX) return false;
+  /* Every write adds one record and one version, so n <= version, and a version
+   * is a signed 64-bit reply. A hand-made value beyond either would make
+   * version - i and version - n + 1 wrap (replayed/oldest_known replies of
+   * 2^64 - k, a spurious or missed conflict): it is not a context. */
+  if (version > (uint64_t)INT64_MAX || (uint64_t)n > version) return false;
   size_t head = CTX_VALUE_HEADER + (size_t)n * CTX_VALUE_RECORD + s + b;
   if (head > len) return false;
   out->version = version;
