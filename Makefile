@@ -210,7 +210,8 @@ FORCE:
 
 TORTURE_ARGS ?=
 REDIS62_ABS   = $(abspath $(REDIS62))
-SAN_TESTS    ?= tests/test_validation.py tests/test_commands.py
+SAN_TESTS    ?= tests/test_validation.py tests/test_commands.py tests/test_schema.py \
+                tests/test_fuzz.py tests/test_info.py
 # The Lua scripts need Redis 7 (#!lua flags): on Redis 6.2 only the module engine runs.
 SAN_PYTEST_ARGS ?= -k "not lua"
 
