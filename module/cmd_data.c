@@ -17,6 +17,7 @@
 #include "sha1.h"
 
 #define CTX_VERSION_MAX (INT64_MAX - 1)
+#define CTX_STRING_MAX (512 * 1024 * 1024) /* RM_StringTruncate's limit */
 
 typedef enum { kState_Absent, kState_Context, kState_WrongType } state_kind;
 
@@ -248,14 +249,23 @@ static const ctx_Schema *write_schema(RedisModuleCtx *ctx, RedisModuleString *ke
  * writing. The TTL survives: a v2 string that does not grow is rewritten in
  * place (no key re-insert, the expiry untouched); otherwise the key is
  * replaced by a string of the exact size and its expiry restored. */
-static void write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *keyname,
+static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *keyname,
                         const ctx_State *s, uint64_t version, const unsigned char *digest,
                         uint32_t mask, const char *schema, size_t schema_len,
-                        RedisModuleString *by, const char *payload, size_t payload_len) {
+                        RedisModuleString *by, const char *payload, size_t payload_len,
+                        ctx_Status *st) {
   const ctx_Value *prev = s->kind == kState_Context ? &s->v : NULL;
   size_t by_len;
   const char *by_p = str_or_empty(by, &by_len);
   size_t size = ctx_Value_Size(prev, schema_len, by_len, payload_len);
+  /* RM_StringTruncate refuses more than 512 MiB: the key would be deleted and
+   * the copy below would go to StringDMA's read-only placeholder (a crash).
+   * max-payload-bytes may be 512 MiB, so header + BY can push a value over. */
+  if (size > CTX_STRING_MAX) {
+    ctx_Status_Set(st, kCtx_TooBig, "the stored value would be %zu bytes, over Redis' %d MiB "
+                   "string limit", size, CTX_STRING_MAX >> 20);
+    return false;
+  }
   char stackbuf[1024];
   char *buf = size <= sizeof(stackbuf) ? stackbuf : RedisModule_Alloc(size);
   ctx_Value_Write(buf, prev, version, (uint64_t)RedisModule_Milliseconds(), digest, mask,
@@ -284,6 +294,7 @@ static void write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
   if (buf != stackbuf) RedisModule_Free(buf);
   RedisModule_SignalModifiedKey(ctx, keyname);
   RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_STRING, "set", keyname);
+  return true;
 }
 
 static void count_rejection(const ctx_Status *st) {
@@ -377,8 +388,10 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     goto reject;
   }
 
-  write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, o.id ? o.digest : NULL,
-              CTX_MASK_WHOLE, name, nlen, o.by, payload, plen);
+  if (!write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, o.id ? o.digest : NULL,
+                   CTX_MASK_WHOLE, name, nlen, o.by, payload, plen, &st)) {
+    goto reject;
+  }
   ctx_stats.cas_ok++;
   RedisModule_ReplyWithLongLong(ctx, expected + 1);
   goto done;
@@ -594,8 +607,10 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   /* `name` may point into the stored value: write_value reads it before the
    * key is replaced. */
-  write_value(ctx, key, argv[1], &s, cur + 1, o.id ? o.digest : NULL, mask, name, nlen, o.by,
-              merged, mlen);
+  if (!write_value(ctx, key, argv[1], &s, cur + 1, o.id ? o.digest : NULL, mask, name, nlen,
+                   o.by, merged, mlen, &st)) {
+    goto reject;
+  }
   ctx_stats.patch_ok++;
   RedisModule_ReplyWithArray(ctx, 2);
   RedisModule_ReplyWithLongLong(ctx, (long long)(cur + 1));

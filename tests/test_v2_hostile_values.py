@@ -14,6 +14,7 @@ import pytest
 import redis
 
 import ctxvalue
+from backends import make_backend, start_engine_server
 from helpers import assert_error, context_hash, dirty
 from servers import error_text
 from wire import f_str, f_varint, long_varint, tag
@@ -400,3 +401,23 @@ def test_a_merged_payload_over_the_limit_is_ctxtoobig(backend, order, r):
     text = assert_error("CTXTOOBIG", backend.patch, "k", 1, big, [8])
     assert text.startswith("CTXTOOBIG payload is ") and text.endswith("the limit is 1048576")
     assert r.get("k") == before
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("CTX_BIG_TESTS"),
+                    reason="sends a 512 MiB payload (about 2 GB of server memory); CTX_BIG_TESTS=1")
+def test_a_value_over_redis_512_mib_string_limit_is_ctxtoobig_not_a_crash(servers, pb):
+    # max-payload-bytes may be 512 MiB, Redis strings (RM_StringTruncate) may not exceed it:
+    # payload + header + BY over 512 MiB must be refused before the key is touched.
+    limit = 512 << 20
+    p = start_engine_server(servers, "module", limits={"max-payload-bytes": limit})
+    b = make_backend("module", p)
+    pb.register(b, "order")
+    assert b.cas("k", 0, pb.order(1), schema="order") == 1
+    before = p.r.get("k")
+    body = f_varint(VF, 2)
+    big = f_str(1, "x" * (limit - len(body) - 6)) + body
+    assert len(big) <= limit
+    text = assert_error("CTXTOOBIG", b.cas, "k", 1, big, by="b" * 65535)
+    assert "512" in text, text
+    assert p.r.get("k") == before
+    assert p.r.ping()
