@@ -365,6 +365,20 @@ V1_HASHES = [
 ]
 
 
+@pytest.mark.module_only(reason="Lua numbers are doubles: 2^63 - 1 reads as 2^63 there")
+def test_a_context_at_the_largest_version_conflicts_or_refuses_the_next(backend, order, r):
+    top = 2**63 - 1
+    raw = ctxvalue.encode(top, 7, [(b"\1" * 8, ctxvalue.field_bit(8))], b"order", b"",
+                          f_varint(VF, top))
+    r.set("k", raw)
+    assert backend.get("k")[0] == top
+    assert backend.cas("k", top - 1, order(1), write_id="i") == \
+        [top, f_varint(VF, top), b"order", 7, b"", top, []]
+    assert assert_error("CTXVERSION", backend.patch, "k", top - 1, f_varint(4, 1), [4]) == \
+        "CTXVERSION version 9223372036854775808 does not fit the version field"
+    assert r.get("k") == raw
+
+
 @pytest.mark.parametrize("fields,version", V1_HASHES)
 def test_v1_hashes_follow_the_type_rule_and_convert_on_write(backend, order, r, fields, version):
     r.hset("k", mapping=fields)
