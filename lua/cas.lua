@@ -683,6 +683,11 @@ if patching then
   if vmax and new_v > vmax then
     return err('CTXVERSION', fmt('version %.0f does not fit the version field', new_v))
   end
+  -- A stale base can reach a context at 2^53 (CAS cannot): 2^53 + 1 rounds to 2^53, the
+  -- version would not move. Refused rather than written twice.
+  if cur_v >= 2 ^ 53 then
+    return err('CTXVERSION', 'the next version is above 2^53, beyond the Lua engine (doubles)')
+  end
 
   -- The splice reads the top level as module/core/ctx_value.c does (its error texts depend on
   -- it): varints of up to 10 bytes (bits above 63 dropped), tags below 2^32 with a field number

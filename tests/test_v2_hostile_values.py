@@ -379,6 +379,21 @@ def test_a_context_at_the_largest_version_conflicts_or_refuses_the_next(backend,
     assert r.get("k") == raw
 
 
+def test_a_stale_patch_on_a_context_at_2_53_never_writes_the_same_version_twice(
+        backend, order, r):
+    # CAS cannot get past 2^53 - 1 on the Lua engine, a patch from a stale base can: there
+    # 2^53 + 1 rounds to 2^53, so the Lua engine refuses instead of storing the version again
+    rec = (b"\1" * 8, ctxvalue.field_bit(8))
+    raw = ctxvalue.encode(2**53, 7, [rec, rec, rec], b"order", b"", f_varint(VF, 2**53))
+    r.set("k", raw)
+    if backend.engine == "lua":
+        assert_error("CTXVERSION", backend.patch, "k", 2**53 - 2, f_varint(4, 1), [4])
+        assert r.get("k") == raw
+    else:
+        assert backend.patch("k", 2**53 - 2, f_varint(4, 1), [4]) == \
+            [2**53 + 1, f_varint(4, 1) + f_varint(VF, 2**53 + 1)]
+
+
 @pytest.mark.parametrize("fields,version", V1_HASHES)
 def test_v1_hashes_follow_the_type_rule_and_convert_on_write(backend, order, r, fields, version):
     r.hset("k", mapping=fields)
