@@ -107,7 +107,7 @@ class Point:
 
 
 def run_point(server: EmbeddedRedis, engine: str, Counters: Any, scenario: str, writers: int,
-              seconds: float) -> Point:
+              seconds: float, backoff: Optional[ctxlink.Backoff] = None) -> Point:
     point = Point(engine, scenario, writers)
     key = f"cnt:{engine}:{scenario}:{writers}"
     clients = [redis.Redis(host="127.0.0.1", port=server.port) for _ in range(writers + 1)]
@@ -140,7 +140,7 @@ def run_point(server: EmbeddedRedis, engine: str, Counters: Any, scenario: str, 
         while time.monotonic() < deadline:
             t0 = clock()
             try:
-                u = store.update(key, bump, message_class=Counters, reads=reads)
+                u = store.update(key, bump, message_class=Counters, reads=reads, backoff=backoff)
             except Exception as e:  # noqa: BLE001 - counted and reported
                 failures[w] += 1
                 if len(errors) < 3:
@@ -253,9 +253,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--engines", default="module,lua", help="comma-separated: module,lua")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--module", default=None, help="module path (default build/ctxlink.so)")
-    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "contention.png",
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "contention.png"),
                     help="PNG to write (default docs/img/contention.png); '' for none")
     ap.add_argument("--json", type=Path, default=None, help="also write the points as JSON")
+    ap.add_argument("--backoff", default=None, metavar="BASE,CAP",
+                    help="update(backoff=Backoff(BASE, CAP)) in seconds (default: the SDK's)")
     ap.add_argument("--quick", action="store_true", help="0.3 s per point, writers 1,4,16, no plot")
     args = ap.parse_args(argv)
     seconds = args.seconds or (0.3 if args.quick else 2.0)
@@ -267,6 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"scenarios are {', '.join(SCENARIOS)}; writers from 1 to {NFIELDS}")
     module = Path(args.module) if args.module else find_module()
     Counters = counters_class()
+    backoff = (ctxlink.Backoff(*(float(x) for x in args.backoff.split(",")))
+               if args.backoff else None)
 
     server_version = subprocess.run(["redis-server", "--version"], capture_output=True,
                                     text=True).stdout.strip()
@@ -281,7 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"nproc={nproc}, python {platform.python_version()}, redis-py {redis.__version__}, "
           f"{server_version}")
     print(f"{seconds:g} s per point; writers {writers}; scenarios {scenarios}; engines {engines}; "
-          f"update() defaults (Backoff(base=0.001, cap=0.05), timeout 10 s)\n", flush=True)
+          f"update(): {backoff or 'default Backoff(base=0.001, cap=0.05)'}, timeout 10 s\n",
+          flush=True)
 
     points: list[Point] = []
     t_all = time.monotonic()
@@ -300,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             admin.update("warm", lambda m: setattr(m, "f2", 1), message_class=Counters)
             for sc in scenarios:
                 for n in writers:
-                    p = run_point(server, engine, Counters, sc, n, seconds)
+                    p = run_point(server, engine, Counters, sc, n, seconds, backoff)
                     points.append(p)
                     s = p.summary()
                     print(f"  {engine:<6} {sc:<14} {n:>2} writers: {p.rate:8,.0f} updates/s  "
@@ -321,8 +326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         or "none"))
     print("failures, lost updates or version errors: " + (", ".join(
         f"{p.engine} {p.scenario} x{p.writers}" for p in bad) or "none"))
-    if args.plot and str(args.plot) and not args.quick:
-        plot(points, args.plot, f"ctxlink: update() on one context, {seconds:g} s per point, "
+    if args.plot and not args.quick:
+        plot(points, Path(args.plot), f"ctxlink: update() on one context, {seconds:g} s per point, "
              f"{nproc} CPUs, {when}, git {git or '?'}")
         print(f"plot written to {args.plot}")
     if args.json:
