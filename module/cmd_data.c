@@ -159,22 +159,13 @@ typedef struct {
  * an error reply. */
 enum { kOpt_Schema = 1, kOpt_By = 2, kOpt_Id = 4 };
 
-/* True when the argument is the keyword `word` (any case). The whole argument
- * is compared: strcasecmp alone would take "ID\0junk" for ID (arguments are
- * binary), which the Lua engine's option parser refuses. */
-static bool arg_is(RedisModuleString *arg, const char *word) {
-  size_t len;
-  const char *p = RedisModule_StringPtrLen(arg, &len);
-  return len == strlen(word) && !strncasecmp(p, word, len);
-}
-
 static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int i,
                            int allowed, ctx_WriteOpts *o) {
   RedisModuleString **slot = NULL;
   int which = 0;
-  if (arg_is(argv[i], "SCHEMA")) slot = &o->schema, which = kOpt_Schema;
-  else if (arg_is(argv[i], "BY")) slot = &o->by, which = kOpt_By;
-  else if (arg_is(argv[i], "ID")) slot = &o->id, which = kOpt_Id;
+  if (ctx_ArgIs(argv[i], "SCHEMA")) slot = &o->schema, which = kOpt_Schema;
+  else if (ctx_ArgIs(argv[i], "BY")) slot = &o->by, which = kOpt_By;
+  else if (ctx_ArgIs(argv[i], "ID")) slot = &o->id, which = kOpt_Id;
   if (!slot || !(allowed & which)) return 0;
   if (*slot || i + 1 >= argc) {
     RedisModule_ReplyWithError(ctx, "ERR syntax error");
@@ -490,7 +481,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       i += 2;
       continue;
     }
-    bool is_fields = arg_is(argv[i], "FIELDS"), is_reads = arg_is(argv[i], "READS");
+    bool is_fields = ctx_ArgIs(argv[i], "FIELDS"), is_reads = ctx_ArgIs(argv[i], "READS");
     int *cnt = is_fields ? &nfields : &nreads;
     if ((!is_fields && !is_reads) || *cnt >= 0 || i + 1 >= argc) {
       RedisModule_ReplyWithError(ctx, "ERR syntax error");

@@ -149,10 +149,9 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   bool force = false;
   RedisModuleString *vfield_arg = NULL;
   for (int i = 4; i < argc; i++) {
-    const char *opt = RedisModule_StringPtrLen(argv[i], NULL);
-    if (!strcasecmp(opt, "FORCE") && !force) {
+    if (ctx_ArgIs(argv[i], "FORCE") && !force) {
       force = true;
-    } else if (!strcasecmp(opt, "VERSIONFIELD") && !vfield_arg && i + 1 < argc) {
+    } else if (ctx_ArgIs(argv[i], "VERSIONFIELD") && !vfield_arg && i + 1 < argc) {
       vfield_arg = argv[++i];
     } else {
       return RedisModule_ReplyWithError(ctx, "ERR syntax error");

@@ -3,6 +3,9 @@
 #ifndef CTX_MODULE_H_
 #define CTX_MODULE_H_
 
+#include <string.h>
+#include <strings.h>
+
 #include "core/ctx_core.h"
 #include "rm.h"
 
@@ -42,6 +45,14 @@ typedef struct {
 } ctx_Names;
 
 extern ctx_Names ctx_names;
+
+/* True when the (binary) argument is `word`, ignoring ASCII case: an option keyword. Unlike
+ * strcasecmp on the C string, "ID\0junk" is not "ID". */
+static inline bool ctx_ArgIs(RedisModuleString *arg, const char *word) {
+  size_t len;
+  const char *p = RedisModule_StringPtrLen(arg, &len);
+  return len == strlen(word) && !strncasecmp(p, word, len);
+}
 
 /* Replies with "<CODE> <message>" for a core status. Always returns
  * REDISMODULE_OK so handlers can `return ctx_ReplyStatus(...)`. */

@@ -545,7 +545,9 @@ def test_versionfield_naming_a_missing_or_non_integer_field_is_rejected(backend,
     ["BOGUS"],
     ["SCHEMA", "x"],
     ["FORCE", "extra"],
-], ids=lambda o: "_".join(o))
+    ["FORCE\0junk"],  # arguments are binary: a keyword is the whole argument
+    ["VERSIONFIELD\0", "version"],
+], ids=lambda o: "_".join(o).replace("\0", "NUL"))
 def test_schema_set_with_bad_options_is_err(backend, pb, r, options):
     with nothing_written(r):
         assert_error("ERR", backend.command, "CTX.SCHEMA.SET", "order", ORDER, pb.fds("order"),
