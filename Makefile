@@ -204,7 +204,7 @@ FORCE:
 #
 #   make torture    crash loop (kill -9, AOF), linearizability under SIGSTOP,
 #                   payload storm; long versions. Extra args: TORTURE_ARGS=...
-#   make fuzz       libFuzzer on ctx_Validate (clang, ASan+UBSan), FUZZ_RUNS inputs
+#   make fuzz       libFuzzer on ctx_Validate and ctx_Schema_Build (clang, ASan+UBSan)
 #   make asan       test subset against build/asan/ctxlink.so (ASan+UBSan) in Redis 6.2
 #   make valgrind   test subset against Redis 6.2 under valgrind, normal module
 
@@ -240,18 +240,28 @@ $(FUZZ_UPB_OBJS): $(FUZZ_DIR)/obj/upb/%.o: $(PB)/%.c | $(DEPS_STAMP)
 
 $(FUZZ_CORE_OBJS): $(FUZZ_DIR)/obj/%.o: %.c $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra $(CTX_INCLUDES) -c $< -o $@
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra $(CTX_INCLUDES) -MMD -MP -c $< -o $@
 
 $(FUZZ_BIN): tests/torture/fuzz_validate.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
 
-fuzz-build: $(FUZZ_BIN)
+FUZZ_SCHEMA_BIN  := $(FUZZ_DIR)/fuzz_schema
+FUZZ_SCHEMA_RUNS ?= 1000000
 
-fuzz: $(FUZZ_BIN) $(VENV_STAMP)
+$(FUZZ_SCHEMA_BIN): tests/torture/fuzz_schema.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
+
+fuzz-build: $(FUZZ_BIN) $(FUZZ_SCHEMA_BIN)
+
+# ctx_Validate (FUZZ_RUNS inputs), then ctx_Schema_Build (FUZZ_SCHEMA_RUNS inputs).
+fuzz: $(FUZZ_BIN) $(FUZZ_SCHEMA_BIN) $(VENV_STAMP)
 	$(VENV_PY) tests/torture/fuzz_inputs.py $(FUZZ_DIR)
-	@mkdir -p $(FUZZ_DIR)/corpus.work
+	@mkdir -p $(FUZZ_DIR)/corpus.work $(FUZZ_DIR)/corpus-schema.work
 	CTX_FUZZ_SCHEMAS=$(FUZZ_DIR)/schemas $(FUZZ_BIN) -runs=$(FUZZ_RUNS) -max_len=4096 \
 	  -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus.work $(FUZZ_DIR)/corpus
+	CTX_FUZZ_SCHEMAS=$(FUZZ_DIR)/schemas $(FUZZ_SCHEMA_BIN) -runs=$(FUZZ_SCHEMA_RUNS) \
+	  -max_len=65536 -print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-schema.work \
+	  $(FUZZ_DIR)/corpus-schema
 
 # The module with ASan+UBSan (gcc), loaded into Redis 6.2 (libc malloc) with
 # the ASan runtime preloaded (tests/torture/asan-redis-server). Reports go to
@@ -263,7 +273,7 @@ ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
 $(ASAN_OBJS): $(ASAN_DIR)/obj/%.o: %.c $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CTX_CFLAGS) $(ASAN_FLAGS) $(CTX_INCLUDES) -c $< -o $@
+	$(CC) $(CPPFLAGS) $(CTX_CFLAGS) $(ASAN_FLAGS) $(CTX_INCLUDES) -MMD -MP -c $< -o $@
 
 $(ASAN_SO): $(ASAN_OBJS) $(LIBUPB) $(MAPFILE)
 	$(CC) $(SO_LDFLAGS) $(ASAN_FLAGS) -o $@ $(ASAN_OBJS) $(LIBUPB)
@@ -285,3 +295,5 @@ valgrind: all ext redis62 $(VENV_STAMP)
 	  CTX_SAN_LOGS=$(abspath $(VALGRIND_DIR)/logs) \
 	  $(VENV_PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS) $(SAN_PYTEST_ARGS) $(PYTEST_ARGS)
 	$(VENV_PY) tests/torture/san_report.py valgrind $(VALGRIND_DIR)/logs
+
+-include $(FUZZ_CORE_OBJS:.o=.d) $(ASAN_OBJS:.o=.d)

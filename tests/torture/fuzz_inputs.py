@@ -4,7 +4,9 @@
   with maps and oneofs, recursive node, editions with delimited messages, proto2 strict) and two
   generated ones (map/oneof/group mix, recursion);
 - ``corpus/``: a seed corpus of valid random messages of each (one selector byte first, see
-  tests/torture/fuzz_validate.c).
+  tests/torture/fuzz_validate.c);
+- ``corpus-schema/``: the descriptor sets, each behind its selector byte (the seeds of
+  tests/torture/fuzz_schema.c).
 
     python tests/torture/fuzz_inputs.py build/fuzz [--seeds N]
 """
@@ -32,8 +34,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=60, help="seeds per schema")
     args = ap.parse_args()
     sdir, cdir = args.outdir / "schemas", args.outdir / "corpus"
-    sdir.mkdir(parents=True, exist_ok=True)
-    cdir.mkdir(parents=True, exist_ok=True)
+    xdir = args.outdir / "corpus-schema"
+    for d in (sdir, cdir, xdir):
+        d.mkdir(parents=True, exist_ok=True)
     pb = protolib()
     entries = []  # (fds bytes, type, vfield)
     for name in SUITE:
@@ -48,6 +51,7 @@ def main() -> None:
     n = 0
     for i, (label, fds, full, vfield) in enumerate(entries):
         (sdir / f"{i:02d}-{label}.fds").write_bytes(fds)
+        (xdir / f"{i:02d}-{label}").write_bytes(bytes([i]) + fds)
         lines.append(f"{i:02d}-{label}.fds {full} {vfield}")
         cls = ProtoLib.classes_from_fds(fds, full)
         for k in range(args.seeds):
@@ -57,7 +61,8 @@ def main() -> None:
             (cdir / hashlib.sha1(data).hexdigest()).write_bytes(data)
             n += 1
     (sdir / "index.txt").write_text("\n".join(lines) + "\n")
-    print(f"fuzz inputs: {len(entries)} schemas in {sdir}, {n} seeds in {cdir}")
+    print(f"fuzz inputs: {len(entries)} schemas in {sdir} (also the seeds in {xdir}), "
+          f"{n} payload seeds in {cdir}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+/* fuzz_schema.c - libFuzzer harness for schema compilation (make fuzz).
+ *
+ * Each input is one selector byte and a serialized FileDescriptorSet. The
+ * selector picks the message type and version field among the lines of
+ * $CTX_FUZZ_SCHEMAS/index.txt (written by tests/torture/fuzz_inputs.py, whose
+ * .fds files, prefixed with their selector, are the seeds). A set that
+ * compiles is checked for compatibility with itself (must hold), against the
+ * reference schema of the same line, and used to validate a few payloads. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx_core.h"
+
+#define MAX_SCHEMAS 32
+
+static char types[MAX_SCHEMAS][256], vfields[MAX_SCHEMAS][128];
+static ctx_Schema* refs[MAX_SCHEMAS];
+static int ntypes;
+
+static char* read_file(const char* path, size_t* len) {
+  FILE* f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char* buf = malloc(n > 0 ? (size_t)n : 1);
+  if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    fclose(f);
+    free(buf);
+    return NULL;
+  }
+  fclose(f);
+  *len = (size_t)n;
+  return buf;
+}
+
+int LLVMFuzzerInitialize(int* argc, char*** argv) {
+  (void)argc;
+  (void)argv;
+  const char* dir = getenv("CTX_FUZZ_SCHEMAS");
+  if (dir == NULL) dir = "build/fuzz/schemas";
+  char path[4096], file[256];
+  snprintf(path, sizeof path, "%s/index.txt", dir);
+  FILE* idx = fopen(path, "r");
+  if (idx == NULL) {
+    fprintf(stderr, "fuzz_schema: cannot open %s (run tests/torture/fuzz_inputs.py)\n", path);
+    exit(2);
+  }
+  while (ntypes < MAX_SCHEMAS &&
+         fscanf(idx, "%255s %255s %127s", file, types[ntypes], vfields[ntypes]) == 3) {
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    char* fds = read_file(path, &len);
+    ctx_Status st;
+    ctx_Status_Clear(&st);
+    refs[ntypes] = fds ? ctx_Schema_Build(fds, len, types[ntypes], strlen(types[ntypes]),
+                                          vfields[ntypes], strlen(vfields[ntypes]),
+                                          CTX_DEFAULT_MAX_SCHEMA_BYTES, &st)
+                       : NULL;
+    free(fds);
+    if (refs[ntypes] == NULL) {
+      fprintf(stderr, "fuzz_schema: reference %s does not compile\n", file);
+      exit(2);
+    }
+    ntypes++;
+  }
+  fclose(idx);
+  if (ntypes == 0) exit(2);
+  return 0;
+}
+
+static void check_status(const ctx_Status* st, bool ok) {
+  if (ok ? st->code != kCtx_Ok : st->code == kCtx_Ok) abort();
+  if (memchr(st->msg, '\0', sizeof st->msg) == NULL) abort();
+}
+
+int LLVMFuzzerTestOneInput(const unsigned char* data, size_t size) {
+  if (size == 0) return 0;
+  int i = data[0] % ntypes;
+  size_t n = size - 1;
+  char* fds = malloc(n ? n : 1);
+  memcpy(fds, data + 1, n);
+  ctx_Status st;
+  ctx_Status_Clear(&st);
+  ctx_Schema* s = ctx_Schema_Build(fds, n, types[i], strlen(types[i]), vfields[i],
+                                   strlen(vfields[i]), 1 << 16, &st);
+  free(fds);
+  if (s == NULL) {
+    if (st.code != kCtx_Schema && st.code != kCtx_NoMemory) abort();
+    check_status(&st, false);
+    return 0;
+  }
+  ctx_Status_Clear(&st);
+  if (!ctx_Schema_CheckCompatible(s, s, &st)) {
+    fprintf(stderr, "fuzz_schema: a schema is not compatible with itself: %s\n", st.msg);
+    abort();
+  }
+  ctx_Status_Clear(&st);
+  check_status(&st, ctx_Schema_CheckCompatible(refs[i], s, &st));
+  ctx_Status_Clear(&st);
+  check_status(&st, ctx_Schema_CheckCompatible(s, refs[i], &st));
+  static const char* payloads[] = {"", "\x08\x01", "\x10\x01", "\x0a\x00", "\x12\x02\x08\x01",
+                                   "\x1a\x03\x0a\x01\x61", "\x0b\x0c", "\x08\x01\x08\x02"};
+  ctx_Limits limits;
+  ctx_Limits_Default(&limits);
+  for (size_t k = 0; k < sizeof payloads / sizeof *payloads; k++) {
+    ctx_PayloadVersion v;
+    ctx_Status_Clear(&st);
+    check_status(&st, ctx_Validate(s, payloads[k], strlen(payloads[k]), &limits, &v, &st));
+  }
+  ctx_Schema_Free(s);
+  return 0;
+}
