@@ -242,13 +242,20 @@ $(FUZZ_CORE_OBJS): $(FUZZ_DIR)/obj/%.o: %.c $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra $(CTX_INCLUDES) -MMD -MP -c $< -o $@
 
-$(FUZZ_BIN): tests/torture/fuzz_validate.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS)
+# clang's libFuzzer and sanitizer runtimes are a separate Debian package.
+.PHONY: fuzz-runtime
+fuzz-runtime:
+	@f="$$($(FUZZ_CC) -print-runtime-dir 2>/dev/null)/libclang_rt.fuzzer-x86_64.a"; \
+	test -f "$$f" || { echo "make fuzz: $$f is missing: install clang's runtime libraries" \
+	  "(Debian: apt-get install libclang-rt-14-dev)" >&2; exit 1; }
+
+$(FUZZ_BIN): tests/torture/fuzz_validate.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS) | fuzz-runtime
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
 
 FUZZ_SCHEMA_BIN  := $(FUZZ_DIR)/fuzz_schema
 FUZZ_SCHEMA_RUNS ?= 1000000
 
-$(FUZZ_SCHEMA_BIN): tests/torture/fuzz_schema.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS)
+$(FUZZ_SCHEMA_BIN): tests/torture/fuzz_schema.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS) | fuzz-runtime
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
 
 fuzz-build: $(FUZZ_BIN) $(FUZZ_SCHEMA_BIN)
