@@ -1125,8 +1125,13 @@ def op_update(
                 result.changed,
                 calls,
             )
-        snap = result.current
-        yield Sleep(random.uniform(0, pause.ceiling(conflicts)))
+        if conflicts == 1:  # the state that came with the conflict is fresh: retry at once
+            snap = result.current
+            continue
+        # repeated conflicts: back off, then read again (the conflict's state went stale while
+        # sleeping, and retrying from it would only conflict again)
+        yield Sleep(random.uniform(0, pause.ceiling(conflicts - 1)))
+        snap = yield from op_get(st, key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -318,8 +318,9 @@ class Store:
         ``fn`` receives a freshly decoded message and changes it in place (or returns a new one);
         it must be a plain function (an ``async def`` one needs :mod:`ctxlink.aio`).
         ``message_class`` must be the schema's message type (else :class:`MessageTypeError`).
-        On a conflict it is called again with the state the conflict reply carried (no extra GET),
-        after a jittered backoff (``backoff``, default ``Backoff(base=0.001, cap=0.05)``). It gives
+        On a conflict it is called again at once with the state the conflict reply carried (no
+        extra GET); after further conflicts the SDK backs off with jitter (``backoff``, default
+        ``Backoff(base=0.001, cap=0.05)``) and reads the context again first. It gives
         up with :class:`ConflictError` (the last state, the changed fields) after ``retries``
         conflicts (default None: no limit) or when ``timeout`` seconds (default 30; None: none)
         have passed. When the key is absent the context is created from ``default()``
