@@ -242,12 +242,21 @@ $(FUZZ_CORE_OBJS): $(FUZZ_DIR)/obj/%.o: %.c $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wall -Wextra $(CTX_INCLUDES) -MMD -MP -c $< -o $@
 
-# clang's libFuzzer and sanitizer runtimes are a separate Debian package.
+# clang and its libFuzzer/sanitizer runtimes (a separate Debian package): installed here when
+# missing and we are root on a Debian/Ubuntu machine (as .ci/run does), else a clear message.
 .PHONY: fuzz-runtime
 fuzz-runtime:
-	@f="$$($(FUZZ_CC) -print-runtime-dir 2>/dev/null)/libclang_rt.fuzzer-x86_64.a"; \
-	test -f "$$f" || { echo "make fuzz: $$f is missing: install clang's runtime libraries" \
-	  "(Debian: apt-get install libclang-rt-14-dev)" >&2; exit 1; }
+	@rt() { echo "$$($(FUZZ_CC) -print-runtime-dir 2>/dev/null)/libclang_rt.fuzzer-x86_64.a"; }; \
+	if ! command -v $(FUZZ_CC) >/dev/null 2>&1 || ! test -f "$$(rt)"; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "  INSTALL clang libclang-rt-dev (libFuzzer)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	      clang libclang-rt-dev </dev/null >/dev/null || exit 1; \
+	  fi; \
+	fi; \
+	test -f "$$(rt)" || { echo "make fuzz: $$(rt) is missing: install clang and its runtime" \
+	  "libraries (Debian: apt-get install clang libclang-rt-dev)" >&2; exit 1; }
 
 $(FUZZ_BIN): tests/torture/fuzz_validate.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS) | fuzz-runtime
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
@@ -297,6 +306,11 @@ asan: $(ASAN_SO) ext redis62 $(VENV_STAMP)
 VALGRIND_DIR := $(BUILD)/valgrind
 
 valgrind: all ext redis62 $(VENV_STAMP)
+	@command -v valgrind >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null 2>&1 && echo "  INSTALL valgrind" && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind </dev/null >/dev/null; } || \
+	  { echo "make valgrind: valgrind is missing (Debian: apt-get install valgrind)" >&2; exit 1; }
 	@rm -rf $(VALGRIND_DIR)/logs && mkdir -p $(VALGRIND_DIR)/logs
 	CTX_REDIS_SERVER=$(abspath tests/torture/valgrind-redis-server) CTX_REAL_REDIS_SERVER=$(REDIS62_ABS) \
 	  CTX_SAN_LOGS=$(abspath $(VALGRIND_DIR)/logs) \
