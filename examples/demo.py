@@ -1,9 +1,11 @@
 """A short tour of the ctxlink module on a throwaway server.
 
 Starts redis-server with build/ctxlink.so on a free loopback port, registers the
-order schema, then walks through: create, read, a lost race (conflict), the
-retry, and a payload the server refuses. Prints what happened and stops the
-server. Run with `make demo`.
+order schema, then walks through: create, a re-sent create (replayed by its
+write id), read, a lost race (conflict), the retry, and a payload the server
+refuses. Prints what happened and stops the server. Run with
+`.venv/bin/python examples/demo.py` after `make demo` or `make test`
+(`make demo` itself runs the SDK's three-agent scenario, `ctxlink demo`).
 """
 
 from __future__ import annotations
@@ -60,9 +62,14 @@ def main() -> int:
         order = Order(order_id="o-1001", version=1, status=1, base_price=12_500,
                       last_updated_by="router")
         order.items.add(sku="KB-101", quantity=2)
-        v = r.execute_command("CTX.CAS", "order:1001", 0, order.SerializeToString(),
-                              "SCHEMA", "order", "BY", "router")
+        create = ("CTX.CAS", "order:1001", 0, order.SerializeToString(),
+                  "SCHEMA", "order", "BY", "router", "ID", "router-create-1001")
+        v = r.execute_command(*create)
         show("router creates order:1001", f"version {v}")
+
+        # The reply was lost (say): the same write with the same id is not applied twice.
+        status, v = r.execute_command(*create)
+        show("router re-sends the create (same ID)", f"{status.decode()}: version {v}")
 
         # Fulfillment and Pricing both read version 1.
         ver, raw, schema, updated_ms, by = r.execute_command("CTX.GET", "order:1001")
@@ -93,7 +100,7 @@ def main() -> int:
         show("pricing retries on the conflict's state", f"version {v}")
 
         # A payload the schema does not allow is refused; nothing changes.
-        before = r.hgetall("order:1001")
+        before = r.get("order:1001")  # a context is a plain string
         bad = Order(version=4, order_id="o-1001").SerializeToString() + b"\x52\x03\x0a\x01\xff"
         try:
             r.execute_command("CTX.CAS", "order:1001", 3, bad)
@@ -101,7 +108,7 @@ def main() -> int:
             return 1
         except redis.ResponseError as e:
             show("agent sends bad UTF-8 in items[0].sku", f"refused: {e}")
-        show("stored context after the refusal", "unchanged" if r.hgetall("order:1001") == before else "CHANGED")
+        show("stored context after the refusal", "unchanged" if r.get("order:1001") == before else "CHANGED")
 
         final = Order.FromString(r.execute_command("CTX.GET", "order:1001")[1])
         print(f"\nfinal order: version {final.version}, reserved={final.inventory_reserved}, "
