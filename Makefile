@@ -258,14 +258,18 @@ fuzz-runtime:
 	test -f "$$(rt)" || { echo "make fuzz: $$(rt) is missing: install clang and its runtime" \
 	  "libraries (Debian: apt-get install clang libclang-rt-dev)" >&2; exit 1; }
 
-$(FUZZ_BIN): tests/torture/fuzz_validate.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS) | fuzz-runtime
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
+$(FUZZ_BIN): tests/torture/fuzz_validate.c tests/torture/fuzz_common.h $(FUZZ_CORE_OBJS) \
+             $(FUZZ_UPB_OBJS) | fuzz-runtime
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ \
+	  $(filter-out %.h,$^)
 
 FUZZ_SCHEMA_BIN  := $(FUZZ_DIR)/fuzz_schema
 FUZZ_SCHEMA_RUNS ?= 1000000
 
-$(FUZZ_SCHEMA_BIN): tests/torture/fuzz_schema.c $(FUZZ_CORE_OBJS) $(FUZZ_UPB_OBJS) | fuzz-runtime
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ $^
+$(FUZZ_SCHEMA_BIN): tests/torture/fuzz_schema.c tests/torture/fuzz_common.h $(FUZZ_CORE_OBJS) \
+                    $(FUZZ_UPB_OBJS) | fuzz-runtime
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -Wall -Wextra $(CTX_INCLUDES) -o $@ \
+	  $(filter-out %.h,$^)
 
 fuzz-build: $(FUZZ_BIN) $(FUZZ_SCHEMA_BIN)
 

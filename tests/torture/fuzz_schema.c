@@ -6,67 +6,21 @@
  * .fds files, prefixed with their selector, are the seeds). A set that
  * compiles is checked for compatibility with itself (must hold), against the
  * reference schema of the same line, and used to validate a few payloads. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctx_core.h"
+#include "fuzz_common.h"
 
-#define MAX_SCHEMAS 32
-
-static char types[MAX_SCHEMAS][256], vfields[MAX_SCHEMAS][128];
-static ctx_Schema* refs[MAX_SCHEMAS];
+static fuzz_Ref refs[FUZZ_MAX_SCHEMAS];
 static int ntypes;
-
-static char* read_file(const char* path, size_t* len) {
-  FILE* f = fopen(path, "rb");
-  if (f == NULL) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char* buf = malloc(n > 0 ? (size_t)n : 1);
-  if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-    fclose(f);
-    free(buf);
-    return NULL;
-  }
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
-}
 
 int LLVMFuzzerInitialize(int* argc, char*** argv) {
   (void)argc;
   (void)argv;
-  const char* dir = getenv("CTX_FUZZ_SCHEMAS");
-  if (dir == NULL) dir = "build/fuzz/schemas";
-  char path[4096], file[256];
-  snprintf(path, sizeof path, "%s/index.txt", dir);
-  FILE* idx = fopen(path, "r");
-  if (idx == NULL) {
-    fprintf(stderr, "fuzz_schema: cannot open %s (run tests/torture/fuzz_inputs.py)\n", path);
-    exit(2);
-  }
-  while (ntypes < MAX_SCHEMAS &&
-         fscanf(idx, "%255s %255s %127s", file, types[ntypes], vfields[ntypes]) == 3) {
-    size_t len = 0;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    char* fds = read_file(path, &len);
-    ctx_Status st;
-    ctx_Status_Clear(&st);
-    refs[ntypes] = fds ? ctx_Schema_Build(fds, len, types[ntypes], strlen(types[ntypes]),
-                                          vfields[ntypes], strlen(vfields[ntypes]),
-                                          CTX_DEFAULT_MAX_SCHEMA_BYTES, &st)
-                       : NULL;
-    free(fds);
-    if (refs[ntypes] == NULL) {
-      fprintf(stderr, "fuzz_schema: reference %s does not compile\n", file);
-      exit(2);
-    }
-    ntypes++;
-  }
-  fclose(idx);
-  if (ntypes == 0) exit(2);
+  ntypes = fuzz_LoadRefs("fuzz_schema", refs);
   return 0;
 }
 
@@ -83,8 +37,8 @@ int LLVMFuzzerTestOneInput(const unsigned char* data, size_t size) {
   memcpy(fds, data + 1, n);
   ctx_Status st;
   ctx_Status_Clear(&st);
-  ctx_Schema* s = ctx_Schema_Build(fds, n, types[i], strlen(types[i]), vfields[i],
-                                   strlen(vfields[i]), 1 << 16, &st);
+  ctx_Schema* s = ctx_Schema_Build(fds, n, refs[i].type, strlen(refs[i].type), refs[i].vfield,
+                                   strlen(refs[i].vfield), 1 << 16, &st);
   free(fds);
   if (s == NULL) {
     if (st.code != kCtx_Schema && st.code != kCtx_NoMemory) abort();
@@ -97,9 +51,9 @@ int LLVMFuzzerTestOneInput(const unsigned char* data, size_t size) {
     abort();
   }
   ctx_Status_Clear(&st);
-  check_status(&st, ctx_Schema_CheckCompatible(refs[i], s, &st));
+  check_status(&st, ctx_Schema_CheckCompatible(refs[i].schema, s, &st));
   ctx_Status_Clear(&st);
-  check_status(&st, ctx_Schema_CheckCompatible(s, refs[i], &st));
+  check_status(&st, ctx_Schema_CheckCompatible(s, refs[i].schema, &st));
   static const char* payloads[] = {"", "\x08\x01", "\x10\x01", "\x0a\x00", "\x12\x02\x08\x01",
                                    "\x1a\x03\x0a\x01\x61", "\x0b\x0c", "\x08\x01\x08\x02"};
   ctx_Limits limits;
