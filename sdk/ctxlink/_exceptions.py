@@ -106,7 +106,8 @@ class PayloadTooLarge(ServerError):
 
 
 class WrongTypeError(ServerError):
-    """WRONGTYPE: the key exists and is not a context (not a hash with a usable version)."""
+    """WRONGTYPE: the key exists and is not a context (neither a v2 context string nor a
+    protocol 1 context hash; docs/PROTOCOL.md, "Type rule")."""
 
     code = "WRONGTYPE"
 

@@ -104,9 +104,10 @@ class CasResult(NamedTuple):
       ``current`` is None.
     - ``ok`` False: a conflict; ``current`` is the state the server holds now (None when there is
       no context) and ``version`` its version (0 when absent).
-    - ``replayed`` True: this write id had been applied already (a re-sent write: redis-py's or
-      the SDK's re-send after a lost reply, or the same ``write_id`` given twice); nothing was
-      written again and ``version`` is the version that write produced.
+    - ``replayed`` True: this write id had been applied already (the SDK's re-send after a lost
+      reply, or the same ``write_id`` given twice); nothing was written again and ``version`` is
+      the version that write produced. A re-sent ``delete`` that finds no context is ``ok`` and
+      ``replayed`` too: the context is gone either way.
     - ``changed``: on a conflict of a field patch, the names of the writer's fields that another
       writer changed.
 
