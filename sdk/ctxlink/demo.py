@@ -1,4 +1,5 @@
-"""The reference scenario, run twice: last-write-wins HGET/HSET, then ctxlink.
+"""The reference scenario, run three times: last-write-wins HGET/HSET, then ctxlink (whole
+contexts), then ctxlink with declared read sets.
 
 Three agents share one order context each:
 
