@@ -285,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"nproc={nproc}, python {platform.python_version()}, redis-py {redis.__version__}, "
           f"{server_version}")
     print(f"{seconds:g} s per point; writers {writers}; scenarios {scenarios}; engines {engines}; "
-          f"update(): {backoff or 'default Backoff(base=0.001, cap=0.05)'}, timeout 10 s\n",
+          f"update(): {backoff or 'default Backoff(base=0.001, cap=0.05)'}, timeout 30 s (the default)\n",
           flush=True)
 
     points: list[Point] = []

@@ -17,8 +17,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="three agents on shared order contexts: naive HGET/HSET vs ctxlink, side by side",
         description="Runs the reference scenario (Router, Fulfillment Checker, Pricing Agent, "
-        "concurrently) on a throwaway redis-server, first with last-write-wins HGET/HSET, then "
-        "with ctxlink, and prints what each run measured.",
+        "concurrently) on a throwaway redis-server three times: last-write-wins HGET/HSET, "
+        "ctxlink writing whole contexts, and ctxlink with declared read sets (field patches); "
+        "prints what each run measured.",
     )
     demo.add_argument("--engine", choices=("module", "lua"), default="module",
                       help="module: redis-server with the ctxlink module (default); "

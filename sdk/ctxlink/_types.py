@@ -167,7 +167,9 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if not (self.base >= 0 and self.cap >= 0):
-            raise ValueError("Backoff base and cap must be >= 0 seconds")
+            from ctxlink._exceptions import ArgumentError
+
+            raise ArgumentError(f"Backoff base and cap must be >= 0 seconds, not {self}")
 
     def ceiling(self, n: int) -> float:
         return min(self.cap, self.base * 2 ** min(max(n, 1) - 1, 60))
