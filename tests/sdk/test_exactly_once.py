@@ -343,3 +343,21 @@ def test_a_protocol_1_context_is_read_and_updated(
     assert client.type("v1:1") == b"string"  # the first write stored it as a v2 value
     up = store.update("v1:1", bump("discount"), message_class=Order)
     assert up.version == 5 and store.get("v1:1").decode(Order).base_price == 6  # type: ignore
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"retries": -1}, {"retries": 1.5}, {"timeout": 0}, {"timeout": -2.0}, {"timeout": True}],
+    ids=["retries-1", "retries1.5", "timeout0", "timeout-2", "timeoutTrue"],
+)
+def test_bad_retry_settings_fail_before_anything_is_sent(
+    store: ctxlink.Store, protos: Protos, kwargs: dict[str, Any]
+) -> None:
+    Order = protos.Order
+    store.cas("s:1", 0, Order(order_id="s"), schema="order")
+    before = store.get("s:1")
+    with pytest.raises(ctxlink.ArgumentError):
+        store.update("s:1", bump("discount"), message_class=Order, **kwargs)
+    with pytest.raises(ctxlink.ArgumentError):
+        ctxlink.Backoff(base=-0.001)
+    assert store.get("s:1") == before
