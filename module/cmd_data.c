@@ -18,6 +18,7 @@
 
 #define CTX_VERSION_MAX (INT64_MAX - 1)
 #define CTX_STRING_MAX (512 * 1024 * 1024) /* RM_StringTruncate's limit */
+#define CTX_EMBSTR_MAX 44 /* OBJ_ENCODING_EMBSTR_SIZE_LIMIT: longer strings are raw */
 
 typedef enum { kState_Absent, kState_Context, kState_WrongType } state_kind;
 
@@ -263,11 +264,21 @@ static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
                   schema, schema_len, by_p, by_len, payload, payload_len);
 
   bool in_place = prev && !s->v1 && size <= RedisModule_ValueLength(key);
+  /* A new string goes in as one object that the key and the replication
+   * stream share, as SET shares its argument (one allocation and one copy
+   * fewer). Strings of up to 44 bytes would be made embedded by
+   * RM_CreateString: they keep the truncate-and-copy path, a raw string. */
+  RedisModuleString *val =
+      !in_place && size > CTX_EMBSTR_MAX ? RedisModule_CreateString(ctx, buf, size) : NULL;
   if (!in_place && s->kind != kState_Absent) {
     mstime_t expire = RedisModule_GetAbsExpire ? RedisModule_GetAbsExpire(key)
                                                : RedisModule_GetExpire(key);
     RedisModule_DeleteKey(key);
-    RedisModule_StringTruncate(key, size); /* a new string of exactly `size` bytes */
+    if (val) {
+      RedisModule_StringSet(key, val);
+    } else {
+      RedisModule_StringTruncate(key, size); /* a new string of exactly `size` bytes */
+    }
     if (expire != REDISMODULE_NO_EXPIRE) {
       if (RedisModule_GetAbsExpire) {
         RedisModule_SetAbsExpire(key, expire);
@@ -275,13 +286,20 @@ static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
         RedisModule_SetExpire(key, expire);
       }
     }
+  } else if (val) {
+    RedisModule_StringSet(key, val);
   } else {
     RedisModule_StringTruncate(key, size);
   }
-  size_t len;
-  char *dst = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
-  memcpy(dst, buf, size);
-  RedisModule_Replicate(ctx, "SET", "sbc", keyname, buf, size, "KEEPTTL");
+  if (val) {
+    RedisModule_Replicate(ctx, "SET", "sss", keyname, val, ctx_names.keepttl);
+    RedisModule_FreeString(ctx, val);
+  } else {
+    size_t len;
+    char *dst = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
+    memcpy(dst, buf, size);
+    RedisModule_Replicate(ctx, "SET", "sbs", keyname, buf, size, ctx_names.keepttl);
+  }
   if (buf != stackbuf) RedisModule_Free(buf);
   RedisModule_SignalModifiedKey(ctx, keyname);
   RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_STRING, "set", keyname);

@@ -42,6 +42,7 @@ extern ctx_Stats ctx_stats;
 /* Field names made once at load, so the hot path allocates no name strings. */
 typedef struct {
   RedisModuleString *raw, *version, *schema, *updated_ms, *updated_by, *digest, *empty;
+  RedisModuleString *keepttl; /* the last argument of every propagated SET */
 } ctx_Names;
 
 extern ctx_Names ctx_names;

@@ -33,6 +33,7 @@ static void make_names(void) {
   ctx_names.updated_by = make_name("updated_by");
   ctx_names.digest = make_name("digest");
   ctx_names.empty = make_name("");
+  ctx_names.keepttl = make_name("KEEPTTL");
 }
 
 /* ---- the core's allocator: Redis' ---- */
