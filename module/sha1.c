@@ -88,6 +88,14 @@ void ctx_Sha1_Update(ctx_Sha1 *s, const void *data, size_t n) {
   }
 }
 
+/* Word by word (one byte swap each), not byte by byte with a shift each. */
+static void store_be32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
 void ctx_Sha1_Final(ctx_Sha1 *s, uint8_t out[20]) {
   uint64_t bits = s->len * 8;
   s->buf[s->used++] = 0x80;
@@ -97,10 +105,11 @@ void ctx_Sha1_Final(ctx_Sha1 *s, uint8_t out[20]) {
     s->used = 0;
   }
   memset(s->buf + s->used, 0, 56 - s->used);
-  for (int i = 0; i < 8; i++) s->buf[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+  store_be32(s->buf + 56, (uint32_t)(bits >> 32));
+  store_be32(s->buf + 60, (uint32_t)bits);
   block(s->h, s->buf);
   s->used = 0;
-  for (int i = 0; i < 20; i++) out[i] = (uint8_t)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+  for (int i = 0; i < 5; i++) store_be32(out + 4 * i, s->h[i]);
 }
 
 void ctx_Sha1_HexFinal(ctx_Sha1 *s, char out[41]) {
