@@ -172,7 +172,7 @@ typedef struct {
 
 /* Reads a varint of at most 10 bytes whose value fits 64 bits. Tags and
  * lengths are further limited to 5 bytes (as upb's decoder does). */
-static const char* read_varint(const char* p, const char* end, uint64_t* out) {
+static const char* read_varint_long(const char* p, const char* end, uint64_t* out) {
   uint64_t v = 0;
   for (int i = 0; i < 10; i++) {
     if (p >= end) return NULL;
@@ -185,6 +185,16 @@ static const char* read_varint(const char* p, const char* end, uint64_t* out) {
     }
   }
   return NULL;
+}
+
+/* The same, with one-byte varints (most tags, lengths and small values) read
+ * without the loop. */
+static inline const char* read_varint(const char* p, const char* end, uint64_t* out) {
+  if (p < end && !(*p & 0x80)) {
+    *out = (uint8_t)*p;
+    return p + 1;
+  }
+  return read_varint_long(p, end, out);
 }
 
 /* Skips one value of wire type `wt` whose tag was just read (value checks only
