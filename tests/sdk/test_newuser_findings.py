@@ -149,3 +149,29 @@ def test_conflict_error_names_its_key(store: ctxlink.Store, protos: Protos) -> N
         store.update("o:1", conflicting, message_class=protos.Order, retries=0)
     assert info.value.attempts == 1 and info.value.current is not None
     assert getattr(info.value, "key", None) == "o:1"
+
+
+@pytest.mark.xfail(strict=True, raises=ctxlink.OutcomeUnknownError, reason=(
+    "cas/delete on a server that refuses the connection (nothing was ever sent) raise "
+    "OutcomeUnknownError ('it may have landed'), after ~15 s with the client's default Retry: "
+    "a ConnectionError from pool.get_connection() in _send._send_plain, before the first send, "
+    "is treated as a lost reply (update raises the plain ConnectionError from its first read)"))
+@pytest.mark.parametrize("op", ["cas", "delete"])
+def test_write_to_a_down_server_is_not_outcome_unknown(sdk_engine: str, protos: Protos,
+                                                       op: str) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    with EmbeddedRedis(module=find_module() if sdk_engine == "module" else None) as srv:
+        client = srv.client(retry=Retry(NoBackoff(), 0))  # fast: no reconnect retries
+        store = ctxlink.connect(client, engine=sdk_engine)
+        store.register_schema("order", protos.Order)
+        store.cas("k", 0, protos.Order(order_id="a"), schema="order")
+        client.connection_pool.disconnect()
+        srv.stop()
+        with pytest.raises(redis.ConnectionError):
+            if op == "cas":
+                store.cas("k", 1, protos.Order(order_id="b"))
+            else:
+                store.delete("k", 1)
+        client.close()
