@@ -175,3 +175,32 @@ def test_write_to_a_down_server_is_not_outcome_unknown(sdk_engine: str, protos: 
             else:
                 store.delete("k", 1)
         client.close()
+
+
+def _calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: local_check 'gives the server's verdict without a round trip'; but every payload "
+    "the local check rejects first re-fetches the schema from the registry "
+    "(_core._local_precheck 'confirm against the current registry entry before refusing'): one "
+    "round trip per rejection, carrying the whole descriptor set"))
+def test_local_check_rejects_without_a_round_trip(client: redis.Redis, sdk_engine: str,
+                                                  protos: Protos) -> None:
+    from ctxlink import _local
+
+    if not _local.available():
+        pytest.skip("the cffi extension is not built (make ext)")
+    store = ctxlink.connect(client, engine=sdk_engine, local_check=True)
+    store.register_schema("order", protos.Order)
+    store.cas("k", 0, protos.Order(order_id="a"), schema="order")
+    bad = b"\n\x02o\xff\x10\x02"  # order_id not UTF-8
+    with pytest.raises(ctxlink.ValidationError):  # warm-up: limits and schema fetched once
+        store.cas("k", 1, bad, schema="order")
+    client.config_resetstat()
+    for _ in range(10):
+        with pytest.raises(ctxlink.ValidationError):
+            store.cas("k", 1, bad, schema="order")
+    assert _calls(client) == 0
