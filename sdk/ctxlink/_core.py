@@ -42,7 +42,7 @@ from ctxlink._exceptions import (
     error_from_reply,
 )
 from ctxlink._fields import FieldNameError, field_plan
-from ctxlink._send import TRANSPORT_ERRORS
+from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent
 from ctxlink._types import (
     Backoff,
     CasResult,
@@ -512,6 +512,7 @@ def _detect_command_info(nodes: Optional[str]) -> Op[bool]:
 
 
 def op_get(st: State, key: Any) -> Op[Optional[Snapshot]]:
+    check_key(key)
     if st.engine == MODULE:
         reply = yield Cmd(("CTX.GET", key))
     else:
@@ -645,6 +646,27 @@ def check_write_id(write_id: Any) -> Union[str, bytes]:
     if not 1 <= size <= 64:
         raise ArgumentError(f"write_id must be 1 to 64 bytes, not {size}")
     return write_id
+
+
+def check_by(by: Any) -> None:
+    """``by`` (the writer id stored as ``updated_by``): None, or str/bytes of at most 65535
+    bytes (the server's limit), checked before anything is sent."""
+    if by is None:
+        return
+    if isinstance(by, str):
+        size = len(by.encode("utf-8", "surrogateescape"))
+    elif isinstance(by, (bytes, bytearray, memoryview)):
+        size = len(by)
+    else:
+        raise TypeError(f"by must be a str (the writer's name), not {type(by).__name__}")
+    if size > 65535:
+        raise ArgumentError(f"by must be at most 65535 bytes, not {size}")
+
+
+def check_key(key: Any) -> None:
+    """A context key: str or bytes (TypeError before anything is sent)."""
+    if not isinstance(key, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"a context key must be str or bytes, not {type(key).__name__}")
 
 
 def cas_command(
@@ -811,19 +833,26 @@ def _send_settled(
     deadline: Optional[float],
     resends: Optional[int],
     pause: Optional[Backoff] = None,
+    sent: bool = False,
 ) -> Op[tuple[Any, bool]]:
     """Sends a write until a reply arrives: after a transport error the very same attempt
-    (same id) is sent again, after a backoff, while ``resends`` and ``deadline`` allow; then
-    OutcomeUnknownError. Returns (reply, whether it was re-sent)."""
-    resent = 0
+    (same id) is sent again, after a backoff, while ``resends`` and ``deadline`` allow. Then:
+    the client's error when no send ever went out (the write certainly did not run), else
+    OutcomeUnknownError. Returns (reply, whether an earlier send may have landed). ``sent``: a
+    send of this very attempt went out already (its reply was lost)."""
+    tries = 0
     while True:
         try:
-            return (yield from send()), resent > 0
+            return (yield from send()), sent
         except TRANSPORT_ERRORS as exc:
-            resent += 1
-            if (resends is not None and resent > resends) or (
+            if not isinstance(exc, WriteNotSent):
+                sent = True  # it went out: it may have run
+            tries += 1
+            if (resends is not None and tries > resends) or (
                 deadline is not None and time.monotonic() >= deadline
             ):
+                if not sent:  # nothing ever reached the server
+                    raise exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
                 raise OutcomeUnknownError(
                     f"the reply to a write of {key!r} (write id {write_id!r}) was lost and "
                     f"re-sending it did not settle whether it was applied: it may have landed; "
@@ -831,7 +860,7 @@ def _send_settled(
                     key,
                     write_id,
                 ) from exc
-            yield Sleep(random.uniform(0, (pause or st.backoff).ceiling(resent)))
+            yield Sleep(random.uniform(0, (pause or st.backoff).ceiling(tries)))
 
 
 def _ambiguous(outcome: Outcome, expected: int, resent: bool) -> bool:
@@ -882,6 +911,8 @@ def op_cas(
     sent: bool = False,
 ) -> Op[CasResult]:
     """``cas``; ``sent``: this write (same ``write_id``) was sent already and its reply lost."""
+    check_key(key)
+    check_by(by)
     expected = _check_version(expected_version, st)
     wid = new_write_id() if write_id is None else check_write_id(write_id)
     # For a message, the version field's name comes from the schema: the one given, else the
@@ -904,7 +935,7 @@ def op_cas(
         try:
             reply, resent = yield from _send_settled(
                 st, key, lambda: _write_raw(st, key, expected, raw, schema, by, wid), wid, None,
-                CAS_RESENDS,
+                CAS_RESENDS, sent=sent,
             )
             break
         except VersionError:
@@ -914,7 +945,7 @@ def op_cas(
                 raise
             raw = yield from _encode(st, payload, expected, vschema, key)
     outcome = parse_outcome(reply)
-    if _ambiguous(outcome, expected, resent or sent):
+    if _ambiguous(outcome, expected, resent):
         raise _unknown(key, wid)
     result = outcome.result
     if st.engine == MODULE:  # what the Lua engine's _write_raw records, for _encode next time
@@ -945,6 +976,7 @@ def _vfield_changed(st: State, schema: str, desc: Descriptor, key: Any = None) -
 
 
 def op_delete(st: State, key: Any, expected_version: int, write_id: Any = None) -> Op[CasResult]:
+    check_key(key)
     expected = _check_version(expected_version, st)
     wid = new_write_id() if write_id is None else check_write_id(write_id)
 
@@ -994,9 +1026,15 @@ def op_update(
         raise TypeError(f"fn must be a function taking the message, not {type(fn).__name__}")
     if retries is not None and (type(retries) is not int or retries < 0):
         raise ArgumentError(f"retries must be None (no limit) or an int >= 0, not {retries!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-        raise ArgumentError(f"timeout must be None or a number of seconds > 0, not {timeout!r}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be None or a number of seconds, not {timeout!r}")
+        if not timeout > 0:
+            raise ArgumentError(f"timeout must be None or a number of seconds > 0, not {timeout}")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(f"backoff must be a ctxlink.Backoff(base, cap), not {backoff!r}")
     pause = backoff if backoff is not None else st.backoff
+    check_by(by)
     desc = message_class.DESCRIPTOR
     if reads is not None:  # names checked before anything is sent
         try:
@@ -1044,7 +1082,7 @@ def op_update(
             else:
                 msg = snap.decode(message_class)
         patching = reads is not None and snap is not None
-        if patching:
+        if patching:  # to tell what fn changed
             before = message_class()
             before.CopyFrom(msg)
         calls += 1
@@ -1053,12 +1091,9 @@ def op_update(
             if out is not None:
                 if inspect.isawaitable(out):
                     out = yield Await(out)
-                if out is not None:
-                    if not isinstance(out, Message) or out.DESCRIPTOR.full_name != desc.full_name:
-                        raise TypeError(
-                            "update()'s fn must change the message in place (return None) or "
-                            f"return a {desc.full_name}, not {type(out).__name__}"
-                        )
+                # a message of the type replaces the one given; anything else (what
+                # `lambda o: o.items.add(...)` returns, say) is ignored: fn changed it in place
+                if isinstance(out, Message) and out.DESCRIPTOR.full_name == desc.full_name:
                     msg = out
         vf = yield from _vfield(st, name, msg.DESCRIPTOR, key)
         wid = new_write_id()
@@ -1079,6 +1114,8 @@ def op_update(
                 return _write_raw(st, key, expected, raw, schema or name, by, wid, fields,
                                   read_numbers)
         else:
+            # written even when fn changed nothing: the write also confirms that the state fn
+            # decided on is still current (whole-context semantics)
             setattr(msg, vf, expected + 1)
             raw = msg.SerializeToString()
 
@@ -1124,6 +1161,7 @@ def op_update(
                 result.current,
                 result.changed,
                 calls,
+                key,
             )
         if conflicts == 1:  # the state that came with the conflict is fresh: retry at once
             snap = result.current
@@ -1654,7 +1692,10 @@ def make_state(engine: str, cluster: bool, options: dict[str, Any]) -> State:
 def choose_engine(requested: str, has_module: Optional[bool]) -> str:
     if requested == MODULE:
         if has_module is False:
-            raise EngineError("engine='module' but the server does not know CTX.CAS")
+            raise EngineError(
+                "engine='module' but the server does not know CTX.CAS: load the module "
+                "(redis-server --loadmodule build/ctxlink.so) or use engine='lua' (or 'auto')"
+            )
         return MODULE
     if requested == LUA:
         return LUA

@@ -122,9 +122,9 @@ class FieldError(ServerError):
 
 class ConflictError(CtxError):
     """``update`` gave up: other writers kept changing what it depends on until ``retries`` or
-    ``timeout`` ran out. ``current`` is the last state it saw, ``changed`` the names of the fields
-    of its read and write set that the last conflict reported (empty for a whole-context write),
-    ``attempts`` how many times ``fn`` was called."""
+    ``timeout`` ran out. ``key`` is the context's key, ``current`` the last state it saw,
+    ``changed`` the names of the fields of its read and write set that the last conflict reported
+    (empty for a whole-context write), ``attempts`` how many times ``fn`` was called."""
 
     def __init__(
         self,
@@ -132,11 +132,13 @@ class ConflictError(CtxError):
         current: "Optional[Snapshot]",
         changed: tuple[str, ...] = (),
         attempts: int = 0,
+        key: object = None,
     ) -> None:
         super().__init__(message)
         self.current = current
         self.changed = changed
         self.attempts = attempts
+        self.key = key
 
 
 class OutcomeUnknownError(CtxError):

@@ -12,6 +12,13 @@ re-sends the same attempt itself (same payload, same write id).
   ``MOVED`` refreshes the slot map and ``ASK`` sends ``ASKING`` first, on the same connection
   (neither ran the command, so following them is not a re-send).
 - ``redis.asyncio.Redis`` and ``redis.asyncio.cluster.RedisCluster``: the same, awaited.
+
+A write that cannot get a connection (connecting or reconnecting fails) was not sent:
+:class:`WriteNotSent`, which the caller does not count as a possibly landed write. Connecting
+follows the client's own settings (``socket_connect_timeout``, ``socket_timeout``, ``retry``):
+with redis-py's default ``Retry`` one reconnect to a frozen server can take seconds, and
+``update(timeout=...)`` is checked between re-sends, not inside one. For tight deadlines give the
+client ``retry=Retry(NoBackoff(), 0)``: the SDK re-sends writes itself anyway.
 """
 
 from __future__ import annotations
@@ -22,10 +29,21 @@ from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["TRANSPORT_ERRORS", "send_write", "send_write_async"]
+__all__ = ["TRANSPORT_ERRORS", "WriteNotSent", "send_write", "send_write_async"]
 
 #: What a lost reply looks like: the command may or may not have run.
 TRANSPORT_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class WriteNotSent(RedisConnectionError):
+    """No connection could be had (connecting or reconnecting failed): the write was not sent,
+    so it certainly did not run. Its ``__cause__`` is the client's error."""
+
+
+def _not_sent(exc: BaseException) -> WriteNotSent:
+    err = WriteNotSent(f"the write was not sent: {exc}")
+    err.__cause__ = exc
+    return err
 
 _REDIRECTS = 5
 
@@ -42,16 +60,28 @@ def _send_once(conn: Any, args: tuple[Any, ...], asking: bool = False) -> Any:
         raise
 
 
+def _connected(conn: Any) -> None:
+    try:
+        conn.connect()  # a no-op when connected
+    except TRANSPORT_ERRORS as exc:
+        raise _not_sent(exc) from exc
+
+
 def _send_plain(client: Any, args: tuple[Any, ...], asking: bool = False) -> Any:
     single = getattr(client, "connection", None)
     if single is not None:  # single_connection_client=True
         lock = getattr(client, "single_connection_lock", None)
         if lock is None:
+            _connected(single)
             return _send_once(single, args, asking)
         with lock:
+            _connected(single)
             return _send_once(single, args, asking)
     pool = client.connection_pool
-    conn = pool.get_connection()
+    try:
+        conn = pool.get_connection()  # connects (or reconnects) it: nothing sent yet
+    except TRANSPORT_ERRORS as exc:
+        raise _not_sent(exc) from exc
     try:
         return _send_once(conn, args, asking)
     finally:
@@ -75,6 +105,13 @@ def send_write(client: Any, key: Any, args: tuple[Any, ...]) -> Any:
             node = client.nodes_manager.get_node(host=exc.host, port=exc.port) or node
             asking = True
     return _send_plain(client.get_redis_connection(node), args, asking)
+
+
+async def _connected_async(conn: Any) -> None:
+    try:
+        await conn.connect()
+    except TRANSPORT_ERRORS as exc:
+        raise _not_sent(exc) from exc
 
 
 async def _send_once_async(conn: Any, args: tuple[Any, ...]) -> Any:
@@ -102,16 +139,24 @@ async def send_write_async(client: Any, key: Any, args: tuple[Any, ...]) -> Any:
                 node = client.nodes_manager.get_node(host=exc.host, port=exc.port) or node
                 asking = True
         return await node.execute_command(*args, asking=asking)
-    await client.initialize()  # a single-connection client connects here
+    try:
+        await client.initialize()  # a single-connection client connects here
+    except TRANSPORT_ERRORS as exc:
+        raise _not_sent(exc) from exc
     single = getattr(client, "connection", None)
     if single is not None:
         lock = getattr(client, "_single_conn_lock", None)
         if lock is None or not getattr(client, "single_connection_client", False):
+            await _connected_async(single)
             return await _send_once_async(single, args)
         async with lock:
+            await _connected_async(single)
             return await _send_once_async(single, args)
     pool = client.connection_pool
-    conn = await pool.get_connection()
+    try:
+        conn = await pool.get_connection()
+    except TRANSPORT_ERRORS as exc:
+        raise _not_sent(exc) from exc
     try:
         return await _send_once_async(conn, args)
     finally:

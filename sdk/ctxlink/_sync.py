@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ctxlink import _core
 from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State, Write
-from ctxlink._send import TRANSPORT_ERRORS, send_write
+from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
@@ -229,7 +229,7 @@ class Store:
     def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
         """The context at ``key``, or None. One round trip."""
         send = self._send
-        if send is None:
+        if send is None or (type(key) is not str and type(key) is not bytes):
             return _run(self._client, _core.op_get(self._st, key))
         try:
             reply = send(("CTX.GET", key))
@@ -258,6 +258,8 @@ class Store:
         idempotent: if its reply is lost the SDK re-sends it (up to 3 times) and the server,
         which remembers the ids of each context's last 16 writes, does not apply it twice:
         ``replayed`` is then True. When that cannot be settled, :class:`OutcomeUnknownError`.
+        The id *is* the write: a write whose id is in the window is answered ``replayed`` and not
+        applied, whatever its payload, so never reuse an id for another change.
         """
         if (
             self._send is None
@@ -266,6 +268,8 @@ class Store:
             or not 0 <= expected_version <= _MAX_EXPECTED
             or self._st.local is not None
             or write_id is not None
+            or (type(key) is not str and type(key) is not bytes)
+            or (by is not None and (type(by) is not str or len(by) > 16383))
         ):
             return _run(
                 self._client,
@@ -277,10 +281,11 @@ class Store:
             reply = send_write(self._client, key, args)
         except ResponseError as exc:
             raise _core.map_error(exc)  # map_error sets __cause__
-        except TRANSPORT_ERRORS:  # lost reply: re-send the same write (same id), settled there
+        except TRANSPORT_ERRORS as exc:  # re-send the same write (same id), settled there
+            sent = not isinstance(exc, WriteNotSent)  # else nothing went out
             return _run(
                 self._client,
-                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, True),
+                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
             )
         if type(reply) is int:
             return new_cas_result((True, reply, None, False, ()))
@@ -315,7 +320,8 @@ class Store:
     ) -> Updated[M]:
         """Read-modify-write with optimistic concurrency, applied exactly once.
 
-        ``fn`` receives a freshly decoded message and changes it in place (or returns a new one);
+        ``fn`` receives a freshly decoded message and changes it in place (or returns a new message
+        of the same type, which is then written; any other return value is ignored);
         it must be a plain function (an ``async def`` one needs :mod:`ctxlink.aio`).
         ``message_class`` must be the schema's message type (else :class:`MessageTypeError`).
         On a conflict it is called again at once with the state the conflict reply carried (no
@@ -327,7 +333,8 @@ class Store:
         (``schema`` required), else :class:`NotFoundError`. Returns :class:`Updated`
         (``version, message = store.update(...)``).
 
-        ``reads=None`` writes the whole context and conflicts with any other write. A list of
+        ``reads=None`` writes the whole context and conflicts with any other write; it writes even
+        when ``fn`` changed nothing, which confirms that the state ``fn`` decided on is current. A list of
         top-level field names (``[]`` too) makes it a field patch: only the fields ``fn`` changed
         are sent (``CTX.PATCH``), and it conflicts only when another writer changed one of those
         or one of ``reads`` since the state ``fn`` saw; the server merges it into the current

@@ -25,7 +25,7 @@ from ctxlink import _core
 from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State, Write
 from ctxlink._exceptions import *  # noqa: F401,F403  (same names as ctxlink)
 from ctxlink._exceptions import __all__ as _exc_all
-from ctxlink._send import TRANSPORT_ERRORS, send_write_async
+from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write_async
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated, new_cas_result
 
 T = TypeVar("T")
@@ -129,7 +129,7 @@ class Store:
         await self.close()
 
     async def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
-        if not self._fast:
+        if not self._fast or (type(key) is not str and type(key) is not bytes):
             return await _run(self._client, _core.op_get(self._st, key))
         try:
             reply = await self._client.execute_command("CTX.GET", key)
@@ -154,6 +154,8 @@ class Store:
             or not 0 <= expected_version <= _MAX_EXPECTED
             or self._st.local is not None
             or write_id is not None
+            or (type(key) is not str and type(key) is not bytes)
+            or (by is not None and (type(by) is not str or len(by) > 16383))
         ):
             return await _run(
                 self._client,
@@ -165,10 +167,11 @@ class Store:
             reply = await send_write_async(self._client, key, args)
         except ResponseError as exc:
             raise _core.map_error(exc)  # map_error sets __cause__
-        except TRANSPORT_ERRORS:  # lost reply: re-send the same write (same id), settled there
+        except TRANSPORT_ERRORS as exc:  # re-send the same write (same id), settled there
+            sent = not isinstance(exc, WriteNotSent)  # else nothing went out
             return await _run(
                 self._client,
-                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, True),
+                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
             )
         if type(reply) is int:
             return new_cas_result((True, reply, None, False, ()))

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,6 +79,10 @@ class EmbeddedRedis:
         self.new_session = new_session  # keep a terminal's Ctrl-C from reaching the server
         self._own_dir = directory is None
         self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ctxlink-redis-"))
+        # a temporary directory of our own goes when the object does, even without close()
+        self._remove_dir = (
+            weakref.finalize(self, shutil.rmtree, str(self.dir), True) if self._own_dir else None
+        )
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "redis.log"
@@ -182,8 +187,8 @@ class EmbeddedRedis:
 
     def close(self) -> None:
         self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if self._remove_dir is not None:
+            self._remove_dir()
 
     def __enter__(self) -> "EmbeddedRedis":
         return self.start()

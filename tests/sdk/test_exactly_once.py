@@ -346,17 +346,21 @@ def test_a_protocol_1_context_is_read_and_updated(
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"retries": -1}, {"retries": 1.5}, {"timeout": 0}, {"timeout": -2.0}, {"timeout": True}],
-    ids=["retries-1", "retries1.5", "timeout0", "timeout-2", "timeoutTrue"],
+    "kwargs, error",
+    [({"retries": -1}, ctxlink.ArgumentError), ({"retries": 1.5}, ctxlink.ArgumentError),
+     ({"timeout": 0}, ctxlink.ArgumentError), ({"timeout": -2.0}, ctxlink.ArgumentError),
+     ({"timeout": True}, TypeError), ({"timeout": "5"}, TypeError),
+     ({"backoff": 0.01}, TypeError)],
+    ids=["retries-1", "retries1.5", "timeout0", "timeout-2", "timeoutTrue", "timeoutStr",
+         "backoffFloat"],
 )
 def test_bad_retry_settings_fail_before_anything_is_sent(
-    store: ctxlink.Store, protos: Protos, kwargs: dict[str, Any]
+    store: ctxlink.Store, protos: Protos, kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
     Order = protos.Order
     store.cas("s:1", 0, Order(order_id="s"), schema="order")
     before = store.get("s:1")
-    with pytest.raises(ctxlink.ArgumentError):
+    with pytest.raises(error):
         store.update("s:1", bump("discount"), message_class=Order, **kwargs)
     with pytest.raises(ctxlink.ArgumentError):
         ctxlink.Backoff(base=-0.001)
