@@ -703,6 +703,8 @@ def test_incompatible_revision_is_rejected_without_force(backend, pb, r, uniq):
     text = _assert_set_rejected(backend, r, name, ORDER, pb.fds("order_v2_incompat"))
     assert backend.schema_get(name)[2] == 1
     assert backend.cas("o", 1, pb.order(2, base_price=7)) == 2, text
+    # the message names the field and how its wire form changes (int64 -> string)
+    assert "base_price" in text and "varint" in text and "bytes" in text, text
 
 
 def test_force_accepts_an_incompatible_revision_and_validation_follows_it(backend, pb, r, uniq):

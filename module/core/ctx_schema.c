@@ -579,6 +579,20 @@ static wire_class field_class(const upb_FieldDef* f) {
   return kWire_Bytes;
 }
 
+/* How a field is written, for messages: "varint", "repeated bytes", ... */
+static const char* class_name(wire_class c) {
+  switch (c) {
+    case kWire_Varint: return "varint";
+    case kWire_ZigZag: return "zigzag";
+    case kWire_Fixed32: return "fixed32";
+    case kWire_Fixed64: return "fixed64";
+    case kWire_Bytes: return "bytes";
+    case kWire_Message: return "message";
+    case kWire_Group: return "group";
+  }
+  return "?";
+}
+
 typedef struct {
   const upb_MessageDef* prev;
   const upb_MessageDef* next;
@@ -633,11 +647,14 @@ bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
       }
       if (field_class(fa) != field_class(fb) ||
           upb_FieldDef_IsRepeated(fa) != upb_FieldDef_IsRepeated(fb)) {
+        bool ra = upb_FieldDef_IsRepeated(fa), rb = upb_FieldDef_IsRepeated(fb);
         ctx_Status_Set(status, kCtx_Schema,
-                       "incompatible schema: field %u of '%s' changes from '%s' to "
-                       "'%s' with another type or cardinality (use FORCE to override)",
+                       "incompatible schema: field %u of '%s' changes from '%s' (%s%s) to "
+                       "'%s' (%s%s) (use FORCE to override)",
                        (unsigned)upb_FieldDef_Number(fa), upb_MessageDef_FullName(a),
-                       upb_FieldDef_Name(fa), upb_FieldDef_Name(fb));
+                       upb_FieldDef_Name(fa), ra ? "repeated " : "",
+                       class_name(field_class(fa)), upb_FieldDef_Name(fb),
+                       rb ? "repeated " : "", class_name(field_class(fb)));
         goto done;
       }
       if (upb_FieldDef_IsSubMessage(fa) &&
