@@ -13,6 +13,8 @@ import redis
 from google.protobuf import descriptor_pb2 as d2
 
 from servers import error_text
+from wire import f_len as ld  # a length-delimited field
+from wire import tag, varint
 
 FD = d2.FieldDescriptorProto
 
@@ -24,30 +26,6 @@ BUDGET_BASE = 64 << 10
 def required_budget(n: int) -> int:
     return BUDGET_PER_BYTE * n + BUDGET_BASE
 
-
-# ---- wire helpers ------------------------------------------------------------------------------
-
-def varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def tag(number: int, wt: int) -> bytes:
-    return varint(number << 3 | wt)
-
-
-def ld(number: int, body: bytes) -> bytes:
-    return tag(number, 2) + varint(len(body)) + body
-
-
-# ---- the schema of the issue ---------------------------------------------------------------------
 
 def _field(m, name: str, number: int, label: int, ftype: int, type_name: str = "") -> None:
     f = m.field.add(name=name, number=number, label=label, type=ftype)
