@@ -922,7 +922,9 @@ def op_cas(
     if isinstance(payload, Message):
         if vschema is None and expected > 0:
             vschema = st.key_schema.get(key)
-            if vschema is None:
+            # a read only when this type's version field is not known yet (the server checks
+            # the payload anyway; the type check is the SDK's early hint)
+            if vschema is None and payload.DESCRIPTOR.full_name not in st.vfield_by_type:
                 current = yield from op_get(st, key)
                 vschema = current.schema if current is not None else None
                 if vschema:
