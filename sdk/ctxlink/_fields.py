@@ -142,7 +142,8 @@ class FieldPlan:
         for f in msg.DESCRIPTOR.fields:
             if f.name not in keep:
                 msg.ClearField(f.name)
-        return msg.SerializeToString(deterministic=True), tuple(sorted(numbers))
+        # partial: a proto2 required field outside the units is the server's (it checks the merge)
+        return msg.SerializePartialToString(deterministic=True), tuple(sorted(numbers))
 
 
 def _has_presence(f: FieldDescriptor) -> bool:
