@@ -14,7 +14,7 @@ import crash_loop  # noqa: E402
 import linearize  # noqa: E402
 import storm  # noqa: E402
 import torture_common  # noqa: E402
-from linearize import Op, check  # noqa: E402
+from linearize import Op, PatchOp, check, check_patches  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +87,90 @@ def test_checker_catches_a_spurious_conflict():
     assert kinds(h) == {"spurious-conflict"}
 
 
+def good_patches() -> tuple[list[PatchOp], dict]:
+    """Clients 0 and 1 increment their own fields c0/c1 of one key (reads=[]) and the shared
+    field (reads=["shared"]); client 1's last shared increment is in doubt (and landed)."""
+    h = [
+        PatchOp(0, "inc", "k", 0.0, 0.1, "ok", "c0", value=1, version=2),
+        PatchOp(1, "inc", "k", 0.05, 0.15, "ok", "c1", value=1, version=3),
+        PatchOp(1, "inc", "k", 0.2, 0.3, "ok", "shared", value=1, version=4),
+        PatchOp(0, "inc", "k", 0.25, 0.35, "ok", "shared", value=2, version=5),
+        PatchOp(2, "read", "k", 0.4, 0.5, "ok", version=5, values={"c0": 1, "c1": 1,
+                                                                    "shared": 2}),
+        PatchOp(1, "inc", "k", 0.6, None, "unknown", "shared"),
+        PatchOp(0, "inc", "k", 0.7, 0.8, "ok", "c0", value=2, version=7),
+        PatchOp(1, "inc", "k", 0.9, 1.0, "failed", "c1"),
+    ]
+    return h, {"k": (7, {"c0": 2, "c1": 1, "shared": 3})}
+
+
+def patch_kinds(history, final) -> set[str]:
+    return {kind for kind, _ in check_patches(history, final)}
+
+
+def test_patch_checker_accepts_exactly_once_with_an_in_doubt_increment():
+    h, final = good_patches()
+    assert check_patches(h, final) == []
+    h[6] = PatchOp(0, "inc", "k", 0.7, 0.8, "ok", "c0", value=2, version=6)
+    final["k"] = (6, {"c0": 2, "c1": 1, "shared": 2})  # the in-doubt one did not land: fine too
+    assert check_patches(h, final) == []
+
+
+def test_patch_checker_catches_a_write_that_changed_no_counter():
+    h, final = good_patches()
+    final["k"] = (8, {"c0": 2, "c1": 1, "shared": 3})  # one more version than increments
+    assert patch_kinds(h, final) == {"version-count"}
+
+
+def test_patch_checker_catches_a_doubled_increment():
+    h, final = good_patches()
+    final["k"] = (8, {"c0": 3, "c1": 1, "shared": 3})  # c0 applied once more than acknowledged
+    assert patch_kinds(h, final) == {"doubled-increment"}
+    final["k"] = (8, {"c0": 2, "c1": 1, "shared": 4})  # more than acknowledged + in doubt
+    assert patch_kinds(h, final) == {"doubled-increment"}
+    final["k"] = (8, {"c0": 2, "c1": 2, "shared": 3})  # a failed (not sent) one landed
+    assert patch_kinds(h, final) == {"doubled-increment"}
+
+
+def test_patch_checker_catches_a_lost_acknowledged_increment():
+    h, final = good_patches()
+    final["k"] = (7, {"c0": 1, "c1": 1, "shared": 3})  # c0's second acknowledged one is gone
+    assert "lost-increment" in patch_kinds(h, final)
+    final["k"] = (7, {"c0": 2, "c1": 0, "shared": 3})
+    assert "lost-increment" in patch_kinds(h, final)
+
+
+def test_patch_checker_catches_one_value_acknowledged_twice():
+    h, final = good_patches()
+    # both shared increments report 1 (one overwrote the other) and the in-doubt one made up
+    # for the count: the final value alone would pass
+    h[3] = PatchOp(0, "inc", "k", 0.25, 0.35, "ok", "shared", value=1, version=5)
+    h[4] = PatchOp(2, "read", "k", 0.4, 0.5, "ok", version=5, values={"c0": 1, "c1": 1,
+                                                                       "shared": 1})
+    assert "duplicate-value" in patch_kinds(h, final)
+
+
+def test_patch_checker_catches_duplicate_and_backward_versions():
+    h, final = good_patches()
+    h[1] = PatchOp(1, "inc", "k", 0.05, 0.15, "ok", "c1", value=1, version=2)
+    assert "duplicate-version" in patch_kinds(h, final)
+    h, final = good_patches()
+    h.append(PatchOp(0, "read", "k", 0.85, 0.88, "ok", version=5,
+                     values={"c0": 1, "c1": 1, "shared": 2}))
+    assert {"non-monotonic", "stale"} <= patch_kinds(h, final)
+
+
+def test_patch_checker_catches_stale_and_inconsistent_reads():
+    h, final = good_patches()
+    h.append(PatchOp(3, "read", "k", 0.85, 0.9, "ok", version=7,
+                     values={"c0": 1, "c1": 1, "shared": 3}))  # v7 wrote c0=2
+    assert "inconsistent-read" in patch_kinds(h, final)
+    h, final = good_patches()
+    h.append(PatchOp(3, "read", "k", 0.85, 0.9, "ok", version=4,
+                     values={"c0": 1, "c1": 1, "shared": 1}))  # after v7 was acknowledged
+    assert patch_kinds(h, final) == {"stale"}
+
+
 # --------------------------------------------------------------------------- short runs
 
 
@@ -107,6 +191,13 @@ def test_register_is_linearizable_under_sigstop_and_client_timeouts(engine, tmp_
     res = linearize.run(engine, seconds=3, workdir=tmp_path)
     assert res["violations"] == [] and res["errors"] == [] and res["alive"]
     assert res["acked_writes"] > 0 and res["pauses"] > 0
+
+
+@pytest.mark.parametrize("engine", ["module", "lua"])
+def test_field_patches_apply_exactly_once_under_sigstop(engine, tmp_path, module_so):
+    res = linearize.run_patches(engine, seconds=2.5, workdir=tmp_path)
+    assert res["violations"] == [] and res["errors"] == [] and res["alive"]
+    assert res["acked"] > 0 and res["acked_shared"] > 0 and res["pauses"] > 0
 
 
 def test_payload_storm_module(tmp_path, module_so):
