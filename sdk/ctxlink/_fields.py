@@ -138,12 +138,59 @@ class FieldPlan:
             numbers.update(unit.numbers)
         msg = type(after)()
         msg.CopyFrom(after)
-        msg.DiscardUnknownFields()
         for f in msg.DESCRIPTOR.fields:
             if f.name not in keep:
                 msg.ClearField(f.name)
-        # partial: a proto2 required field outside the units is the server's (it checks the merge)
-        return msg.SerializePartialToString(deterministic=True), tuple(sorted(numbers))
+        # partial: a proto2 required field outside the units is the server's (it checks the
+        # merge); top-level unknown fields and extensions are not in FIELDS, so they are cut
+        # from the bytes, while unknown fields inside a kept unit stay (the unit is replaced whole)
+        raw = msg.SerializePartialToString(deterministic=True)
+        return _only_fields(raw, numbers), tuple(sorted(numbers))
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _skip(raw: bytes, pos: int, tag: int) -> int:
+    """The end of the value of ``tag`` starting at ``pos`` (a group: through its end tag)."""
+    wire = tag & 7
+    if wire == 0:
+        return _varint(raw, pos)[1]
+    if wire == 1:
+        return pos + 8
+    if wire == 2:
+        length, pos = _varint(raw, pos)
+        return pos + length
+    if wire == 5:
+        return pos + 4
+    if wire == 3:
+        while True:
+            inner, pos = _varint(raw, pos)
+            if inner & 7 == 4:
+                return pos
+            pos = _skip(raw, pos, inner)
+    raise ValueError(f"wire type {wire} at the top level")
+
+
+def _only_fields(raw: bytes, numbers: set[int]) -> bytes:
+    """The top-level field occurrences of ``raw`` whose number is in ``numbers``, in order."""
+    out = []
+    pos = 0
+    while pos < len(raw):
+        start = pos
+        tag, pos = _varint(raw, pos)
+        pos = _skip(raw, pos, tag)
+        if tag >> 3 in numbers:
+            out.append(raw[start:pos])
+    return b"".join(out)
 
 
 def _has_presence(f: FieldDescriptor) -> bool:

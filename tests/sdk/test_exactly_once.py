@@ -289,6 +289,26 @@ def test_a_patch_leaves_required_fields_to_the_server(
     assert (stored.id, stored.note) == ("r", "n")
 
 
+def test_a_patch_keeps_unknown_fields_inside_the_units_it_replaces(
+    store: ctxlink.Store, protos: Protos
+) -> None:
+    # an older agent patches a repeated message field whose items carry a field only the newer
+    # schema knows: the unit is replaced whole, so those fields must travel with it (as a
+    # whole-context write keeps them)
+    V2 = protos.cls("order_v2_compat", "ctxlink.example.Order")
+    store.register_schema("order2", V2)
+    newer = V2(order_id="f", currency="EUR")
+    newer.items.add(sku="a", quantity=1, note="fragile")
+    store.cas("f:8", 0, newer, schema="order2")
+
+    def more(o: Any) -> None:
+        o.items[0].quantity = 2
+
+    store.update("f:8", more, message_class=protos.Order, reads=[])
+    after = V2.FromString(store.get("f:8").raw)  # type: ignore[union-attr]
+    assert (after.items[0].quantity, after.items[0].note, after.currency) == (2, "fragile", "EUR")
+
+
 @pytest.mark.parametrize(
     "reads",
     [["no_such_field"], ["version"], ["discount", "discount"], "discount"],
