@@ -14,7 +14,7 @@ import crash_loop  # noqa: E402
 import linearize  # noqa: E402
 import storm  # noqa: E402
 import torture_common  # noqa: E402
-from linearize import Op, PatchOp, check, check_patches  # noqa: E402
+from linearize import LifeOp, Op, PatchOp, check, check_lifecycle, check_patches  # noqa: E402,E501
 
 
 @pytest.fixture(autouse=True)
@@ -169,6 +169,36 @@ def test_patch_checker_catches_stale_and_inconsistent_reads():
     h.append(PatchOp(3, "read", "k", 0.85, 0.9, "ok", version=4,
                      values={"c0": 1, "c1": 1, "shared": 1}))  # after v7 was acknowledged
     assert patch_kinds(h, final) == {"stale"}
+
+
+def good_lifecycle() -> list[LifeOp]:
+    """Create, delete, an in-doubt create (tag 3) that lands after the writer read nothing."""
+    return [
+        LifeOp(0, "create", "l", 0.0, "ok", 1, version=1),
+        LifeOp(0, "read", "l", 0.1, "ok", 1),
+        LifeOp(0, "delete", "l", 0.2, "ok", 2),
+        LifeOp(0, "create", "l", 0.3, "unknown", 3),
+        LifeOp(0, "read", "l", 0.4, "ok", None),
+        LifeOp(0, "create", "l", 0.5, "conflict", 3),   # tag 3 landed late
+        LifeOp(0, "delete", "l", 0.6, "ok", 4),
+        LifeOp(0, "read", "l", 0.7, "ok", None),
+    ]
+
+
+def test_lifecycle_checker_accepts_a_late_in_doubt_create():
+    assert check_lifecycle(good_lifecycle()) == []
+
+
+def test_lifecycle_checker_catches_a_resurrected_and_a_missing_context():
+    h = good_lifecycle()
+    h[4] = LifeOp(0, "read", "l", 0.4, "ok", 1)  # deleted (acknowledged), then back
+    assert {k for k, _ in check_lifecycle(h)} == {"lifecycle"}
+    h = good_lifecycle()
+    h[1] = LifeOp(0, "read", "l", 0.1, "ok", None)  # an acknowledged create is not there
+    assert {k for k, _ in check_lifecycle(h)} == {"lifecycle"}
+    h = good_lifecycle()
+    h[0] = LifeOp(0, "create", "l", 0.0, "ok", 1, version=2)
+    assert {k for k, _ in check_lifecycle(h)} == {"lifecycle"}
 
 
 # --------------------------------------------------------------------------- short runs

@@ -46,6 +46,10 @@ each its own field with ``reads=[]`` (disjoint fields: the server merges them), 
 - ``stale``: an operation saw a version or a field value older than one an operation completed
   before it started had seen or written (real-time order).
 
+The same clients also delete and recreate keys of their own (``Store.delete``, ``Store.cas``
+with expected 0); :func:`check_lifecycle` reports ``lifecycle`` when a read saw a state that
+neither the last acknowledged create/delete nor an in-doubt one left.
+
     python tests/torture/linearize.py --engine both --seconds 60 [--workload register|patch|both]
 """
 
@@ -451,6 +455,51 @@ def _check_patch_key(key: str, ops: list[PatchOp], final: tuple[int, dict[str, i
     return out
 
 
+@dataclass
+class LifeOp:
+    """Delete and recreate of a key only one client writes (``Store.cas`` with expected 0,
+    ``Store.delete``). ``tag``: create, the tag it wrote; read or conflict reply, the tag seen
+    (None: absent)."""
+
+    client: int
+    kind: str                      # "create" | "delete" | "read"
+    key: str
+    invoke: float
+    outcome: str                   # "ok" | "conflict" | "unknown" | "failed"
+    tag: Optional[int] = None
+    version: int = 0               # ok create: the version it wrote (must be 1)
+
+
+def check_lifecycle(history: list[LifeOp]) -> list[tuple[str, str]]:
+    """``lifecycle`` violations on single-writer keys: a read (or a conflict reply) must see
+    what the last acknowledged create/delete left, or what one of the writer's earlier in-doubt
+    ones would leave (it may land late); an acknowledged create writes version 1."""
+    by_key: dict[str, list[LifeOp]] = defaultdict(list)
+    for op in history:
+        by_key[op.key].append(op)
+    out = []
+    for key, ops in by_key.items():
+        ops.sort(key=lambda o: o.invoke)
+        state: Optional[int] = None   # the tag the writer's acknowledged writes left
+        maybe: set[Optional[int]] = set()   # what in-doubt writes may leave
+        for o in ops:
+            if o.kind == "create" and o.outcome == "ok":
+                state = o.tag
+                if o.version != 1:
+                    out.append(("lifecycle", f"{key}: create acknowledged version {o.version}"))
+            elif o.kind == "delete" and o.outcome == "ok":
+                state = None
+            elif o.outcome == "unknown":
+                maybe.add(o.tag if o.kind == "create" else None)
+            elif o.kind == "read" or o.outcome == "conflict":
+                if o.tag != state and o.tag not in maybe:
+                    out.append(("lifecycle", f"{key}: client {o.client} saw "
+                                             f"{'nothing' if o.tag is None else o.tag} where "
+                                             f"{'nothing' if state is None else state} was left"))
+                state = o.tag
+    return out
+
+
 def counters_class(fields: int) -> type:
     """A proto3 message ``torture.Counters``: ``version`` (1), ``shared`` (2), ``c0`` ... (10+)."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -470,10 +519,12 @@ def counters_class(fields: int) -> type:
 
 def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int = 2,
                 shared_clients: int = 3, timeout: float = 0.15, update_timeout: float = 5.0,
-                seed: int = 1) -> dict:
+                life: float = 0.05, seed: int = 1) -> dict:
     """Field-patch counters under SIGSTOP pauses: client c increments ``c<c>`` of a random key
     (``reads=[]``); clients below ``shared_clients`` also increment ``shared``
-    (``reads=["shared"]``); 20 % of the operations are reads. 30 % of the updates get a
+    (``reads=["shared"]``); 20 % of the operations are reads. A fraction ``life`` of the
+    operations delete or recreate the client's own key ``life:<c>`` (checked by
+    :func:`check_lifecycle`; the created payload's ``shared`` field holds a tag). 30 % of the updates get a
     ``timeout`` of 0.05 to 0.3 s (shorter than most pauses: their re-sends run out and raise
     OutcomeUnknownError, and the write may land after SIGCONT), the rest ``update_timeout``."""
     import redis
@@ -494,6 +545,7 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
     for k in key_names:
         assert setup.cas(k, 0, Counters(version=1).SerializeToString(), schema="counters").ok
     history: list[PatchOp] = []
+    lives: list[LifeOp] = []   # list.append is atomic
     hlock = threading.Lock()
     stop = threading.Event()
     pauses = [0, 0.0]
@@ -509,10 +561,48 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
                                 engine=engine)
         mine: list[PatchOp] = []
         own = f"c{cid}"
+        life_key, tag, life_version = f"life:{cid}", 0, 0
         while not stop.is_set():
             key = crng.choice(key_names)
             r = crng.random()
             t0 = time.monotonic()
+            if r < life:
+                # delete / recreate of this client's own key: create when it last saw it absent
+                tag += 1
+                kind = "create" if life_version == 0 else "delete"
+                try:
+                    if kind == "create":
+                        res = store.cas(life_key, 0, Counters(version=1, shared=tag)
+                                        .SerializeToString(), schema="counters")
+                    else:
+                        res = store.delete(life_key, life_version)
+                except ctxlink.OutcomeUnknownError:
+                    stats["life_unknown"] += 1
+                    lives.append(LifeOp(cid, kind, life_key, t0, "unknown", tag))
+                    life_version = -1  # read it before the next create/delete
+                    continue
+                except (redis.TimeoutError, redis.ConnectionError):  # nothing reached it
+                    lives.append(LifeOp(cid, kind, life_key, t0, "failed", tag))
+                    continue
+                if res.ok:
+                    stats["life_" + kind] += 1
+                    lives.append(LifeOp(cid, kind, life_key, t0, "ok", tag, res.version))
+                    life_version = res.version if kind == "create" else 0
+                else:
+                    cur = res.current
+                    lives.append(LifeOp(cid, kind, life_key, t0, "conflict",
+                                        Counters.FromString(cur.raw).shared if cur else None))
+                    life_version = cur.version if cur else 0
+                continue
+            if life_version < 0:
+                try:
+                    snap = store.get(life_key)
+                except (redis.TimeoutError, redis.ConnectionError):
+                    continue
+                lives.append(LifeOp(cid, "read", life_key, t0, "ok",
+                                    Counters.FromString(snap.raw).shared if snap else None))
+                life_version = snap.version if snap else 0
+                continue
             if r < 0.2:
                 try:
                     snap = store.get(key)
@@ -578,10 +668,14 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
     for k in key_names:
         snap = final_store.get(k)
         final[k] = (snap.version, values_of(snap.raw)) if snap else (0, {})
+    for c in range(clients):  # the final state of the delete/recreate keys
+        snap = final_store.get(f"life:{c}")
+        lives.append(LifeOp(c, "read", f"life:{c}", time.monotonic(), "ok",
+                            Counters.FromString(snap.raw).shared if snap else None))
     alive = server.alive()
     server.stop(check=False)
     t_check = time.monotonic()
-    violations = check_patches(history, final)
+    violations = check_patches(history, final) + check_lifecycle(lives)
     check_s = time.monotonic() - t_check
     incs = [o for o in history if o.kind == "inc"]
     return dict(
@@ -594,6 +688,8 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
         landed_in_doubt=sum(sum(v.values()) for _, v in final.values())
         - sum(1 for o in incs if o.outcome == "ok"),
         final={k: v[0] for k, v in final.items()},
+        creates=stats["life_create"], deletes=stats["life_delete"],
+        life_unknown=stats["life_unknown"],
         pauses=pauses[0], paused_s=round(pauses[1], 1),
         seconds=round(time.monotonic() - t_start, 1),
         violations=violations, errors=errors, alive=alive,
@@ -635,7 +731,9 @@ def main() -> int:
                       f"{res['attempts']} attempts, {res['reads']} reads, {res['unknown']} "
                       f"OutcomeUnknownError, {res['transport']} transport errors, "
                       f"{res['not_sent']} not sent, {res['gave_up']} gave up; "
-                      f"{res['landed_in_doubt']} in-doubt increments landed), final versions "
+                      f"{res['landed_in_doubt']} in-doubt increments landed; {res['creates']} creates "
+                      f"and {res['deletes']} deletes acknowledged, {res['life_unknown']} in "
+                      f"doubt), final versions "
                       f"{res['final']}, {res['pauses']} SIGSTOP pauses ({res['paused_s']} s), "
                       f"{res['seconds']} s, check {res['check_s']} s, "
                       f"violations: {len(res['violations'])}, errors: {len(res['errors'])}",
