@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Optional, TypeVar, Union
 
@@ -42,7 +42,7 @@ from ctxlink._exceptions import (
     error_from_reply,
 )
 from ctxlink._fields import FieldNameError, field_plan
-from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent
+from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, _not_sent
 from ctxlink._types import (
     Backoff,
     CasResult,
@@ -112,6 +112,9 @@ class Cmd:
 
     args: tuple[Any, ...]
     nodes: Optional[str] = None
+    #: made on the way to a write (see :func:`_reads_not_sent`): a transport error is thrown
+    #: into the operation instead of ending it
+    settle: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class LoadScript:
     """``SCRIPT LOAD`` a source (on every primary of a cluster); the result is its SHA-1."""
 
     source: bytes
+    settle: bool = False
 
 
 @dataclass(frozen=True)
@@ -843,7 +847,7 @@ def _send_settled(
     tries = 0
     while True:
         try:
-            return (yield from send()), sent
+            return (yield from _reads_not_sent(send())), sent
         except TRANSPORT_ERRORS as exc:
             if not isinstance(exc, WriteNotSent):
                 sent = True  # it went out: it may have run
@@ -861,6 +865,30 @@ def _send_settled(
                     write_id,
                 ) from exc
             yield Sleep(random.uniform(0, (pause or st.backoff).ceiling(tries)))
+
+
+def _reads_not_sent(op: Op[T]) -> Op[T]:
+    """Runs ``op`` (one try of a write); a transport error of a read it makes on the way (the
+    context's schema, ``SCRIPT LOAD`` after ``NOSCRIPT``, a plan) is thrown into it as
+    :class:`WriteNotSent`: that try did not send the write, but an earlier one may have, so the
+    caller decides (re-send, then OutcomeUnknownError) instead of the read's error ending it."""
+    reply: Any = None
+    error: Optional[BaseException] = None
+    while True:
+        try:
+            instr = op.send(reply) if error is None else op.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        if type(instr) is Cmd or type(instr) is LoadScript:
+            instr = replace(instr, settle=True)
+        try:
+            reply = yield instr
+        except TRANSPORT_ERRORS as exc:
+            error = exc if type(instr) is Write or isinstance(exc, WriteNotSent) else (
+                _not_sent(exc))
+        except BaseException as exc:  # noqa: B036 - handed to the op, as the front end would
+            error = exc
 
 
 def _ambiguous(outcome: Outcome, expected: int, resent: bool) -> bool:

@@ -80,6 +80,10 @@ async def _run(client: Any, op: Op[T]) -> T:
                 raise TypeError(f"unknown instruction {instr!r}")
         except ResponseError as exc:
             error = _core.map_error(exc)
+        except TRANSPORT_ERRORS as exc:  # a read on the way to a write: the op settles it
+            if not getattr(instr, "settle", False):
+                raise
+            error = exc
 
 
 _MAX_EXPECTED = _core.MAX_EXPECTED_MODULE

@@ -137,6 +137,39 @@ def test_resend_past_the_window_is_outcome_unknown(
     assert (order.base_price, order.discount) == (10, 17)  # it had landed, once
 
 
+def test_a_read_lost_while_resending_is_no_plain_connection_error(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    # Lua engine: a write whose reply was lost is re-sent; on the way it reads the context's
+    # schema (a fresh client does not know it) and loses that reply too. The write had landed:
+    # the read's ConnectionError must not end the cas (it re-sends, and learns "replayed")
+    if sdk_engine == "module":
+        pytest.skip("the module engine makes no read on the way to a write")
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    Order = protos.Order
+    store.cas("o:5", 0, Order(order_id="o"), schema="order")
+    with FaultProxy(server.port) as proxy:
+        agent = connect(redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 0)), sdk_engine)
+        is_write = write_matcher(agent)
+        get_sha = agent._st.scripts["get"].sha.encode()
+        writes: list[int] = []
+
+        def match(args: list[bytes]) -> bool:
+            if is_write(args):
+                writes.append(1)
+                return True
+            return bool(writes) and len(args) > 1 and args[1] == get_sha
+
+        proxy.arm(match, times=2)
+        result = agent.cas("o:5", 1, Order(order_id="o", version=2).SerializeToString())
+        assert proxy.faults == 2
+        agent.client.close()
+    assert result.ok and result.replayed and result.version == 2
+    assert store.get("o:5").version == 2  # type: ignore[union-attr]
+
+
 def test_async_update_is_applied_once_when_its_reply_is_lost(
     store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
 ) -> None:
