@@ -1170,7 +1170,10 @@ def op_update(
                 return Updated(result.version, msg, raw, name, calls)
             merged = outcome.raw
             if merged is None:  # a replayed patch: the merge it stored, if nothing came after
-                now = yield from op_get(st, key)
+                try:
+                    now = yield from _reads_not_sent(op_get(st, key))
+                except TRANSPORT_ERRORS:  # the write is done: a lost read must not say otherwise
+                    now = None
                 if now is not None and now[0] == result.version:
                     merged = now[1]
             if merged is None:  # overwritten since: the writer's own view, at its version

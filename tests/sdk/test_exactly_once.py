@@ -170,6 +170,37 @@ def test_a_read_lost_while_resending_is_no_plain_connection_error(
     assert store.get("o:5").version == 2  # type: ignore[union-attr]
 
 
+def test_a_replayed_patch_whose_read_back_is_lost_is_still_done(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    # the patch's reply is lost, the re-send says "replayed", and the read of the merge it
+    # stored loses its reply too: the update is done (the writer's view), not a ConnectionError
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    Order = protos.Order
+    store.cas("o:6", 0, Order(order_id="o"), schema="order")
+    with FaultProxy(server.port) as proxy:
+        agent = connect(redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 0)), sdk_engine)
+        is_write = write_matcher(agent)
+        get_sha = agent._st.scripts["get"].sha.encode() if sdk_engine == "lua" else None
+        writes: list[int] = []
+
+        def match(args: list[bytes]) -> bool:
+            if is_write(args):
+                writes.append(1)
+                return len(writes) == 1
+            is_get = args[:1] == [b"CTX.GET"] or (len(args) > 1 and args[1] == get_sha)
+            return len(writes) == 2 and is_get
+
+        proxy.arm(match, times=2)
+        up = agent.update("o:6", bump("base_price", 10), message_class=Order, reads=[])
+        assert proxy.faults == 2
+        agent.client.close()
+    assert up.version == 2 and up.message.base_price == 10 and up.attempts == 1
+    assert store.get("o:6").decode(Order).base_price == 10  # type: ignore[union-attr]
+
+
 def test_async_update_is_applied_once_when_its_reply_is_lost(
     store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
 ) -> None:
