@@ -123,6 +123,27 @@ async def _send_once_async(conn: Any, args: tuple[Any, ...]) -> Any:
         raise
 
 
+async def _send_node_async(node: Any, args: tuple[Any, ...], asking: bool) -> Any:
+    """Sends once to an asyncio cluster node; after ``ASK``, ``ASKING`` goes first on the same
+    connection (``ClusterNode.execute_command`` does not send it)."""
+    if not asking:
+        return await node.execute_command(*args)
+    conn = node.acquire_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands([("ASKING",), args]))
+        await conn.read_response()
+        return await conn.read_response()
+    except BaseException:  # a transport error or a cancellation mid-reply: the link is unusable
+        await conn.disconnect()
+        raise
+    finally:
+        release = getattr(node, "release", None)
+        if release is not None:
+            release(conn)
+        else:  # redis-py < 8
+            node._free.append(conn)
+
+
 async def send_write_async(client: Any, key: Any, args: tuple[Any, ...]) -> Any:
     """The asyncio twin of :func:`send_write`."""
     if hasattr(client, "nodes_manager"):
@@ -131,14 +152,14 @@ async def send_write_async(client: Any, key: Any, args: tuple[Any, ...]) -> Any:
         asking = False
         for _ in range(_REDIRECTS + 1):
             try:  # ClusterNode.execute_command sends once (retries live in RedisCluster)
-                return await node.execute_command(*args, asking=asking)
+                return await _send_node_async(node, args, asking)
             except MovedError:
                 await client.nodes_manager.initialize()
                 node, asking = client.get_node_from_key(key), False
             except AskError as exc:
                 node = client.nodes_manager.get_node(host=exc.host, port=exc.port) or node
                 asking = True
-        return await node.execute_command(*args, asking=asking)
+        return await _send_node_async(node, args, asking)
     try:
         await client.initialize()  # a single-connection client connects here
     except TRANSPORT_ERRORS as exc:

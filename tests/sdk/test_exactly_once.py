@@ -222,6 +222,85 @@ def test_async_update_is_applied_once_when_its_reply_is_lost(
     assert (order.base_price, order.discount) == (10, 1)
 
 
+@pytest.fixture(scope="module")
+def two_primaries() -> Any:
+    """A two-primary Redis Cluster with the module (the Lua engine runs on it too)."""
+    from ctxlink.embedded import find_module, free_port
+
+    nodes, buses = [], []
+    try:
+        for _ in range(2):
+            bus = free_port()
+            nodes.append(ctxlink.EmbeddedRedis(module=find_module(), args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(bus)]).start())
+            buses.append(bus)
+        a, b = (n.client() for n in nodes)
+        a.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 8191)
+        b.execute_command("CLUSTER", "ADDSLOTSRANGE", 8192, 16383)
+        a.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[1].port, buses[1])
+        deadline = time.monotonic() + 20
+        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in (a, b)):
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.05)
+        a.close()
+        b.close()
+        yield nodes
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_async_cluster_write_follows_ask_during_a_slot_migration(
+    two_primaries: Any, sdk_engine: str, protos: Protos
+) -> None:
+    # the key (and its slot's registry copy) already moved to the importing node: the old owner
+    # answers ASK, and the write must reach the new one after ASKING on the same connection
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    from ctxlink._core import registry_key_for
+
+    Order = protos.Order
+    key = f"ask:{sdk_engine}"
+    rc = RedisCluster(host="127.0.0.1", port=two_primaries[0].port)
+    store = ctxlink.connect(rc, engine=sdk_engine)
+    store.register_schema("order", Order)
+    store.cas(key, 0, Order(order_id="a"), schema="order")
+    slot = rc.keyslot(key)
+    owner = rc.get_node_from_key(key).port
+    src, dst = sorted((n.client() for n in two_primaries),
+                      key=lambda c: c.connection_pool.connection_kwargs["port"] != owner)
+    dst_port = dst.connection_pool.connection_kwargs["port"]
+    src_id, dst_id = (c.execute_command("CLUSTER", "MYID").decode() for c in (src, dst))
+    try:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        src.execute_command("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000,
+                            "KEYS", key, registry_key_for(store._st, "order", key))
+
+        async def main() -> Any:
+            client = AsyncRedisCluster(host="127.0.0.1", port=two_primaries[0].port)
+            agent = await ctxlink.aio.connect(client, engine=sdk_engine)
+            try:
+                first = await agent.cas(key, 1, Order(order_id="b"))
+                up = await agent.update(key, bump("discount"), message_class=Order, reads=[])
+                return first, up
+            finally:
+                await client.aclose()
+
+        first, up = asyncio.run(main())
+        assert first.ok and first.version == 2 and up.version == 3
+    finally:  # the migration completes: the slot is the importing node's
+        for c in (dst, src):
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        src.close()
+        dst.close()
+    rc.nodes_manager.initialize()
+    snap = store.get(key)
+    assert snap is not None and snap.version == 3 and snap.decode(Order).discount == 1
+    rc.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # field-level concurrency
 
