@@ -2,7 +2,8 @@
 
     python tests/torture/run_all.py [--quick]
 
-Crash loop (200 kill -9 cycles per engine), linearizability under SIGSTOP (60 s per engine),
+Crash loop (200 kill -9 cycles per engine), linearizability under SIGSTOP (the register and
+the field-patch counters, 60 s each per engine),
 payload storm (200,000 payloads on the module, 100,000 on the Lua engine). ``--quick`` runs
 about a tenth of each. Exit status 1 when any part found a problem.
 """
