@@ -39,6 +39,7 @@ from ctxlink._exceptions import (
     SchemaError,
     ValidationError,
     VersionError,
+    WrongTypeError,
     error_from_reply,
 )
 from ctxlink._fields import FieldNameError, field_plan
@@ -865,6 +866,20 @@ def _send_settled(
                     write_id,
                 ) from exc
             yield Sleep(random.uniform(0, (pause or st.backoff).ceiling(tries)))
+        except ResponseError as exc:
+            # the write's own checks after the replay check (CTXINVALID, CTXVERSION, ...) prove
+            # that no send of it ran; an error before them (OOM, READONLY, LOADING's kin,
+            # WRONGTYPE, CLUSTERDOWN, NOPERM) says nothing about the send whose reply was lost
+            if not sent or (isinstance(exc, CtxError) and not isinstance(exc, WrongTypeError)):
+                raise
+            raise OutcomeUnknownError(
+                f"the reply to a write of {key!r} (write id {write_id!r}) was lost and the "
+                f"re-sent write was refused before the server could tell whether it had been "
+                f"applied: it may have landed; read the context before deciding "
+                f"({type(exc).__name__}: {exc})",
+                key,
+                write_id,
+            ) from exc
 
 
 def _reads_not_sent(op: Op[T]) -> Op[T]:

@@ -201,6 +201,37 @@ def test_a_replayed_patch_whose_read_back_is_lost_is_still_done(
     assert store.get("o:6").decode(Order).base_price == 10  # type: ignore[union-attr]
 
 
+def test_a_resend_refused_before_the_replay_check_is_outcome_unknown(
+    store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
+) -> None:
+    # the write lands, its reply is lost, and the server then refuses the re-send before looking
+    # at the write id (here OOM: maxmemory reached): that says nothing about the first send, so
+    # the outcome is unknown, not the OOM error (which would suggest the write did not happen)
+    Order = protos.Order
+    store.cas("o:7", 0, Order(order_id="o"), schema="order")
+    try:
+        with FaultProxy(server.port) as proxy:
+            agent = connect(redis.Redis(port=proxy.port), sdk_engine)
+            proxy.arm(write_matcher(agent), times=1,
+                      hook=lambda _: store.client.config_set("maxmemory", 1))
+            with pytest.raises(ctxlink.OutcomeUnknownError) as info:
+                agent.cas("o:7", 1, Order(order_id="o", base_price=5))
+            agent.client.close()
+    finally:
+        store.client.config_set("maxmemory", 0)
+    assert isinstance(info.value.__cause__, redis.exceptions.OutOfMemoryError)
+    assert store.get("o:7").version == 2  # type: ignore[union-attr]
+    # a re-send refused by the write's own checks (after the replay check) proves that the
+    # lost send did not land either: that error, not an unknown outcome
+    with FaultProxy(server.port) as proxy:
+        agent = connect(redis.Redis(port=proxy.port), sdk_engine)
+        proxy.arm(write_matcher(agent), times=1)
+        with pytest.raises(ctxlink.VersionError):
+            agent.cas("o:7", 2, Order(order_id="o", version=9).SerializeToString())
+        assert proxy.faults == 1
+        agent.client.close()
+
+
 def test_async_update_is_applied_once_when_its_reply_is_lost(
     store: ctxlink.Store, server: Any, sdk_engine: str, protos: Protos
 ) -> None:
