@@ -23,6 +23,7 @@ client ``retry=Retry(NoBackoff(), 0)``: the SDK re-sends writes itself anyway.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from redis.exceptions import AskError, MovedError
@@ -46,6 +47,22 @@ def _not_sent(exc: BaseException) -> WriteNotSent:
     return err
 
 _REDIRECTS = 5
+
+#: pool class -> whether its get_connection needs a command name (redis-py 5; 6+ warns on one)
+_NEEDS_NAME: dict[type, bool] = {}
+
+
+def _get_args(pool: Any) -> tuple[Any, ...]:
+    cls = type(pool)
+    needs = _NEEDS_NAME.get(cls)
+    if needs is None:
+        try:
+            param = inspect.signature(cls.get_connection).parameters.get("command_name")
+        except (TypeError, ValueError):  # pragma: no cover - not introspectable
+            param = None
+        needs = param is not None and param.default is inspect.Parameter.empty
+        _NEEDS_NAME[cls] = needs
+    return ("_",) if needs else ()
 
 
 def _send_once(conn: Any, args: tuple[Any, ...], asking: bool = False) -> Any:
@@ -79,7 +96,7 @@ def _send_plain(client: Any, args: tuple[Any, ...], asking: bool = False) -> Any
             return _send_once(single, args, asking)
     pool = client.connection_pool
     try:
-        conn = pool.get_connection()  # connects (or reconnects) it: nothing sent yet
+        conn = pool.get_connection(*_get_args(pool))  # connects it: nothing sent yet
     except TRANSPORT_ERRORS as exc:
         raise _not_sent(exc) from exc
     try:
@@ -175,7 +192,7 @@ async def send_write_async(client: Any, key: Any, args: tuple[Any, ...]) -> Any:
             return await _send_once_async(single, args)
     pool = client.connection_pool
     try:
-        conn = await pool.get_connection()
+        conn = await pool.get_connection(*_get_args(pool))
     except TRANSPORT_ERRORS as exc:
         raise _not_sent(exc) from exc
     try:

@@ -332,6 +332,24 @@ def test_async_cluster_write_follows_ask_during_a_slot_migration(
     rc.close()
 
 
+def test_writes_take_a_connection_as_the_installed_redis_py_asks() -> None:
+    # pyproject allows redis>=5, whose pools need a command name (6+ warn on one): every write
+    # failed with TypeError on redis-py 5 (checked against a real server with redis-py 5.2.1)
+    from ctxlink._send import _get_args
+
+    class Redis5Pool(redis.ConnectionPool):
+        def get_connection(self, command_name: str, *keys: Any, **options: Any) -> Any:
+            return super().get_connection()
+
+    class AsyncRedis5Pool(redis.asyncio.ConnectionPool):
+        async def get_connection(self, command_name: str, *keys: Any, **options: Any) -> Any:
+            return await super().get_connection()
+
+    assert _get_args(Redis5Pool()) == ("_",) and _get_args(AsyncRedis5Pool()) == ("_",)
+    assert _get_args(redis.ConnectionPool()) == _get_args(redis.asyncio.ConnectionPool()) == ()
+    assert _get_args(redis.BlockingConnectionPool()) == ()
+
+
 # ---------------------------------------------------------------------------------------------
 # field-level concurrency
 
