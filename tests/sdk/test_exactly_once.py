@@ -306,8 +306,9 @@ def test_async_cluster_write_follows_ask_during_a_slot_migration(
     try:
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-        src.execute_command("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000,
-                            "KEYS", key, registry_key_for(store._st, "order", key))
+        moving = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        assert {key.encode(), registry_key_for(store._st, "order", key).encode()} <= set(moving)
+        src.execute_command("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *moving)
 
         async def main() -> Any:
             client = AsyncRedisCluster(host="127.0.0.1", port=two_primaries[0].port)
