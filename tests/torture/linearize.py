@@ -67,7 +67,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torture_common as common  # noqa: E402
@@ -201,6 +201,26 @@ def _pauser(pid: int, stop: threading.Event, seed: int, pauses: list) -> None:
         pauses[1] += d
 
 
+def _drive(server: Any, client: Any, clients: int, rng: random.Random, stop: threading.Event,
+           seed: int, pauses: list, seconds: float, join_timeout: float) -> float:
+    """Runs ``client(cid, rng)`` in ``clients`` threads next to the pauser for ``seconds``, then
+    stops them, resumes the server and lets writes sent before a timeout land. Returns the
+    start time (monotonic)."""
+    threads = [threading.Thread(target=client, args=(c, random.Random(rng.randrange(2**32))))
+               for c in range(clients)]
+    threads.append(threading.Thread(target=_pauser, args=(server.proc.pid, stop, seed, pauses)))
+    t_start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(join_timeout)
+    os.kill(server.proc.pid, signal.SIGCONT)
+    time.sleep(0.3)  # writes sent before a timeout may still be applied: let them land
+    return t_start
+
+
 def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int = 3,
         timeout: float = 0.15, seed: int = 1) -> dict:
     import redis
@@ -272,18 +292,7 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
         with hlock:
             history.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(c, random.Random(rng.randrange(2**32))))
-               for c in range(clients)]
-    threads.append(threading.Thread(target=_pauser, args=(server.proc.pid, stop, seed, pauses)))
-    t_start = time.monotonic()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    os.kill(server.proc.pid, signal.SIGCONT)
-    time.sleep(0.3)  # writes sent before a timeout may still be applied: let them land
+    t_start = _drive(server, client, clients, rng, stop, seed, pauses, seconds, 30)
     final = ctxlink.connect(server.client(), engine=engine)
     for k in range(keys):
         t0 = time.monotonic()
@@ -651,18 +660,8 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
         with hlock:
             history.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(c, random.Random(rng.randrange(2**32))))
-               for c in range(clients)]
-    threads.append(threading.Thread(target=_pauser, args=(server.proc.pid, stop, seed, pauses)))
-    t_start = time.monotonic()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(update_timeout + 30)
-    os.kill(server.proc.pid, signal.SIGCONT)
-    time.sleep(0.3)  # writes sent before a timeout may still be applied: let them land
+    t_start = _drive(server, client, clients, rng, stop, seed, pauses, seconds,
+                     update_timeout + 30)
     final_store = ctxlink.connect(server.client(), engine=engine)
     final: Final = {}
     for k in key_names:
