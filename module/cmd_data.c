@@ -14,7 +14,7 @@
 
 #include "core/ctx_value.h"
 #include "ctx_module.h"
-#include "sha1.h"
+#include "core/ctx_sha1.h"
 
 #define CTX_VERSION_MAX (INT64_MAX - 1)
 #define CTX_STRING_MAX (512 * 1024 * 1024) /* RM_StringTruncate's limit */

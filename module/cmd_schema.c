@@ -102,18 +102,31 @@ static bool index_usable(RedisModuleCtx *ctx, int slot) {
   return t == REDISMODULE_KEYTYPE_EMPTY || t == REDISMODULE_KEYTYPE_SET;
 }
 
-/* True when every copy is an entry whose `digest` is `digest` and whose content still hashes
- * to it (checked on the first copy; the others are written together with it). */
+/* The entry's compatibility setting: its `compat` field; absent (entries written before the
+ * setting existed) or unreadable counts as WIRE_JSON, the strictest. */
+static ctx_Compat compat_of(RedisModuleString *field) {
+  ctx_Compat mode = kCtx_Compat_WireJson;
+  if (field) {
+    size_t len;
+    const char *p = RedisModule_StringPtrLen(field, &len);
+    if (!ctx_Compat_Parse(p, len, &mode)) mode = kCtx_Compat_WireJson;
+  }
+  return mode;
+}
+
+/* True when every copy is an entry whose `digest` is `digest`, whose setting is `mode` and whose
+ * content still hashes to the digest (checked on the first copy; the others are written together
+ * with it). */
 static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, size_t nlen,
-                        const char *digest) {
+                        const char *digest, ctx_Compat mode) {
   for (int i = 0; i < c->n; i++) {
     RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c->slots[i]);
     RedisModuleKey *key = RedisModule_OpenKey(ctx, k, REDISMODULE_READ);
-    RedisModuleString *d = NULL, *type = NULL, *fds = NULL, *vf = NULL;
+    RedisModuleString *d = NULL, *type = NULL, *fds = NULL, *vf = NULL, *cm = NULL;
     bool ok = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH;
     if (ok && i == 0) {
       RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, "type", &type, "fds",
-                          &fds, "vfield", &vf, NULL);
+                          &fds, "vfield", &vf, "compat", &cm, NULL);
       ok = d && type && fds && vf;
       if (ok) {
         size_t tl, fl, vl;
@@ -121,19 +134,20 @@ static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, 
         const char *f = RedisModule_StringPtrLen(fds, &fl);
         const char *v = RedisModule_StringPtrLen(vf, &vl);
         char computed[41];
-        ctx_Registry_Digest(t, tl, v, vl, f, fl, computed);
+        ctx_Digest(t, tl, v, vl, f, fl, computed);
         ok = memcmp(computed, digest, 40) == 0;
       }
     } else if (ok) {
-      RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, NULL);
+      RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, "compat", &cm, NULL);
     }
     if (ok) {
       size_t dl;
       const char *dp = d ? RedisModule_StringPtrLen(d, &dl) : NULL;
-      ok = dp && dl == 40 && memcmp(dp, digest, 40) == 0;
+      ok = dp && dl == 40 && memcmp(dp, digest, 40) == 0 &&
+           compat_of(cm) == mode;
     }
-    RedisModuleString *all[] = {d, type, fds, vf};
-    for (size_t j = 0; j < 4; j++) {
+    RedisModuleString *all[] = {d, type, fds, vf, cm};
+    for (size_t j = 0; j < 5; j++) {
       if (all[j]) RedisModule_FreeString(ctx, all[j]);
     }
     RedisModule_CloseKey(key);
@@ -143,18 +157,30 @@ static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, 
   return true;
 }
 
-/* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field] */
+/* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field]
+ *                [COMPAT WIRE|WIRE_JSON] */
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
   bool force = false;
-  RedisModuleString *vfield_arg = NULL;
+  RedisModuleString *vfield_arg = NULL, *compat_arg = NULL;
   for (int i = 4; i < argc; i++) {
     if (ctx_ArgIs(argv[i], "FORCE") && !force) {
       force = true;
     } else if (ctx_ArgIs(argv[i], "VERSIONFIELD") && !vfield_arg && i + 1 < argc) {
       vfield_arg = argv[++i];
+    } else if (ctx_ArgIs(argv[i], "COMPAT") && !compat_arg && i + 1 < argc) {
+      compat_arg = argv[++i];
     } else {
       return RedisModule_ReplyWithError(ctx, "ERR syntax error");
+    }
+  }
+  ctx_Compat mode = kCtx_Compat_WireJson;
+  if (compat_arg) {
+    size_t cl;
+    const char *cp = RedisModule_StringPtrLen(compat_arg, &cl);
+    if (!ctx_Compat_Parse(cp, cl, &mode)) {
+      return RedisModule_ReplyWithError(
+          ctx, "CTXSCHEMA unknown COMPAT setting: use WIRE_JSON or WIRE");
     }
   }
   if (!ctx_Registry_CheckName(ctx, argv[1])) return REDISMODULE_OK;
@@ -168,6 +194,7 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   ctx_Status st;
   copies c = {0};
   RedisModuleString *kname = NULL, *iname = NULL, *revstr = NULL, *prev_digest = NULL;
+  RedisModuleString *prev_compat = NULL;
   ctx_Schema *next =
       ctx_Schema_Build(fds, flen, type, tlen, vfield, vlen, ctx_config.max_schema_bytes, &st);
   if (!next) {
@@ -175,7 +202,7 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     goto done;
   }
   char digest[41];
-  ctx_Registry_Digest(type, tlen, vfield, vlen, fds, flen, digest);
+  ctx_Digest(type, tlen, vfield, vlen, fds, flen, digest);
   if (!copies_get(ctx, &c, false)) goto done;
 
   /* The previous revision, from the first copy (all copies are written together). */
@@ -186,12 +213,15 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   int ktype = RedisModule_KeyType(key);
   if (ktype == REDISMODULE_KEYTYPE_HASH) {
     RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "revision", &revstr, "digest",
-                        &prev_digest, NULL);
+                        &prev_digest, "compat", &prev_compat, NULL);
     if (revstr) RedisModule_StringToLongLong(revstr, &revision);
+    /* Without COMPAT the entry keeps its setting. */
+    if (!compat_arg) mode = compat_of(prev_compat);
   }
   RedisModule_CloseKey(key);
+  /* The same definition under another setting is a change (a new revision). */
   bool same = false;
-  if (prev_digest) {
+  if (prev_digest && compat_of(prev_compat) == mode) {
     size_t dl;
     const char *d = RedisModule_StringPtrLen(prev_digest, &dl);
     same = dl == 40 && memcmp(d, digest, 40) == 0;
@@ -211,21 +241,17 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
    * copies are written again under the same revision (a repair, not a new revision). */
   bool keep_revision = false;
   if (same && revision > 0) {
-    if (copies_hold(ctx, &c, name, nlen, digest)) {
+    if (copies_hold(ctx, &c, name, nlen, digest, mode)) {
       RedisModule_ReplyWithLongLong(ctx, revision);
       goto done;
     }
     keep_revision = true;
   }
-  if (ktype == REDISMODULE_KEYTYPE_HASH && !force && !keep_revision) {
-    const ctx_Schema *prev = ctx_Registry_Resolve(ctx, name, nlen, ref, &st);
-    if (!prev) {
-      ctx_Status_Set(&st, kCtx_Schema,
-                     "the registered revision cannot be read; use FORCE to replace it");
-      ctx_ReplyStatus(ctx, &st);
-      goto done;
-    }
-    if (!ctx_Schema_CheckCompatible(prev, next, &st)) {
+  /* The change decision is the core's (ctx_Schema_CheckChange), the same on both engines:
+   * checked against the setting the entry will have after this write. */
+  if (ktype == REDISMODULE_KEYTYPE_HASH && !keep_revision) {
+    const ctx_Schema *prev = force ? NULL : ctx_Registry_Resolve(ctx, name, nlen, ref, &st);
+    if (!ctx_Schema_CheckChange(prev, next, mode, force, &st)) {
       ctx_ReplyStatus(ctx, &st);
       goto done;
     }
@@ -241,9 +267,9 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c.slots[i]);
     RedisModuleString *ix = ctx_Registry_IndexName(ctx, c.slots[i]);
     /* s: RedisModuleString, c: C string, b: buffer and length. */
-    RedisModuleCallReply *r1 =
-        RedisModule_Call(ctx, "HSET", "!scscscscbcc", k, "type", argv[2], "fds", argv[3],
-                         "revision", revstr, "vfield", vfield, vlen, "digest", digest);
+    RedisModuleCallReply *r1 = RedisModule_Call(
+        ctx, "HSET", "!scscscscbcccc", k, "type", argv[2], "fds", argv[3], "revision", revstr,
+        "vfield", vfield, vlen, "digest", digest, "compat", ctx_Compat_Name(mode));
     RedisModuleCallReply *r2 =
         call_ok(r1) ? RedisModule_Call(ctx, "SADD", "!ss", ix, argv[1]) : NULL;
     bool ok = call_ok(r1) && call_ok(r2);
@@ -263,6 +289,7 @@ done:
   copies_free(&c);
   if (revstr) RedisModule_FreeString(ctx, revstr);
   if (prev_digest) RedisModule_FreeString(ctx, prev_digest);
+  if (prev_compat) RedisModule_FreeString(ctx, prev_compat);
   if (kname) RedisModule_FreeString(ctx, kname);
   if (iname) RedisModule_FreeString(ctx, iname);
   return REDISMODULE_OK;

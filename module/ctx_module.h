@@ -63,14 +63,8 @@ int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st);
 
 /* The registry's key names (see docs/PROTOCOL.md, "Schema registry"). */
 #define CTX_REGISTRY_INDEX "__ctx:schemas"
-#define CTX_SCHEMA_NAME_MAX 128
-#define CTX_BAD_NAME_MSG "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
-
-/* True when `name` is a legal schema name (docs/PROTOCOL.md, "Schema registry"). */
-bool ctx_Registry_NameValid(const char *name, size_t len);
-
-/* True when `name` is a legal schema name; else replies
- * "CTXSCHEMA " CTX_BAD_NAME_MSG. */
+/* True when `name` is a legal schema name (the core's ctx_SchemaName_Check);
+ * else replies "CTXSCHEMA " CTX_BAD_NAME_MSG. */
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name);
 
 /* Registry key names. `slot` -1: the standalone names (__ctx:schema:<name>,
@@ -110,12 +104,6 @@ typedef struct {
 
 void ctx_Registry_CacheStats(ctx_CacheStats *out);
 int ctx_Registry_Init(RedisModuleCtx *ctx);
-
-/* Hex SHA-1 of type, vfield and fds (each length-prefixed): the registry
- * entry's `digest` field. `out` has room for 41 bytes. */
-void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
-                         size_t vfield_len, const char *fds, size_t fds_len,
-                         char out[41]);
 
 /* ---- command handlers ---- */
 int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "ctx_module.h"
-#include "sha1.h"
 
 /* Compiled schemas: a least-recently-used list over a dict keyed by digest,
  * bounded by a count and by the bytes the schemas hold (module argument
@@ -32,23 +31,12 @@ static long long cache_evictions;
 static ctx_Schema *transient; /* the last schema too large to keep */
 static RedisModuleDict *keynames; /* name -> __ctx:schema:<name> */
 
-bool ctx_Registry_NameValid(const char *s, size_t len) {
-  if (len < 1 || len > CTX_SCHEMA_NAME_MAX) return false;
-  for (size_t i = 0; i < len; i++) {
-    char c = s[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '_' || c == '.' || c == '-' || c == ':')) {
-      return false;
-    }
-  }
-  return true;
-}
-
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name) {
   size_t len;
   const char *s = RedisModule_StringPtrLen(name, &len);
-  bool ok = ctx_Registry_NameValid(s, len);
-  if (!ok) RedisModule_ReplyWithError(ctx, "CTXSCHEMA " CTX_BAD_NAME_MSG);
+  ctx_Status st;
+  bool ok = ctx_SchemaName_Check(s, len, &st);
+  if (!ok) ctx_ReplyStatus(ctx, &st);
   return ok;
 }
 
@@ -74,22 +62,6 @@ RedisModuleString *ctx_Registry_IndexName(RedisModuleCtx *ctx, int slot) {
   RedisModuleString *k = registry_prefix(ctx, slot);
   RedisModule_StringAppendBuffer(ctx, k, "schemas", 7);
   return k;
-}
-
-void ctx_Registry_Digest(const char *type, size_t type_len, const char *vfield,
-                         size_t vfield_len, const char *fds, size_t fds_len,
-                         char out[41]) {
-  char num[32];
-  ctx_Sha1 s;
-  ctx_Sha1_Init(&s);
-  int n = snprintf(num, sizeof(num), "%zu:", type_len);
-  ctx_Sha1_Update(&s, num, (size_t)n);
-  ctx_Sha1_Update(&s, type, type_len);
-  n = snprintf(num, sizeof(num), "%zu:", vfield_len);
-  ctx_Sha1_Update(&s, num, (size_t)n);
-  ctx_Sha1_Update(&s, vfield, vfield_len);
-  ctx_Sha1_Update(&s, fds, fds_len);
-  ctx_Sha1_HexFinal(&s, out);
 }
 
 static void lru_unlink(cache_node *n) {
@@ -235,10 +207,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   drop_transient();
   /* A name that cannot be registered is refused before any lookup: nothing
    * is made or kept for it. */
-  if (!ctx_Registry_NameValid(name, len)) {
-    ctx_Status_Set(st, kCtx_Schema, "%s", CTX_BAD_NAME_MSG);
-    return NULL;
-  }
+  if (!ctx_SchemaName_Check(name, len, st)) return NULL;
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
   bool made = false;
@@ -268,7 +237,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   const char *f = str_or_empty(fds, &fl);
   const char *v = str_or_empty(vfield, &vl);
   char computed[41];
-  ctx_Registry_Digest(t, tl, v, vl, f, fl, computed);
+  ctx_Digest(t, tl, v, vl, f, fl, computed);
   if (!type || !fds || !vfield || dlen != 40 || memcmp(computed, d, 40) != 0) {
     ctx_Status_Set(st, kCtx_Schema,
                    "registry entry for schema '%.*s' is damaged (edited outside "

@@ -212,11 +212,13 @@ def registry_digest(type_: str | bytes, vfield: str | bytes, fds: bytes) -> str:
     return hashlib.sha1(b"%d:%s%d:%s" % (len(t), t, len(v), v) + fds).hexdigest()
 
 
-def registry_entry(type_: str, fds: bytes, revision: int = 1, vfield: str = "version") -> dict:
+def registry_entry(type_: str, fds: bytes, revision: int = 1, vfield: str = "version",
+                   compat: str = "WIRE_JSON") -> dict:
     """The fields of ``__ctx:schema:<name>`` as the protocol defines them (what a Lua engine or
     redis-cli writes)."""
     return {b"type": type_.encode(), b"fds": fds, b"revision": str(revision).encode(),
-            b"vfield": vfield.encode(), b"digest": registry_digest(type_, vfield, fds).encode()}
+            b"vfield": vfield.encode(), b"digest": registry_digest(type_, vfield, fds).encode(),
+            b"compat": compat.encode()}
 
 
 def write_registry(r: redis.Redis, name: str, type_: str, fds: bytes, revision: int = 1,

@@ -106,10 +106,48 @@ const char* ctx_Schema_TypeName(const ctx_Schema* s);
 size_t ctx_Schema_MemoryBytes(const ctx_Schema* s);
 const char* ctx_Schema_VersionField(const ctx_Schema* s);
 
-/* True when `next` can read everything `prev` wrote (see docs/PROTOCOL.md,
- * CTX.SCHEMA.SET). Otherwise false with kCtx_Schema naming the field. */
+/* ---- compatibility between revisions (docs/PROTOCOL.md, "Compatibility") ----
+ *
+ * Categories named after buf's breaking-change categories. WIRE: a reader of
+ * either revision decodes what the other wrote, field by field. WIRE_JSON (the
+ * default): WIRE, and the JSON form of a payload keeps its meaning too (field
+ * names, json names, string vs bytes, enum value names). */
+typedef enum { kCtx_Compat_WireJson = 0, kCtx_Compat_Wire = 1 } ctx_Compat;
+
+/* "WIRE_JSON" or "WIRE", ASCII case ignored; false for anything else.
+ * ctx_Compat_Name gives the canonical (upper-case) name that the registry's
+ * `compat` field holds. */
+bool ctx_Compat_Parse(const char* s, size_t len, ctx_Compat* out);
+const char* ctx_Compat_Name(ctx_Compat mode);
+
+/* True when `next` keeps every rule of `mode` against `prev`. Otherwise false
+ * with kCtx_Schema: "incompatible schema (<CATEGORY>, <RULE>): ... (use FORCE
+ * to override[, or COMPAT WIRE])" naming the field (or kCtx_NoMemory). */
 bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
-                                ctx_Status* status);
+                                ctx_Compat mode, ctx_Status* status);
+
+/* The whole decision of a registration over an existing entry, shared by both
+ * engines: `force` -> true; `prev` NULL (the registered revision does not
+ * parse) -> false with kCtx_Schema "the registered revision cannot be read;
+ * use FORCE to replace it"; else ctx_Schema_CheckCompatible. */
+bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
+                            ctx_Compat mode, bool force, ctx_Status* status);
+
+/* ---- the registry's rules ------------------------------------------------ */
+
+#define CTX_SCHEMA_NAME_MAX 128
+#define CTX_BAD_NAME_MSG "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
+
+/* True when `name` is a legal schema name: 1 to CTX_SCHEMA_NAME_MAX bytes of
+ * A-Z a-z 0-9 _ . - : (nothing else, no trailing newline). Otherwise false
+ * with kCtx_Schema CTX_BAD_NAME_MSG. `status` may be NULL. */
+bool ctx_SchemaName_Check(const char* name, size_t len, ctx_Status* status);
+
+/* The registry entry's `digest`: lowercase hex SHA-1 of
+ * "<len>:<type><len>:<vfield><fds>" (lengths in decimal bytes), NUL-terminated
+ * in `out`. It names the validation definition; the compat setting is not in it. */
+void ctx_Digest(const char* type, size_t type_len, const char* vfield,
+                size_t vfield_len, const char* fds, size_t fds_len, char out[41]);
 
 /* The version carried by a valid payload. */
 typedef struct {

@@ -1,5 +1,6 @@
-/* ctx_schema.c - building schemas from descriptor sets, and the
- * compatibility rule between two revisions of a schema. */
+/* ctx_schema.c - building schemas from descriptor sets, the compatibility
+ * rules between two revisions of a schema (categories WIRE and WIRE_JSON), and
+ * the schema-name rule. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -484,10 +485,13 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
   upb_StringView vv = {vfield, vfield_len};
   s->vfield = upb_MessageDef_FindFieldByNameWithSize(s->msg, vfield, vfield_len);
   if (!s->vfield) {
+    /* Names cut so that the fix stays in the message. */
+    int vl = (int)(vv.size > 48 ? 48 : vv.size);
     ctx_Status_Set(status, kCtx_Schema,
-                   "message '%s' has no top-level field '" NAME_FMT
-                   "' to hold the context version",
-                   upb_MessageDef_FullName(s->msg), NAME_ARG(vv));
+                   "message '%.64s' has no top-level field '%.*s' to hold the context "
+                   "version: add an integer field '%.*s' or name one with VERSIONFIELD "
+                   "(version_field= in the SDK)",
+                   upb_MessageDef_FullName(s->msg), vl, vv.data, vl, vv.data);
     goto fail;
   }
   if (upb_FieldDef_IsRepeated(s->vfield) ||
@@ -618,11 +622,205 @@ static bool pairs_push(pair_list* l, ptr_index* seen, const upb_MessageDef* a,
   return true;
 }
 
+/* ---- compatibility categories -------------------------------------------- */
+
+bool ctx_Compat_Parse(const char* s, size_t len, ctx_Compat* out) {
+  static const struct {
+    const char* name;
+    ctx_Compat mode;
+  } names[] = {{"WIRE_JSON", kCtx_Compat_WireJson}, {"WIRE", kCtx_Compat_Wire}};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    size_t n = strlen(names[i].name);
+    if (len != n) continue;
+    size_t j = 0;
+    while (j < n && (s[j] == names[i].name[j] ||
+                     (s[j] >= 'a' && s[j] <= 'z' && s[j] - 'a' + 'A' == names[i].name[j]))) {
+      j++;
+    }
+    if (j == n) {
+      *out = names[i].mode;
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* ctx_Compat_Name(ctx_Compat mode) {
+  return mode == kCtx_Compat_Wire ? "WIRE" : "WIRE_JSON";
+}
+
+/* How a field's value is written in the JSON form: a reader of one kind
+ * cannot parse the other (bytes are base64, enums are value names, bool is
+ * true/false, floating point may be "NaN"). */
+typedef enum {
+  kJson_Integer,
+  kJson_Float,
+  kJson_Bool,
+  kJson_Enum,
+  kJson_String,
+  kJson_Bytes,
+  kJson_Message,
+} json_kind;
+
+static json_kind field_json_kind(const upb_FieldDef* f) {
+  switch (upb_FieldDef_CType(f)) {
+    case kUpb_CType_Float:
+    case kUpb_CType_Double: return kJson_Float;
+    case kUpb_CType_Bool: return kJson_Bool;
+    case kUpb_CType_Enum: return kJson_Enum;
+    case kUpb_CType_String: return kJson_String;
+    case kUpb_CType_Bytes: return kJson_Bytes;
+    case kUpb_CType_Message: return kJson_Message;
+    default: return kJson_Integer;
+  }
+}
+
+static const char* json_kind_name(json_kind k) {
+  switch (k) {
+    case kJson_Integer: return "integer";
+    case kJson_Float: return "floating point";
+    case kJson_Bool: return "bool";
+    case kJson_Enum: return "enum";
+    case kJson_String: return "string";
+    case kJson_Bytes: return "bytes, base64 in JSON";
+    case kJson_Message: return "message";
+  }
+  return "?";
+}
+
+/* Sets "incompatible schema (<category>, <rule>): <body> (use FORCE to
+ * override[, or COMPAT WIRE])". The body is cut so that the whole message,
+ * its fix included, fits the status. */
+static void set_incompatible(ctx_Status* status, ctx_Compat category, const char* rule,
+                             const char* fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void set_incompatible(ctx_Status* status, ctx_Compat category, const char* rule,
+                             const char* fmt, ...) {
+  char body[CTX_STATUS_MSG_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(body, sizeof(body), fmt, ap);
+  va_end(ap);
+  const char* fix = category == kCtx_Compat_WireJson
+                        ? " (use FORCE to override, or COMPAT WIRE)"
+                        : " (use FORCE to override)";
+  char head[96];
+  int hl = snprintf(head, sizeof(head), "incompatible schema (%s, %s): ",
+                    ctx_Compat_Name(category), rule);
+  int room = CTX_STATUS_MSG_MAX - 1 - hl - (int)strlen(fix);
+  ctx_Status_Set(status, kCtx_Schema, "%s%.*s%s", head, room < 0 ? 0 : room, body, fix);
+}
+
+/* Names from descriptors, cut so that two of them and the rest of a message fit. */
+#define SHORT_FMT "%.64s"
+
+/* Rules of the WIRE category on one field number kept by both revisions. */
+static bool check_kept_wire(const upb_MessageDef* a, const upb_FieldDef* fa,
+                            const upb_FieldDef* fb, ctx_Status* status) {
+  bool ra = upb_FieldDef_IsRepeated(fa), rb = upb_FieldDef_IsRepeated(fb);
+  if (field_class(fa) != field_class(fb) || ra != rb) {
+    set_incompatible(status, kCtx_Compat_Wire,
+                     field_class(fa) != field_class(fb) ? "FIELD_WIRE_COMPATIBLE_TYPE"
+                                                        : "FIELD_WIRE_COMPATIBLE_CARDINALITY",
+                     "field %u of '" SHORT_FMT "' changes from '" SHORT_FMT "' (%s%s) to '"
+                     SHORT_FMT "' (%s%s)",
+                     (unsigned)upb_FieldDef_Number(fa), upb_MessageDef_FullName(a),
+                     upb_FieldDef_Name(fa), ra ? "repeated " : "", class_name(field_class(fa)),
+                     upb_FieldDef_Name(fb), rb ? "repeated " : "",
+                     class_name(field_class(fb)));
+    return false;
+  }
+  bool qa = upb_FieldDef_IsRequired(fa), qb = upb_FieldDef_IsRequired(fb);
+  if (qa != qb) {
+    set_incompatible(status, kCtx_Compat_Wire, "FIELD_SAME_REQUIRED",
+                     "field '" SHORT_FMT "' (%u) of '" SHORT_FMT "' changes from %s to %s",
+                     upb_FieldDef_Name(fb), (unsigned)upb_FieldDef_Number(fa),
+                     upb_MessageDef_FullName(a), qa ? "required" : "optional",
+                     qb ? "required" : "optional");
+    return false;
+  }
+  return true;
+}
+
+/* Rules of the WIRE_JSON category (beyond WIRE) on a kept field number. */
+static bool check_kept_json(const upb_MessageDef* a, const upb_FieldDef* fa,
+                            const upb_FieldDef* fb, ctx_Status* status) {
+  const char* na = upb_FieldDef_Name(fa);
+  const char* nb = upb_FieldDef_Name(fb);
+  unsigned number = (unsigned)upb_FieldDef_Number(fa);
+  if (strcmp(na, nb) != 0) {
+    set_incompatible(status, kCtx_Compat_WireJson, "FIELD_SAME_NAME",
+                     "field %u of '" SHORT_FMT "' is renamed from '" SHORT_FMT "' to '"
+                     SHORT_FMT "'",
+                     number, upb_MessageDef_FullName(a), na, nb);
+    return false;
+  }
+  const char* ja = upb_FieldDef_JsonName(fa);
+  const char* jb = upb_FieldDef_JsonName(fb);
+  if (strcmp(ja, jb) != 0) {
+    set_incompatible(status, kCtx_Compat_WireJson, "FIELD_SAME_JSON_NAME",
+                     "field '" SHORT_FMT "' (%u) of '" SHORT_FMT "' changes its JSON name from '"
+                     SHORT_FMT "' to '" SHORT_FMT "'",
+                     na, number, upb_MessageDef_FullName(a), ja, jb);
+    return false;
+  }
+  json_kind ka = field_json_kind(fa), kb = field_json_kind(fb);
+  if (ka != kb) {
+    set_incompatible(status, kCtx_Compat_WireJson, "FIELD_WIRE_JSON_COMPATIBLE_TYPE",
+                     "field '" SHORT_FMT "' (%u) of '" SHORT_FMT "' changes from %s to %s",
+                     na, number, upb_MessageDef_FullName(a), json_kind_name(ka),
+                     json_kind_name(kb));
+    return false;
+  }
+  return true;
+}
+
+/* ENUM_VALUE_SAME_NAME: every value number the previous enum names keeps that
+ * name in the next one, if the next one still has the number (JSON writes
+ * enum values by name). */
+static bool check_enum_json(const upb_EnumDef* a, const upb_EnumDef* b, ctx_Status* status) {
+  int n = upb_EnumDef_ValueCount(a);
+  for (int i = 0; i < n; i++) {
+    const upb_EnumValueDef* va = upb_EnumDef_Value(a, i);
+    int32_t number = upb_EnumValueDef_Number(va);
+    const upb_EnumValueDef* vb = upb_EnumDef_FindValueByNumber(b, number);
+    if (!vb) continue;
+    const upb_EnumValueDef* same = upb_EnumDef_FindValueByName(b, upb_EnumValueDef_Name(va));
+    if (same && upb_EnumValueDef_Number(same) == number) continue;
+    set_incompatible(status, kCtx_Compat_WireJson, "ENUM_VALUE_SAME_NAME",
+                     "value %d of enum '" SHORT_FMT "' is renamed from '" SHORT_FMT "' to '"
+                     SHORT_FMT "'",
+                     (int)number, upb_EnumDef_FullName(a), upb_EnumValueDef_Name(va),
+                     upb_EnumValueDef_Name(vb));
+    return false;
+  }
+  return true;
+}
+
+/* Required fields of `b` that `a` does not have under their number. */
+static bool check_new_required(const upb_MessageDef* a, const upb_MessageDef* b,
+                               ctx_Status* status) {
+  int nb = upb_MessageDef_FieldCount(b);
+  for (int i = 0; i < nb; i++) {
+    const upb_FieldDef* fb = upb_MessageDef_Field(b, i);
+    if (!upb_FieldDef_IsRequired(fb)) continue;
+    if (upb_MessageDef_FindFieldByNumber(a, upb_FieldDef_Number(fb))) continue;
+    set_incompatible(status, kCtx_Compat_Wire, "FIELD_REQUIRED_NO_ADD",
+                     "new required field '" SHORT_FMT "' (%u) in '" SHORT_FMT "'",
+                     upb_FieldDef_Name(fb), (unsigned)upb_FieldDef_Number(fb),
+                     upb_MessageDef_FullName(b));
+    return false;
+  }
+  return true;
+}
+
 bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
-                                ctx_Status* status) {
+                                ctx_Compat mode, ctx_Status* status) {
   ctx_Status_Clear(status);
+  bool json = mode == kCtx_Compat_WireJson;
   pair_list work = {0};
-  ptr_index seen = {0};
+  ptr_index seen = {0};      /* message pairs queued */
+  ptr_index enums_seen = {0}; /* enum pairs checked */
   bool ok = false;
   if (!pairs_push(&work, &seen, prev->msg, next->msg)) goto oom;
   /* `work` only grows; every pair is visited once (recursive types end). */
@@ -636,48 +834,32 @@ bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
           upb_MessageDef_FindFieldByNumber(b, upb_FieldDef_Number(fa));
       if (!fb) {
         if (upb_FieldDef_IsRequired(fa)) {
-          ctx_Status_Set(status, kCtx_Schema,
-                         "incompatible schema: required field '%s' (%u) of '%s' "
-                         "was removed (use FORCE to override)",
-                         upb_FieldDef_Name(fa), (unsigned)upb_FieldDef_Number(fa),
-                         upb_MessageDef_FullName(a));
+          set_incompatible(status, kCtx_Compat_Wire, "FIELD_REQUIRED_NO_DELETE",
+                           "required field '" SHORT_FMT "' (%u) of '" SHORT_FMT
+                           "' was removed",
+                           upb_FieldDef_Name(fa), (unsigned)upb_FieldDef_Number(fa),
+                           upb_MessageDef_FullName(a));
           goto done;
         }
         continue;
       }
-      if (field_class(fa) != field_class(fb) ||
-          upb_FieldDef_IsRepeated(fa) != upb_FieldDef_IsRepeated(fb)) {
-        bool ra = upb_FieldDef_IsRepeated(fa), rb = upb_FieldDef_IsRepeated(fb);
-        ctx_Status_Set(status, kCtx_Schema,
-                       "incompatible schema: field %u of '%s' changes from '%s' (%s%s) to "
-                       "'%s' (%s%s) (use FORCE to override)",
-                       (unsigned)upb_FieldDef_Number(fa), upb_MessageDef_FullName(a),
-                       upb_FieldDef_Name(fa), ra ? "repeated " : "",
-                       class_name(field_class(fa)), upb_FieldDef_Name(fb),
-                       rb ? "repeated " : "", class_name(field_class(fb)));
-        goto done;
-      }
+      if (!check_kept_wire(a, fa, fb, status)) goto done;
+      if (json && !check_kept_json(a, fa, fb, status)) goto done;
       if (upb_FieldDef_IsSubMessage(fa) &&
           !pairs_push(&work, &seen, upb_FieldDef_MessageSubDef(fa),
                       upb_FieldDef_MessageSubDef(fb))) {
         goto oom;
       }
-    }
-    int nb = upb_MessageDef_FieldCount(b);
-    for (int i = 0; i < nb; i++) {
-      const upb_FieldDef* fb = upb_MessageDef_Field(b, i);
-      if (!upb_FieldDef_IsRequired(fb)) continue;
-      const upb_FieldDef* fa =
-          upb_MessageDef_FindFieldByNumber(a, upb_FieldDef_Number(fb));
-      if (!fa || !upb_FieldDef_IsRequired(fa)) {
-        ctx_Status_Set(status, kCtx_Schema,
-                       "incompatible schema: new required field '%s' (%u) in '%s' "
-                       "(use FORCE to override)",
-                       upb_FieldDef_Name(fb), (unsigned)upb_FieldDef_Number(fb),
-                       upb_MessageDef_FullName(b));
-        goto done;
+      if (json && upb_FieldDef_CType(fa) == kUpb_CType_Enum) {
+        const upb_EnumDef* ea = upb_FieldDef_EnumSubDef(fa);
+        const upb_EnumDef* eb = upb_FieldDef_EnumSubDef(fb);
+        if (idx_get(&enums_seen, ea, eb) < 0) {
+          if (!idx_put(&enums_seen, ea, eb, 0)) goto oom;
+          if (!check_enum_json(ea, eb, status)) goto done;
+        }
       }
     }
+    if (!check_new_required(a, b, status)) goto done;
   }
   ok = true;
   goto done;
@@ -686,5 +868,31 @@ oom:
 done:
   ctx_free(work.items);
   ctx_free(seen.slots);
+  ctx_free(enums_seen.slots);
+  return ok;
+}
+
+bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
+                            ctx_Compat mode, bool force, ctx_Status* status) {
+  ctx_Status_Clear(status);
+  if (force) return true;
+  if (!prev) {
+    ctx_Status_Set(status, kCtx_Schema,
+                   "the registered revision cannot be read; use FORCE to replace it");
+    return false;
+  }
+  return ctx_Schema_CheckCompatible(prev, next, mode, status);
+}
+
+/* ---- schema names ---------------------------------------------------------- */
+
+bool ctx_SchemaName_Check(const char* name, size_t len, ctx_Status* status) {
+  bool ok = len >= 1 && len <= CTX_SCHEMA_NAME_MAX;
+  for (size_t i = 0; ok && i < len; i++) {
+    char c = name[i];
+    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         c == '_' || c == '.' || c == '-' || c == ':';
+  }
+  if (!ok && status) ctx_Status_Set(status, kCtx_Schema, "%s", CTX_BAD_NAME_MSG);
   return ok;
 }

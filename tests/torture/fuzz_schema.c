@@ -46,14 +46,14 @@ int LLVMFuzzerTestOneInput(const unsigned char* data, size_t size) {
     return 0;
   }
   ctx_Status_Clear(&st);
-  if (!ctx_Schema_CheckCompatible(s, s, &st)) {
+  if (!ctx_Schema_CheckCompatible(s, s, kCtx_Compat_WireJson, &st)) {
     fprintf(stderr, "fuzz_schema: a schema is not compatible with itself: %s\n", st.msg);
     abort();
   }
   ctx_Status_Clear(&st);
-  check_status(&st, ctx_Schema_CheckCompatible(refs[i].schema, s, &st));
+  check_status(&st, ctx_Schema_CheckCompatible(refs[i].schema, s, (ctx_Compat)(i & 1), &st));
   ctx_Status_Clear(&st);
-  check_status(&st, ctx_Schema_CheckCompatible(s, refs[i].schema, &st));
+  check_status(&st, ctx_Schema_CheckCompatible(s, refs[i].schema, (ctx_Compat)(i & 1), &st));
   static const char* payloads[] = {"", "\x08\x01", "\x10\x01", "\x0a\x00", "\x12\x02\x08\x01",
                                    "\x1a\x03\x0a\x01\x61", "\x0b\x0c", "\x08\x01\x08\x02"};
   ctx_Limits limits;

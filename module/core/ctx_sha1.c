@@ -1,9 +1,12 @@
-/* sha1.c - SHA-1 (FIPS 180-4), used only to fingerprint registry entries so
+/* ctx_sha1.c - SHA-1 (FIPS 180-4), used to fingerprint registry entries (so
  * that a cached schema is never confused with a different one under the same
- * name. Not for security. Written for ctxlink. */
-#include "sha1.h"
+ * name) and write ids. Not for security. Written for ctxlink. */
+#include "ctx_sha1.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "ctx_core.h"
 
 static uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
 
@@ -29,7 +32,7 @@ static uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
   SHA1_R(c, d, e, a, b, F, k, X((i) + 3));    \
   SHA1_R(b, c, d, e, a, F, k, X((i) + 4))
 
-static void block(uint32_t h[5], const uint8_t *p) {
+static void block(uint32_t h[5], const uint8_t* p) {
   uint32_t w[16];
   for (int i = 0; i < 16; i++) {
     w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
@@ -63,7 +66,7 @@ static void block(uint32_t h[5], const uint8_t *p) {
   h[4] += e;
 }
 
-void ctx_Sha1_Init(ctx_Sha1 *s) {
+void ctx_Sha1_Init(ctx_Sha1* s) {
   static const uint32_t init[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE,
                                    0x10325476, 0xC3D2E1F0};
   memcpy(s->h, init, sizeof(init));
@@ -71,8 +74,8 @@ void ctx_Sha1_Init(ctx_Sha1 *s) {
   s->used = 0;
 }
 
-void ctx_Sha1_Update(ctx_Sha1 *s, const void *data, size_t n) {
-  const uint8_t *p = data;
+void ctx_Sha1_Update(ctx_Sha1* s, const void* data, size_t n) {
+  const uint8_t* p = data;
   s->len += n;
   while (n) {
     size_t take = 64 - s->used;
@@ -89,14 +92,14 @@ void ctx_Sha1_Update(ctx_Sha1 *s, const void *data, size_t n) {
 }
 
 /* Word by word (one byte swap each), not byte by byte with a shift each. */
-static void store_be32(uint8_t *p, uint32_t v) {
+static void store_be32(uint8_t* p, uint32_t v) {
   p[0] = (uint8_t)(v >> 24);
   p[1] = (uint8_t)(v >> 16);
   p[2] = (uint8_t)(v >> 8);
   p[3] = (uint8_t)v;
 }
 
-void ctx_Sha1_Final(ctx_Sha1 *s, uint8_t out[20]) {
+void ctx_Sha1_Final(ctx_Sha1* s, uint8_t out[20]) {
   uint64_t bits = s->len * 8;
   s->buf[s->used++] = 0x80;
   if (s->used > 56) {
@@ -112,7 +115,7 @@ void ctx_Sha1_Final(ctx_Sha1 *s, uint8_t out[20]) {
   for (int i = 0; i < 5; i++) store_be32(out + 4 * i, s->h[i]);
 }
 
-void ctx_Sha1_HexFinal(ctx_Sha1 *s, char out[41]) {
+void ctx_Sha1_HexFinal(ctx_Sha1* s, char out[41]) {
   uint8_t raw[20];
   ctx_Sha1_Final(s, raw);
   static const char hex[] = "0123456789abcdef";
@@ -121,4 +124,19 @@ void ctx_Sha1_HexFinal(ctx_Sha1 *s, char out[41]) {
     out[2 * i + 1] = hex[raw[i] & 15];
   }
   out[40] = '\0';
+}
+
+void ctx_Digest(const char* type, size_t type_len, const char* vfield, size_t vfield_len,
+                const char* fds, size_t fds_len, char out[41]) {
+  char num[32];
+  ctx_Sha1 s;
+  ctx_Sha1_Init(&s);
+  int n = snprintf(num, sizeof(num), "%zu:", type_len);
+  ctx_Sha1_Update(&s, num, (size_t)n);
+  ctx_Sha1_Update(&s, type, type_len);
+  n = snprintf(num, sizeof(num), "%zu:", vfield_len);
+  ctx_Sha1_Update(&s, num, (size_t)n);
+  ctx_Sha1_Update(&s, vfield, vfield_len);
+  ctx_Sha1_Update(&s, fds, fds_len);
+  ctx_Sha1_HexFinal(&s, out);
 }
