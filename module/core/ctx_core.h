@@ -172,6 +172,17 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
                   const ctx_Limits* limits, ctx_PayloadVersion* version,
                   ctx_Status* status);
 
+/* ---- Lua plan ----------------------------------------------------------------
+ *
+ * The Lua engine's validation plan for `s`, as a Lua fragment (module/core/
+ * ctx_luaplan.c documents what it defines; docs/PROTOCOL.md, "The validation
+ * plan"): the SDK puts it between lua/prelude.lua and the body of cas.lua.
+ * `digest` is the registry entry's digest (40 lowercase hex digits). On
+ * success *out holds *out_len bytes (NUL-terminated) from ctx_malloc: the
+ * caller frees them with ctx_free. */
+bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
+                        size_t* out_len, ctx_Status* status);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -1,0 +1,394 @@
+/* ctx_luaplan.c - the validation plan of the Lua engine, as Lua source.
+ *
+ * The Lua engine (lua/cas.lua) walks a payload the way ctx_validate.c does;
+ * what it needs to know about the schema comes from a Lua fragment this file
+ * emits from the very walk plans ctx_validate.c uses (ctx_internal.h). The
+ * SDK generates it through the cffi extension from the descriptor set it read
+ * from the registry (as data), prepends it to the body of cas.lua and loads
+ * the result with SCRIPT LOAD: nothing executable is read from Redis.
+ *
+ * The fragment defines (docs/PROTOCOL.md, "The validation plan"):
+ *
+ *   PLAN_DIGEST   the registry digest the plan belongs to (40 hex)
+ *   PLAN_ERR      nil (a fragment of this file always builds)
+ *   TYPE          the message type's full name
+ *   VF, VK        the version field's number and type name ("int64", ...)
+ *   ANY_REQ       true when a required field is reachable from the root
+ *   field(mi, n)  want, kind, repeated, ref, name of field n of message mi
+ *                 (1 = the root), nil for an unknown number. want: the wire
+ *                 type of one unpacked value; kind: 'v' varint, 'e' closed
+ *                 enum (ref: its enum index), 'z' zigzag, '4' / '8' fixed,
+ *                 'b' bytes, 's' string, 'm' message, 'g' group (ref: the
+ *                 message index)
+ *   enum_ok(ei, v)  true when v (an int32) is a value of closed enum ei
+ *   missing_req(mi, node)  number and name of the first required field of
+ *                 message mi that `node` (a set of field numbers) lacks
+ *
+ * Every lookup is a binary if-tree over constants: running the fragment (a
+ * script body runs on every EVALSHA) allocates nothing but five closures.
+ * Every string literal is escaped (only [A-Za-z0-9_.:-] stay as they are).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ctx_core.h"
+#include "ctx_internal.h"
+#include "upb/reflection/def.h"
+
+/* ---- an output buffer ------------------------------------------------------ */
+
+typedef struct {
+  char* buf;
+  size_t len, cap;
+  bool oom;
+} lp_out;
+
+static void lp_reserve(lp_out* o, size_t more) {
+  if (o->oom || o->len + more + 1 <= o->cap) return;
+  size_t cap = o->cap ? o->cap : 4096;
+  while (cap < o->len + more + 1) cap *= 2;
+  char* b = ctx_realloc(o->buf, cap);
+  if (!b) {
+    o->oom = true;
+    return;
+  }
+  o->buf = b;
+  o->cap = cap;
+}
+
+static void lp_put(lp_out* o, const char* s, size_t n) {
+  lp_reserve(o, n);
+  if (o->oom) return;
+  memcpy(o->buf + o->len, s, n);
+  o->len += n;
+  o->buf[o->len] = '\0';
+}
+
+static void lp_str(lp_out* o, const char* s) { lp_put(o, s, strlen(s)); }
+
+static void lp_fmt(lp_out* o, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lp_fmt(lp_out* o, const char* fmt, ...) {
+  char tmp[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  lp_put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void lp_indent(lp_out* o, int depth) {
+  for (int i = 0; i < depth; i++) lp_put(o, " ", 1);
+}
+
+/* A Lua string literal: '...' with every byte outside [A-Za-z0-9_.:-] as a
+ * decimal escape (\ddd, three digits, so a digit after it cannot join it). */
+static void lp_quote(lp_out* o, const char* s, size_t n) {
+  lp_put(o, "'", 1);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                 (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ':' || c == '-';
+    if (plain) {
+      lp_put(o, (const char*)&c, 1);
+    } else {
+      lp_fmt(o, "\\%03u", (unsigned)c);
+    }
+  }
+  lp_put(o, "'", 1);
+}
+
+/* ---- the schema's parts ----------------------------------------------------- */
+
+/* How many plans there are: plans are numbered breadth-first from the root,
+ * so every index below the largest `sub` seen so far is a plan. */
+static int lp_plan_count(const ctx_MsgPlan* plans) {
+  int n = 1;
+  for (int i = 0; i < n; i++) {
+    for (int j = 0; j < plans[i].nfields; j++) {
+      if (plans[i].fields[j].sub + 1 > n) n = plans[i].fields[j].sub + 1;
+    }
+  }
+  return n;
+}
+
+/* The closed enums met, in order (field by field, plan by plan). */
+typedef struct {
+  const upb_EnumDef** defs;
+  int n, cap;
+} lp_enums;
+
+/* The 1-based index of `e`, added when new; 0 when out of memory. */
+static int lp_enum_index(lp_enums* es, const upb_EnumDef* e) {
+  for (int i = 0; i < es->n; i++) {
+    if (es->defs[i] == e) return i + 1;
+  }
+  if (es->n == es->cap) {
+    int cap = es->cap ? es->cap * 2 : 8;
+    const upb_EnumDef** d = ctx_realloc(es->defs, (size_t)cap * sizeof(*d));
+    if (!d) return 0;
+    es->defs = d;
+    es->cap = cap;
+  }
+  es->defs[es->n++] = e;
+  return es->n;
+}
+
+static char lp_kind(const ctx_FieldPlan* fp) {
+  switch (fp->kind) {
+    case kCtx_Kind_String: return 's';
+    case kCtx_Kind_Bytes: return 'b';
+    case kCtx_Kind_Message: return 'm';
+    case kCtx_Kind_Group: return 'g';
+    default: break;
+  }
+  if (fp->closed_enum) return 'e';
+  switch (upb_FieldDef_Type(fp->def)) {
+    case kUpb_FieldType_SInt32:
+    case kUpb_FieldType_SInt64: return 'z';
+    case kUpb_FieldType_Fixed32:
+    case kUpb_FieldType_SFixed32:
+    case kUpb_FieldType_Float: return '4';
+    case kUpb_FieldType_Fixed64:
+    case kUpb_FieldType_SFixed64:
+    case kUpb_FieldType_Double: return '8';
+    default: return 'v';
+  }
+}
+
+static const char* lp_version_kind(const upb_FieldDef* f) {
+  switch (upb_FieldDef_Type(f)) {
+    case kUpb_FieldType_Int32: return "int32";
+    case kUpb_FieldType_Int64: return "int64";
+    case kUpb_FieldType_UInt32: return "uint32";
+    case kUpb_FieldType_UInt64: return "uint64";
+    case kUpb_FieldType_SInt32: return "sint32";
+    case kUpb_FieldType_SInt64: return "sint64";
+    case kUpb_FieldType_Fixed32: return "fixed32";
+    case kUpb_FieldType_Fixed64: return "fixed64";
+    case kUpb_FieldType_SFixed32: return "sfixed32";
+    case kUpb_FieldType_SFixed64: return "sfixed64";
+    default: return NULL;
+  }
+}
+
+/* ---- field(mi, n) ------------------------------------------------------------ */
+
+#define LP_LEAF 4 /* at most this many comparisons in a row */
+
+static void lp_field_return(lp_out* o, lp_enums* es, const ctx_FieldPlan* fp) {
+  char kind = lp_kind(fp);
+  int ref = 0;
+  if (fp->sub >= 0) {
+    ref = fp->sub + 1;
+  } else if (kind == 'e') {
+    ref = lp_enum_index(es, fp->closed_enum);
+    if (!ref) o->oom = true;
+  }
+  lp_fmt(o, "return %u, '%c', %s, %d, ", (unsigned)fp->wire_type, kind,
+         fp->repeated ? "true" : "false", ref);
+  const char* name = upb_FieldDef_Name(fp->def);
+  lp_quote(o, name, strlen(name));
+}
+
+/* The fields [lo, hi) of one message, as an if-tree on `n`. */
+static void lp_field_tree(lp_out* o, lp_enums* es, const ctx_FieldPlan* f, int lo, int hi,
+                          int depth) {
+  if (hi - lo <= LP_LEAF) {
+    for (int i = lo; i < hi; i++) {
+      lp_indent(o, depth);
+      lp_fmt(o, "%s n == %u then ", i == lo ? "if" : "elseif", (unsigned)f[i].number);
+      lp_field_return(o, es, &f[i]);
+      lp_str(o, "\n");
+    }
+    if (hi > lo) {
+      lp_indent(o, depth);
+      lp_str(o, "end\n");
+    }
+    return;
+  }
+  int mid = lo + (hi - lo) / 2;
+  lp_indent(o, depth);
+  lp_fmt(o, "if n < %u then\n", (unsigned)f[mid].number);
+  lp_field_tree(o, es, f, lo, mid, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "else\n");
+  lp_field_tree(o, es, f, mid, hi, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "end\n");
+}
+
+/* An if-tree on `mi` over the plans [lo, hi); `leaf` writes one plan's body. */
+typedef void lp_leaf_fn(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth);
+
+static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int lo, int hi,
+                        int depth, lp_leaf_fn* leaf) {
+  if (hi - lo <= LP_LEAF) {
+    for (int i = lo; i < hi; i++) {
+      lp_indent(o, depth);
+      lp_fmt(o, "%s mi == %d then\n", i == lo ? "if" : "elseif", i + 1);
+      leaf(o, es, &plans[i], depth + 1);
+    }
+    lp_indent(o, depth);
+    lp_str(o, "end\n");
+    return;
+  }
+  int mid = lo + (hi - lo) / 2;
+  lp_indent(o, depth);
+  lp_fmt(o, "if mi < %d then\n", mid + 1);
+  lp_msg_tree(o, es, plans, lo, mid, depth + 1, leaf);
+  lp_indent(o, depth);
+  lp_str(o, "else\n");
+  lp_msg_tree(o, es, plans, mid, hi, depth + 1, leaf);
+  lp_indent(o, depth);
+  lp_str(o, "end\n");
+}
+
+static void lp_field_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
+  lp_field_tree(o, es, mp->fields, 0, mp->nfields, depth);
+}
+
+static void lp_required_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
+  (void)es;
+  for (int r = 0; r < mp->nrequired; r++) {
+    const ctx_FieldPlan* fp = mp->required[r];
+    const char* name = upb_FieldDef_Name(fp->def);
+    lp_indent(o, depth);
+    lp_fmt(o, "if not node[%u] then return %u, ", (unsigned)fp->number, (unsigned)fp->number);
+    lp_quote(o, name, strlen(name));
+    lp_str(o, " end\n");
+  }
+}
+
+/* ---- enum_ok(ei, v) ------------------------------------------------------------ */
+
+static int lp_cmp_i32(const void* a, const void* b) {
+  int32_t x = *(const int32_t*)a, y = *(const int32_t*)b;
+  return (x > y) - (x < y);
+}
+
+/* The ranges [lo[i], hi[i]] of values, as an if-tree on `v`. */
+static void lp_range_tree(lp_out* o, const int32_t* lo, const int32_t* hi, int a, int b,
+                          int depth) {
+  if (b - a <= LP_LEAF) {
+    lp_indent(o, depth);
+    lp_str(o, "return ");
+    for (int i = a; i < b; i++) {
+      if (i > a) lp_str(o, " or ");
+      if (lo[i] == hi[i]) {
+        lp_fmt(o, "v == %d", (int)lo[i]);
+      } else {
+        lp_fmt(o, "(v >= %d and v <= %d)", (int)lo[i], (int)hi[i]);
+      }
+    }
+    lp_str(o, "\n");
+    return;
+  }
+  int mid = a + (b - a) / 2;
+  lp_indent(o, depth);
+  lp_fmt(o, "if v < %d then\n", (int)lo[mid]);
+  lp_range_tree(o, lo, hi, a, mid, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "else\n");
+  lp_range_tree(o, lo, hi, mid, b, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "end\n");
+}
+
+static void lp_enum_body(lp_out* o, const upb_EnumDef* e, int depth) {
+  int n = upb_EnumDef_ValueCount(e);
+  int32_t* vals = ctx_malloc((size_t)(n ? n : 1) * 3 * sizeof(int32_t));
+  if (!vals) {
+    o->oom = true;
+    return;
+  }
+  for (int i = 0; i < n; i++) vals[i] = upb_EnumValueDef_Number(upb_EnumDef_Value(e, i));
+  qsort(vals, (size_t)n, sizeof(*vals), lp_cmp_i32);
+  int32_t* lo = vals + n;
+  int32_t* hi = vals + 2 * n;
+  int nr = 0;
+  for (int i = 0; i < n; i++) {
+    if (nr && (int64_t)vals[i] <= (int64_t)hi[nr - 1] + 1) {
+      if (vals[i] > hi[nr - 1]) hi[nr - 1] = vals[i];
+    } else {
+      lo[nr] = hi[nr] = vals[i];
+      nr++;
+    }
+  }
+  if (nr) {
+    lp_range_tree(o, lo, hi, 0, nr, depth);
+  } else {
+    lp_indent(o, depth);
+    lp_str(o, "return false\n");
+  }
+  ctx_free(vals);
+}
+
+/* ---- the fragment ---------------------------------------------------------------- */
+
+static bool lp_is_hex40(const char* d) {
+  for (int i = 0; i < 40; i++) {
+    char c = d[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
+                        size_t* out_len, ctx_Status* status) {
+  ctx_Status_Clear(status);
+  *out = NULL;
+  *out_len = 0;
+  if (!lp_is_hex40(digest)) {
+    ctx_Status_Set(status, kCtx_Schema, "plan digest must be 40 lowercase hex digits");
+    return false;
+  }
+  const upb_FieldDef* vf = ctx_Schema_VersionFieldDef(s);
+  const char* vk = lp_version_kind(vf);
+  if (!vk) {
+    ctx_Status_Set(status, kCtx_Schema, "version field is not an integer");
+    return false;
+  }
+  const ctx_MsgPlan* plans = ctx_Schema_Plans(s);
+  int nplans = lp_plan_count(plans);
+  lp_out o = {0};
+  lp_enums es = {0};
+
+  lp_str(&o, "local PLAN_DIGEST = ");
+  lp_quote(&o, digest, 40);
+  lp_str(&o, "\nlocal PLAN_ERR = nil\nlocal TYPE = ");
+  const char* type = ctx_Schema_TypeName(s);
+  lp_quote(&o, type, strlen(type));
+  lp_fmt(&o, "\nlocal VF, VK = %u, '%s'\n", (unsigned)upb_FieldDef_Number(vf), vk);
+  lp_fmt(&o, "local ANY_REQ = %s\n", ctx_Schema_HasRequired(s) ? "true" : "false");
+
+  lp_str(&o, "local function field(mi, n)\n");
+  lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_field_leaf);
+  lp_str(&o, "end\n");
+
+  /* enums are numbered while field() is written; their bodies come after */
+  lp_str(&o, "local function enum_ok(ei, v)\n");
+  if (es.n) {
+    for (int i = 0; i < es.n; i++) {
+      lp_fmt(&o, " %s ei == %d then\n", i ? "elseif" : "if", i + 1);
+      lp_enum_body(&o, es.defs[i], 2);
+    }
+    lp_str(&o, " end\n");
+  }
+  lp_str(&o, " return false\nend\n");
+
+  lp_str(&o, "local function missing_req(mi, node)\n");
+  if (ctx_Schema_HasRequired(s)) lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_required_leaf);
+  lp_str(&o, "end\n");
+
+  ctx_free(es.defs);
+  if (o.oom) {
+    ctx_free(o.buf);
+    ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
+    return false;
+  }
+  *out = o.buf;
+  *out_len = o.len;
+  return true;
+}
