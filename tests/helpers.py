@@ -258,3 +258,43 @@ def engine_field_path(backend, pb, schema, path: str) -> str:
         out.append(f"{field.number}" + (f"[{index}" if index else ""))
         desc = field.message_type
     return ".".join(out)
+
+
+# --------------------------------------------------------------------------- engines' replies
+
+
+def conflict_state(reply):
+    """The context state a conflict reply carries: its first five elements (``CTX.GET``'s
+    shape), or None. Both engines surface it; the ``oldest_known`` and ``changed`` that the
+    module appends for a command with ``ID`` are raw-reply details the SDK keeps to itself (it
+    uses ``oldest_known`` to settle re-sent writes: tests/sdk/test_exactly_once.py)."""
+    return reply[:5] if isinstance(reply, list) else reply
+
+
+def raw_replies(backend) -> bool:
+    """True when ``backend`` returns the server's raw replies (the module's CTX.* commands);
+    False for the Lua engine, driven through the SDK (tests/backends.py)."""
+    return backend.engine == "module"
+
+
+def assert_refused_argument(backend, error: str, fn, *args, **kwargs) -> None:
+    """An argument refused before anything is written: on the module the command's error reply
+    ``error`` (full text); through the SDK (Lua engine) its ``ArgumentError``, raised before
+    anything is sent, naming the same limit."""
+    if raw_replies(backend):
+        with pytest.raises(redis.ResponseError) as excinfo:
+            fn(*args, **kwargs)
+        assert error_text(excinfo.value) == error
+        return
+    import ctxlink
+
+    with pytest.raises(ctxlink.ArgumentError):
+        fn(*args, **kwargs)
+
+
+#: module_only reasons shared by the suites
+NO_COMMAND_LINE = ("CTX.* command-line syntax (arity, options, numbers in arguments): the Lua "
+                   "engine has no command line; the SDK takes typed arguments")
+NO_RAW_COMMANDS = ("raw commands queued in a pipeline or MULTI: the Lua engine is driven through "
+                   "the SDK, whose script arguments are its own internals")
+SDK_SENDS_IDS = "a write without ID: the SDK sends a write id with every write"

@@ -1,17 +1,20 @@
 """The two engines side by side (issue: "identical replies, identical stored values for the same
-sequence of calls"): one sequence of calls on a module server and on a stock server running the
-Lua engine gives the same replies (errors: the same full text, except where the Lua engine's
-limits differ) and leaves the same contexts (byte for byte except ``updated_ms``) and the same
-registry entries (type, fds, revision, vfield, digest). Protocol v2 included: write ids,
-replays, CTX.PATCH, v1 hashes upgraded by the first write."""
+sequence of calls"): one sequence of calls on a module server (raw CTX.* commands) and on a stock
+server running the Lua engine through the shipped SDK (``ctxlink.connect(client, engine="lua")``,
+tests/backends.py) gives the same replies (errors: the same code and the same full text) and
+leaves the same contexts (byte for byte except ``updated_ms`` and the write-id digests: the SDK
+sends an id with every write) and the same registry entries (type, fds, revision, vfield,
+digest). Protocol v2 included: write ids, replays, CTX.PATCH, v1 hashes upgraded by the first
+write. Command-line syntax (arity, options) is the module's alone: tests/test_commands.py."""
 
 from __future__ import annotations
 
 import redis
 
 from backends import make_backend, start_engine_server
-from ctxvalue import decode
-from servers import error_code, error_text
+from ctxvalue import HEADER, decode
+from helpers import conflict_state
+from servers import error_text
 from wire import f_len, f_str, f_varint
 
 ORDER = "ctxlink.example.Order"
@@ -66,66 +69,38 @@ def calls(pb):
         ("schema del again", "schema_del", ("strict",), {}),
         ("write without schema", "cas", ("s:1", 1, f_varint(1, 2) + f_str(2, "id")), {}),
         ("get after del", "get", ("s:1",), {}),
-        # protocol v2 as raw commands (LuaBackend.command parses them as the module does):
-        # write ids, replays, patches, a v1 hash upgraded
-        ("id create", "command", ("CTX.CAS", "w:1", 0, order(1, order_id="w"), "SCHEMA", "order",
-                                  "ID", "a"), {}),
-        ("id replay", "command", ("CTX.CAS", "w:1", 0, order(1, order_id="w"), "ID", "a"), {}),
-        ("id conflict", "command", ("CTX.CAS", "w:1", 0, order(1), "id", "b"), {}),
-        ("id missing", "command", ("CTX.CAS", "w:404", 3, order(4), "ID", "b"), {}),
-        ("id too long", "command", ("CTX.CAS", "w:1", 1, order(2), "ID", "x" * 65), {}),
-        ("id empty", "command", ("CTX.CAS", "w:1", 1, order(2), "ID", ""), {}),
-        ("id twice", "command", ("CTX.CAS", "w:1", 1, order(2), "ID", "a", "ID", "b"), {}),
-        ("by too long", "command", ("CTX.CAS", "w:1", 1, order(2), "BY", "b" * 65536), {}),
-        ("patch", "command", ("CTX.PATCH", "w:1", 1, f_varint(4, 10), "FIELDS", 1, 4,
-                              "READS", 1, 8, "ID", "p1", "BY", "pricing"), {}),
-        ("patch replay", "command", ("CTX.PATCH", "w:1", 1, f_varint(4, 10), "FIELDS", 1, 4,
-                                     "ID", "p1"), {}),
-        ("patch disjoint", "command", ("CTX.PATCH", "w:1", 1, f_varint(5, 3), "fields", 1, 5,
-                                       "ID", "p2"), {}),
-        ("patch conflict", "command", ("CTX.PATCH", "w:1", 1, f_varint(6, 3), "FIELDS", 1, 6,
-                                       "READS", 2, 5, 4, "ID", "p3"), {}),
-        ("patch conflict no id", "command", ("CTX.PATCH", "w:1", 2, f_varint(6, 3), "FIELDS", 1,
-                                             6, "READS", 1, 5), {}),
-        ("patch stale base", "command", ("CTX.PATCH", "w:1", 0, f_varint(6, 3), "FIELDS", 1, 6,
-                                         "ID", "p4"), {}),
-        ("patch future base", "command", ("CTX.PATCH", "w:1", 9, f_varint(6, 3), "FIELDS", 1, 6,
-                                          "READS", 0, "ID", "p4"), {}),
-        ("patch not a field", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 1, 77), {}),
-        ("patch version field", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 1, 4,
-                                            "READS", 1, 2), {}),
-        ("patch extra field", "command", ("CTX.PATCH", "w:1", 3, f_varint(5, 1), "FIELDS", 1, 4),
-         {}),
-        ("patch bad wire", "command", ("CTX.PATCH", "w:1", 3, b"\x20", "FIELDS", 1, 4), {}),
-        ("patch bad utf8", "command", ("CTX.PATCH", "w:1", 3, f_len(8, b"\xff"), "FIELDS", 1, 8),
-         {}),
-        ("patch no fields", "command", ("CTX.PATCH", "w:1", 3, b""), {}),
-        ("patch fields 0", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 0), {}),
-        ("patch count past end", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 2, 4), {}),
-        ("patch field 0", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 2, 4, 0), {}),
-        ("patch field twice", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 3, 4, 5, 4), {}),
-        ("patch reads twice", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 1, 4,
-                                          "READS", 2, 1, 1), {}),
-        ("patch fields again", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 1, 4,
-                                           "FIELDS", 1, 5), {}),
-        ("patch bad base", "command", ("CTX.PATCH", "w:1", "x", b"", "FIELDS", 1, 4), {}),
-        ("patch arity", "command", ("CTX.PATCH", "w:1", 3), {}),
-        ("patch create", "command", ("CTX.PATCH", "w:2", 0, f_str(1, "w2"), "FIELDS", 1, 1,
-                                     "SCHEMA", "order"), {}),
-        ("patch missing", "command", ("CTX.PATCH", "w:3", 2, f_str(1, "w3"), "FIELDS", 1, 1,
-                                      "SCHEMA", "order"), {}),
-        ("patch no schema", "command", ("CTX.PATCH", "w:3", 0, f_str(1, "w3"), "FIELDS", 1, 1),
-         {}),
-        ("patch remove", "command", ("CTX.PATCH", "w:1", 3, b"", "FIELDS", 2, 1, 5, "ID", "p5"),
-         {}),
-        ("del id conflict", "command", ("CTX.DEL", "w:1", 1, "ID", "d"), {}),
-        ("del id bad", "command", ("CTX.DEL", "w:1", 4, "ID", ""), {}),
-        ("del syntax", "command", ("CTX.DEL", "w:1", 4, "ID"), {}),
-        ("del id", "command", ("CTX.DEL", "w:2", 1, "ID", "d"), {}),
+        # protocol v2: write ids, replays, patches, a v1 hash upgraded
+        ("id create", "cas", ("w:1", 0, order(1, order_id="w"), "order"), {"write_id": "a"}),
+        ("id replay", "cas", ("w:1", 0, order(1, order_id="w")), {"write_id": "a"}),
+        ("id conflict", "cas", ("w:1", 0, order(1)), {"write_id": "b"}),
+        ("id missing", "cas", ("w:404", 3, order(4)), {"write_id": "b"}),
+        ("patch", "patch", ("w:1", 1, f_varint(4, 10), [4]),
+         {"reads": [8], "write_id": "p1", "by": "pricing"}),
+        ("patch replay", "patch", ("w:1", 1, f_varint(4, 10), [4]), {"write_id": "p1"}),
+        ("patch disjoint", "patch", ("w:1", 1, f_varint(5, 3), [5]), {"write_id": "p2"}),
+        ("patch conflict", "patch", ("w:1", 1, f_varint(6, 3), [6]),
+         {"reads": [5, 4], "write_id": "p3"}),
+        ("patch conflict no reads", "patch", ("w:1", 2, f_varint(6, 3), [6]), {"reads": [5]}),
+        ("patch stale base", "patch", ("w:1", 0, f_varint(6, 3), [6]), {"write_id": "p4"}),
+        ("patch future base", "patch", ("w:1", 9, f_varint(6, 3), [6]),
+         {"reads": [], "write_id": "p4"}),
+        ("patch not a field", "patch", ("w:1", 3, b"", [77]), {}),
+        ("patch version field", "patch", ("w:1", 3, b"", [4]), {"reads": [2]}),
+        ("patch extra field", "patch", ("w:1", 3, f_varint(5, 1), [4]), {}),
+        ("patch bad wire", "patch", ("w:1", 3, b"\x20", [4]), {}),
+        ("patch bad utf8", "patch", ("w:1", 3, f_len(8, b"\xff"), [8]), {}),
+        ("patch field 0", "patch", ("w:1", 3, b"", [4, 0]), {}),
+        ("patch field twice", "patch", ("w:1", 3, b"", [4, 5, 4]), {}),
+        ("patch reads twice", "patch", ("w:1", 3, b"", [4]), {"reads": [1, 1]}),
+        ("patch create", "patch", ("w:2", 0, f_str(1, "w2"), [1]), {"schema": "order"}),
+        ("patch missing", "patch", ("w:3", 2, f_str(1, "w3"), [1]), {"schema": "order"}),
+        ("patch no schema", "patch", ("w:3", 0, f_str(1, "w3"), [1]), {}),
+        ("patch remove", "patch", ("w:1", 3, b"", [1, 5]), {"write_id": "p5"}),
+        ("del id conflict", "delete", ("w:1", 1), {"write_id": "d"}),
+        ("del id", "delete", ("w:2", 1), {"write_id": "d"}),
         ("v1 get", "get", ("v1:1",), {}),
-        ("v1 conflict id", "command", ("CTX.CAS", "v1:1", 1, order(2), "ID", "v"), {}),
-        ("v1 patch", "command", ("CTX.PATCH", "v1:1", 2, f_varint(4, 1), "FIELDS", 1, 4,
-                                 "ID", "v"), {}),
+        ("v1 conflict id", "cas", ("v1:1", 1, order(2)), {"write_id": "v"}),
+        ("v1 patch", "patch", ("v1:1", 2, f_varint(4, 1), [4]), {"write_id": "v"}),
         ("v1 after", "get", ("v1:1",), {}),
     ]
 
@@ -134,8 +109,11 @@ def order_v1(pb) -> bytes:
     return pb.order(2, order_id="v1")
 
 
-def normalized(reply):
-    """A reply with the server clock (updated_ms of a context state) blanked."""
+def normalized(method, reply):
+    """A reply with the server clock (updated_ms of a context state) blanked; a CAS or DEL
+    conflict as the state both engines surface (:func:`helpers.conflict_state`)."""
+    if method in ("cas", "delete"):
+        reply = conflict_state(reply)
     if isinstance(reply, list) and len(reply) in (5, 7) and isinstance(reply[0], int) \
             and isinstance(reply[3], int):
         return [reply[0], reply[1], reply[2], "<ms>", *reply[4:]]
@@ -143,19 +121,19 @@ def normalized(reply):
 
 
 def run(backend, label, method, args, kwargs):
+    """("ok", reply) or ("error", full error text): code and text compared on both engines."""
     try:
-        return ("ok", normalized(getattr(backend, method)(*args, **kwargs)))
+        return ("ok", normalized(method, getattr(backend, method)(*args, **kwargs)))
     except redis.ResponseError as exc:
-        text = error_text(exc)
-        code = error_code(exc)
-        # full texts where the engines promise them; the code only for the Lua engine's
-        # version limit, its field paths by number and the SDK's descriptor checks
-        # (docs/PROTOCOL.md, "Lua engine")
-        exact = code in ("ERR", "WRONGTYPE", "CTXFIELD") \
-            or text == "CTXINVALID payload is not valid protobuf wire format"
-        if "must be an integer from 0 to" in text or not exact:
-            return ("error", code)
-        return ("error", text)
+        return ("error", error_text(exc))
+
+
+def blanked(raw: bytes) -> bytes:
+    """A v2 context value with ``updated_ms`` and the window's id digests zeroed (the SDK sends a
+    fresh id with every write that names none; the masks stay)."""
+    n = len(decode(raw).window)
+    window = b"".join(bytes(8) + raw[at + 8:at + 12] for at in range(HEADER, HEADER + 12 * n, 12))
+    return raw[:12] + bytes(8) + raw[20:HEADER] + window + raw[HEADER + 12 * n:]
 
 
 def stored(r: redis.Redis) -> dict:
@@ -167,9 +145,7 @@ def stored(r: redis.Redis) -> dict:
         elif key.startswith(b"__ctx:schema:"):
             out[key] = (kind, dict(zip(REGISTRY_FIELDS, r.hmget(key, *REGISTRY_FIELDS))))
         elif kind == b"string":
-            raw = r.get(key)
-            decode(raw)  # a v2 context value
-            out[key] = (kind, raw[:12] + bytes(8) + raw[20:])
+            out[key] = (kind, blanked(r.get(key)))
         else:
             fields = r.hgetall(key)
             assert fields.pop(b"updated_ms").isdigit()
@@ -216,13 +192,13 @@ def test_planted_values_get_the_same_replies(module_servers, module_so, pb):
                         b"", pb.order(9)),
     }
     steps = [
-        ("CTX.CAS", "m:span", 6, pb.order(7), "ID", "needle"),
-        ("CTX.CAS", "m:found", 6, pb.order(7), "ID", "needle"),
-        ("CTX.PATCH", "m:top", top, f_str(2, "b"), "FIELDS", 1, 2),
-        ("CTX.PATCH", "m:win", 8, b"", "FIELDS", 1, 5, "READS", 1, 4),
-        ("CTX.PATCH", "m:win", 7, b"", "FIELDS", 1, 5),
-        ("CTX.PATCH", "m:win", 7, b"", "FIELDS", 1, 8),
-        ("CTX.PATCH", "m:win", 6, b"", "FIELDS", 1, 8),
+        ("cas", ("m:span", 6, pb.order(7)), {"write_id": "needle"}),
+        ("cas", ("m:found", 6, pb.order(7)), {"write_id": "needle"}),
+        ("patch", ("m:top", top, f_str(2, "b"), [2]), {}),
+        ("patch", ("m:win", 8, b"", [5]), {"reads": [4]}),
+        ("patch", ("m:win", 7, b"", [5]), {}),
+        ("patch", ("m:win", 7, b"", [8]), {}),
+        ("patch", ("m:win", 6, b"", [8]), {}),
     ]
     replies = {}
     for engine in ("module", "lua"):
@@ -231,8 +207,8 @@ def test_planted_values_get_the_same_replies(module_servers, module_so, pb):
         b.schema_set("i32", "ctxlink.test.v.Int32Version", pb.fds("versions"))
         for key, raw in values.items():
             b.r.set(key, raw)
-        replies[engine] = [run(b, "", "command", s, {}) for s in steps]
-        replies[engine].append(sorted((k, b.r.get(k)[:12] + b.r.get(k)[20:]) for k in values))
+        replies[engine] = [run(b, "", method, args, kw) for method, args, kw in steps]
+        replies[engine].append(sorted((k, blanked(b.r.get(k))) for k in values))
     assert replies["module"] == replies["lua"]
     assert replies["lua"][1] == ("ok", [b"replayed", 6])
     assert replies["lua"][2][1].startswith("CTXVERSION")
