@@ -81,6 +81,18 @@ const char* ctx_Schema_VersionField(const ctx_Schema* s);
 size_t ctx_Schema_MemoryBytes(const ctx_Schema* s);
 size_t ctx_AllocatedBytes(void);
 
+typedef enum { kCtx_Compat_WireJson, kCtx_Compat_Wire, ... } ctx_Compat;
+bool ctx_Compat_Parse(const char* s, size_t len, ctx_Compat* out);
+const char* ctx_Compat_Name(ctx_Compat mode);
+bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
+                                ctx_Compat mode, ctx_Status* status);
+bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
+                            ctx_Compat mode, bool force, ctx_Status* status);
+#define CTX_SCHEMA_NAME_MAX ...
+bool ctx_SchemaName_Check(const char* name, size_t len, ctx_Status* status);
+void ctx_Digest(const char* type, size_t type_len, const char* vfield, size_t vfield_len,
+                const char* fds, size_t fds_len, char out[41]);
+
 bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
                   const ctx_Limits* limits, ctx_PayloadVersion* version,
                   ctx_Status* status);

@@ -1,84 +1,52 @@
-"""Local payload checks with the module's own validation core (the optional ``ctxlink._ctxcore``).
+"""Local payload checks with the module's own validation core (``ctxlink._ctxcore``, reached
+through :mod:`ctxlink._native`, its one importer).
 
-The extension is built from ``module/core/*.c`` and upb by ``make ext`` (see
-:mod:`ctxlink._ffi_build`), so a local check gives exactly the verdict ``CTX.CAS`` gives under the
-same limits: same accept/reject decision, same error code, same message. It is optional:
-:func:`available` is False when it was not built (or does not load), and the SDK then validates
-on the server only. The server stays the authority either way.
+The extension is built from ``module/core/*.c`` and upb (``make ext``, ``pip install .``), so a
+local check gives exactly the verdict ``CTX.CAS`` gives under the same limits: same
+accept/reject decision, same error code, same message. The extension is a required part of the
+SDK: importing this module fails with the fix in the message when it is missing. The server stays
+the authority either way.
 
-    if _local.available():
-        handle = _local.compile_schema(fds, "ctxlink.example.Order", "version")
-        code, message, version = _local.check(handle, payload, max_payload_bytes=1 << 20,
-                                              max_depth=32, unknown_fields="reject")
+    handle = _local.compile_schema(fds, "ctxlink.example.Order", "version")
+    code, message, version = _local.check(handle, payload, max_payload_bytes=1 << 20,
+                                          max_depth=32, unknown_fields="reject")
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Optional, Union
 
+from ctxlink import _native
 from ctxlink._exceptions import EXCEPTION_CLASSES, ServerError
 
-try:  # the extension is optional
-    from ctxlink import _ctxcore  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on whether `make ext` ran
-    _ctxcore = None
-
 __all__ = [
-    "available",
-    "compile_schema",
-    "check",
-    "check_cas",
-    "raise_for",
     "LocalSchema",
     "LocalValidator",
+    "available",
+    "check",
+    "check_cas",
+    "compile_schema",
+    "raise_for",
 ]
 
-Bytes = Union[bytes, bytearray, memoryview]
+Bytes = bytes | bytearray | memoryview
 
-_MAX_SCHEMA_BYTES = (1 << 64) - 1  # as the module compiles registry entries: no limit here
+#: A compiled schema (``ctx_Schema*``), freed when the object is collected.
+LocalSchema = _native.Schema
 
 
 def available() -> bool:
-    """True when ``ctxlink._ctxcore`` was built and imports."""
-    return _ctxcore is not None
-
-
-class LocalSchema:
-    """A compiled schema (``ctx_Schema*``), freed when the object is collected."""
-
-    __slots__ = ("_ptr", "type_name", "vfield")
-
-    def __init__(self, ptr: Any, type_name: str, vfield: Optional[str]) -> None:
-        self._ptr = ptr
-        self.type_name = type_name
-        self.vfield = vfield  # None: compiled with the default name "version"
-
-    def __repr__(self) -> str:
-        return f"<LocalSchema {self.type_name} vfield={self.vfield!r}>"
-
-
-def _need() -> Any:
-    if _ctxcore is None:
-        raise RuntimeError("ctxlink._ctxcore is not built (run `make ext`)")
-    return _ctxcore
-
-
-def _status_text(ffi: Any, status: Any) -> str:
-    return ffi.string(status.msg).decode("utf-8", "replace")
-
-
-def _prefix(lib: Any, ffi: Any, code: int) -> str:
-    return ffi.string(lib.ctx_Code_Prefix(code)).decode("ascii")
+    """True: the extension is required, so this module only imports when it loads."""
+    return True
 
 
 _cache_lock = threading.Lock()
-_cache: OrderedDict[tuple[bytes, str, Optional[str]], LocalSchema] = OrderedDict()
+_cache: OrderedDict[tuple[bytes, str, str | None], LocalSchema] = OrderedDict()
 _CACHE_SIZE = 64
 
 
-def compile_schema(fds: Bytes, type_name: str, vfield: Optional[str] = None) -> LocalSchema:
+def compile_schema(fds: Bytes, type_name: str, vfield: str | None = None) -> LocalSchema:
     """Compiles a descriptor set as the module does (``ctx_Schema_Build``); cached by content.
 
     ``vfield`` None means the default "version" (``LocalSchema.vfield`` stays None).
@@ -86,27 +54,14 @@ def compile_schema(fds: Bytes, type_name: str, vfield: Optional[str] = None) -> 
     Raises :class:`ctxlink.SchemaError` (``CTXSCHEMA ...``, the module's text) when the set does
     not compile, the type is missing or the version field is unusable.
     """
-    mod = _need()
-    ffi, lib = mod.ffi, mod.lib
     fds_b = bytes(fds)
-    vf = vfield or "version"
     key = (fds_b, type_name, vfield)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    t = type_name.encode("utf-8")
-    v = vf.encode("utf-8")
-    status = ffi.new("ctx_Status*")
-    ptr = lib.ctx_Schema_Build(fds_b, len(fds_b), t, len(t), v, len(v), _MAX_SCHEMA_BYTES, status)
-    if ptr == ffi.NULL:
-        code = _prefix(lib, ffi, status.code)
-        text = f"{code} {_status_text(ffi, status)}"
-        if code == "ERR":
-            raise MemoryError(text)
-        raise EXCEPTION_CLASSES[code](text)
-    schema = LocalSchema(ffi.gc(ptr, lib.ctx_Schema_Free), type_name, vfield)
+    schema = _native.compile_schema(fds_b, type_name, vfield)
     with _cache_lock:
         _cache[key] = schema
         while len(_cache) > _CACHE_SIZE:
@@ -117,10 +72,9 @@ def compile_schema(fds: Bytes, type_name: str, vfield: Optional[str] = None) -> 
 def _validate(
     handle: LocalSchema, payload: Bytes, max_payload_bytes: int, max_depth: int,
     unknown_fields: str,
-) -> tuple[Optional[str], str, bool, int]:
+) -> tuple[str | None, str, bool, int]:
     """ctx_Validate: (code or None, message, version in range, version)."""
-    mod = _need()
-    ffi, lib = mod.ffi, mod.lib
+    ffi, lib = _native.ffi, _native.lib
     if unknown_fields not in ("reject", "allow"):
         raise ValueError("unknown_fields must be 'reject' or 'allow'")
     data = bytes(payload)
@@ -131,9 +85,10 @@ def _validate(
     limits.allow_unknown = unknown_fields == "allow"
     pv = ffi.new("ctx_PayloadVersion*")
     status = ffi.new("ctx_Status*")
-    if lib.ctx_Validate(handle._ptr, data, len(data), limits, pv, status):
+    if lib.ctx_Validate(handle.ptr, data, len(data), limits, pv, status):
         return None, "", bool(pv.in_range), int(pv.value)
-    return _prefix(lib, ffi, status.code), _status_text(ffi, status), False, 0
+    code = str(ffi.string(lib.ctx_Code_Prefix(status.code)).decode("ascii"))
+    return code, str(ffi.string(status.msg).decode("utf-8", "replace")), False, 0
 
 
 def check(
@@ -143,7 +98,7 @@ def check(
     max_payload_bytes: int,
     max_depth: int,
     unknown_fields: str = "reject",
-) -> tuple[Optional[str], str, Optional[int]]:
+) -> tuple[str | None, str, int | None]:
     """Validates ``payload`` (``ctx_Validate``) under the given limits.
 
     Returns ``(code, message, version)``: ``code`` is None when the payload is valid, else the
@@ -165,7 +120,7 @@ def check_cas(
     max_payload_bytes: int,
     max_depth: int,
     unknown_fields: str = "reject",
-) -> tuple[Optional[str], str]:
+) -> tuple[str | None, str]:
     """What ``CTX.CAS`` would answer for this payload once the key and schema checks passed:
     ``(None, "")`` or ``(code, message)``, the version rule (``CTXVERSION``) included, in the
     module's wording (module/cmd_data.c)."""
@@ -182,7 +137,7 @@ def check_cas(
     return None, ""
 
 
-def raise_for(code: Optional[str], message: str) -> None:
+def raise_for(code: str | None, message: str) -> None:
     """Raises the exception the server would raise for ``(code, message)``; nothing when None."""
     if code is None:
         return
@@ -209,13 +164,13 @@ class LocalValidator:
         self._schemas: dict[str, LocalSchema] = {}
         self._lock = threading.Lock()
 
-    def set_schema(self, name: str, fds: Bytes, type_name: str, vfield: Optional[str]) -> LocalSchema:
+    def set_schema(self, name: str, fds: Bytes, type_name: str, vfield: str | None) -> LocalSchema:
         schema = compile_schema(fds, type_name, vfield)
         with self._lock:
             self._schemas[name] = schema
         return schema
 
-    def get_schema(self, name: str) -> Optional[LocalSchema]:
+    def get_schema(self, name: str) -> LocalSchema | None:
         with self._lock:
             return self._schemas.get(name)
 
@@ -223,7 +178,7 @@ class LocalValidator:
         with self._lock:
             self._schemas.pop(name, None)
 
-    def check(self, handle: LocalSchema, payload: Bytes) -> tuple[Optional[str], str, Optional[int]]:
+    def check(self, handle: LocalSchema, payload: Bytes) -> tuple[str | None, str, int | None]:
         return check(
             handle,
             payload,
@@ -234,7 +189,7 @@ class LocalValidator:
 
     def check_cas(
         self, handle: LocalSchema, payload: Bytes, expected_version: int
-    ) -> tuple[Optional[str], str]:
+    ) -> tuple[str | None, str]:
         return check_cas(
             handle,
             payload,
