@@ -235,29 +235,10 @@ def registry_snapshot(r: redis.Redis) -> dict:
 
 
 def engine_field_path(backend, pb, schema, path: str) -> str:
-    """The field path of a CTXINVALID message as ``backend``'s engine writes it.
-
-    The module names fields (``items[2].sku``); the Lua engine's plan carries no names, so its
-    messages use field numbers (``10[2].1``, see the header of lua/cas.lua). ``path`` is given by
-    names and translated with the descriptor of ``schema`` (one of SCHEMAS, or a message
-    Descriptor) for the Lua engine."""
-    if backend.engine == "module":
-        return path
-    if isinstance(schema, str):
-        proto, full, _ = SCHEMAS[schema]
-        desc = pb.cls(proto, full).DESCRIPTOR
-    else:
-        desc = schema
-    out = []
-    for part in path.split("."):
-        name, _, index = part.partition("[")
-        if name.isdigit():  # an unknown field: named by its number on both engines
-            out.append(part)
-            continue
-        field = desc.fields_by_name[name]
-        out.append(f"{field.number}" + (f"[{index}" if index else ""))
-        desc = field.message_type
-    return ".".join(out)
+    """The field path of a CTXINVALID message: ``path`` as given (``items[2].sku``) on both
+    engines. The Lua engine names fields exactly like the module (one judge: its per-schema plan
+    carries the names); it used to name them by number (``10[2].1``)."""
+    return path
 
 
 # --------------------------------------------------------------------------- engines' replies

@@ -212,3 +212,108 @@ def test_planted_values_get_the_same_replies(module_servers, module_so, pb):
     assert replies["module"] == replies["lua"]
     assert replies["lua"][1] == ("ok", [b"replayed", 6])
     assert replies["lua"][2][1].startswith("CTXVERSION")
+
+
+# --------------------------------------------------------------------------- the same verdicts
+# The tables of the per-engine suites, run on both engines side by side: the same reply or the
+# same full error text (code and message) for every bad payload and every schema change.
+
+import pytest  # noqa: E402
+
+import test_schema as ts  # noqa: E402
+import test_validation as tv  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair(module_servers, module_so):
+    """One module server and one stock server (Lua engine through the SDK)."""
+    return {engine: start_engine_server(module_servers, engine) for engine in ("module", "lua")}
+
+
+def fresh(pair) -> dict:
+    out = {}
+    for engine, server in pair.items():
+        server.r.flushall()
+        out[engine] = make_backend(engine, server)
+    return out
+
+
+def outcome(fn, *args, **kwargs):
+    try:
+        return ("ok", fn(*args, **kwargs))
+    except redis.ResponseError as exc:
+        return ("error", error_text(exc))
+
+
+def registry(r: redis.Redis) -> dict:
+    fields = (*REGISTRY_FIELDS, b"compat")
+    return {k: dict(zip(fields, r.hmget(k, *fields))) for k in sorted(r.keys("__ctx:schema:*"))}
+
+
+@pytest.mark.parametrize("case", tv.BAD, ids=[c[0] for c in tv.BAD])
+def test_an_invalid_payload_gets_the_same_error_text_on_both_engines(pair, pb, case):
+    label, schema, build, code, _ = case
+    got = {}
+    for engine, b in fresh(pair).items():
+        pb.register(b, schema)
+        assert b.cas("k:old", 0, tv.BASE[schema](1), schema=schema) == 1
+        got[engine] = [outcome(b.cas, "k:new", 0, build(1), schema=schema),
+                       outcome(b.cas, "k:old", 1, build(2))]
+    assert got["lua"] == got["module"]
+    assert got["module"][0][1].startswith(code + " "), got["module"]
+
+
+@pytest.mark.parametrize("proto,type_,label,edits,compatible", ts.COMPAT_CASES,
+                         ids=[f"{c[0]}-{c[2]}" for c in ts.COMPAT_CASES])
+def test_a_schema_change_gets_the_same_verdict_and_text_on_both_engines(
+        pair, pb, proto, type_, label, edits, compatible):
+    new = ts.edited(pb, proto, *edits)
+    got = {}
+    for engine, b in fresh(pair).items():
+        assert b.schema_set("s", type_, pb.fds(proto)) == 1
+        got[engine] = [outcome(b.schema_set, "s", type_, new), registry(b.r)]
+    assert got["lua"] == got["module"]
+
+
+STRICT_REQUIRED_TO_OPTIONAL = ts.on_field(ts.STRICT, 2, lambda f: setattr(
+    f, "label", ts.FDP.LABEL_OPTIONAL))
+
+
+def test_a_required_field_made_optional_gets_the_same_verdict_on_both_engines(pair, pb):
+    """Issue 10: the module accepted it and the Lua engine refused it, with another message."""
+    new = ts.edited(pb, "strict2", STRICT_REQUIRED_TO_OPTIONAL)
+    got = {}
+    for engine, b in fresh(pair).items():
+        assert b.schema_set("s", ts.STRICT, pb.fds("strict2")) == 1
+        got[engine] = [outcome(b.schema_set, "s", ts.STRICT, new), registry(b.r),
+                       outcome(b.schema_set, "s", ts.STRICT, new, force=True)]
+    assert got["lua"] == got["module"]
+
+
+DAMAGES = {
+    # the previous revision's descriptor set no longer parses; its digest still matches it
+    "fds-garbage-digest-updated": lambda r: r.hset("__ctx:schema:s", mapping={
+        "fds": b"\xff\xff", "digest": ts.registry_digest(ts.ORDER, "version", b"\xff\xff")}),
+    # ... or no longer matches it
+    "fds-garbage": lambda r: r.hset("__ctx:schema:s", "fds", b"\xff\xff"),
+    "type-unknown": lambda r: r.hset("__ctx:schema:s", mapping={
+        "type": "ctxlink.example.Nope",
+        "digest": ts.registry_digest("ctxlink.example.Nope", "version", r.hget(
+            "__ctx:schema:s", "fds"))}),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_change_over_an_entry_that_does_not_parse_is_handled_alike(pair, pb, damage):
+    """Issue 10: an incompatible change registered over a registry entry that no longer parses
+    was refused by the module without FORCE and accepted through the Lua engine."""
+    got = {}
+    for engine, b in fresh(pair).items():
+        assert b.schema_set("s", ORDER, pb.fds("order")) == 1
+        DAMAGES[damage](b.r)
+        got[engine] = [outcome(b.schema_set, "s", ORDER, pb.fds("order_v2_incompat")),
+                       registry(b.r),
+                       outcome(b.schema_set, "s", ORDER, pb.fds("order_v2_incompat"), force=True),
+                       registry(b.r)]
+    assert got["lua"] == got["module"]
+    assert got["module"][0][0] == "error", got["module"]

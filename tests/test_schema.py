@@ -11,9 +11,8 @@ import redis
 from google.protobuf import descriptor_pb2
 
 from backends import make_backend, start_engine_server
-from helpers import (assert_error, engine_field_path, error_text, key_state, nothing_written,
-                     registry_digest,
-                     registry_entry, registry_snapshot, write_registry)
+from helpers import (NO_COMMAND_LINE, assert_error, engine_field_path, error_text, key_state,
+                     nothing_written, registry_digest, registry_entry, registry_snapshot, write_registry)
 from wire import f_len, f_str, f_varint
 
 FDP = descriptor_pb2.FieldDescriptorProto
@@ -522,6 +521,7 @@ def test_versionfield_option_selects_the_version_field(backend, pb, r):
                      doc(rev=9, sub={"version": 3}).SerializeToString())
 
 
+@pytest.mark.module_only(NO_COMMAND_LINE)
 def test_versionfield_keyword_is_case_insensitive(backend, pb):
     assert backend.command("CTX.SCHEMA.SET", "doc", "ctxlink.test.v.Doc", pb.fds("versions"),
                            "versionField", "rev") == 1
@@ -548,12 +548,14 @@ def test_versionfield_naming_a_missing_or_non_integer_field_is_rejected(backend,
     ["FORCE\0junk"],  # arguments are binary: a keyword is the whole argument
     ["VERSIONFIELD\0", "version"],
 ], ids=lambda o: "_".join(o).replace("\0", "NUL"))
+@pytest.mark.module_only(NO_COMMAND_LINE)
 def test_schema_set_with_bad_options_is_err(backend, pb, r, options):
     with nothing_written(r):
         assert_error("ERR", backend.command, "CTX.SCHEMA.SET", "order", ORDER, pb.fds("order"),
                      *options)
 
 
+@pytest.mark.module_only(NO_COMMAND_LINE)
 def test_schema_set_options_in_any_order(backend, pb):
     assert backend.command("CTX.SCHEMA.SET", "doc", "ctxlink.test.v.Doc", pb.fds("versions"),
                            "VERSIONFIELD", "rev", "FORCE") == 1
