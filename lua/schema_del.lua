@@ -1,6 +1,7 @@
 #!lua flags=allow-oom
 --[[
   schema_del.lua - CTX.SCHEMA.DEL for servers without the module.
+  Runs after prelude.lua (name_ok, BAD_NAME, type_of, err).
 
   Shebang (Redis 7.0+, script flags): write, not deny-oom, like CTX.SCHEMA.DEL.
 
@@ -19,17 +20,14 @@
 ]]
 
 local name = ARGV[1]
-if #name < 1 or #name > 128 or string.find(name, '[^A-Za-z0-9_.:%-]') then
-  return redis.error_reply('CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
-end
-local t = redis.call('TYPE', KEYS[2])
-if type(t) == 'table' then t = t.ok end
+if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
+local t = type_of(KEYS[2])
 if t ~= 'set' and t ~= 'none' then
-  return redis.error_reply("CTXSCHEMA the registry index '" .. KEYS[2] .. "' holds another type")
+  return err('CTXSCHEMA', "the registry index '" .. KEYS[2] .. "' holds another type")
 end
 local removed = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('DEL', KEYS[1]) > 0 then removed = 1 end
 end
-if redis.call('SREM', KEYS[2], ARGV[1]) > 0 then removed = 1 end
+if redis.call('SREM', KEYS[2], name) > 0 then removed = 1 end
 return removed

@@ -1,6 +1,7 @@
 #!lua flags=no-writes
 --[[
   schema_list.lua - CTX.SCHEMA.LIST for servers without the module.
+  Runs after prelude.lua (type_of, err).
 
   Shebang (Redis 7.0+, script flags): read-only, like CTX.SCHEMA.LIST.
 
@@ -14,17 +15,15 @@
     CTXSCHEMA  KEYS[1] holds another type than a set
 ]]
 
-local byte, min = string.byte, math.min
-local t = redis.call('TYPE', KEYS[1])
-if type(t) == 'table' then t = t.ok end
+local t = type_of(KEYS[1])
 if t == 'none' then return {} end
 if t ~= 'set' then
-  return redis.error_reply("CTXSCHEMA the registry index '" .. KEYS[1] .. "' holds another type")
+  return err('CTXSCHEMA', "the registry index '" .. KEYS[1] .. "' holds another type")
 end
 local names = redis.call('SMEMBERS', KEYS[1])
 
 local function bytewise_less(a, b)
-  for i = 1, min(#a, #b) do
+  for i = 1, math.min(#a, #b) do
     local x, y = byte(a, i), byte(b, i)
     if x ~= y then return x < y end
   end

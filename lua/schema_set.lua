@@ -1,12 +1,13 @@
 #!lua
 --[[
   schema_set.lua - the registry write of CTX.SCHEMA.SET for servers without the module
-  (docs/PROTOCOL.md, "Schema registry" and "Lua engine").
+  (docs/PROTOCOL.md, "Schema registry" and "Lua engine"). Runs after prelude.lua (name_ok,
+  BAD_NAME, type_of, err).
 
   Shebang (Redis 7.0+, script flags): write deny-oom, like CTX.SCHEMA.SET.
 
-  The SDK parses the descriptor set, checks the message type, the version field and the
-  compatibility with the revision it read (and FORCE) in Python, compiles the plan, then calls:
+  The SDK compiles the descriptor set, checks the message type, the version field and the
+  change from the revision it read (COMPAT, FORCE) through the C core, then calls:
 
   KEYS[1]  "__ctx:schema:<name>"   the registry entry
   KEYS[2]  "__ctx:schemas"         the set of registered names
@@ -16,91 +17,82 @@
   ARGV[2]  message type (full name)
   ARGV[3]  serialized FileDescriptorSet
   ARGV[4]  version field name ("version" unless VERSIONFIELD)
-  ARGV[5]  plan (canonical JSON, its "digest" must be the entry's digest; "" for none)
-  ARGV[6]  the revision the SDK read before checking compatibility (0 = no entry)
-  ARGV[7]  "1" when the SDK found this very definition registered: a missing copy is written
-           under revision ARGV[6] instead of the next one (a repair; optional)
+  ARGV[5]  compat: "WIRE_JSON" or "WIRE"
+  ARGV[6]  the revision the SDK read before checking the change (0 = no entry)
+  ARGV[7]  "1" when the SDK found this very definition (same digest and compat) registered: a
+           missing copy is written under revision ARGV[6] instead of the next one (a repair)
 
-  digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes.
+  digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes (the C core's
+  ctx_Digest). No validation plan is stored: the SDK generates it from the entry
+  (docs/PROTOCOL.md, "The validation plan"); a `plan` field left by an older SDK is removed.
 
   Replies:
-    the revision (integer). When the entry already holds this very definition (same digest)
-    nothing is written and the current revision is returned; if that entry's content no longer
-    hashes to its digest (edited by hand) it is written again under the same revision. Every
-    check comes before the first write, so an error writes nothing. Otherwise
-    HSET KEYS[1] type fds revision vfield digest plan + SADD KEYS[2] name, revision + 1.
+    the revision (integer). When the entry already holds this very definition (same digest,
+    same compat; an entry without compat is WIRE_JSON) nothing is written and the current
+    revision is returned; if that entry's content no longer hashes to its digest (edited by
+    hand) it is written again under the same revision. Every check comes before the first
+    write, so an error writes nothing. Otherwise
+    HSET KEYS[1] type fds revision vfield digest compat, HDEL KEYS[1] plan, SADD KEYS[2] name;
+    revision + 1.
   Errors:
     CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
+    CTXSCHEMA unknown COMPAT '<ARGV[5]>': use WIRE_JSON or WIRE
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
     CTXSCHEMA the registry index '__ctx:schemas' holds another type   (KEYS[2] not a set)
-    CTXSCHEMA the plan does not belong to this definition   (plan digest != digest)
     CTXSCHEMA concurrent registration, retry   (the entry's revision is not ARGV[6])
 ]]
 
 local entry, index = KEYS[1], KEYS[2]
-local name, mtype, fds, vfield, plan = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local name, mtype, fds, vfield, compat = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local seen = tonumber(ARGV[6]) or 0
 local keep = ARGV[7] == '1'
 
-if #name < 1 or #name > 128 or not string.find(name, '^[A-Za-z0-9_.:%-]+$') then
-  return redis.error_reply('CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :')
+if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
+if compat ~= 'WIRE_JSON' and compat ~= 'WIRE' then
+  return err('CTXSCHEMA', "unknown COMPAT '" .. tostring(compat) .. "': use WIRE_JSON or WIRE")
 end
 -- the plain entry, or (Redis Cluster) the copy of one slot: __ctx:{<tag>}:schema:<name>
-local tag = string.match(entry, '^__ctx:{(%d+)}:schema:')
-local prefix = tag and ('__ctx:{' .. tag .. '}:') or '__ctx:'
-if entry ~= prefix .. 'schema:' .. name or index ~= prefix .. 'schemas' then
-  return redis.error_reply('CTXSCHEMA the registry key does not match the name')
+local tag = string.match(entry, '^__ctx:{(%d+)}:schema:') or ''
+if entry ~= registry_key(tag, name) or index ~= sub(entry, 1, #entry - #name - 7) .. 'schemas' then
+  return err('CTXSCHEMA', 'the registry key does not match the name')
 end
 
-local t = redis.call('TYPE', entry)
-if type(t) == 'table' then t = t.ok end
+local t = type_of(entry)
 if t ~= 'none' and t ~= 'hash' then
-  return redis.error_reply('CTXSCHEMA the registry key holds another type')
+  return err('CTXSCHEMA', 'the registry key holds another type')
 end
-
-local it = redis.call('TYPE', index)
-if type(it) == 'table' then it = it.ok end
+local it = type_of(index)
 if it ~= 'none' and it ~= 'set' then
-  return redis.error_reply("CTXSCHEMA the registry index '" .. index .. "' holds another type")
+  return err('CTXSCHEMA', "the registry index '" .. index .. "' holds another type")
 end
 
-local digest = redis.sha1hex(#mtype .. ':' .. mtype .. #vfield .. ':' .. vfield .. fds)
-if plan ~= '' then
-  local ok, p = pcall(cjson.decode, plan)
-  if not ok or type(p) ~= 'table' or p.digest ~= digest then
-    return redis.error_reply('CTXSCHEMA the plan does not belong to this definition')
-  end
+local function registry_digest(ty, vf, f)
+  return redis.sha1hex(#ty .. ':' .. ty .. #vf .. ':' .. vf .. f)
 end
+local digest = registry_digest(mtype, vfield, fds)
 
 -- a copy that does not exist yet (a new name, or a cluster slot's missing copy) joins at `seen`
 local revision, repair = seen, false
 if t == 'hash' then
-  local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield')
-  local r = h[1] and string.find(h[1], '^%d+$') and tonumber(h[1]) or 0
-  revision = r
-  if h[2] == digest and revision > 0 then
+  local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat')
+  revision = h[1] and find(h[1], '^%d+$') and tonumber(h[1]) or 0
+  if h[2] == digest and (h[6] or 'WIRE_JSON') == compat and revision > 0 then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
-    local intact = h[3] and h[4] and h[5] and
-      redis.sha1hex(#h[3] .. ':' .. h[3] .. #h[5] .. ':' .. h[5] .. h[4]) == digest
-    if intact then return revision end
+    if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest then
+      return revision
+    end
     repair = true
   end
 end
 if revision ~= seen and not repair then
-  return redis.error_reply('CTXSCHEMA concurrent registration, retry')
+  return err('CTXSCHEMA', 'concurrent registration, retry')
 end
 
 if not repair and not keep then revision = revision + 1 end
-local rs = string.format('%.0f', revision)
-if plan ~= '' then
-  redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', rs, 'vfield', vfield,
-    'digest', digest, 'plan', plan)
-else
-  redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', rs, 'vfield', vfield,
-    'digest', digest)
-  redis.call('HDEL', entry, 'plan')
-end
+redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', fmt('%.0f', revision),
+  'vfield', vfield, 'digest', digest, 'compat', compat)
+redis.call('HDEL', entry, 'plan')
 redis.call('SADD', index, name)
 return revision

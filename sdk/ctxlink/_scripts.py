@@ -1,0 +1,285 @@
+"""The Lua engine's scripts: assembled from the shipped ``lua/*.lua`` files and, for ``cas``, the
+schema's validation plan generated here by the C core (docs/PROTOCOL.md, "The validation plan").
+
+A script is ``<the body's #!lua line> + prelude.lua + [plan] + <the body>``, with the header
+blocks and comment-only lines left out. The plan comes from ``ctx_Schema_LuaPlan`` run on the
+descriptor set the SDK read from the registry as data: the SDK never runs code it read from Redis.
+Everything here is pure (no I/O besides reading the shipped files once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = [
+    "SCRIPT_NAMES",
+    "Script",
+    "assemble",
+    "entry_script",
+    "error_plan",
+    "find_lua_dir",
+    "load_scripts",
+    "lua_quote",
+    "plan_fragment",
+    "plan_script",
+    "null_plan_script",
+]
+
+#: The scripts the SDK runs (``lua/<name>.lua``); ``prelude.lua`` is part of each.
+SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", "schema_del")
+PRELUDE = "prelude"
+
+#: How many generated plan scripts one process keeps (each is a few KiB).
+PLAN_CACHE_SIZE = 128
+
+#: ``PLAN_ERR`` of an entry whose content does not hash to its digest (the module's text; the
+#: script puts the schema name at ``%s``).
+DAMAGED = (
+    "registry entry for schema '%s' is damaged (edited outside CTX.SCHEMA.SET?); "
+    "register the schema again"
+)
+
+
+@dataclass(frozen=True)
+class Script:
+    """One script as sent to Redis: its name, its source and the SHA-1 EVALSHA uses."""
+
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def of(cls, name: str, source: bytes) -> "Script":
+        return cls(name, source, hashlib.sha1(source).hexdigest())
+
+    def without_shebang(self) -> "Script":
+        """The script for Redis 6.2, which does not know the ``#!lua flags=...`` line (7.0+):
+        the line becomes a comment, so line numbers in error messages stay the same."""
+        if not self.source.startswith(b"#!"):
+            return self
+        first, _, rest = self.source.partition(b"\n")
+        return Script.of(self.name, b"-- " + first[2:] + b"\n" + rest)
+
+
+def find_lua_dir() -> Optional[Path]:
+    """Where the scripts are: ``ctxlink/lua`` inside an installed package, else ``<repo>/lua``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "lua", here.parents[1] / "lua"):
+        if all((candidate / f"{n}.lua").is_file() for n in (*SCRIPT_NAMES, PRELUDE)):
+            return candidate
+    return None
+
+
+def _cut_comment(line: str) -> str:
+    """``line`` without a trailing ``-- comment`` when no quote comes before it."""
+    at = line.find(" --")
+    if at < 0 or "'" in line[:at] or '"' in line[:at] or "[[" in line[:at]:
+        return line
+    return line[:at].rstrip()
+
+
+def _strip(text: str) -> tuple[str, str]:
+    """(the ``#!`` line or "", the code): header blocks (``--[[`` to ``]]`` at a line start),
+    comment-only and blank lines dropped, indentation and trailing blanks cut (no script holds a
+    multi-line string)."""
+    lines = text.splitlines()
+    shebang = lines.pop(0) if lines and lines[0].startswith("#!") else ""
+    out: list[str] = []
+    in_block = False
+    for line in lines:
+        bare = line.strip()
+        if in_block:
+            in_block = "]]" not in bare
+            continue
+        if bare.startswith("--[["):
+            in_block = "]]" not in bare[4:]
+            continue
+        if not bare or bare.startswith("--"):
+            continue
+        out.append(_cut_comment(bare))
+    return shebang, "".join(f"{line}\n" for line in out)
+
+
+def assemble(body: str, prelude: str, plan: str = "") -> bytes:
+    """One script: the body's ``#!lua`` line, the prelude, the plan fragment, the body."""
+    shebang, code = _strip(body)
+    _, pre = _strip(prelude)
+    head = f"{shebang}\n" if shebang else ""
+    return (head + pre + plan + code).encode()
+
+
+@lru_cache(maxsize=4)
+def _sources(directory: Path) -> dict[str, str]:
+    return {n: (directory / f"{n}.lua").read_text() for n in (*SCRIPT_NAMES, PRELUDE)}
+
+
+def _dir(directory: Optional[Path]) -> Path:
+    found = directory or find_lua_dir()
+    if found is None:
+        from ctxlink._exceptions import EngineError
+
+        raise EngineError("the Lua scripts (lua/*.lua) were not found next to the ctxlink package")
+    return found
+
+
+def load_scripts(directory: Optional[Path] = None) -> dict[str, Script]:
+    """The fixed scripts, assembled. ``cas`` needs a plan: see :func:`plan_script`."""
+    src = _sources(_dir(directory))
+    return {
+        n: Script.of(n, assemble(src[n], src[PRELUDE])) for n in SCRIPT_NAMES if n != "cas"
+    }
+
+
+def lua_quote(text: Union[str, bytes]) -> str:
+    """A Lua string literal of ``text`` (str: its UTF-8): every byte outside
+    ``[A-Za-z0-9_.:-]`` as a three-digit decimal escape, as ctx_luaplan.c writes them."""
+    raw = text.encode() if isinstance(text, str) else bytes(text)
+    return "'" + "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in raw) + "'"
+
+
+_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+def error_plan(digest: Union[str, bytes], message: str) -> str:
+    """The plan of an entry the SDK cannot make a plan from: any write answers ``CTXSCHEMA
+    <message>`` (``%s``: the schema name) once the entry's digest is ``digest`` ("" for an
+    entry without one, or none)."""
+    return (
+        f"local PLAN_DIGEST = {lua_quote(digest)}\n"
+        f"local PLAN_ERR = {lua_quote(message)}\n"
+        "local TYPE, VF, VK, ANY_REQ = '', 0, 'int64', false\n"
+        "local function field(mi, n) end\n"
+        "local function enum_ok(ei, v) return false end\n"
+        "local function missing_req(mi, node) end\n"
+    )
+
+
+def plan_fragment(schema: Any, digest: str) -> str:
+    """The validation plan of a compiled schema (a ``ctx_Schema*`` or an object holding one in
+    ``_ptr``), tied to the registry digest ``digest``, from ``ctx_Schema_LuaPlan``."""
+    from ctxlink._native import ffi, lib, raise_status
+
+    ptr = getattr(schema, "_ptr", schema)
+    out = ffi.new("char**")
+    out_len = ffi.new("size_t*")
+    status = ffi.new("ctx_Status*")
+    if not lib.ctx_Schema_LuaPlan(ptr, digest.encode("ascii"), out, out_len, status):
+        raise_status(status)
+    try:
+        return bytes(ffi.buffer(out[0], out_len[0])).decode()
+    finally:
+        lib.ctx_free(out[0])
+
+
+def _compile_entry(type_name: bytes, fds: bytes, vfield: bytes) -> tuple[Any, str]:
+    """(the ``ctx_Schema*`` of an entry's content, "") or (None, why it does not compile), as
+    the module compiles a registry entry (``ctx_Schema_Build``, no size limit)."""
+    from ctxlink._native import NO_SCHEMA_LIMIT, ffi, lib
+
+    status = ffi.new("ctx_Status*")
+    ptr = lib.ctx_Schema_Build(fds, len(fds), type_name, len(type_name), vfield, len(vfield),
+                               NO_SCHEMA_LIMIT, status)
+    if ptr == ffi.NULL:
+        return None, ffi.string(status.msg).decode("utf-8", "replace")
+    return ffi.gc(ptr, lib.ctx_Schema_Free), ""
+
+
+def _digest(type_name: bytes, vfield: bytes, fds: bytes) -> str:
+    """``ctx_Digest`` of an entry's content, as bytes (a hand-edited entry need not be UTF-8)."""
+    from ctxlink._native import ffi, lib
+
+    out = ffi.new("char[41]")
+    lib.ctx_Digest(type_name, len(type_name), vfield, len(vfield), fds, len(fds), out)
+    return str(ffi.string(out).decode("ascii"))
+
+
+def entry_script(
+    type_name: Optional[bytes],
+    fds: Optional[bytes],
+    vfield: Optional[bytes],
+    digest: Optional[bytes],
+    directory: Optional[Path] = None,
+) -> Script:
+    """``cas`` for a registry entry as read (``HMGET <entry> type fds vfield digest``; all None:
+    no entry). The entry's content must hash to its digest (``ctx_Digest``), as the module
+    checks whenever it loads an entry: else the script answers the module's "damaged" error; an
+    entry that does not compile answers the module's "does not compile" error; otherwise it
+    carries the entry's plan (cached by digest)."""
+    if digest is None:
+        return null_plan_script("", DAMAGED, directory)
+    if type_name is None or fds is None or vfield is None:
+        return null_plan_script(digest, DAMAGED, directory)
+    hex_digest = digest.decode("latin-1")
+    if _digest(type_name, vfield, fds) != hex_digest:
+        return null_plan_script(digest, DAMAGED, directory)
+    cached = _PLANS.get(("plan", hex_digest, directory))
+    if cached is not None:
+        return cached
+    schema, why = _compile_entry(type_name, fds, vfield)
+    if schema is None:
+        text = "registry entry for schema '%s' does not compile: " + why.replace("%", "%%")
+        return null_plan_script(digest, text, directory)
+    return plan_script(schema, hex_digest, directory)
+
+
+class _PlanCache:
+    """A bounded, thread-safe LRU of plan scripts by (what they were made from)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[Any, ...], Script] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Optional[Script]:
+        with self._lock:
+            script = self._items.get(key)
+            if script is not None:
+                self._items.move_to_end(key)
+            return script
+
+    def put(self, key: tuple[Any, ...], script: Script) -> None:
+        with self._lock:
+            self._items[key] = script
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_PLANS = _PlanCache(PLAN_CACHE_SIZE)
+
+
+def _cas_script(plan: str, directory: Optional[Path]) -> Script:
+    src = _sources(_dir(directory))
+    return Script.of("cas", assemble(src["cas"], src[PRELUDE], plan))
+
+
+def plan_script(schema: Any, digest: str, directory: Optional[Path] = None) -> Script:
+    """``cas`` with the plan of ``schema`` (compiled from the registry entry whose content
+    hashes to ``digest``: the caller checked that). Cached by digest: a digest names one
+    definition."""
+    key = ("plan", digest, directory)
+    script = _PLANS.get(key)
+    if script is None:
+        script = _cas_script(plan_fragment(schema, digest), directory)
+        _PLANS.put(key, script)
+    return script
+
+
+def null_plan_script(
+    digest: Union[str, bytes] = "", message: str = DAMAGED, directory: Optional[Path] = None
+) -> Script:
+    """``cas`` for an entry without a plan: none was found (``digest`` ""; the script answers
+    "unknown schema", or "stale" once one exists), or it is damaged or does not compile
+    (``message``)."""
+    key = ("error", digest, message, directory)
+    script = _PLANS.get(key)
+    if script is None:
+        script = _cas_script(error_plan(digest, message), directory)
+        _PLANS.put(key, script)
+    return script
