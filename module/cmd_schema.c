@@ -179,8 +179,10 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     size_t cl;
     const char *cp = RedisModule_StringPtrLen(compat_arg, &cl);
     if (!ctx_Compat_Parse(cp, cl, &mode)) {
-      return RedisModule_ReplyWithError(
-          ctx, "CTXSCHEMA unknown COMPAT setting: use WIRE_JSON or WIRE");
+      ctx_Status bad;
+      ctx_Status_Set(&bad, kCtx_Schema, "unknown COMPAT '%.*s': use WIRE_JSON or WIRE",
+                     (int)(cl > 32 ? 32 : cl), cp);
+      return ctx_ReplyStatus(ctx, &bad);
     }
   }
   if (!ctx_Registry_CheckName(ctx, argv[1])) return REDISMODULE_OK;
