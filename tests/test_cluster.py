@@ -171,7 +171,7 @@ def test_reregistration_updates_every_copy(cluster, rc, pb) -> None:
 def test_reregistering_fills_a_missing_slot_copy(cluster, rc, pb) -> None:
     """A copy lost from one slot (hand edit, a node that missed a registration) is written again
     by registering the same definition, under the same revision."""
-    from ctxlink._core import _slot_tag
+    from ctxlink._cluster import _slot_tag
 
     store = ctxlink.connect(rc)
     revision = store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order")

@@ -229,13 +229,13 @@ def test_lua_agent_on_a_cluster_keeps_writing_while_slots_move(
         agent = ctxlink.connect(agent_rc)
         assert agent.engine == "lua"
         # keys of the slots that move (0..299, from the first primary): two per third slot
-        tags = [ctxlink._core._slot_tag(slot) for slot in range(0, 300, 3)]
+        tags = [ctxlink._cluster._slot_tag(slot) for slot in range(0, 300, 3)]
         keys = [f"ctx:{{{t}}}:{i}" for t in tags for i in range(2)]
         versions = dict.fromkeys(keys, 0)
         for k in keys:
             versions[k] = agent.cas(k, 0, pb.order(1), schema="order").version
         with pytest.raises(redis.exceptions.NoPermissionError):
-            agent_rc.hset(f"__ctx:{{{ctxlink._core._slot_tag(0)}}}:schema:order", "x", "y")
+            agent_rc.hset(f"__ctx:{{{ctxlink._cluster._slot_tag(0)}}}:schema:order", "x", "y")
 
         stop, errors, writes = threading.Event(), [], [0]
 
@@ -277,7 +277,8 @@ def test_lua_agent_on_a_cluster_keeps_writing_while_slots_move(
 
 
 def test_cas_lua_cannot_be_pointed_at_another_slots_copy(agent_cluster: list[EmbeddedRedis]) -> None:
-    from ctxlink._core import _slot_tag, load_scripts
+    from ctxlink._cluster import _slot_tag
+    from ctxlink._lua import load_scripts
 
     rc = RedisCluster(host="127.0.0.1", port=agent_cluster[0].port)
     try:
@@ -333,7 +334,7 @@ def test_cas_lua_during_a_slot_migration_is_retried_until_the_slot_settles(
     """Registry copy moved first: the script on the old owner cannot read it ("non local key").
     Context moved first: the script runs on the new owner (ASK) before the copy arrives
     ("unknown schema"). Either way the SDK retries and the write lands once the slot settles."""
-    from ctxlink._core import _slot_tag
+    from ctxlink._cluster import _slot_tag
 
     agent_rc = RedisCluster(host="127.0.0.1", port=agent_cluster[0].port,
                             username="agent", password="pw")

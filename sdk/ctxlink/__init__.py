@@ -14,7 +14,7 @@ The Lua engine reads its scripts from ``ctxlink/lua/*.lua`` inside an installed 
 ``lua/`` at the root of the source checkout (``Path(ctxlink.__file__).parents[2] / "lua"``).
 """
 
-from ctxlink._core import SchemaInfo
+from ctxlink._registry import SchemaInfo
 from ctxlink._exceptions import (
     ArgumentError,
     ConflictError,

@@ -1,4 +1,4 @@
-"""The synchronous front end: runs the operations of :mod:`ctxlink._core` on a redis-py client."""
+"""The synchronous front end: runs the operations of :mod:`ctxlink._instr` on a redis-py client."""
 
 from __future__ import annotations
 
@@ -13,8 +13,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ctxlink import _core
-from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State, Write
+from ctxlink._client import (
+    choose_engine,
+    is_cluster,
+    make_state,
+    op_check_protocol,
+    op_detect,
+    open_client,
+)
+from ctxlink._cluster import cluster_targets, merge_node_replies
+from ctxlink._instr import Await, Cmd, LoadScript, Op, Sleep, Write
+from ctxlink._precheck import enable_local_check
+from ctxlink._protocol import MODULE, cas_command, map_error, parse_state, parse_write
+from ctxlink._registry import (
+    SchemaInfo,
+    op_drop_schema,
+    op_get_schema,
+    op_register_schema,
+    op_schemas,
+)
+from ctxlink._settle import UPDATE_TIMEOUT
+from ctxlink._state import State
+from ctxlink._update import op_update
+from ctxlink._write import MAX_EXPECTED_MODULE, new_write_id, op_cas, op_delete, op_get
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated, new_cas_result
 
@@ -28,7 +49,7 @@ _ASYNC_FN = (
     "update() got an async function (or one returning an awaitable): the sync Store cannot "
     "await it; use ctxlink.aio (`await store.update(...)` on `await ctxlink.aio.connect(...)`)"
 )
-_MAX_EXPECTED = _core.MAX_EXPECTED_MODULE
+_MAX_EXPECTED = MAX_EXPECTED_MODULE
 _ASYNC_FLAGS = inspect.CO_COROUTINE
 
 
@@ -54,15 +75,15 @@ def _run(client: Any, op: Op[T]) -> T:
                     # sent to the node(s) directly: redis-py's cluster router refuses
                     # command names with two dots (CTX.SCHEMA.SET); all must agree
                     results: list[tuple[str, Any]] = []
-                    for node in _core.cluster_targets(client, instr.nodes):
+                    for node in cluster_targets(client, instr.nodes):
                         try:
                             node_client = client.get_redis_connection(node)
                             results.append((node.name, node_client.execute_command(*instr.args)))
                         except ResponseError as exc:
-                            results.append((node.name, _core.map_error(exc)))
+                            results.append((node.name, map_error(exc)))
                         except RedisError as exc:
                             results.append((node.name, exc))
-                    reply = _core.merge_node_replies(results)
+                    reply = merge_node_replies(results)
                 else:
                     reply = client.execute_command(*instr.args)
             elif type(instr) is Write:  # once, on a connection of ours: no redis-py retry
@@ -82,7 +103,7 @@ def _run(client: Any, op: Op[T]) -> T:
             else:  # pragma: no cover
                 raise TypeError(f"unknown instruction {instr!r}")
         except ResponseError as exc:
-            error = _core.map_error(exc)
+            error = map_error(exc)
         except TRANSPORT_ERRORS as exc:  # a read on the way to a write: the op settles it
             if not getattr(instr, "settle", False):
                 raise
@@ -107,7 +128,7 @@ def _metrics_off() -> bool:
 
 def _plain_client(client: Any) -> bool:
     """A stock ``redis.Redis`` (no subclass overriding the command path) on a plain pool."""
-    if not isinstance(client, redis.Redis) or _core.is_cluster(client):
+    if not isinstance(client, redis.Redis) or is_cluster(client):
         return False
     cls, base = type(client), redis.Redis
     for name in ("execute_command", "_execute_command", "parse_response"):
@@ -175,7 +196,7 @@ class _Direct:
 
 def _sender(client: Any, state: State) -> Optional[Callable[[tuple[Any, ...]], Any]]:
     """The module engine's hot-path sender, or None (Lua engine: the generic path)."""
-    if state.engine != _core.MODULE:
+    if state.engine != MODULE:
         return None
     if _plain_client(client):
         return _Direct(client)
@@ -234,12 +255,12 @@ class Store:
         """The context at ``key``, or None. One round trip."""
         send = self._send
         if send is None or (type(key) is not str and type(key) is not bytes):
-            return _run(self._client, _core.op_get(self._st, key))
+            return _run(self._client, op_get(self._st, key))
         try:
             reply = send(("CTX.GET", key))
         except ResponseError as exc:
-            raise _core.map_error(exc)  # map_error sets __cause__
-        return _core.parse_state(reply)
+            raise map_error(exc)  # map_error sets __cause__
+        return parse_state(reply)
 
     def cas(
         self,
@@ -277,23 +298,23 @@ class Store:
         ):
             return _run(
                 self._client,
-                _core.op_cas(self._st, key, expected_version, payload, schema, by, write_id),
+                op_cas(self._st, key, expected_version, payload, schema, by, write_id),
             )
-        wid = _core.new_write_id()
-        args = _core.cas_command(key, expected_version, payload, schema, by, wid)
+        wid = new_write_id()
+        args = cas_command(key, expected_version, payload, schema, by, wid)
         try:
             reply = send_write(self._client, key, args)
         except ResponseError as exc:
-            raise _core.map_error(exc)  # map_error sets __cause__
+            raise map_error(exc)  # map_error sets __cause__
         except TRANSPORT_ERRORS as exc:  # re-send the same write (same id), settled there
             sent = not isinstance(exc, WriteNotSent)  # else nothing went out
             return _run(
                 self._client,
-                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
+                op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
             )
         if type(reply) is int:
             return new_cas_result((True, reply, None, False, ()))
-        return _core.parse_write(reply)
+        return parse_write(reply)
 
     def delete(
         self,
@@ -306,7 +327,7 @@ class Store:
 
         A delete whose reply was lost is re-sent; if the re-sent one finds no context the result
         is ``ok`` with ``replayed`` True: the context is gone either way."""
-        return _run(self._client, _core.op_delete(self._st, key, expected_version, write_id))
+        return _run(self._client, op_delete(self._st, key, expected_version, write_id))
 
     def update(
         self,
@@ -318,7 +339,7 @@ class Store:
         by: Optional[str] = None,
         reads: Optional[Sequence[str]] = None,
         retries: Optional[int] = None,
-        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
+        timeout: Optional[float] = UPDATE_TIMEOUT,
         backoff: Optional[Backoff] = None,
         default: Optional[Callable[[], M]] = None,
     ) -> Updated[M]:
@@ -352,7 +373,7 @@ class Store:
             raise TypeError(_ASYNC_FN)
         return _run(
             self._client,
-            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default,
+            op_update(self._st, key, fn, message_class, schema, by, retries, default,
                             reads=reads, timeout=timeout, backoff=backoff),
         )
 
@@ -364,7 +385,7 @@ class Store:
         *,
         by: Optional[str] = None,
         retries: Optional[int] = None,
-        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
+        timeout: Optional[float] = UPDATE_TIMEOUT,
     ) -> Updated[M]:
         """Rewrites a context so that it validates against its schema's newest revision, after
         an incompatible change registered with ``force=True`` (docs/PROTOCOL.md, "Migrating
@@ -380,7 +401,7 @@ class Store:
             raise TypeError(_ASYNC_FN.replace("update()", "migrate()"))
         return _run(
             self._client,
-            _core.op_update(
+            op_update(
                 self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True,
                 timeout=timeout,
             ),
@@ -404,22 +425,22 @@ class Store:
         """
         return _run(
             self._client,
-            _core.op_register_schema(
+            op_register_schema(
                 self._st, name, message_class_or_descriptor_set, force, version_field, message_type
             ),
         )
 
     def schemas(self) -> list[str]:
         """Registered schema names, sorted."""
-        return _run(self._client, _core.op_schemas(self._st))
+        return _run(self._client, op_schemas(self._st))
 
     def get_schema(self, name: str) -> Optional[SchemaInfo]:
         """The registry entry (message type, descriptor set, revision), or None."""
-        return _run(self._client, _core.op_get_schema(self._st, name))
+        return _run(self._client, op_get_schema(self._st, name))
 
     def drop_schema(self, name: str) -> bool:
         """Removes a schema; True when there was one."""
-        return _run(self._client, _core.op_drop_schema(self._st, name))
+        return _run(self._client, op_drop_schema(self._st, name))
 
 
 def connect(
@@ -450,7 +471,7 @@ def connect(
     limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
     Without the extension the option does nothing: the server validates, as always.
     """
-    client, owned = _core.open_client(client, asyncio=False)
+    client, owned = open_client(client, asyncio=False)
     try:
         store = _connect(client, engine, max_payload_bytes, max_depth, unknown_fields,
                          max_schema_bytes, local_check)
@@ -473,17 +494,17 @@ def _connect(
 ) -> Store:
     has_module: Optional[bool] = None
     if engine != "lua":
-        has_module = _run(client, _core.op_detect(_core.is_cluster(client)))
-    chosen = _core.choose_engine(engine, has_module)
-    if chosen == _core.MODULE:
-        _run(client, _core.op_check_protocol(_core.is_cluster(client)))
+        has_module = _run(client, op_detect(is_cluster(client)))
+    chosen = choose_engine(engine, has_module)
+    if chosen == MODULE:
+        _run(client, op_check_protocol(is_cluster(client)))
     options = dict(
         max_payload_bytes=max_payload_bytes,
         max_depth=max_depth,
         unknown_fields=unknown_fields,
         max_schema_bytes=max_schema_bytes,
     )
-    state = _core.make_state(chosen, _core.is_cluster(client), options)
+    state = make_state(chosen, is_cluster(client), options)
     if local_check:  # opt-in: check payloads with the cffi core first (server only if not built)
-        _core.enable_local_check(state)
+        enable_local_check(state)
     return Store(client, state)

@@ -8,7 +8,7 @@
 
 ``update``'s function (and ``default``) may be ``async def`` here.
 
-Everything but the awaiting is shared with the sync front end (:mod:`ctxlink._core`).
+Everything but the awaiting is shared with the sync front end (:mod:`ctxlink._instr`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,29 @@ from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, Union
 from google.protobuf.message import Message
 from redis.exceptions import RedisError, ResponseError
 
-from ctxlink import _core
-from ctxlink._core import Await, Cmd, LoadScript, Op, SchemaInfo, Sleep, State, Write
+from ctxlink._client import (
+    choose_engine,
+    is_cluster,
+    make_state,
+    op_check_protocol,
+    op_detect,
+    open_client,
+)
+from ctxlink._cluster import cluster_targets, merge_node_replies
+from ctxlink._instr import Await, Cmd, LoadScript, Op, Sleep, Write
+from ctxlink._precheck import enable_local_check
+from ctxlink._protocol import MODULE, cas_command, map_error, parse_state, parse_write
+from ctxlink._registry import (
+    SchemaInfo,
+    op_drop_schema,
+    op_get_schema,
+    op_register_schema,
+    op_schemas,
+)
+from ctxlink._settle import UPDATE_TIMEOUT
+from ctxlink._state import State
+from ctxlink._update import op_update
+from ctxlink._write import MAX_EXPECTED_MODULE, new_write_id, op_cas, op_delete, op_get
 from ctxlink._exceptions import *  # noqa: F401,F403  (same names as ctxlink)
 from ctxlink._exceptions import __all__ as _exc_all
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write_async
@@ -55,14 +76,14 @@ async def _run(client: Any, op: Op[T]) -> T:
                     # command names with two dots (CTX.SCHEMA.SET); all must agree
                     await client.initialize()  # the asyncio cluster client discovers lazily
                     results: list[tuple[str, Any]] = []
-                    for node in _core.cluster_targets(client, instr.nodes):
+                    for node in cluster_targets(client, instr.nodes):
                         try:
                             results.append((node.name, await node.execute_command(*instr.args)))
                         except ResponseError as exc:
-                            results.append((node.name, _core.map_error(exc)))
+                            results.append((node.name, map_error(exc)))
                         except RedisError as exc:
                             results.append((node.name, exc))
-                    reply = _core.merge_node_replies(results)
+                    reply = merge_node_replies(results)
                 else:
                     reply = await client.execute_command(*instr.args)
             elif type(instr) is Write:  # once, on a connection of ours: no redis-py retry
@@ -79,14 +100,14 @@ async def _run(client: Any, op: Op[T]) -> T:
             else:  # pragma: no cover
                 raise TypeError(f"unknown instruction {instr!r}")
         except ResponseError as exc:
-            error = _core.map_error(exc)
+            error = map_error(exc)
         except TRANSPORT_ERRORS as exc:  # a read on the way to a write: the op settles it
             if not getattr(instr, "settle", False):
                 raise
             error = exc
 
 
-_MAX_EXPECTED = _core.MAX_EXPECTED_MODULE
+_MAX_EXPECTED = MAX_EXPECTED_MODULE
 
 
 class Store:
@@ -101,7 +122,7 @@ class Store:
         self._st = state
         self._owns = owns_client
         # module engine: get/cas skip the generic operation machinery (same replies, same errors)
-        self._fast = state.engine == _core.MODULE
+        self._fast = state.engine == MODULE
 
     @property
     def engine(self) -> str:
@@ -134,12 +155,12 @@ class Store:
 
     async def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
         if not self._fast or (type(key) is not str and type(key) is not bytes):
-            return await _run(self._client, _core.op_get(self._st, key))
+            return await _run(self._client, op_get(self._st, key))
         try:
             reply = await self._client.execute_command("CTX.GET", key)
         except ResponseError as exc:
-            raise _core.map_error(exc)  # map_error sets __cause__
-        return _core.parse_state(reply)
+            raise map_error(exc)  # map_error sets __cause__
+        return parse_state(reply)
 
     async def cas(
         self,
@@ -163,23 +184,23 @@ class Store:
         ):
             return await _run(
                 self._client,
-                _core.op_cas(self._st, key, expected_version, payload, schema, by, write_id),
+                op_cas(self._st, key, expected_version, payload, schema, by, write_id),
             )
-        wid = _core.new_write_id()
-        args = _core.cas_command(key, expected_version, payload, schema, by, wid)
+        wid = new_write_id()
+        args = cas_command(key, expected_version, payload, schema, by, wid)
         try:
             reply = await send_write_async(self._client, key, args)
         except ResponseError as exc:
-            raise _core.map_error(exc)  # map_error sets __cause__
+            raise map_error(exc)  # map_error sets __cause__
         except TRANSPORT_ERRORS as exc:  # re-send the same write (same id), settled there
             sent = not isinstance(exc, WriteNotSent)  # else nothing went out
             return await _run(
                 self._client,
-                _core.op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
+                op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
             )
         if type(reply) is int:
             return new_cas_result((True, reply, None, False, ()))
-        return _core.parse_write(reply)
+        return parse_write(reply)
 
     async def delete(
         self,
@@ -189,7 +210,7 @@ class Store:
         write_id: Optional[Union[str, bytes]] = None,
     ) -> CasResult:
         return await _run(
-            self._client, _core.op_delete(self._st, key, expected_version, write_id)
+            self._client, op_delete(self._st, key, expected_version, write_id)
         )
 
     async def update(
@@ -202,14 +223,14 @@ class Store:
         by: Optional[str] = None,
         reads: Optional[Sequence[str]] = None,
         retries: Optional[int] = None,
-        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
+        timeout: Optional[float] = UPDATE_TIMEOUT,
         backoff: Optional[Backoff] = None,
         default: Optional[Callable[[], M]] = None,
     ) -> Updated[M]:
         """Async :meth:`ctxlink.Store.update` (``fn`` and ``default`` may be ``async def``)."""
         return await _run(
             self._client,
-            _core.op_update(self._st, key, fn, message_class, schema, by, retries, default,
+            op_update(self._st, key, fn, message_class, schema, by, retries, default,
                             reads=reads, timeout=timeout, backoff=backoff),
         )
 
@@ -221,12 +242,12 @@ class Store:
         *,
         by: Optional[str] = None,
         retries: Optional[int] = None,
-        timeout: Optional[float] = _core.UPDATE_TIMEOUT,
+        timeout: Optional[float] = UPDATE_TIMEOUT,
     ) -> Updated[M]:
         """Async :meth:`ctxlink.Store.migrate` (``fn`` may be ``async def``)."""
         return await _run(
             self._client,
-            _core.op_update(
+            op_update(
                 self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True,
                 timeout=timeout,
             ),
@@ -243,19 +264,19 @@ class Store:
     ) -> int:
         return await _run(
             self._client,
-            _core.op_register_schema(
+            op_register_schema(
                 self._st, name, message_class_or_descriptor_set, force, version_field, message_type
             ),
         )
 
     async def schemas(self) -> list[str]:
-        return await _run(self._client, _core.op_schemas(self._st))
+        return await _run(self._client, op_schemas(self._st))
 
     async def get_schema(self, name: str) -> Optional[SchemaInfo]:
-        return await _run(self._client, _core.op_get_schema(self._st, name))
+        return await _run(self._client, op_get_schema(self._st, name))
 
     async def drop_schema(self, name: str) -> bool:
-        return await _run(self._client, _core.op_drop_schema(self._st, name))
+        return await _run(self._client, op_drop_schema(self._st, name))
 
 
 async def _close_client(client: Any) -> None:
@@ -277,7 +298,7 @@ async def connect(
     ``redis://``, ``rediss://`` or ``unix://`` URL (the Store then owns a new
     ``redis.asyncio.Redis``). A synchronous client raises ``TypeError``: use
     :func:`ctxlink.connect`."""
-    client, owned = _core.open_client(client, asyncio=True)
+    client, owned = open_client(client, asyncio=True)
     try:
         store = await _connect(client, engine, max_payload_bytes, max_depth, unknown_fields,
                                max_schema_bytes, local_check)
@@ -300,17 +321,17 @@ async def _connect(
 ) -> Store:
     has_module: Optional[bool] = None
     if engine != "lua":
-        has_module = await _run(client, _core.op_detect(_core.is_cluster(client)))
-    chosen = _core.choose_engine(engine, has_module)
-    if chosen == _core.MODULE:
-        await _run(client, _core.op_check_protocol(_core.is_cluster(client)))
+        has_module = await _run(client, op_detect(is_cluster(client)))
+    chosen = choose_engine(engine, has_module)
+    if chosen == MODULE:
+        await _run(client, op_check_protocol(is_cluster(client)))
     options = dict(
         max_payload_bytes=max_payload_bytes,
         max_depth=max_depth,
         unknown_fields=unknown_fields,
         max_schema_bytes=max_schema_bytes,
     )
-    state = _core.make_state(chosen, _core.is_cluster(client), options)
+    state = make_state(chosen, is_cluster(client), options)
     if local_check:  # opt-in: check payloads with the cffi core first (server only if not built)
-        _core.enable_local_check(state)
+        enable_local_check(state)
     return Store(client, state)

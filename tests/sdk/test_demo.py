@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ctxlink._core import find_lua_dir
+from ctxlink._lua import find_lua_dir
 from ctxlink._order_schema import Order, file_descriptor_proto
 from ctxlink.embedded import find_module
 from google.protobuf import descriptor_pb2

@@ -289,7 +289,7 @@ def test_async_cluster_write_follows_ask_during_a_slot_migration(
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
     from redis.cluster import RedisCluster
 
-    from ctxlink._core import registry_key_for
+    from ctxlink._cluster import registry_key_for
 
     Order = protos.Order
     key = f"ask:{sdk_engine}"
@@ -566,16 +566,16 @@ def test_sixteen_writers_on_one_field_never_give_up(
 def test_the_sdk_refuses_a_module_without_protocol_2(
     module_server: Any, stock_server: Any
 ) -> None:
-    from ctxlink import _core
+    from ctxlink import _client
     from ctxlink._sync import _run
 
     # a protocol 1 module answers CTX.PATCH as a server without the command does
     old = stock_server.client()
     with pytest.raises(ctxlink.EngineError, match="protocol 1.*upgrade the module first"):
-        _run(old, _core.op_check_protocol(False))
+        _run(old, _client.op_check_protocol(False))
     old.close()
     new = module_server.client()
-    _run(new, _core.op_check_protocol(False))  # protocol 2: nothing raised
+    _run(new, _client.op_check_protocol(False))  # protocol 2: nothing raised
     assert new.info("ctx")["ctx_protocol"] == 2
     new.close()
 

@@ -11,7 +11,7 @@ import ctxlink.aio
 import pytest
 import redis
 import redis.asyncio
-from ctxlink import _core, _sync
+from ctxlink import _lua, _sync, _write
 from ctxlink._order_schema import Order
 from ctxlink._types import CasResult, Snapshot
 
@@ -31,7 +31,7 @@ def payload(version: int, price: int = 1) -> bytes:
 
 
 def generic_get(store: Any, key: str) -> Any:
-    return _sync._run(store.client, _core.op_get(store._st, key))
+    return _sync._run(store.client, _write.op_get(store._st, key))
 
 
 def test_stock_client_uses_the_direct_sender(mstore: Any) -> None:
@@ -39,7 +39,7 @@ def test_stock_client_uses_the_direct_sender(mstore: Any) -> None:
 
 
 def test_lua_engine_has_no_fast_path(stock_server: Any) -> None:
-    if _core.find_lua_dir() is None:
+    if _lua.find_lua_dir() is None:
         pytest.skip("no Lua scripts")
     assert ctxlink.connect(stock_server.client(), engine="lua")._send is None
 
@@ -56,7 +56,7 @@ def test_get_and_cas_match_the_generic_path(mstore: Any) -> None:
     # conflict: the current state, built like the generic path's
     res = mstore.cas("k", 0, payload(1))
     assert not res and res.version == 1 and res.current == snap
-    expected = _sync._run(mstore.client, _core.op_cas(mstore._st, "k", 0, payload(1), None, None))
+    expected = _sync._run(mstore.client, _write.op_cas(mstore._st, "k", 0, payload(1), None, None))
     assert res == expected
     assert mstore.cas("absent", 3, payload(4)) == CasResult(False, 0, None)
 

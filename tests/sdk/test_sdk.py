@@ -56,7 +56,7 @@ def test_auto_picks_module(module_server: Any) -> None:
 
 def test_auto_picks_lua_on_stock_server(stock_server: Any) -> None:
     r = stock_server.client()
-    if ctxlink._core.find_lua_dir() is None:
+    if ctxlink._lua.find_lua_dir() is None:
         with pytest.raises(ctxlink.EngineError):
             ctxlink.connect(r)
         pytest.skip(LUA_MISSING)
@@ -355,7 +355,7 @@ def test_transitive_imports_dependencies_first() -> None:
     pool.Add(fdp)
     M = message_factory.GetMessageClass(pool.FindMessageTypeByName("t.M"))
     fds = descriptor_pb2.FileDescriptorSet.FromString(
-        ctxlink._core.build_descriptor_set(M.DESCRIPTOR)
+        ctxlink._registry.build_descriptor_set(M.DESCRIPTOR)
     )
     names = [f.name for f in fds.file]
     assert names[-1] == "t/uses.proto" and set(names) == {
@@ -505,7 +505,7 @@ def test_contention_asyncio(
 def test_lua_plan_added_for_module_written_entry(
     module_server: Any, stock_server: Any, protos: Protos
 ) -> None:
-    if ctxlink._core.find_lua_dir() is None:
+    if ctxlink._lua.find_lua_dir() is None:
         pytest.skip(LUA_MISSING)
     mod, stock = module_server.client(), stock_server.client()
     mod.flushall()
@@ -523,7 +523,7 @@ def test_lua_plan_added_for_module_written_entry(
 
 
 def test_lua_noscript_reload(stock_server: Any, protos: Protos) -> None:
-    if ctxlink._core.find_lua_dir() is None:
+    if ctxlink._lua.find_lua_dir() is None:
         pytest.skip(LUA_MISSING)
     r = stock_server.client()
     r.flushall()
@@ -536,7 +536,7 @@ def test_lua_noscript_reload(stock_server: Any, protos: Protos) -> None:
 
 
 def test_lua_stale_key_schema_cache(stock_server: Any, protos: Protos) -> None:
-    if ctxlink._core.find_lua_dir() is None:
+    if ctxlink._lua.find_lua_dir() is None:
         pytest.skip(LUA_MISSING)
     r = stock_server.client()
     r.flushall()
@@ -731,8 +731,8 @@ def test_local_check_does_not_judge_by_a_stale_key_schema(
 
 
 def test_update_backoff_does_not_overflow_with_many_retries() -> None:
-    from ctxlink import _core
+    from ctxlink import _client
 
-    st = _core.make_state("module", False, {})
+    st = _client.make_state("module", False, {})
     assert st.backoff.ceiling(5000) == st.backoff.cap == 0.05
     assert st.backoff.ceiling(1) == st.backoff.base

@@ -1,0 +1,186 @@
+"""The schema registry operations (``register_schema``, ``schemas``, ``get_schema``,
+``drop_schema``) and what they take: a message class or descriptor-set bytes
+(:func:`resolve_schema_source`), :class:`SchemaInfo`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, FileDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from ctxlink._cluster import registry_copies
+from ctxlink._exceptions import ArgumentError
+from ctxlink._instr import Cmd, Op
+from ctxlink._lua import _evalsha, _register_schema
+from ctxlink._protocol import MODULE, _bytes, _text
+from ctxlink._schema_rules import _schema_error
+from ctxlink._state import State
+from ctxlink._types import note_schema_type
+
+
+@dataclass(frozen=True)
+class SchemaInfo:
+    """A registry entry, as ``get_schema`` returns it."""
+
+    name: str
+    message_type: str
+    descriptor_set: bytes
+    revision: int
+
+
+def build_descriptor_set(desc: Union[Descriptor, FileDescriptor]) -> bytes:
+    """A serialized FileDescriptorSet with ``desc``'s file and every transitive import,
+    dependencies first."""
+    root = desc if isinstance(desc, FileDescriptor) else desc.file
+    ordered: list[FileDescriptor] = []
+    seen: set[str] = set()
+
+    def visit(f: FileDescriptor) -> None:
+        if f.name in seen:
+            return
+        seen.add(f.name)
+        for dep in f.dependencies:
+            visit(dep)
+        ordered.append(f)
+
+    visit(root)
+    fds = descriptor_pb2.FileDescriptorSet()
+    for f in ordered:
+        f.CopyToProto(fds.file.add())
+    return bytes(fds.SerializeToString())
+
+
+def resolve_schema_source(source: Any, message_type: Optional[str]) -> tuple[str, bytes]:
+    """(message type, descriptor set) from a message class/instance/descriptor or a set's bytes."""
+    if message_type is not None and not isinstance(message_type, str):
+        raise TypeError(f"message_type must be a str, not {type(message_type).__name__}")
+    desc = getattr(source, "DESCRIPTOR", source)
+    if isinstance(desc, Descriptor):
+        if message_type is not None and message_type != desc.full_name:
+            raise ArgumentError(
+                f"message_type {message_type!r} is not the class's type {desc.full_name!r}; "
+                "leave message_type out when passing a class"
+            )
+        return desc.full_name, build_descriptor_set(desc)
+    if isinstance(source, descriptor_pb2.FileDescriptorSet):
+        source = source.SerializeToString()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        fds = bytes(source)
+        try:
+            parsed = descriptor_pb2.FileDescriptorSet.FromString(fds)
+        except DecodeError as exc:
+            raise _schema_error(
+                f"the descriptor set does not parse as a FileDescriptorSet ({exc}); pass the "
+                "message class, or the bytes protoc --include_imports --descriptor_set_out writes"
+            ) from None
+        names = [
+            (f.package + "." if f.package else "") + m.name
+            for f in parsed.file
+            for m in f.message_type
+        ]
+        if not names:
+            raise _schema_error(
+                "the descriptor set defines no message; pass the message class, or the bytes "
+                "protoc --include_imports --descriptor_set_out writes"
+            )
+        if message_type is None:
+            if len(names) != 1:
+                raise ArgumentError(
+                    f"message_type= is required: the set defines {len(names)} messages "
+                    f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                )
+            message_type = names[0]
+        return message_type, fds
+    if isinstance(source, str):
+        raise TypeError(
+            "register_schema needs a message class or descriptor-set bytes, not a str "
+            "(read the .pb file in binary mode)"
+        )
+    raise TypeError(
+        "register_schema needs a generated message class (or instance, or Descriptor) or "
+        f"serialized FileDescriptorSet bytes, not {type(source).__name__}"
+    )
+
+
+def check_message_class(cls: Any, what: str) -> None:
+    """TypeError unless ``cls`` is a generated protobuf message class."""
+    if not (isinstance(cls, type) and issubclass(cls, Message)):
+        hint = " (pass the class, not an instance)" if isinstance(cls, Message) else ""
+        raise TypeError(
+            f"{what} must be a generated protobuf message class, not {type(cls).__name__}{hint}"
+        )
+
+
+def _admin(st: State, args: tuple[Any, ...], write: bool) -> Op[Any]:
+    """A keyless schema command; on a cluster it goes to every primary (write) or any node."""
+    reply = yield Cmd(args, nodes=("primaries" if write else "random") if st.cluster else None)
+    return reply
+
+
+def op_register_schema(
+    st: State,
+    name: str,
+    source: Any,
+    force: bool,
+    version_field: Optional[str],
+    message_type: Optional[str],
+) -> Op[int]:
+    if not isinstance(name, str):
+        raise TypeError(f"the schema name must be a str, not {type(name).__name__}")
+    if version_field is not None and (not isinstance(version_field, str) or not version_field):
+        raise ArgumentError(f"version_field must be a non-empty field name, not {version_field!r}")
+    type_name, fds = resolve_schema_source(source, message_type)
+    vfield = version_field or "version"
+    if st.engine == MODULE:
+        args: tuple[Any, ...] = ("CTX.SCHEMA.SET", name, type_name, fds)
+        if force:
+            args += ("FORCE",)
+        if version_field is not None:
+            args += ("VERSIONFIELD", version_field)
+        revision = int((yield from _admin(st, args, write=True)))
+    else:
+        revision = yield from _register_schema(st, name, type_name, fds, force, vfield)
+    st.vfield_by_schema[name] = vfield
+    st.vfield_by_type[type_name] = vfield
+    st.type_by_schema[name] = type_name
+    note_schema_type(name, type_name)
+    if st.local is not None:  # local check: recompile from the registry on next use
+        st.local.forget(name)
+    return revision
+
+
+def op_schemas(st: State) -> Op[list[str]]:
+    if st.engine == MODULE:
+        reply = yield from _admin(st, ("CTX.SCHEMA.LIST",), write=False)
+    else:
+        reply = yield from _evalsha(st, "schema_list", (registry_copies(st, "")[0][1],), ())
+    return sorted(_text(n) for n in (reply or []))
+
+
+def op_get_schema(st: State, name: str) -> Op[Optional[SchemaInfo]]:
+    if st.engine == MODULE:
+        reply = yield from _admin(st, ("CTX.SCHEMA.GET", name), write=False)
+    else:
+        reply = yield from _evalsha(st, "schema_get", (registry_copies(st, name)[0][0],), ())
+    if reply is None:
+        return None
+    type_name, fds, revision = reply[:3]
+    return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision))
+
+
+def op_drop_schema(st: State, name: str) -> Op[bool]:
+    if st.engine == MODULE:
+        reply = yield from _admin(st, ("CTX.SCHEMA.DEL", name), write=True)
+    else:
+        removed = 0
+        for entry, index in registry_copies(st, name):
+            removed |= int((yield from _evalsha(st, "schema_del", (entry, index), (name,))))
+        reply = removed
+    st.vfield_by_schema.pop(name, None)
+    st.type_by_schema.pop(name, None)
+    if st.local is not None:  # local check: forget the dropped schema
+        st.local.forget(name)
+    return bool(int(reply))

@@ -1,0 +1,72 @@
+"""What one Store remembers between calls: the engine, the limits the Lua engine enforces, and
+its caches (version field and message type per schema, schema per context key)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ctxlink._lua import Script
+from ctxlink._protocol import LUA
+from ctxlink._types import Backoff, Snapshot
+
+
+class _LRU:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+
+@dataclass
+class State:
+    """Engine choice, limits the Lua engine enforces, and the caches of one Store."""
+
+    engine: str
+    cluster: bool = False
+    max_payload_bytes: int = 1048576
+    max_depth: int = 32
+    unknown_fields: str = "reject"
+    max_schema_bytes: int = 4194304
+    scripts: dict[str, Script] = field(default_factory=dict)
+    # schema name -> version field name (from register_schema or the registry)
+    vfield_by_schema: dict[str, str] = field(default_factory=dict)
+    # message full name -> version field name (from register_schema)
+    vfield_by_type: dict[str, str] = field(default_factory=dict)
+    # schema name -> message type full name (register_schema or the registry's ``type``)
+    type_by_schema: dict[str, str] = field(default_factory=dict)
+    # context key -> schema name (Lua engine: cas needs the registry key)
+    key_schema: _LRU = field(default_factory=lambda: _LRU(4096))
+    backoff: Backoff = field(default_factory=Backoff)
+    # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
+    local: Any = None
+    local_limits_read: bool = False
+
+    def remember_schema(self, key: Any, snap: Optional[Snapshot]) -> None:
+        if self.engine == LUA:
+            if snap is None:
+                self.key_schema.pop(key)
+            else:
+                self.key_schema.put(key, snap.schema)
