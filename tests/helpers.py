@@ -252,6 +252,16 @@ def conflict_state(reply):
     return reply[:5] if isinstance(reply, list) else reply
 
 
+def blanked(raw: bytes) -> bytes:
+    """A v2 context value with ``updated_ms`` and the window's id digests zeroed (the SDK sends a
+    fresh id with every write that names none; the masks stay)."""
+    from ctxvalue import HEADER, decode
+
+    n = len(decode(raw).window)
+    window = b"".join(bytes(8) + raw[at + 8:at + 12] for at in range(HEADER, HEADER + 12 * n, 12))
+    return raw[:12] + bytes(8) + raw[20:HEADER] + window + raw[HEADER + 12 * n:]
+
+
 def raw_replies(backend) -> bool:
     """True when ``backend`` returns the server's raw replies (the module's CTX.* commands);
     False for the Lua engine, driven through the SDK (tests/backends.py)."""

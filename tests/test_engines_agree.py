@@ -12,8 +12,7 @@ from __future__ import annotations
 import redis
 
 from backends import make_backend, start_engine_server
-from ctxvalue import HEADER, decode
-from helpers import conflict_state
+from helpers import blanked, conflict_state
 from servers import error_text
 from wire import f_len, f_str, f_varint
 
@@ -126,14 +125,6 @@ def run(backend, label, method, args, kwargs):
         return ("ok", normalized(method, getattr(backend, method)(*args, **kwargs)))
     except redis.ResponseError as exc:
         return ("error", error_text(exc))
-
-
-def blanked(raw: bytes) -> bytes:
-    """A v2 context value with ``updated_ms`` and the window's id digests zeroed (the SDK sends a
-    fresh id with every write that names none; the masks stay)."""
-    n = len(decode(raw).window)
-    window = b"".join(bytes(8) + raw[at + 8:at + 12] for at in range(HEADER, HEADER + 12 * n, 12))
-    return raw[:12] + bytes(8) + raw[20:HEADER] + window + raw[HEADER + 12 * n:]
 
 
 def stored(r: redis.Redis) -> dict:

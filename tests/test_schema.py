@@ -12,7 +12,8 @@ from google.protobuf import descriptor_pb2
 
 from backends import make_backend, start_engine_server
 from helpers import (NO_COMMAND_LINE, assert_error, engine_field_path, error_text, key_state,
-                     nothing_written, registry_digest, registry_entry, registry_snapshot, write_registry)
+                     nothing_written, registry_digest, registry_entry, registry_snapshot,
+                     write_registry)
 from wire import f_len, f_str, f_varint
 
 FDP = descriptor_pb2.FieldDescriptorProto

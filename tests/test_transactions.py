@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from helpers import assert_error, check_error, key_state
+from helpers import NO_COMMAND_LINE, NO_RAW_COMMANDS, assert_error, check_error, key_state
 from wire import f_len, f_varint
 
 
@@ -20,6 +20,7 @@ def ready(backend, pb):
 # --------------------------------------------------------------------------- MULTI / EXEC
 
 
+@pytest.mark.module_only(NO_RAW_COMMANDS)
 def test_cas_inside_multi_exec_is_applied(ready, pb, r):
     b = ready
     pipe = r.pipeline(transaction=True)
@@ -31,6 +32,7 @@ def test_cas_inside_multi_exec_is_applied(ready, pb, r):
     assert res[2][:3] == [2, pb.order(2), b"order"]
 
 
+@pytest.mark.module_only(NO_RAW_COMMANDS)
 def test_conflicts_inside_multi_exec_are_replies_not_errors(ready, pb, r):
     b = ready
     b.cas("order:1", 0, pb.order(1), schema="order")
@@ -42,6 +44,7 @@ def test_conflicts_inside_multi_exec_are_replies_not_errors(ready, pb, r):
     assert pipe.execute() == [current, None, current]
 
 
+@pytest.mark.module_only(NO_RAW_COMMANDS)
 def test_rejected_cas_inside_multi_exec_does_not_abort_the_transaction(ready, pb, r):
     b = ready
     b.cas("order:1", 0, pb.order(1), schema="order")
@@ -136,7 +139,6 @@ NOT_MODIFYING = {
     "invalid": lambda b, pb: _expect(b.cas, "CTXINVALID", "order:1", 1, _bad(pb)),
     "version": lambda b, pb: _expect(b.cas, "CTXVERSION", "order:1", 1, pb.order(5)),
     "schema-mismatch": lambda b, pb: _expect(b.cas, "CTXSCHEMA", "order:1", 1, pb.order(2), "doc"),
-    "syntax": lambda b, pb: _expect(b.command, "ERR", "CTX.CAS", "order:1", "x", pb.order(2)),
     "del-conflict": lambda b, pb: b.delete("order:1", 4),
     "get": lambda b, pb: b.get("order:1"),
 }
@@ -150,6 +152,14 @@ def _expect(fn, code, *args):
 def test_watch_survives_rejected_or_conflicting_writes(ready, pb, r, case):
     ready.cas("order:1", 0, pb.order(1), schema="order")
     assert _watch_then(ready, r, "order:1", lambda b: NOT_MODIFYING[case](b, pb)) is True
+    assert r.get("watch:proof") == b"1"
+
+
+@pytest.mark.module_only(NO_COMMAND_LINE)
+def test_watch_survives_a_syntax_error(ready, pb, r):
+    ready.cas("order:1", 0, pb.order(1), schema="order")
+    assert _watch_then(ready, r, "order:1", lambda b: _expect(
+        b.command, "ERR", "CTX.CAS", "order:1", "x", pb.order(2))) is True
     assert r.get("watch:proof") == b"1"
 
 
