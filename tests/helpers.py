@@ -268,6 +268,24 @@ def raw_replies(backend) -> bool:
     return backend.engine == "module"
 
 
+def batch_cas(backend, r: redis.Redis, calls: list) -> list:
+    """Runs ``backend.cas(key, expected, payload, **kw)`` for each ``(key, expected, payload,
+    kw)``: on the module as one pipeline of raw commands, through the SDK (Lua engine) one call
+    after another. Returns each reply, or its error (as ``pipe.execute(raise_on_error=False)``)."""
+    if raw_replies(backend):
+        pipe = r.pipeline(transaction=False)
+        for key, expected, payload, kw in calls:
+            pipe.execute_command(*backend.cas_args(key, expected, payload, **kw))
+        return pipe.execute(raise_on_error=False)
+    out = []
+    for key, expected, payload, kw in calls:
+        try:
+            out.append(backend.cas(key, expected, payload, **kw))
+        except redis.ResponseError as exc:
+            out.append(exc)
+    return out
+
+
 def assert_refused_argument(backend, error: str, fn, *args, **kwargs) -> None:
     """An argument refused before anything is written: on the module the command's error reply
     ``error`` (full text); through the SDK (Lua engine) its ``ArgumentError``, raised before

@@ -13,7 +13,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 import ctxvalue
-from helpers import error_text
+from helpers import batch_cas, error_text
 
 SEED = 20251125
 N_PAYLOADS = 3000
@@ -172,10 +172,8 @@ def test_random_payloads_get_documented_replies_and_leave_state_intact(backend, 
         keys = [f"fz:{batch_start + i}" for i in range(BATCH)]
         new_version = 1 if create else 2
         if not create:
-            pipe = r.pipeline(transaction=False)
-            for k in keys:
-                pipe.execute_command(*backend.cas_args(k, 0, pb.order(1, order_id=k), schema="order"))
-            assert pipe.execute() == [1] * BATCH
+            assert batch_cas(backend, r, [(k, 0, pb.order(1, order_id=k), {"schema": "order"})
+                                          for k in keys]) == [1] * BATCH
         pipe = r.pipeline(transaction=False)
         for k in keys:
             pipe.dump(k)
@@ -190,13 +188,9 @@ def test_random_payloads_get_documented_replies_and_leave_state_intact(backend, 
                 p = mutate(rng, p, other)
             payloads.append(p)
 
-        pipe = r.pipeline(transaction=False)
-        for k, p in zip(keys, payloads):
-            if create:
-                pipe.execute_command(*backend.cas_args(k, 0, p, schema="order"))
-            else:
-                pipe.execute_command(*backend.cas_args(k, 1, p))
-        replies = pipe.execute(raise_on_error=False)
+        replies = batch_cas(backend, r, [
+            (k, 0, p, {"schema": "order"}) if create else (k, 1, p, {})
+            for k, p in zip(keys, payloads)])
 
         pipe = r.pipeline(transaction=False)
         for k in keys:

@@ -111,11 +111,11 @@ def test_a_context_stored_with_an_invalid_schema_name_cannot_be_updated(backend,
     assert text == BAD_NAME
 
 
-@pytest.mark.parametrize("cmd", ["CTX.SCHEMA.GET", "CTX.SCHEMA.DEL"])
-def test_schema_get_and_del_refuse_invalid_names(backend, r, cmd):
+@pytest.mark.parametrize("method", ["schema_get", "schema_del"])
+def test_schema_get_and_del_refuse_invalid_names(backend, r, method):
     for name in BAD_NAMES:
         with nothing_written(r):
-            assert assert_error("CTXSCHEMA", backend.command, cmd, name) == BAD_NAME
+            assert assert_error("CTXSCHEMA", getattr(backend, method), name) == BAD_NAME
 
 
 @module_only
