@@ -1,5 +1,6 @@
-"""Payload storm: hostile schemas and hundreds of thousands of random and mutated payloads,
-pipelined, against a module server (schemas and payloads) and the Lua engine (payloads).
+"""Payload storm: hostile schemas and hundreds of thousands of random and mutated payloads
+against a module server (schemas and payloads, raw CTX.CAS pipelined) and the Lua engine
+(payloads, through the shipped SDK: ``ctxlink.connect(engine="lua")``, one call after another).
 
 Checked throughout:
 - every reply is a success, a conflict or an error whose code is documented (ERR, WRONGTYPE,
@@ -31,6 +32,7 @@ from torture_common import SCHEMAS, fill, hostile_schemas, protolib  # noqa: E40
 
 import redis  # noqa: E402
 
+import ctxlink  # noqa: E402
 import servers as srv  # noqa: E402
 from backends import LuaBackend, ModuleBackend  # noqa: E402
 from helpers import CODES, ProtoLib  # noqa: E402
@@ -161,11 +163,8 @@ class Storm:
                 fill(m, self.rng, version=1)
                 msgs.append(m)
             keys = [f"ctx:{name}:{i}" for i in range(pool)]
-            pipe = self.r.pipeline(transaction=False)
             first = msgs[0].SerializeToString()
-            for k in keys:
-                pipe.execute_command(*self.b.cas_args(k, 0, first, schema=name))
-            got = pipe.execute(raise_on_error=False)
+            got = self._writes([(k, 0, first, {"schema": name}) for k in keys])
             if got != [1] * pool:
                 self.problems.append(f"{label}: cannot create the contexts: {got[:2]!r}")
                 continue
@@ -185,8 +184,7 @@ class Storm:
             if label == "order":
                 bases += [random_order(order_pb, self.rng, 1) for _ in range(4)]
             n = min(len(keys), total - sent)
-            sent_payloads = []
-            pipe = self.r.pipeline(transaction=False)
+            sent_payloads, calls = [], []
             for k in keys[:n]:
                 p = self._payload(bases)
                 if self.rng.random() < 0.75:
@@ -194,11 +192,14 @@ class Storm:
                 exp = versions[k] if self.rng.random() < 0.95 else self.rng.choice(
                     [0, versions[k] + 1, 2**63 - 1])
                 sent_payloads.append(p)
-                pipe.execute_command(*self.b.cas_args(k, exp, p))
+                calls.append((k, exp, p, {}))
+            replies = self._writes(calls)
+            pipe = self.r.pipeline(transaction=False)
+            for k in keys[:n]:  # each key is written once per batch: its state after the write
                 pipe.execute_command("EVALSHA", self.snap_sha, 1, k)
-            replies = pipe.execute(raise_on_error=False)
+            snapshots = pipe.execute()
             for i, k in enumerate(keys[:n]):
-                reply, dump = replies[2 * i], replies[2 * i + 1]
+                reply, dump = replies[i], snapshots[i]
                 prev = dumps[k]
                 if isinstance(reply, int):
                     self.replies["ok"] += 1
@@ -218,12 +219,33 @@ class Storm:
                     if dump != prev:
                         self.problems.append(f"{k}: rejected ({code}) but the context changed: "
                                              f"payload {sent_payloads[i][:64].hex()}")
+                elif isinstance(reply, ctxlink.ArgumentError):  # the SDK, before sending
+                    self.replies["ArgumentError"] = self.replies.get("ArgumentError", 0) + 1
+                    if dump != prev:
+                        self.problems.append(f"{k}: refused by the SDK but the context changed")
                 else:
                     self.problems.append(f"{k}: unexpected reply {reply!r}")
                 dumps[k] = dump
             sent += n
             self.sample_rss()
         self.sent = sent
+
+    def _writes(self, calls: list) -> list:
+        """``cas(key, expected, payload, **kw)`` for each call: one pipeline of raw CTX.CAS on the
+        module, the SDK's Store.cas one after another on the Lua engine. Each reply, or its
+        error (an error reply, or the SDK's ArgumentError for an argument it refuses)."""
+        if self.engine == "module":
+            pipe = self.r.pipeline(transaction=False)
+            for key, expected, payload, kw in calls:
+                pipe.execute_command(*self.b.cas_args(key, expected, payload, **kw))
+            return pipe.execute(raise_on_error=False)
+        out: list = []
+        for key, expected, payload, kw in calls:
+            try:
+                out.append(self.b.cas(key, expected, payload, **kw))
+            except (redis.ResponseError, ctxlink.ArgumentError) as exc:
+                out.append(exc)
+        return out
 
     def _payload(self, bases: list[bytes]) -> bytes:
         rng = self.rng
