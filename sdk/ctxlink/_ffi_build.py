@@ -1,38 +1,38 @@
 """cffi builder of ``ctxlink._ctxcore``: the module's own validation core, for the SDK.
 
 The extension compiles the very files the Redis module compiles (``module/core/*.c``, which
-never include the Redis header) and links the same static upb runtime (``build/libupb.a``), so a
-payload checked locally gets exactly the verdict ``CTX.CAS`` would give it.
+never include the Redis header) against the same pinned upb runtime, so a payload checked locally
+gets exactly the verdict ``CTX.CAS`` would give it. It is a required part of the SDK.
 
-    make ext                               # builds build/libupb.a first, then this
-    python sdk/ctxlink/_ffi_build.py       # the same, once build/libupb.a exists
+This file only declares the extension (``ffi``). ``setup.py`` builds it through cffi's
+setuptools integration (``cffi_modules=["sdk/ctxlink/_ffi_build.py:ffi"]``) together with the
+static library ``ctxlink_upb``, which setup.py compiles from the upb sources that
+``build/fetch_deps.py`` fetches and verifies (its ``upb_sources()`` is the list the Makefile uses
+for ``build/libupb.a`` too). Every way of building runs that code:
 
-The result, ``sdk/ctxlink/_ctxcore.<abi>.so``, sits next to the package sources, so an editable
-install (``pip install -e .``) imports it as ``ctxlink._ctxcore``. It is optional: without it the
-SDK validates on the server only (see :mod:`ctxlink._local`).
+    pip install . | pip wheel . | python -m build    # wheel: ctxlink/_ctxcore.abi3.so
+    make ext                                         # in place, for the editable dev install:
+                                                     # sdk/ctxlink/_ctxcore.abi3.so (git-ignored)
+    python sdk/ctxlink/_ffi_build.py                 # the same as make ext
 
 Include directories and flags follow the Makefile (``CTX_INCLUDES``, ``-fvisibility=hidden``;
 third-party headers as ``-isystem``), so the core is compiled the way the module compiles it.
+The wheel does not ship this file (setup.py leaves it out): it needs the source tree.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import shutil
+import subprocess
 import sys
-import sysconfig
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CORE = os.path.join(ROOT, "module", "core")
-BUILD = os.path.join(ROOT, "build")
-DEPS = os.path.join(BUILD, "_deps")
-PB = os.path.join(DEPS, "protobuf")
-LIBUPB = os.path.join(BUILD, "libupb.a")
-TMPDIR = os.path.join(BUILD, "cffi")
+PB = os.path.join(ROOT, "build", "_deps", "protobuf")
 
 # The part of module/core/ctx_core.h the SDK calls. "..." lets the C compiler fill in constant
 # values, enum values, array sizes and struct layout from the real header.
@@ -99,9 +99,10 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
 """
 
 # Same include directories as the Makefile: our headers first, third-party ones as -isystem
-# (upb's inline functions are not warning-clean).
-DEP_DIRS = [PB, os.path.join(PB, "utf8_range"), os.path.join(DEPS, "redis")]
-SOURCES = sorted(glob.glob(os.path.join(CORE, "*.c")))
+# (upb's inline functions are not warning-clean). Paths relative to the root, as setuptools wants.
+DEP_DIRS = [PB, os.path.join(PB, "utf8_range")]
+SOURCES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CORE, "*.c")))
+HEADERS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CORE, "*.h")))
 
 ffi = FFI()
 ffi.cdef(CDEF)
@@ -109,6 +110,8 @@ ffi.set_source(
     "ctxlink._ctxcore",
     '#include "ctx_core.h"\n',
     sources=SOURCES,
+    # A change to a header or to the upb pin rebuilds the extension.
+    depends=[*HEADERS, os.path.join("build", "fetch_deps.py")],
     include_dirs=[os.path.join(ROOT, "module"), CORE],
     extra_compile_args=[
         "-std=gnu11",
@@ -117,26 +120,17 @@ ffi.set_source(
         "-fdata-sections",
         *[arg for d in DEP_DIRS for arg in ("-isystem", d)],
     ],
-    # upb objects keep hidden visibility; only PyInit__ctxcore is exported.
-    extra_objects=[LIBUPB],
-    extra_link_args=["-Wl,--gc-sections", "-Wl,--exclude-libs,ALL"],
+    # Linked with setup.py's static ctxlink_upb (hidden visibility); only PyInit__ctxcore is
+    # exported.
+    extra_link_args=["-Wl,--gc-sections", "-Wl,--exclude-libs,ALL", "-Wl,--strip-debug"],
 )
 
 
-def build(verbose: bool = False) -> str:
-    """Compiles the extension under build/cffi and copies it next to this file; returns its path."""
-    missing = [p for p in (LIBUPB, os.path.join(PB, "upb")) if not os.path.exists(p)]
-    if missing:
-        raise SystemExit(f"_ffi_build: {', '.join(missing)} missing: run `make` first")
-    os.makedirs(TMPDIR, exist_ok=True)
-    built = ffi.compile(tmpdir=TMPDIR, verbose=verbose)
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    target = os.path.join(HERE, "_ctxcore" + suffix)
-    tmp = target + ".tmp"
-    shutil.copyfile(built, tmp)
-    os.replace(tmp, target)  # atomic: a running interpreter keeps its mapped copy
-    return target
+def build_in_place() -> int:
+    """Builds sdk/ctxlink/_ctxcore.abi3.so in place (what ``make ext`` runs); exit status."""
+    cmd = [sys.executable, "setup.py", "-q", "build_clib", "build_ext", "--inplace"]
+    return subprocess.call(cmd, cwd=ROOT)
 
 
 if __name__ == "__main__":
-    print(build(verbose="-v" in sys.argv[1:]))
+    sys.exit(build_in_place())

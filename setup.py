@@ -1,0 +1,81 @@
+"""Build of the ctxlink package: the SDK (sdk/ctxlink), its Lua scripts and ``ctxlink._ctxcore``.
+
+Metadata lives in pyproject.toml; this file adds what needs code:
+
+- ``cffi_modules``: the validation-core extension ``ctxlink._ctxcore`` (module/core/*.c), declared
+  by sdk/ctxlink/_ffi_build.py;
+- the static library ``ctxlink_upb`` the extension links: the upb runtime, compiled from the
+  sources build/fetch_deps.py fetches (pinned protobuf sdist, sha256-checked) with upb's own flags
+  (the Makefile's UPB_CFLAGS). The sources are listed when the library is built, so making an
+  sdist or reading metadata fetches nothing;
+- the wheel leaves out _ffi_build.py, which needs the source tree.
+
+setuptools' own output goes to build/setuptools (setup.cfg), which git ignores: build/ holds
+tracked sources (fetch_deps.py, ctxlink.map).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from setuptools import setup
+from setuptools.command.build_clib import build_clib
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+BUILD_BASE = Path("build", "setuptools")
+UPB_LIB = "ctxlink_upb"
+UPB_CFLAGS = ["-std=gnu11", "-w", "-fvisibility=hidden", "-ffunction-sections",
+              "-fdata-sections"]
+
+
+def _fetch_deps() -> ModuleType:
+    """build/fetch_deps.py, loaded by path ("build" would find the PyPA package)."""
+    spec = importlib.util.spec_from_file_location("ctxlink_fetch_deps",
+                                                  ROOT / "build" / "fetch_deps.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildUpb(build_clib):
+    """build_clib that fills in ctxlink_upb's sources from the fetched, verified upb tree."""
+
+    def build_libraries(self, libraries: list[tuple[str, dict[str, Any]]]) -> None:
+        deps = _fetch_deps()
+        try:
+            pb = deps.ensure_upb()
+        except deps.FetchError as e:
+            raise SystemExit(f"ctxlink: fetching the upb sources failed: {e}") from None
+        sources = [os.path.relpath(p, ROOT) for p in deps.upb_sources(pb)]
+        filled = []
+        for name, info in libraries:
+            if name == UPB_LIB:
+                include = [os.path.relpath(pb, ROOT), os.path.relpath(pb / "utf8_range", ROOT)]
+                info = {**info, "sources": sources, "include_dirs": include,
+                        "macros": [("NDEBUG", None)], "cflags": UPB_CFLAGS,
+                        "obj_deps": {"": [os.path.relpath(deps.__file__, ROOT)]}}
+            filled.append((name, info))
+        super().build_libraries(filled)
+
+
+class BuildPy(build_py):
+    """build_py without the extension's build script (it needs module/core and cffi)."""
+
+    def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if (m[0], m[1]) != ("ctxlink", "_ffi_build")]
+
+
+(ROOT / BUILD_BASE).mkdir(parents=True, exist_ok=True)  # egg_base must exist (setup.cfg)
+
+setup(
+    libraries=[(UPB_LIB, {"sources": []})],
+    cffi_modules=["sdk/ctxlink/_ffi_build.py:ffi"],
+    cmdclass={"build_clib": BuildUpb, "build_py": BuildPy},
+)
