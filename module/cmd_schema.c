@@ -157,6 +157,39 @@ static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, 
   return true;
 }
 
+/* True when the entry of `name` in the copy of `slot` has its fields and its content hashes to
+ * its digest. The compiled-schema cache trusts the digest field; a registration checks the
+ * content, so an entry edited by hand is "cannot be read" whether or not its old content is
+ * still compiled here (the same verdict as the Lua engine's registration). */
+static bool entry_intact(RedisModuleCtx *ctx, const char *name, size_t nlen, int slot) {
+  RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, slot);
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, k, REDISMODULE_READ);
+  RedisModuleString *d = NULL, *type = NULL, *fds = NULL, *vf = NULL;
+  bool ok = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH;
+  if (ok) {
+    RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, "type", &type, "fds", &fds,
+                        "vfield", &vf, NULL);
+    ok = d && type && fds && vf;
+  }
+  if (ok) {
+    size_t tl, fl, vl, dl;
+    const char *t = RedisModule_StringPtrLen(type, &tl);
+    const char *f = RedisModule_StringPtrLen(fds, &fl);
+    const char *v = RedisModule_StringPtrLen(vf, &vl);
+    const char *dp = RedisModule_StringPtrLen(d, &dl);
+    char computed[41];
+    ctx_Digest(t, tl, v, vl, f, fl, computed);
+    ok = dl == 40 && memcmp(computed, dp, 40) == 0;
+  }
+  RedisModuleString *all[] = {d, type, fds, vf};
+  for (size_t j = 0; j < 4; j++) {
+    if (all[j]) RedisModule_FreeString(ctx, all[j]);
+  }
+  RedisModule_CloseKey(key);
+  RedisModule_FreeString(ctx, k);
+  return ok;
+}
+
 /* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field]
  *                [COMPAT WIRE|WIRE_JSON] */
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
@@ -252,7 +285,10 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   /* The change decision is the core's (ctx_Schema_CheckChange), the same on both engines:
    * checked against the setting the entry will have after this write. */
   if (ktype == REDISMODULE_KEYTYPE_HASH && !keep_revision) {
-    const ctx_Schema *prev = force ? NULL : ctx_Registry_Resolve(ctx, name, nlen, ref, &st);
+    const ctx_Schema *prev = NULL;
+    if (!force && entry_intact(ctx, name, nlen, ref)) {
+      prev = ctx_Registry_Resolve(ctx, name, nlen, ref, &st);
+    }
     if (!ctx_Schema_CheckChange(prev, next, mode, force, &st)) {
       ctx_ReplyStatus(ctx, &st);
       goto done;

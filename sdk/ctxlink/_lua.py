@@ -16,13 +16,6 @@ from ctxlink._cluster import registry_copies, registry_key_for, registry_tag
 from ctxlink._exceptions import CtxError, EngineError, SchemaError
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import _bytes, _reply_text, _text
-from ctxlink._schema_rules import (
-    _NAME_RE,
-    _schema_error,
-    check_compatible,
-    check_version_field,
-    load_descriptor,
-)
 
 if TYPE_CHECKING:
     from ctxlink._state import State
@@ -231,42 +224,3 @@ def _install_plan(st: State, name: str, key: Any) -> Op[None]:
         return
     plan = compile_plan(_bytes(fds), _text(type_name), _text(vfield or b"version"), _text(digest))
     yield from _evalsha(st, "schema_plan", (rk,), (_text(digest), plan))
-
-
-def _register_schema(
-    st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str
-) -> Op[int]:
-    """The Lua engine's ``register_schema``: checks what CTX.SCHEMA.SET checks, then writes every
-    copy of the entry with lua/schema_set.lua. Returns the revision."""
-    from ctxlink._plan import compile_plan, registry_digest
-
-    if not _NAME_RE.match(name):
-        raise _schema_error("invalid schema name")
-    desc = load_descriptor(fds, type_name, st.max_schema_bytes)
-    check_version_field(desc, vfield)
-    copies = registry_copies(st, name)
-    prev = yield Cmd(("HMGET", copies[0][0], "type", "fds", "revision", "digest"))
-    prev_type, prev_fds, prev_rev, prev_digest = prev
-    digest = registry_digest(type_name, vfield, fds)
-    same = prev_rev is not None and prev_digest is not None and _text(prev_digest) == digest
-    if not same and prev_rev is not None and prev_type is not None and prev_fds is not None:
-        if not force:
-            try:
-                old = load_descriptor(_bytes(prev_fds), _text(prev_type), 1 << 62)
-            except SchemaError:
-                old = None  # a damaged previous entry cannot constrain the new one
-            if old is not None:
-                check_compatible(old, desc)
-    plan = compile_plan(fds, type_name, vfield, digest)
-    seen = int(prev_rev) if prev_rev is not None else 0
-    # every copy (one per slot on a cluster); the script writes nothing where the very same
-    # definition is intact, and repairs a damaged or missing copy under the same revision
-    for entry, index in copies:
-        reply = yield from _evalsha(
-            st,
-            "schema_set",
-            (entry, index),
-            (name, type_name, fds, vfield, plan, seen, 1 if same else 0),
-        )
-    revision = int(reply)
-    return revision

@@ -14,9 +14,9 @@ from google.protobuf.message import DecodeError, Message
 from ctxlink._cluster import registry_copies
 from ctxlink._exceptions import ArgumentError
 from ctxlink._instr import Cmd, Op
-from ctxlink._lua import _evalsha, _register_schema
+from ctxlink._lua import _evalsha
 from ctxlink._protocol import MODULE, _bytes, _text
-from ctxlink._schema_rules import _schema_error
+from ctxlink._schema_rules import _schema_error, check_compat_arg, register_lua
 from ctxlink._state import State
 from ctxlink._types import note_schema_type
 
@@ -127,11 +127,16 @@ def op_register_schema(
     force: bool,
     version_field: Optional[str],
     message_type: Optional[str],
+    compat: Optional[str] = None,
 ) -> Op[int]:
+    """Registers a schema. ``compat`` ("WIRE_JSON" or "WIRE") sets the entry's compatibility
+    category; None keeps the entry's (WIRE_JSON for a new name). Both engines decide the change
+    with the C core (docs/PROTOCOL.md, "Compatibility categories")."""
     if not isinstance(name, str):
         raise TypeError(f"the schema name must be a str, not {type(name).__name__}")
     if version_field is not None and (not isinstance(version_field, str) or not version_field):
         raise ArgumentError(f"version_field must be a non-empty field name, not {version_field!r}")
+    mode = check_compat_arg(compat)
     type_name, fds = resolve_schema_source(source, message_type)
     vfield = version_field or "version"
     if st.engine == MODULE:
@@ -140,9 +145,11 @@ def op_register_schema(
             args += ("FORCE",)
         if version_field is not None:
             args += ("VERSIONFIELD", version_field)
+        if mode is not None:
+            args += ("COMPAT", mode)
         revision = int((yield from _admin(st, args, write=True)))
     else:
-        revision = yield from _register_schema(st, name, type_name, fds, force, vfield)
+        revision = yield from register_lua(st, name, type_name, fds, force, vfield, mode)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
     st.type_by_schema[name] = type_name

@@ -1,122 +1,102 @@
-"""The schema rules the Lua engine's ``register_schema`` applies itself (the module applies them
-in C): the name rule, loading a descriptor set, the version field, wire compatibility."""
+"""Registering a schema on the Lua engine, with the module's rules: every rule is the C core's,
+called through :mod:`ctxlink._native` (the name rule, compiling the descriptor set with its message
+type and version field, the digest, and the change decision ``ctx_Schema_CheckChange`` under the
+entry's compatibility category), so both engines refuse the same registrations with the same text.
+lua/schema_set.lua then writes every copy of the entry.
+"""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
+from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from ctxlink import _native
+from ctxlink._cluster import registry_copies
+from ctxlink._exceptions import ArgumentError, SchemaError
+from ctxlink._instr import Cmd, Op
+from ctxlink._lua import _evalsha
+from ctxlink._protocol import _bytes, _text
+from ctxlink._state import State
 
-from ctxlink._exceptions import SchemaError
+__all__ = ["check_compat_arg", "register_lua"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,128}$")
-
-
-_INT_TYPES = {
-    FieldDescriptor.TYPE_INT32,
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT32,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT32,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED32,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED32,
-    FieldDescriptor.TYPE_SFIXED64,
-}
-_WIRE_CLASS = {
-    FieldDescriptor.TYPE_INT32: "varint",
-    FieldDescriptor.TYPE_INT64: "varint",
-    FieldDescriptor.TYPE_UINT32: "varint",
-    FieldDescriptor.TYPE_UINT64: "varint",
-    FieldDescriptor.TYPE_BOOL: "varint",
-    FieldDescriptor.TYPE_ENUM: "varint",
-    FieldDescriptor.TYPE_SINT32: "zigzag",
-    FieldDescriptor.TYPE_SINT64: "zigzag",
-    FieldDescriptor.TYPE_FIXED32: "fixed32",
-    FieldDescriptor.TYPE_SFIXED32: "fixed32",
-    FieldDescriptor.TYPE_FLOAT: "fixed32",
-    FieldDescriptor.TYPE_FIXED64: "fixed64",
-    FieldDescriptor.TYPE_SFIXED64: "fixed64",
-    FieldDescriptor.TYPE_DOUBLE: "fixed64",
-    FieldDescriptor.TYPE_STRING: "bytes",
-    FieldDescriptor.TYPE_BYTES: "bytes",
-    FieldDescriptor.TYPE_MESSAGE: "message",
-    FieldDescriptor.TYPE_GROUP: "group",
-}
-
-
-def _repeated(f: FieldDescriptor) -> bool:
-    value = getattr(f, "is_repeated", None)
-    return bool(value) if value is not None else f.label == FieldDescriptor.LABEL_REPEATED
-
-
-def _required(f: FieldDescriptor) -> bool:
-    value = getattr(f, "is_required", None)
-    return bool(value) if value is not None else f.label == FieldDescriptor.LABEL_REQUIRED
+# The entry fields the change decision reads (HMGET order).
+_PREV_FIELDS = ("type", "fds", "vfield", "revision", "digest", "compat")
 
 
 def _schema_error(text: str) -> SchemaError:
     return SchemaError("CTXSCHEMA " + text)
 
 
-def load_descriptor(fds: bytes, type_name: str, max_bytes: int) -> Descriptor:
-    """Checks a descriptor set as CTX.SCHEMA.SET does and returns the message's descriptor."""
-    if len(fds) > max_bytes:
-        raise _schema_error(f"descriptor set is {len(fds)} bytes, over max-schema-bytes")
-    from ctxlink._plan import PlanError, load_pool
-
+def check_compat_arg(compat: Any) -> str | None:
+    """``register_schema(compat=...)``: None (keep the entry's category) or the canonical name
+    of "WIRE_JSON" / "WIRE"; ArgumentError for anything else, before anything is sent."""
+    if compat is None:
+        return None
     try:
-        pool = load_pool(fds)
-    except PlanError as exc:
-        raise _schema_error(str(exc)) from None
+        return _native.compat_parse(compat)
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
+def _stored_compat(value: Any) -> str:
+    """An entry's category: its ``compat`` field; absent or unreadable is WIRE_JSON."""
+    if value is None:
+        return _native.DEFAULT_COMPAT
     try:
-        return pool.FindMessageTypeByName(type_name)
-    except KeyError:
-        raise _schema_error(f"message type '{type_name}' is not in the descriptor set") from None
+        return _native.compat_parse(_text(value))
+    except ValueError:
+        return _native.DEFAULT_COMPAT
 
 
-def check_version_field(desc: Descriptor, vfield: str) -> None:
-    f = desc.fields_by_name.get(vfield)
-    if f is None or _repeated(f) or f.type not in _INT_TYPES:
-        raise _schema_error(
-            f"message '{desc.full_name}' has no top-level singular integer field '{vfield}'"
+def _revision(value: Any) -> int:
+    """The entry's revision as schema_set.lua reads it (digits only, else 0)."""
+    text = _text(value) if value is not None else ""
+    return int(text) if text.isdigit() else 0
+
+
+def _previous(fields: Sequence[Any]) -> _native.Schema | None:
+    """The registered revision compiled, or None when it cannot be read: a field missing, content
+    that no longer hashes to its digest (edited by hand), or a definition that does not compile
+    (what the module's registry refuses as damaged)."""
+    ptype, pfds, pvfield, _, pdigest, _ = fields
+    if ptype is None or pfds is None or pvfield is None or pdigest is None:
+        return None
+    type_name, fds, vfield = _text(ptype), _bytes(pfds), _text(pvfield)
+    if _native.digest(type_name, vfield, fds) != _text(pdigest):
+        return None
+    try:
+        return _native.compile_schema(fds, type_name, vfield)
+    except (SchemaError, MemoryError):
+        return None
+
+
+def register_lua(
+    st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
+    compat: str | None,
+) -> Op[int]:
+    """The Lua engine's ``register_schema``: what CTX.SCHEMA.SET decides, through the C core,
+    then lua/schema_set.lua on every copy of the entry. Returns the revision."""
+    _native.check_name(name)
+    nxt = _native.compile_schema(fds, type_name, vfield, st.max_schema_bytes)
+    digest = _native.digest(type_name, vfield, fds)
+    copies = registry_copies(st, name)
+    fields = yield Cmd(("HMGET", copies[0][0], *_PREV_FIELDS))
+    exists = any(v is not None for v in fields)
+    stored = _stored_compat(fields[5])
+    mode = compat or (stored if exists else _native.DEFAULT_COMPAT)
+    # the very same definition under the same category: schema_set.lua writes nothing where it is
+    # intact and repairs a damaged or missing copy under the same revision (no check needed)
+    same = (fields[3] is not None and fields[4] is not None and _text(fields[4]) == digest
+            and stored == mode)
+    if exists and not same:
+        prev = None if force else _previous(fields)
+        _native.check_change(prev, nxt, mode, force)
+    seen = _revision(fields[3])
+    reply: Any = None
+    for entry, index in copies:
+        reply = yield from _evalsha(
+            st, "schema_set", (entry, index),
+            (name, type_name, fds, vfield, mode, seen, 1 if same else 0),
         )
-
-
-def check_compatible(old: Descriptor, new: Descriptor) -> None:
-    """Raises SchemaError when ``new`` is not wire-compatible with ``old`` (PROTOCOL rules)."""
-    seen: set[tuple[str, str]] = set()
-    todo = [(old, new, old.full_name)]
-    while todo:
-        a, b, path = todo.pop()
-        if (a.full_name, b.full_name) in seen:
-            continue
-        seen.add((a.full_name, b.full_name))
-        for fa in a.fields:
-            fb = b.fields_by_number.get(fa.number)
-            if fb is None:
-                if _required(fa):
-                    raise _schema_error(
-                        f"incompatible: required field {path}.{fa.name} ({fa.number}) removed"
-                    )
-                continue
-            where = f"{path}.{fa.name} ({fa.number})"
-            if _WIRE_CLASS[fa.type] != _WIRE_CLASS[fb.type]:
-                raise _schema_error(
-                    f"incompatible: field {where} changes wire class "
-                    f"{_WIRE_CLASS[fa.type]} -> {_WIRE_CLASS[fb.type]}"
-                )
-            if _repeated(fa) != _repeated(fb):
-                raise _schema_error(f"incompatible: field {where} changes cardinality")
-            if _required(fa) and not _required(fb):
-                raise _schema_error(f"incompatible: required field {where} removed")
-            if _required(fb) and not _required(fa):
-                raise _schema_error(f"incompatible: new required field {where}")
-            if fa.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-                todo.append((fa.message_type, fb.message_type, f"{path}.{fa.name}"))
-        for fb in b.fields:
-            if _required(fb) and fb.number not in a.fields_by_number:
-                raise _schema_error(
-                    f"incompatible: new required field {path}.{fb.name} ({fb.number})"
-                )
+    return int(reply)

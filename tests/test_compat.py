@@ -1,0 +1,318 @@
+"""Schema compatibility, one judge for both engines (docs/PROTOCOL.md, "Compatibility categories:
+WIRE_JSON and WIRE"): the C core's ctx_Schema_CheckChange decides every registration, the module
+directly and the Lua engine through the SDK (``ctxlink.connect(client, engine="lua")``), so both
+engines give the same verdict with the same text. Also the registry's ``compat`` setting, the
+schema-name rule and the digest, each compared between the SDK's core calls and the module."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from google.protobuf import descriptor_pb2
+
+import ctxlink
+from ctxlink import _native
+from helpers import registry_digest
+from test_schema import (COMPAT_CASES, JSON_BREAKING, ORDER, add_field, edited, find_field,
+                         find_msg, on_field)
+
+FDP = descriptor_pb2.FieldDescriptorProto
+STRICT = "ctxlink.test.p2.Strict"
+
+
+@pytest.fixture
+def store(backend, engine):
+    """The shipped SDK on the engine's server (the registry emptied by ``backend``)."""
+    return ctxlink.connect(backend.r, engine=engine)
+
+
+def register(store, name, type_, fds, force=False, compat=None):
+    if compat is None:
+        return store.register_schema(name, fds, message_type=type_, force=force)
+    return store.register_schema(name, fds, message_type=type_, force=force, compat=compat)
+
+
+def refusal(store, name, type_, fds, **kwargs) -> str:
+    """The SchemaError text of a refused registration (the entry stays as it was)."""
+    before = store.get_schema(name)
+    with pytest.raises(ctxlink.SchemaError) as excinfo:
+        register(store, name, type_, fds, **kwargs)
+    after = store.get_schema(name)
+    assert (after and after.revision) == (before and before.revision)
+    return str(excinfo.value)
+
+
+def compat_field(r: redis.Redis, name: str) -> bytes | None:
+    return r.hget(f"__ctx:schema:{name}", "compat")
+
+
+# --------------------------------------------------------------------------- required fields
+
+
+def test_required_made_optional_is_refused_with_the_core_text_on_both_engines(store, pb, uniq):
+    """Divergence (a) of issue 10: the module accepted it, the Lua engine refused it with another
+    text. Decided once: breaking (old readers reject payloads without the field)."""
+    name = uniq("strict")
+    register(store, name, STRICT, pb.fds("strict2"))
+    new = edited(pb, "strict2", on_field(STRICT, 2, lambda f: setattr(f, "label",
+                                                                        FDP.LABEL_OPTIONAL)))
+    text = refusal(store, name, STRICT, new)
+    assert text == ("CTXSCHEMA incompatible schema (WIRE, FIELD_SAME_REQUIRED): field 'id' (2) of "
+                    "'ctxlink.test.p2.Strict' changes from required to optional (use FORCE to "
+                    "override)")
+    assert refusal(store, name, STRICT, new, compat="WIRE") == text  # a WIRE rule
+    assert register(store, name, STRICT, new, force=True) == 2
+
+
+def test_optional_made_required_is_refused_on_both_engines(store, pb, uniq):
+    name = uniq("strict")
+    register(store, name, STRICT, pb.fds("strict2"))
+    new = edited(pb, "strict2", on_field(STRICT, 6, lambda f: setattr(f, "label",
+                                                                        FDP.LABEL_REQUIRED)))
+    assert refusal(store, name, STRICT, new) == (
+        "CTXSCHEMA incompatible schema (WIRE, FIELD_SAME_REQUIRED): field 'note' (6) of "
+        "'ctxlink.test.p2.Strict' changes from optional to required (use FORCE to override)")
+
+
+# --------------------------------------------------------------------------- unreadable entry
+
+
+def _break_entry(r: redis.Redis, name: str) -> None:
+    """Edits the entry's fds by hand so that it no longer parses (digest left as it was)."""
+    r.hset(f"__ctx:schema:{name}", "fds", b"\xff\xff not a descriptor set")
+
+
+def test_change_over_an_unreadable_revision_is_refused_without_force_on_both_engines(
+        store, backend, pb, uniq):
+    """Divergence (b) of issue 10: the SDK's Lua path swallowed it and wrote."""
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    _break_entry(backend.r, name)
+    for fds in (pb.fds("order_v2_incompat"), pb.fds("order_v2_compat")):
+        assert refusal(store, name, ORDER, fds) == (
+            "CTXSCHEMA the registered revision cannot be read; use FORCE to replace it")
+    assert register(store, name, ORDER, pb.fds("order_v2_incompat"), force=True) == 2
+    assert store.get_schema(name).descriptor_set == pb.fds("order_v2_incompat")
+
+
+def test_reregistering_the_entrys_own_definition_repairs_it_without_force(store, backend, pb,
+                                                                          uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    _break_entry(backend.r, name)
+    assert register(store, name, ORDER, pb.fds("order")) == 1
+    assert backend.r.hget(f"__ctx:schema:{name}", "fds") == pb.fds("order")
+
+
+# --------------------------------------------------------------------------- WIRE_JSON vs WIRE
+
+
+def _rename(number: int, new_name: str):
+    return on_field(ORDER, number, lambda f: (setattr(f, "name", new_name),
+                                              f.ClearField("json_name")))
+
+
+def test_rename_is_refused_under_wire_json_and_accepted_under_compat_wire(store, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    new = edited(pb, "order", _rename(6, "final"))
+    assert refusal(store, name, ORDER, new) == (
+        "CTXSCHEMA incompatible schema (WIRE_JSON, FIELD_SAME_NAME): field 6 of "
+        "'ctxlink.example.Order' is renamed from 'final_price' to 'final' (use FORCE to "
+        "override, or COMPAT WIRE)")
+    assert register(store, name, ORDER, new, compat="WIRE") == 2
+
+
+def test_json_name_change_is_refused_under_wire_json(store, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    new = edited(pb, "order", on_field(ORDER, 6, lambda f: setattr(f, "json_name", "total")))
+    text = refusal(store, name, ORDER, new)
+    assert "(WIRE_JSON, FIELD_SAME_JSON_NAME)" in text and "'finalPrice' to 'total'" in text, text
+    assert register(store, name, ORDER, new, compat="WIRE") == 2
+
+
+@pytest.mark.parametrize("src,dst", [(FDP.TYPE_STRING, FDP.TYPE_BYTES),
+                                     (FDP.TYPE_BYTES, FDP.TYPE_STRING)], ids=["to-bytes",
+                                                                            "to-string"])
+def test_string_bytes_change_is_json_breaking_and_wire_compatible(store, pb, uniq, src, dst):
+    name = uniq("order")
+    old = edited(pb, "order", on_field(ORDER, 1, lambda f: setattr(f, "type", src)))
+    new = edited(pb, "order", on_field(ORDER, 1, lambda f: setattr(f, "type", dst)))
+    register(store, name, ORDER, old)
+    text = refusal(store, name, ORDER, new)
+    assert text.startswith("CTXSCHEMA incompatible schema (WIRE_JSON, "
+                           "FIELD_WIRE_JSON_COMPATIBLE_TYPE): field 'order_id' (1)"), text
+    assert "base64" in text and text.endswith("(use FORCE to override, or COMPAT WIRE)"), text
+    assert register(store, name, ORDER, new, compat="WIRE") == 2
+
+
+def test_enum_value_renamed_is_refused_under_wire_json(store, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+
+    def rename_value(s):
+        for f in s.file:
+            for e in f.enum_type:
+                if e.name == "OrderStatus":
+                    e.value[1].name = "ORDER_STATUS_CREATED"
+    new = edited(pb, "order", rename_value)
+    assert refusal(store, name, ORDER, new) == (
+        "CTXSCHEMA incompatible schema (WIRE_JSON, ENUM_VALUE_SAME_NAME): value 1 of enum "
+        "'ctxlink.example.OrderStatus' is renamed from 'ORDER_STATUS_NEW' to "
+        "'ORDER_STATUS_CREATED' (use FORCE to override, or COMPAT WIRE)")
+    assert register(store, name, ORDER, new, compat="WIRE") == 2
+
+
+@pytest.mark.parametrize("compat", ["WIRE_JSON", "WIRE"])
+@pytest.mark.parametrize("proto,type_,label,edits,compatible", COMPAT_CASES,
+                         ids=[f"{c[0]}-{c[2]}" for c in COMPAT_CASES])
+def test_compatibility_matrix_under_each_category(store, pb, uniq, compat, proto, type_, label,
+                                                  edits, compatible):
+    """tests/test_schema.py's matrix of edits, through the SDK, under both categories: WIRE
+    accepts every wire-compatible edit, WIRE_JSON also refuses the JSON-breaking ones."""
+    name = uniq("compat")
+    register(store, name, type_, pb.fds(proto), compat=compat)
+    new = edited(pb, proto, *edits)
+    if compatible and (compat == "WIRE" or label not in JSON_BREAKING):
+        assert register(store, name, type_, new) == 2
+    else:
+        text = refusal(store, name, type_, new)
+        assert text.startswith("CTXSCHEMA incompatible schema ("), text
+
+
+def test_messages_keep_their_fix_with_long_names(store, pb, uniq):
+    """Names are cut so that the message fits the core's status and still ends with the fix."""
+    name = uniq("order")
+    old = edited(pb, "order", _rename(6, "a" * 120))
+    register(store, name, ORDER, old)
+    text = refusal(store, name, ORDER, edited(pb, "order", _rename(6, "b" * 120)))
+    assert len(text.encode()) <= len("CTXSCHEMA ") + 255, len(text)
+    assert text.endswith("(use FORCE to override, or COMPAT WIRE)"), text
+
+
+# --------------------------------------------------------------------------- the compat setting
+
+
+def test_compat_persists_in_the_entry_and_later_registrations_keep_it(store, backend, pb, uniq):
+    name = uniq("order")
+    assert register(store, name, ORDER, pb.fds("order"), compat="WIRE") == 1
+    assert compat_field(backend.r, name) == b"WIRE"
+    renamed = edited(pb, "order", _rename(6, "final"))
+    assert register(store, name, ORDER, renamed) == 2  # no compat given: the entry's WIRE
+    assert compat_field(backend.r, name) == b"WIRE"
+
+
+def test_a_new_entry_is_wire_json(store, backend, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    assert compat_field(backend.r, name) == b"WIRE_JSON"
+
+
+def test_same_definition_under_another_compat_is_a_new_revision(store, backend, pb, uniq):
+    name = uniq("order")
+    fds = pb.fds("order")
+    assert register(store, name, ORDER, fds) == 1
+    assert register(store, name, ORDER, fds, compat="WIRE") == 2
+    assert register(store, name, ORDER, fds, compat="WIRE") == 2  # unchanged
+    assert register(store, name, ORDER, fds) == 2  # keeps WIRE
+    assert register(store, name, ORDER, fds, compat="WIRE_JSON") == 3
+    assert compat_field(backend.r, name) == b"WIRE_JSON"
+
+
+def test_the_check_uses_the_setting_the_entry_will_have(store, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"), compat="WIRE")
+    renamed = edited(pb, "order", _rename(6, "final"))
+    assert "FIELD_SAME_NAME" in refusal(store, name, ORDER, renamed, compat="WIRE_JSON")
+    name2 = uniq("order")
+    register(store, name2, ORDER, pb.fds("order"))
+    assert register(store, name2, ORDER, renamed, compat="WIRE") == 2
+
+
+def test_entry_without_compat_field_counts_as_wire_json(store, backend, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    backend.r.hdel(f"__ctx:schema:{name}", "compat")
+    assert "FIELD_SAME_NAME" in refusal(store, name, ORDER, edited(pb, "order", _rename(6, "x")))
+    assert register(store, name, ORDER, pb.fds("order")) == 1  # same definition, same category
+
+
+def test_sdk_refuses_an_unknown_compat_before_sending(store, pb):
+    with pytest.raises(ValueError, match="WIRE_JSON"):
+        register(store, "order", ORDER, pb.fds("order"), compat="JSON")
+
+
+def test_compat_does_not_change_the_digest(store, backend, pb, uniq):
+    name = uniq("order")
+    fds = pb.fds("order")
+    register(store, name, ORDER, fds, compat="WIRE")
+    entry = backend.r.hgetall(f"__ctx:schema:{name}")
+    assert entry[b"digest"].decode() == registry_digest(ORDER, "version", fds)
+    assert entry[b"digest"].decode() == _native.digest(ORDER, "version", fds)
+
+
+# --------------------------------------------------------------------------- module command line
+
+
+def test_compat_argument_syntax(engine, backend, pb, uniq):
+    if engine != "module":
+        pytest.skip("the Lua engine has no command line")
+    r, name, fds = backend.r, uniq("order"), pb.fds("order")
+    assert r.execute_command("CTX.SCHEMA.SET", name, ORDER, fds, "compat", "wire") == 1
+    assert compat_field(r, name) == b"WIRE"
+    with pytest.raises(redis.ResponseError) as excinfo:
+        r.execute_command("CTX.SCHEMA.SET", name, ORDER, fds, "COMPAT", "JSON")
+    assert str(excinfo.value) == "CTXSCHEMA unknown COMPAT 'JSON': use WIRE_JSON or WIRE"
+    for args in (("COMPAT",), ("COMPAT", "WIRE", "COMPAT", "WIRE")):
+        with pytest.raises(redis.ResponseError, match="syntax error"):
+            r.execute_command("CTX.SCHEMA.SET", name, ORDER, fds, *args)
+
+
+# --------------------------------------------------------------------------- name, digest, version
+
+
+NAMES = ["a", "x" * 128, "A-Za-z0-9_.-:", "", "x" * 129, "a b", "a\n", "a\x00", "é", "{t}"]
+
+
+@pytest.mark.parametrize("name", NAMES, ids=repr)
+def test_name_rule_is_the_cores_on_both_engines(store, pb, name):
+    try:
+        _native.check_name(name)
+        valid = True
+    except ctxlink.SchemaError as exc:
+        assert str(exc) == "CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
+        valid = False
+    if valid:
+        assert store.register_schema(name, pb.fds("order"), message_type=ORDER) == 1
+    else:
+        with pytest.raises(ctxlink.SchemaError, match="invalid schema name"):
+            store.register_schema(name, pb.fds("order"), message_type=ORDER)
+
+
+def test_digest_is_the_cores_on_both_engines(store, backend, pb, uniq):
+    name = uniq("doc")
+    fds = pb.fds("versions")
+    store.register_schema(name, fds, message_type="ctxlink.test.v.Doc", version_field="rev")
+    stored = backend.r.hget(f"__ctx:schema:{name}", "digest").decode()
+    assert stored == _native.digest("ctxlink.test.v.Doc", "rev", fds)
+    assert _native.digest("a.B", "version", b"xyz") == registry_digest("a.B", "version", b"xyz")
+
+
+def test_missing_version_field_names_the_fix_on_both_engines(store, pb):
+    new = edited(pb, "order", lambda s: find_msg(s, ORDER).field.remove(
+        find_field(find_msg(s, ORDER), 2)))
+    with pytest.raises(ctxlink.SchemaError) as excinfo:
+        store.register_schema("order", new, message_type=ORDER)
+    assert str(excinfo.value) == (
+        "CTXSCHEMA message 'ctxlink.example.Order' has no top-level field 'version' to hold the "
+        "context version: add an integer field 'version' or name one with VERSIONFIELD "
+        "(version_field= in the SDK)")
+
+
+def test_adding_fields_passes_both_categories(store, pb, uniq):
+    for compat in ("WIRE_JSON", "WIRE"):
+        name = uniq("order")
+        register(store, name, ORDER, pb.fds("order"), compat=compat)
+        assert register(store, name, ORDER, edited(pb, "order", add_field(
+            ORDER, "currency", 11, FDP.TYPE_STRING))) == 2
