@@ -211,3 +211,15 @@ def test_the_lua_engine_keeps_a_registry_copy_per_slot(stock_cluster, pb) -> Non
         assert store.schemas() == ["order"]
     finally:
         rc.close()
+
+
+def test_every_registry_copy_gets_the_compat_setting(cluster, pb) -> None:
+    """CTX.SCHEMA.SET ... COMPAT WIRE writes `compat` into every slot's copy of the entry."""
+    fds = pb.fds("order")
+    for r in _primaries(cluster):
+        assert r.execute_command("CTX.SCHEMA.SET", "cmp", "ctxlink.example.Order", fds,
+                                 "COMPAT", "WIRE") == 1
+    for r, (lo, hi) in zip(_primaries(cluster), RANGES):
+        copies = list(r.scan_iter(match="__ctx:{*}:schema:cmp", count=5000))
+        assert len(copies) == hi - lo + 1
+        assert {r.hget(k, "compat") for k in copies} == {b"WIRE"}
