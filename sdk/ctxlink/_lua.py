@@ -1,88 +1,68 @@
-"""Everything specific to the Lua engine (stock Redis, lua/*.lua): finding and loading the
-scripts, running them by SHA (reloading after ``NOSCRIPT``), cas.lua's arguments and retries, its
-validation plans, and the Lua half of registering a schema."""
+"""Everything specific to the Lua engine (stock Redis, lua/*.lua) at run time: running the scripts
+by SHA (reloading after ``NOSCRIPT``, the Redis 6.2 form), cas.lua's arguments and retries, and
+the plan scripts (docs/PROTOCOL.md, "The validation plan").
+
+A write runs ``cas`` with the validation plan of the context's schema: :mod:`ctxlink._scripts`
+generates it through the C core from the registry entry, read here as data (``HMGET type fds
+vfield digest``) the first time a schema name is written and again when cas.lua answers
+``CTXSCHEMA stale <name>`` (the entry changed). Nothing executable is read from Redis. While the
+plan is known, a ``cas`` is one ``EVALSHA``.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from ctxlink._cluster import registry_copies, registry_key_for, registry_tag
-from ctxlink._exceptions import CtxError, EngineError, SchemaError
+from ctxlink import _native
+from ctxlink._cluster import registry_key_for, registry_tag
+from ctxlink._exceptions import CtxError, SchemaError
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
-from ctxlink._protocol import _bytes, _reply_text, _text
+from ctxlink._protocol import _bytes, _reply_text
+from ctxlink._scripts import Script, entry_script, find_lua_dir, load_scripts, null_plan_script
 
 if TYPE_CHECKING:
     from ctxlink._state import State
 
+__all__ = ["find_lua_dir", "load_scripts", "Script", "_evalsha", "_write_lua"]
+
 _KEY_MISMATCH = re.compile(r"^CTXSCHEMA schema key mismatch: the context uses '(.*)'$")
-_SCRIPT_NAMES = (
-    "get",
-    "cas",
-    "del",
-    "schema_set",
-    "schema_plan",
-    "schema_get",
-    "schema_list",
-    "schema_del",
-)
+
+#: ``st.scripts`` key of the plan script of schema ``<name>``.
+_PLAN = "cas:"
+#: Plan scripts one Store keeps (by schema name); past it they are dropped and re-read.
+_MAX_PLANS = 256
+#: ``CTXSCHEMA stale`` answers one write follows (each: read the entry, regenerate, re-send).
+_STALE_RETRIES = 3
 
 
-@dataclass(frozen=True)
-class Script:
-    name: str
-    source: bytes
-    sha: str
-
-    def without_shebang(self) -> "Script":
-        """The script for Redis 6.2, which does not know the ``#!lua flags=...`` line (7.0+):
-        the line becomes a comment, so line numbers in error messages stay the same."""
-        if not self.source.startswith(b"#!"):
-            return self
-        first, _, rest = self.source.partition(b"\n")
-        source = b"-- " + first[2:] + b"\n" + rest
-        return Script(self.name, source, hashlib.sha1(source).hexdigest())
+# ---------------------------------------------------------------------------------------------
+# running scripts
 
 
-def find_lua_dir() -> Optional[Path]:
-    """Where the scripts are: ``ctxlink/lua`` inside an installed package, else ``<repo>/lua``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "lua", here.parents[1] / "lua"):
-        if all((candidate / f"{n}.lua").is_file() for n in _SCRIPT_NAMES):
-            return candidate
-    return None
+def _for_server(st: State, script: Script) -> Script:
+    """``script`` as this server takes it: without the ``#!lua`` line once Redis 6.2 refused
+    it (the fixed scripts in ``st.scripts`` were converted then)."""
+    get = st.scripts.get("get")
+    if get is not None and not get.source.startswith(b"#!"):
+        return script.without_shebang()
+    return script
 
 
-def load_scripts(directory: Optional[Path] = None) -> dict[str, Script]:
-    directory = directory or find_lua_dir()
-    if directory is None:
-        raise EngineError("the Lua scripts (lua/*.lua) were not found next to the ctxlink package")
-    scripts = {}
-    for name in _SCRIPT_NAMES:
-        source = (directory / f"{name}.lua").read_bytes()
-        scripts[name] = Script(name, source, hashlib.sha1(source).hexdigest())
-    return scripts
-
-
-def _evalsha(
-    st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...], write: bool = False
+def _run(
+    st: State, script: Script, keys: tuple[Any, ...], args: tuple[Any, ...], write: bool = False
 ) -> Op[Any]:
-    """Runs a script; ``write``: as a :class:`Write` on ``keys[0]`` (sent once; NOSCRIPT means it
-    did not run, so loading the script and sending it again is no re-send)."""
-    script = st.scripts[name]
+    """Runs ``script``; ``write``: as a :class:`Write` on ``keys[0]`` (sent once; NOSCRIPT means
+    it did not run, so loading the script and sending it again is no re-send)."""
 
     def instr(sha: str) -> Instr:
         args_ = ("EVALSHA", sha, len(keys), *keys, *args)
         return Write(keys[0], args_) if write else Cmd(args_)
 
-    cmd = instr(script.sha)
     try:
-        return (yield cmd)
+        return (yield instr(script.sha))
     except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, failover)
         pass
     try:
@@ -93,10 +73,45 @@ def _evalsha(
         if script.source == script.without_shebang().source or "compil" not in str(exc):
             raise
         st.scripts = {n: s.without_shebang() for n, s in st.scripts.items()}
-        script = st.scripts[name]
-        cmd = instr(script.sha)
+        script = script.without_shebang()
         yield LoadScript(script.source)
-    return (yield cmd)
+    return (yield instr(script.sha))
+
+
+def _evalsha(
+    st: State, name: str, keys: tuple[Any, ...], args: tuple[Any, ...], write: bool = False
+) -> Op[Any]:
+    """Runs the fixed script ``name`` (lua/<name>.lua after the prelude)."""
+    return (yield from _run(st, st.scripts[name], keys, args, write))
+
+
+# ---------------------------------------------------------------------------------------------
+# plan scripts
+
+
+def _plan_script(st: State, name: str, key: Any, reread: bool = False) -> Op[Script]:
+    """cas.lua with the plan of schema ``name`` (the registry copy of ``key``'s slot): the one
+    this Store made before, else (or with ``reread``) made from the entry read now."""
+    cached = st.scripts.get(_PLAN + name)
+    if cached is not None and not reread:
+        return cached
+    try:
+        _native.check_name(name)
+    except SchemaError:  # cas.lua refuses the name before it reads the registry
+        return _for_server(st, null_plan_script())
+    entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
+                       "digest"))
+    script = _for_server(st, entry_script(*(None if v is None else _bytes(v) for v in entry)))
+    plans = [n for n in st.scripts if n.startswith(_PLAN)]
+    if len(plans) >= _MAX_PLANS:
+        for n in plans:
+            st.scripts.pop(n, None)
+    st.scripts[_PLAN + name] = script
+    return script
+
+
+# ---------------------------------------------------------------------------------------------
+# writes
 
 
 def _lua_argv(
@@ -144,25 +159,33 @@ def _write_lua(
     fields: Optional[tuple[int, ...]] = None,
     reads: tuple[int, ...] = (),
 ) -> Op[Any]:
-    """The Lua engine's half of :func:`ctxlink._write._write_raw`: runs cas.lua once (as a
-    :class:`Write`), compiling a missing plan, following the context's own schema and waiting
-    out a slot migration on the way."""
+    """The Lua engine's half of :func:`ctxlink._write._write_raw`: runs the schema's cas script
+    once (as a :class:`Write`). On the way it reads the context's schema when it is unknown,
+    makes the plan script when it has none, and sends the same write again (same id: safe, it
+    was refused before anything was written) after ``stale`` (a new plan), a schema key mismatch
+    (the context's own schema) or a slot migration (a pause)."""
     name = schema if schema is not None else st.key_schema.get(key)
     if name is None:
         stored = yield from _evalsha(st, "get", (key,), ())
         name = _reply_text(stored[2]) if stored else ""
     tag = registry_tag(st, key)
-    planned = relocated = False
-    moving = 0
+    script = yield from _plan_script(st, name, key)
+    relocated = False
+    stale = moving = 0
     while True:
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
                          reads)
         try:
             # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
-            reply = yield from _evalsha(st, "cas", (key,), argv, write=True)
+            reply = yield from _run(st, script, (key,), argv, write=True)
             break
         except SchemaError as exc:
             text = str(exc)
+            if text == f"CTXSCHEMA stale {name}" and stale < _STALE_RETRIES:
+                # the entry is not the one the plan was made from: read it, make its plan
+                stale += 1
+                script = yield from _plan_script(st, name, key, reread=True)
+                continue
             if st.cluster and text.startswith("CTXSCHEMA unknown schema ") and moving < len(
                 _MOVING_DELAYS
             ):
@@ -171,17 +194,13 @@ def _write_lua(
                 yield Sleep(_MOVING_DELAYS[moving])
                 moving += 1
                 continue
-            if text.startswith("CTXSCHEMA noplan ") and not planned:
-                # the entry has no (current) plan: compile it here, store it, retry once
-                planned = True
-                yield from _install_plan(st, text[len("CTXSCHEMA noplan ") :].strip(), key)
-                continue
             match = _KEY_MISMATCH.match(text)
             if match and not relocated and schema is None:
                 # our cached schema for the key was stale: use the one the context has
                 relocated = True
                 name = match.group(1)
                 st.key_schema.put(key, name)
+                script = yield from _plan_script(st, name, key)
                 continue
             if match:
                 st.key_schema.pop(key)
@@ -212,15 +231,3 @@ def _slot_moving(st: State, exc: BaseException) -> bool:
         return False
     text = str(exc)
     return any(marker in text for marker in _MOVING_ERRORS)
-
-
-def _install_plan(st: State, name: str, key: Any) -> Op[None]:
-    """Lua engine: compile the entry's validation plan and store it next to the entry."""
-    from ctxlink._plan import compile_plan
-
-    rk = registry_key_for(st, name, key)
-    type_name, fds, vfield, digest = yield Cmd(("HMGET", rk, "type", "fds", "vfield", "digest"))
-    if type_name is None or fds is None:
-        return
-    plan = compile_plan(_bytes(fds), _text(type_name), _text(vfield or b"version"), _text(digest))
-    yield from _evalsha(st, "schema_plan", (rk,), (_text(digest), plan))
