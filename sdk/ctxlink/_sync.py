@@ -1,8 +1,9 @@
-"""The synchronous front end: runs the operations of :mod:`ctxlink._instr` on a redis-py client."""
+"""The synchronous front end: carries out the instructions of the operations (and the module
+engine's :class:`~ctxlink._dispatch.Fast` commands) on a redis-py client. What each call does is
+described once, in :mod:`ctxlink._dispatch`, for this and the asyncio front end."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from types import TracebackType
 from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, Union
@@ -13,31 +14,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ctxlink._client import (
-    choose_engine,
-    is_cluster,
-    make_state,
-    op_check_protocol,
-    op_detect,
-    open_client,
-)
+from ctxlink._client import is_cluster, open_client
 from ctxlink._cluster import cluster_targets, merge_node_replies
-from ctxlink._instr import Await, Cmd, LoadScript, Op, Sleep, Write
-from ctxlink._precheck import enable_local_check
-from ctxlink._protocol import MODULE, cas_command, map_error, parse_state, parse_write
-from ctxlink._registry import (
-    SchemaInfo,
-    op_drop_schema,
-    op_get_schema,
-    op_register_schema,
-    op_schemas,
+from ctxlink._dispatch import (
+    ASYNC_FN,
+    Call,
+    Fast,
+    Runner,
+    StoreBase,
+    node_result,
+    op_connect,
 )
+from ctxlink._instr import Await, Cmd, Instr, LoadScript, Op, Sleep, Write
+from ctxlink._protocol import MODULE, map_error
+from ctxlink._registry import SchemaInfo
+from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write
 from ctxlink._settle import UPDATE_TIMEOUT
 from ctxlink._state import State
-from ctxlink._update import op_update
-from ctxlink._write import MAX_EXPECTED_MODULE, new_write_id, op_cas, op_delete, op_get
-from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write
-from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated, new_cas_result
+from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated
 
 T = TypeVar("T")
 
@@ -45,69 +39,52 @@ __all__ = ["Store", "connect"]
 
 EngineName = Literal["auto", "module", "lua"]
 
-_ASYNC_FN = (
-    "update() got an async function (or one returning an awaitable): the sync Store cannot "
-    "await it; use ctxlink.aio (`await store.update(...)` on `await ctxlink.aio.connect(...)`)"
-)
-_MAX_EXPECTED = MAX_EXPECTED_MODULE
-_ASYNC_FLAGS = inspect.CO_COROUTINE
-
-
-def _is_async(fn: Any) -> bool:
-    """An ``async def`` function (cheap test; other awaitables are caught when fn returns one)."""
-    code = getattr(fn, "__code__", None)
-    return code is not None and bool(code.co_flags & _ASYNC_FLAGS)
-
 
 def _run(client: Any, op: Op[T]) -> T:
-    """Drives one operation: sends what it yields, feeds back replies or mapped errors."""
-    reply: Any = None
-    error: Optional[BaseException] = None
-    while True:
+    """Runs one operation on ``client`` (see :class:`ctxlink._dispatch.Runner`)."""
+    run = Runner(op)
+    while run.instr is not None:
         try:
-            instr = op.send(reply) if error is None else op.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        reply, error = None, None
+            reply = _carry_out(client, run.instr)
+        except Exception as exc:
+            run.fail(exc)
+            continue
+        run.reply(reply)
+    return run.result
+
+
+def _carry_out(client: Any, instr: Instr) -> Any:
+    if type(instr) is Cmd:
+        if instr.nodes is not None:
+            return _on_nodes(client, instr)
+        return client.execute_command(*instr.args)
+    if type(instr) is Write:  # once, on a connection of ours: no redis-py retry
+        return send_write(client, instr.key, instr.args)
+    if type(instr) is LoadScript:
+        return client.script_load(instr.source)
+    if type(instr) is Sleep:
+        time.sleep(instr.seconds)
+        return None
+    if type(instr) is Await:  # an async function given to the sync front end
+        close = getattr(instr.awaitable, "close", None)
+        if close is not None:
+            close()  # no "coroutine was never awaited" warning
+        raise TypeError(ASYNC_FN)
+    raise TypeError(f"unknown instruction {instr!r}")  # pragma: no cover
+
+
+def _on_nodes(client: Any, instr: Cmd) -> Any:
+    """A keyless command on a Redis Cluster, sent to the node(s) directly: redis-py's cluster
+    router refuses command names with two dots (CTX.SCHEMA.SET); all must agree."""
+    assert instr.nodes is not None
+    results: list[tuple[str, Any]] = []
+    for node in cluster_targets(client, instr.nodes):
         try:
-            if type(instr) is Cmd:
-                if instr.nodes is not None:  # keyless command on a Redis Cluster
-                    # sent to the node(s) directly: redis-py's cluster router refuses
-                    # command names with two dots (CTX.SCHEMA.SET); all must agree
-                    results: list[tuple[str, Any]] = []
-                    for node in cluster_targets(client, instr.nodes):
-                        try:
-                            node_client = client.get_redis_connection(node)
-                            results.append((node.name, node_client.execute_command(*instr.args)))
-                        except ResponseError as exc:
-                            results.append((node.name, map_error(exc)))
-                        except RedisError as exc:
-                            results.append((node.name, exc))
-                    reply = merge_node_replies(results)
-                else:
-                    reply = client.execute_command(*instr.args)
-            elif type(instr) is Write:  # once, on a connection of ours: no redis-py retry
-                try:
-                    reply = send_write(client, instr.key, instr.args)
-                except TRANSPORT_ERRORS as exc:  # the reply was lost: the op decides
-                    error = exc
-            elif type(instr) is LoadScript:
-                reply = client.script_load(instr.source)
-            elif type(instr) is Sleep:
-                time.sleep(instr.seconds)
-            elif type(instr) is Await:  # an async function given to the sync front end
-                close = getattr(instr.awaitable, "close", None)
-                if close is not None:
-                    close()  # no "coroutine was never awaited" warning
-                error = TypeError(_ASYNC_FN)
-            else:  # pragma: no cover
-                raise TypeError(f"unknown instruction {instr!r}")
-        except ResponseError as exc:
-            error = map_error(exc)
-        except TRANSPORT_ERRORS as exc:  # a read on the way to a write: the op settles it
-            if not getattr(instr, "settle", False):
-                raise
-            error = exc
+            node_client = client.get_redis_connection(node)
+            results.append((node.name, node_client.execute_command(*instr.args)))
+        except RedisError as exc:
+            results.append((node.name, node_result(exc)))
+    return merge_node_replies(results)
 
 
 _recorder: Any
@@ -207,7 +184,7 @@ def _sender(client: Any, state: State) -> Optional[Callable[[tuple[Any, ...]], A
     return send
 
 
-class Store:
+class Store(StoreBase):
     """Contexts on one Redis deployment, through the module or the Lua scripts.
 
     Build it with :func:`connect`. Thread-safe: share one Store (and one client) between threads.
@@ -216,23 +193,26 @@ class Store:
     """
 
     def __init__(self, client: Any, state: State, owns_client: bool = False) -> None:
-        self._client = client
-        self._st = state
-        self._owns = owns_client
+        super().__init__(client, state, owns_client)
         # module engine: get/cas skip the generic operation machinery (same replies, same errors)
         self._send = _sender(client, state)
 
-    @property
-    def engine(self) -> str:
-        """``"module"`` (CTX.* commands) or ``"lua"`` (scripts from ``lua/``)."""
-        return self._st.engine
-
-    @property
-    def client(self) -> Any:
-        return self._client
-
-    def __repr__(self) -> str:
-        return f"<ctxlink.Store engine={self.engine!r} client={self._client!r}>"
+    def _call(self, call: Call[T]) -> T:
+        if type(call) is not Fast:
+            return _run(self._client, call)  # type: ignore[arg-type]
+        send = self._send
+        assert send is not None
+        try:
+            reply = send(call.args) if call.key is None else send_write(
+                self._client, call.key, call.args)
+        except ResponseError as exc:
+            raise map_error(exc)  # map_error sets __cause__
+        except TRANSPORT_ERRORS as exc:
+            if call.resend is None:
+                raise
+            sent = not isinstance(exc, WriteNotSent)  # else nothing went out
+            return _run(self._client, call.resend(sent))  # type: ignore[no-any-return]
+        return call.parse(reply)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Closes the client when the Store created it from a URL; else does nothing."""
@@ -253,14 +233,7 @@ class Store:
     # -- contexts --------------------------------------------------------------------------
     def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
         """The context at ``key``, or None. One round trip."""
-        send = self._send
-        if send is None or (type(key) is not str and type(key) is not bytes):
-            return _run(self._client, op_get(self._st, key))
-        try:
-            reply = send(("CTX.GET", key))
-        except ResponseError as exc:
-            raise map_error(exc)  # map_error sets __cause__
-        return parse_state(reply)
+        return self._call(self._get(key))
 
     def cas(
         self,
@@ -286,35 +259,7 @@ class Store:
         The id *is* the write: a write whose id is in the window is answered ``replayed`` and not
         applied, whatever its payload, so never reuse an id for another change.
         """
-        if (
-            self._send is None
-            or type(payload) is not bytes
-            or type(expected_version) is not int
-            or not 0 <= expected_version <= _MAX_EXPECTED
-            or self._st.local is not None
-            or write_id is not None
-            or (type(key) is not str and type(key) is not bytes)
-            or (by is not None and (type(by) is not str or len(by) > 16383))
-        ):
-            return _run(
-                self._client,
-                op_cas(self._st, key, expected_version, payload, schema, by, write_id),
-            )
-        wid = new_write_id()
-        args = cas_command(key, expected_version, payload, schema, by, wid)
-        try:
-            reply = send_write(self._client, key, args)
-        except ResponseError as exc:
-            raise map_error(exc)  # map_error sets __cause__
-        except TRANSPORT_ERRORS as exc:  # re-send the same write (same id), settled there
-            sent = not isinstance(exc, WriteNotSent)  # else nothing went out
-            return _run(
-                self._client,
-                op_cas(self._st, key, expected_version, payload, schema, by, wid, sent),
-            )
-        if type(reply) is int:
-            return new_cas_result((True, reply, None, False, ()))
-        return parse_write(reply)
+        return self._call(self._cas(key, expected_version, payload, schema, by, write_id))
 
     def delete(
         self,
@@ -327,7 +272,7 @@ class Store:
 
         A delete whose reply was lost is re-sent; if the re-sent one finds no context the result
         is ``ok`` with ``replayed`` True: the context is gone either way."""
-        return _run(self._client, op_delete(self._st, key, expected_version, write_id))
+        return _run(self._client, self._delete(key, expected_version, write_id))
 
     def update(
         self,
@@ -369,13 +314,8 @@ class Store:
         attempt is re-sent, never ``fn`` called again; if that cannot settle whether it landed,
         :class:`OutcomeUnknownError`.
         """
-        if _is_async(fn) or (default is not None and _is_async(default)):
-            raise TypeError(_ASYNC_FN)
-        return _run(
-            self._client,
-            op_update(self._st, key, fn, message_class, schema, by, retries, default,
-                            reads=reads, timeout=timeout, backoff=backoff),
-        )
+        return _run(self._client, self._update(
+            key, fn, message_class, schema, by, reads, retries, timeout, backoff, default))
 
     def migrate(
         self,
@@ -397,15 +337,7 @@ class Store:
         compare-and-set, retried on conflicts like :meth:`update`. :class:`NotFoundError` when
         there is no context at ``key``.
         """
-        if fn is not None and _is_async(fn):
-            raise TypeError(_ASYNC_FN.replace("update()", "migrate()"))
-        return _run(
-            self._client,
-            op_update(
-                self._st, key, fn, message_class, None, by, retries, None, drop_unknown=True,
-                timeout=timeout,
-            ),
-        )
+        return _run(self._client, self._migrate(key, message_class, fn, by, retries, timeout))
 
     # -- schema registry -------------------------------------------------------------------
     def register_schema(
@@ -421,26 +353,25 @@ class Store:
 
         Accepts a generated/message class (or instance, or its ``Descriptor``), whose descriptor
         set is built with every transitive import, or a serialized ``FileDescriptorSet`` (then
-        ``message_type`` names the message unless the set defines exactly one).
+        ``message_type`` names the message unless the set defines exactly one). ``compat``
+        ("WIRE_JSON" or "WIRE") sets the schema's compatibility category; None keeps the
+        registered one (WIRE_JSON for a new name). A change that breaks a rule of the category
+        raises SchemaError unless ``force`` (docs/PROTOCOL.md, "Compatibility categories").
         """
-        return _run(
-            self._client,
-            op_register_schema(
-                self._st, name, message_class_or_descriptor_set, force, version_field, message_type
-            ),
-        )
+        return _run(self._client, self._register_schema(
+            name, message_class_or_descriptor_set, force, version_field, message_type))
 
     def schemas(self) -> list[str]:
         """Registered schema names, sorted."""
-        return _run(self._client, op_schemas(self._st))
+        return _run(self._client, self._schemas())
 
     def get_schema(self, name: str) -> Optional[SchemaInfo]:
         """The registry entry (message type, descriptor set, revision), or None."""
-        return _run(self._client, op_get_schema(self._st, name))
+        return _run(self._client, self._get_schema(name))
 
     def drop_schema(self, name: str) -> bool:
         """Removes a schema; True when there was one."""
-        return _run(self._client, op_drop_schema(self._st, name))
+        return _run(self._client, self._drop_schema(name))
 
 
 def connect(
@@ -472,39 +403,12 @@ def connect(
     Without the extension the option does nothing: the server validates, as always.
     """
     client, owned = open_client(client, asyncio=False)
+    options = dict(max_payload_bytes=max_payload_bytes, max_depth=max_depth,
+                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes)
     try:
-        store = _connect(client, engine, max_payload_bytes, max_depth, unknown_fields,
-                         max_schema_bytes, local_check)
+        state = _run(client, op_connect(is_cluster(client), engine, options, local_check))
     except BaseException:
         if owned:
             client.close()
         raise
-    store._owns = owned
-    return store
-
-
-def _connect(
-    client: Any,
-    engine: EngineName,
-    max_payload_bytes: int,
-    max_depth: int,
-    unknown_fields: Literal["reject", "allow"],
-    max_schema_bytes: int,
-    local_check: bool,
-) -> Store:
-    has_module: Optional[bool] = None
-    if engine != "lua":
-        has_module = _run(client, op_detect(is_cluster(client)))
-    chosen = choose_engine(engine, has_module)
-    if chosen == MODULE:
-        _run(client, op_check_protocol(is_cluster(client)))
-    options = dict(
-        max_payload_bytes=max_payload_bytes,
-        max_depth=max_depth,
-        unknown_fields=unknown_fields,
-        max_schema_bytes=max_schema_bytes,
-    )
-    state = make_state(chosen, is_cluster(client), options)
-    if local_check:  # opt-in: check payloads with the cffi core first (server only if not built)
-        enable_local_check(state)
-    return Store(client, state)
+    return Store(client, state, owned)

@@ -1,0 +1,279 @@
+"""The one description of a Store's calls, shared by the sync and asyncio front ends.
+
+For each public method, :class:`StoreBase` checks what only the front end can check, applies the
+module engine's fast-path rule and says what to run: an operation (:data:`ctxlink._instr.Op`), or
+for the hot ``get``/``cas`` of the module engine a :class:`Fast` command sent as it is.
+:class:`Runner` is the bookkeeping of running an operation (feeding it replies and errors).
+
+The front ends (:mod:`ctxlink._sync`, :mod:`ctxlink.aio`) add only the I/O: how an instruction
+is carried out (call the client, or await it) and how a :class:`Fast` command is sent.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Generic, NamedTuple, Optional, Sequence, TypeVar, Union
+
+from google.protobuf.message import Message
+from redis.exceptions import ResponseError
+
+from ctxlink._client import choose_engine, make_state, op_check_protocol, op_detect
+from ctxlink._instr import Instr, Op, Write
+from ctxlink._precheck import enable_local_check
+from ctxlink._protocol import MODULE, cas_command, map_error, parse_state, parse_write
+from ctxlink._registry import (
+    SchemaInfo,
+    op_drop_schema,
+    op_get_schema,
+    op_register_schema,
+    op_schemas,
+)
+from ctxlink._send import TRANSPORT_ERRORS
+from ctxlink._state import State
+from ctxlink._types import (
+    Backoff,
+    CasResult,
+    M,
+    Snapshot,
+    Updated,
+    new_cas_result,
+)
+from ctxlink._update import op_update
+from ctxlink._write import MAX_EXPECTED_MODULE, new_write_id, op_cas, op_delete, op_get
+
+T = TypeVar("T")
+
+ASYNC_FN = (
+    "update() got an async function (or one returning an awaitable): the sync Store cannot "
+    "await it; use ctxlink.aio (`await store.update(...)` on `await ctxlink.aio.connect(...)`)"
+)
+_ASYNC_FLAGS = inspect.CO_COROUTINE
+
+
+def _is_async(fn: Any) -> bool:
+    """An ``async def`` function (cheap test; other awaitables are caught when fn returns one)."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & _ASYNC_FLAGS)
+
+
+# ---------------------------------------------------------------------------------------------
+# running an operation
+
+
+class Runner(Generic[T]):
+    """One operation being run. ``instr`` is what it asks for next (None once it returned, its
+    result then in ``result``); the driver carries it out and calls :meth:`reply` or
+    :meth:`fail`. A driver is then just::
+
+        run = Runner(op)
+        while run.instr is not None:
+            try:
+                reply = carry_out(run.instr)        # (await ...) in the asyncio driver
+            except Exception as exc:
+                run.fail(exc)
+                continue
+            run.reply(reply)
+        return run.result
+    """
+
+    __slots__ = ("_op", "instr", "result")
+
+    def __init__(self, op: Op[T]) -> None:
+        self._op = op
+        self.instr: Optional[Instr] = None
+        self.result: T
+        self._next(op.send, None)
+
+    def _next(self, step: Callable[[Any], Instr], value: Any) -> None:
+        try:
+            self.instr = step(value)
+        except StopIteration as stop:
+            self.instr = None
+            self.result = stop.value
+
+    def reply(self, value: Any) -> None:
+        """The current instruction's result goes to the operation."""
+        self._next(self._op.send, value)
+
+    def fail(self, exc: Exception) -> None:
+        """The current instruction failed with ``exc``. An error reply goes to the operation as
+        the ctxlink exception for its code; so does a lost reply (transport error) of a
+        :class:`Write` or of a read made on the way to one (``settle``). Anything else ends the
+        run: ``exc`` is raised."""
+        if isinstance(exc, ResponseError):
+            self._next(self._op.throw, map_error(exc))
+        elif isinstance(exc, TRANSPORT_ERRORS) and (
+            type(self.instr) is Write or getattr(self.instr, "settle", False)
+        ):
+            self._next(self._op.throw, exc)
+        else:
+            raise exc
+
+
+def node_result(exc: Exception) -> BaseException:
+    """What a failed node of a keyless cluster command contributes to
+    :func:`ctxlink._cluster.merge_node_replies`: the mapped error reply, or the error."""
+    return map_error(exc) if isinstance(exc, ResponseError) else exc
+
+
+# ---------------------------------------------------------------------------------------------
+# the calls
+
+
+class Fast(NamedTuple):
+    """A module-engine ``get``/``cas`` sent as one command, without the operation machinery
+    (same replies, same errors). ``key`` set: a write, sent once on a connection of the front
+    end's (:mod:`ctxlink._send`); after a lost reply the front end runs ``resend(sent)``, the
+    operation that re-sends the very same write (``sent``: the lost one went out)."""
+
+    args: tuple[Any, ...]
+    parse: Callable[[Any], Any]
+    key: Any = None
+    resend: Optional[Callable[[bool], Op[Any]]] = None
+
+
+Call = Union[Op[T], Fast]
+
+
+def parse_cas(reply: Any) -> CasResult:
+    if type(reply) is int:
+        return new_cas_result((True, reply, None, False, ()))
+    return parse_write(reply)
+
+
+def op_connect(
+    cluster: bool, engine: str, options: dict[str, Any], local_check: bool
+) -> Op[State]:
+    """``connect`` after the client is open: detect the module (unless ``engine="lua"``),
+    choose the engine, check the module's protocol, build the Store's state."""
+    has_module: Optional[bool] = None
+    if engine != "lua":
+        has_module = yield from op_detect(cluster)
+    chosen = choose_engine(engine, has_module)
+    if chosen == MODULE:
+        yield from op_check_protocol(cluster)
+    state = make_state(chosen, cluster, options)
+    if local_check:  # opt-in: check payloads with the cffi core first
+        enable_local_check(state)
+    return state
+
+
+class StoreBase:
+    """What both Stores share: the client, the state, and one description of every call."""
+
+    #: the sync Store refuses ``async def`` functions up front (it cannot await them)
+    _sync = True
+    _name = "ctxlink.Store"
+
+    def __init__(self, client: Any, state: State, owns_client: bool = False) -> None:
+        self._client = client
+        self._st = state
+        self._owns = owns_client
+        # module engine: get/cas skip the generic operation machinery (same replies, same errors)
+        self._fast = state.engine == MODULE
+
+    @property
+    def engine(self) -> str:
+        """``"module"`` (CTX.* commands) or ``"lua"`` (scripts from ``lua/``)."""
+        return self._st.engine
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client the Store sends on."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<{self._name} engine={self.engine!r} client={self._client!r}>"
+
+    # -- contexts
+    def _get(self, key: Union[str, bytes]) -> Call[Optional[Snapshot]]:
+        if not self._fast or (type(key) is not str and type(key) is not bytes):
+            return op_get(self._st, key)
+        return Fast(("CTX.GET", key), parse_state)
+
+    def _cas(
+        self,
+        key: Union[str, bytes],
+        expected_version: int,
+        payload: Union[bytes, Message],
+        schema: Optional[str],
+        by: Optional[str],
+        write_id: Optional[Union[str, bytes]],
+    ) -> Call[CasResult]:
+        st = self._st
+        if (
+            not self._fast
+            or type(payload) is not bytes
+            or type(expected_version) is not int
+            or not 0 <= expected_version <= MAX_EXPECTED_MODULE
+            or st.local is not None
+            or write_id is not None
+            or (type(key) is not str and type(key) is not bytes)
+            or (by is not None and (type(by) is not str or len(by) > 16383))
+        ):
+            return op_cas(st, key, expected_version, payload, schema, by, write_id)
+        wid = new_write_id()
+        args = cas_command(key, expected_version, payload, schema, by, wid)
+
+        def resend(sent: bool) -> Op[CasResult]:  # the same write (same id), settled there
+            return op_cas(st, key, expected_version, payload, schema, by, wid, sent)
+
+        return Fast(args, parse_cas, key, resend)
+
+    def _delete(
+        self, key: Union[str, bytes], expected_version: int, write_id: Optional[Union[str, bytes]]
+    ) -> Op[CasResult]:
+        return op_delete(self._st, key, expected_version, write_id)
+
+    def _update(
+        self,
+        key: Union[str, bytes],
+        fn: Callable[[M], Any],
+        message_class: type[M],
+        schema: Optional[str],
+        by: Optional[str],
+        reads: Optional[Sequence[str]],
+        retries: Optional[int],
+        timeout: Optional[float],
+        backoff: Optional[Backoff],
+        default: Optional[Callable[[], Any]],
+    ) -> Op[Updated[M]]:
+        if self._sync and (_is_async(fn) or (default is not None and _is_async(default))):
+            raise TypeError(ASYNC_FN)
+        return op_update(self._st, key, fn, message_class, schema, by, retries, default,
+                         reads=reads, timeout=timeout, backoff=backoff)
+
+    def _migrate(
+        self,
+        key: Union[str, bytes],
+        message_class: type[M],
+        fn: Optional[Callable[[M], Any]],
+        by: Optional[str],
+        retries: Optional[int],
+        timeout: Optional[float],
+    ) -> Op[Updated[M]]:
+        if self._sync and fn is not None and _is_async(fn):
+            raise TypeError(ASYNC_FN.replace("update()", "migrate()"))
+        return op_update(self._st, key, fn, message_class, None, by, retries, None,
+                         drop_unknown=True, timeout=timeout)
+
+    # -- schema registry
+    def _register_schema(
+        self,
+        name: str,
+        source: Any,
+        force: bool,
+        version_field: Optional[str],
+        message_type: Optional[str],
+    ) -> Op[int]:
+        return op_register_schema(self._st, name, source, force, version_field, message_type)
+
+    def _schemas(self) -> Op[list[str]]:
+        return op_schemas(self._st)
+
+    def _get_schema(self, name: str) -> Op[Optional[SchemaInfo]]:
+        return op_get_schema(self._st, name)
+
+    def _drop_schema(self, name: str) -> Op[bool]:
+        return op_drop_schema(self._st, name)
+
