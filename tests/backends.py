@@ -149,10 +149,8 @@ def _sdk_internals():
     """The sync driver, the write path ``Store.update(reads=...)`` sends its ``CTX.PATCH``
     through (the SDK has no public call taking field numbers), and the SDK's write-id helpers."""
     from ctxlink._sync import _run
-    try:  # the SDK before its split into modules
-        from ctxlink._core import _write_raw, check_write_id, new_write_id
-    except ImportError:
-        from ctxlink._write import _write_raw, check_write_id, new_write_id
+    from ctxlink._write import _write_raw, check_write_id, new_write_id
+
     return _run, _write_raw, check_write_id, new_write_id
 
 
