@@ -14,7 +14,7 @@ from typing import Iterator
 import ctxlink
 import pytest
 import redis
-from ctxlink import EmbeddedRedis
+from ctxlink.embedded import EmbeddedRedis
 from ctxlink.embedded import find_module, free_port
 from redis.cluster import RedisCluster
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import ctxlink
 import pytest
 import redis
-from ctxlink import EmbeddedRedis
+from ctxlink.embedded import EmbeddedRedis
 from ctxlink.embedded import find_module
 from redis.cluster import RedisCluster
 

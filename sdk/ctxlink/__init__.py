@@ -8,13 +8,13 @@
     version, order = store.update("order:1", lambda o: setattr(o, "discount", 5),
                                   message_class=Order)
 
-``ctxlink.aio`` is the same API for ``redis.asyncio`` clients.
+``ctxlink.aio`` is the same API for ``redis.asyncio`` clients. A throwaway redis-server for
+trying it out: ``from ctxlink.embedded import EmbeddedRedis`` (not imported by ``import ctxlink``).
 
 The Lua engine reads its scripts from ``ctxlink/lua/*.lua`` inside an installed package, else from
 ``lua/`` at the root of the source checkout (``Path(ctxlink.__file__).parents[2] / "lua"``).
 """
 
-from ctxlink._registry import SchemaInfo
 from ctxlink._exceptions import (
     ArgumentError,
     ConflictError,
@@ -31,9 +31,9 @@ from ctxlink._exceptions import (
     VersionError,
     WrongTypeError,
 )
+from ctxlink._registry import SchemaInfo
 from ctxlink._sync import Store, connect
 from ctxlink._types import Backoff, CasResult, Snapshot, Updated
-from ctxlink.embedded import EmbeddedRedis
 
 __all__ = [
     "connect",
@@ -57,7 +57,18 @@ __all__ = [
     "EngineError",
     "ArgumentError",
     "MessageTypeError",
-    "EmbeddedRedis",
     "__version__",
 ]
-__version__ = "0.2.0"
+
+
+def _package_version() -> str:
+    """The installed distribution's version: the one version number, set in pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ctxlink")
+    except PackageNotFoundError:  # sdk/ on sys.path without an install (pip install -e .)
+        return "0+unknown"
+
+
+__version__ = _package_version()

@@ -1,4 +1,5 @@
-"""Command line: ``ctxlink demo`` (console script) or ``python -m ctxlink demo``."""
+"""Command line: ``ctxlink demo`` (console script) or ``python -m ctxlink demo``;
+``ctxlink --version``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ctxlink import __version__
+
     parser = argparse.ArgumentParser(prog="ctxlink", description="ctxlink command line")
+    parser.add_argument("--version", action="version", version=f"ctxlink {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     demo = sub.add_parser(

@@ -49,7 +49,7 @@ import redis
 
 import ctxlink
 from ctxlink._order_schema import Order, OrderStatus
-from ctxlink.embedded import EmbeddedRedis, find_module
+from ctxlink.embedded import EmbeddedRedis, find_module, missing_module_text
 
 __all__ = ["run_demo", "RunResult"]
 
@@ -459,8 +459,7 @@ def run_demo(
     if engine == "module":
         module_path = Path(module) if module else find_module()
         if not module_path.exists():
-            out(f"ctxlink demo: module {module_path} not found (run `make`, or use --module PATH "
-                f"or --engine lua)")
+            out(f"ctxlink demo: {missing_module_text(module_path)}; or use --engine lua")
             return 2
     with EmbeddedRedis(module=module_path) as server:
         client = TimedRedis(host="127.0.0.1", port=server.port)

@@ -21,7 +21,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["EmbeddedRedis", "free_port", "find_module", "server_version"]
+__all__ = ["EmbeddedRedis", "free_port", "find_module", "missing_module_text", "server_version"]
 
 _CRASH_MARKS = ("crashed by signal", "REDIS BUG REPORT", "ASSERTION FAILED")
 
@@ -45,8 +45,22 @@ def server_version(binary: str = "redis-server") -> tuple[int, ...]:
     return _VERSIONS[binary]
 
 
+def missing_module_text(path: str | os.PathLike[str]) -> str:
+    """Why a module cannot be loaded, and the ways to point at one."""
+    env = os.environ.get("CTXLINK_MODULE")
+    origin = " (from the CTXLINK_MODULE environment variable)" if env and Path(env) == Path(
+        path) else ""
+    return (
+        f"module {path}{origin} is missing: build it (`make` in a ctxlink source checkout "
+        "gives build/ctxlink.so), then set the CTXLINK_MODULE environment variable to its "
+        "path, or pass module=... (EmbeddedRedis(module=...), ctxlink demo --module PATH)"
+    )
+
+
 def find_module() -> Path:
-    """The built module: $CTXLINK_MODULE, else build/ctxlink.so of this checkout."""
+    """The built module: $CTXLINK_MODULE, else build/ctxlink.so of the source checkout this
+    package runs from (the path is returned even when missing; :class:`EmbeddedRedis` then
+    says how to point at a module: :func:`missing_module_text`)."""
     env = os.environ.get("CTXLINK_MODULE")
     if env:
         return Path(env)
@@ -92,7 +106,7 @@ class EmbeddedRedis:
         if shutil.which(self.binary) is None:
             raise RuntimeError(f"{self.binary} not found on PATH (apt-get install redis-server)")
         if self.module is not None and not self.module.exists():
-            raise RuntimeError(f"module {self.module} is missing: run `make` first")
+            raise RuntimeError(missing_module_text(self.module))
         last_error = ""
         for _ in range(5):  # a port can be taken between free_port() and bind
             self.port = free_port()

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 import redis
-from ctxlink import EmbeddedRedis
+from ctxlink.embedded import EmbeddedRedis
 from ctxlink._lua import find_lua_dir
 from ctxlink.embedded import find_module
 from sdk_support import LUA_MISSING, SDK_ENGINES, Protos  # type: ignore[import-not-found]

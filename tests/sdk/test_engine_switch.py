@@ -12,7 +12,7 @@ from typing import Any
 
 import ctxlink
 import pytest
-from ctxlink import EmbeddedRedis
+from ctxlink.embedded import EmbeddedRedis
 from ctxlink.embedded import find_module
 from sdk_support import Protos  # type: ignore[import-not-found]
 

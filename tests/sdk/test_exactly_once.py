@@ -17,6 +17,7 @@ import redis.asyncio
 
 import ctxlink
 import ctxlink.aio
+import ctxlink.embedded
 from sdk_support import Protos  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -262,7 +263,7 @@ def two_primaries() -> Any:
     try:
         for _ in range(2):
             bus = free_port()
-            nodes.append(ctxlink.EmbeddedRedis(module=find_module(), args=[
+            nodes.append(ctxlink.embedded.EmbeddedRedis(module=find_module(), args=[
                 "--cluster-enabled", "yes", "--cluster-port", str(bus)]).start())
             buses.append(bus)
         a, b = (n.client() for n in nodes)

@@ -12,6 +12,7 @@ from typing import Any
 
 import ctxlink
 import ctxlink.aio
+import ctxlink.embedded
 import pytest
 import redis
 import redis.asyncio
@@ -116,7 +117,7 @@ def test_connect_from_a_url_closes_the_client_when_it_fails(module_server: Any) 
 
 def test_connect_takes_a_unix_socket_url(tmp_path: Any, protos: Protos) -> None:
     sock = tmp_path / "redis.sock"
-    with ctxlink.EmbeddedRedis(module=ctxlink.embedded.find_module(),
+    with ctxlink.embedded.EmbeddedRedis(module=ctxlink.embedded.find_module(),
                                args=["--unixsocket", str(sock), "--unixsocketperm", "700"]):
         with ctxlink.connect(f"unix://{sock}") as store:
             assert store.engine == "module"

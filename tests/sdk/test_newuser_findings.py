@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import ctxlink
-from ctxlink import EmbeddedRedis
+from ctxlink.embedded import EmbeddedRedis
 from ctxlink.embedded import find_module
 from sdk_support import Protos  # type: ignore[import-not-found]
 

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import ctxlink
 import pytest
-from ctxlink import EmbeddedRedis
+from ctxlink.embedded import EmbeddedRedis
 from ctxlink.embedded import find_module, server_version
 from sdk_support import REPO, Protos  # type: ignore[import-not-found]
 

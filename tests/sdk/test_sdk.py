@@ -8,6 +8,7 @@ from typing import Any
 
 import ctxlink
 import ctxlink.aio
+import ctxlink.embedded
 import pytest
 import redis
 import redis.asyncio
@@ -173,12 +174,12 @@ def test_errors_per_code(store: ctxlink.Store, client: redis.Redis, protos: Prot
 
 def test_payload_too_large(sdk_engine: str, protos: Protos) -> None:
     if sdk_engine == "module":
-        server = ctxlink.EmbeddedRedis(
+        server = ctxlink.embedded.EmbeddedRedis(
             module=ctxlink.embedded.find_module(), module_args=["max-payload-bytes", "64"]
         )
         kwargs: dict[str, Any] = {}
     else:
-        server = ctxlink.EmbeddedRedis()
+        server = ctxlink.embedded.EmbeddedRedis()
         kwargs = {"max_payload_bytes": 64}
     with server:
         store = ctxlink.connect(server.client(), engine=sdk_engine, **kwargs)  # type: ignore[arg-type]
@@ -565,7 +566,7 @@ def cluster_servers() -> Any:
     try:
         for mod in (ctxlink.embedded.find_module(), None):
             args = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
-            srv = ctxlink.EmbeddedRedis(module=mod, args=args).start()
+            srv = ctxlink.embedded.EmbeddedRedis(module=mod, args=args).start()
             started.append(srv)
             r = srv.client()
             r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
