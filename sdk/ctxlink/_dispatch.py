@@ -265,8 +265,10 @@ class StoreBase:
         force: bool,
         version_field: Optional[str],
         message_type: Optional[str],
+        compat: Optional[str] = None,
     ) -> Op[int]:
-        return op_register_schema(self._st, name, source, force, version_field, message_type)
+        return op_register_schema(self._st, name, source, force, version_field, message_type,
+                                  compat)
 
     def _schemas(self) -> Op[list[str]]:
         return op_schemas(self._st)

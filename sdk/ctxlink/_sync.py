@@ -348,6 +348,7 @@ class Store(StoreBase):
         force: bool = False,
         version_field: Optional[str] = None,
         message_type: Optional[str] = None,
+        compat: Optional[str] = None,
     ) -> int:
         """Registers (or re-registers) a schema; returns its revision.
 
@@ -359,7 +360,7 @@ class Store(StoreBase):
         raises SchemaError unless ``force`` (docs/PROTOCOL.md, "Compatibility categories").
         """
         return _run(self._client, self._register_schema(
-            name, message_class_or_descriptor_set, force, version_field, message_type))
+            name, message_class_or_descriptor_set, force, version_field, message_type, compat))
 
     def schemas(self) -> list[str]:
         """Registered schema names, sorted."""

@@ -235,10 +235,11 @@ class Store(StoreBase):
         force: bool = False,
         version_field: Optional[str] = None,
         message_type: Optional[str] = None,
+        compat: Optional[str] = None,
     ) -> int:
         """Async :meth:`ctxlink.Store.register_schema`."""
         return await _run(self._client, self._register_schema(
-            name, message_class_or_descriptor_set, force, version_field, message_type))
+            name, message_class_or_descriptor_set, force, version_field, message_type, compat))
 
     async def schemas(self) -> list[str]:
         """Async :meth:`ctxlink.Store.schemas`."""
