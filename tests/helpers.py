@@ -231,16 +231,6 @@ def registry_snapshot(r: redis.Redis) -> dict:
     return {k: key_state(r, k) for k in sorted(r.keys("__ctx:*"))}
 
 
-# --------------------------------------------------------------------------- engines' field paths
-
-
-def engine_field_path(backend, pb, schema, path: str) -> str:
-    """The field path of a CTXINVALID message: ``path`` as given (``items[2].sku``) on both
-    engines. The Lua engine names fields exactly like the module (one judge: its per-schema plan
-    carries the names); it used to name them by number (``10[2].1``)."""
-    return path
-
-
 # --------------------------------------------------------------------------- engines' replies
 
 

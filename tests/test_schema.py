@@ -10,7 +10,7 @@ import redis
 from google.protobuf import descriptor_pb2
 
 from backends import make_backend, start_engine_server
-from helpers import (NO_COMMAND_LINE, assert_error, engine_field_path, error_text, key_state,
+from helpers import (NO_COMMAND_LINE, assert_error, error_text, key_state,
                      nothing_written, registry_digest, registry_entry, registry_snapshot,
                      write_registry)
 from wire import f_len, f_str, f_varint
@@ -724,7 +724,7 @@ def test_force_accepts_an_incompatible_revision_and_validation_follows_it(backen
     v2 = pb.cls("order_v2_incompat", ORDER)
     with nothing_written(r):
         text = assert_error("CTXINVALID", backend.cas, "o", 1, pb.order(2, base_price=7))
-    assert engine_field_path(backend, pb, v2.DESCRIPTOR, "base_price") in text, text
+    assert "base_price" in text, text
     assert backend.cas("o", 1, v2(version=2, base_price="7.00").SerializeToString()) == 2
 
 
