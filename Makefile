@@ -40,8 +40,8 @@ VENV_STAMP := $(VENV)/.ctxlink-venv.stamp
 DEP_DIRS := $(PB) $(PB)/utf8_range $(DEPS)/redis
 
 # The version is written once, in pyproject.toml; the module gets it as CTXLINK_VERSION
-# ("0.2.0") and CTXLINK_VERSION_NUM (200: major*10000 + minor*100 + patch). Objects depend
-# on $(VERSION_STAMP), whose name carries the version, so a new version rebuilds them.
+# (e.g. "1.2.3") and CTXLINK_VERSION_NUM (10203: major*10000 + minor*100 + patch). Objects
+# depend on $(VERSION_STAMP), whose name carries the version, so a new version rebuilds them.
 CTX_VERSION     := $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' pyproject.toml | head -n1)
 CTX_VERSION_NUM := $(shell echo '$(CTX_VERSION)' | awk -F. '{ print $$1 * 10000 + $$2 * 100 + $$3 }')
 VERSION_STAMP   := $(OBJ)/version-$(CTX_VERSION).stamp
@@ -114,6 +114,7 @@ $(MODULE_OBJS): $(OBJ)/%.o: %.c $(DEPS_STAMP) $(VERSION_STAMP)
 	$(CC) $(CPPFLAGS) $(CTX_CFLAGS) $(CTX_INCLUDES) -MMD -MP -c $< -o $@
 
 $(VERSION_STAMP):
+	@test -n '$(CTX_VERSION)' || { echo "no version = \"...\" line in pyproject.toml" >&2; exit 1; }
 	@mkdir -p $(@D)
 	@rm -f $(OBJ)/version-*.stamp
 	@touch $@
