@@ -12,9 +12,12 @@ Error replies are exceptions whose full text, code included, is ``servers.error_
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional
+
 import redis
 
 import ctxlink
+from ctxlink import CasResult, Snapshot
 from servers import REPO_ROOT, Server, ServerPool
 
 ENGINES = ["module", "lua"]
@@ -115,27 +118,27 @@ _LIMIT_KWARGS = {"max-payload-bytes": "max_payload_bytes", "max-depth": "max_dep
                  "unknown-fields": "unknown_fields", "max-schema-bytes": "max_schema_bytes"}
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
     """A name as the SDK takes it (str); bytes decoded as the SDK decodes replies."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "surrogateescape")
     return str(value)
 
 
-def _b(value) -> bytes:
+def _b(value: Any) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     return str(value).encode("utf-8", "surrogateescape")
 
 
-def state_reply(snap) -> list | None:
+def state_reply(snap: Optional[Snapshot]) -> Optional[list[Any]]:
     """A Snapshot (or None) in the shape of ``CTX.GET``'s reply."""
     if snap is None:
         return None
     return [snap.version, snap.raw, _b(snap.schema), snap.updated_ms, _b(snap.updated_by)]
 
 
-def write_reply(result) -> int | list | None:
+def write_reply(result: CasResult) -> Any:
     """A CasResult in the shape of ``CTX.CAS``'s reply: the new version, ``["replayed",
     version]``, or the conflict state (nil without a context). The SDK surfaces the state of a
     conflict, not the window's ``oldest_known`` nor CAS's empty ``changed``: compare conflicts
@@ -145,7 +148,7 @@ def write_reply(result) -> int | list | None:
     return state_reply(result.current)
 
 
-def _sdk_internals():
+def _sdk_internals() -> tuple[Callable[..., Any], ...]:
     """The sync driver, the write path ``Store.update(reads=...)`` sends its ``CTX.PATCH``
     through (the SDK has no public call taking field numbers), and the SDK's write-id helpers."""
     from ctxlink._sync import _run
@@ -176,10 +179,10 @@ class LuaBackend:
     engine = "lua"
     max_version = LUA_MAX_VERSION
 
-    def __init__(self, server: Server, client: redis.Redis | None = None):
+    def __init__(self, server: Server, client: Optional[redis.Redis] = None) -> None:
         self.server = server
         self.r = client if client is not None else server.r
-        limits = {}
+        limits: dict[str, Any] = {}
         for k, v in (getattr(server, "ctx_limits", None) or {}).items():
             limits[_LIMIT_KWARGS[k.replace("_", "-")]] = v
         self.store = ctxlink.connect(self.r, engine="lua", **limits)
@@ -189,16 +192,18 @@ class LuaBackend:
         return type(self)(self.server, client)
 
     # ---- contexts
-    def get(self, key):
+    def get(self, key: Any) -> Optional[list[Any]]:
         return state_reply(self.store.get(key))
 
-    def cas(self, key, expected, payload, schema=None, by=None, write_id=None):
+    def cas(self, key: Any, expected: int, payload: bytes, schema: Any = None, by: Any = None,
+            write_id: Any = None) -> Any:
         return write_reply(self.store.cas(
             key, expected, payload, schema=None if schema is None else _text(schema), by=by,
             write_id=write_id))
 
-    def patch(self, key, base, payload, fields, reads=None, schema=None, by=None,
-              write_id=None):
+    def patch(self, key: Any, base: int, payload: bytes, fields: list[Any],
+              reads: Optional[list[Any]] = None, schema: Any = None, by: Any = None,
+              write_id: Any = None) -> Any:
         """``CTX.PATCH`` through cas.lua's patch mode, sent as ``Store.update(reads=...)`` sends
         it: with a write id (the one given, checked as ``cas`` checks it, else a fresh one like
         each of update's attempts). The raw reply: ``[version, merged payload]``, the
@@ -209,27 +214,28 @@ class LuaBackend:
             self.store._st, key, base, payload, None if schema is None else _text(schema), by,
             wid, tuple(int(f) for f in fields), tuple(int(f) for f in reads or ())))
 
-    def delete(self, key, expected, write_id=None):
+    def delete(self, key: Any, expected: int, write_id: Any = None) -> Any:
         """1 when deleted (also a re-sent delete that found nothing), else the conflict."""
         result = self.store.delete(key, expected, write_id=write_id)
         return 1 if result.ok else state_reply(result.current)
 
     # ---- schema registry
-    def schema_set(self, name, type, fds, force=False, versionfield=None):
+    def schema_set(self, name: Any, type: Any, fds: bytes, force: bool = False,
+                   versionfield: Any = None) -> int:
         return self.store.register_schema(
             _text(name), _b(fds), force=force, message_type=_text(type),
             version_field=None if versionfield is None else _text(versionfield))
 
-    def schema_get(self, name):
+    def schema_get(self, name: Any) -> Optional[list[Any]]:
         info = self.store.get_schema(_text(name))
         if info is None:
             return None
         return [_b(info.message_type), info.descriptor_set, info.revision]
 
-    def schema_list(self):
+    def schema_list(self) -> list[bytes]:
         return [_b(n) for n in self.store.schemas()]
 
-    def schema_del(self, name):
+    def schema_del(self, name: Any) -> int:
         return 1 if self.store.drop_schema(_text(name)) else 0
 
 
