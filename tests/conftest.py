@@ -3,7 +3,8 @@
 - ``pb``: session-wide :class:`helpers.ProtoLib` (descriptor sets + message classes).
 - ``engine``: module-scoped parameter over ``backends.ENGINES``.
 - ``shared_server``: one server per test module and engine, default limits.
-- ``backend``: the shared server, FLUSHALLed, wrapped for the engine; checked alive afterwards.
+- ``backend``: the shared server, FLUSHALLed, wrapped for the engine (tests/backends.py: raw CTX.*
+  commands on the module, the shipped SDK on the Lua engine); checked alive afterwards.
 - ``servers``: a per-test :class:`servers.ServerPool` for tests that need their own servers
   (special arguments, restarts, replicas). Every server is stopped at the end of the test and
   the test errors when one crashed.
@@ -29,8 +30,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "module_only(reason): checks something only the native module has (INFO ctx, module "
-        "arguments, CTX.* called from scripts, key specs and ACL on module commands ...); "
-        "skipped on the lua engine with the reason given")
+        "arguments, CTX.* command-line syntax, raw CTX.* commands in MULTI or called from "
+        "scripts, key specs and ACL on module commands ...); skipped on the lua engine, which "
+        "the suite drives through the SDK, with the reason given")
 
 
 def pytest_collection_modifyitems(config, items):
