@@ -8,7 +8,7 @@ units by all of their field numbers. Nothing here does I/O.
 
 from __future__ import annotations
 
-import threading
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -207,19 +207,7 @@ def _oneof_name(msg: Message, unit: Unit) -> str:
     return f.containing_oneof.name  # type: ignore[union-attr]
 
 
-_PLANS: dict[tuple[int, str], FieldPlan] = {}
-_PLANS_LOCK = threading.Lock()
-_PLANS_MAX = 256
-
-
+@lru_cache(maxsize=256)
 def field_plan(desc: Descriptor, vfield: str) -> FieldPlan:
     """The (cached) plan of ``desc`` with ``vfield`` as its version field."""
-    key = (id(desc), vfield)
-    plan = _PLANS.get(key)
-    if plan is None or plan.desc is not desc:
-        plan = FieldPlan(desc, vfield)
-        with _PLANS_LOCK:
-            if len(_PLANS) >= _PLANS_MAX:
-                _PLANS.clear()
-            _PLANS[key] = plan
-    return plan
+    return FieldPlan(desc, vfield)

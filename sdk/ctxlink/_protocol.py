@@ -5,6 +5,7 @@ exceptions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Optional
 
 from ctxlink._exceptions import error_from_reply
@@ -42,21 +43,16 @@ def _bytes(value: Any) -> bytes:
     return bytes(value)
 
 
-# bytes -> str for the schema / updated_by fields of replies: a handful of distinct values, so
-# decoded once (bounded; cleared when full)
-_TEXT_CACHE: dict[bytes, str] = {}
-_TEXT_CACHE_MAX = 1024
+@lru_cache(maxsize=1024)
+def _decoded(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _reply_text(value: Any) -> str:
+    """bytes -> str for the schema / updated_by fields of replies: a handful of distinct
+    values, so each is decoded once (bounded cache)."""
     if type(value) is bytes:
-        text = _TEXT_CACHE.get(value)
-        if text is None:
-            text = value.decode("utf-8", "surrogateescape")
-            if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
-                _TEXT_CACHE.clear()
-            _TEXT_CACHE[value] = text
-        return text
+        return _decoded(value)
     return _text(value)
 
 

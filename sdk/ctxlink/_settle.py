@@ -4,7 +4,6 @@ settled (docs/PROTOCOL.md, "Write ids")."""
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -60,7 +59,7 @@ def _send_settled(
                     key,
                     write_id,
                 ) from exc
-            yield Sleep(random.uniform(0, (pause or st.backoff).ceiling(tries)))
+            yield Sleep((pause or st.backoff).delay(tries))
         except ResponseError as exc:
             # the write's own checks after the replay check (CTXINVALID, CTXVERSION, ...) prove
             # that no send of it ran; an error before them (OOM, READONLY, LOADING's kin,

@@ -3,41 +3,13 @@ its caches (version field and message type per schema, schema per context key)."
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ctxlink._cache import LRU
 from ctxlink._lua import Script
 from ctxlink._protocol import LUA
 from ctxlink._types import Backoff, Snapshot
-
-
-class _LRU:
-    """A small thread-safe LRU map."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def pop(self, key: Any) -> None:
-        with self._lock:
-            self._data.pop(key, None)
 
 
 @dataclass
@@ -58,7 +30,7 @@ class State:
     # schema name -> message type full name (register_schema or the registry's ``type``)
     type_by_schema: dict[str, str] = field(default_factory=dict)
     # context key -> schema name (Lua engine: cas needs the registry key)
-    key_schema: _LRU = field(default_factory=lambda: _LRU(4096))
+    key_schema: LRU[Any, str] = field(default_factory=lambda: LRU(4096))
     backoff: Backoff = field(default_factory=Backoff)
     # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
     local: Any = None

@@ -7,7 +7,9 @@ from functools import partial
 from typing import Callable, Generic, Iterator, NamedTuple, Optional, TypeVar, Union
 
 from google.protobuf.message import Message
+from redis.backoff import ExponentialBackoff, FullJitterBackoff
 
+from ctxlink._cache import LRU
 from ctxlink._exceptions import MessageTypeError
 
 __all__ = [
@@ -25,18 +27,16 @@ M = TypeVar("M", bound=Message)
 
 #: schema name -> message type full name, as the Stores of this process last learned it
 #: (register_schema, or the registry read by update/cas/migrate); used by Snapshot.decode
-_SCHEMA_TYPES: dict[str, str] = {}
+_SCHEMA_TYPES: LRU[str, str] = LRU(4096)
 #: (schema name, message class) pairs Snapshot.decode already accepted: checked once each
-_DECODE_OK: dict[tuple[str, type], bool] = {}
+_DECODE_OK: LRU[tuple[str, type], bool] = LRU(1024)
 
 
 def note_schema_type(schema: str, type_name: str) -> None:
     """Records the message type schema ``schema`` stores (for :meth:`Snapshot.decode`)."""
     if _SCHEMA_TYPES.get(schema) == type_name:
         return
-    if len(_SCHEMA_TYPES) >= 4096:
-        _SCHEMA_TYPES.clear()
-    _SCHEMA_TYPES[schema] = type_name
+    _SCHEMA_TYPES.put(schema, type_name)
     _DECODE_OK.clear()  # judge again with what is known now
 
 
@@ -68,7 +68,7 @@ class Snapshot(NamedTuple):
         raw = self[1]
         msg: M = message_class()
         msg.ParseFromString(raw)
-        if (self[2], message_class) in _DECODE_OK:
+        if _DECODE_OK.get((self[2], message_class)):
             return msg
         if raw and not msg.ListFields():
             got = message_class.DESCRIPTOR.full_name
@@ -91,9 +91,7 @@ class Snapshot(NamedTuple):
                     got,
                 )
         if raw:
-            if len(_DECODE_OK) >= 1024:
-                _DECODE_OK.clear()
-            _DECODE_OK[(self[2], message_class)] = True
+            _DECODE_OK.put((self[2], message_class), True)
         return msg
 
 
@@ -156,11 +154,17 @@ new_cas_result: Callable[
 ] = partial(tuple.__new__, CasResult)
 
 
+#: The largest exponent used: base * 2**60 is past any sensible cap (and 2**failures must stay a
+#: float-sized number on redis-py 5, whose backoff multiplies a float by it).
+_MAX_DOUBLINGS = 60
+
+
 @dataclass(frozen=True)
 class Backoff:
     """How long ``update`` waits before retrying after a conflict (or before re-sending after a
     lost reply): "full jitter", a uniform draw in ``[0, min(cap, base * 2 ** (n - 1))]`` seconds
-    after the n-th retry. Defaults: 1 ms doubling up to 50 ms."""
+    after the n-th retry (redis-py's ``FullJitterBackoff``). Defaults: 1 ms doubling up to
+    50 ms."""
 
     base: float = 0.001
     cap: float = 0.05
@@ -171,6 +175,14 @@ class Backoff:
 
             raise ArgumentError(f"Backoff base and cap must be >= 0 seconds, not {self}")
 
-    def ceiling(self, n: int) -> float:
-        return min(self.cap, self.base * 2 ** min(max(n, 1) - 1, 60))
+    def _doublings(self, n: int) -> int:
+        return min(max(n, 1) - 1, _MAX_DOUBLINGS)
 
+    def ceiling(self, n: int) -> float:
+        """The longest wait after the n-th retry (n >= 1)."""
+        return float(ExponentialBackoff(cap=self.cap, base=self.base).compute(self._doublings(n)))
+
+    def delay(self, n: int) -> float:
+        """A wait after the n-th retry (n >= 1): uniform in ``[0, ceiling(n)]``."""
+        jitter = FullJitterBackoff(cap=self.cap, base=self.base)
+        return float(jitter.compute(self._doublings(n)))

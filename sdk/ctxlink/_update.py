@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import inspect
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -345,5 +344,5 @@ def _after_conflict(u: _Update, result: CasResult) -> Op[Optional[Snapshot]]:
         )
     if u.conflicts == 1:
         return result.current
-    yield Sleep(random.uniform(0, u.pause.ceiling(u.conflicts - 1)))
+    yield Sleep(u.pause.delay(u.conflicts - 1))
     return (yield from op_get(u.st, u.key))
