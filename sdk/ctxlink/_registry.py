@@ -11,6 +11,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from ctxlink import _native
 from ctxlink._cluster import registry_copies
 from ctxlink._exceptions import ArgumentError
 from ctxlink._instr import Cmd, Op
@@ -69,9 +70,13 @@ def resolve_schema_source(source: Any, message_type: Optional[str]) -> tuple[str
         source = source.SerializeToString()
     if isinstance(source, (bytes, bytearray, memoryview)):
         fds = bytes(source)
+        if message_type is not None:
+            return message_type, fds  # the C core judges the set (the module's texts)
         try:
             parsed = descriptor_pb2.FileDescriptorSet.FromString(fds)
         except DecodeError as exc:
+            # the core's verdict on the bytes, as CTX.SCHEMA.SET words it
+            _native.compile_schema(fds, "", None)
             raise _schema_error(
                 f"the descriptor set does not parse as a FileDescriptorSet ({exc}); pass the "
                 "message class, or the bytes protoc --include_imports --descriptor_set_out writes"
