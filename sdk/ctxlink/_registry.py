@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FileDescriptor
@@ -32,7 +32,7 @@ class SchemaInfo:
     revision: int
 
 
-def build_descriptor_set(desc: Union[Descriptor, FileDescriptor]) -> bytes:
+def build_descriptor_set(desc: Descriptor | FileDescriptor) -> bytes:
     """A serialized FileDescriptorSet with ``desc``'s file and every transitive import,
     dependencies first."""
     root = desc if isinstance(desc, FileDescriptor) else desc.file
@@ -54,7 +54,7 @@ def build_descriptor_set(desc: Union[Descriptor, FileDescriptor]) -> bytes:
     return bytes(fds.SerializeToString())
 
 
-def resolve_schema_source(source: Any, message_type: Optional[str]) -> tuple[str, bytes]:
+def resolve_schema_source(source: Any, message_type: str | None) -> tuple[str, bytes]:
     """(message type, descriptor set) from a message class/instance/descriptor or a set's bytes."""
     if message_type is not None and not isinstance(message_type, str):
         raise TypeError(f"message_type must be a str, not {type(message_type).__name__}")
@@ -130,9 +130,9 @@ def op_register_schema(
     name: str,
     source: Any,
     force: bool,
-    version_field: Optional[str],
-    message_type: Optional[str],
-    compat: Optional[str] = None,
+    version_field: str | None,
+    message_type: str | None,
+    compat: str | None = None,
 ) -> Op[int]:
     """Registers a schema. ``compat`` ("WIRE_JSON" or "WIRE") sets the entry's compatibility
     category; None keeps the entry's (WIRE_JSON for a new name). Both engines decide the change
@@ -175,7 +175,7 @@ def op_schemas(st: State) -> Op[list[str]]:
     return sorted(_text(n) for n in (reply or []))
 
 
-def op_get_schema(st: State, name: str) -> Op[Optional[SchemaInfo]]:
+def op_get_schema(st: State, name: str) -> Op[SchemaInfo | None]:
     if st.engine == MODULE:
         reply = yield from _admin(st, ("CTX.SCHEMA.GET", name), write=False)
     else:
