@@ -16,7 +16,8 @@ import redis
 import ctxlink
 import ctxvalue
 from backends import make_backend, start_engine_server
-from helpers import assert_error, conflict_state, context_hash, dirty, raw_replies
+from helpers import (NO_COMMAND_LINE, assert_error, conflict_state, context_hash, dirty,
+                     raw_replies)
 from servers import error_text
 from wire import f_str, f_varint, long_varint, tag
 
@@ -420,7 +421,7 @@ def test_v1_hashes_follow_the_type_rule_and_convert_on_write(backend, order, r, 
     assert 0 < r.pttl("k") <= 100000
 
 
-@pytest.mark.module_only(reason="option parsing of the module command (the SDK parses for Lua)")
+@pytest.mark.module_only(NO_COMMAND_LINE)
 def test_an_option_keyword_with_a_nul_byte_is_a_syntax_error(backend, order, r):
     b = backend
     assert assert_error("ERR", b.command, "CTX.CAS", "k", "0", order(1), "ID\0x", "i") == \
@@ -431,8 +432,9 @@ def test_an_option_keyword_with_a_nul_byte_is_a_syntax_error(backend, order, r):
     assert r.exists("k") == 0
 
 
-@pytest.mark.module_only(reason="max-payload-bytes is a module argument here")
 def test_a_merged_payload_over_the_limit_is_ctxtoobig(backend, order, r):
+    # the limit: the module's argument, ctxlink.connect(max_payload_bytes=...) on the Lua engine;
+    # both default to 1 MiB
     assert backend.cas("k", 0, order(1, order_id="o" * 1000), schema="order") == 1
     before = r.get("k")
     big = f_str(8, "x" * (1048576 - 500))
