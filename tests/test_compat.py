@@ -316,3 +316,32 @@ def test_adding_fields_passes_both_categories(store, pb, uniq):
         register(store, name, ORDER, pb.fds("order"), compat=compat)
         assert register(store, name, ORDER, edited(pb, "order", add_field(
             ORDER, "currency", 11, FDP.TYPE_STRING))) == 2
+
+
+# --------------------------------------------------------------------------- the extension
+
+
+def test_a_missing_core_extension_fails_import_with_the_fix():
+    """The extension is required: without it ``import ctxlink`` names the fix (no silent
+    fallback to Python copies of the rules, which no longer exist)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ctxlink._ctxcore':\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "try:\n"
+        "    import ctxlink\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    print('imported')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert out.startswith("the ctxlink validation core extension (ctxlink._ctxcore) is missing: "
+                          "in a source checkout run `make ext` (or `pip install .`)"), out
