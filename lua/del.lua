@@ -29,13 +29,13 @@ end
 local wid = ARGV[2]
 if wid and (#wid < 1 or #wid > 64) then return err('ERR', 'write id must be 1 to 64 bytes') end
 
-local c = read_ctx(KEYS[1])
-if c == nil then return false end
-if c == false then return wrongtype() end
-if c.v ~= expected then
-  local state = ctx_reply(c)
+local v, n, ms, schema, by, hl, val, raw = read_ctx(KEYS[1])
+if v == nil then return false end
+if v == false then return wrongtype() end
+if v ~= expected then
+  local state = ctx_reply(v, n, ms, schema, by, hl, val, raw)
   if wid then -- as CTX.CAS: a command with ID gets oldest_known and an empty `changed`
-    state[6], state[7] = c.v - c.n + 1, {}
+    state[6], state[7] = v - n + 1, {}
   end
   return state
 end

@@ -18,7 +18,7 @@
                hash without a decimal integer version >= 1, any other type)
 ]]
 
-local c = read_ctx(KEYS[1])
-if c == nil then return false end
-if c == false then return wrongtype() end
-return ctx_reply(c)
+local v, n, ms, schema, by, hl, val, raw = read_ctx(KEYS[1])
+if v == nil then return false end
+if v == false then return wrongtype() end
+return ctx_reply(v, n, ms, schema, by, hl, val, raw)

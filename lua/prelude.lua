@@ -12,9 +12,10 @@
     strict_int(s)           a decimal integer as Redis' string2ll reads it, or nil
     wrongtype()             the WRONGTYPE error of a key that is not a context
     read_ctx(key)           the context at key: nil (no key), false (not a context) or
-                            C = {v, n, ms, schema, by, hl, val, raw} (docs/PROTOCOL.md,
-                            "Storage format": v2 string, or a v1 hash with n = 0)
-    ctx_reply(C)            [version, raw, schema, updated_ms, updated_by] of a context
+                            v, n, ms, schema, by, hl, val, raw (docs/PROTOCOL.md, "Storage
+                            format"): a v2 string is val, its payload starts after byte hl
+                            (raw nil: cut out when needed); a v1 hash has n = 0 and raw
+    ctx_reply(...)          [version, raw, schema, updated_ms, updated_by] of what read_ctx read
     name_ok(name)           the schema-name rule (module/core: ctx_SchemaName_Check)
     BAD_NAME                its error text (CTX_BAD_NAME_MSG)
     registry_key(tag, name) "__ctx:schema:<name>" or, with a slot tag, "__ctx:{<tag>}:schema:<name>";
@@ -23,7 +24,7 @@
 ]]
 
 local byte, sub, find, floor, char = string.byte, string.sub, string.find, math.floor, string.char
-local fmt = string.format
+local fmt, match = string.format, string.match
 local spack, sunpack = struct.pack, struct.unpack
 
 local WINDOW = 16
@@ -79,18 +80,16 @@ local function read_ctx(key)
     if n > WINDOW or sl < 1 or sl > 128 or hl > len or v < 1 or n > v or v >= 2 ^ 63 then
       return false
     end
-    return { v = v, n = n, ms = ms, schema = sub(got, at, at + sl - 1),
-      by = sub(got, at + sl, hl), hl = hl, val = got }
+    return v, n, ms, sub(got, at, at + sl - 1), sub(got, at + sl, hl), hl, got, nil
   end
   -- an error reply: not a string; a v1 context is a hash
   if type_of(key) ~= 'hash' then return false end
   local h = redis.call('HMGET', key, 'version', 'raw', 'schema', 'updated_ms', 'updated_by')
   local v = strict_int(h[1] or nil)
   if not v or v < 1 then return false end
-  return { v = v, n = 0, ms = strict_int(h[4] or nil) or 0, schema = h[3] or '',
-    by = h[5] or '', raw = h[2] or '' }
+  return v, 0, strict_int(h[4] or nil) or 0, h[3] or '', h[5] or '', 0, nil, h[2] or ''
 end
 
-local function ctx_reply(c)
-  return { c.v, c.raw or sub(c.val, c.hl + 1), c.schema, c.ms, c.by }
+local function ctx_reply(v, n, ms, schema, by, hl, val, raw)
+  return { v, raw or sub(val, hl + 1), schema, ms, by }
 end

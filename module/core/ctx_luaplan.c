@@ -14,19 +14,27 @@
  *   TYPE          the message type's full name
  *   VF, VK        the version field's number and type name ("int64", ...)
  *   ANY_REQ       true when a required field is reachable from the root
- *   field(mi, n)  want, kind, repeated, ref, name of field n of message mi
- *                 (1 = the root), nil for an unknown number. want: the wire
- *                 type of one unpacked value; kind: 'v' varint, 'e' closed
- *                 enum (ref: its enum index), 'z' zigzag, '4' / '8' fixed,
- *                 'b' bytes, 's' string, 'm' message, 'g' group (ref: the
- *                 message index)
+ *   plan(mi)      K, N, SPARSE of message mi (1 = the root): K holds one code
+ *                 byte per field number 1..#K ('.' for none); N lists every
+ *                 field as " <number>:<code><name>"; SPARSE is true when some
+ *                 field numbers are above #K (then found in N)
+ *   ref(mi, n)    the message index (message and group fields) or the closed
+ *                 enum index (enum fields) of field n of message mi
  *   enum_ok(ei, v)  true when v (an int32) is a value of closed enum ei
  *   missing_req(mi, node)  number and name of the first required field of
  *                 message mi that `node` (a set of field numbers) lacks
  *
- * Every lookup is a binary if-tree over constants: running the fragment (a
- * script body runs on every EVALSHA) allocates nothing but five closures.
- * Every string literal is escaped (only [A-Za-z0-9_.:-] stay as they are).
+ * Codes, by what the walk does with a value; lowercase singular, uppercase
+ * repeated: 'a' varint, 'b' closed enum (varint), 'c' fixed64, 'd' bytes,
+ * 'e' string (UTF-8), 'f' message, 'g' group, 'h' fixed32. The wire type of
+ * one unpacked value: a b -> 0, c -> 1, d e f -> 2, g -> 3, h -> 5.
+ *
+ * Running the fragment (a script body runs on every EVALSHA) allocates four
+ * closures and nothing else: K and N are string constants, made once when
+ * the script is loaded; lookups are a byte of K per field, if-trees for ref,
+ * enum values and required fields. The size grows by a few bytes per field.
+ * Every string literal is escaped (only [A-Za-z0-9_.:-] stay as they are;
+ * the space of N is written as \032).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -78,14 +86,12 @@ static void lp_fmt(lp_out* o, const char* fmt, ...) {
   lp_put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-static void lp_indent(lp_out* o, int depth) {
-  for (int i = 0; i < depth; i++) lp_put(o, " ", 1);
-}
+/* Nesting is not indented: the fragment is sent with every SCRIPT LOAD. */
+static void lp_indent(lp_out* o, int depth) { (void)o, (void)depth; }
 
-/* A Lua string literal: '...' with every byte outside [A-Za-z0-9_.:-] as a
+/* The bytes of a Lua string literal: every byte outside [A-Za-z0-9_.:-] as a
  * decimal escape (\ddd, three digits, so a digit after it cannot join it). */
-static void lp_quote(lp_out* o, const char* s, size_t n) {
-  lp_put(o, "'", 1);
+static void lp_escape(lp_out* o, const char* s, size_t n) {
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
     bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -96,6 +102,12 @@ static void lp_quote(lp_out* o, const char* s, size_t n) {
       lp_fmt(o, "\\%03u", (unsigned)c);
     }
   }
+}
+
+/* A Lua string literal: '...', escaped. */
+static void lp_quote(lp_out* o, const char* s, size_t n) {
+  lp_put(o, "'", 1);
+  lp_escape(o, s, n);
   lp_put(o, "'", 1);
 }
 
@@ -135,26 +147,27 @@ static int lp_enum_index(lp_enums* es, const upb_EnumDef* e) {
   return es->n;
 }
 
-static char lp_kind(const ctx_FieldPlan* fp) {
+/* The code letter of a field (lowercase; uppercase when repeated). */
+static char lp_code(const ctx_FieldPlan* fp) {
+  char c;
   switch (fp->kind) {
-    case kCtx_Kind_String: return 's';
-    case kCtx_Kind_Bytes: return 'b';
-    case kCtx_Kind_Message: return 'm';
-    case kCtx_Kind_Group: return 'g';
-    default: break;
+    case kCtx_Kind_String: c = 'e'; break;
+    case kCtx_Kind_Bytes: c = 'd'; break;
+    case kCtx_Kind_Message: c = 'f'; break;
+    case kCtx_Kind_Group: c = 'g'; break;
+    default:
+      if (fp->closed_enum) {
+        c = 'b';
+      } else if (fp->wire_type == 1) {
+        c = 'c';
+      } else if (fp->wire_type == 5) {
+        c = 'h';
+      } else {
+        c = 'a';
+      }
+      break;
   }
-  if (fp->closed_enum) return 'e';
-  switch (upb_FieldDef_Type(fp->def)) {
-    case kUpb_FieldType_SInt32:
-    case kUpb_FieldType_SInt64: return 'z';
-    case kUpb_FieldType_Fixed32:
-    case kUpb_FieldType_SFixed32:
-    case kUpb_FieldType_Float: return '4';
-    case kUpb_FieldType_Fixed64:
-    case kUpb_FieldType_SFixed64:
-    case kUpb_FieldType_Double: return '8';
-    default: return 'v';
-  }
+  return fp->repeated ? (char)(c - 'a' + 'A') : c;
 }
 
 static const char* lp_version_kind(const upb_FieldDef* f) {
@@ -173,51 +186,9 @@ static const char* lp_version_kind(const upb_FieldDef* f) {
   }
 }
 
-/* ---- field(mi, n) ------------------------------------------------------------ */
+/* ---- plan(mi) and ref(mi, n) ------------------------------------------------- */
 
 #define LP_LEAF 4 /* at most this many comparisons in a row */
-
-static void lp_field_return(lp_out* o, lp_enums* es, const ctx_FieldPlan* fp) {
-  char kind = lp_kind(fp);
-  int ref = 0;
-  if (fp->sub >= 0) {
-    ref = fp->sub + 1;
-  } else if (kind == 'e') {
-    ref = lp_enum_index(es, fp->closed_enum);
-    if (!ref) o->oom = true;
-  }
-  lp_fmt(o, "return %u, '%c', %s, %d, ", (unsigned)fp->wire_type, kind,
-         fp->repeated ? "true" : "false", ref);
-  const char* name = upb_FieldDef_Name(fp->def);
-  lp_quote(o, name, strlen(name));
-}
-
-/* The fields [lo, hi) of one message, as an if-tree on `n`. */
-static void lp_field_tree(lp_out* o, lp_enums* es, const ctx_FieldPlan* f, int lo, int hi,
-                          int depth) {
-  if (hi - lo <= LP_LEAF) {
-    for (int i = lo; i < hi; i++) {
-      lp_indent(o, depth);
-      lp_fmt(o, "%s n == %u then ", i == lo ? "if" : "elseif", (unsigned)f[i].number);
-      lp_field_return(o, es, &f[i]);
-      lp_str(o, "\n");
-    }
-    if (hi > lo) {
-      lp_indent(o, depth);
-      lp_str(o, "end\n");
-    }
-    return;
-  }
-  int mid = lo + (hi - lo) / 2;
-  lp_indent(o, depth);
-  lp_fmt(o, "if n < %u then\n", (unsigned)f[mid].number);
-  lp_field_tree(o, es, f, lo, mid, depth + 1);
-  lp_indent(o, depth);
-  lp_str(o, "else\n");
-  lp_field_tree(o, es, f, mid, hi, depth + 1);
-  lp_indent(o, depth);
-  lp_str(o, "end\n");
-}
 
 /* An if-tree on `mi` over the plans [lo, hi); `leaf` writes one plan's body. */
 typedef void lp_leaf_fn(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth);
@@ -245,8 +216,104 @@ static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int l
   lp_str(o, "end\n");
 }
 
-static void lp_field_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
-  lp_field_tree(o, es, mp->fields, 0, mp->nfields, depth);
+/* Field numbers up to this bound go into K when they are at most twice the
+ * field count plus 32 (a sparse message keeps K short; its high numbers are
+ * found in N). */
+static uint32_t lp_dense_len(const ctx_MsgPlan* mp) {
+  uint32_t bound = 2u * (uint32_t)mp->nfields + 32u;
+  uint32_t len = 0;
+  for (int i = 0; i < mp->nfields; i++) {
+    if (mp->fields[i].number <= bound && mp->fields[i].number > len) len = mp->fields[i].number;
+  }
+  return len;
+}
+
+static void lp_plan_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
+  (void)es;
+  uint32_t dense = lp_dense_len(mp);
+  char* k = ctx_malloc(dense + 1);
+  if (!k) {
+    o->oom = true;
+    return;
+  }
+  memset(k, '.', dense);
+  bool sparse = false;
+  for (int i = 0; i < mp->nfields; i++) {
+    if (mp->fields[i].number <= dense) {
+      k[mp->fields[i].number - 1] = lp_code(&mp->fields[i]);
+    } else {
+      sparse = true;
+    }
+  }
+  lp_indent(o, depth);
+  lp_str(o, "return ");
+  lp_quote(o, k, dense);
+  ctx_free(k);
+  lp_str(o, ", '");
+  for (int i = 0; i < mp->nfields; i++) {
+    const ctx_FieldPlan* fp = &mp->fields[i];
+    const char* name = upb_FieldDef_Name(fp->def);
+    lp_fmt(o, "\\032%u:%c", (unsigned)fp->number, lp_code(fp));
+    lp_escape(o, name, strlen(name));
+  }
+  lp_fmt(o, "', %s\n", sparse ? "true" : "false");
+}
+
+/* The fields [lo, hi) of `f` (message, group and enum fields), as an if-tree on
+ * `n` returning their ref. */
+static void lp_ref_tree(lp_out* o, lp_enums* es, const ctx_FieldPlan** f, int lo, int hi,
+                        int depth) {
+  if (hi - lo <= LP_LEAF) {
+    for (int i = lo; i < hi; i++) {
+      int ref;
+      if (f[i]->sub >= 0) {
+        ref = f[i]->sub + 1;
+      } else if (!(ref = lp_enum_index(es, f[i]->closed_enum))) {
+        o->oom = true;
+      }
+      lp_indent(o, depth);
+      lp_fmt(o, "%s n == %u then return %d\n", i == lo ? "if" : "elseif",
+             (unsigned)f[i]->number, ref);
+    }
+    if (hi > lo) {
+      lp_indent(o, depth);
+      lp_str(o, "end\n");
+    }
+    return;
+  }
+  int mid = lo + (hi - lo) / 2;
+  lp_indent(o, depth);
+  lp_fmt(o, "if n < %u then\n", (unsigned)f[mid]->number);
+  lp_ref_tree(o, es, f, lo, mid, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "else\n");
+  lp_ref_tree(o, es, f, mid, hi, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "end\n");
+}
+
+static void lp_ref_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
+  const ctx_FieldPlan** f = ctx_malloc((size_t)(mp->nfields ? mp->nfields : 1) * sizeof(*f));
+  if (!f) {
+    o->oom = true;
+    return;
+  }
+  int n = 0;
+  for (int i = 0; i < mp->nfields; i++) {
+    if (mp->fields[i].sub >= 0 || mp->fields[i].closed_enum) f[n++] = &mp->fields[i];
+  }
+  lp_ref_tree(o, es, f, 0, n, depth);
+  ctx_free(f);
+}
+
+/* True when some message of the plans has a message, group or enum field. */
+static bool lp_any_ref(const ctx_MsgPlan* plans, int nplans) {
+  for (int i = 0; i < nplans; i++) {
+    for (int j = 0; j < plans[i].nfields; j++) {
+      if (plans[i].fields[j].sub >= 0 || plans[i].fields[j].closed_enum) return true;
+    }
+  }
+  return false;
 }
 
 static void lp_required_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
@@ -363,8 +430,12 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
   lp_fmt(&o, "\nlocal VF, VK = %u, '%s'\n", (unsigned)upb_FieldDef_Number(vf), vk);
   lp_fmt(&o, "local ANY_REQ = %s\n", ctx_Schema_HasRequired(s) ? "true" : "false");
 
-  lp_str(&o, "local function field(mi, n)\n");
-  lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_field_leaf);
+  lp_str(&o, "local function plan(mi)\n");
+  lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_plan_leaf);
+  lp_str(&o, "end\n");
+
+  lp_str(&o, "local function ref(mi, n)\n");
+  if (lp_any_ref(plans, nplans)) lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_ref_leaf);
   lp_str(&o, "end\n");
 
   /* enums are numbered while field() is written; their bodies come after */

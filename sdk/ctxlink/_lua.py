@@ -126,7 +126,8 @@ def _lua_argv(
     fields: Optional[tuple[int, ...]],
     reads: tuple[int, ...],
 ) -> tuple[Any, ...]:
-    """ARGV of lua/cas.lua (its header documents them): 1..9 for a CAS without id, else 1..13."""
+    """ARGV of lua/cas.lua (its header documents them): 1..9 for a CAS without id, 1..10 with
+    one, 1..13 for a patch."""
     argv = (
         expected,
         payload,
@@ -140,12 +141,10 @@ def _lua_argv(
     )
     if write_id is None and fields is None:
         return argv
-    return argv + (
-        "patch" if fields is not None else "cas",
-        " ".join(map(str, fields or ())),
-        " ".join(map(str, reads)),
-        write_id if write_id is not None else "",
-    )
+    argv += (write_id if write_id is not None else "",)
+    if fields is None:
+        return argv
+    return argv + ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
 
 
 def _write_lua(

@@ -154,7 +154,8 @@ def error_plan(digest: Union[str, bytes], message: str) -> str:
         f"local PLAN_DIGEST = {lua_quote(digest)}\n"
         f"local PLAN_ERR = {lua_quote(message)}\n"
         "local TYPE, VF, VK, ANY_REQ = '', 0, 'int64', false\n"
-        "local function field(mi, n) end\n"
+        "local function plan(mi) return '', '', false end\n"
+        "local function ref(mi, n) end\n"
         "local function enum_ok(ei, v) return false end\n"
         "local function missing_req(mi, node) end\n"
     )
