@@ -59,7 +59,7 @@ class BuildUpb(build_clib):
                 include = [os.path.relpath(pb, ROOT), os.path.relpath(pb / "utf8_range", ROOT)]
                 info = {**info, "sources": sources, "include_dirs": include,
                         "macros": [("NDEBUG", None)], "cflags": UPB_CFLAGS,
-                        "obj_deps": {"": [os.path.relpath(deps.__file__, ROOT)]}}
+                        "obj_deps": {"": [os.path.join("build", "fetch_deps.py")]}}
             filled.append((name, info))
         super().build_libraries(filled)
 
@@ -68,7 +68,8 @@ class BuildPy(build_py):
     """build_py without the extension's build script (it needs module/core and cffi)."""
 
     def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
-        modules = super().find_package_modules(package, package_dir)
+        modules: list[tuple[str, str, str]]
+        modules = super().find_package_modules(package, package_dir)  # type: ignore[no-untyped-call]
         return [m for m in modules if (m[0], m[1]) != ("ctxlink", "_ffi_build")]
 
 

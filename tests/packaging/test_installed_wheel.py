@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
 import ctxlink
+import pytest
 from ctxlink.embedded import EmbeddedRedis, find_module
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 CHECKOUT = Path(os.environ.get("CTXLINK_CHECKOUT", "/nonexistent")).resolve()
 SITE = Path(sysconfig.get_paths()["platlib"]).resolve()
@@ -78,9 +77,10 @@ def test_wheel_ships_the_lua_scripts_and_not_the_build_script() -> None:
 
 
 def test_demo_order_type_imports() -> None:
-    from ctxlink.demo import Order
+    import ctxlink.demo
 
-    assert Order.DESCRIPTOR.full_name == "ctxlink.example.Order"
+    order = vars(ctxlink.demo)["Order"]  # the demo's message class, from proto/order.proto
+    assert order.DESCRIPTOR.full_name == "ctxlink.example.Order"
 
 
 @pytest.fixture(scope="module", params=["module", "stock"])
@@ -115,10 +115,10 @@ def test_local_check_round_trip(server: EmbeddedRedis) -> None:
         def bump(item: Any) -> None:
             item.qty += 10
 
-        version, item = store.update(key, bump, message_class=Item, schema="pkgitem", by="u")
-        assert (version, item.qty) == (3, 12)
-        version, item = store.update(key, bump, message_class=Item, by="u")
-        assert (version, item.qty) == (4, 22)
+        done = store.update(key, bump, message_class=Item, schema="pkgitem", by="u")
+        assert (done.version, done.message.qty) == (3, 12)
+        done = store.update(key, bump, message_class=Item, by="u")
+        assert (done.version, done.message.qty) == (4, 22)
 
 
 def test_local_check_refuses_an_invalid_payload(server: EmbeddedRedis) -> None:
