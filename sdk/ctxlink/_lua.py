@@ -184,6 +184,7 @@ def _write_lua(
                 # the entry is not the one the plan was made from: read it, make its plan
                 stale += 1
                 script = yield from _plan_script(st, name, key, reread=True)
+                yield LoadScript(script.source)  # a new plan: load it rather than meet NOSCRIPT
                 continue
             if st.cluster and text.startswith("CTXSCHEMA unknown schema ") and moving < len(
                 _MOVING_DELAYS
