@@ -179,9 +179,16 @@ $(REDIS62):
 	@$(MAKE) -s -C $(DEPS)/redis-6.2 MALLOC=libc BUILD_TLS=no USE_SYSTEMD=no -j2 \
 	  > $(DEPS)/redis-6.2/build.log 2>&1 || { tail -n 30 $(DEPS)/redis-6.2/build.log; exit 1; }
 
-# Run the test suite; extra pytest arguments via PYTEST_ARGS="...".
+# Static checks of the SDK (settings in pyproject.toml): mypy --strict on sdk/ctxlink, ruff on
+# sdk/. `make test` runs them first.
+.PHONY: lint
+lint: $(VENV_STAMP)
+	$(VENV_PY) -m mypy
+	$(VENV_PY) -m ruff check sdk
+
+# Run the test suite (after `make lint`); extra pytest arguments via PYTEST_ARGS="...".
 # pytest's exit code 5 (nothing collected) fails, with a clear message.
-test: all ext redis62 $(VENV_STAMP)
+test: lint all ext redis62 $(VENV_STAMP)
 	@rc=0; $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: no tests ran (pytest collected nothing)" >&2; fi; \
 	exit $$rc
@@ -267,7 +274,8 @@ test-wheel: wheel all
 	CTXLINK_MODULE=$(abspath $(MODULE_SO)) CTXLINK_CHECKOUT=$(CURDIR) \
 	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider test_installed_wheel.py
 
-test-floors: wheel all redis62
+# (ext: tests/sdk/test_readme.py runs the README's example from the checkout's sdk/.)
+test-floors: wheel all ext redis62
 	@rm -rf $(FLOORS_VENV)
 	@echo "  VENV $(FLOORS_VENV): $(FLOORS), $$(basename $(WHEEL))"
 	@$(PYTHON) -m venv $(FLOORS_VENV)
