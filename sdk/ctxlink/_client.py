@@ -12,6 +12,7 @@ from ctxlink._lua import find_lua_dir, load_scripts
 from ctxlink._protocol import LUA, MODULE, PROTOCOL, _text
 from ctxlink._state import State
 
+
 def op_detect(cluster: bool) -> Op[bool]:
     """True when the server has the module; asked of any node of a cluster.
 

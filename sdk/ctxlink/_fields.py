@@ -8,8 +8,8 @@ units by all of their field numbers. Nothing here does I/O.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Optional
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -33,7 +33,9 @@ class Unit:
 
 def _is_repeated(f: FieldDescriptor) -> bool:
     value = getattr(f, "is_repeated", None)
-    return bool(value) if value is not None else f.label == FieldDescriptor.LABEL_REPEATED
+    return bool(value) if value is not None else bool(
+        getattr(f, "label", None) == FieldDescriptor.LABEL_REPEATED  # older protobuf
+    )
 
 
 def _real_oneof(f: FieldDescriptor) -> Optional[str]:
@@ -69,7 +71,7 @@ class FieldPlan:
         self.units: tuple[Unit, ...] = tuple(units)
         self._by_name: dict[str, Unit] = {n: u for u in units for n in u.names}
         self._by_number: dict[int, str] = {
-            num: name for u in units for name, num in zip(u.names, u.numbers)
+            num: name for u in units for name, num in zip(u.names, u.numbers, strict=True)
         }
         self._fields = {f.name: f for f in desc.fields}
 

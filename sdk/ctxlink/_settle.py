@@ -51,7 +51,8 @@ def _send_settled(
                 deadline is not None and time.monotonic() >= deadline
             ):
                 if not sent:  # nothing ever reached the server
-                    raise exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                    # the client's own error (WriteNotSent wraps it)
+                    raise exc.__cause__ if isinstance(exc.__cause__, Exception) else exc  # noqa: B904
                 raise OutcomeUnknownError(
                     f"the reply to a write of {key!r} (write id {write_id!r}) was lost and "
                     f"re-sending it did not settle whether it was applied: it may have landed; "

@@ -206,7 +206,7 @@ class Store(StoreBase):
             reply = send(call.args) if call.key is None else send_write(
                 self._client, call.key, call.args)
         except ResponseError as exc:
-            raise map_error(exc)  # map_error sets __cause__
+            raise map_error(exc)  # noqa: B904 - map_error sets __cause__ (or returns exc)
         except TRANSPORT_ERRORS as exc:
             if call.resend is None:
                 raise
@@ -248,9 +248,9 @@ class Store(StoreBase):
         """Writes ``payload`` if the stored version is ``expected_version`` (0 = create).
 
         ``payload`` is the encoded bytes (whose version field must already be expected + 1) or a
-        message, whose version field the SDK sets to expected + 1 on a copy (the field named by the
-        schema; without ``schema=`` the SDK asks the context for it once per key). A conflict is not an
-        error: ``ok`` is False and ``current`` holds the state the server has now.
+        message, whose version field the SDK sets to expected + 1 on a copy (the field named by
+        the schema; without ``schema=`` the SDK asks the context for it once per key). A conflict
+        is not an error: ``ok`` is False and ``current`` holds the state the server has now.
 
         ``write_id`` (1 to 64 bytes; a fresh random one when not given) makes the write
         idempotent: if its reply is lost the SDK re-sends it (up to 3 times) and the server,
@@ -304,11 +304,11 @@ class Store(StoreBase):
         (``version, message = store.update(...)``).
 
         ``reads=None`` writes the whole context and conflicts with any other write; it writes even
-        when ``fn`` changed nothing, which confirms that the state ``fn`` decided on is current. A list of
-        top-level field names (``[]`` too) makes it a field patch: only the fields ``fn`` changed
-        are sent (``CTX.PATCH``), and it conflicts only when another writer changed one of those
-        or one of ``reads`` since the state ``fn`` saw; the server merges it into the current
-        state otherwise. Nothing changed: nothing is written.
+        when ``fn`` changed nothing, which confirms that the state ``fn`` decided on is current. A
+        list of top-level field names (``[]`` too) makes it a field patch: only the fields ``fn``
+        changed are sent (``CTX.PATCH``), and it conflicts only when another writer changed one
+        of those or one of ``reads`` since the state ``fn`` saw; the server merges it into the
+        current state otherwise. Nothing changed: nothing is written.
 
         Every attempt carries its own write id. When a reply is lost (timeout, reset), the same
         attempt is re-sent, never ``fn`` called again; if that cannot settle whether it landed,
@@ -393,8 +393,9 @@ def connect(
     ``redis.asyncio`` client raises ``TypeError``: use :func:`ctxlink.aio.connect`.
 
     ``engine="auto"`` asks the server whether it knows ``CTX.GET`` (no ACL right needed, see
-    docs/PROTOCOL.md "ACL") and uses the module when it is loaded, else the Lua scripts. The limits are those the Lua engine enforces (the module uses
-    its own load-time arguments); keep them equal to the module's on mixed deployments.
+    docs/PROTOCOL.md "ACL") and uses the module when it is loaded, else the Lua scripts. The
+    limits are those the Lua engine enforces (the module uses its own load-time arguments); keep
+    them equal to the module's on mixed deployments.
 
     ``local_check=True`` makes ``cas`` check the payload first with the module's own validation
     core (the optional cffi extension ``ctxlink._ctxcore``, built by ``make ext``) against the

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Generic, Iterator, NamedTuple, Optional, TypeVar, Union
+from typing import Callable, Generic, Iterator, NamedTuple, Optional, TypeVar, Union, cast
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from redis.backoff import ExponentialBackoff, FullJitterBackoff
 
@@ -24,6 +25,14 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=Message)
+
+
+def descriptor_of(message: Union[Message, type[Message]]) -> Descriptor:
+    """A message's (or message class's) descriptor. types-protobuf types ``DESCRIPTOR`` as
+    ``Descriptor | google._upb._message.Descriptor``; with the upb backend the latter is what
+    it is at run time, and ``google.protobuf.descriptor.Descriptor`` accepts it
+    (``isinstance`` holds, same attributes), so it is typed as the one class here."""
+    return cast(Descriptor, message.DESCRIPTOR)
 
 #: schema name -> message type full name, as the Stores of this process last learned it
 #: (register_schema, or the registry read by update/cas/migrate); used by Snapshot.decode

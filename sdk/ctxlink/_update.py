@@ -34,7 +34,7 @@ from ctxlink._registry import check_message_class
 from ctxlink._send import TRANSPORT_ERRORS
 from ctxlink._settle import _ambiguous, _reads_not_sent, _send_settled, _unknown
 from ctxlink._state import State
-from ctxlink._types import Backoff, CasResult, Snapshot, Updated
+from ctxlink._types import Backoff, CasResult, Snapshot, Updated, descriptor_of
 from ctxlink._write import (
     _check_type,
     _vfield,
@@ -74,7 +74,7 @@ class _Update:
 
     @property
     def desc(self) -> Descriptor:
-        return self.message_class.DESCRIPTOR
+        return descriptor_of(self.message_class)
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _check_args(
         raise TypeError(f"backoff must be a ctxlink.Backoff(base, cap), not {backoff!r}")
     pause = backoff if backoff is not None else st.backoff
     check_by(by)
-    desc = message_class.DESCRIPTOR
+    desc = descriptor_of(message_class)
     if reads is not None:  # names checked before anything is sent
         try:
             field_plan(desc, st.vfield_by_type.get(desc.full_name, "version")).read_numbers(reads)
@@ -236,7 +236,7 @@ def _apply(u: _Update, msg: Message) -> Op[Message]:
         return msg
     if inspect.isawaitable(out):
         out = yield Await(out)
-    if isinstance(out, Message) and out.DESCRIPTOR.full_name == u.desc.full_name:
+    if isinstance(out, Message) and descriptor_of(out).full_name == u.desc.full_name:
         return out
     return msg
 
@@ -250,12 +250,13 @@ def _prepare(
     """The write of this round: without ``before``, the whole message at the next version
     (written even when fn changed nothing: the write also confirms that the state fn decided on
     is still current); with it, a patch of the fields fn changed (None: it changed none)."""
-    vf = yield from _vfield(u.st, name, msg.DESCRIPTOR, u.key)
+    vf = yield from _vfield(u.st, name, descriptor_of(msg), u.key)
     wid = new_write_id()
     if before is None:
         setattr(msg, vf, expected + 1)
         return _Write(msg, expected, name, vf, wid, msg.SerializeToString())
     plan = field_plan(u.desc, vf)
+    assert u.reads is not None  # a patch: update(reads=...)
     try:
         read_numbers = plan.read_numbers(u.reads)
     except FieldNameError as exc:
@@ -286,10 +287,10 @@ def _send(u: _Update, w: _Write) -> Op[Outcome]:
         )
     except VersionError:
         if w.plan is not None or not (
-            yield from _vfield_changed(u.st, w.name, w.msg.DESCRIPTOR, u.key)
+            yield from _vfield_changed(u.st, w.name, descriptor_of(w.msg), u.key)
         ):
             raise
-        w.vf = yield from _vfield(u.st, w.name, w.msg.DESCRIPTOR, u.key)
+        w.vf = yield from _vfield(u.st, w.name, descriptor_of(w.msg), u.key)
         setattr(w.msg, w.vf, w.expected + 1)
         w.raw = w.msg.SerializeToString()
         reply, resent = yield from _send_settled(

@@ -5,6 +5,7 @@ write (:func:`_write_raw`) and ``get``."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any, Optional, Union
 
 from google.protobuf.descriptor import Descriptor
@@ -27,7 +28,7 @@ from ctxlink._protocol import (
 )
 from ctxlink._settle import CAS_RESENDS, _ambiguous, _send_settled, _unknown
 from ctxlink._state import State
-from ctxlink._types import CasResult, Snapshot, new_cas_result, note_schema_type
+from ctxlink._types import CasResult, Snapshot, descriptor_of, new_cas_result, note_schema_type
 
 
 def op_get(st: State, key: Any) -> Op[Optional[Snapshot]]:
@@ -68,7 +69,7 @@ def _encode(
     key: Any = None,
 ) -> Op[bytes]:
     if isinstance(payload, Message):
-        vf = yield from _vfield(st, schema, payload.DESCRIPTOR, key)
+        vf = yield from _vfield(st, schema, descriptor_of(payload), key)
         msg = type(payload)()
         msg.CopyFrom(payload)
         setattr(msg, vf, expected + 1)
@@ -155,16 +156,17 @@ def new_write_id() -> str:
 
 def check_write_id(write_id: Any) -> Union[str, bytes]:
     """A write id as given (str or bytes of 1 to 64 bytes), else ArgumentError / TypeError."""
+    checked: Union[str, bytes]
     if isinstance(write_id, str):
-        size = len(write_id.encode("utf-8", "surrogateescape"))
+        checked, size = write_id, len(write_id.encode("utf-8", "surrogateescape"))
     elif isinstance(write_id, (bytes, bytearray, memoryview)):
-        write_id = bytes(write_id)
-        size = len(write_id)
+        checked = bytes(write_id)
+        size = len(checked)
     else:
         raise TypeError(f"write_id must be str or bytes, not {type(write_id).__name__}")
     if not 1 <= size <= 64:
         raise ArgumentError(f"write_id must be 1 to 64 bytes, not {size}")
-    return write_id
+    return checked
 
 
 def check_by(by: Any) -> None:
@@ -235,26 +237,26 @@ def op_cas(
             vschema = st.key_schema.get(key)
             # a read only when this type's version field is not known yet (the server checks
             # the payload anyway; the type check is the SDK's early hint)
-            if vschema is None and payload.DESCRIPTOR.full_name not in st.vfield_by_type:
+            if vschema is None and descriptor_of(payload).full_name not in st.vfield_by_type:
                 current = yield from op_get(st, key)
                 vschema = current.schema if current is not None else None
                 if vschema:
                     st.key_schema.put(key, vschema)
-        yield from _check_type(st, vschema, payload.DESCRIPTOR, key)
+        yield from _check_type(st, vschema, descriptor_of(payload), key)
     raw = yield from _encode(st, payload, expected, vschema, key)
     if st.local is not None:  # opt-in local check, see "local check" below
         yield from _local_precheck(st, key, expected, raw, schema, not isinstance(payload, Message))
     for attempt in range(2):
         try:
             reply, resent = yield from _send_settled(
-                st, key, lambda: _write_raw(st, key, expected, raw, schema, by, wid), wid, None,
+                st, key, partial(_write_raw, st, key, expected, raw, schema, by, wid), wid, None,
                 CAS_RESENDS, sent=sent,
             )
             break
         except VersionError:
             if attempt or not isinstance(payload, Message) or vschema is None:
                 raise
-            if not (yield from _vfield_changed(st, vschema, payload.DESCRIPTOR, key)):
+            if not (yield from _vfield_changed(st, vschema, descriptor_of(payload), key)):
                 raise
             raw = yield from _encode(st, payload, expected, vschema, key)
     outcome = parse_outcome(reply)

@@ -141,12 +141,12 @@ class Store(StoreBase):
             else:
                 reply = await send_write_async(client, call.key, call.args)
         except ResponseError as exc:
-            raise map_error(exc)  # map_error sets __cause__
+            raise map_error(exc)  # noqa: B904 - map_error sets __cause__ (or returns exc)
         except TRANSPORT_ERRORS as exc:
             if call.resend is None:
                 raise
             sent = not isinstance(exc, WriteNotSent)  # else nothing went out
-            return await _run(client, call.resend(sent))  # type: ignore[no-any-return]
+            return await _run(client, call.resend(sent))
         return call.parse(reply)  # type: ignore[no-any-return]
 
     async def close(self) -> None:

@@ -38,6 +38,7 @@ script) and the write command (``HSET`` / ``CTX.CAS`` / ``CTX.PATCH`` / the Lua 
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -74,13 +75,16 @@ class TimedRedis(redis.Redis):
     which go out on a pooled connection without ``execute_command`` (ctxlink._send), are timed
     like everything else."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         owner = self
 
         class TimedConnection(redis.Connection):
+            _ctx_sent: Optional[tuple[tuple[Any, ...], float]] = None
+
             def send_command(self, *cargs: Any, **ckwargs: Any) -> None:
                 self._ctx_sent = (cargs, time.perf_counter())
-                super().send_command(*cargs, **ckwargs)
+                # redis-py leaves send_command unannotated
+                super().send_command(*cargs, **ckwargs)  # type: ignore[no-untyped-call]
 
             def read_response(self, *rargs: Any, **rkwargs: Any) -> Any:
                 try:
@@ -92,7 +96,7 @@ class TimedRedis(redis.Redis):
                         owner._record(sent[0], time.perf_counter() - sent[1])
 
         pool = redis.ConnectionPool(connection_class=TimedConnection, **kwargs)
-        super().__init__(*args, connection_pool=pool)
+        super().__init__(connection_pool=pool)
         self.reads: list[float] = []
         self.writes: list[float] = []
         self.read_shas: set[str] = set()
@@ -311,6 +315,7 @@ class WithCtxlink(Method):
 
     def final(self, i: int) -> Any:
         snap = self.store.get(self.key(i))
+        assert snap is not None, f"order {i} was never created"
         return snap.decode(Order)
 
 
@@ -338,7 +343,7 @@ def run_scenario(method: Method, client: TimedRedis, orders: int, lanes: int,
                 if agent == "fulfillment":
                     method.step(i, agent, reserve, think)
                 elif agent == "pricing":
-                    method.step(i, agent, lambda o, i=i: price(o, i), think)
+                    method.step(i, agent, functools.partial(price, i=i), think)
                 else:
                     method.step(i, agent, surcharge, think)
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
@@ -436,10 +441,13 @@ def format_table(results: Sequence[RunResult]) -> str:
     ]
     w0 = max(len(name) for name, _ in rows)
     widths = [max(len(r.label), *(len(v[k]) for _, v in rows)) for k, r in enumerate(results)]
-    lines = ["  ".join([" " * w0] + [r.label.rjust(w) for r, w in zip(results, widths)])]
+    def row(first: str, cells: list[str]) -> str:
+        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells, widths, strict=True)])
+
+    lines = [row(" " * w0, [r.label for r in results])]
     lines.append("  ".join(["-" * w0] + ["-" * w for w in widths]))
     for name, values in rows:
-        lines.append("  ".join([name.ljust(w0)] + [v.rjust(w) for v, w in zip(values, widths)]))
+        lines.append(row(name.ljust(w0), values))
     return "\n".join(lines)
 
 

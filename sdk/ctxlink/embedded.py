@@ -39,7 +39,9 @@ _VERSIONS: dict[str, tuple[int, ...]] = {}
 def server_version(binary: str = "redis-server") -> tuple[int, ...]:
     """The version of a redis-server binary, e.g. (7, 0, 15), from ``--version``."""
     if binary not in _VERSIONS:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=True
+        ).stdout
         word = next((w for w in out.split() if w.startswith("v=")), "v=0")
         _VERSIONS[binary] = tuple(int(x) for x in word[2:].split(".") if x.isdigit())
     return _VERSIONS[binary]
