@@ -14,7 +14,7 @@
 #include "ctx_module.h"
 
 #define CTX_MODULE_NAME "ctx"
-#define CTX_MODULE_VERSION 200 /* 0.2.0 */
+#define CTX_MODULE_VERSION CTXLINK_VERSION_NUM /* pyproject.toml's version, from the Makefile */
 #define CTX_PROTOCOL 2        /* docs/PROTOCOL.md; INFO ctx_protocol */
 
 ctx_Config ctx_config;
