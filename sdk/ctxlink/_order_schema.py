@@ -1,16 +1,16 @@
-"""The reference scenario's ``ctxlink.example.Order``, without protoc.
+"""The reference scenario's ``ctxlink.example.Order``, built from ``proto/order.proto``.
 
-``proto/order.proto`` is the source of truth. This module builds the same file descriptor by hand
-(a ``FileDescriptorProto`` written out in Python, not generated code) so that the demo runs from an
-installed package, where neither the ``.proto`` file nor protoc is available. A test checks that
-every message, field (name, number, type, label, type name) and enum value matches what protoc
-makes from ``proto/order.proto``.
+The build runs protoc on ``proto/order.proto`` (build/gen_order.py) and ships the serialized
+FileDescriptorSet as ``ctxlink/order.pb``; the classes are made from it here, in a private
+descriptor pool, with ``message_factory.GetMessageClass``. (A serialized descriptor does not
+depend on the protobuf runtime's version; generated ``*_pb2.py`` code does.)
 
     from ctxlink._order_schema import Order, OrderStatus
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -19,69 +19,34 @@ __all__ = ["FILE_NAME", "PACKAGE", "file_descriptor_proto", "Order", "LineItem",
 
 FILE_NAME = "order.proto"
 PACKAGE = "ctxlink.example"
-
-_F = descriptor_pb2.FieldDescriptorProto
-_OPTIONAL = _F.LABEL_OPTIONAL
-_REPEATED = _F.LABEL_REPEATED
-
-# (name, number, type, label, type_name) in the order of proto/order.proto
-_LINE_ITEM_FIELDS = (
-    ("sku", 1, _F.TYPE_STRING, _OPTIONAL, ""),
-    ("quantity", 2, _F.TYPE_UINT32, _OPTIONAL, ""),
-)
-_ORDER_FIELDS = (
-    ("order_id", 1, _F.TYPE_STRING, _OPTIONAL, ""),
-    ("version", 2, _F.TYPE_INT64, _OPTIONAL, ""),
-    ("status", 3, _F.TYPE_ENUM, _OPTIONAL, f".{PACKAGE}.OrderStatus"),
-    ("base_price", 4, _F.TYPE_INT64, _OPTIONAL, ""),
-    ("discount", 5, _F.TYPE_INT64, _OPTIONAL, ""),
-    ("final_price", 6, _F.TYPE_INT64, _OPTIONAL, ""),
-    ("inventory_reserved", 7, _F.TYPE_BOOL, _OPTIONAL, ""),
-    ("last_updated_by", 8, _F.TYPE_STRING, _OPTIONAL, ""),
-    ("last_updated_epoch", 9, _F.TYPE_INT64, _OPTIONAL, ""),
-    ("items", 10, _F.TYPE_MESSAGE, _REPEATED, f".{PACKAGE}.LineItem"),
-)
-_ORDER_STATUS = (
-    ("ORDER_STATUS_UNSPECIFIED", 0),
-    ("ORDER_STATUS_NEW", 1),
-    ("ORDER_STATUS_RESERVED", 2),
-    ("ORDER_STATUS_PRICED", 3),
-    ("ORDER_STATUS_READY", 4),
-    ("ORDER_STATUS_REJECTED", 5),
-)
+_DATA = "order.pb"
 
 
-def _json_name(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def _add_message(
-    fdp: descriptor_pb2.FileDescriptorProto, name: str, fields: tuple[Any, ...]
-) -> None:
-    msg = fdp.message_type.add(name=name)
-    for fname, number, ftype, label, type_name in fields:
-        f = msg.field.add(
-            name=fname, number=number, type=ftype, label=label, json_name=_json_name(fname)
-        )
-        if type_name:
-            f.type_name = type_name
+def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    data = resources.files("ctxlink").joinpath(_DATA)
+    try:
+        raw = data.read_bytes()
+    except FileNotFoundError:
+        raise ImportError(
+            f"ctxlink/{_DATA} is missing: it is generated from proto/order.proto at build time; "
+            "in a source checkout run `make ext` (or `python build/gen_order.py`)"
+        ) from None
+    return descriptor_pb2.FileDescriptorSet.FromString(raw)
 
 
 def file_descriptor_proto() -> descriptor_pb2.FileDescriptorProto:
-    """A new ``FileDescriptorProto`` equal in content to protoc's for ``proto/order.proto``."""
-    fdp = descriptor_pb2.FileDescriptorProto(name=FILE_NAME, package=PACKAGE, syntax="proto3")
-    enum = fdp.enum_type.add(name="OrderStatus")
-    for name, number in _ORDER_STATUS:
-        enum.value.add(name=name, number=number)
-    _add_message(fdp, "LineItem", _LINE_ITEM_FIELDS)
-    _add_message(fdp, "Order", _ORDER_FIELDS)
-    return fdp
+    """A new ``FileDescriptorProto`` of ``proto/order.proto``, as protoc made it."""
+    for f in _descriptor_set().file:
+        if f.name == FILE_NAME:
+            return f
+    raise ImportError(f"ctxlink/{_DATA} does not describe {FILE_NAME}")  # pragma: no cover
 
 
 # A private pool: no clash with a protoc-generated order_pb2 the application may import.
 _pool = descriptor_pool.DescriptorPool()
-_file = _pool.Add(file_descriptor_proto())
+_pool.Add(file_descriptor_proto())
 Order: Any = message_factory.GetMessageClass(_pool.FindMessageTypeByName(f"{PACKAGE}.Order"))
 LineItem: Any = message_factory.GetMessageClass(_pool.FindMessageTypeByName(f"{PACKAGE}.LineItem"))
-OrderStatus = {name: number for name, number in _ORDER_STATUS}
+OrderStatus = {
+    v.name: v.number for v in _pool.FindEnumTypeByName(f"{PACKAGE}.OrderStatus").values
+}
