@@ -9,8 +9,16 @@ write. Command-line syntax (arity, options) is the module's alone: tests/test_co
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import pytest
 import redis
 
+import backends
+import ctxlink
+import test_schema as ts
+import test_validation as tv
 from backends import make_backend, start_engine_server
 from helpers import blanked, conflict_state
 from servers import error_text
@@ -209,11 +217,6 @@ def test_planted_values_get_the_same_replies(module_servers, module_so, pb):
 # The tables of the per-engine suites, run on both engines side by side: the same reply or the
 # same full error text (code and message) for every bad payload and every schema change.
 
-import pytest  # noqa: E402
-
-import test_schema as ts  # noqa: E402
-import test_validation as tv  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def pair(module_servers, module_so):
@@ -308,3 +311,18 @@ def test_a_change_over_an_entry_that_does_not_parse_is_handled_alike(pair, pb, d
                        registry(b.r)]
     assert got["lua"] == got["module"]
     assert got["module"][0][0] == "error", got["module"]
+
+
+def test_the_lua_backend_is_the_sdk_not_a_second_implementation(pair):
+    """Issue 10: the Lua engine is tested through ``ctxlink.connect(engine="lua")`` and the real
+    scripts. tests/backends.py may reach into the SDK only for the write path ``update(reads=)``
+    sends its patches with; it has no command line to parse and no raw script arguments."""
+    tree = ast.parse(Path(backends.__file__).read_text())
+    private = {(node.module, alias.name) for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ctxlink._")
+               for alias in node.names}
+    assert private <= {("ctxlink._sync", "_run"), ("ctxlink._write", "_write_raw"),
+                       ("ctxlink._write", "check_write_id"), ("ctxlink._write", "new_write_id")}
+    for name in ("command", "get_args", "cas_args", "patch_args", "del_args"):
+        assert not hasattr(backends.LuaBackend, name), name
+    assert isinstance(make_backend("lua", pair["lua"]).store, ctxlink.Store)
