@@ -176,10 +176,11 @@ class Side:
         if self.kind == "module":
             extra = ("SCHEMA", s.name) if v == 0 else ()
             return ("CTX.CAS", key, v, s.payload(v + 1), *extra, "ID", wid)
-        sha = self.shas[s.name]
         if self.kind == "lua-cas" or v == 0:
+            sha = self.shas[(s.name, "cas")]
             return ("EVALSHA", sha, 1, key, v, s.payload(v + 1), given, "", 1 << 20, 32,
                     "reject", s.name, "", wid)
+        sha = self.shas[(s.name, "patch")]
         return ("EVALSHA", sha, 1, key, v, s.patch_payload(v + 1), 0, "", 1 << 20, 32,
                 "reject", s.name, "", wid, "patch", str(s.patch_field), "")
 
@@ -239,10 +240,12 @@ def main() -> int:
         for s in sweep:
             r.execute_command("CTX.SCHEMA.SET", s.name, s.type_name, s.fds)
             entry = r.hmget(f"__ctx:schema:{s.name}", "type", "fds", "vfield", "digest")
-            script = entry_script(*entry)
-            shas[s.name] = r.script_load(script.source)
-            assert shas[s.name] == script.sha
-            sizes[s.name] = (len(script.source), len(s.payload(1)))
+            for flavor in ("cas", "patch"):
+                script = entry_script(*entry, flavor=flavor)
+                shas[(s.name, flavor)] = r.script_load(script.source)
+                assert shas[(s.name, flavor)] == script.sha
+                if flavor == "cas":
+                    sizes[s.name] = (len(script.source), len(s.payload(1)))
         sides = [Side(k, s, args.keys, r, shas) for s in sweep for k in kinds]
         for side in sides:  # create every context (version 1), not measured
             side.pass_()

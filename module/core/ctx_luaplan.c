@@ -14,10 +14,13 @@
  *   TYPE          the message type's full name
  *   VF, VK        the version field's number and type name ("int64", ...)
  *   ANY_REQ       true when a required field is reachable from the root
- *   plan(mi)      K, N, SPARSE of message mi (1 = the root): K holds one code
- *                 byte per field number 1..#K ('.' for none); N lists every
- *                 field as " <number>:<code><name>"; SPARSE is true when some
- *                 field numbers are above #K (then found in N)
+ *   plan(mi)      K, N, SPARSE, T of message mi (1 = the root): K holds one
+ *                 code byte per field number 1..#K ('.' for none); N lists
+ *                 every field as " <number>:<code><name>"; SPARSE is true when
+ *                 some field numbers are above #K (then found in N); T holds,
+ *                 per one-byte tag 0..127, the lowercase code of the field when
+ *                 the tag's wire type is the field's own (not packed, not a
+ *                 group), else '.': the walk's fast path
  *   ref(mi, n)    the message index (message and group fields) or the closed
  *                 enum index (enum fields) of field n of message mi
  *   enum_ok(ei, v)  true when v (an int32) is a value of closed enum ei
@@ -34,7 +37,7 @@
  * the script is loaded; lookups are a byte of K per field, if-trees for ref,
  * enum values and required fields. The size grows by a few bytes per field.
  * Every string literal is escaped (only [A-Za-z0-9_.:-] stay as they are;
- * the space of N is written as \032).
+ * N separates its entries with spaces, which no field name holds).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -253,10 +256,21 @@ static void lp_plan_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int dep
   for (int i = 0; i < mp->nfields; i++) {
     const ctx_FieldPlan* fp = &mp->fields[i];
     const char* name = upb_FieldDef_Name(fp->def);
-    lp_fmt(o, "\\032%u:%c", (unsigned)fp->number, lp_code(fp));
+    lp_fmt(o, " %u:%c", (unsigned)fp->number, lp_code(fp));
     lp_escape(o, name, strlen(name));
   }
-  lp_fmt(o, "', %s\n", sparse ? "true" : "false");
+  char t[128];
+  memset(t, '.', sizeof(t));
+  for (int i = 0; i < mp->nfields; i++) {
+    const ctx_FieldPlan* fp = &mp->fields[i];
+    uint32_t tag = fp->number * 8u + fp->wire_type;
+    if (fp->number <= 15 && fp->kind != kCtx_Kind_Group) {
+      t[tag] = (char)(lp_code(fp) | 0x20); /* lowercase */
+    }
+  }
+  lp_fmt(o, "', %s, ", sparse ? "true" : "false");
+  lp_quote(o, t, sizeof(t));
+  lp_str(o, "\n");
 }
 
 /* The fields [lo, hi) of `f` (message, group and enum fields), as an if-tree on

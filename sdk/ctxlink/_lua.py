@@ -26,12 +26,12 @@ from ctxlink._scripts import Script, entry_script, find_lua_dir, load_scripts, n
 if TYPE_CHECKING:
     from ctxlink._state import State
 
-__all__ = ["find_lua_dir", "load_scripts", "Script", "_evalsha", "_write_lua"]
+__all__ = ["find_lua_dir", "forget_plans", "load_scripts", "Script", "_evalsha", "_write_lua"]
 
 _KEY_MISMATCH = re.compile(r"^CTXSCHEMA schema key mismatch: the context uses '(.*)'$")
 
-#: ``st.scripts`` key of the plan script of schema ``<name>``.
-_PLAN = "cas:"
+#: ``st.scripts`` keys of the plan scripts of schema ``<name>``: "cas:<name>", "patch:<name>".
+_FLAVORS = ("cas", "patch")
 #: Plan scripts one Store keeps (by schema name); past it they are dropped and re-read.
 _MAX_PLANS = 256
 #: ``CTXSCHEMA stale`` answers one write follows (each: read the entry, regenerate, re-send).
@@ -89,25 +89,38 @@ def _evalsha(
 # plan scripts
 
 
-def _plan_script(st: State, name: str, key: Any, reread: bool = False) -> Op[Script]:
-    """cas.lua with the plan of schema ``name`` (the registry copy of ``key``'s slot): the one
-    this Store made before, else (or with ``reread``) made from the entry read now."""
-    cached = st.scripts.get(_PLAN + name)
+def _plan_script(
+    st: State, name: str, key: Any, flavor: str, reread: bool = False
+) -> Op[Script]:
+    """cas.lua (``flavor`` "cas" or "patch") with the plan of schema ``name`` (the registry
+    copy of ``key``'s slot): the one this Store made before, else (or with ``reread``) made
+    from the entry read now (the other flavor is then dropped: it was made from the old one)."""
+    cached = st.scripts.get(f"{flavor}:{name}")
     if cached is not None and not reread:
         return cached
     try:
         _native.check_name(name)
     except SchemaError:  # cas.lua refuses the name before it reads the registry
-        return _for_server(st, null_plan_script())
+        return _for_server(st, null_plan_script(flavor=flavor))
     entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
                        "digest"))
-    script = _for_server(st, entry_script(*(None if v is None else _bytes(v) for v in entry)))
-    plans = [n for n in st.scripts if n.startswith(_PLAN)]
+    fields = [None if v is None else _bytes(v) for v in entry]
+    script = _for_server(st, entry_script(*fields, flavor=flavor))
+    plans = [n for n in st.scripts if n.split(":", 1)[0] in _FLAVORS]
     if len(plans) >= _MAX_PLANS:
         for n in plans:
             st.scripts.pop(n, None)
-    st.scripts[_PLAN + name] = script
+    if reread:
+        forget_plans(st, name)
+    st.scripts[f"{flavor}:{name}"] = script
     return script
+
+
+def forget_plans(st: State, name: str) -> None:
+    """Drops this Store's plan scripts of schema ``name``: the next write makes them again from
+    the entry (after a registration, which may repair an entry under the same digest)."""
+    for flavor in _FLAVORS:
+        st.scripts.pop(f"{flavor}:{name}", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +181,8 @@ def _write_lua(
         stored = yield from _evalsha(st, "get", (key,), ())
         name = _reply_text(stored[2]) if stored else ""
     tag = registry_tag(st, key)
-    script = yield from _plan_script(st, name, key)
+    flavor = "patch" if fields is not None else "cas"
+    script = yield from _plan_script(st, name, key, flavor)
     relocated = False
     stale = moving = 0
     while True:
@@ -183,7 +197,7 @@ def _write_lua(
             if text == f"CTXSCHEMA stale {name}" and stale < _STALE_RETRIES:
                 # the entry is not the one the plan was made from: read it, make its plan
                 stale += 1
-                script = yield from _plan_script(st, name, key, reread=True)
+                script = yield from _plan_script(st, name, key, flavor, reread=True)
                 yield LoadScript(script.source)  # a new plan: load it rather than meet NOSCRIPT
                 continue
             if st.cluster and text.startswith("CTXSCHEMA unknown schema ") and moving < len(
@@ -200,7 +214,7 @@ def _write_lua(
                 relocated = True
                 name = match.group(1)
                 st.key_schema.put(key, name)
-                script = yield from _plan_script(st, name, key)
+                script = yield from _plan_script(st, name, key, flavor)
                 continue
             if match:
                 st.key_schema.pop(key)

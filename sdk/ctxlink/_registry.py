@@ -15,7 +15,7 @@ from ctxlink import _native
 from ctxlink._cluster import registry_copies
 from ctxlink._exceptions import ArgumentError
 from ctxlink._instr import Cmd, Op
-from ctxlink._lua import _PLAN, _evalsha
+from ctxlink._lua import _evalsha, forget_plans
 from ctxlink._protocol import MODULE, _bytes, _text
 from ctxlink._schema_rules import _schema_error, check_compat_arg, register_lua
 from ctxlink._state import State
@@ -161,7 +161,7 @@ def op_register_schema(
     note_schema_type(name, type_name)
     # the Lua engine's plan script of this name was made from the entry as it was (a repair
     # keeps the digest): make it again from the entry on next use
-    st.scripts.pop(_PLAN + name, None)
+    forget_plans(st, name)
     if st.local is not None:  # local check: recompile from the registry on next use
         st.local.forget(name)
     return revision

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 __all__ = [
+    "FLAVORS",
     "SCRIPT_NAMES",
     "Script",
     "assemble",
@@ -106,8 +107,32 @@ def _strip(text: str) -> tuple[str, str]:
     return shebang, "".join(f"{line}\n" for line in out)
 
 
-def assemble(body: str, prelude: str, plan: str = "") -> bytes:
-    """One script: the body's ``#!lua`` line, the prelude, the plan fragment, the body."""
+#: The flavors of cas.lua: one script per command, each without the other's regions.
+FLAVORS = ("cas", "patch")
+
+
+def _cut_regions(text: str, other: str) -> str:
+    """``text`` without the lines from ``-- [<other>]`` to ``-- [/<other>]`` (markers included)."""
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines(keepends=True):
+        bare = line.strip()
+        if bare == f"-- [{other}]":
+            skipping = True
+        elif bare == f"-- [/{other}]":
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+def assemble(body: str, prelude: str, plan: str = "", flavor: Optional[str] = None) -> bytes:
+    """One script: the body's ``#!lua`` line, the prelude, the plan fragment, the body. With a
+    ``flavor`` (cas.lua: "cas" or "patch") the body's regions of the other flavor are left out
+    and ``FLAVOR`` is defined."""
+    if flavor is not None:
+        body = _cut_regions(body, "patch" if flavor == "cas" else "cas")
+        plan += f"local FLAVOR = '{flavor}'\n"
     shebang, code = _strip(body)
     _, pre = _strip(prelude)
     head = f"{shebang}\n" if shebang else ""
@@ -154,7 +179,7 @@ def error_plan(digest: Union[str, bytes], message: str) -> str:
         f"local PLAN_DIGEST = {lua_quote(digest)}\n"
         f"local PLAN_ERR = {lua_quote(message)}\n"
         "local TYPE, VF, VK, ANY_REQ = '', 0, 'int64', false\n"
-        "local function plan(mi) return '', '', false end\n"
+        "local function plan(mi) return '', '', false, '' end\n"
         "local function ref(mi, n) end\n"
         "local function enum_ok(ei, v) return false end\n"
         "local function missing_req(mi, node) end\n"
@@ -205,28 +230,29 @@ def entry_script(
     fds: Optional[bytes],
     vfield: Optional[bytes],
     digest: Optional[bytes],
+    flavor: str = "cas",
     directory: Optional[Path] = None,
 ) -> Script:
-    """``cas`` for a registry entry as read (``HMGET <entry> type fds vfield digest``; all None:
+    """cas.lua (``flavor`` "cas" or "patch") for a registry entry as read (``HMGET <entry> type fds vfield digest``; all None:
     no entry). The entry's content must hash to its digest (``ctx_Digest``), as the module
     checks whenever it loads an entry: else the script answers the module's "damaged" error; an
     entry that does not compile answers the module's "does not compile" error; otherwise it
     carries the entry's plan (cached by digest)."""
     if digest is None:
-        return null_plan_script("", DAMAGED, directory)
+        return null_plan_script("", DAMAGED, flavor, directory)
     if type_name is None or fds is None or vfield is None:
-        return null_plan_script(digest, DAMAGED, directory)
+        return null_plan_script(digest, DAMAGED, flavor, directory)
     hex_digest = digest.decode("latin-1")
     if _digest(type_name, vfield, fds) != hex_digest:
-        return null_plan_script(digest, DAMAGED, directory)
-    cached = _PLANS.get(("plan", hex_digest, directory))
+        return null_plan_script(digest, DAMAGED, flavor, directory)
+    cached = _PLANS.get(("plan", hex_digest, flavor, directory))
     if cached is not None:
         return cached
     schema, why = _compile_entry(type_name, fds, vfield)
     if schema is None:
         text = "registry entry for schema '%s' does not compile: " + why.replace("%", "%%")
-        return null_plan_script(digest, text, directory)
-    return plan_script(schema, hex_digest, directory)
+        return null_plan_script(digest, text, flavor, directory)
+    return plan_script(schema, hex_digest, flavor, directory)
 
 
 class _PlanCache:
@@ -255,32 +281,39 @@ class _PlanCache:
 _PLANS = _PlanCache(PLAN_CACHE_SIZE)
 
 
-def _cas_script(plan: str, directory: Optional[Path]) -> Script:
+def _cas_script(plan: str, flavor: str, directory: Optional[Path]) -> Script:
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be 'cas' or 'patch', not {flavor!r}")
     src = _sources(_dir(directory))
-    return Script.of("cas", assemble(src["cas"], src[PRELUDE], plan))
+    return Script.of(flavor, assemble(src["cas"], src[PRELUDE], plan, flavor))
 
 
-def plan_script(schema: Any, digest: str, directory: Optional[Path] = None) -> Script:
-    """``cas`` with the plan of ``schema`` (compiled from the registry entry whose content
-    hashes to ``digest``: the caller checked that). Cached by digest: a digest names one
-    definition."""
-    key = ("plan", digest, directory)
+def plan_script(
+    schema: Any, digest: str, flavor: str = "cas", directory: Optional[Path] = None
+) -> Script:
+    """cas.lua (``flavor`` "cas" or "patch") with the plan of ``schema`` (compiled from the
+    registry entry whose content hashes to ``digest``: the caller checked that). Cached by
+    digest: a digest names one definition."""
+    key = ("plan", digest, flavor, directory)
     script = _PLANS.get(key)
     if script is None:
-        script = _cas_script(plan_fragment(schema, digest), directory)
+        script = _cas_script(plan_fragment(schema, digest), flavor, directory)
         _PLANS.put(key, script)
     return script
 
 
 def null_plan_script(
-    digest: Union[str, bytes] = "", message: str = DAMAGED, directory: Optional[Path] = None
+    digest: Union[str, bytes] = "",
+    message: str = DAMAGED,
+    flavor: str = "cas",
+    directory: Optional[Path] = None,
 ) -> Script:
     """``cas`` for an entry without a plan: none was found (``digest`` ""; the script answers
     "unknown schema", or "stale" once one exists), or it is damaged or does not compile
     (``message``)."""
-    key = ("error", digest, message, directory)
+    key = ("error", digest, message, flavor, directory)
     script = _PLANS.get(key)
     if script is None:
-        script = _cas_script(error_plan(digest, message), directory)
+        script = _cas_script(error_plan(digest, message), flavor, directory)
         _PLANS.put(key, script)
     return script
