@@ -619,12 +619,27 @@ if patching then
     return nil
   end
   local function stag(str, p, e)
-    local t, q = sv(str, p, e)
+    local t = p < e and byte(str, p)
+    if t and t < 128 then -- a one-byte tag
+      if t < 8 then return nil end
+      local wt = t % 8
+      return (t - wt) / 8, wt, p + 1
+    end
+    local q
+    t, q = sv(str, p, e)
     if not t or t >= TWO32 or t < 8 then return nil end
     local wt = t % 8
     return (t - wt) / 8, wt, q
   end
   local function sskip(str, p, e, num, wt, depth)
+    local b = p < e and byte(str, p)
+    if b and b < 128 then -- a one-byte varint or length
+      if wt == 0 then return p + 1 end
+      if wt == 2 then
+        if b > e - p - 1 then return nil end
+        return p + 1 + b
+      end
+    end
     if wt == 0 then
       local _, q = sv(str, p, e)
       return q
@@ -654,42 +669,51 @@ if patching then
     return nil
   end
 
-  -- Visits the top-level field occurrences of str: visit(number, from, to) for the bytes
-  -- [from, to) (tag through the end of the value; a group through its end-group tag). Returns
-  -- what visit returned to stop, false for unparseable structure, true at the end.
-  local function top_fields(str, visit)
-    local p, e = 1, #str + 1
-    while p < e do
-      local num, wt, q = stag(str, p, e)
-      if not num or wt == 4 then return false end
-      local r = sskip(str, q, e, num, wt, 0)
-      if not r then return false end
-      local stop = visit(num, p, r)
-      if stop then return stop end
-      p = r
+  -- The top level of the patch: every field in FIELDS, in the module's order (a field is
+  -- checked once its tag and value parse; an unparseable rest is reported when reached).
+  local p, e = 1, #payload + 1
+  while p < e do
+    local num, wt, q = stag(payload, p, e)
+    if num and wt ~= 4 then q = sskip(payload, q, e, num, wt, 0) end
+    if not num or wt == 4 or not q then
+      return err('CTXINVALID', 'payload is not valid protobuf wire format')
     end
-    return true
-  end
-
-  local res = top_fields(payload, function(num)
     if not F[num] then
       return err('CTXFIELD', fmt('payload holds field %d, which is not in FIELDS', num))
     end
-  end)
-  if res == false then return err('CTXINVALID', 'payload is not valid protobuf wire format') end
-  if res ~= true then return res end
+    p = q
+  end
 
-  local parts = {}
+  -- The stored payload without the fields in FIELDS and the version field: its top-level
+  -- occurrences [from, to) (a group through its end-group tag), kept runs cut out whole.
+  local parts, np = {}, 0
   if present then
     cur_raw = cur_raw or sub(val, cur_hl + 1)
-    res = top_fields(cur_raw, function(num, p, r)
-      if not F[num] and num ~= VF then parts[#parts + 1] = sub(cur_raw, p, r - 1) end
-    end)
-    if res == false then
-      return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+    local str, run = cur_raw, nil
+    p, e = 1, #cur_raw + 1
+    while p < e do
+      local num, wt, q = stag(str, p, e)
+      if num and wt ~= 4 then q = sskip(str, q, e, num, wt, 0) end
+      if not num or wt == 4 or not q then
+        return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+      end
+      if F[num] or num == VF then
+        if run then
+          np = np + 1
+          parts[np] = sub(str, run, p - 1)
+          run = nil
+        end
+      elseif not run then
+        run = p
+      end
+      p = q
+    end
+    if run then
+      np = np + 1
+      parts[np] = sub(str, run, e - 1)
     end
   end
-  parts[#parts + 1] = payload -- every occurrence of the patch, in its order: all of it
+  parts[np + 1] = payload -- every occurrence of the patch, in its order: all of it
 
   local function varint(x) -- x: an exact non-negative double
     local out = {}
