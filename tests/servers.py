@@ -1,6 +1,8 @@
 """Real ``redis-server`` processes for the test suite.
 
-Everything here talks to actual processes on 127.0.0.1: start a server in its own directory,
+The processes are started by the SDK's one launcher, :class:`ctxlink.embedded.EmbeddedRedis`
+(start, wait for PING, crash report with the log's tail); this module adds what the tests check
+on top of it. Everything here talks to actual processes on 127.0.0.1: start a server in its own directory,
 restart it on the same directory (RDB / AOF restarts), attach a replica, start a stock server
 (no module) on an existing directory, stop it and check that it did not crash.
 
@@ -13,7 +15,6 @@ redis-py would otherwise post-process (``COMMAND INFO`` ...).
 from __future__ import annotations
 
 import atexit
-import itertools
 import os
 import re
 import shutil
@@ -25,20 +26,15 @@ from pathlib import Path
 import redis
 from redis._parsers import _RESP2Parser
 
+from ctxlink.embedded import CRASH_MARKS, EmbeddedRedis, free_port  # noqa: F401 - re-exported
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_PATH = Path(os.environ.get("CTX_MODULE_PATH") or REPO_ROOT / "build" / "ctxlink.so")
 REDIS_SERVER = os.environ.get("CTX_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 HOST = "127.0.0.1"
 
 # Lines a crashing redis-server writes to its log (crash report, failed assertion, panic).
-CRASH_MARKERS = (
-    "crashed by signal",
-    "REDIS BUG REPORT",
-    "ASSERTION FAILED",
-    "Guru Meditation",
-    "STACK TRACE",
-    "------ FAST MEMORY TEST",
-)
+CRASH_MARKERS = CRASH_MARKS
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -106,18 +102,7 @@ def make_client(port: int, **kwargs) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-# --------------------------------------------------------------------------- ports
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- servers
-
-_counter = itertools.count(1)
 
 
 class ServerStartError(RuntimeError):
@@ -125,16 +110,18 @@ class ServerStartError(RuntimeError):
 
 
 class Server:
-    """One redis-server process. ``r`` is a redis-py client (bytes replies)."""
+    """One redis-server process (an :class:`EmbeddedRedis` start). ``r`` is a redis-py client
+    (bytes replies)."""
 
-    def __init__(self, *, dir: Path, port: int, proc: subprocess.Popen, argv: list[str],
-                 logfile: Path, outfile: Path, spec: dict):
-        self.dir = Path(dir)
-        self.port = port
-        self.proc = proc
-        self.argv = argv
-        self.logfile = logfile
-        self.outfile = outfile
+    def __init__(self, embedded: EmbeddedRedis, spec: dict):
+        assert embedded.proc is not None
+        self.embedded = embedded
+        self.dir = embedded.dir
+        self.port = embedded.port
+        self.proc = embedded.proc
+        self.argv = embedded.argv
+        self.logfile = embedded.log_path
+        self.outfile = embedded.out_path
         self.spec = spec  # how it was started, used by restart()
         self._client: redis.Redis | None = None
         self.stopped = False
@@ -171,27 +158,14 @@ class Server:
             return False
 
     def log_text(self) -> str:
-        parts = []
-        for f in (self.logfile, self.outfile):
-            try:
-                parts.append(f.read_text(errors="replace"))
-            except FileNotFoundError:
-                pass
-        return "\n".join(parts)
+        return self.embedded.log_text()
 
     def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
+        return self.embedded.log_tail(n)
 
     def crash_report(self) -> str | None:
         """A description of a crash (signal, crash report in the log), or None."""
-        text = self.log_text()
-        for marker in CRASH_MARKERS:
-            if marker in text:
-                return f"log of {self} contains {marker!r}:\n{self.log_tail(60)}"
-        rc = self.proc.poll()
-        if rc is not None and rc < 0:
-            return f"{self} was killed by signal {-rc}:\n{self.log_tail(60)}"
-        return None
+        return self.embedded.crash_report(self.proc)
 
     def assert_alive(self) -> None:
         if not self.alive():
@@ -206,23 +180,9 @@ class Server:
             return self.proc.returncode
         died_before = self.proc.poll() is not None
         if not died_before:
-            try:
-                c = make_client(self.port, socket_timeout=STOP_TIMEOUT)
-                c.execute_command("SHUTDOWN", "NOSAVE", "NOW")
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            except redis.ResponseError:
-                try:  # Redis 6.2 has no NOW
-                    c.execute_command("SHUTDOWN", "NOSAVE")
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                    pass
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                if check:
-                    raise AssertionError(f"{self} did not shut down within {STOP_TIMEOUT}s")
+            self.embedded.stop(now=True, timeout=STOP_TIMEOUT)  # SHUTDOWN NOSAVE NOW, else kill
+            if self.embedded.killed and check:
+                raise AssertionError(f"{self} did not shut down within {STOP_TIMEOUT}s")
         self.stopped = True
         _live_processes.discard(self.proc)
         if self._client is not None:
@@ -244,15 +204,9 @@ class Server:
         return self.proc.returncode
 
 
-def _build_argv(port: int, dir: Path, logfile: Path, spec: dict) -> list[str]:
+def _server_args(spec: dict) -> list[str]:
+    """What the tests add to EmbeddedRedis's defaults (port, bind, dir, logfile, no save)."""
     argv = [
-        REDIS_SERVER,
-        "--port", str(port),
-        "--bind", HOST,
-        "--dir", str(dir),
-        "--logfile", str(logfile),
-        "--daemonize", "no",
-        "--save", "",
         "--appendonly", "yes" if spec.get("appendonly") else "no",
         "--enable-debug-command", "local",
         "--enable-module-command", "local",
@@ -265,55 +219,27 @@ def _build_argv(port: int, dir: Path, logfile: Path, spec: dict) -> list[str]:
     for item in spec.get("config", ()):
         name, *values = item
         argv += [f"--{name}", *[str(v) for v in values]]
-    if spec.get("module"):
-        argv += ["--loadmodule", str(spec["module"]), *[str(a) for a in spec.get("module_args", ())]]
     return argv
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: no orphans if pytest is killed
-    except Exception:
-        pass
-
-
-def _spawn(dir: Path, spec: dict) -> tuple[subprocess.Popen | None, Server | None, str]:
-    """Try once on a fresh port. Returns (proc, server, failure_log)."""
-    n = next(_counter)
-    port = free_port()
-    logfile = dir / f"redis-{n}.log"
-    outfile = dir / f"redis-{n}.out"
-    argv = _build_argv(port, dir, logfile, spec)
-    with open(outfile, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=dir,
-                                preexec_fn=_die_with_parent)
-    _live_processes.add(proc)
-    server = Server(dir=dir, port=port, proc=proc, argv=argv, logfile=logfile, outfile=outfile,
-                    spec=spec)
-    return proc, server, ""
+def _embedded(dir: Path, spec: dict) -> EmbeddedRedis:
+    return EmbeddedRedis(
+        module=spec.get("module") or None,
+        module_args=[str(a) for a in spec.get("module_args", ())],
+        args=_server_args(spec),
+        directory=dir,
+        binary=REDIS_SERVER,
+        startup_timeout=START_TIMEOUT,
+        die_with_parent=True,  # no orphans if pytest is killed
+    )
 
 
 def wait_ready(server: Server, timeout: float = START_TIMEOUT) -> bool:
     """Wait until PING answers (True) or the process exits (False)."""
-    deadline = time.monotonic() + timeout
-    probe = make_client(server.port, socket_timeout=2, socket_connect_timeout=0.5)
-    try:
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                return False
-            try:
-                if probe.ping():
-                    return True
-            except redis.BusyLoadingError:
-                pass
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
-            time.sleep(0.02)
-    finally:
-        probe.close()
-        probe.connection_pool.disconnect()
+    if server.embedded.wait_ready(timeout):
+        return True
+    if server.proc.poll() is not None:
+        return False
     raise ServerStartError(f"{server} did not answer PING within {timeout}s:\n{server.log_tail()}")
 
 
@@ -326,35 +252,28 @@ def start_server(dir: Path, **spec) -> Server:
     """
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(8):
-        _, server, _ = _spawn(dir, spec)
-        if wait_ready(server):
-            return server
-        server.proc.wait()
-        _live_processes.discard(server.proc)
-        text = server.log_text()
-        if "Address already in use" in text or "Could not create server TCP" in text:
-            continue  # somebody took the port between free_port() and bind: retry
-        raise ServerStartError(
-            f"redis-server exited with code {server.proc.returncode} during startup\n"
-            f"argv: {' '.join(server.argv)}\n{server.log_tail(60)}"
-        )
-    raise ServerStartError("could not find a free port after 8 attempts")
+    embedded = _embedded(dir, spec)
+    try:
+        embedded.start()  # retries when the port was taken
+    except RuntimeError as exc:
+        raise ServerStartError(f"{exc}\nargv: {' '.join(embedded.argv)}") from None
+    server = Server(embedded, spec)
+    _live_processes.add(server.proc)
+    return server
 
 
 def start_expecting_failure(dir: Path, timeout: float = START_TIMEOUT, **spec) -> Server:
     """Start a server that must refuse to start; returns the exited Server (inspect log_text)."""
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
-    _, server, _ = _spawn(dir, spec)
-    try:
-        ready = wait_ready(server, timeout)
-    except ServerStartError:
-        ready = None
-    if ready:
+    embedded = _embedded(dir, spec)
+    embedded.launch()
+    server = Server(embedded, spec)
+    _live_processes.add(server.proc)
+    if embedded.wait_ready(timeout):
         server.stop(check=False)
         raise AssertionError(f"server started although it should have refused: {server.argv}")
-    if ready is None:
+    if server.proc.poll() is None:  # neither ready nor exited
         server.proc.kill()
     server.proc.wait()
     server.stopped = True

@@ -1,15 +1,22 @@
-"""A throwaway ``redis-server`` on a free loopback port, for demos, tests and benchmarks.
+"""A throwaway ``redis-server`` on a free loopback port: the one launcher of the demo, the
+benchmarks and the test suite (tests/servers.py builds on it).
 
     with EmbeddedRedis(module="build/ctxlink.so") as server:
         client = server.client()
 
-The server binds 127.0.0.1 only, keeps its files in its own temporary directory,
-and is stopped (and its directory removed) on exit. ``restart()`` keeps the
-directory, so RDB and AOF restarts can be exercised.
+The server binds 127.0.0.1 only, keeps its files in its own temporary directory (or the one
+given), and is stopped (and its own directory removed) on exit. ``restart()`` keeps the
+directory, so RDB and AOF restarts can be exercised. Each start logs to a file of its own
+(``redis-<n>.log``, stdout and stderr in ``redis-<n>.out``), so a crash report names the process
+that crashed: :meth:`EmbeddedRedis.crash_report` (crash marks in the log, death by a signal)
+with the log's tail.
+
+Not imported by ``import ctxlink``: ``from ctxlink.embedded import EmbeddedRedis``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -21,9 +28,25 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["EmbeddedRedis", "free_port", "find_module", "missing_module_text", "server_version"]
+__all__ = [
+    "CRASH_MARKS",
+    "EmbeddedRedis",
+    "free_port",
+    "find_module",
+    "missing_module_text",
+    "server_version",
+]
 
-_CRASH_MARKS = ("crashed by signal", "REDIS BUG REPORT", "ASSERTION FAILED")
+#: Lines a crashing redis-server writes to its log (crash report, failed assertion, panic).
+CRASH_MARKS = (
+    "crashed by signal",
+    "REDIS BUG REPORT",
+    "ASSERTION FAILED",
+    "Guru Meditation",
+    "STACK TRACE",
+    "------ FAST MEMORY TEST",
+)
+_starts = itertools.count(1)  # names each start's log and output files
 
 
 def free_port() -> int:
@@ -74,8 +97,23 @@ def find_module() -> Path:
     return Path("build/ctxlink.so").resolve()
 
 
+def _die_with_parent() -> None:  # runs in the child before exec (Linux)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM: no orphan when the parent is killed
+    except Exception:  # not Linux: the server may outlive a killed parent
+        pass
+
+
 class EmbeddedRedis:
-    """One ``redis-server`` process owned by the caller."""
+    """One ``redis-server`` process owned by the caller.
+
+    ``args`` come after the defaults (port, bind, dir, logfile, no RDB snapshots, no AOF,
+    ``DEBUG`` allowed locally on 7.0+), so they override them. ``die_with_parent``: the server
+    gets SIGTERM when this process dies (Linux), as the test suite wants.
+    """
 
     def __init__(
         self,
@@ -86,6 +124,7 @@ class EmbeddedRedis:
         binary: str = "redis-server",
         startup_timeout: float = 10.0,
         new_session: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         self.module = Path(module) if module is not None else None
         self.module_args = list(module_args)
@@ -93,6 +132,7 @@ class EmbeddedRedis:
         self.binary = binary
         self.startup_timeout = startup_timeout
         self.new_session = new_session  # keep a terminal's Ctrl-C from reaching the server
+        self.die_with_parent = die_with_parent
         self._own_dir = directory is None
         self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ctxlink-redis-"))
         # a temporary directory of our own goes when the object does, even without close()
@@ -101,46 +141,76 @@ class EmbeddedRedis:
         )
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv: list[str] = []
         self.log_path = self.dir / "redis.log"
+        self.out_path = self.dir / "redis.out"
+        #: the last stop had to kill the server (it did not shut down in time)
+        self.killed = False
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "EmbeddedRedis":
+        """Starts the server and waits until it answers PING (RuntimeError with its log when it
+        does not)."""
+        self.check_startable()
+        last_error = ""
+        for _ in range(8):  # a port can be taken between free_port() and bind
+            self.launch()
+            if self.wait_ready():
+                return self
+            exited = self.proc is not None and self.proc.poll() is not None
+            last_error = self.log_text()
+            self._kill()
+            if not exited:
+                raise RuntimeError(
+                    f"redis-server did not answer PING within {self.startup_timeout} s:\n"
+                    f"{self.log_tail()}"
+                )
+            if "Address already in use" not in last_error and (
+                    "Could not create server TCP" not in last_error):
+                break
+        raise RuntimeError(f"redis-server did not start: {last_error.strip()[-2000:]}")
+
+    def check_startable(self) -> None:
         if shutil.which(self.binary) is None:
             raise RuntimeError(f"{self.binary} not found on PATH (apt-get install redis-server)")
         if self.module is not None and not self.module.exists():
             raise RuntimeError(missing_module_text(self.module))
-        last_error = ""
-        for _ in range(5):  # a port can be taken between free_port() and bind
-            self.port = free_port()
-            cmd = [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.dir),
-                "--logfile", str(self.log_path),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-            ]
-            if server_version(self.binary) >= (7,):  # DEBUG is off by default since 7.0
-                cmd += ["--enable-debug-command", "local"]
-            if self.module is not None:
-                cmd += ["--loadmodule", str(self.module.resolve()), *self.module_args]
-            cmd += self.args
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                start_new_session=self.new_session,
-            )
-            if self._wait_ready():
-                return self
-            last_error = self._failure_text()
-            self._kill()
-            if "Address already in use" not in last_error:
-                break
-        raise RuntimeError(f"redis-server did not start: {last_error.strip()[-2000:]}")
 
-    def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + self.startup_timeout
+    def launch(self) -> None:
+        """Starts the process on a fresh port, without waiting (see :meth:`wait_ready`)."""
+        n = next(_starts)
+        self.port = free_port()
+        self.log_path = self.dir / f"redis-{n}.log"
+        self.out_path = self.dir / f"redis-{n}.out"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--logfile", str(self.log_path),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+        ]
+        if server_version(self.binary) >= (7,):  # DEBUG is off by default since 7.0
+            cmd += ["--enable-debug-command", "local"]
+        if self.module is not None:
+            cmd += ["--loadmodule", str(self.module.resolve()), *self.module_args]
+        cmd += self.args
+        self.argv = cmd
+        self.killed = False
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.dir, start_new_session=self.new_session,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once the server answers PING; False when it exited or ``timeout`` (default
+        ``startup_timeout``) passed. A server still loading its data set is not ready."""
+        deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
@@ -154,43 +224,40 @@ class EmbeddedRedis:
             time.sleep(0.02)
         return False
 
-    def _failure_text(self) -> str:
-        text = ""
-        if self.proc is not None and self.proc.stderr is not None and self.proc.poll() is not None:
-            text += self.proc.stderr.read().decode(errors="replace")
-        if self.log_path.exists():
-            text += self.log_path.read_text(errors="replace")
-        return text
-
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
         self.proc = None
 
-    def stop(self, save: bool = False) -> int | None:
-        """Stops the server (SHUTDOWN [NO]SAVE, then SIGKILL); returns its exit code."""
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, save: bool = False, now: bool = False, timeout: float = 10.0) -> int | None:
+        """Stops the server (``SHUTDOWN [NO]SAVE``, ``NOW`` too when asked and understood; then
+        SIGKILL after ``timeout`` seconds, which sets ``killed``); returns its exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._shutdown(save, now)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    s.sendall(b"SHUTDOWN SAVE\r\n" if save else b"SHUTDOWN NOSAVE\r\n")
-                    s.recv(64)
-            except OSError:
-                pass
-            try:
-                code = self.proc.wait(timeout=10)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                code = self.proc.wait(timeout=10)
-        elif self.proc is not None:
-            code = self.proc.returncode
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+                self.killed = True
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
         self.proc = None
-        return code
+        return proc.returncode
+
+    def _shutdown(self, save: bool, now: bool) -> None:
+        command = b"SHUTDOWN SAVE" if save else b"SHUTDOWN NOSAVE"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(command + (b" NOW\r\n" if now else b"\r\n"))
+                reply = s.recv(256)
+                if now and reply.startswith(b"-"):  # Redis 6.2 has no NOW
+                    s.sendall(command + b"\r\n")
+                    s.recv(256)
+        except OSError:
+            pass
 
     def restart(self, args: Sequence[str] | None = None, module: Any = "same") -> "EmbeddedRedis":
         """Stops without saving and starts again on the same directory."""
@@ -223,9 +290,33 @@ class EmbeddedRedis:
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
     def log(self) -> str:
+        """The server log of the current (or last) start."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_text(self) -> str:
+        """The log and what the process wrote to stdout/stderr, of the current (or last) start."""
+        out = self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
+        return "\n".join(part for part in (self.log(), out) if part)
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
 
     def crashed(self) -> bool:
         """True when the log shows a crash report."""
         text = self.log()
-        return any(mark in text for mark in _CRASH_MARKS)
+        return any(mark in text for mark in CRASH_MARKS)
+
+    def crash_report(self, process: subprocess.Popen[bytes] | None = None) -> str | None:
+        """What shows that the server crashed (a crash mark in its log, death by a signal), with
+        the log's tail; None when nothing does."""
+        text = self.log_text()
+        for mark in CRASH_MARKS:
+            if mark in text:
+                return f"the log of redis-server on port {self.port} contains {mark!r}:\n" + (
+                    self.log_tail(60))
+        proc = process if process is not None else self.proc
+        code = proc.poll() if proc is not None else None
+        if code is not None and code < 0:
+            return f"redis-server on port {self.port} was killed by signal {-code}:\n" + (
+                self.log_tail(60))
+        return None
