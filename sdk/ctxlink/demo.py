@@ -50,6 +50,7 @@ import redis
 
 import ctxlink
 from ctxlink._order_schema import Order, OrderStatus
+from ctxlink._send import _get_args
 from ctxlink.embedded import EmbeddedRedis, find_module, missing_module_text
 
 __all__ = ["run_demo", "RunResult"]
@@ -352,7 +353,7 @@ def run_scenario(method: Method, client: TimedRedis, orders: int, lanes: int,
 
     # one connection per thread, opened before the clock starts (connecting is not a read)
     pool = client.connection_pool
-    conns = [pool.get_connection() for _ in range(3 * lanes)]
+    conns = [pool.get_connection(*_get_args(pool)) for _ in range(3 * lanes)]  # redis-py 5: a name
     for conn in conns:
         pool.release(conn)
     del client.reads[:], client.writes[:]
