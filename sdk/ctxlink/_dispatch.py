@@ -12,6 +12,7 @@ is carried out (call the client, or await it) and how a :class:`Fast` command is
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any, Callable, Generic, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from google.protobuf.message import Message
@@ -134,6 +135,12 @@ class Fast(NamedTuple):
 
 Call = Union[Op[T], Fast]
 
+#: ``new_fast((args, parse, key, resend))``: a Fast without ``Fast(...)``'s keyword handling (the
+#: module engine's hot path)
+new_fast: Callable[
+    [tuple[tuple[Any, ...], Callable[[Any], Any], Any, Optional[Callable[[bool], Op[Any]]]]], Fast
+] = partial(tuple.__new__, Fast)
+
 
 def parse_cas(reply: Any) -> CasResult:
     if type(reply) is int:
@@ -189,7 +196,7 @@ class StoreBase:
     def _get(self, key: Union[str, bytes]) -> Call[Optional[Snapshot]]:
         if not self._fast or (type(key) is not str and type(key) is not bytes):
             return op_get(self._st, key)
-        return Fast(("CTX.GET", key), parse_state)
+        return new_fast((("CTX.GET", key), parse_state, None, None))
 
     def _cas(
         self,
@@ -218,7 +225,7 @@ class StoreBase:
         def resend(sent: bool) -> Op[CasResult]:  # the same write (same id), settled there
             return op_cas(st, key, expected_version, payload, schema, by, wid, sent)
 
-        return Fast(args, parse_cas, key, resend)
+        return new_fast((args, parse_cas, key, resend))
 
     def _delete(
         self, key: Union[str, bytes], expected_version: int, write_id: Optional[Union[str, bytes]]

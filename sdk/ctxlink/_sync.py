@@ -200,19 +200,20 @@ class Store(StoreBase):
     def _call(self, call: Call[T]) -> T:
         if type(call) is not Fast:
             return _run(self._client, call)  # type: ignore[arg-type]
-        send = self._send
-        assert send is not None
+        args, parse, key, resend = call
         try:
-            reply = send(call.args) if call.key is None else send_write(
-                self._client, call.key, call.args)
+            if key is None:
+                reply = self._send(args)  # type: ignore[misc]  # set whenever a Fast is made
+            else:
+                reply = send_write(self._client, key, args)
         except ResponseError as exc:
             raise map_error(exc)  # noqa: B904 - map_error sets __cause__ (or returns exc)
         except TRANSPORT_ERRORS as exc:
-            if call.resend is None:
+            if resend is None:
                 raise
             sent = not isinstance(exc, WriteNotSent)  # else nothing went out
-            return _run(self._client, call.resend(sent))  # type: ignore[no-any-return]
-        return call.parse(reply)  # type: ignore[no-any-return]
+            return _run(self._client, resend(sent))  # type: ignore[no-any-return]
+        return parse(reply)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Closes the client when the Store created it from a URL; else does nothing."""

@@ -135,19 +135,20 @@ class Store(StoreBase):
         if type(call) is not Fast:
             return await _run(self._client, call)  # type: ignore[arg-type]
         client = self._client
+        args, parse, key, resend = call
         try:
-            if call.key is None:
-                reply = await client.execute_command(*call.args)
+            if key is None:
+                reply = await client.execute_command(*args)
             else:
-                reply = await send_write_async(client, call.key, call.args)
+                reply = await send_write_async(client, key, args)
         except ResponseError as exc:
             raise map_error(exc)  # noqa: B904 - map_error sets __cause__ (or returns exc)
         except TRANSPORT_ERRORS as exc:
-            if call.resend is None:
+            if resend is None:
                 raise
             sent = not isinstance(exc, WriteNotSent)  # else nothing went out
-            return await _run(client, call.resend(sent))
-        return call.parse(reply)  # type: ignore[no-any-return]
+            return await _run(client, resend(sent))
+        return parse(reply)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         """Closes the client when the Store created it from a URL; else does nothing."""
