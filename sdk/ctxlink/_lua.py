@@ -104,8 +104,8 @@ def _plan_script(
         return _for_server(st, null_plan_script(flavor=flavor))
     entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
                        "digest"))
-    fields = [None if v is None else _bytes(v) for v in entry]
-    script = _for_server(st, entry_script(*fields, flavor=flavor))
+    type_name, fds, vfield, digest = (None if v is None else _bytes(v) for v in entry)
+    script = _for_server(st, entry_script(type_name, fds, vfield, digest, flavor))
     plans = [n for n in st.scripts if n.split(":", 1)[0] in _FLAVORS]
     if len(plans) >= _MAX_PLANS:
         for n in plans:
@@ -141,7 +141,7 @@ def _lua_argv(
 ) -> tuple[Any, ...]:
     """ARGV of lua/cas.lua (its header documents them): 1..9 for a CAS without id, 1..10 with
     one, 1..13 for a patch."""
-    argv = (
+    argv: tuple[Any, ...] = (
         expected,
         payload,
         1 if given else 0,

@@ -233,11 +233,11 @@ def entry_script(
     flavor: str = "cas",
     directory: Optional[Path] = None,
 ) -> Script:
-    """cas.lua (``flavor`` "cas" or "patch") for a registry entry as read (``HMGET <entry> type fds vfield digest``; all None:
-    no entry). The entry's content must hash to its digest (``ctx_Digest``), as the module
-    checks whenever it loads an entry: else the script answers the module's "damaged" error; an
-    entry that does not compile answers the module's "does not compile" error; otherwise it
-    carries the entry's plan (cached by digest)."""
+    """cas.lua (``flavor`` "cas" or "patch") for a registry entry as read (``HMGET <entry>
+    type fds vfield digest``; all None: no entry). The entry's content must hash to its digest
+    (``ctx_Digest``), as the module checks whenever it loads an entry: else the script answers
+    the module's "damaged" error; an entry that does not compile answers the module's "does not
+    compile" error; otherwise it carries the entry's plan (cached by digest)."""
     if digest is None:
         return null_plan_script("", DAMAGED, flavor, directory)
     if type_name is None or fds is None or vfield is None:

@@ -9,19 +9,16 @@ rule of the prelude is the C core's.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
-from typing import Any
+
+import pytest
+from ctxvalue import decode, id_digest
+from google.protobuf import descriptor_pb2
+from wire import f_len, f_varint
 
 import ctxlink
-import pytest
-import redis
-from google.protobuf import descriptor_pb2
-
 from ctxlink import _native, _scripts
 from ctxlink._order_schema import file_descriptor_proto
-from ctxvalue import decode, id_digest
-from wire import f_len, f_varint
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER = "ctxlink.example.Order"
