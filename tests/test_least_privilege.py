@@ -278,11 +278,11 @@ def test_lua_agent_on_a_cluster_keeps_writing_while_slots_move(
 
 def test_cas_lua_cannot_be_pointed_at_another_slots_copy(agent_cluster: list[EmbeddedRedis]) -> None:
     from ctxlink._cluster import _slot_tag
-    from ctxlink._lua import load_scripts
+    from ctxlink._scripts import null_plan_script
 
     rc = RedisCluster(host="127.0.0.1", port=agent_cluster[0].port)
     try:
-        script = load_scripts()["cas"]
+        script = null_plan_script()  # cas.lua as assembled; it reads the registry by tag + name
         key = "ctx:{slot-check}"
         other = _slot_tag((rc.keyslot(key) + 1) % 16384)
         with pytest.raises(redis.ResponseError, match="same slot|non local key"):
@@ -348,7 +348,7 @@ def test_cas_lua_during_a_slot_migration_is_retried_until_the_slot_settles(
         first = [copy, index] if moves_first == "registry" else [key]
         src, dst, slot = _half_migrated(agent_cluster, key, first)
         if moves_first == "registry":  # what the script meets without the SDK's retry
-            sha = agent._st.scripts["cas"].sha
+            sha = agent._st.scripts["cas:order"].sha  # the plan script the write used
             with pytest.raises(redis.ResponseError, match="non local key"):
                 src.execute_command("EVALSHA", sha, 1, key, 1, pb.order(2), 0, "", 1048576, 32,
                                     "reject", "order", tag)
