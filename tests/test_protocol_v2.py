@@ -106,6 +106,20 @@ def test_a_conflict_has_seven_elements_with_id_and_five_without(backend, order, 
     assert backend.delete("o:1", 1, write_id="d") == 1
 
 
+def test_a_conflict_carries_the_current_state_with_or_without_id(backend, order, r):
+    """What both engines surface of a conflict (the module's seven-element tail: above)."""
+    backend.cas("o:1", 0, order(1), schema="order", by="me")
+    current = backend.get("o:1")
+    with nothing_written(r):
+        assert conflict_state(backend.cas("o:1", 0, order(1), schema="order",
+                                          write_id="x")) == current
+        assert conflict_state(backend.cas("o:1", 0, order(1), schema="order")) == current
+        assert conflict_state(backend.delete("o:1", 7, write_id="d")) == current
+        assert conflict_state(backend.delete("o:1", 7)) == current
+        assert backend.cas("absent", 3, order(4), write_id="x") is None
+        assert backend.delete("absent", 3, write_id="x") is None
+
+
 def test_the_ttl_of_a_context_survives_writes(backend, order, r):
     backend.cas("o:1", 0, order(1), schema="order")
     r.pexpire("o:1", 100_000)
