@@ -100,3 +100,30 @@ def test_ctxlink_module_variable_names_the_module() -> None:
     done = _python("import ctxlink.embedded as e; print(e.find_module())",
                    CTXLINK_MODULE=str(find_module()))
     assert done.stdout.strip() == str(find_module())
+
+
+def test_both_front_ends_share_one_dispatch() -> None:
+    from ctxlink._dispatch import StoreBase
+
+    assert issubclass(ctxlink.Store, StoreBase) and issubclass(ctxlink.aio.Store, StoreBase)
+    for name in ("_get", "_cas", "_delete", "_update", "_migrate", "_register_schema"):
+        assert name not in vars(ctxlink.Store) and name not in vars(ctxlink.aio.Store), name
+
+
+def test_backoff_draws_with_redis_pys_full_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.backoff
+
+    drawn: list[int] = []
+    compute = redis.backoff.FullJitterBackoff.compute
+
+    def spy(self: redis.backoff.FullJitterBackoff, failures: int) -> float:
+        drawn.append(failures)
+        return float(compute(self, failures))
+
+    monkeypatch.setattr(redis.backoff.FullJitterBackoff, "compute", spy)
+    b = ctxlink.Backoff(base=0.001, cap=0.05)
+    assert 0 <= b.delay(3) <= b.ceiling(3) == 0.004
+    assert 0 <= b.delay(10**6) <= b.ceiling(10**6) == 0.05  # no overflow
+    assert drawn == [2, 60]
+    with pytest.raises(ctxlink.ArgumentError):
+        ctxlink.Backoff(base=-1)
