@@ -340,6 +340,58 @@ def test_a_registry_entry_edited_by_hand_gets_the_same_error_on_both_engines(pai
     assert got["lua"] == got["module"]
 
 
+def _without_first_file(pb) -> bytes:
+    s = pb.fdset("split_invoice")
+    del s.file[0]
+    return s.SerializeToString()
+
+
+def _file_twice(pb) -> bytes:
+    s = pb.fdset("split_invoice")
+    s.file.append(s.file[0])
+    return s.SerializeToString()
+
+
+INVOICE = "ctxlink.test.split.Invoice"
+# (label, pb -> (name, message type, descriptor set, schema_set keywords)): every registration
+# the per-engine suite refuses (tests/test_schema.py), for a side-by-side of the full texts
+BAD_REGISTRATIONS = [
+    *[(f"unparsable-{i}", lambda pb, fds=fds: ("bad", ORDER, fds, {}))
+      for i, fds in enumerate([b"\xff\xff\xff\xff", b"garbage that is not protobuf",
+                               b"\x0a\x05abc", b"\x0a\x02\x08\x01", b""])],
+    ("truncated-half", lambda pb: ("bad", ORDER, pb.fds("order")[:len(pb.fds("order")) // 2], {})),
+    ("truncated-1", lambda pb: ("bad", ORDER, pb.fds("order")[:-1], {})),
+    ("no-imports", lambda pb: ("inv", INVOICE, pb.fds("split_invoice", include_imports=False),
+                               {})),
+    ("import-dropped", lambda pb: ("inv", INVOICE, _without_first_file(pb), {})),
+    ("file-twice", lambda pb: ("inv", INVOICE, _file_twice(pb), {})),
+    *[(f"upb-{k}", lambda pb, k=k: ("bad", ORDER, ts.edited(pb, "order", ts.UPB_REFUSES[k]), {}))
+      for k in ts.UPB_REFUSES],
+    *[(f"type-{t or 'empty'}", lambda pb, t=t: ("order", t, pb.fds("order"), {}))
+      for t in ["ctxlink.example.Nope", "Order", "example.Order", "ctxlink.example.OrderStatus",
+                "ctxlink.example", ""]],
+    *[(f"version-{t}", lambda pb, t=t: ("v", f"ctxlink.test.v.{t}", pb.fds("versions"), {}))
+      for t in ["NoVersion", "StringVersion", "BytesVersion", "DoubleVersion", "FloatVersion",
+                "BoolVersion", "RepeatedVersion", "MessageVersion", "Doc"]],
+    *[(f"versionfield-{f}", lambda pb, f=f: ("doc", "ctxlink.test.v.Doc", pb.fds("versions"),
+                                             {"versionfield": f}))
+      for f in ["nope", "body", "sub", "revs", "score", "sub.version", "id", "Rev"]],
+    *[(f"name-{i}", lambda pb, n=n: (n, ORDER, pb.fds("order"), {}))
+      for i, n in enumerate(["", "x" * 129, "a b", "a/b", "a*", "é", "a\x00b", "{tag}",
+                             "a\nb"])],
+]
+
+
+@pytest.mark.parametrize("label,make", BAD_REGISTRATIONS, ids=[c[0] for c in BAD_REGISTRATIONS])
+def test_a_refused_registration_gets_the_same_error_text_on_both_engines(pair, pb, label, make):
+    name, type_, fds, kw = make(pb)
+    got = {}
+    for engine, b in fresh(pair).items():
+        got[engine] = [outcome(b.schema_set, name, type_, fds, **kw), registry(b.r)]
+    assert got["lua"] == got["module"]
+    assert got["module"][0][0] == "error" and got["module"][0][1].startswith("CTXSCHEMA ")
+
+
 def test_the_lua_backend_is_the_sdk_not_a_second_implementation(pair):
     """Issue 10: the Lua engine is tested through ``ctxlink.connect(engine="lua")`` and the real
     scripts. tests/backends.py may reach into the SDK only for the write path ``update(reads=)``
