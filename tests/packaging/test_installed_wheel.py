@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -67,7 +68,22 @@ def test_package_and_extension_load_from_site_packages() -> None:
 
 
 def test_version_comes_from_the_metadata() -> None:
-    assert ctxlink.__version__ == importlib.metadata.version("ctxlink")
+    version = importlib.metadata.version("ctxlink")
+    assert ctxlink.__version__ == version
+    out = subprocess.run([sys.executable, "-m", "ctxlink", "--version"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.split() == ["ctxlink", version]
+
+
+def test_the_module_reports_the_package_version() -> None:
+    """pyproject.toml is the one place the version is written: the Makefile passes it to the
+    module (CTXLINK_VERSION_NUM, major*10000 + minor*100 + patch), which reports it in
+    MODULE LIST."""
+    major, minor, patch = (int(x) for x in importlib.metadata.version("ctxlink").split(".")[:3])
+    with EmbeddedRedis(module=find_module()) as srv:
+        modules = srv.client(decode_responses=True).module_list()
+    versions = {m["name"]: m["ver"] for m in modules}
+    assert versions["ctx"] == major * 10000 + minor * 100 + patch
 
 
 def test_wheel_ships_the_lua_scripts_and_not_the_build_script() -> None:
