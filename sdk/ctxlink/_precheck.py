@@ -1,5 +1,13 @@
-"""The opt-in local check (``connect(local_check=True)``): a payload is checked with the
-module's own validation core (:mod:`ctxlink._local`) before it is sent."""
+"""The opt-in local check (``connect(local_check=True)``).
+
+Before CTX.CAS / cas.lua, the payload is checked with the module's own validation core
+(:mod:`ctxlink._local`, the cffi extension) against the schema's descriptor set (fetched once
+with get_schema). A payload the core rejects raises the exception the server would raise, without
+sending the write. Everything else (no schema name known, schema missing or not compiling, out of
+memory) is left to the server, which stays the authority. Before refusing, the registry entry is
+read again (one round trip, on rejects only), so a schema re-registered by someone else is not
+judged with a stale copy.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +19,6 @@ from ctxlink._instr import Cmd, Op
 from ctxlink._protocol import MODULE, _text
 from ctxlink._registry import op_get_schema
 from ctxlink._state import State
-
-# local check (connect(local_check=True); ctxlink._local, the optional cffi extension)
-#
-# Before CTX.CAS / cas.lua, the payload is checked with the module's own validation core against
-# the schema's descriptor set (fetched once with get_schema). A payload the core rejects raises
-# the exception the server would raise, without sending the write. Everything else (no schema
-# name known, schema missing or not compiling, out of memory) is left to the server, which stays
-# the authority. Before refusing, the registry entry is read again (one round trip, on rejects
-# only), so a schema re-registered by someone else is not judged with a stale copy.
 
 
 def enable_local_check(st: State) -> bool:

@@ -244,7 +244,7 @@ def op_cas(
                     st.key_schema.put(key, vschema)
         yield from _check_type(st, vschema, descriptor_of(payload), key)
     raw = yield from _encode(st, payload, expected, vschema, key)
-    if st.local is not None:  # opt-in local check, see "local check" below
+    if st.local is not None:  # opt-in local check (ctxlink._precheck)
         yield from _local_precheck(st, key, expected, raw, schema, not isinstance(payload, Message))
     for attempt in range(2):
         try:
