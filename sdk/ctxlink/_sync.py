@@ -399,11 +399,10 @@ def connect(
     them equal to the module's on mixed deployments.
 
     ``local_check=True`` makes ``cas`` check the payload first with the module's own validation
-    core (the optional cffi extension ``ctxlink._ctxcore``, built by ``make ext``) against the
-    schema's descriptor set, fetched once; a payload it rejects raises the exception the server
-    would raise (``ValidationError``, ``PayloadTooLarge``, ``VersionError``) and is not sent. The
+    core (the cffi extension ``ctxlink._ctxcore`` the package ships) against the schema's
+    descriptor set, fetched once; a payload it rejects raises the exception the server would
+    raise (``ValidationError``, ``PayloadTooLarge``, ``VersionError``) and is not sent. The
     limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
-    Without the extension the option does nothing: the server validates, as always.
     """
     client, owned = open_client(client, asyncio=False)
     options = dict(max_payload_bytes=max_payload_bytes, max_depth=max_depth,
