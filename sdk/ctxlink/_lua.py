@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from ctxlink import _native
 from ctxlink._cluster import registry_key_for, registry_tag
-from ctxlink._exceptions import CtxError, SchemaError
+from ctxlink._exceptions import CtxError, SchemaError, WrongTypeError
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import _bytes, _reply_text
 from ctxlink._scripts import Script, entry_script, find_lua_dir, load_scripts, null_plan_script
@@ -65,17 +65,25 @@ def _run(
         return (yield instr(script.sha))
     except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, failover)
         pass
+    script = yield from _load(st, script)
+    return (yield instr(script.sha))
+
+
+def _load(st: State, script: Script) -> Op[Script]:
+    """``SCRIPT LOAD`` of ``script``; returns the script as loaded: Redis < 7 cannot compile the
+    ``#!lua`` line, so there every script this Store holds turns into its 6.2 form."""
     try:
         yield LoadScript(script.source)
+        return script
     except CtxError:
         raise
-    except Exception as exc:  # Redis < 7 cannot compile the "#!lua" line: use the 6.2 form
+    except Exception as exc:
         if script.source == script.without_shebang().source or "compil" not in str(exc):
             raise
-        st.scripts = {n: s.without_shebang() for n, s in st.scripts.items()}
-        script = script.without_shebang()
-        yield LoadScript(script.source)
-    return (yield instr(script.sha))
+    st.scripts = {n: s.without_shebang() for n, s in st.scripts.items()}
+    script = script.without_shebang()
+    yield LoadScript(script.source)
+    return script
 
 
 def _evalsha(
@@ -94,7 +102,8 @@ def _plan_script(
 ) -> Op[Script]:
     """cas.lua (``flavor`` "cas" or "patch") with the plan of schema ``name`` (the registry
     copy of ``key``'s slot): the one this Store made before, else (or with ``reread``) made
-    from the entry read now (the other flavor is then dropped: it was made from the old one)."""
+    from the entry read now and loaded (with ``reread`` the other flavor is dropped: it was
+    made from the old entry)."""
     cached = st.scripts.get(f"{flavor}:{name}")
     if cached is not None and not reread:
         return cached
@@ -102,10 +111,18 @@ def _plan_script(
         _native.check_name(name)
     except SchemaError:  # cas.lua refuses the name before it reads the registry
         return _for_server(st, null_plan_script(flavor=flavor))
-    entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
-                       "digest"))
+    try:
+        entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
+                           "digest"))
+    except (WrongTypeError, ResponseError) as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        entry = [None] * 4  # not a hash: cas.lua answers "unknown schema", as the module does
     type_name, fds, vfield, digest = (None if v is None else _bytes(v) for v in entry)
     script = _for_server(st, entry_script(type_name, fds, vfield, digest, flavor))
+    # a plan this Store has not sent yet: load it first, so the write itself is sent once
+    # (no NOSCRIPT round trip on the way to a write)
+    script = yield from _load(st, script)
     plans = [n for n in st.scripts if n.split(":", 1)[0] in _FLAVORS]
     if len(plans) >= _MAX_PLANS:
         for n in plans:
@@ -198,7 +215,6 @@ def _write_lua(
                 # the entry is not the one the plan was made from: read it, make its plan
                 stale += 1
                 script = yield from _plan_script(st, name, key, flavor, reread=True)
-                yield LoadScript(script.source)  # a new plan: load it rather than meet NOSCRIPT
                 continue
             if st.cluster and text.startswith("CTXSCHEMA unknown schema ") and moving < len(
                 _MOVING_DELAYS

@@ -38,12 +38,14 @@ def store(client: redis.Redis, sdk_engine: str, protos: Protos) -> ctxlink.Store
 def write_matcher(store: ctxlink.Store) -> Callable[[list[bytes]], bool]:
     """Matches the write commands of ``store``'s engine (CTX.CAS / CTX.PATCH, or cas.lua)."""
     names = {b"CTX.CAS", b"CTX.PATCH"}
-    shas = {s.sha.encode() for n, s in store._st.scripts.items() if n == "cas"}
 
     def match(args: list[bytes]) -> bool:
         if not args:
             return False
         name = args[0].upper()
+        # the Lua engine's plan scripts ("cas:<schema>", "patch:<schema>"), made on first use
+        shas = {s.sha.encode() for n, s in list(store._st.scripts.items())
+                if n.split(":", 1)[0] in ("cas", "patch") and ":" in n}
         return name in names or (name in (b"EVALSHA", b"EVALSHA_RO") and args[1] in shas)
 
     return match

@@ -232,6 +232,7 @@ def test_update_retries_from_conflict_state_without_extra_get(
     store.cas("u:2", 0, Order(order_id="u2"), schema="order")
     other = make_store(server.client(), sdk_engine)
     other.get("u:2")  # warm the other store's caches
+    other.cas("u:2-warm", 0, Order(order_id="w"), schema="order")  # its plan script too
     store.update("u:2", lambda o: None, message_class=Order)  # warm caches (vfield, plan)
     calls: list[int] = []
 
@@ -503,7 +504,7 @@ def test_contention_asyncio(
 # Lua engine specifics
 
 
-def test_lua_plan_added_for_module_written_entry(
+def test_lua_engine_validates_on_a_module_written_entry_and_stores_no_plan(
     module_server: Any, stock_server: Any, protos: Protos
 ) -> None:
     if ctxlink._lua.find_lua_dir() is None:
@@ -518,7 +519,7 @@ def test_lua_plan_added_for_module_written_entry(
     store = ctxlink.connect(stock)
     assert store.engine == "lua"
     assert store.cas("o:1", 0, protos.Order(order_id="x"), schema="order").version == 1
-    assert stock.hget("__ctx:schema:order", "plan") is not None
+    assert stock.hget("__ctx:schema:order", "plan") is None  # the SDK generates it locally
     with pytest.raises(ValidationError):
         store.cas("o:1", 1, b"\x0a\x02\xff\xfe\x10\x02")  # invalid UTF-8 in order_id
 
