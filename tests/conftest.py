@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import helpers  # noqa: E402
 import servers as srv  # noqa: E402
 from backends import ENGINES, make_backend, start_engine_server  # noqa: E402
 from helpers import ProtoLib  # noqa: E402
@@ -29,10 +30,59 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "stock: runs against a stock redis-server only")
     config.addinivalue_line(
         "markers",
+        "engine_texts_differ(reason): the error texts this test asserts may differ between the "
+        "engines (a documented Lua-only limit); not compared")
+    config.addinivalue_line(
+        "markers",
         "module_only(reason): checks something only the native module has (INFO ctx, module "
         "arguments, CTX.* command-line syntax, raw CTX.* commands in MULTI or called from "
         "scripts, key specs and ACL on module commands ...); skipped on the lua engine, which "
         "the suite drives through the SDK, with the reason given")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.ctx_call_passed = report.passed
+
+
+# test id without its engine -> the error texts the module run saw (the module runs first: the
+# engine parameter is module-scoped, ENGINES lists the module first)
+_MODULE_ERRORS: dict[str, list[str]] = {}
+
+
+@pytest.fixture(autouse=True)
+def same_error_texts_on_both_engines(request):
+    """Every error a test run on both engines asserts (helpers.assert_error / check_error) must
+    have the same full text, code and message, on the Lua engine as on the module; schema names
+    made by ``uniq`` are compared by position. A test whose texts may differ (a documented
+    Lua-only limit) says so with ``engine_texts_differ(reason)``."""
+    if "engine" not in request.fixturenames or \
+            request.node.get_closest_marker("engine_texts_differ"):
+        yield
+        return
+    engine = request.getfixturevalue("engine")
+    helpers.ERROR_LOG = log = []
+    helpers.UNIQ_LOG = names = []
+    try:
+        yield
+    finally:
+        helpers.ERROR_LOG = helpers.UNIQ_LOG = None
+    if not getattr(request.node, "ctx_call_passed", False):
+        return
+    for i, name in sorted(enumerate(names), key=lambda p: -len(p[1])):
+        log[:] = [t.replace(name, f"<uniq {i}>") for t in log]
+    key = request.node.nodeid.replace(f"[{engine}-", "[").replace(f"[{engine}]", "[]")
+    if engine == "module":
+        _MODULE_ERRORS[key] = log
+        return
+    expected = _MODULE_ERRORS.pop(key, None)
+    if expected is not None and expected != log:
+        diff = [(m, lua) for m, lua in zip(expected, log) if m != lua]
+        pytest.fail(f"error texts differ between the engines (module, lua): {diff or (expected, log)}",
+                    pytrace=False)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -121,5 +171,8 @@ def uniq():
     """Fresh schema names, so a test that registers its own definitions never reuses a
     (name, revision) another test registered with a different definition."""
     def make(prefix: str = "s") -> str:
-        return f"{prefix}{next(_names)}"
+        name = f"{prefix}{next(_names)}"
+        if helpers.UNIQ_LOG is not None:
+            helpers.UNIQ_LOG.append(name)
+        return name
     return make

@@ -137,13 +137,25 @@ class ProtoLib:
 
 # --------------------------------------------------------------------------- assertions
 
+#: The full error texts that assert_error / check_error saw in the running test, when it runs on
+#: both engines (set by conftest's ``same_error_texts_on_both_engines``, which compares them).
+ERROR_LOG: list[str] | None = None
+#: The names ``uniq`` made in the running test (compared by position across engines).
+UNIQ_LOG: list[str] | None = None
+
+
+def _logged(text: str) -> str:
+    if ERROR_LOG is not None:
+        ERROR_LOG.append(text)
+    return text
+
 
 def assert_error(code: str, fn, *args, **kwargs) -> str:
     """Call ``fn`` and assert it fails with an error reply whose code is ``code``.
-    Returns the full error text."""
+    Returns the full error text (which must be the same on both engines: see conftest)."""
     with pytest.raises(redis.ResponseError) as excinfo:
         fn(*args, **kwargs)
-    text = error_text(excinfo.value)
+    text = _logged(error_text(excinfo.value))
     assert text == code or text.startswith(code + " "), (
         f"expected a {code} error reply, got {text!r}"
     )
@@ -153,7 +165,7 @@ def assert_error(code: str, fn, *args, **kwargs) -> str:
 def check_error(value, code: str) -> str:
     """``value`` is an exception object (pipeline reply); assert its code."""
     assert isinstance(value, redis.ResponseError), f"expected {code} error, got {value!r}"
-    text = error_text(value)
+    text = _logged(error_text(value))
     assert text == code or text.startswith(code + " "), f"expected {code}, got {text!r}"
     return text
 
