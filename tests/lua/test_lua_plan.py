@@ -288,3 +288,90 @@ def test_plan_scripts_run_on_redis_6_2_without_the_shebang(pb):
         assert result.ok and result.version == 2
         loaded = [s for n, s in store._st.scripts.items()]
         assert loaded and not any(s.source.startswith(b"#!") for s in loaded)
+
+
+# --------------------------------------------------------------------------- every test schema
+
+def _plan_inputs(fds: bytes) -> list[tuple[str, str]]:
+    """(message type, version field) for every message of ``fds`` with a singular top-level
+    integer field (the plan needs a version field)."""
+    from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+
+    ints = {F.TYPE_INT32, F.TYPE_INT64, F.TYPE_UINT32, F.TYPE_UINT64, F.TYPE_SINT32,
+            F.TYPE_SINT64, F.TYPE_FIXED32, F.TYPE_FIXED64, F.TYPE_SFIXED32, F.TYPE_SFIXED64}
+    out = []
+    files = descriptor_pb2.FileDescriptorSet.FromString(fds).file
+
+    def visit(prefix: str, msgs: Any) -> None:
+        for m in msgs:
+            full = f"{prefix}.{m.name}" if prefix else m.name
+            for f in m.field:
+                if f.type in ints and f.label != F.LABEL_REPEATED:
+                    out.append((full, f.name))
+                    break
+            visit(full, m.nested_type)
+
+    for f in files:
+        visit(f.package, f.message_type)
+    return out
+
+
+@pytest.mark.parametrize("proto", ["order", "strict2", "node", "split_invoice", "versions",
+                                   "kitchen", "editions"])
+def test_the_plan_of_every_message_of_the_test_schemas_compiles_in_redis(stock, pb, proto):
+    """Both flavors of every message's plan script go through SCRIPT LOAD (Lua compiles them):
+    groups, closed enums with negative and sparse values, recursion, maps, required fields,
+    editions features, high field numbers."""
+    fds = pb.fds(proto)
+    inputs = _plan_inputs(fds)
+    assert inputs
+    for type_name, vfield in inputs:
+        for flavor in _scripts.FLAVORS:
+            script = plan_of(fds, type_name, vfield, flavor)
+            assert b"PLAN_ERR = nil" in script.source, (type_name, vfield)
+            assert stock.r.script_load(script.source) == script.sha
+
+
+def sparse_fds() -> bytes:
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="sparse.proto", package="t.sp", syntax="proto2")
+    e = fdp.enum_type.add(name="E")
+    for name, num in (("NEG", -7), ("ZERO", 0), ("ONE", 1), ("TWO", 2), ("BIG", 100000)):
+        e.value.add(name=name, number=num)
+    m = fdp.message_type.add(name="Sparse")
+    m.field.add(name="version", number=1, label=F.LABEL_OPTIONAL, type=F.TYPE_INT64)
+    m.field.add(name="far_text", number=1000, label=F.LABEL_OPTIONAL, type=F.TYPE_STRING)
+    m.field.add(name="farthest", number=536870911, label=F.LABEL_OPTIONAL, type=F.TYPE_ENUM,
+                type_name=".t.sp.E")
+    m.field.add(name="kids", number=70000, label=F.LABEL_REPEATED, type=F.TYPE_MESSAGE,
+                type_name=".t.sp.Sparse")
+    return descriptor_pb2.FileDescriptorSet(file=[fdp]).SerializeToString()
+
+
+def test_sparse_field_numbers_and_closed_enums_validate_like_the_module(lua, stock, modsrv):
+    """Field numbers far above the field count live outside K (found in N); a closed proto2
+    enum with a negative and a large value; nesting through a high-numbered field."""
+    fds = sparse_fds()
+    modsrv.r.flushall()
+    stores = {"lua": lua, "module": ctxlink.connect(modsrv.client())}
+    for store in stores.values():
+        store.register_schema("sparse", fds, message_type="t.sp.Sparse")
+    kid_bad = f_len(1000, b"\xff")
+    payloads = [
+        f_varint(1, 1) + f_len(1000, b"ok") + f_varint(536870911, 100000),
+        f_varint(1, 1) + f_varint(536870911, (1 << 64) - 7),  # -7 as a varint
+        f_varint(1, 1) + f_varint(536870911, 3),
+        f_varint(1, 1) + f_len(1000, b"\xc3("),
+        f_varint(1, 1) + f_len(70000, f_len(1000, b"a")) + f_len(70000, kid_bad),
+        f_varint(1, 1) + f_varint(999, 1),
+        f_varint(1, 1) + f_len(536870911, b"x"),
+    ]
+    for i, payload in enumerate(payloads):
+        got = {}
+        for engine, store in stores.items():
+            try:
+                got[engine] = ("ok", store.cas(f"sp:{i}", 0, payload, schema="sparse").version)
+            except ctxlink.CtxError as exc:
+                got[engine] = ("error", str(exc))
+        assert got["lua"] == got["module"], (i, got)
+    assert got["lua"][0] == "error"
