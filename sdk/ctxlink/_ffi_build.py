@@ -96,6 +96,10 @@ void ctx_Digest(const char* type, size_t type_len, const char* vfield, size_t vf
 bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
                   const ctx_Limits* limits, ctx_PayloadVersion* version,
                   ctx_Status* status);
+
+void ctx_free(void* p);
+bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
+                        size_t* out_len, ctx_Status* status);
 """
 
 # Same include directories as the Makefile: our headers first, third-party ones as -isystem
