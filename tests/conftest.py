@@ -5,6 +5,8 @@
 - ``shared_server``: one server per test module and engine, default limits.
 - ``backend``: the shared server, FLUSHALLed, wrapped for the engine (tests/backends.py: raw CTX.*
   commands on the module, the shipped SDK on the Lua engine); checked alive afterwards.
+- ``same_error_texts_on_both_engines`` (autouse): the error texts a test asserts must be the same
+  in its module and Lua runs.
 - ``servers``: a per-test :class:`servers.ServerPool` for tests that need their own servers
   (special arguments, restarts, replicas). Every server is stopped at the end of the test and
   the test errors when one crashed.
