@@ -83,8 +83,8 @@ def same_error_texts_on_both_engines(request):
     expected = _MODULE_ERRORS.pop(key, None)
     if expected is not None and expected != log:
         diff = [(m, lua) for m, lua in zip(expected, log) if m != lua]
-        pytest.fail(f"error texts differ between the engines (module, lua): {diff or (expected, log)}",
-                    pytrace=False)
+        pytest.fail("error texts differ between the engines (module, lua): "
+                    f"{diff or (expected, log)}", pytrace=False)
 
 
 def pytest_collection_modifyitems(config, items):
