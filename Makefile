@@ -275,7 +275,7 @@ test-wheel: wheel all
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	echo "  VENV $$tmp/venv: $$(basename $(WHEEL))" && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
-	"$$tmp/venv/bin/pip" install $(PIP_Q) $(WHEEL) 'pytest>=8,<10' && \
+	"$$tmp/venv/bin/pip" install $(PIP_Q) $(WHEEL) 'pytest>=8,<10' 'build>=1.2,<2' && \
 	cp tests/packaging/test_*.py "$$tmp/" && cd "$$tmp" && \
 	CTXLINK_MODULE=$(abspath $(MODULE_SO)) CTXLINK_CHECKOUT=$(CURDIR) \
 	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider test_*.py

@@ -4,7 +4,9 @@
 Run by ``make test-wheel`` from a fresh venv outside the repository, like
 test_installed_wheel.py: ``CTXLINK_CHECKOUT`` names the checkout, which is cloned (its committed
 state) into a temporary directory; ``pip wheel`` builds from the clone in place, as
-``pip install <clone>`` does.
+``pip install <clone>`` does. ``python -m build`` (sdist, then the wheel from it, each in an
+isolated environment) runs with an empty download cache, so the build fetches and verifies the
+upb sources itself, as on a new machine.
 """
 
 from __future__ import annotations
@@ -57,3 +59,22 @@ def test_pip_build_from_a_clean_clone_leaves_it_clean(clone: Path, tmp_path: Pat
             and (p.name.endswith(".egg-info") or p.parent == clone / "build"
                  and p.name.startswith(("lib", "bdist", "temp")))]
     assert left == [], f"setuptools output in tracked folders: {left}"
+
+
+def test_python_m_build_with_an_empty_cache_fetches_upb_itself(clone: Path,
+                                                              tmp_path: Path) -> None:
+    pytest.importorskip("build", reason="make test-wheel installs build into the venv")
+    out, cache = tmp_path / "dist", tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(clone)],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "CTXLINK_CACHE": str(cache)},
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    fetched = [p.name for p in cache.iterdir()]
+    assert any(n.startswith("protobuf-") and n.endswith(".tar.gz") for n in fetched), fetched
+    sdists, wheels = list(out.glob("ctxlink-*.tar.gz")), list(out.glob("ctxlink-*.whl"))
+    assert len(sdists) == 1 and len(wheels) == 1, list(out.iterdir())
+    assert any(n.startswith("ctxlink/_ctxcore.")
+               for n in zipfile.ZipFile(wheels[0]).namelist())
+    assert _git("status", "--porcelain", "--untracked-files=all", cwd=clone) == ""
