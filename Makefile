@@ -248,6 +248,8 @@ FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2
 FLOORS_VENV  := .venv-floors
 FLOORS_TESTS ?= tests/sdk
 WHEEL        := dist/ctxlink-*-manylinux*.whl
+# tests/packaging's checks of an installed package (make test skips them; see its conftest.py)
+INSTALLED_TESTS := tests/packaging/test_installed_wheel.py tests/packaging/test_source_build.py
 PIP_Q        := --disable-pip-version-check -q
 quote_all     = $(foreach r,$(1),'$(r)')
 
@@ -276,9 +278,9 @@ test-wheel: wheel all
 	echo "  VENV $$tmp/venv: $$(basename $(WHEEL))" && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/pip" install $(PIP_Q) $(WHEEL) 'pytest>=8,<10' 'build>=1.2,<2' && \
-	cp tests/packaging/test_*.py "$$tmp/" && cd "$$tmp" && \
+	cp $(INSTALLED_TESTS) "$$tmp/" && cd "$$tmp" && \
 	CTXLINK_MODULE=$(abspath $(MODULE_SO)) CTXLINK_CHECKOUT=$(CURDIR) \
-	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider test_*.py
+	  "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider $(notdir $(INSTALLED_TESTS))
 
 # (ext: tests/sdk/test_readme.py runs the README's example from the checkout's sdk/.)
 test-floors: wheel all ext redis62
