@@ -90,12 +90,14 @@ class ModuleBackend:
     def delete(self, key, expected, write_id=None):
         return self.r.execute_command(*self.del_args(key, expected, write_id))
 
-    def schema_set(self, name, type, fds, force=False, versionfield=None):
+    def schema_set(self, name, type, fds, force=False, versionfield=None, compat=None):
         args = ["CTX.SCHEMA.SET", name, type, fds]
         if force:
             args.append("FORCE")
         if versionfield is not None:
             args += ["VERSIONFIELD", versionfield]
+        if compat is not None:
+            args += ["COMPAT", compat]
         return self.r.execute_command(*args)
 
     def schema_get(self, name):
@@ -221,10 +223,10 @@ class LuaBackend:
 
     # ---- schema registry
     def schema_set(self, name: Any, type: Any, fds: bytes, force: bool = False,
-                   versionfield: Any = None) -> int:
+                   versionfield: Any = None, compat: Optional[str] = None) -> int:
         return self.store.register_schema(
             _text(name), _b(fds), force=force, message_type=_text(type),
-            version_field=None if versionfield is None else _text(versionfield))
+            version_field=None if versionfield is None else _text(versionfield), compat=compat)
 
     def schema_get(self, name: Any) -> Optional[list[Any]]:
         info = self.store.get_schema(_text(name))

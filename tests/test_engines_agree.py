@@ -259,16 +259,19 @@ def test_an_invalid_payload_gets_the_same_error_text_on_both_engines(pair, pb, c
     assert got["module"][0][1].startswith(code + " "), got["module"]
 
 
+@pytest.mark.parametrize("compat", [None, "WIRE"])
 @pytest.mark.parametrize("proto,type_,label,edits,compatible", ts.COMPAT_CASES,
                          ids=[f"{c[0]}-{c[2]}" for c in ts.COMPAT_CASES])
 def test_a_schema_change_gets_the_same_verdict_and_text_on_both_engines(
-        pair, pb, proto, type_, label, edits, compatible):
+        pair, pb, proto, type_, label, edits, compatible, compat):
     new = ts.edited(pb, proto, *edits)
     got = {}
     for engine, b in fresh(pair).items():
-        assert b.schema_set("s", type_, pb.fds(proto)) == 1
-        got[engine] = [outcome(b.schema_set, "s", type_, new), registry(b.r)]
+        assert b.schema_set("s", type_, pb.fds(proto), compat=compat) == 1
+        got[engine] = [outcome(b.schema_set, "s", type_, new, compat=compat), registry(b.r)]
     assert got["lua"] == got["module"]
+    if compat == "WIRE":  # the wire rules alone: the matrix's own verdict
+        assert (got["module"][0][0] == "ok") == compatible, got["module"]
 
 
 STRICT_REQUIRED_TO_OPTIONAL = ts.on_field(ts.STRICT, 2, lambda f: setattr(
