@@ -253,25 +253,6 @@ local VTAG = VF * 8 + ((VK == 'fixed32' or VK == 'sfixed32') and 5
   or (VK == 'fixed64' or VK == 'sfixed64') and 1 or 0)
 local s = payload -- the bytes rv/skip/walk read (a patch points it at each input in turn)
 
--- A varint of at most 10 bytes whose 10th byte is 0 or 1: its value (a double, exact below
--- 2^53) and the position after it; nil when malformed or truncated.
-local function rv(p, e)
-  local v, mul = 0, 1
-  for i = 0, 9 do
-    if p >= e then return nil end
-    local b = byte(s, p)
-    p = p + 1
-    if b < 128 then
-      if i == 9 and b > 1 then return nil end
-      return v + b * mul, p
-    end
-    if i == 9 then return nil end
-    v = v + (b - 128) * mul
-    mul = mul * 128
-  end
-  return nil
-end
-
 -- The low and high 32 bits of the (valid) varint at p.
 local function rv_split(p)
   local lo, hi, shift = 0, 0, 0
@@ -290,280 +271,93 @@ local function rv_split(p)
   end
   return lo % TWO32, hi % TWO32
 end
-
--- The varint at p as C's (int32_t) cast of its 64-bit value.
-local function rv_int32(p)
-  local lo = 0
-  for i = 0, 4 do
-    local b = byte(s, p + i)
-    local d = b % 128
-    if i == 4 then d = d % 16 end
-    lo = lo + d * 2 ^ (7 * i)
-    if b < 128 then break end
-  end
-  if lo >= TWO31 then lo = lo - TWO32 end
-  return lo
-end
-
--- Made only when needed (creating a closure costs on every call): utf8_ok when the payload has
--- a byte above 127, skip for unknown fields (allowed) and error paths.
-local utf8_ok, skip
-
-local function need_skip()
-  if skip then return end
-  -- Skips one value of wire type wt whose tag was just read; groups nest, bounded by max_d.
-  local function sk(p, e, number, wt, depth, max_d)
-    if wt == 0 then
-      local _, q = rv(p, e)
-      return q
-    elseif wt == 1 then
-      if e - p < 8 then return nil end
-      return p + 8
-    elseif wt == 5 then
-      if e - p < 4 then return nil end
-      return p + 4
-    elseif wt == 2 then
-      local len, q = rv(p, e)
-      if not len or q - p > 5 or len > e - q then return nil end
-      return q + len
-    elseif wt == 3 then
-      if depth + 1 > max_d then return nil end
-      while p < e do
-        local tag, q = rv(p, e)
-        if not tag or q - p > 5 or tag > 4294967295 or tag < 8 then return nil end
-        p = q
-        local w = tag % 8
-        local num = (tag - w) / 8
-        if w == 4 then
-          if num == number then return p end
-          return nil
-        end
-        p = sk(p, e, num, w, depth + 1, max_d)
-        if not p then return nil end
-      end
-      return nil
-    end
-    return nil
-  end
-  skip = sk
-end
-
--- ---- error paths ----
--- The walk only records what failed (fail_*, missing_*); the texts are made after it.
-
-local INVALID = '\0ctxinvalid' -- what fail() raises (pcall returns it)
-local fail_d, fail_mi, fail_n, fail_why
-local missing_num, missing_name, missing_d, missing_P
-
--- The path to the message at depth d: level i (1..d) was entered through field P[5i - 4] of
--- message P[5i - 3] (repeated: P[5i - 2]) whose tag is at P[5i] in a parent message starting at
--- P[5i - 1]. The walk fills P on the way down: one table per call, nothing per nested message.
-local P = {}
-
--- fmi: the message of field `number` when the schema knows the field (then it is named).
-local function fail(d, fmi, number, why)
-  fail_d, fail_mi, fail_n, fail_why = d, fmi, number, why
-  error(INVALID, 0)
-end
-
 -- ---- the walk ----
 
 local vpos = nil
 local ascii = true -- no byte above 127 in s: every string is valid UTF-8
 
--- At the end of an occurrence of message mi: its first missing required field, if any, is
--- noted with a copy of the path (the first one found in the walk wins; structural errors found
--- later still win).
-local function check_required(mi, node, d)
-  if missing_num then return end
-  local num, fname = missing_req(mi, node)
-  if num then
-    missing_num, missing_name, missing_d, missing_P = num, fname, d, {}
-    for i = 1, 5 * d do missing_P[i] = P[i] end
-  end
-end
-
--- mi: the message (plan index); [p, e): its bytes; gnum: the group's number (0: not a group).
--- `node` tracks required-field presence like upb: one table per message instance, a singular
--- message field of an instance merges all its occurrences into one child instance.
-local function walk(mi, p, e, depth, gnum, node)
-  local K, _, SPARSE, T = plan(mi)
-  local fast = not node -- the fast path keeps no required-field records
-  local start = p
+-- ---- the fast walk ----
+-- fwalk accepts only payloads walk() accepts, and notes the same vpos; whatever it is not sure
+-- of makes it return nil and walk() decides, with the module's error texts: a tag of three
+-- bytes or more, a field not in T or K (unknown fields, packed values, groups, a wire type not
+-- the field's own, sparse field numbers), a varint of 10 bytes, a length of 3 bytes or more,
+-- a closed-enum value of two bytes or more or not in the enum, nesting at max_depth, a string
+-- with a byte above 127 (ASCII is valid UTF-8; walk() checks the rest). It runs only when no
+-- required field is reachable (ANY_REQ: walk() tracks presence). The generic walk, its closures and its error
+-- paths are made only when fwalk returns nil (see the validation below).
+local high_at = 0 -- the first byte above 127 at or after the last string checked (TWO32: none)
+local function fwalk(mi, p, e, d)
+  local K, _, _, T = plan(mi)
   while p < e do
-    local tag_at = p
-    local tag = byte(s, p)
-    -- The fast path: a one-byte tag whose wire type is its field's own (T, from the plan).
-    local a = fast and tag < 128 and byte(T, tag + 1) or 46
-    if a == 97 or a == 98 then -- varint, closed enum
+    local t, b = byte(s, p, p + 1)
+    if t < 128 then
       p = p + 1
-      if depth == 0 and tag == VTAG then vpos = p end
-      local v, q = p < e and byte(s, p), p + 1
-      if not v or v > 127 then
-        v, q = rv(p, e)
-        if not v then fail(depth, mi, tag / 8, 'malformed varint') end
-      end
-      if a == 98 and not enum_ok(ref(mi, tag / 8), rv_int32(p)) then
-        fail(depth, mi, tag / 8, 'value is not in the enum')
-      end
-      p = q
-    elseif a == 101 or a == 100 or a == 102 then -- string, bytes, message
-      p = p + 1
-      local len, q = p < e and byte(s, p), p + 1
-      if not len or len > 127 then
-        len, q = rv(p, e)
-        if not len or q - p > 5 then fail(depth, mi, (tag - 2) / 8, 'malformed length') end
-      end
-      if len > e - q then fail(depth, mi, (tag - 2) / 8, 'length runs past the end') end
-      local vend = q + len
-      if a == 101 then
-        if not ascii and not utf8_ok(q, vend) then
-          fail(depth, mi, (tag - 2) / 8, 'invalid UTF-8')
-        end
-      elseif a == 102 then
-        local number = (tag - 2) / 8
-        if depth + 1 > max_depth then
-          fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
-        end
-        local j = 5 * depth + 5
-        P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, byte(K, number) < 97, start,
-          tag_at
-        walk(ref(mi, number), q, vend, depth + 1, 0, nil)
-      end
-      p = vend
-    elseif a == 99 or a == 104 then -- fixed64, fixed32
-      p = p + 1
-      local unit = a == 104 and 4 or 8
-      if e - p < unit then fail(depth, mi, (tag - tag % 8) / 8, 'truncated') end
-      if depth == 0 and tag == VTAG then vpos = p end
-      p = p + unit
-    else -- everything else: the general path
-    if tag < 128 then
-      p = p + 1
-    else
-      local q
-      tag, q = rv(p, e)
-      if not tag or q - p > 5 then fail(depth, nil, 0, 'malformed tag') end
-      p = q
+    else -- a two-byte tag
+      if not b or b > 127 then return nil end
+      t = t + b * 128 - 128
+      p = p + 2
+      b = byte(s, p)
     end
-    if tag > 4294967295 then fail(depth, nil, 0, 'tag out of range') end
-    local wt = tag % 8
-    local number = (tag - wt) / 8
-    if number == 0 then fail(depth, nil, 0, 'field number 0') end
-    if wt == 4 then
-      if gnum ~= 0 and number == gnum then
-        if node then check_required(mi, node, depth) end
-        return p
-      end
-      fail(depth, nil, number, 'unmatched end-group')
-    end
-    if wt > 5 then fail(depth, nil, number, 'invalid wire type') end
-
-    local c = byte(K, number)
-    if not c and SPARSE then
-      local _, N = plan(mi)
-      c = match(N, ' ' .. number .. ':(.)')
-      c = c and byte(c)
-    end
-    if not c or c == 46 then
-      if not allow_unknown then fail(depth, nil, number, 'unknown field') end
-      p = skip(p, e, number, wt, depth, max_depth)
-      if not p then fail(depth, nil, number, 'malformed value') end
-    else
-      -- c: 'a' varint 'b' enum 'c' fixed64 'd' bytes 'e' string 'f' message 'g' group
-      -- 'h' fixed32 (ctx_luaplan.c); uppercase: repeated
-      local rep = c < 97
-      if rep then c = c + 32 end
-      local want = c < 99 and 0 or c == 99 and 1 or c < 103 and 2 or c == 103 and 3 or 5
-      local packed = wt == 2 and rep and (c < 100 or c == 104)
-      if wt ~= want and not packed then
-        fail(depth, mi, number, fmt('wire type %d, expected %d', wt, want))
-      end
-      if node then node[number] = true end
-      if wt == 0 then
-        local v, q = p < e and byte(s, p), p + 1
-        if not v or v > 127 then
-          v, q = rv(p, e)
-          if not v then fail(depth, mi, number, 'malformed varint') end
+    -- every value has at least one byte; b is the first
+    if not b or p >= e then return nil end
+    local c
+    if t < 128 then
+      c = byte(T, t + 1)
+    else -- a two-byte tag: K's code when the wire type is the field's own (as T has it)
+      local wt = t % 8
+      c = byte(K, (t - wt) / 8)
+      if c then
+        if c < 97 then c = c + 32 end
+        if wt ~= (c < 99 and 0 or c == 99 and 1 or c < 103 and 2 or c == 103 and 3 or 5) then
+          c = nil
         end
-        if c == 98 and not enum_ok(ref(mi, number), rv_int32(p)) then
-          fail(depth, mi, number, 'value is not in the enum')
-        end
-        if depth == 0 and number == VF then vpos = p end
+      end
+    end
+    if c == 97 then -- varint
+      if d == 0 and t == VTAG then vpos = p end
+      if b < 128 then
+        p = p + 1
+      else -- at most 9 bytes: a valid varint
+        local q = p + 1
+        repeat
+          if q >= e or q - p > 8 then return nil end
+          b = byte(s, q)
+          q = q + 1
+        until b < 128
         p = q
-      elseif wt == 1 or wt == 5 then
-        local unit = wt == 5 and 4 or 8
-        if e - p < unit then fail(depth, mi, number, 'truncated') end
-        if depth == 0 and number == VF then vpos = p end
-        p = p + unit
-      elseif wt == 2 then
-        local len, q = p < e and byte(s, p), p + 1
-        if not len or len > 127 then
-          len, q = rv(p, e)
-          if not len or q - p > 5 then fail(depth, mi, number, 'malformed length') end
-        end
-        if len > e - q then fail(depth, mi, number, 'length runs past the end') end
-        local vend = q + len
-        if packed then
-          if want ~= 0 then
-            if len % (want == 5 and 4 or 8) ~= 0 then
-              fail(depth, mi, number, 'packed length is not a multiple of the element size')
-            end
-          else
-            local x = q
-            local ei = c == 98 and ref(mi, number)
-            while x < vend do
-              local at = x
-              local v
-              v, x = rv(x, vend)
-              if not v then fail(depth, mi, number, 'malformed varint in packed field') end
-              if ei and not enum_ok(ei, rv_int32(at)) then
-                fail(depth, mi, number, 'value is not in the enum')
-              end
-            end
-          end
-        elseif c == 101 then
-          if not ascii and not utf8_ok(q, vend) then fail(depth, mi, number, 'invalid UTF-8') end
-        elseif c == 102 then
-          if depth + 1 > max_depth then
-            fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
-          end
-          local child = nil
-          if node then
-            child = not rep and node[-number]
-            if not child then
-              child = {}
-              if not rep then node[-number] = child end
-            end
-          end
-          local j = 5 * depth + 5
-          P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
-          walk(ref(mi, number), q, vend, depth + 1, 0, child)
-        end
-        p = vend
-      else -- wt == 3: a group
-        if depth + 1 > max_depth then
-          fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
-        end
-        local child = nil
-        if node then
-          child = not rep and node[-number]
-          if not child then
-            child = {}
-            if not rep then node[-number] = child end
-          end
-        end
-        local j = 5 * depth + 5
-        P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
-        p = walk(ref(mi, number), p, e, depth + 1, number, child)
       end
+    elseif c == 101 or c == 100 or c == 102 then -- string (ASCII), bytes, message
+      local q = p + 1
+      if b > 127 then -- a two-byte length
+        local b2 = byte(s, q)
+        if not b2 or b2 > 127 then return nil end
+        b = b + b2 * 128 - 128
+        q = q + 1
+      end
+      if b > e - q then return nil end
+      if c == 101 then
+        if high_at < q then high_at = find(s, '[\128-\255]', q) or TWO32 end
+        if high_at < q + b then return nil end
+      end
+      if c == 102 and (d + 1 > max_depth or not fwalk(ref(mi, (t - 2) / 8), q, q + b, d + 1)) then
+        return nil
+      end
+      p = q + b
+    elseif c == 99 or c == 104 then -- fixed64, fixed32
+      local unit = c == 99 and 8 or 4
+      if e - p < unit then return nil end
+      if d == 0 and t == VTAG then vpos = p end
+      p = p + unit
+    elseif c == 98 then -- closed enum: a one-byte value
+      if b > 127 or not enum_ok(ref(mi, t / 8), b) then return nil end
+      p = p + 1
+    else
+      return nil
     end
-    end -- the general path
   end
-  if gnum ~= 0 then fail(depth, nil, gnum, 'group is not closed') end
-  if node then check_required(mi, node, depth) end
-  return p
+  return true
 end
+
 
 -- ---- CTX.PATCH: the fields and the splice ----
 
@@ -692,10 +486,45 @@ if patching then
     local str, run = cur_raw, nil
     p, e = 1, #cur_raw + 1
     while p < e do
-      local num, wt, q = stag(str, p, e)
-      if num and wt ~= 4 then q = sskip(str, q, e, num, wt, 0) end
-      if not num or wt == 4 or not q then
-        return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+      -- inline (what stag and sskip return for it): a one- or two-byte tag, then a varint of
+      -- up to 9 bytes, a one-byte length or a fixed-width value; anything else through them
+      local num, wt, q
+      local t, b, c = byte(str, p, p + 2)
+      local vp = p + 1 -- the value's first byte
+      if t >= 128 then -- a two-byte tag, or (0) the general path
+        if b and b < 128 then t, b, vp = t - 128 + b * 128, c, p + 2 else t = 0 end
+      end
+      if t >= 8 and t < 16384 and b and vp < e then
+        wt = t % 8
+        if wt == 0 then
+          if b < 128 then
+            q = vp + 1
+          else
+            local x = vp + 1
+            while x < e and x - vp < 9 do
+              local y = byte(str, x)
+              x = x + 1
+              if y < 128 then
+                q = x
+                break
+              end
+            end
+          end
+        elseif wt == 2 then
+          if b < 128 and b <= e - vp - 1 then q = vp + 1 + b end
+        elseif wt == 1 then
+          if e - vp >= 8 then q = vp + 8 end
+        elseif wt == 5 then
+          if e - vp >= 4 then q = vp + 4 end
+        end
+        if q then num = (t - wt) / 8 end
+      end
+      if not q then
+        num, wt, q = stag(str, p, e)
+        if num and wt ~= 4 then q = sskip(str, q, e, num, wt, 0) end
+        if not num or wt == 4 or not q then
+          return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+        end
       end
       if F[num] or num == VF then
         if run then
@@ -747,114 +576,362 @@ end
 
 -- ---- validation of the payload (CTX.PATCH: the merged payload) ----
 
--- no byte above 127: every string is valid UTF-8 (max of the bytes: one call, up to Lua's C
--- stack of 8000 values; a pattern scan beyond)
-if n == 0 then
-  ascii = true
-elseif n <= 7000 then
-  ascii = math.max(byte(s, 1, n)) < 128
-else
-  ascii = not find(s, '[\128-\255]')
-end
-if not ascii then
-  -- Strict UTF-8 (as utf8_range): no overlongs, no surrogates, nothing above U+10FFFF.
-  -- Non-ASCII bytes are found with string.find; `hi_from`/`hi_at` cache the last search so the
-  -- whole payload is scanned once (strings are checked left to right).
-  local hi_from, hi_at = 0, 0
-  local function next_high(p)
-    if p >= hi_from and p <= hi_at then return hi_at end
-    hi_from = p
-    hi_at = find(s, '[\128-\255]', p) or (n + 1)
-    return hi_at
+-- The fast walk first; walk() (made here, only when needed) when it is not sure.
+if ANY_REQ or not fwalk(1, 1, n + 1, 0) then
+  vpos = nil
+  -- no byte above 127: every string is valid UTF-8 (max of the bytes: one call, up to Lua's C
+  -- stack of 8000 values; a pattern scan beyond)
+  if n == 0 then
+    ascii = true
+  elseif n <= 7000 then
+    ascii = math.max(byte(s, 1, n)) < 128
+  else
+    ascii = not find(s, '[\128-\255]')
   end
 
-  utf8_ok = function(p, e)
-    while true do
-      p = next_high(p)
-      if p >= e then return true end
-      local c = byte(s, p)
-      local need, lo, hi = 0, 128, 191
-      if c >= 194 and c <= 223 then
-        need = 1
-      elseif c == 224 then
-        need, lo = 2, 160
-      elseif (c >= 225 and c <= 236) or c == 238 or c == 239 then
-        need = 2
-      elseif c == 237 then
-        need, hi = 2, 159
-      elseif c == 240 then
-        need, lo = 3, 144
-      elseif c >= 241 and c <= 243 then
-        need = 3
-      elseif c == 244 then
-        need, hi = 3, 143
-      else
-        return false
+
+  -- A varint of at most 10 bytes whose 10th byte is 0 or 1: its value (a double, exact below
+  -- 2^53) and the position after it; nil when malformed or truncated.
+  local function rv(p, e)
+    local v, mul = 0, 1
+    for i = 0, 9 do
+      if p >= e then return nil end
+      local b = byte(s, p)
+      p = p + 1
+      if b < 128 then
+        if i == 9 and b > 1 then return nil end
+        return v + b * mul, p
       end
-      if p + need >= e then return false end
-      local b = byte(s, p + 1)
-      if b < lo or b > hi then return false end
-      for i = 2, need do
-        b = byte(s, p + i)
-        if b < 128 or b > 191 then return false end
-      end
-      p = p + need + 1
+      if i == 9 then return nil end
+      v = v + (b - 128) * mul
+      mul = mul * 128
     end
+    return nil
   end
-end
-if allow_unknown then need_skip() end
-local walked, why = pcall(walk, 1, 1, n + 1, 0, 0, ANY_REQ and {} or nil)
-if not walked and why ~= INVALID then error(why) end
-if not walked or missing_num then
-  need_skip()
-  local function name_of(mi, number)
-    local _, N = plan(mi)
-    return match(N, ' ' .. number .. ':.([^ ]*)')
+
+  -- The varint at p as C's (int32_t) cast of its 64-bit value.
+  local function rv_int32(p)
+    local lo = 0
+    for i = 0, 4 do
+      local b = byte(s, p + i)
+      local d = b % 128
+      if i == 4 then d = d % 16 end
+      lo = lo + d * 2 ^ (7 * i)
+      if b < 128 then break end
+    end
+    if lo >= TWO31 then lo = lo - TWO32 end
+    return lo
   end
-  -- as ctx_validate.c: the path in a 160-byte buffer (159 bytes kept), the text in 256 (255)
-  local function path_of(d, PP)
-    local parts = {}
-    for i = 1, d do
-      local j = 5 * i
-      local number = PP[j - 4]
-      local part = name_of(PP[j - 3], number)
-      if PP[j - 2] then -- repeated: the index counts the earlier occurrences in the parent
-        local c, p, stop = 0, PP[j - 1], PP[j]
-        while p and p < stop do
-          local t
-          t, p = rv(p, stop)
-          if not t then break end
-          local w = t % 8
-          if (t - w) / 8 == number then c = c + 1 end
-          p = skip(p, stop, (t - w) / 8, w, 0, 101)
+
+  -- Made only when needed (creating a closure costs on every call): utf8_ok when the payload has
+  -- a byte above 127, skip for unknown fields (allowed) and error paths.
+  local utf8_ok, skip
+
+  local function need_skip()
+    if skip then return end
+    -- Skips one value of wire type wt whose tag was just read; groups nest, bounded by max_d.
+    local function sk(p, e, number, wt, depth, max_d)
+      if wt == 0 then
+        local _, q = rv(p, e)
+        return q
+      elseif wt == 1 then
+        if e - p < 8 then return nil end
+        return p + 8
+      elseif wt == 5 then
+        if e - p < 4 then return nil end
+        return p + 4
+      elseif wt == 2 then
+        local len, q = rv(p, e)
+        if not len or q - p > 5 or len > e - q then return nil end
+        return q + len
+      elseif wt == 3 then
+        if depth + 1 > max_d then return nil end
+        while p < e do
+          local tag, q = rv(p, e)
+          if not tag or q - p > 5 or tag > 4294967295 or tag < 8 then return nil end
+          p = q
+          local w = tag % 8
+          local num = (tag - w) / 8
+          if w == 4 then
+            if num == number then return p end
+            return nil
+          end
+          p = sk(p, e, num, w, depth + 1, max_d)
+          if not p then return nil end
         end
-        part = part .. '[' .. c .. ']'
+        return nil
       end
-      parts[i] = part
+      return nil
     end
-    return table.concat(parts, '.')
+    skip = sk
   end
-  local msg
-  if not walked then
-    local path = path_of(fail_d, P)
-    if fail_mi then
-      if path ~= '' then path = path .. '.' end
-      msg = fmt("field '%s' (%.0f): %s", sub(path .. name_of(fail_mi, fail_n), 1, 159), fail_n,
-        fail_why)
-    else
-      path = sub(path, 1, 159)
-      if fail_n ~= 0 then
-        msg = fmt('%s%sfield %.0f: %s', path, path ~= '' and ': ' or '', fail_n, fail_why)
+
+  -- ---- error paths ----
+  -- The walk only records what failed (fail_*, missing_*); the texts are made after it.
+
+  local INVALID = '\0ctxinvalid' -- what fail() raises (pcall returns it)
+  local fail_d, fail_mi, fail_n, fail_why
+  local missing_num, missing_name, missing_d, missing_P
+
+  -- The path to the message at depth d: level i (1..d) was entered through field P[5i - 4] of
+  -- message P[5i - 3] (repeated: P[5i - 2]) whose tag is at P[5i] in a parent message starting at
+  -- P[5i - 1]. The walk fills P on the way down: one table per call, nothing per nested message.
+  local P = {}
+
+  -- fmi: the message of field `number` when the schema knows the field (then it is named).
+  local function fail(d, fmi, number, why)
+    fail_d, fail_mi, fail_n, fail_why = d, fmi, number, why
+    error(INVALID, 0)
+  end
+
+
+  -- At the end of an occurrence of message mi: its first missing required field, if any, is
+  -- noted with a copy of the path (the first one found in the walk wins; structural errors found
+  -- later still win).
+  local function check_required(mi, node, d)
+    if missing_num then return end
+    local num, fname = missing_req(mi, node)
+    if num then
+      missing_num, missing_name, missing_d, missing_P = num, fname, d, {}
+      for i = 1, 5 * d do missing_P[i] = P[i] end
+    end
+  end
+
+  -- mi: the message (plan index); [p, e): its bytes; gnum: the group's number (0: not a group).
+  -- `node` tracks required-field presence like upb: one table per message instance, a singular
+  -- message field of an instance merges all its occurrences into one child instance.
+  local function walk(mi, p, e, depth, gnum, node)
+    local K, _, SPARSE = plan(mi)
+    local start = p
+    while p < e do
+      local tag_at = p
+      local tag = byte(s, p)
+      if tag < 128 then
+        p = p + 1
       else
-        msg = path .. (path ~= '' and ': ' or '') .. fail_why
+        local q
+        tag, q = rv(p, e)
+        if not tag or q - p > 5 then fail(depth, nil, 0, 'malformed tag') end
+        p = q
+      end
+      if tag > 4294967295 then fail(depth, nil, 0, 'tag out of range') end
+      local wt = tag % 8
+      local number = (tag - wt) / 8
+      if number == 0 then fail(depth, nil, 0, 'field number 0') end
+      if wt == 4 then
+        if gnum ~= 0 and number == gnum then
+          if node then check_required(mi, node, depth) end
+          return p
+        end
+        fail(depth, nil, number, 'unmatched end-group')
+      end
+      if wt > 5 then fail(depth, nil, number, 'invalid wire type') end
+
+      local c = byte(K, number)
+      if not c and SPARSE then
+        local _, N = plan(mi)
+        c = match(N, ' ' .. number .. ':(.)')
+        c = c and byte(c)
+      end
+      if not c or c == 46 then
+        if not allow_unknown then fail(depth, nil, number, 'unknown field') end
+        p = skip(p, e, number, wt, depth, max_depth)
+        if not p then fail(depth, nil, number, 'malformed value') end
+      else
+        -- c: 'a' varint 'b' enum 'c' fixed64 'd' bytes 'e' string 'f' message 'g' group
+        -- 'h' fixed32 (ctx_luaplan.c); uppercase: repeated
+        local rep = c < 97
+        if rep then c = c + 32 end
+        local want = c < 99 and 0 or c == 99 and 1 or c < 103 and 2 or c == 103 and 3 or 5
+        local packed = wt == 2 and rep and (c < 100 or c == 104)
+        if wt ~= want and not packed then
+          fail(depth, mi, number, fmt('wire type %d, expected %d', wt, want))
+        end
+        if node then node[number] = true end
+        if wt == 0 then
+          local v, q = p < e and byte(s, p), p + 1
+          if not v or v > 127 then
+            v, q = rv(p, e)
+            if not v then fail(depth, mi, number, 'malformed varint') end
+          end
+          if c == 98 and not enum_ok(ref(mi, number), rv_int32(p)) then
+            fail(depth, mi, number, 'value is not in the enum')
+          end
+          if depth == 0 and number == VF then vpos = p end
+          p = q
+        elseif wt == 1 or wt == 5 then
+          local unit = wt == 5 and 4 or 8
+          if e - p < unit then fail(depth, mi, number, 'truncated') end
+          if depth == 0 and number == VF then vpos = p end
+          p = p + unit
+        elseif wt == 2 then
+          local len, q = p < e and byte(s, p), p + 1
+          if not len or len > 127 then
+            len, q = rv(p, e)
+            if not len or q - p > 5 then fail(depth, mi, number, 'malformed length') end
+          end
+          if len > e - q then fail(depth, mi, number, 'length runs past the end') end
+          local vend = q + len
+          if packed then
+            if want ~= 0 then
+              if len % (want == 5 and 4 or 8) ~= 0 then
+                fail(depth, mi, number, 'packed length is not a multiple of the element size')
+              end
+            else
+              local x = q
+              local ei = c == 98 and ref(mi, number)
+              while x < vend do
+                local at = x
+                local v
+                v, x = rv(x, vend)
+                if not v then fail(depth, mi, number, 'malformed varint in packed field') end
+                if ei and not enum_ok(ei, rv_int32(at)) then
+                  fail(depth, mi, number, 'value is not in the enum')
+                end
+              end
+            end
+          elseif c == 101 then
+            if not ascii and not utf8_ok(q, vend) then fail(depth, mi, number, 'invalid UTF-8') end
+          elseif c == 102 then
+            if depth + 1 > max_depth then
+              fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
+            end
+            local child = nil
+            if node then
+              child = not rep and node[-number]
+              if not child then
+                child = {}
+                if not rep then node[-number] = child end
+              end
+            end
+            local j = 5 * depth + 5
+            P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
+            walk(ref(mi, number), q, vend, depth + 1, 0, child)
+          end
+          p = vend
+        else -- wt == 3: a group
+          if depth + 1 > max_depth then
+            fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
+          end
+          local child = nil
+          if node then
+            child = not rep and node[-number]
+            if not child then
+              child = {}
+              if not rep then node[-number] = child end
+            end
+          end
+          local j = 5 * depth + 5
+          P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
+          p = walk(ref(mi, number), p, e, depth + 1, number, child)
+        end
       end
     end
-  else
-    local path = path_of(missing_d, missing_P)
-    msg = fmt("field '%s': required field is missing",
-      sub((path ~= '' and path .. '.' or '') .. missing_name, 1, 159))
+    if gnum ~= 0 then fail(depth, nil, gnum, 'group is not closed') end
+    if node then check_required(mi, node, depth) end
+    return p
   end
-  return err('CTXINVALID', sub(msg, 1, 255))
+
+  if not ascii then
+    -- Strict UTF-8 (as utf8_range): no overlongs, no surrogates, nothing above U+10FFFF.
+    -- Non-ASCII bytes are found with string.find; `hi_from`/`hi_at` cache the last search so the
+    -- whole payload is scanned once (strings are checked left to right).
+    local hi_from, hi_at = 0, 0
+    local function next_high(p)
+      if p >= hi_from and p <= hi_at then return hi_at end
+      hi_from = p
+      hi_at = find(s, '[\128-\255]', p) or (n + 1)
+      return hi_at
+    end
+
+    utf8_ok = function(p, e)
+      while true do
+        p = next_high(p)
+        if p >= e then return true end
+        local c = byte(s, p)
+        local need, lo, hi = 0, 128, 191
+        if c >= 194 and c <= 223 then
+          need = 1
+        elseif c == 224 then
+          need, lo = 2, 160
+        elseif (c >= 225 and c <= 236) or c == 238 or c == 239 then
+          need = 2
+        elseif c == 237 then
+          need, hi = 2, 159
+        elseif c == 240 then
+          need, lo = 3, 144
+        elseif c >= 241 and c <= 243 then
+          need = 3
+        elseif c == 244 then
+          need, hi = 3, 143
+        else
+          return false
+        end
+        if p + need >= e then return false end
+        local b = byte(s, p + 1)
+        if b < lo or b > hi then return false end
+        for i = 2, need do
+          b = byte(s, p + i)
+          if b < 128 or b > 191 then return false end
+        end
+        p = p + need + 1
+      end
+    end
+  end
+  if allow_unknown then need_skip() end
+  local walked, why = pcall(walk, 1, 1, n + 1, 0, 0, ANY_REQ and {} or nil)
+  if not walked and why ~= INVALID then error(why) end
+  if not walked or missing_num then
+    need_skip()
+    local function name_of(mi, number)
+      local _, N = plan(mi)
+      return match(N, ' ' .. number .. ':.([^ ]*)')
+    end
+    -- as ctx_validate.c: the path in a 160-byte buffer (159 bytes kept), the text in 256 (255)
+    local function path_of(d, PP)
+      local parts = {}
+      for i = 1, d do
+        local j = 5 * i
+        local number = PP[j - 4]
+        local part = name_of(PP[j - 3], number)
+        if PP[j - 2] then -- repeated: the index counts the earlier occurrences in the parent
+          local c, p, stop = 0, PP[j - 1], PP[j]
+          while p and p < stop do
+            local t
+            t, p = rv(p, stop)
+            if not t then break end
+            local w = t % 8
+            if (t - w) / 8 == number then c = c + 1 end
+            p = skip(p, stop, (t - w) / 8, w, 0, 101)
+          end
+          part = part .. '[' .. c .. ']'
+        end
+        parts[i] = part
+      end
+      return table.concat(parts, '.')
+    end
+    local msg
+    if not walked then
+      local path = path_of(fail_d, P)
+      if fail_mi then
+        if path ~= '' then path = path .. '.' end
+        msg = fmt("field '%s' (%.0f): %s", sub(path .. name_of(fail_mi, fail_n), 1, 159), fail_n,
+          fail_why)
+      else
+        path = sub(path, 1, 159)
+        if fail_n ~= 0 then
+          msg = fmt('%s%sfield %.0f: %s', path, path ~= '' and ': ' or '', fail_n, fail_why)
+        else
+          msg = path .. (path ~= '' and ': ' or '') .. fail_why
+        end
+      end
+    else
+      local path = path_of(missing_d, missing_P)
+      msg = fmt("field '%s': required field is missing",
+        sub((path ~= '' and path .. '.' or '') .. missing_name, 1, 159))
+    end
+    return err('CTXINVALID', sub(msg, 1, 255))
+  end
 end
 
 -- ---- the version field (CTX.CAS) ----
