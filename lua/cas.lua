@@ -56,7 +56,8 @@
   [new version, merged payload] (PATCH).
 
   CTXINVALID texts are the module's ("field 'items[2].sku' (1): invalid UTF-8", paths cut at 159
-  bytes, messages at 255). The walk follows module/core/ctx_validate.c. Known limits: a proto2
+  bytes, messages at 255). Two walks: fwalk accepts the common shapes or gives up (it never
+  reports an error); walk(), made only then, follows module/core/ctx_validate.c. Known limits: a proto2
   [default] on the version field is not in the plan (an absent field reads 0); a map entry
   without its value whose value type has required fields is not flagged; stored versions above
   2^53 are not exact.
@@ -285,9 +286,17 @@ local ascii = true -- no byte above 127 in s: every string is valid UTF-8
 -- with a byte above 127 (ASCII is valid UTF-8; walk() checks the rest). It runs only when no
 -- required field is reachable (ANY_REQ: walk() tracks presence). The generic walk, its closures and its error
 -- paths are made only when fwalk returns nil (see the validation below).
+local mmax = math.max
 local high_at = 0 -- the first byte above 127 at or after the last string checked (TWO32: none)
+local cmi, cK, cT -- the plan fwalk read last (repeated messages)
 local function fwalk(mi, p, e, d)
-  local K, _, _, T = plan(mi)
+  local K, T, _
+  if mi == cmi then
+    K, T = cK, cT
+  else
+    K, _, _, T = plan(mi)
+    cmi, cK, cT = mi, K, T
+  end
   while p < e do
     local t, b = byte(s, p, p + 1)
     if t < 128 then
@@ -336,8 +345,12 @@ local function fwalk(mi, p, e, d)
       end
       if b > e - q then return nil end
       if c == 101 then
-        if high_at < q then high_at = find(s, '[\128-\255]', q) or TWO32 end
-        if high_at < q + b then return nil end
+        if b > 48 then
+          if high_at < q then high_at = find(s, '[\128-\255]', q) or TWO32 end
+          if high_at < q + b then return nil end
+        elseif b > 0 and mmax(byte(s, q, q + b - 1)) > 127 then
+          return nil
+        end
       end
       if c == 102 and (d + 1 > max_depth or not fwalk(ref(mi, (t - 2) / 8), q, q + b, d + 1)) then
         return nil
