@@ -557,14 +557,13 @@ if patching then
   end
   parts[np + 1] = payload -- every occurrence of the patch, in its order: all of it
 
-  local function varint(x) -- x: an exact non-negative double
-    local out = {}
+  local function varint(x) -- x: an exact non-negative double (at most 10 bytes: no table)
+    local out = ''
     while x >= 128 do
-      out[#out + 1] = char(x % 128 + 128)
+      out = out .. char(x % 128 + 128)
       x = floor(x / 128)
     end
-    out[#out + 1] = char(x)
-    return table.concat(out)
+    return out .. char(x)
   end
   if VK == 'fixed32' or VK == 'sfixed32' then
     parts[#parts + 1] = varint(VF * 8 + 5) .. spack('<I4', new_v)
