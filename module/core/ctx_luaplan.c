@@ -20,7 +20,8 @@
  *                 some field numbers are above #K (then found in N); T holds,
  *                 per one-byte tag 0..127, the lowercase code of the field when
  *                 the tag's wire type is the field's own (not packed, not a
- *                 group), else '.': the walk's fast path
+ *                 group), else '.': the fast walk's table (lua/cas.lua,
+ *                 fwalk; it looks two-byte tags up in K)
  *   ref(mi, n)    the message index (message and group fields) or the closed
  *                 enum index (enum fields) of field n of message mi
  *   enum_ok(ei, v)  true when v (an int32) is a value of closed enum ei
