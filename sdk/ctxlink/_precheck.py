@@ -2,11 +2,12 @@
 
 Before CTX.CAS / cas.lua, the payload is checked with the module's own validation core
 (:mod:`ctxlink._local`, the cffi extension) against the schema's descriptor set (fetched once
-with get_schema). A payload the core rejects raises the exception the server would raise, without
-sending the write. Everything else (no schema name known, schema missing or not compiling, out of
-memory) is left to the server, which stays the authority. Before refusing, the registry entry is
-read again (one round trip, on rejects only), so a schema re-registered by someone else is not
-judged with a stale copy.
+with get_schema): the schema the write names, else the context's schema as this Store last saw
+it (confirmed by reading the context again before a refusal). A payload the core rejects raises
+the exception the server would raise, without sending the write. Everything else (no schema
+name known, schema missing or not compiling, out of memory) is left to the server, which stays
+the authority. Before refusing, the registry entry is read again (one round trip, on rejects
+only), so a schema re-registered by someone else is not judged with a stale copy.
 """
 
 from __future__ import annotations
@@ -85,12 +86,15 @@ def _local_precheck(
 ) -> Op[None]:
     from ctxlink import _local
 
-    # Only writes that name their schema: a cached key -> schema may be stale (the context was
-    # deleted and created again with another schema), and judging by it could refuse a payload
-    # the server would accept. Without SCHEMA the server checks, as always.
-    name = schema
-    if name is None:
+    # A write without SCHEMA is checked against the context's schema as this Store last saw it
+    # (an earlier write's or conflict's reply). That may be stale (the context was deleted and
+    # created again with another schema): before refusing, the context is read again and a
+    # schema other than the cached one leaves the verdict to the server.
+    cached = schema is None
+    known = st.key_schema.get(key) if schema is None and expected > 0 else schema
+    if known is None:
         return
+    name: str = known
     if not st.local_limits_read:
         yield from _local_read_limits(st)
     entry = st.local.get_schema(name)
@@ -105,6 +109,13 @@ def _local_precheck(
         if code not in ("CTXINVALID", "CTXTOOBIG", "CTXVERSION"):
             return
         if attempt == 0:  # confirm against the current registry entry before refusing
+            if cached:
+                from ctxlink._write import op_get  # (_write imports this module)
+
+                current = yield from op_get(st, key)
+                if current is None or current.schema != name:
+                    st.key_schema.pop(key)
+                    return
             fresh = yield from _local_load(st, name, key)
             if fresh is None:
                 return

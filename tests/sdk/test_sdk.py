@@ -715,10 +715,6 @@ def test_local_check_does_not_judge_by_a_stale_key_schema(
 ) -> None:
     """The context was deleted and created again under another schema: a write without
     ``schema=`` is not refused locally by the old schema (the server decides)."""
-    from ctxlink import _local
-
-    if not _local.available():
-        pytest.skip("the cffi extension is not built (make ext)")
     Order, Doc = protos.Order, protos.cls("versions", "ctxlink.test.v.Doc")
     admin = make_store(server.client(), sdk_engine)
     admin.register_schema("order", Order)
@@ -730,6 +726,31 @@ def test_local_check_does_not_judge_by_a_stale_key_schema(
     assert admin.cas("k:stale", 0, Doc(id="d"), schema="doc").ok
     result = checked.cas("k:stale", 1, Doc(id="d", rev=2).SerializeToString())
     assert result.ok and result.version == 2
+
+
+def test_local_check_covers_writes_without_schema_once_the_context_schema_is_known(
+    server: Any, protos: Protos, sdk_engine: str
+) -> None:
+    """After a write that named ``schema=``, a write without it is checked locally against that
+    schema: an invalid payload is refused with the server's text and never sent."""
+    Order = protos.Order
+    make_store(server.client(), sdk_engine).register_schema("order", Order)
+    checked = ctxlink.connect(server.client(), engine=sdk_engine, local_check=True)
+    assert checked.cas("k:known", 0, Order(order_id="o"), schema="order").ok
+    bad = b"\n\x02o\xff\x10\x02"  # order_id (field 1) is not UTF-8; version 2
+    cas_calls = server.client().info("commandstats").get("cmdstat_ctx.cas", {}).get("calls", 0)
+    with pytest.raises(ctxlink.ValidationError) as local:
+        checked.cas("k:known", 1, bad)
+    assert str(local.value) == "CTXINVALID field 'order_id' (1): invalid UTF-8"
+    if sdk_engine == "module":  # no CTX.CAS reached the server
+        stats = server.client().info("commandstats").get("cmdstat_ctx.cas", {})
+        assert stats.get("calls", 0) == cas_calls
+    snap = checked.get("k:known")
+    assert snap is not None and snap.version == 1
+    # the same payload through a Store without the local check: the server's verdict, same text
+    with pytest.raises(ctxlink.ValidationError) as remote:
+        make_store(server.client(), sdk_engine).cas("k:known", 1, bad)
+    assert str(remote.value) == str(local.value)
 
 
 def test_update_backoff_does_not_overflow_with_many_retries() -> None:
