@@ -102,3 +102,26 @@ def test_readme_redis_cli_session_runs_as_written(tmp_path: Path) -> None:
     for (cmd, expected), got in zip(steps, outputs):
         assert _ms(got.splitlines()) == _ms(expected), f"$ {cmd}\n{got}{run.stderr}"
     assert (tmp_path / "order.pb").exists() and (tmp_path / "order-v1.bin").exists()
+
+
+def test_readme_shows_how_to_decode_a_snapshot() -> None:
+    """The snippet under "Reading a context" runs after the ten-line example (inside its
+    ``with`` block, where ``store`` and ``Order`` exist) and prints what the context holds."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    decode = next(b for b in blocks if ".decode(" in b)
+    example = blocks[0].rsplit("\n    print(", 1)[0]  # up to the update, inside the with block
+    body = "".join("    " + line + "\n" for line in decode.strip().splitlines())
+    out = subprocess.run(
+        [sys.executable, "-c", example + "\n" + body], capture_output=True, text=True, cwd=REPO,
+        timeout=60, env=_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "pricing", "1000"]
+
+
+def test_readme_says_a_message_needs_a_version_field_and_names_version_field() -> None:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The SDK in ten lines") : text.index("## Speed")]
+    assert "top-level integer field" in section and 'version_field="rev"' in section
+    assert "int64 version = 2;" in section  # the .proto shape to copy

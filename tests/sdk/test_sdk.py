@@ -759,3 +759,26 @@ def test_update_backoff_does_not_overflow_with_many_retries() -> None:
     st = _client.make_state("module", False, {})
     assert st.backoff.ceiling(5000) == st.backoff.cap == 0.05
     assert st.backoff.ceiling(1) == st.backoff.base
+
+
+def test_a_message_without_a_version_field_is_refused_with_the_fix(
+    server: Any, sdk_engine: str
+) -> None:
+    """A newcomer's first message often has no ``version`` field: the error names both fixes
+    (add the field, or register another one with ``version_field=``), on both engines."""
+    from google.protobuf import descriptor_pb2
+
+    f = descriptor_pb2.FileDescriptorProto(name="ticket.proto", package="newbie", syntax="proto3")
+    m = f.message_type.add(name="Ticket")
+    m.field.add(name="id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    fds = descriptor_pb2.FileDescriptorSet(file=[f]).SerializeToString()
+    store = make_store(server.client(), sdk_engine)
+    with pytest.raises(ctxlink.SchemaError) as err:
+        store.register_schema("ticket", fds, message_type="newbie.Ticket")
+    assert str(err.value) == (
+        "CTXSCHEMA message 'newbie.Ticket' has no top-level field 'version' to hold the context "
+        "version: add an integer field 'version' or name one with VERSIONFIELD "
+        "(version_field= in the SDK)"
+    )
+    assert store.schemas() == []
