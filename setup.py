@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,6 +73,10 @@ class BuildPy(build_py):
     ctxlink/order.pb, proto/order.proto's descriptor set made by protoc (build/gen_order.py)."""
 
     def run(self) -> None:
+        # build_lib (build/setuptools/lib.*) outlives a build: a module or script removed from
+        # the sources would otherwise still be copied into the next wheel from there.
+        if not self.editable_mode:
+            shutil.rmtree(os.path.join(self.build_lib, "ctxlink"), ignore_errors=True)
         _load_build_script("gen_order").write_order_pb()
         super().run()
 
