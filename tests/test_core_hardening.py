@@ -228,10 +228,8 @@ def test_a_tree_of_singular_children_stays_within_budget(bomb_server):
 # ---- the core's own memory accounting (the SDK's cffi build of the core) --------------------
 
 def _core():
-    try:
-        from ctxlink._ctxcore import ffi, lib  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("ctxlink._ctxcore is not built (make ext)")
+    from ctxlink._native import ffi, lib  # the SDK's one importer of the extension
+
     return ffi, lib
 
 

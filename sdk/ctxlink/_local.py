@@ -23,7 +23,6 @@ from ctxlink._exceptions import EXCEPTION_CLASSES, ServerError
 __all__ = [
     "LocalSchema",
     "LocalValidator",
-    "available",
     "check",
     "check_cas",
     "compile_schema",
@@ -34,11 +33,6 @@ Bytes = bytes | bytearray | memoryview
 
 #: A compiled schema (``ctx_Schema*``), freed when the object is collected.
 LocalSchema = _native.Schema
-
-
-def available() -> bool:
-    """True: the extension is required, so this module only imports when it loads."""
-    return True
 
 
 _cache_lock = threading.Lock()

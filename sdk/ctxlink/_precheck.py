@@ -22,18 +22,15 @@ from ctxlink._registry import op_get_schema
 from ctxlink._state import State
 
 
-def enable_local_check(st: State) -> bool:
-    """Turns the local check on when the extension is built; False (server only) when not."""
+def enable_local_check(st: State) -> None:
+    """Turns the local check on (the extension is part of the SDK: it is always there)."""
     from ctxlink import _local
 
-    if not _local.available():
-        return False
     st.local = _local.LocalValidator(
         max_payload_bytes=st.max_payload_bytes,
         max_depth=st.max_depth,
         unknown_fields=st.unknown_fields,
     )
-    return True
 
 
 def _local_read_limits(st: State) -> Op[None]:

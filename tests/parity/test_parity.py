@@ -35,10 +35,6 @@ ORDER = "ctxlink.example.Order"
 TREE = "ctxlink.test.lua.Tree"
 UNKNOWN_MODES = ("reject", "allow")
 
-needs_ext = pytest.mark.skipif(not _local.available(),
-                               reason="ctxlink._ctxcore is not built (make ext)")
-
-
 def _descriptor_set(include: Path, name: str, out: Path) -> bytes:
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{include}", "--include_imports",
                     f"--descriptor_set_out={out}", name], check=True, capture_output=True)
@@ -121,7 +117,6 @@ def local_outcome(handle: Any, payload: bytes, unknown: str) -> Optional[str]:
     return None if code is None else f"{code} {message}"
 
 
-@needs_ext
 @pytest.mark.parametrize("unknown", UNKNOWN_MODES)
 def test_corpus_gets_the_same_decision_and_code_from_module_lua_and_local_check(
         module_servers, stock, fds, unknown):
@@ -155,7 +150,6 @@ def test_corpus_gets_the_same_decision_and_code_from_module_lua_and_local_check(
     assert {"ok", "CTXINVALID", "CTXTOOBIG", "CTXVERSION"} <= set(outcomes)
 
 
-@needs_ext
 def test_local_messages_are_the_module_messages(module_servers, fds):
     mod = module_servers["reject"].client()
     mtype, data = fds["order"]
@@ -169,7 +163,6 @@ def test_local_messages_are_the_module_messages(module_servers, fds):
         assert f"{code} {message}" == str(info.value)
 
 
-@needs_ext
 def test_compile_schema_refuses_what_the_module_refuses(fds):
     mtype, data = fds["order"]
     with pytest.raises(ctxlink.SchemaError, match="^CTXSCHEMA "):
@@ -182,7 +175,6 @@ def test_compile_schema_refuses_what_the_module_refuses(fds):
         data, mtype, "version")
 
 
-@needs_ext
 @pytest.mark.parametrize("engine", ["module", "lua"])
 def recording_client(server: EmbeddedRedis, sent: list) -> redis.Redis:
     """A client whose connections record every command they put on the wire: the SDK sends its
@@ -226,17 +218,3 @@ def test_local_check_raises_the_server_exception_without_sending(module_servers,
     ok = vint(2, 1) + ld(1, b"o-1")
     assert store.cas(f"local:{engine}:ok", 0, ok, schema="order").ok
     assert any(ok in a for a in sent)
-
-
-def test_sdk_validates_on_the_server_when_the_extension_is_absent(module_servers, stock,
-                                                                  monkeypatch):
-    monkeypatch.setattr(_local, "available", lambda: False)
-    for client, engine in ((module_servers["reject"].client(), "module"),
-                           (stock.client(), "lua")):
-        store = ctxlink.connect(client, engine=engine, local_check=True,
-                                max_payload_bytes=MAX_PAYLOAD, max_depth=MAX_DEPTH)
-        assert store._st.local is None
-        with pytest.raises(ctxlink.ValidationError) as info:
-            store.cas(f"noext:{engine}", 0, vint(2, 1) + ld(8, b"\xff"), schema="order")
-        assert info.value.__cause__ is not None  # the server's reply, not a local verdict
-        assert store.cas(f"noext:{engine}", 0, vint(2, 1), schema="order").ok
