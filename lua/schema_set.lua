@@ -28,7 +28,8 @@
 
   Replies:
     the revision (integer). When the entry already holds this very definition (same digest,
-    same compat; an entry without compat is WIRE_JSON) nothing is written and the current
+    same compat; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
+    reads it) nothing is written and the current
     revision is returned; if that entry's content no longer hashes to its digest (edited by
     hand) it is written again under the same revision. Every check comes before the first
     write, so an error writes nothing. Otherwise
@@ -40,7 +41,8 @@
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
     CTXSCHEMA the registry index '__ctx:schemas' holds another type   (KEYS[2] not a set)
-    CTXSCHEMA concurrent registration, retry   (the entry's revision is not ARGV[6])
+    CTXSCHEMA concurrent registration, retry   (the entry's revision is not ARGV[6]; the SDK
+                                                reads and decides again, a few times)
 ]]
 
 local entry, index = KEYS[1], KEYS[2]
@@ -72,12 +74,19 @@ local function registry_digest(ty, vf, f)
 end
 local digest = registry_digest(mtype, vfield, fds)
 
+-- an entry's category as the module reads it: WIRE in any ASCII case is WIRE, anything else
+-- (absent, another word) WIRE_JSON
+local function category(v)
+  if v and string.upper(v) == 'WIRE' then return 'WIRE' end
+  return 'WIRE_JSON'
+end
+
 -- a copy that does not exist yet (a new name, or a cluster slot's missing copy) joins at `seen`
 local revision, repair = seen, false
 if t == 'hash' then
   local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat')
   revision = h[1] and find(h[1], '^%d+$') and tonumber(h[1]) or 0
-  if h[2] == digest and (h[6] or 'WIRE_JSON') == compat and revision > 0 then
+  if h[2] == digest and category(h[6]) == compat and revision > 0 then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
     if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest then

@@ -345,3 +345,95 @@ def test_a_missing_core_extension_fails_import_with_the_fix():
                          timeout=60).stdout
     assert out.startswith("the ctxlink validation core extension (ctxlink._ctxcore) is missing: "
                           "in a source checkout run `make ext` (or `pip install .`)"), out
+
+
+# --------------------------------------------------------------------------- registry hardening
+
+
+def _dirty(r: redis.Redis) -> int:
+    return int(r.info("persistence")["rdb_changes_since_last_save"])
+
+
+@pytest.mark.parametrize("stored", [b"bogus", b"", b"wire_json", b"\xff\x00WIRE"], ids=repr)
+def test_an_unreadable_compat_field_is_wire_json_and_same_definition_writes_nothing(
+        store, backend, pb, uniq, stored):
+    """A `compat` value written by hand that names no category counts as WIRE_JSON (one with
+    another ASCII case names its category) on both engines: the same verdicts and texts, and the
+    entry's own definition registered again changes nothing on either (no write)."""
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    backend.r.hset(f"__ctx:schema:{name}", "compat", stored)
+    before = _dirty(backend.r)
+    assert register(store, name, ORDER, pb.fds("order")) == 1
+    assert register(store, name, ORDER, pb.fds("order"), compat="WIRE_JSON") == 1
+    assert _dirty(backend.r) == before
+    assert compat_field(backend.r, name) == stored
+    text = refusal(store, name, ORDER, edited(pb, "order", _rename(6, "final")))
+    assert text.startswith("CTXSCHEMA incompatible schema (WIRE_JSON, FIELD_SAME_NAME)")
+    assert register(store, name, ORDER, pb.fds("order"), compat="WIRE") == 2
+    assert compat_field(backend.r, name) == b"WIRE"
+
+
+def test_a_compat_field_in_another_case_names_its_category_on_both_engines(
+        store, backend, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"), compat="WIRE")
+    backend.r.hset(f"__ctx:schema:{name}", "compat", "wire")
+    before = _dirty(backend.r)
+    assert register(store, name, ORDER, pb.fds("order")) == 1
+    assert _dirty(backend.r) == before
+    assert register(store, name, ORDER, edited(pb, "order", _rename(6, "final"))) == 2
+
+
+def test_a_registry_key_of_another_type_is_ctxschema_on_both_engines(store, backend, pb, uniq):
+    """Both engines refuse with the module's text and write nothing (the Lua engine's SDK read
+    of the entry got WRONGTYPE)."""
+    name = uniq("order")
+    backend.r.set(f"__ctx:schema:{name}", "x")
+    with pytest.raises(ctxlink.SchemaError) as excinfo:
+        register(store, name, ORDER, pb.fds("order"))
+    assert str(excinfo.value) == "CTXSCHEMA the registry key holds another type"
+    assert backend.r.get(f"__ctx:schema:{name}") == b"x"
+    assert not backend.r.exists("__ctx:schemas")
+
+
+def test_a_registry_index_of_another_type_is_ctxschema_on_both_engines(store, backend, pb, uniq):
+    name = uniq("order")
+    backend.r.set("__ctx:schemas", "x")
+    with pytest.raises(ctxlink.SchemaError) as excinfo:
+        register(store, name, ORDER, pb.fds("order"))
+    assert str(excinfo.value) == (
+        "CTXSCHEMA the registry index '__ctx:schemas' holds another type")
+    assert not backend.r.exists(f"__ctx:schema:{name}")
+
+
+def test_a_concurrent_registration_is_retried_by_the_sdk(store, backend, engine, pb, uniq,
+                                                         monkeypatch):
+    """Another admin registers between the Lua engine's read of the entry and its write: the
+    SDK decides again from the entry as it is now and writes (the module's registration is one
+    atomic command, so it never sees this), instead of surfacing "concurrent registration"."""
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    other = ctxlink.connect(backend.r, engine=engine)
+    real = _native.check_change
+    calls: list[str] = []
+
+    def interloper(prev, nxt, compat, force):
+        calls.append(compat)
+        real(prev, nxt, compat, force)
+        if len(calls) == 1:  # the other admin's COMPAT-only change lands after our decision
+            monkeypatch.setattr(_native, "check_change", real)
+            assert register(other, name, ORDER, pb.fds("order"), compat="WIRE") == 2
+            monkeypatch.setattr(_native, "check_change", interloper)
+
+    monkeypatch.setattr(_native, "check_change", interloper)
+    grown = edited(pb, "order", add_field(ORDER, "currency", 11, FDP.TYPE_STRING))
+    if engine == "module":  # decided by the server alone: nothing slips in between
+        assert register(store, name, ORDER, grown) == 2
+        assert calls == []
+        return
+    # decided again against the revision the interloper wrote, whose WIRE category it keeps
+    assert register(store, name, ORDER, grown) == 3
+    assert calls == ["WIRE_JSON", "WIRE"]
+    assert compat_field(backend.r, name) == b"WIRE"
+    assert store.get_schema(name).descriptor_set == grown

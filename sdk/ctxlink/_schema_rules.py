@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ctxlink import _native
 from ctxlink._cluster import registry_copies
-from ctxlink._exceptions import ArgumentError, SchemaError
+from ctxlink._exceptions import ArgumentError, SchemaError, WrongTypeError
 from ctxlink._instr import Cmd, Op
 from ctxlink._lua import _evalsha
 from ctxlink._protocol import _bytes, _text
@@ -71,17 +73,52 @@ def _previous(fields: Sequence[Any]) -> _native.Schema | None:
         return None
 
 
+# How often the Lua engine's registration decides again when another registration landed
+# between its read of the entry and its write (schema_set.lua's revision check).
+_ATTEMPTS = 8
+_CONCURRENT = "CTXSCHEMA concurrent registration, retry"
+_OTHER_TYPE = "CTXSCHEMA the registry key holds another type"
+
+
 def register_lua(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None,
 ) -> Op[int]:
     """The Lua engine's ``register_schema``: what CTX.SCHEMA.SET decides, through the C core,
-    then lua/schema_set.lua on every copy of the entry. Returns the revision."""
+    then lua/schema_set.lua on every copy of the entry. Returns the revision. A registration by
+    someone else between the read and the write makes it read and decide again (the module's
+    command is atomic, so it never sees one), up to ``_ATTEMPTS`` times."""
     _native.check_name(name)
     nxt = _native.compile_schema(fds, type_name, vfield, st.max_schema_bytes)
     digest = _native.digest(type_name, vfield, fds)
+    for attempt in range(_ATTEMPTS):
+        try:
+            return (yield from _register_once(st, name, type_name, fds, force, vfield, compat,
+                                              nxt, digest))
+        except SchemaError as exc:
+            if str(exc) != _CONCURRENT or attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_entry(st: State, entry: str) -> Op[list[Any]]:
+    """The entry's fields the decision reads; a key of another type is the module's refusal."""
+    try:
+        fields = yield Cmd(("HMGET", entry, *_PREV_FIELDS))
+    except (WrongTypeError, ResponseError) as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        raise SchemaError(_OTHER_TYPE) from None
+    return list(fields)
+
+
+def _register_once(
+    st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
+    compat: str | None, nxt: _native.Schema, digest: str,
+) -> Op[int]:
+    """One read-decide-write round of :func:`register_lua`."""
     copies = registry_copies(st, name)
-    fields = yield Cmd(("HMGET", copies[0][0], *_PREV_FIELDS))
+    fields = yield from _read_entry(st, copies[0][0])
     exists = any(v is not None for v in fields)
     stored = _stored_compat(fields[5])
     mode = compat or (stored if exists else _native.DEFAULT_COMPAT)
