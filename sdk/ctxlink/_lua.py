@@ -21,12 +21,19 @@ from ctxlink._cluster import registry_key_for, registry_tag
 from ctxlink._exceptions import CtxError, SchemaError, WrongTypeError
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import _bytes, _reply_text
-from ctxlink._scripts import Script, entry_script, find_lua_dir, load_scripts, null_plan_script
+from ctxlink._scripts import (
+    Script,
+    entry_script,
+    find_lua_dir,
+    load_scripts,
+    null_plan_script,
+    plan_script,
+)
 
 if TYPE_CHECKING:
     from ctxlink._state import State
 
-__all__ = ["find_lua_dir", "forget_plans", "load_scripts", "Script", "_evalsha", "_write_lua"]
+__all__ = ["check_plan", "find_lua_dir", "forget_plans", "load_scripts", "Script", "_evalsha", "_write_lua"]
 
 _KEY_MISMATCH = re.compile(r"^CTXSCHEMA schema key mismatch: the context uses '(.*)'$")
 
@@ -78,12 +85,47 @@ def _load(st: State, script: Script) -> Op[Script]:
     except CtxError:
         raise
     except Exception as exc:
-        if script.source == script.without_shebang().source or "compil" not in str(exc):
+        if script.source == script.without_shebang().source or not _shebang_refused(exc):
             raise
     st.scripts = {n: s.without_shebang() for n, s in st.scripts.items()}
     script = script.without_shebang()
     yield LoadScript(script.source)
     return script
+
+
+def _shebang_refused(exc: BaseException) -> bool:
+    """True for Redis 6.2's answer to a ``#!lua`` line (a compile error at its ``#``), not for
+    any other compile error (a plan Lua cannot load must not turn a 7.0 Store into 6.2 form)."""
+    text = str(exc)
+    return "user_script:1:" in text and "near '#'" in text
+
+
+_LUA_REASON = re.compile(r"user_script:\d+: (.*)$", re.S)
+
+
+def _load_plan(st: State, name: str, script: Script) -> Op[Script]:
+    """:func:`_load` of a plan script; a plan Redis' Lua cannot compile (a schema past one of
+    Lua 5.1's limits, docs/PROTOCOL.md "The validation plan") is ``CTXSCHEMA ... too large for
+    the Lua engine``."""
+    try:
+        return (yield from _load(st, script))
+    except ResponseError as exc:
+        text = str(exc)
+        if isinstance(exc, CtxError) or "Error compiling script" not in text:
+            raise
+        match = _LUA_REASON.search(text)
+        why = (match.group(1) if match else text).strip()
+        raise SchemaError(
+            f"CTXSCHEMA schema '{name}' is too large for the Lua engine: its validation plan "
+            f"does not load in Redis (Lua: {why})"
+        ) from None
+
+
+def check_plan(st: State, name: str, schema: Any, digest: str) -> Op[None]:
+    """``register_schema`` on the Lua engine: loads the plan script of the compiled ``schema``
+    (registry digest ``digest``), so a schema whose plan Redis' Lua cannot load is refused
+    before it is stored (:func:`_load_plan`'s error)."""
+    yield from _load_plan(st, name, _for_server(st, plan_script(schema, digest, "cas")))
 
 
 def _evalsha(
@@ -122,7 +164,7 @@ def _plan_script(
     script = _for_server(st, entry_script(type_name, fds, vfield, digest, flavor))
     # a plan this Store has not sent yet: load it first, so the write itself is sent once
     # (no NOSCRIPT round trip on the way to a write)
-    script = yield from _load(st, script)
+    script = yield from _load_plan(st, name, script)
     plans = [n for n in st.scripts if n.split(":", 1)[0] in _FLAVORS]
     if len(plans) >= _MAX_PLANS:
         for n in plans:

@@ -16,7 +16,7 @@ from ctxlink import _native
 from ctxlink._cluster import registry_copies
 from ctxlink._exceptions import ArgumentError, SchemaError, WrongTypeError
 from ctxlink._instr import Cmd, Op
-from ctxlink._lua import _evalsha
+from ctxlink._lua import _evalsha, check_plan
 from ctxlink._protocol import _bytes, _text
 from ctxlink._state import State
 
@@ -91,6 +91,7 @@ def register_lua(
     _native.check_name(name)
     nxt = _native.compile_schema(fds, type_name, vfield, st.max_schema_bytes)
     digest = _native.digest(type_name, vfield, fds)
+    yield from check_plan(st, name, nxt, digest)  # a plan Lua cannot load: refused here
     for attempt in range(_ATTEMPTS):
         try:
             return (yield from _register_once(st, name, type_name, fds, force, vfield, compat,
@@ -131,9 +132,9 @@ def _register_once(
         _native.check_change(prev, nxt, mode, force)
     seen = _revision(fields[3])
     reply: Any = None
-    for entry, index in copies:
+    for i, (entry, index) in enumerate(copies):
         reply = yield from _evalsha(
             st, "schema_set", (entry, index),
-            (name, type_name, fds, vfield, mode, seen, 1 if same else 0),
+            (name, type_name, fds, vfield, mode, seen, 1 if same else 0, 0 if i else 1),
         )
     return int(reply)
