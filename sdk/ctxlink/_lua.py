@@ -33,7 +33,15 @@ from ctxlink._scripts import (
 if TYPE_CHECKING:
     from ctxlink._state import State
 
-__all__ = ["check_plan", "find_lua_dir", "forget_plans", "load_scripts", "Script", "_evalsha", "_write_lua"]
+__all__ = [
+    "check_plan",
+    "find_lua_dir",
+    "forget_plans",
+    "load_scripts",
+    "Script",
+    "_evalsha",
+    "_write_lua",
+]
 
 _KEY_MISMATCH = re.compile(r"^CTXSCHEMA schema key mismatch: the context uses '(.*)'$")
 
