@@ -49,6 +49,8 @@ _KEY_MISMATCH = re.compile(r"^CTXSCHEMA schema key mismatch: the context uses '(
 _FLAVORS = ("cas", "patch")
 #: Plan scripts one Store keeps (by schema name); past it they are dropped and re-read.
 _MAX_PLANS = 256
+#: Bytes of plan scripts one Store keeps (a huge schema's plan runs to megabytes).
+_MAX_PLAN_BYTES = 32 << 20
 #: ``CTXSCHEMA stale`` answers one write follows (each: read the entry, regenerate, re-send).
 _STALE_RETRIES = 3
 
@@ -174,7 +176,8 @@ def _plan_script(
     # (no NOSCRIPT round trip on the way to a write)
     script = yield from _load_plan(st, name, script)
     plans = [n for n in st.scripts if n.split(":", 1)[0] in _FLAVORS]
-    if len(plans) >= _MAX_PLANS:
+    held = sum(len(st.scripts[n].source) for n in plans) + len(script.source)
+    if len(plans) >= _MAX_PLANS or held > _MAX_PLAN_BYTES:
         for n in plans:
             st.scripts.pop(n, None)
     if reread:

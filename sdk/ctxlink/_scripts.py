@@ -36,8 +36,11 @@ __all__ = [
 SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", "schema_del")
 PRELUDE = "prelude"
 
-#: How many generated plan scripts one process keeps (each is a few KiB).
+#: How many generated plan scripts one process keeps (each is a few KiB for common schemas).
 PLAN_CACHE_SIZE = 128
+#: How many bytes of plan scripts one process keeps: a huge schema's plan runs to megabytes
+#: (a 10,000-message schema: 2.6 MB), so the count alone does not bound the cache.
+PLAN_CACHE_BYTES = 32 << 20
 
 #: ``PLAN_ERR`` of an entry whose content does not hash to its digest (the module's text; the
 #: script puts the schema name at ``%s``).
@@ -256,10 +259,13 @@ def entry_script(
 
 
 class _PlanCache:
-    """A bounded, thread-safe LRU of plan scripts by (what they were made from)."""
+    """A thread-safe LRU of plan scripts by (what they were made from), bounded in count and
+    in bytes of source (the newest script is kept even when it alone is larger)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = PLAN_CACHE_BYTES) -> None:
         self._size = size
+        self._max_bytes = max_bytes
+        self.bytes = 0
         self._items: OrderedDict[tuple[Any, ...], Script] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -272,10 +278,16 @@ class _PlanCache:
 
     def put(self, key: tuple[Any, ...], script: Script) -> None:
         with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old.source)
             self._items[key] = script
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self.bytes += len(script.source)
+            while len(self._items) > 1 and (
+                len(self._items) > self._size or self.bytes > self._max_bytes
+            ):
+                _, dropped = self._items.popitem(last=False)
+                self.bytes -= len(dropped.source)
 
 
 _PLANS = _PlanCache(PLAN_CACHE_SIZE)

@@ -93,3 +93,27 @@ def test_plan_generation_is_fast_for_a_large_schema():
     start = time.perf_counter()
     _scripts.plan_fragment(schema, "0" * 40)
     assert time.perf_counter() - start < 0.5
+
+
+def test_the_process_plan_cache_is_bounded_in_bytes(monkeypatch):
+    cache = _scripts._PlanCache(128, max_bytes=300_000)
+    monkeypatch.setattr(_scripts, "_PLANS", cache)
+    sizes = []
+    for values in (4000, 4001, 4002, 4003, 4004, 4005):  # six plans of about 100 KB each
+        fds = big_enum_fds(values)
+        schema = _native.compile_schema(fds, BIG, "version", 4 << 20)
+        sizes.append(len(_scripts.plan_script(schema, _native.digest(BIG, "version", fds)).source))
+        assert cache.bytes <= 300_000
+        assert cache.bytes == sum(len(s.source) for s in cache._items.values())
+    assert sum(sizes) > 300_000 and len(cache._items) < 6  # the bound was needed
+
+
+def test_a_stores_plan_scripts_are_bounded_in_bytes(lua, stock, monkeypatch):
+    from ctxlink import _lua
+
+    monkeypatch.setattr(_lua, "_MAX_PLAN_BYTES", 300_000)
+    for i, values in enumerate((4000, 4002, 4004)):  # even: 4 is a value
+        assert lua.register_schema(f"e{i}", big_enum_fds(values), message_type=BIG) == 1
+        assert lua.cas(f"e:{i}", 0, f_varint(1, 1) + f_varint(2, 4), schema=f"e{i}").ok
+        held = [s for n, s in lua._st.scripts.items() if n.startswith(("cas:", "patch:"))]
+        assert sum(len(s.source) for s in held) <= 300_000
