@@ -21,6 +21,8 @@
   ARGV[6]  the revision the SDK read before checking the change (0 = no entry)
   ARGV[7]  "1" when the SDK found this very definition (same digest and compat) registered: a
            missing copy is written under revision ARGV[6] instead of the next one (a repair)
+  ARGV[8]  "0" for a cluster slot's copy other than the one the SDK read (absent or "1": the copy
+           it read, whose revision must still be ARGV[6])
 
   digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes (the C core's
   ctx_Digest). No validation plan is stored: the SDK generates it from the entry
@@ -34,21 +36,23 @@
     hand) it is written again under the same revision. Every check comes before the first
     write, so an error writes nothing. Otherwise
     HSET KEYS[1] type fds revision vfield digest compat, HDEL KEYS[1] plan, SADD KEYS[2] name;
-    revision + 1.
+    ARGV[6] + 1 (ARGV[6] with ARGV[7]), also over another copy at an older revision.
   Errors:
     CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
     CTXSCHEMA unknown COMPAT '<ARGV[5]>': use WIRE_JSON or WIRE
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
     CTXSCHEMA the registry index '__ctx:schemas' holds another type   (KEYS[2] not a set)
-    CTXSCHEMA concurrent registration, retry   (the entry's revision is not ARGV[6]; the SDK
-                                                reads and decides again, a few times)
+    CTXSCHEMA concurrent registration, retry   (the copy the SDK read is not at revision ARGV[6],
+                                                or another copy is past the revision written; the
+                                                SDK reads and decides again, a few times)
 ]]
 
 local entry, index = KEYS[1], KEYS[2]
 local name, mtype, fds, vfield, compat = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local seen = tonumber(ARGV[6]) or 0
 local keep = ARGV[7] == '1'
+local first = ARGV[8] ~= '0'
 
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 if compat ~= 'WIRE_JSON' and compat ~= 'WIRE' then
@@ -95,11 +99,16 @@ if t == 'hash' then
     repair = true
   end
 end
-if revision ~= seen and not repair then
-  return err('CTXSCHEMA', 'concurrent registration, retry')
+if not repair then
+  local target = keep and seen or seen + 1
+  -- the copy the SDK read must still be at `seen`; another copy may lag behind (a node that
+  -- missed a registration) and is overwritten, but one already past `target` was written by a
+  -- newer registration
+  if (first and revision ~= seen) or (not first and revision > target) then
+    return err('CTXSCHEMA', 'concurrent registration, retry')
+  end
+  revision = target
 end
-
-if not repair and not keep then revision = revision + 1 end
 redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', fmt('%.0f', revision),
   'vfield', vfield, 'digest', digest, 'compat', compat)
 redis.call('HDEL', entry, 'plan')

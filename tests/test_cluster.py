@@ -221,6 +221,34 @@ def test_the_lua_engine_keeps_a_registry_copy_per_slot(stock_cluster, pb) -> Non
         rc.close()
 
 
+def test_the_lua_engine_repairs_a_copy_that_missed_a_registration(stock_cluster, pb) -> None:
+    """A slot's copy left at an older revision (a node that missed a registration, then took the
+    slot over) is written again by registering the current definition, under the current
+    revision, as the module does; registering a newer one writes it into every copy too. Before,
+    schema_set.lua refused that copy as a concurrent registration, after writing the others, on
+    every attempt."""
+    from ctxlink._cluster import _slot_tag
+
+    rc = RedisCluster(host="127.0.0.1", port=stock_cluster[0].port)
+    try:
+        store = ctxlink.connect(rc)
+        order = "ctxlink.example.Order"
+        assert store.register_schema("stale", pb.fds("order"), message_type=order) == 1
+        old = {k.decode(): v for k, v in rc.hgetall(f"__ctx:{{{_slot_tag(0)}}}:schema:stale").items()}
+        assert store.register_schema("stale", pb.fds("order_v2_compat"), message_type=order) == 2
+        copy = f"__ctx:{{{_slot_tag(9000)}}}:schema:stale"
+        rc.hset(copy, mapping=old)  # the copy as it was before the second registration
+        assert store.register_schema("stale", pb.fds("order_v2_compat"), message_type=order) == 2
+        assert rc.hget(copy, "fds") == pb.fds("order_v2_compat")
+        assert rc.hget(copy, "revision") == b"2"
+        rc.hset(copy, mapping=old)
+        grown = pb.fds("order_v2_compat")  # registered again with another category: revision 3
+        assert store.register_schema("stale", grown, message_type=order, compat="WIRE") == 3
+        assert rc.hget(copy, "revision") == b"3" and rc.hget(copy, "compat") == b"WIRE"
+    finally:
+        rc.close()
+
+
 def test_every_registry_copy_gets_the_compat_setting(cluster, pb) -> None:
     """CTX.SCHEMA.SET ... COMPAT WIRE writes `compat` into every slot's copy of the entry."""
     fds = pb.fds("order")

@@ -131,10 +131,12 @@ def _register_once(
         prev = None if force else _previous(fields)
         _native.check_change(prev, nxt, mode, force)
     seen = _revision(fields[3])
-    reply: Any = None
+    revision = 0
     for i, (entry, index) in enumerate(copies):
         reply = yield from _evalsha(
             st, "schema_set", (entry, index),
             (name, type_name, fds, vfield, mode, seen, 1 if same else 0, 0 if i else 1),
         )
-    return int(reply)
+        if i == 0:  # the copy read: its revision is the entry's
+            revision = int(reply)
+    return revision
