@@ -21,5 +21,6 @@ local name = string.match(entry, '^__ctx:{%d+}:schema:(.*)$') or sub(entry, 14)
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 if type_of(entry) ~= 'hash' then return false end
 local h = redis.call('HMGET', entry, 'type', 'fds', 'revision')
-if not h[1] or not h[2] or not h[3] or not find(h[3], '^%-?%d+$') then return false end
-return { h[1], h[2], tonumber(h[3]) }
+local revision = strict_int(h[3] or nil)   -- as the module's RedisModule_StringToLongLong
+if not h[1] or not h[2] or not revision then return false end
+return { h[1], h[2], revision }

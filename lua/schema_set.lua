@@ -89,7 +89,9 @@ end
 local revision, repair = seen, false
 if t == 'hash' then
   local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat')
-  revision = h[1] and find(h[1], '^%d+$') and tonumber(h[1]) or 0
+  -- read as the module reads it (Redis' string2ll); unreadable or negative counts as 0
+  revision = strict_int(h[1] or nil) or 0
+  if revision < 0 then revision = 0 end
   if h[2] == digest and category(h[6]) == compat and revision > 0 then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
@@ -100,7 +102,7 @@ if t == 'hash' then
   end
 end
 if not repair then
-  local target = keep and seen or seen + 1
+  local target = (keep and seen > 0) and seen or seen + 1
   -- the copy the SDK read must still be at `seen`; another copy may lag behind (a node that
   -- missed a registration) and is overwritten, but one already past `target` was written by a
   -- newer registration

@@ -437,3 +437,36 @@ def test_a_concurrent_registration_is_retried_by_the_sdk(store, backend, engine,
     assert calls == ["WIRE_JSON", "WIRE"]
     assert compat_field(backend.r, name) == b"WIRE"
     assert store.get_schema(name).descriptor_set == grown
+
+
+# A revision edited by hand is read as CTX.SCHEMA.SET reads it (Redis' strict integer parse:
+# no sign, leading zero, space or fraction, at most 2^63-1); what does not parse, or is below 1,
+# counts as 0, so the next registration writes revision 1.
+HAND_REVISIONS = [(b"7", 7, 8), (b"007", None, 1), (b"-3", -3, 1), (b"+7", None, 1),
+                  (b"1.5", None, 1), (b" 7", None, 1), (b"", None, 1),
+                  (b"99999999999999999999", None, 1)]
+
+
+@pytest.mark.parametrize("stored,read,written", HAND_REVISIONS, ids=repr)
+def test_a_revision_edited_by_hand_reads_and_grows_alike_on_both_engines(
+        store, backend, pb, uniq, stored, read, written):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    backend.r.hset(f"__ctx:schema:{name}", "revision", stored)
+    info = store.get_schema(name)
+    assert (info and info.revision) == read
+    grown = edited(pb, "order", add_field(ORDER, "currency", 11, FDP.TYPE_STRING))
+    assert register(store, name, ORDER, grown) == written
+    assert store.get_schema(name).revision == written
+
+
+@pytest.mark.parametrize("stored", [b"abc", b"0", b"-3", b"007", b""], ids=repr)
+def test_the_same_definition_over_an_unreadable_revision_writes_revision_1(
+        store, backend, pb, uniq, stored):
+    """Nothing to keep: the entry is written again as the module does, revision 0 + 1 (the Lua
+    engine wrote revision 0, which CTX.SCHEMA.GET then read as an entry)."""
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    backend.r.hset(f"__ctx:schema:{name}", "revision", stored)
+    assert register(store, name, ORDER, pb.fds("order")) == 1
+    assert backend.r.hget(f"__ctx:schema:{name}", "revision") == b"1"

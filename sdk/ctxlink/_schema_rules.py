@@ -7,6 +7,7 @@ lua/schema_set.lua then writes every copy of the entry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,10 +52,18 @@ def _stored_compat(value: Any) -> str:
         return _native.DEFAULT_COMPAT
 
 
+_INT = re.compile(r"-?[1-9][0-9]{0,19}|0")
+
+
 def _revision(value: Any) -> int:
-    """The entry's revision as schema_set.lua reads it (digits only, else 0)."""
+    """The entry's revision as schema_set.lua and the module read it (Redis' strict integer
+    parse: no sign, leading zero or space; inside int64, below 2^63-1 for Lua's doubles);
+    unreadable or negative is 0."""
     text = _text(value) if value is not None else ""
-    return int(text) if text.isdigit() else 0
+    if _INT.fullmatch(text) is None:
+        return 0
+    n = int(text)
+    return n if 0 <= n < (1 << 63) - 1 else 0
 
 
 def _previous(fields: Sequence[Any]) -> _native.Schema | None:
@@ -125,12 +134,12 @@ def _register_once(
     mode = compat or (stored if exists else _native.DEFAULT_COMPAT)
     # the very same definition under the same category: schema_set.lua writes nothing where it is
     # intact and repairs a damaged or missing copy under the same revision (no check needed)
-    same = (fields[3] is not None and fields[4] is not None and _text(fields[4]) == digest
-            and stored == mode)
+    # (an unreadable revision has nothing to keep: written again as revision 1, as the module does)
+    seen = _revision(fields[3])
+    same = seen > 0 and fields[4] is not None and _text(fields[4]) == digest and stored == mode
     if exists and not same:
         prev = None if force else _previous(fields)
         _native.check_change(prev, nxt, mode, force)
-    seen = _revision(fields[3])
     revision = 0
     for i, (entry, index) in enumerate(copies):
         reply = yield from _evalsha(
