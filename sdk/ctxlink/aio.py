@@ -151,7 +151,8 @@ class Store(StoreBase):
         return parse(reply)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        """Closes the client when the Store created it from a URL; else does nothing."""
+        """Async :meth:`ctxlink.Store.close`: closes the client when the Store created it from a
+        URL; else does nothing."""
         if self._owns:
             await _close_client(self._client)
 
@@ -170,7 +171,7 @@ class Store(StoreBase):
 
     # -- contexts --------------------------------------------------------------------------
     async def get(self, key: Union[str, bytes]) -> Optional[Snapshot]:
-        """Async :meth:`ctxlink.Store.update` (``fn`` and ``default`` may be ``async def``)."""
+        """Async :meth:`ctxlink.Store.get`: the context at ``key``, or None. One round trip."""
         return await self._call(self._get(key))
 
     async def cas(
@@ -183,7 +184,8 @@ class Store(StoreBase):
         by: Optional[str] = None,
         write_id: Optional[Union[str, bytes]] = None,
     ) -> CasResult:
-        """Async :meth:`ctxlink.Store.update` (``fn`` and ``default`` may be ``async def``)."""
+        """Async :meth:`ctxlink.Store.cas`: writes ``payload`` if the stored version is
+        ``expected_version`` (0 = create)."""
         return await self._call(self._cas(key, expected_version, payload, schema, by, write_id))
 
     async def delete(
@@ -193,7 +195,8 @@ class Store(StoreBase):
         *,
         write_id: Optional[Union[str, bytes]] = None,
     ) -> CasResult:
-        """Async :meth:`ctxlink.Store.update` (``fn`` and ``default`` may be ``async def``)."""
+        """Async :meth:`ctxlink.Store.delete`: deletes the context if its version is
+        ``expected_version``."""
         return await _run(self._client, self._delete(key, expected_version, write_id))
 
     async def update(

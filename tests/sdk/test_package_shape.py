@@ -58,6 +58,26 @@ def test_sync_and_asyncio_store_have_the_same_methods_and_signatures() -> None:
         inspect.signature(ctxlink.aio.connect).parameters)
 
 
+def test_sync_and_asyncio_store_methods_have_the_same_defaults_and_document_their_twin() -> None:
+    """Defaults and parameter kinds match, and every asyncio method's docstring points at its
+    own sync twin (``get``, ``cas`` and ``delete`` pointed at ``update``)."""
+    import inspect
+
+    for name, fn in vars(ctxlink.Store).items():
+        if name.startswith("_") or not callable(fn):
+            continue
+        twin = getattr(ctxlink.aio.Store, name)
+        sync_params = inspect.signature(fn).parameters.values()
+        aio_params = inspect.signature(twin).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in sync_params] == [
+            (p.name, p.kind, p.default) for p in aio_params], name
+        assert inspect.getdoc(fn), name
+        assert (inspect.getdoc(twin) or "").startswith(f"Async :meth:`ctxlink.Store.{name}`"), name
+    for p, q in zip(inspect.signature(ctxlink.connect).parameters.values(),
+                    inspect.signature(ctxlink.aio.connect).parameters.values()):
+        assert (p.name, p.kind, p.default) == (q.name, q.kind, q.default)
+
+
 def test_import_ctxlink_imports_no_demo_or_test_tooling() -> None:
     done = _python("import sys, ctxlink, ctxlink.aio; "
                    "print(sorted(m for m in sys.modules if m in "
