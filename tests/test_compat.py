@@ -238,9 +238,16 @@ def test_entry_without_compat_field_counts_as_wire_json(store, backend, pb, uniq
     assert register(store, name, ORDER, pb.fds("order")) == 1  # same definition, same category
 
 
-def test_sdk_refuses_an_unknown_compat_before_sending(store, pb):
-    with pytest.raises(ValueError, match="WIRE_JSON"):
-        register(store, "order", ORDER, pb.fds("order"), compat="JSON")
+@pytest.mark.parametrize("bad", ["JSON", "", "WIRE ", "wire\x00", b"WIRE", 1, "FILE"], ids=repr)
+def test_sdk_refuses_an_unknown_compat_before_sending(store, backend, pb, bad):
+    """ArgumentError (a ValueError) naming both choices, raised before any command is sent."""
+    backend.r.config_resetstat()
+    with pytest.raises(ctxlink.ArgumentError) as excinfo:
+        register(store, "order", ORDER, pb.fds("order"), compat=bad)
+    assert str(excinfo.value) == f"compat must be 'WIRE_JSON' or 'WIRE', not {bad!r}"
+    sent = {k for k in backend.r.info("commandstats") if k not in ("cmdstat_config|resetstat",
+                                                                   "cmdstat_config")}
+    assert sent == set()
 
 
 def test_compat_does_not_change_the_digest(store, backend, pb, uniq):
@@ -470,3 +477,50 @@ def test_the_same_definition_over_an_unreadable_revision_writes_revision_1(
     backend.r.hset(f"__ctx:schema:{name}", "revision", stored)
     assert register(store, name, ORDER, pb.fds("order")) == 1
     assert backend.r.hget(f"__ctx:schema:{name}", "revision") == b"1"
+
+
+# --------------------------------------------------------------------------- propagation
+
+
+AOF = [("appendfsync", "always"), ("aof-use-rdb-preamble", "no"),
+       ("auto-aof-rewrite-percentage", 0), ("repl-ping-replica-period", 3600)]
+
+
+def test_registrations_reach_the_aof_and_a_replica_with_compat_and_survive_a_reload(
+        engine, module_servers, pb, uniq):
+    """What CTX.SCHEMA.SET (module) and schema_set.lua (Lua engine) propagate carries the compat
+    field: the AOF's HSET has it, the replica's entry equals the primary's; a COMPAT-only change
+    and a FORCE with COMPAT propagate theirs; nothing is propagated for the same definition
+    again; after DEBUG RELOAD (RDB round trip) the entry and its category are kept."""
+    import servers as srv
+
+    module = engine == "module"
+    primary = module_servers.start(module=module, appendonly=True, config=AOF)
+    replica = module_servers.replica(primary, module=module)
+    store = ctxlink.connect(primary.client(), engine=engine)
+    name = uniq("order")
+    key = f"__ctx:schema:{name}"
+    tail = srv.AofTail(primary)
+
+    def hset_compat() -> list[bytes]:
+        cmds = [c for c in tail.commands() if c[0].upper() == b"HSET"]
+        tail.mark()
+        return [dict(zip(c[2::2], c[3::2])).get(b"compat") for c in cmds]
+
+    assert register(store, name, ORDER, pb.fds("order"), compat="WIRE") == 1
+    assert hset_compat() == [b"WIRE"]
+    assert register(store, name, ORDER, pb.fds("order"), compat="WIRE_JSON") == 2
+    assert hset_compat() == [b"WIRE_JSON"]
+    assert register(store, name, ORDER, pb.fds("order")) == 2
+    assert hset_compat() == []
+    assert register(store, name, ORDER, pb.fds("order_v2_incompat"), force=True,
+                    compat="WIRE") == 3
+    assert hset_compat() == [b"WIRE"]
+    srv.wait_replicated(primary, replica)
+    assert replica.r.hgetall(key) == primary.r.hgetall(key)
+    assert replica.r.smembers("__ctx:schemas") == primary.r.smembers("__ctx:schemas")
+    before = primary.r.hgetall(key)
+    primary.r.execute_command("DEBUG", "RELOAD")
+    assert primary.r.hgetall(key) == before
+    assert register(store, name, ORDER, pb.fds("order_v2_incompat")) == 3
+    assert "FIELD_" in refusal(store, name, ORDER, pb.fds("order"))
