@@ -524,3 +524,17 @@ def test_registrations_reach_the_aof_and_a_replica_with_compat_and_survive_a_rel
     assert primary.r.hgetall(key) == before
     assert register(store, name, ORDER, pb.fds("order_v2_incompat")) == 3
     assert "FIELD_" in refusal(store, name, ORDER, pb.fds("order"))
+
+
+@pytest.mark.parametrize("fields", [{"foo": "bar"}, {"revision": "4"}, {"compat": "WIRE"}],
+                         ids=repr)
+def test_a_registry_hash_without_an_entrys_fields_cannot_be_read_on_both_engines(
+        store, backend, pb, uniq, fields):
+    """A hash at the entry's key that is not a whole entry is a registered revision that cannot
+    be read (the module's verdict), also when it has none of an entry's fields."""
+    name = uniq("order")
+    backend.r.hset(f"__ctx:schema:{name}", mapping=fields)
+    assert refusal(store, name, ORDER, pb.fds("order")) == (
+        "CTXSCHEMA the registered revision cannot be read; use FORCE to replace it")
+    assert register(store, name, ORDER, pb.fds("order"), force=True) >= 1
+    assert store.get_schema(name).descriptor_set == pb.fds("order")

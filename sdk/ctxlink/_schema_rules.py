@@ -129,7 +129,8 @@ def _register_once(
     """One read-decide-write round of :func:`register_lua`."""
     copies = registry_copies(st, name)
     fields = yield from _read_entry(st, copies[0][0])
-    exists = any(v is not None for v in fields)
+    # a hash without any of an entry's fields is an entry that cannot be read, as on the module
+    exists = any(v is not None for v in fields) or bool((yield Cmd(("EXISTS", copies[0][0]))))
     stored = _stored_compat(fields[5])
     mode = compat or (stored if exists else _native.DEFAULT_COMPAT)
     # the very same definition under the same category: schema_set.lua writes nothing where it is
