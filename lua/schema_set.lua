@@ -33,7 +33,7 @@
     same compat; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
     reads it) nothing is written and the current
     revision is returned; if that entry's content no longer hashes to its digest (edited by
-    hand) it is written again under the same revision. Every check comes before the first
+    hand) or KEYS[2] does not list the name, it is written again under the same revision. Every check comes before the first
     write, so an error writes nothing. Otherwise
     HSET KEYS[1] type fds revision vfield digest compat, HDEL KEYS[1] plan, SADD KEYS[2] name;
     ARGV[6] + 1 (ARGV[6] with ARGV[7]), also over another copy at an older revision.
@@ -95,7 +95,8 @@ if t == 'hash' then
   if h[2] == digest and category(h[6]) == compat and revision > 0 then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
-    if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest then
+    if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest
+        and redis.call('SISMEMBER', index, name) == 1 then
       return revision
     end
     repair = true

@@ -114,9 +114,21 @@ static ctx_Compat compat_of(RedisModuleString *field) {
   return mode;
 }
 
+/* True when the index of the copy of `slot` lists `name` (a name removed from it by hand, or a
+ * registration whose SADD did not happen, is repaired by registering again). */
+static bool indexed(RedisModuleCtx *ctx, int slot, const char *name, size_t nlen) {
+  RedisModuleString *ix = ctx_Registry_IndexName(ctx, slot);
+  RedisModuleCallReply *r = RedisModule_Call(ctx, "SISMEMBER", "sb", ix, name, nlen);
+  bool ok = r && RedisModule_CallReplyType(r) == REDISMODULE_REPLY_INTEGER &&
+            RedisModule_CallReplyInteger(r) == 1;
+  if (r) RedisModule_FreeCallReply(r);
+  RedisModule_FreeString(ctx, ix);
+  return ok;
+}
+
 /* True when every copy is an entry whose `digest` is `digest`, whose setting is `mode` and whose
  * content still hashes to the digest (checked on the first copy; the others are written together
- * with it). */
+ * with it), and whose index lists the name. */
 static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, size_t nlen,
                         const char *digest, ctx_Compat mode) {
   for (int i = 0; i < c->n; i++) {
@@ -152,6 +164,7 @@ static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, 
     }
     RedisModule_CloseKey(key);
     RedisModule_FreeString(ctx, k);
+    if (ok) ok = indexed(ctx, c->slots[i], name, nlen);
     if (!ok) return false;
   }
   return true;

@@ -538,3 +538,19 @@ def test_a_registry_hash_without_an_entrys_fields_cannot_be_read_on_both_engines
         "CTXSCHEMA the registered revision cannot be read; use FORCE to replace it")
     assert register(store, name, ORDER, pb.fds("order"), force=True) >= 1
     assert store.get_schema(name).descriptor_set == pb.fds("order")
+
+
+def test_reregistering_puts_a_name_missing_from_the_index_back_on_both_engines(
+        store, backend, pb, uniq):
+    """An entry whose name is missing from `__ctx:schemas` (removed by hand, or a registration
+    whose SADD did not happen) is repaired by registering its own definition again, under the
+    same revision, like a damaged entry."""
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    backend.r.srem("__ctx:schemas", name)
+    assert name not in store.schemas()
+    assert register(store, name, ORDER, pb.fds("order")) == 1
+    assert name in store.schemas()
+    before = _dirty(backend.r)
+    assert register(store, name, ORDER, pb.fds("order")) == 1
+    assert _dirty(backend.r) == before
