@@ -554,3 +554,14 @@ def test_reregistering_puts_a_name_missing_from_the_index_back_on_both_engines(
     before = _dirty(backend.r)
     assert register(store, name, ORDER, pb.fds("order")) == 1
     assert _dirty(backend.r) == before
+
+
+def test_the_missing_version_field_message_keeps_its_fix_with_long_names(store, pb):
+    """The longest type name and version field the message quotes still leave its fix whole."""
+    long_type = "ctxlink.example." + "O" * 80
+    fds = edited(pb, "order", lambda s: setattr(find_msg(s, ORDER), "name", "O" * 80))
+    with pytest.raises(ctxlink.SchemaError) as excinfo:
+        store.register_schema("order", fds, message_type=long_type, version_field="v" * 60)
+    text = str(excinfo.value)
+    assert len(text.encode()) <= len("CTXSCHEMA ") + 255, len(text)
+    assert text.endswith("or name one with VERSIONFIELD (version_field= in the SDK)"), text

@@ -485,10 +485,12 @@ ctx_Schema* ctx_Schema_Build(const char* fds, size_t fds_len, const char* type,
   upb_StringView vv = {vfield, vfield_len};
   s->vfield = upb_MessageDef_FindFieldByNameWithSize(s->msg, vfield, vfield_len);
   if (!s->vfield) {
-    /* Names cut so that the fix stays in the message. */
-    int vl = (int)(vv.size > 48 ? 48 : vv.size);
+    /* Names cut so that the fix stays in the message: its fixed text is 147 bytes, which leaves
+     * 108 of CTX_STATUS_MSG_MAX - 1 for the type (at most 56) and the field, quoted twice (at
+     * most 26 each). */
+    int vl = (int)(vv.size > 26 ? 26 : vv.size);
     ctx_Status_Set(status, kCtx_Schema,
-                   "message '%.64s' has no top-level field '%.*s' to hold the context "
+                   "message '%.56s' has no top-level field '%.*s' to hold the context "
                    "version: add an integer field '%.*s' or name one with VERSIONFIELD "
                    "(version_field= in the SDK)",
                    upb_MessageDef_FullName(s->msg), vl, vv.data, vl, vv.data);
