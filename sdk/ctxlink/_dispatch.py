@@ -208,6 +208,8 @@ class StoreBase:
         write_id: Optional[Union[str, bytes]],
     ) -> Call[CasResult]:
         st = self._st
+        if schema is not None and not isinstance(schema, str):  # both engines, every path
+            raise TypeError(f"schema must be a str (a schema name), not {type(schema).__name__}")
         if (
             not self._fast
             or type(payload) is not bytes

@@ -178,6 +178,21 @@ def test_expected_version_of_the_wrong_type_is_a_type_error(store: ctxlink.Store
             store.cas("k", bad, b"", schema="order")  # type: ignore[arg-type]
 
 
+def test_a_schema_name_of_the_wrong_type_is_a_type_error_on_both_engines(
+    store: ctxlink.Store, client: redis.Redis, protos: Protos
+) -> None:
+    """The module engine's fast path sent it (``b"order"`` was accepted, ``123`` became
+    ``unknown schema '123'``) where the Lua engine raised TypeError: now both raise, before
+    sending."""
+    calls = data_calls(client)
+    raw = protos.Order(version=1).SerializeToString()
+    for bad in (b"order", 123):
+        for payload in (raw, protos.Order(version=1)):
+            with pytest.raises(TypeError, match=r"schema must be a str \(a schema name\), not"):
+                store.cas("k", 0, payload, schema=bad)  # type: ignore[arg-type]
+    assert data_calls(client) == calls and client.get("k") is None
+
+
 def test_register_schema_refuses_bytes_that_are_not_a_descriptor_set(
     store: ctxlink.Store, client: redis.Redis
 ) -> None:
