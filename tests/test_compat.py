@@ -502,20 +502,25 @@ def test_registrations_reach_the_aof_and_a_replica_with_compat_and_survive_a_rel
     key = f"__ctx:schema:{name}"
     tail = srv.AofTail(primary)
 
-    def hset_compat() -> list[bytes]:
+    # AofTail reads Redis 7's incremental AOF files (the sanitizer runs use Redis 6.2: there the
+    # replica's copy is the check)
+    aof = int(primary.info("server")["redis_version"].split(".")[0]) >= 7
+
+    def hset_compat(expected: list[bytes]) -> None:
         cmds = [c for c in tail.commands() if c[0].upper() == b"HSET"]
         tail.mark()
-        return [dict(zip(c[2::2], c[3::2])).get(b"compat") for c in cmds]
+        if aof:
+            assert [dict(zip(c[2::2], c[3::2])).get(b"compat") for c in cmds] == expected
 
     assert register(store, name, ORDER, pb.fds("order"), compat="WIRE") == 1
-    assert hset_compat() == [b"WIRE"]
+    hset_compat([b"WIRE"])
     assert register(store, name, ORDER, pb.fds("order"), compat="WIRE_JSON") == 2
-    assert hset_compat() == [b"WIRE_JSON"]
+    hset_compat([b"WIRE_JSON"])
     assert register(store, name, ORDER, pb.fds("order")) == 2
-    assert hset_compat() == []
+    hset_compat([])
     assert register(store, name, ORDER, pb.fds("order_v2_incompat"), force=True,
                     compat="WIRE") == 3
-    assert hset_compat() == [b"WIRE"]
+    hset_compat([b"WIRE"])
     srv.wait_replicated(primary, replica)
     assert replica.r.hgetall(key) == primary.r.hgetall(key)
     assert replica.r.smembers("__ctx:schemas") == primary.r.smembers("__ctx:schemas")
