@@ -24,7 +24,8 @@
  *                 fwalk; it looks two-byte tags up in K)
  *   ref(mi, n)    the message index (message and group fields) or the closed
  *                 enum index (enum fields) of field n of message mi
- *   enum_ok(ei, v)  true when v (an int32) is a value of closed enum ei
+ *   enum_ok(ei, v)  true when v (an int32) is a value of closed enum ei (an
+ *                 if-tree on ei, then one on v)
  *   missing_req(mi, node)  number and name of the first required field of
  *                 message mi that `node` (a set of field numbers) lacks
  *
@@ -34,7 +35,8 @@
  * one unpacked value: a b -> 0, c -> 1, d e f -> 2, g -> 3, h -> 5.
  *
  * Running the fragment (a script body runs on every EVALSHA) allocates four
- * closures and nothing else: K and N are string constants, made once when
+ * closures and nothing else (a huge schema's plan also makes one closure per
+ * region of its own, below, that a lookup passes through): K and N are string constants, made once when
  * the script is loaded; lookups are a byte of K per field, if-trees for ref,
  * enum values and required fields. The size grows by a few bytes per field.
  * Every string literal is escaped (only [A-Za-z0-9_.:-] stay as they are;
@@ -54,6 +56,8 @@ typedef struct {
   char* buf;
   size_t len, cap;
   bool oom;
+  const char* params; /* the parameters of the function being written ("mi, n") */
+  size_t wrapped;     /* bytes written so far that went into functions of their own */
 } lp_out;
 
 static void lp_reserve(lp_out* o, size_t more) {
@@ -113,6 +117,49 @@ static void lp_quote(lp_out* o, const char* s, size_t n) {
   lp_put(o, "'", 1);
   lp_escape(o, s, n);
   lp_put(o, "'", 1);
+}
+
+/* ---- Lua's limits ------------------------------------------------------------ */
+
+/* Lua 5.1 compiles a function only while its jumps span at most 131,071 instructions
+ * and it holds at most 262,143 constants ("control structure too long", "constant table
+ * overflow"): one if-tree over 20,000 messages or enum ranges passes that. So every
+ * region the trees below write (an if statement in tail position of its function) that
+ * holds more than LP_FN_BYTES of code of its own becomes a function of its own, called in
+ * place: `return (function(<params>) <region> end)(<params>)`. Generated code takes at
+ * least 3 bytes per instruction and 2 per constant, and a function holds at most four
+ * regions of LP_FN_BYTES (a leaf list) and a few bytes, so no function nears a limit.
+ * Schemas under LP_FN_BYTES per function (all but huge ones) get no such call. */
+#define LP_FN_BYTES 50000
+
+/* Where a region starts: its offset, and how much had gone into functions then. */
+typedef struct {
+  size_t start, wrapped;
+} lp_mark;
+
+static lp_mark lp_open(const lp_out* o) { return (lp_mark){o->len, o->wrapped}; }
+
+/* Ends the region begun at `m`: made a function of its own when its own code (its bytes
+ * less those already in functions of their own) is over LP_FN_BYTES. */
+static void lp_close(lp_out* o, lp_mark m) {
+  size_t own = o->len - m.start - (o->wrapped - m.wrapped);
+  if (o->oom || own <= LP_FN_BYTES) return;
+  char head[64];
+  int hn = snprintf(head, sizeof(head), "return (function(%s)\n", o->params);
+  if (hn < 0 || (size_t)hn >= sizeof(head)) {
+    o->oom = true;
+    return;
+  }
+  lp_reserve(o, (size_t)hn);
+  if (o->oom) return;
+  memmove(o->buf + m.start + hn, o->buf + m.start, o->len - m.start + 1);
+  memcpy(o->buf + m.start, head, (size_t)hn);
+  o->len += (size_t)hn;
+  size_t before_tail = o->len;
+  lp_fmt(o, "end)(%s)\n", o->params);
+  /* the parent keeps only the call: the head and the tail */
+  size_t call = (size_t)hn + (o->len - before_tail);
+  o->wrapped = m.wrapped + (o->len - m.start) - call;
 }
 
 /* ---- the schema's parts ----------------------------------------------------- */
@@ -199,6 +246,7 @@ typedef void lp_leaf_fn(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int dept
 
 static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int lo, int hi,
                         int depth, lp_leaf_fn* leaf) {
+  lp_mark m = lp_open(o);
   if (hi - lo <= LP_LEAF) {
     for (int i = lo; i < hi; i++) {
       lp_indent(o, depth);
@@ -207,6 +255,7 @@ static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int l
     }
     lp_indent(o, depth);
     lp_str(o, "end\n");
+    lp_close(o, m);
     return;
   }
   int mid = lo + (hi - lo) / 2;
@@ -218,6 +267,7 @@ static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int l
   lp_msg_tree(o, es, plans, mid, hi, depth + 1, leaf);
   lp_indent(o, depth);
   lp_str(o, "end\n");
+  lp_close(o, m);
 }
 
 /* Field numbers up to this bound go into K when they are at most twice the
@@ -278,6 +328,7 @@ static void lp_plan_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int dep
  * `n` returning their ref. */
 static void lp_ref_tree(lp_out* o, lp_enums* es, const ctx_FieldPlan** f, int lo, int hi,
                         int depth) {
+  lp_mark m = lp_open(o);
   if (hi - lo <= LP_LEAF) {
     for (int i = lo; i < hi; i++) {
       int ref;
@@ -294,6 +345,7 @@ static void lp_ref_tree(lp_out* o, lp_enums* es, const ctx_FieldPlan** f, int lo
       lp_indent(o, depth);
       lp_str(o, "end\n");
     }
+    lp_close(o, m);
     return;
   }
   int mid = lo + (hi - lo) / 2;
@@ -305,6 +357,7 @@ static void lp_ref_tree(lp_out* o, lp_enums* es, const ctx_FieldPlan** f, int lo
   lp_ref_tree(o, es, f, mid, hi, depth + 1);
   lp_indent(o, depth);
   lp_str(o, "end\n");
+  lp_close(o, m);
 }
 
 static void lp_ref_leaf(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth) {
@@ -353,6 +406,7 @@ static int lp_cmp_i32(const void* a, const void* b) {
 /* The ranges [lo[i], hi[i]] of values, as an if-tree on `v`. */
 static void lp_range_tree(lp_out* o, const int32_t* lo, const int32_t* hi, int a, int b,
                           int depth) {
+  lp_mark m = lp_open(o);
   if (b - a <= LP_LEAF) {
     lp_indent(o, depth);
     lp_str(o, "return ");
@@ -365,6 +419,7 @@ static void lp_range_tree(lp_out* o, const int32_t* lo, const int32_t* hi, int a
       }
     }
     lp_str(o, "\n");
+    lp_close(o, m);
     return;
   }
   int mid = a + (b - a) / 2;
@@ -376,6 +431,7 @@ static void lp_range_tree(lp_out* o, const int32_t* lo, const int32_t* hi, int a
   lp_range_tree(o, lo, hi, mid, b, depth + 1);
   lp_indent(o, depth);
   lp_str(o, "end\n");
+  lp_close(o, m);
 }
 
 static void lp_enum_body(lp_out* o, const upb_EnumDef* e, int depth) {
@@ -405,6 +461,32 @@ static void lp_enum_body(lp_out* o, const upb_EnumDef* e, int depth) {
     lp_str(o, "return false\n");
   }
   ctx_free(vals);
+}
+
+/* The bodies of the enums [lo, hi), as an if-tree on `ei` (every body returns). */
+static void lp_enum_tree(lp_out* o, const lp_enums* es, int lo, int hi, int depth) {
+  lp_mark m = lp_open(o);
+  if (hi - lo <= LP_LEAF) {
+    for (int i = lo; i < hi; i++) {
+      lp_indent(o, depth);
+      lp_fmt(o, "%s ei == %d then\n", i == lo ? "if" : "elseif", i + 1);
+      lp_enum_body(o, es->defs[i], depth + 1);
+    }
+    lp_indent(o, depth);
+    lp_str(o, "end\n");
+    lp_close(o, m);
+    return;
+  }
+  int mid = lo + (hi - lo) / 2;
+  lp_indent(o, depth);
+  lp_fmt(o, "if ei < %d then\n", mid + 1);
+  lp_enum_tree(o, es, lo, mid, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "else\n");
+  lp_enum_tree(o, es, mid, hi, depth + 1);
+  lp_indent(o, depth);
+  lp_str(o, "end\n");
+  lp_close(o, m);
 }
 
 /* ---- the fragment ---------------------------------------------------------------- */
@@ -445,25 +527,28 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
   lp_fmt(&o, "\nlocal VF, VK = %u, '%s'\n", (unsigned)upb_FieldDef_Number(vf), vk);
   lp_fmt(&o, "local ANY_REQ = %s\n", ctx_Schema_HasRequired(s) ? "true" : "false");
 
+  o.params = "mi";
   lp_str(&o, "local function plan(mi)\n");
   lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_plan_leaf);
   lp_str(&o, "end\n");
 
+  o.params = "mi, n";
   lp_str(&o, "local function ref(mi, n)\n");
   if (lp_any_ref(plans, nplans)) lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_ref_leaf);
   lp_str(&o, "end\n");
 
   /* enums are numbered while field() is written; their bodies come after */
   lp_str(&o, "local function enum_ok(ei, v)\n");
+  o.params = "ei, v";
   if (es.n) {
-    for (int i = 0; i < es.n; i++) {
-      lp_fmt(&o, " %s ei == %d then\n", i ? "elseif" : "if", i + 1);
-      lp_enum_body(&o, es.defs[i], 2);
-    }
-    lp_str(&o, " end\n");
+    lp_fmt(&o, "if ei < 1 or ei > %d then return false end\n", es.n);
+    lp_enum_tree(&o, &es, 0, es.n, 1);
+  } else {
+    lp_str(&o, " return false\n");
   }
-  lp_str(&o, " return false\nend\n");
+  lp_str(&o, "end\n");
 
+  o.params = "mi, node";
   lp_str(&o, "local function missing_req(mi, node)\n");
   if (ctx_Schema_HasRequired(s)) lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_required_leaf);
   lp_str(&o, "end\n");

@@ -1,17 +1,20 @@
-"""Schemas whose validation plan Redis' Lua 5.1 cannot load (docs/PROTOCOL.md, "The validation
-plan", limits): a closed enum with 30,000 values spread apart makes ``enum_ok`` one function whose
-if-tree jumps past Lua's 131,071-instruction limit ("control structure too long"). Through the Lua
-engine, ``register_schema`` refuses such a schema with ``CTXSCHEMA ... too large for the Lua
-engine``; an entry written without that check (an older SDK, or the module) gets the same text at
-the first write, and the Store keeps working (its scripts keep their Redis 7 form); the module
-engine validates the same schema as usual.
+"""Huge schemas on the Lua engine (docs/PROTOCOL.md, "The validation plan", Lua's limits). Lua
+5.1 compiles a function only while its jumps span at most 131,071 instructions: before, one
+if-tree over a closed enum of 30,000 spread values or 20,000 message types made SCRIPT LOAD fail
+with "control structure too long" (an opaque ResponseError at the first write, and the Store's
+scripts turned into their Redis 6.2 form). ctx_luaplan.c now puts every large region of the plan
+in a function of its own, so such schemas load and validate like the module. A plan Lua still
+cannot load is refused by ``register_schema`` with ``CTXSCHEMA ... too large for the Lua engine``
+(and an entry stored without that check gets the same text at its first write).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.protobuf import descriptor_pb2
-from wire import f_varint
+from wire import f_len, f_varint
 
 import ctxlink
 from ctxlink import _native, _scripts
@@ -19,12 +22,14 @@ from test_lua_plan import ORDER, order_fds
 
 _F = descriptor_pb2.FieldDescriptorProto
 BIG = "t.big.Root"
+TREE = "t.tree.M0"
 TOO_LARGE = (r"^CTXSCHEMA schema 'big' is too large for the Lua engine: its validation plan does "
              r"not load in Redis \(Lua: control structure too long[^)]*\)$")
 
 
 def big_enum_fds(values: int = 30000) -> bytes:
-    """A proto2 root with a closed enum of ``values`` values two apart (one range each)."""
+    """A proto2 root with a closed enum of ``values`` values two apart (one range each), from
+    ``-values`` to ``values - 2``."""
     fdp = descriptor_pb2.FileDescriptorProto(name="big.proto", package="t.big", syntax="proto2")
     enum = fdp.enum_type.add(name="E")
     for i in range(values):
@@ -34,6 +39,33 @@ def big_enum_fds(values: int = 30000) -> bytes:
     root.field.add(name="e", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_ENUM,
                    type_name=".t.big.E")
     return descriptor_pb2.FileDescriptorSet(file=[fdp]).SerializeToString()
+
+
+def tree_fds(messages: int) -> bytes:
+    """``messages`` message types in a binary tree (M<i> holds M<2i+1> as field 2 and M<2i+2> as
+    field 3) and a string ``s`` (4) each; the root M0 has the version field (1)."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="tree.proto", package="t.tree", syntax="proto3")
+    msgs = [fdp.message_type.add(name=f"M{i}") for i in range(messages)]
+    msgs[0].field.add(name="version", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_INT64)
+    for i, m in enumerate(msgs):
+        for number, kid in ((2, 2 * i + 1), (3, 2 * i + 2)):
+            if kid < messages:
+                m.field.add(name=f"c{kid}", number=number, label=_F.LABEL_OPTIONAL,
+                            type=_F.TYPE_MESSAGE, type_name=f".t.tree.M{kid}")
+        m.field.add(name="s", number=4, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
+    return descriptor_pb2.FileDescriptorSet(file=[fdp]).SerializeToString()
+
+
+def tree_payload(target: int, text: bytes) -> bytes:
+    """A payload reaching message ``target`` of :func:`tree_fds` and setting its ``s``."""
+    path = []
+    while target:
+        path.append(2 if target % 2 else 3)
+        target = (target - 1) // 2
+    inner = f_len(4, text)
+    for number in path:
+        inner = f_len(number, inner)
+    return f_varint(1, 1) + inner
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +87,68 @@ def lua(stock) -> ctxlink.Store:
     return store
 
 
-def test_register_schema_refuses_a_schema_whose_plan_lua_cannot_load(lua, stock):
+def _outcome(store: ctxlink.Store, key: str, payload: bytes, schema: str) -> Any:
+    try:
+        return store.cas(key, 0, payload, schema=schema).version
+    except ctxlink.CtxError as exc:
+        return str(exc)
+
+
+def test_huge_schemas_load_and_validate_like_the_module(lua, stock, modsrv):
+    """Each schema here made SCRIPT LOAD fail before (control structure too long)."""
+    modsrv.r.flushall()
+    mod = ctxlink.connect(modsrv.client(), engine="module")
+    cases = [
+        ("big", big_enum_fds(60000), BIG,
+         [f_varint(1, 1) + f_varint(2, v) for v in
+          (0, 2, 100, -60000, 59998, -2, 1, 3, -59999, 59999, 60000, -60002, 1 << 31)]),
+        ("tree", tree_fds(20000), TREE,
+         [tree_payload(t, text) for t in (0, 1, 9999, 19999) for text in (b"ok", b"\xff")]
+         + [f_varint(1, 1) + f_len(2, f_len(7, b""))]),
+    ]
+    for name, fds, type_name, payloads in cases:
+        assert lua.register_schema(name, fds, message_type=type_name) == 1
+        assert mod.register_schema(name, fds, message_type=type_name) == 1
+        got = [_outcome(lua, f"{name}:{i}", p, name) for i, p in enumerate(payloads)]
+        want = [_outcome(mod, f"{name}:{i}", p, name) for i, p in enumerate(payloads)]
+        assert got == want
+        assert 1 in got and any(isinstance(g, str) for g in got)
+
+
+#: a fragment Lua cannot compile: one function whose if statement spans 140,000 instructions
+UNLOADABLE = "local function pad(x)\nif x then\n" + "x = x + 1\n" * 140000 + "end\nend\n"
+
+
+def make_unloadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, plans Lua cannot load (a fresh plan cache, the C core's fragment padded)."""
+    real = _scripts.plan_fragment
+    monkeypatch.setattr(_scripts, "_PLANS", _scripts._PlanCache(8))
+    monkeypatch.setattr(_scripts, "plan_fragment",
+                        lambda schema, digest: real(schema, digest) + UNLOADABLE)
+
+
+def test_register_schema_refuses_a_schema_whose_plan_lua_cannot_load(lua, stock, monkeypatch):
+    assert lua.cas("o:1", 0, f_varint(2, 1), schema="order").ok
+    make_unloadable(monkeypatch)
     with pytest.raises(ctxlink.SchemaError, match=TOO_LARGE):
-        lua.register_schema("big", big_enum_fds(), message_type=BIG)
+        lua.register_schema("big", big_enum_fds(10), message_type=BIG)
     assert not stock.r.exists("__ctx:schema:big")
-    assert lua.cas("o:1", 0, f_varint(2, 1), schema="order").ok  # the Store still works
+    assert lua.cas("o:1", 1, f_varint(2, 2)).ok  # the Store still works
 
 
-def test_an_entry_whose_plan_cannot_load_is_refused_at_the_first_write(lua, stock):
+def test_an_entry_whose_plan_cannot_load_is_refused_at_the_first_write(lua, stock, monkeypatch):
+    assert lua.cas("o:1", 0, f_varint(2, 1), schema="order").ok
+    make_unloadable(monkeypatch)
     # written by schema_set.lua directly (as an SDK without the check would)
-    fds = big_enum_fds()
     script = _scripts.load_scripts()["schema_set"]
     stock.r.execute_command("EVAL", script.source, 2, "__ctx:schema:big", "__ctx:schemas",
-                            "big", BIG, fds, "version", "WIRE_JSON", 0, 0)
+                            "big", BIG, big_enum_fds(10), "version", "WIRE_JSON", 0, 0)
     with pytest.raises(ctxlink.SchemaError, match=TOO_LARGE):
         lua.cas("b:1", 0, f_varint(1, 1) + f_varint(2, 4), schema="big")
     assert not stock.r.exists("b:1")
     # a compile error is not Redis 6.2's '#!lua' line: the Store's scripts keep their 7.0 form
     assert all(s.source.startswith(b"#!") for s in lua._st.scripts.values())
-    assert lua.cas("o:1", 0, f_varint(2, 1), schema="order").ok
+    assert lua.cas("o:1", 1, f_varint(2, 2)).ok
 
 
 def test_the_module_engine_validates_the_same_schema(modsrv):

@@ -14,7 +14,7 @@ from ctxvalue import decode
 from redis.cluster import RedisCluster
 from test_cluster import pb as cluster_pb  # noqa: F401  (module fixture of the cluster tests)
 from test_cluster import stock_cluster  # noqa: F401
-from test_lua_limits import BIG, TOO_LARGE, big_enum_fds
+from test_lua_limits import BIG, TOO_LARGE, big_enum_fds, make_unloadable
 from test_lua_plan import ORDER, REDIS62, order_fds
 
 import ctxlink
@@ -81,12 +81,14 @@ def test_a_cluster_node_that_lost_its_scripts_gets_them_again(stock_cluster):  #
         rc.close()
 
 
-def test_redis_6_2_refuses_a_plan_lua_cannot_load_with_the_same_text():
+def test_redis_6_2_refuses_a_plan_lua_cannot_load_with_the_same_text(monkeypatch):
     from ctxlink.embedded import EmbeddedRedis
 
     with EmbeddedRedis(binary=str(REDIS62)) as server:
         store = ctxlink.connect(server.client(), engine="lua")
-        with pytest.raises(ctxlink.SchemaError, match=TOO_LARGE):
-            store.register_schema("big", big_enum_fds(), message_type=BIG)
         assert store.register_schema("order", order_fds(), message_type=ORDER) == 1
         assert store.cas("o:1", 0, Order(version=1), schema="order").ok
+        make_unloadable(monkeypatch)
+        with pytest.raises(ctxlink.SchemaError, match=TOO_LARGE):
+            store.register_schema("big", big_enum_fds(10), message_type=BIG)
+        assert store.cas("o:1", 1, Order(version=2)).ok
