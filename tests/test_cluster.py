@@ -221,6 +221,34 @@ def test_the_lua_engine_keeps_a_registry_copy_per_slot(stock_cluster, pb) -> Non
         rc.close()
 
 
+def test_registering_on_primaries_whose_revisions_differ_is_not_an_error(cluster, rc, pb) -> None:
+    """A primary that took one more registration than the others (sent to it alone, or the
+    others missed one) keeps a revision of its own: every later registration lands everywhere
+    and the SDK returns the highest revision, instead of 'cluster primaries answered
+    differently' on every attempt (the definitions agree; revisions are per node)."""
+    order = "ctxlink.example.Order"
+    store = ctxlink.connect(rc)
+    assert store.register_schema("apart", pb.fds("order"), message_type=order) == 1
+    one = _primaries(cluster)[0]
+    assert one.execute_command("CTX.SCHEMA.SET", "apart", order, pb.fds("order_v2_compat")) == 2
+    assert store.register_schema("apart", pb.fds("order_v2_compat"), message_type=order,
+                                 compat="WIRE") == 3
+    assert store.register_schema("apart", pb.fds("order_v2_compat"), message_type=order) == 3
+    for r in _primaries(cluster):
+        assert r.execute_command("CTX.SCHEMA.GET", "apart")[1] == pb.fds("order_v2_compat")
+        assert r.hget(f"__ctx:{{{_slot_tag_of(r)}}}:schema:apart", "compat") == b"WIRE"
+
+
+def _slot_tag_of(r: redis.Redis) -> str:
+    """The slot tag of the first slot node ``r`` serves."""
+    from ctxlink._cluster import _slot_tag
+
+    for info in r.execute_command("CLUSTER NODES").values():
+        if "myself" in info["flags"]:
+            return _slot_tag(int(info["slots"][0][0]))
+    raise AssertionError("CLUSTER NODES has no 'myself' entry")
+
+
 def test_the_lua_engine_repairs_a_copy_that_missed_a_registration(stock_cluster, pb) -> None:
     """A slot's copy left at an older revision (a node that missed a registration, then took the
     slot over) is written again by registering the current definition, under the current

@@ -70,8 +70,8 @@ def cluster_targets(client: Any, nodes: str) -> list[Any]:
 
 def merge_node_replies(results: list[tuple[str, Any]]) -> Any:
     """The reply of a schema command sent to several cluster nodes: every node must have
-    answered, and the same. Otherwise an error that says which nodes did what (a schema write
-    that reached only some primaries must be repeated: it is idempotent)."""
+    answered, and the same (integers: the highest). Otherwise an error that says which nodes did
+    what (a schema write that reached only some primaries must be repeated: it is idempotent)."""
     failed = [(node, r) for node, r in results if isinstance(r, BaseException)]
     if failed:
         done = [node for node, r in results if not isinstance(r, BaseException)]
@@ -84,6 +84,10 @@ def merge_node_replies(results: list[tuple[str, Any]]) -> Any:
             raise type(first)(text) from first
         raise EngineError(text) from first
     replies = [r for _, r in results]
+    if all(type(r) is int for r in replies):
+        # revisions (CTX.SCHEMA.SET) and counts (CTX.SCHEMA.DEL) are per node: a node that took
+        # a registration the others missed keeps its own; the write landed everywhere
+        return max(replies)
     if any(r != replies[0] for r in replies[1:]):
         raise EngineError(
             "cluster primaries answered differently: "
