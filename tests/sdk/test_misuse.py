@@ -115,6 +115,24 @@ def test_connect_from_a_url_closes_the_client_when_it_fails(module_server: Any) 
     assert gone(probe, "failing")
 
 
+def test_aio_connect_from_a_url_closes_the_client_when_it_fails(module_server: Any,
+                                                                stock_server: Any) -> None:
+    """Both engines: the asyncio Store's owned client is closed when connect() fails after
+    opening it (a bad option refused after the engine detection; the module asked of a server
+    without it)."""
+    async def main() -> None:
+        with pytest.raises(ArgumentError):
+            await ctxlink.aio.connect(url_of(module_server, client_name="afailing"),
+                                      engine="nope")  # type: ignore[arg-type]
+        with pytest.raises(ctxlink.CtxError):
+            await ctxlink.aio.connect(url_of(stock_server, client_name="afailing2"),
+                                      engine="module")
+
+    asyncio.run(main())
+    assert gone(module_server.client(), "afailing")
+    assert gone(stock_server.client(), "afailing2")
+
+
 def test_connect_takes_a_unix_socket_url(tmp_path: Any, protos: Protos) -> None:
     sock = tmp_path / "redis.sock"
     with ctxlink.embedded.EmbeddedRedis(module=ctxlink.embedded.find_module(),
