@@ -570,3 +570,16 @@ def test_the_missing_version_field_message_keeps_its_fix_with_long_names(store, 
     text = str(excinfo.value)
     assert len(text.encode()) <= len("CTXSCHEMA ") + 255, len(text)
     assert text.endswith("or name one with VERSIONFIELD (version_field= in the SDK)"), text
+
+
+def test_force_with_compat_over_an_unreadable_entry_sets_both_on_both_engines(
+        store, backend, pb, uniq):
+    name = uniq("order")
+    register(store, name, ORDER, pb.fds("order"))
+    _break_entry(backend.r, name)
+    assert register(store, name, ORDER, pb.fds("order_v2_incompat"), force=True,
+                    compat="WIRE") == 2
+    assert compat_field(backend.r, name) == b"WIRE"
+    assert store.get_schema(name).descriptor_set == pb.fds("order_v2_incompat")
+    # the category is now WIRE: a rename passes without FORCE
+    assert register(store, name, ORDER, edited(pb, "order_v2_incompat", _rename(6, "x"))) == 3
