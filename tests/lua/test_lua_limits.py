@@ -192,3 +192,51 @@ def test_a_stores_plan_scripts_are_bounded_in_bytes(lua, stock, monkeypatch):
         assert lua.cas(f"e:{i}", 0, f_varint(1, 1) + f_varint(2, 4), schema=f"e{i}").ok
         held = [s for n, s in lua._st.scripts.items() if n.startswith(("cas:", "patch:"))]
         assert sum(len(s.source) for s in held) <= 300_000
+
+
+def odd_fds() -> bytes:
+    """Long names (a 2,000-byte package, 3,000-byte field names), field numbers near 2^29,
+    recursion, a closed enum at the int32 extremes."""
+    pkg = "p" + "q" * 1999
+    fdp = descriptor_pb2.FileDescriptorProto(name="odd.proto", package=pkg, syntax="proto2")
+    enum = fdp.enum_type.add(name="X")
+    for name, number in (("MIN", -(1 << 31)), ("MAX", (1 << 31) - 1), ("ZERO", 0)):
+        enum.value.add(name=name, number=number)
+    m = fdp.message_type.add(name="R" * 500)
+    me = f".{pkg}.{'R' * 500}"
+    m.field.add(name="version", number=536870911, label=_F.LABEL_OPTIONAL, type=_F.TYPE_INT64)
+    m.field.add(name="s" * 3000, number=536870910, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
+    m.field.add(name="kid", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_MESSAGE, type_name=me)
+    m.field.add(name="far" * 1000, number=400000000, label=_F.LABEL_REPEATED,
+                type=_F.TYPE_MESSAGE, type_name=me)
+    m.field.add(name="x", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_ENUM,
+                type_name=f".{pkg}.X")
+    return descriptor_pb2.FileDescriptorSet(file=[fdp]).SerializeToString()
+
+
+def test_long_names_high_field_numbers_and_int32_enum_extremes_validate_like_the_module(
+        lua, modsrv):
+    from wire import f_str
+
+    modsrv.r.flushall()
+    mod = ctxlink.connect(modsrv.client(), engine="module")
+    fds = odd_fds()
+    type_name = f"p{'q' * 1999}.{'R' * 500}"
+    v = f_varint(536870911, 1)
+    deep = f_len(536870910, b"\xff")
+    for _ in range(20):
+        deep = f_len(1, deep)
+    payloads = [
+        v, v + f_str(536870910, "ok"), v + f_len(536870910, b"\xc3"),
+        v + f_len(400000000, f_len(400000000, f_len(536870910, b"\xff"))),
+        v + deep, v + f_varint(2, -(1 << 31)), v + f_varint(2, (1 << 31) - 1),
+        v + f_varint(2, 1), v + f_varint(2, (1 << 31)), v + f_varint(536870909, 1),
+        f_varint(536870911, 2),
+    ]
+    for store in (lua, mod):
+        assert store.register_schema("odd", fds, message_type=type_name,
+                                     version_field="version") == 1
+    got = [_outcome(lua, f"odd:{i}", p, "odd") for i, p in enumerate(payloads)]
+    want = [_outcome(mod, f"odd:{i}", p, "odd") for i, p in enumerate(payloads)]
+    assert got == want
+    assert got.count(1) >= 3 and sum(isinstance(g, str) for g in got) >= 5, got
