@@ -107,10 +107,10 @@ def _shebang_refused(exc: BaseException) -> bool:
     """True for Redis 6.2's answer to a ``#!lua`` line (a compile error at its ``#``), not for
     any other compile error (a plan Lua cannot load must not turn a 7.0 Store into 6.2 form)."""
     text = str(exc)
-    return "user_script:1:" in text and "near '#'" in text
+    return ":1:" in text and "near '#'" in text
 
 
-_LUA_REASON = re.compile(r"user_script:\d+: (.*)$", re.S)
+_LUA_REASON = re.compile(r"(?:user_script|f_[0-9a-f]+):\d+: (.*)$", re.S)
 
 
 def _load_plan(st: State, name: str, script: Script) -> Op[Script]:
