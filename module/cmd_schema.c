@@ -253,8 +253,9 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   ctx_Digest(type, tlen, vfield, vlen, fds, flen, digest);
   if (!copies_get(ctx, &c, false)) goto done;
 
-  /* The previous revision, from the first copy (all copies are written together). */
-  int ref = c.slots[0];
+  /* The previous revision, from the first copy that exists (all copies are written together; a
+   * lost copy, deleted by hand or in a failover, must not make the name look new). */
+  int ref = first_present(ctx, &c, name, nlen);
   long long revision = 0;
   kname = ctx_Registry_KeyName(ctx, name, nlen, ref);
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);

@@ -122,6 +122,22 @@ def _read_entry(st: State, entry: str) -> Op[list[Any]]:
     return list(fields)
 
 
+# On a cluster whose first copy is missing, every _SAMPLE_STEP-th copy is read for another one
+_SAMPLE_STEP = 64
+
+
+def _first_present(st: State, copies: list[tuple[str, str]]) -> Op[list[Any]]:
+    """On a cluster whose first copy is missing: the fields of a copy that has some, among every
+    ``_SAMPLE_STEP``-th slot's (the change is checked against it, as CTX.SCHEMA.SET does on each
+    node against its first copy there: a copy lost by hand or in a failover must not make the
+    name look new). A new name costs 255 reads, not 16383; every node serves some of them."""
+    for entry, _ in copies[_SAMPLE_STEP::_SAMPLE_STEP]:
+        fields = yield from _read_entry(st, entry)
+        if any(v is not None for v in fields):
+            return fields
+    return [None] * len(_PREV_FIELDS)
+
+
 def _register_once(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None, nxt: _native.Schema, digest: str,
@@ -131,6 +147,9 @@ def _register_once(
     fields = yield from _read_entry(st, copies[0][0])
     # a hash without any of an entry's fields is an entry that cannot be read, as on the module
     exists = any(v is not None for v in fields) or bool((yield Cmd(("EXISTS", copies[0][0]))))
+    if not exists and len(copies) > 1:
+        fields = yield from _first_present(st, copies)
+        exists = any(v is not None for v in fields)
     stored = _stored_compat(fields[5])
     mode = compat or (stored if exists else _native.DEFAULT_COMPAT)
     # the very same definition under the same category: schema_set.lua writes nothing where it is
