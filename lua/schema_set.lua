@@ -31,12 +31,14 @@
   Replies:
     the revision (integer). When the entry already holds this very definition (same digest,
     same compat; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
-    reads it) nothing is written and the current
-    revision is returned; if that entry's content no longer hashes to its digest (edited by
-    hand) or KEYS[2] does not list the name, it is written again under the same revision. Every check comes before the first
+    reads it) nothing is written and the current revision is returned; if that entry's content
+    no longer hashes to its digest (edited by hand) or KEYS[2] does not list the name, it is
+    written again under the same revision. The entry's revision is read as the module reads it
+    (prelude's strict_int; unreadable or negative is 0). Every check comes before the first
     write, so an error writes nothing. Otherwise
     HSET KEYS[1] type fds revision vfield digest compat, HDEL KEYS[1] plan, SADD KEYS[2] name;
-    ARGV[6] + 1 (ARGV[6] with ARGV[7]), also over another copy at an older revision.
+    the reply is ARGV[6] + 1 (ARGV[6] with ARGV[7] when above 0), also over another copy at an
+    older revision.
   Errors:
     CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
     CTXSCHEMA unknown COMPAT '<ARGV[5]>': use WIRE_JSON or WIRE
