@@ -68,25 +68,6 @@ def tree_payload(target: int, text: bytes) -> bytes:
     return f_varint(1, 1) + inner
 
 
-@pytest.fixture(scope="module")
-def stock(module_servers):
-    return module_servers.start(module=False)
-
-
-@pytest.fixture(scope="module")
-def modsrv(module_servers, module_so):
-    return module_servers.start(module=True)
-
-
-@pytest.fixture
-def lua(stock) -> ctxlink.Store:
-    stock.r.flushall()
-    stock.r.execute_command("SCRIPT", "FLUSH")
-    store = ctxlink.connect(stock.client(), engine="lua")
-    assert store.register_schema("order", order_fds(), message_type=ORDER) == 1
-    return store
-
-
 def _outcome(store: ctxlink.Store, key: str, payload: bytes, schema: str) -> Any:
     try:
         return store.cas(key, 0, payload, schema=schema).version

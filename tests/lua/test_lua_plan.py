@@ -77,25 +77,6 @@ def names(commands: list[list[bytes]]) -> list[str]:
             else c[0].decode().upper() for c in commands]
 
 
-@pytest.fixture(scope="module")
-def stock(module_servers):
-    return module_servers.start(module=False)
-
-
-@pytest.fixture(scope="module")
-def modsrv(module_servers, module_so):
-    return module_servers.start(module=True)
-
-
-@pytest.fixture
-def lua(stock) -> ctxlink.Store:
-    stock.r.flushall()
-    stock.r.execute_command("SCRIPT", "FLUSH")
-    store = ctxlink.connect(stock.client(), engine="lua")
-    assert store.register_schema("order", order_fds(), message_type=ORDER) == 1
-    return store
-
-
 # --------------------------------------------------------------------------- sizes
 
 def test_every_script_and_the_plans_of_the_demo_and_a_20x_schema_are_well_under_32_kib():

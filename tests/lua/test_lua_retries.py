@@ -22,20 +22,6 @@ import ctxlink
 Order: Any = ctxlink._order_schema.Order  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="module")
-def stock(module_servers):
-    return module_servers.start(module=False)
-
-
-@pytest.fixture
-def lua(stock) -> ctxlink.Store:
-    stock.r.flushall()
-    stock.r.execute_command("SCRIPT", "FLUSH")
-    store = ctxlink.connect(stock.client(), engine="lua")
-    assert store.register_schema("order", order_fds(), message_type=ORDER) == 1
-    return store
-
-
 def test_script_flush_in_the_middle_of_an_update_reloads_and_the_write_lands_once(lua, stock):
     assert lua.cas("o:1", 0, Order(version=1, order_id="a"), schema="order").ok
 
