@@ -18,7 +18,6 @@ from wire import f_len, f_varint
 
 import ctxlink
 from ctxlink import _native, _scripts
-from test_lua_plan import ORDER, order_fds
 
 _F = descriptor_pb2.FieldDescriptorProto
 BIG = "t.big.Root"
