@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 __all__ = [
     "FLAVORS",
@@ -35,6 +35,9 @@ __all__ = [
 #: The scripts the SDK runs (``lua/<name>.lua``); ``prelude.lua`` is part of each.
 SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", "schema_del")
 PRELUDE = "prelude"
+#: Parts of cas.lua kept in files of their own (split by concept), put in place of its
+#: ``-- [include <part>]`` lines: the fast walk, CTX.PATCH's splice, the validation walk.
+PARTS = ("cas_fastwalk", "cas_splice", "cas_walk")
 
 #: How many generated plan scripts one process keeps (each is a few KiB for common schemas).
 PLAN_CACHE_SIZE = 128
@@ -75,7 +78,7 @@ def find_lua_dir() -> Optional[Path]:
     """Where the scripts are: ``ctxlink/lua`` inside an installed package, else ``<repo>/lua``."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "lua", here.parents[1] / "lua"):
-        if all((candidate / f"{n}.lua").is_file() for n in (*SCRIPT_NAMES, PRELUDE)):
+        if all((candidate / f"{n}.lua").is_file() for n in (*SCRIPT_NAMES, PRELUDE, *PARTS)):
             return candidate
     return None
 
@@ -129,10 +132,29 @@ def _cut_regions(text: str, other: str) -> str:
     return "".join(out)
 
 
-def assemble(body: str, prelude: str, plan: str = "", flavor: Optional[str] = None) -> bytes:
-    """One script: the body's ``#!lua`` line, the prelude, the plan fragment, the body. With a
-    ``flavor`` (cas.lua: "cas" or "patch") the body's regions of the other flavor are left out
-    and ``FLAVOR`` is defined."""
+def _include(body: str, parts: Mapping[str, str]) -> str:
+    """``body`` with each ``-- [include <part>]`` line replaced by that part's text."""
+    out: list[str] = []
+    for line in body.splitlines(keepends=True):
+        bare = line.strip()
+        if bare.startswith("-- [include ") and bare.endswith("]"):
+            out.append(parts[bare[len("-- [include ") : -1]])
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def assemble(
+    body: str,
+    prelude: str,
+    plan: str = "",
+    flavor: Optional[str] = None,
+    parts: Optional[Mapping[str, str]] = None,
+) -> bytes:
+    """One script: the body's ``#!lua`` line, the prelude, the plan fragment, the body (its
+    ``-- [include <part>]`` lines replaced by ``parts``). With a ``flavor`` (cas.lua: "cas" or
+    "patch") the body's regions of the other flavor are left out and ``FLAVOR`` is defined."""
+    body = _include(body, parts or {})
     if flavor is not None:
         body = _cut_regions(body, "patch" if flavor == "cas" else "cas")
         plan += f"local FLAVOR = '{flavor}'\n"
@@ -144,7 +166,7 @@ def assemble(body: str, prelude: str, plan: str = "", flavor: Optional[str] = No
 
 @lru_cache(maxsize=4)
 def _sources(directory: Path) -> dict[str, str]:
-    return {n: (directory / f"{n}.lua").read_text() for n in (*SCRIPT_NAMES, PRELUDE)}
+    return {n: (directory / f"{n}.lua").read_text() for n in (*SCRIPT_NAMES, PRELUDE, *PARTS)}
 
 
 def _dir(directory: Optional[Path]) -> Path:
@@ -297,7 +319,8 @@ def _cas_script(plan: str, flavor: str, directory: Optional[Path]) -> Script:
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be 'cas' or 'patch', not {flavor!r}")
     src = _sources(_dir(directory))
-    return Script.of(flavor, assemble(src["cas"], src[PRELUDE], plan, flavor))
+    parts = {n: src[n] for n in PARTS}
+    return Script.of(flavor, assemble(src["cas"], src[PRELUDE], plan, flavor, parts))
 
 
 def plan_script(
