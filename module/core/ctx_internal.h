@@ -8,6 +8,25 @@
 /* Points upb's global allocator at the core hooks (idempotent). */
 void ctx_EnsureUpbHooks(void);
 
+/* A small open-addressing hash index: (pointer, pointer) -> int, so that
+ * schemas with many message types compile and compare in linear time
+ * (ctx_index.c). Zero-initialise; free with ctx_free(ix.slots). */
+typedef struct {
+  const void* a; /* NULL: an empty slot */
+  const void* b;
+  int value;
+} ctx_PtrIndexSlot;
+
+typedef struct {
+  ctx_PtrIndexSlot* slots;
+  size_t cap, len;
+} ctx_PtrIndex;
+
+/* The value stored for (a, b), or -1. */
+int ctx_PtrIndex_Get(const ctx_PtrIndex* ix, const void* a, const void* b);
+/* Stores (a, b) -> value; (a, b) must not be there yet. False when out of memory. */
+bool ctx_PtrIndex_Put(ctx_PtrIndex* ix, const void* a, const void* b, int value);
+
 const upb_MessageDef* ctx_Schema_MessageDef(const ctx_Schema* s);
 const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s);
 /* True when a required field is reachable from the root message. */

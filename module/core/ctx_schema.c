@@ -1,6 +1,7 @@
-/* ctx_schema.c - building schemas from descriptor sets, the compatibility
- * rules between two revisions of a schema (categories WIRE and WIRE_JSON), and
- * the schema-name rule. */
+/* ctx_schema.c - building schemas from descriptor sets (and the walk plans
+ * ctx_validate.c and ctx_luaplan.c use), the status helpers and the
+ * schema-name rule. The compatibility rules between two revisions are in
+ * ctx_compat.c. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,57 +252,6 @@ done:
 
 #define CTX_DENSE_MAX 256
 
-/* ---- a small hash index: (pointer, pointer) -> int, so that schemas with many
- * message types compile in linear time ---------------------------------------- */
-
-typedef struct {
-  const void* a;
-  const void* b;
-  int value;
-} idx_slot;
-
-typedef struct {
-  idx_slot* slots; /* a == NULL: empty */
-  size_t cap, len;
-} ptr_index;
-
-static size_t idx_hash(const void* a, const void* b) {
-  uint64_t x = (uint64_t)(uintptr_t)a * 0x9E3779B97F4A7C15ull;
-  x ^= (uint64_t)(uintptr_t)b * 0xC2B2AE3D27D4EB4Full;
-  return (size_t)(x ^ (x >> 31));
-}
-
-static int idx_get(const ptr_index* ix, const void* a, const void* b) {
-  if (!ix->cap) return -1;
-  for (size_t i = idx_hash(a, b) & (ix->cap - 1);; i = (i + 1) & (ix->cap - 1)) {
-    const idx_slot* sl = &ix->slots[i];
-    if (!sl->a) return -1;
-    if (sl->a == a && sl->b == b) return sl->value;
-  }
-}
-
-static bool idx_put(ptr_index* ix, const void* a, const void* b, int value) {
-  if (2 * (ix->len + 1) > ix->cap) {
-    size_t cap = ix->cap ? ix->cap * 2 : 64;
-    idx_slot* slots = ctx_calloc(cap, sizeof(*slots));
-    if (!slots) return false;
-    for (size_t i = 0; i < ix->cap; i++) {
-      const idx_slot* sl = &ix->slots[i];
-      if (!sl->a) continue;
-      size_t j = idx_hash(sl->a, sl->b) & (cap - 1);
-      while (slots[j].a) j = (j + 1) & (cap - 1);
-      slots[j] = *sl;
-    }
-    ctx_free(ix->slots);
-    ix->slots = slots;
-    ix->cap = cap;
-  }
-  size_t j = idx_hash(a, b) & (ix->cap - 1);
-  while (ix->slots[j].a) j = (j + 1) & (ix->cap - 1);
-  ix->slots[j] = (idx_slot){a, b, value};
-  ix->len++;
-  return true;
-}
 
 static int wire_type_of(const upb_FieldDef* f) {
   switch (upb_FieldDef_Type(f)) {
@@ -340,10 +290,10 @@ static void free_plans(ctx_Schema* s) {
 }
 
 /* Index of `m` in the schema's message list, appending it when new. */
-static int plan_index(ctx_Schema* s, ptr_index* ix, const upb_MessageDef* m, int* cap) {
-  int known = idx_get(ix, m, NULL);
+static int plan_index(ctx_Schema* s, ctx_PtrIndex* ix, const upb_MessageDef* m, int* cap) {
+  int known = ctx_PtrIndex_Get(ix, m, NULL);
   if (known >= 0) return known;
-  if (!idx_put(ix, m, NULL, s->nplans)) return -1;
+  if (!ctx_PtrIndex_Put(ix, m, NULL, s->nplans)) return -1;
   if (s->nplans == *cap) {
     int ncap = *cap ? *cap * 2 : 8;
     const upb_MessageDef** defs = ctx_realloc(s->plan_defs, (size_t)ncap * sizeof(*defs));
@@ -359,19 +309,19 @@ static int plan_index(ctx_Schema* s, ptr_index* ix, const upb_MessageDef* m, int
   return s->nplans++;
 }
 
-static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp);
+static bool build_plans_with(ctx_Schema* s, ctx_PtrIndex* ix, int* capp);
 
 /* Builds the walk's plans for every message reachable from the root, breadth
  * first, and notes whether any of them has a required field. */
 static bool build_plans(ctx_Schema* s) {
   int cap = 0;
-  ptr_index ix = {0};
+  ctx_PtrIndex ix = {0};
   bool ok = build_plans_with(s, &ix, &cap);
   ctx_free(ix.slots);
   return ok;
 }
 
-static bool build_plans_with(ctx_Schema* s, ptr_index* ix, int* capp) {
+static bool build_plans_with(ctx_Schema* s, ctx_PtrIndex* ix, int* capp) {
   int cap = *capp; /* capacity of s->plans / s->plan_defs */
   if (plan_index(s, ix, s->msg, &cap) < 0) return false;
   for (int i = 0; i < s->nplans; i++) {
@@ -541,350 +491,6 @@ const upb_FieldDef* ctx_Schema_VersionFieldDef(const ctx_Schema* s) {
 }
 bool ctx_Schema_HasRequired(const ctx_Schema* s) { return s->has_required; }
 const ctx_MsgPlan* ctx_Schema_Plans(const ctx_Schema* s) { return s->plans; }
-
-/* ---- compatibility --------------------------------------------------------- */
-
-typedef enum {
-  kWire_Varint,
-  kWire_ZigZag,
-  kWire_Fixed32,
-  kWire_Fixed64,
-  kWire_Bytes,
-  kWire_Message,
-  kWire_Group,
-} wire_class;
-
-static wire_class field_class(const upb_FieldDef* f) {
-  switch (upb_FieldDef_Type(f)) {
-    case kUpb_FieldType_Int32:
-    case kUpb_FieldType_Int64:
-    case kUpb_FieldType_UInt32:
-    case kUpb_FieldType_UInt64:
-    case kUpb_FieldType_Bool:
-    case kUpb_FieldType_Enum:
-      return kWire_Varint;
-    case kUpb_FieldType_SInt32:
-    case kUpb_FieldType_SInt64:
-      return kWire_ZigZag;
-    case kUpb_FieldType_Fixed32:
-    case kUpb_FieldType_SFixed32:
-    case kUpb_FieldType_Float:
-      return kWire_Fixed32;
-    case kUpb_FieldType_Fixed64:
-    case kUpb_FieldType_SFixed64:
-    case kUpb_FieldType_Double:
-      return kWire_Fixed64;
-    case kUpb_FieldType_String:
-    case kUpb_FieldType_Bytes:
-      return kWire_Bytes;
-    case kUpb_FieldType_Message:
-      return kWire_Message;
-    case kUpb_FieldType_Group:
-      return kWire_Group;
-  }
-  return kWire_Bytes;
-}
-
-/* How a field is written, for messages: "varint", "repeated bytes", ... */
-static const char* class_name(wire_class c) {
-  switch (c) {
-    case kWire_Varint: return "varint";
-    case kWire_ZigZag: return "zigzag";
-    case kWire_Fixed32: return "fixed32";
-    case kWire_Fixed64: return "fixed64";
-    case kWire_Bytes: return "bytes";
-    case kWire_Message: return "message";
-    case kWire_Group: return "group";
-  }
-  return "?";
-}
-
-typedef struct {
-  const upb_MessageDef* prev;
-  const upb_MessageDef* next;
-} msg_pair;
-
-typedef struct {
-  msg_pair* items;
-  size_t len, cap;
-} pair_list;
-
-static bool pairs_push(pair_list* l, ptr_index* seen, const upb_MessageDef* a,
-                       const upb_MessageDef* b) {
-  if (idx_get(seen, a, b) >= 0) return true;
-  if (!idx_put(seen, a, b, 0)) return false;
-  if (l->len == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    msg_pair* items = ctx_realloc(l->items, cap * sizeof(*items));
-    if (!items) return false;
-    l->items = items;
-    l->cap = cap;
-  }
-  l->items[l->len++] = (msg_pair){a, b};
-  return true;
-}
-
-/* ---- compatibility categories -------------------------------------------- */
-
-bool ctx_Compat_Parse(const char* s, size_t len, ctx_Compat* out) {
-  static const struct {
-    const char* name;
-    ctx_Compat mode;
-  } names[] = {{"WIRE_JSON", kCtx_Compat_WireJson}, {"WIRE", kCtx_Compat_Wire}};
-  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-    size_t n = strlen(names[i].name);
-    if (len != n) continue;
-    size_t j = 0;
-    while (j < n && (s[j] == names[i].name[j] ||
-                     (s[j] >= 'a' && s[j] <= 'z' && s[j] - 'a' + 'A' == names[i].name[j]))) {
-      j++;
-    }
-    if (j == n) {
-      *out = names[i].mode;
-      return true;
-    }
-  }
-  return false;
-}
-
-const char* ctx_Compat_Name(ctx_Compat mode) {
-  return mode == kCtx_Compat_Wire ? "WIRE" : "WIRE_JSON";
-}
-
-/* How a field's value is written in the JSON form: a reader of one kind
- * cannot parse the other (bytes are base64, enums are value names, bool is
- * true/false, floating point may be "NaN"). */
-typedef enum {
-  kJson_Integer,
-  kJson_Float,
-  kJson_Bool,
-  kJson_Enum,
-  kJson_String,
-  kJson_Bytes,
-  kJson_Message,
-} json_kind;
-
-static json_kind field_json_kind(const upb_FieldDef* f) {
-  switch (upb_FieldDef_CType(f)) {
-    case kUpb_CType_Float:
-    case kUpb_CType_Double: return kJson_Float;
-    case kUpb_CType_Bool: return kJson_Bool;
-    case kUpb_CType_Enum: return kJson_Enum;
-    case kUpb_CType_String: return kJson_String;
-    case kUpb_CType_Bytes: return kJson_Bytes;
-    case kUpb_CType_Message: return kJson_Message;
-    default: return kJson_Integer;
-  }
-}
-
-static const char* json_kind_name(json_kind k) {
-  switch (k) {
-    case kJson_Integer: return "integer";
-    case kJson_Float: return "floating point";
-    case kJson_Bool: return "bool";
-    case kJson_Enum: return "enum";
-    case kJson_String: return "string";
-    case kJson_Bytes: return "bytes, base64 in JSON";
-    case kJson_Message: return "message";
-  }
-  return "?";
-}
-
-/* Sets "incompatible schema (<category>, <rule>): <body> (use FORCE to
- * override[, or COMPAT WIRE])". The body is cut so that the whole message,
- * its fix included, fits the status. */
-static void set_incompatible(ctx_Status* status, ctx_Compat category, const char* rule,
-                             const char* fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static void set_incompatible(ctx_Status* status, ctx_Compat category, const char* rule,
-                             const char* fmt, ...) {
-  char body[CTX_STATUS_MSG_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(body, sizeof(body), fmt, ap);
-  va_end(ap);
-  const char* fix = category == kCtx_Compat_WireJson
-                        ? " (use FORCE to override, or COMPAT WIRE)"
-                        : " (use FORCE to override)";
-  char head[96];
-  int hl = snprintf(head, sizeof(head), "incompatible schema (%s, %s): ",
-                    ctx_Compat_Name(category), rule);
-  int room = CTX_STATUS_MSG_MAX - 1 - hl - (int)strlen(fix);
-  ctx_Status_Set(status, kCtx_Schema, "%s%.*s%s", head, room < 0 ? 0 : room, body, fix);
-}
-
-/* Names from descriptors, cut so that two of them and the rest of a message fit. */
-#define SHORT_FMT "%.64s"
-
-/* Rules of the WIRE category on one field number kept by both revisions. */
-static bool check_kept_wire(const upb_MessageDef* a, const upb_FieldDef* fa,
-                            const upb_FieldDef* fb, ctx_Status* status) {
-  bool ra = upb_FieldDef_IsRepeated(fa), rb = upb_FieldDef_IsRepeated(fb);
-  if (field_class(fa) != field_class(fb) || ra != rb) {
-    set_incompatible(status, kCtx_Compat_Wire,
-                     field_class(fa) != field_class(fb) ? "FIELD_WIRE_COMPATIBLE_TYPE"
-                                                        : "FIELD_WIRE_COMPATIBLE_CARDINALITY",
-                     "field %u of '" SHORT_FMT "' changes from '" SHORT_FMT "' (%s%s) to '"
-                     SHORT_FMT "' (%s%s)",
-                     (unsigned)upb_FieldDef_Number(fa), upb_MessageDef_FullName(a),
-                     upb_FieldDef_Name(fa), ra ? "repeated " : "", class_name(field_class(fa)),
-                     upb_FieldDef_Name(fb), rb ? "repeated " : "",
-                     class_name(field_class(fb)));
-    return false;
-  }
-  bool qa = upb_FieldDef_IsRequired(fa), qb = upb_FieldDef_IsRequired(fb);
-  if (qa != qb) {
-    set_incompatible(status, kCtx_Compat_Wire, "FIELD_SAME_REQUIRED",
-                     "field '" SHORT_FMT "' (%u) of '" SHORT_FMT "' changes from %s to %s",
-                     upb_FieldDef_Name(fb), (unsigned)upb_FieldDef_Number(fa),
-                     upb_MessageDef_FullName(a), qa ? "required" : "optional",
-                     qb ? "required" : "optional");
-    return false;
-  }
-  return true;
-}
-
-/* Rules of the WIRE_JSON category (beyond WIRE) on a kept field number. */
-static bool check_kept_json(const upb_MessageDef* a, const upb_FieldDef* fa,
-                            const upb_FieldDef* fb, ctx_Status* status) {
-  const char* na = upb_FieldDef_Name(fa);
-  const char* nb = upb_FieldDef_Name(fb);
-  unsigned number = (unsigned)upb_FieldDef_Number(fa);
-  if (strcmp(na, nb) != 0) {
-    set_incompatible(status, kCtx_Compat_WireJson, "FIELD_SAME_NAME",
-                     "field %u of '" SHORT_FMT "' is renamed from '" SHORT_FMT "' to '"
-                     SHORT_FMT "'",
-                     number, upb_MessageDef_FullName(a), na, nb);
-    return false;
-  }
-  const char* ja = upb_FieldDef_JsonName(fa);
-  const char* jb = upb_FieldDef_JsonName(fb);
-  if (strcmp(ja, jb) != 0) {
-    set_incompatible(status, kCtx_Compat_WireJson, "FIELD_SAME_JSON_NAME",
-                     "field '" SHORT_FMT "' (%u) of '" SHORT_FMT "' changes its JSON name from '"
-                     SHORT_FMT "' to '" SHORT_FMT "'",
-                     na, number, upb_MessageDef_FullName(a), ja, jb);
-    return false;
-  }
-  json_kind ka = field_json_kind(fa), kb = field_json_kind(fb);
-  if (ka != kb) {
-    set_incompatible(status, kCtx_Compat_WireJson, "FIELD_WIRE_JSON_COMPATIBLE_TYPE",
-                     "field '" SHORT_FMT "' (%u) of '" SHORT_FMT "' changes from %s to %s",
-                     na, number, upb_MessageDef_FullName(a), json_kind_name(ka),
-                     json_kind_name(kb));
-    return false;
-  }
-  return true;
-}
-
-/* ENUM_VALUE_SAME_NAME: every value number the previous enum names keeps that
- * name in the next one, if the next one still has the number (JSON writes
- * enum values by name). */
-static bool check_enum_json(const upb_EnumDef* a, const upb_EnumDef* b, ctx_Status* status) {
-  int n = upb_EnumDef_ValueCount(a);
-  for (int i = 0; i < n; i++) {
-    const upb_EnumValueDef* va = upb_EnumDef_Value(a, i);
-    int32_t number = upb_EnumValueDef_Number(va);
-    const upb_EnumValueDef* vb = upb_EnumDef_FindValueByNumber(b, number);
-    if (!vb) continue;
-    const upb_EnumValueDef* same = upb_EnumDef_FindValueByName(b, upb_EnumValueDef_Name(va));
-    if (same && upb_EnumValueDef_Number(same) == number) continue;
-    set_incompatible(status, kCtx_Compat_WireJson, "ENUM_VALUE_SAME_NAME",
-                     "value %d of enum '" SHORT_FMT "' is renamed from '" SHORT_FMT "' to '"
-                     SHORT_FMT "'",
-                     (int)number, upb_EnumDef_FullName(a), upb_EnumValueDef_Name(va),
-                     upb_EnumValueDef_Name(vb));
-    return false;
-  }
-  return true;
-}
-
-/* Required fields of `b` that `a` does not have under their number. */
-static bool check_new_required(const upb_MessageDef* a, const upb_MessageDef* b,
-                               ctx_Status* status) {
-  int nb = upb_MessageDef_FieldCount(b);
-  for (int i = 0; i < nb; i++) {
-    const upb_FieldDef* fb = upb_MessageDef_Field(b, i);
-    if (!upb_FieldDef_IsRequired(fb)) continue;
-    if (upb_MessageDef_FindFieldByNumber(a, upb_FieldDef_Number(fb))) continue;
-    set_incompatible(status, kCtx_Compat_Wire, "FIELD_REQUIRED_NO_ADD",
-                     "new required field '" SHORT_FMT "' (%u) in '" SHORT_FMT "'",
-                     upb_FieldDef_Name(fb), (unsigned)upb_FieldDef_Number(fb),
-                     upb_MessageDef_FullName(b));
-    return false;
-  }
-  return true;
-}
-
-bool ctx_Schema_CheckCompatible(const ctx_Schema* prev, const ctx_Schema* next,
-                                ctx_Compat mode, ctx_Status* status) {
-  ctx_Status_Clear(status);
-  bool json = mode == kCtx_Compat_WireJson;
-  pair_list work = {0};
-  ptr_index seen = {0};      /* message pairs queued */
-  ptr_index enums_seen = {0}; /* enum pairs checked */
-  bool ok = false;
-  if (!pairs_push(&work, &seen, prev->msg, next->msg)) goto oom;
-  /* `work` only grows; every pair is visited once (recursive types end). */
-  for (size_t w = 0; w < work.len; w++) {
-    const upb_MessageDef* a = work.items[w].prev;
-    const upb_MessageDef* b = work.items[w].next;
-    int na = upb_MessageDef_FieldCount(a);
-    for (int i = 0; i < na; i++) {
-      const upb_FieldDef* fa = upb_MessageDef_Field(a, i);
-      const upb_FieldDef* fb =
-          upb_MessageDef_FindFieldByNumber(b, upb_FieldDef_Number(fa));
-      if (!fb) {
-        if (upb_FieldDef_IsRequired(fa)) {
-          set_incompatible(status, kCtx_Compat_Wire, "FIELD_REQUIRED_NO_DELETE",
-                           "required field '" SHORT_FMT "' (%u) of '" SHORT_FMT
-                           "' was removed",
-                           upb_FieldDef_Name(fa), (unsigned)upb_FieldDef_Number(fa),
-                           upb_MessageDef_FullName(a));
-          goto done;
-        }
-        continue;
-      }
-      if (!check_kept_wire(a, fa, fb, status)) goto done;
-      if (json && !check_kept_json(a, fa, fb, status)) goto done;
-      if (upb_FieldDef_IsSubMessage(fa) &&
-          !pairs_push(&work, &seen, upb_FieldDef_MessageSubDef(fa),
-                      upb_FieldDef_MessageSubDef(fb))) {
-        goto oom;
-      }
-      if (json && upb_FieldDef_CType(fa) == kUpb_CType_Enum) {
-        const upb_EnumDef* ea = upb_FieldDef_EnumSubDef(fa);
-        const upb_EnumDef* eb = upb_FieldDef_EnumSubDef(fb);
-        if (idx_get(&enums_seen, ea, eb) < 0) {
-          if (!idx_put(&enums_seen, ea, eb, 0)) goto oom;
-          if (!check_enum_json(ea, eb, status)) goto done;
-        }
-      }
-    }
-    if (!check_new_required(a, b, status)) goto done;
-  }
-  ok = true;
-  goto done;
-oom:
-  ctx_Status_Set(status, kCtx_NoMemory, "out of memory");
-done:
-  ctx_free(work.items);
-  ctx_free(seen.slots);
-  ctx_free(enums_seen.slots);
-  return ok;
-}
-
-bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
-                            ctx_Compat mode, bool force, ctx_Status* status) {
-  ctx_Status_Clear(status);
-  if (force) return true;
-  if (!prev) {
-    ctx_Status_Set(status, kCtx_Schema,
-                   "the registered revision cannot be read; use FORCE to replace it");
-    return false;
-  }
-  return ctx_Schema_CheckCompatible(prev, next, mode, status);
-}
 
 /* ---- schema names ---------------------------------------------------------- */
 
