@@ -1,26 +1,37 @@
 """The SDK's one bounded map: a small thread-safe LRU for the caches that are maps (a context
-key's schema, the message type of a schema name); caches of pure functions use
-:func:`functools.lru_cache` instead."""
+key's schema, the message type of a schema name, compiled schemas, generated plan scripts);
+caches of pure functions use :func:`functools.lru_cache` instead."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Generic, Hashable, Optional, TypeVar
+from typing import Callable, Generic, Hashable, Optional, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """At most ``size`` entries; the least recently used goes first."""
+    """At most ``size`` entries and, with ``weight``, at most ``max_weight`` of their summed
+    weights (the newest entry is kept even when it alone weighs more); the least recently used
+    goes first."""
 
-    __slots__ = ("_size", "_data", "_lock")
+    __slots__ = ("_size", "_data", "_lock", "_weigh", "_max_weight", "weight")
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        max_weight: Optional[int] = None,
+        weight: Optional[Callable[[V], int]] = None,
+    ) -> None:
         self._size = size
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        self._weigh = weight
+        self._max_weight = max_weight
+        #: the summed weights of the entries held (0 without ``weight``)
+        self.weight = 0
 
     def get(self, key: K) -> Optional[V]:
         with self._lock:
@@ -31,18 +42,33 @@ class LRU(Generic[K, V]):
 
     def put(self, key: K, value: V) -> None:
         with self._lock:
+            self._drop(key)
             self._data[key] = value
-            self._data.move_to_end(key)
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
+            if self._weigh is not None:
+                self.weight += self._weigh(value)
+            while len(self._data) > 1 and (
+                len(self._data) > self._size
+                or (self._max_weight is not None and self.weight > self._max_weight)
+            ):
+                self._drop(next(iter(self._data)))
+
+    def _drop(self, key: K) -> None:
+        old = self._data.pop(key, None)
+        if old is not None and self._weigh is not None:
+            self.weight -= self._weigh(old)
 
     def pop(self, key: K) -> None:
         with self._lock:
-            self._data.pop(key, None)
+            self._drop(key)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self.weight = 0
+
+    def values(self) -> list[V]:
+        with self._lock:
+            return list(self._data.values())
 
     def __len__(self) -> int:
         return len(self._data)

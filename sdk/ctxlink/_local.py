@@ -14,10 +14,8 @@ the authority either way.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 from ctxlink import _native
+from ctxlink._cache import LRU
 from ctxlink._exceptions import EXCEPTION_CLASSES, ServerError
 
 __all__ = [
@@ -35,9 +33,8 @@ Bytes = bytes | bytearray | memoryview
 LocalSchema = _native.Schema
 
 
-_cache_lock = threading.Lock()
-_cache: OrderedDict[tuple[bytes, str, str | None], LocalSchema] = OrderedDict()
-_CACHE_SIZE = 64
+#: Compiled schemas by content, shared by the process's Stores (at most 64).
+_compiled: LRU[tuple[bytes, str, str | None], LocalSchema] = LRU(64)
 
 
 def compile_schema(fds: Bytes, type_name: str, vfield: str | None = None) -> LocalSchema:
@@ -50,16 +47,11 @@ def compile_schema(fds: Bytes, type_name: str, vfield: str | None = None) -> Loc
     """
     fds_b = bytes(fds)
     key = (fds_b, type_name, vfield)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-            return hit
+    hit = _compiled.get(key)
+    if hit is not None:
+        return hit
     schema = _native.compile_schema(fds_b, type_name, vfield)
-    with _cache_lock:
-        _cache[key] = schema
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+    _compiled.put(key, schema)
     return schema
 
 
@@ -142,11 +134,16 @@ def raise_for(code: str | None, message: str) -> None:
     raise cls(text)
 
 
+#: How many compiled schemas one Store's local check keeps (the module keeps 64 too).
+LOCAL_SCHEMAS = 64
+
+
 class LocalValidator:
     """Limits plus a schema cache, as one object: what a Store with ``local_check=True`` keeps.
 
-    It maps schema names to compiled schemas; callers refresh an entry with :meth:`set_schema`
-    when the registry changes and drop it with :meth:`forget`.
+    It maps schema names to compiled schemas, at most :data:`LOCAL_SCHEMAS` of them (least
+    recently used first out, as the module's compiled-schema cache); callers refresh an entry
+    with :meth:`set_schema` when the registry changes and drop it with :meth:`forget`.
     """
 
     def __init__(
@@ -155,22 +152,18 @@ class LocalValidator:
         self.max_payload_bytes = max_payload_bytes
         self.max_depth = max_depth
         self.unknown_fields = unknown_fields
-        self._schemas: dict[str, LocalSchema] = {}
-        self._lock = threading.Lock()
+        self._schemas: LRU[str, LocalSchema] = LRU(LOCAL_SCHEMAS)
 
     def set_schema(self, name: str, fds: Bytes, type_name: str, vfield: str | None) -> LocalSchema:
         schema = compile_schema(fds, type_name, vfield)
-        with self._lock:
-            self._schemas[name] = schema
+        self._schemas.put(name, schema)
         return schema
 
     def get_schema(self, name: str) -> LocalSchema | None:
-        with self._lock:
-            return self._schemas.get(name)
+        return self._schemas.get(name)
 
     def forget(self, name: str) -> None:
-        with self._lock:
-            self._schemas.pop(name, None)
+        self._schemas.pop(name)
 
     def check(self, handle: LocalSchema, payload: Bytes) -> tuple[str | None, str, int | None]:
         return check(

@@ -10,12 +10,12 @@ Everything here is pure (no I/O besides reading the shipped files once).
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
+
+from ctxlink._cache import LRU
 
 __all__ = [
     "FLAVORS",
@@ -280,39 +280,14 @@ def entry_script(
     return plan_script(schema, hex_digest, flavor, directory)
 
 
-class _PlanCache:
-    """A thread-safe LRU of plan scripts by (what they were made from), bounded in count and
-    in bytes of source (the newest script is kept even when it alone is larger)."""
-
-    def __init__(self, size: int, max_bytes: int = PLAN_CACHE_BYTES) -> None:
-        self._size = size
-        self._max_bytes = max_bytes
-        self.bytes = 0
-        self._items: OrderedDict[tuple[Any, ...], Script] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[Any, ...]) -> Optional[Script]:
-        with self._lock:
-            script = self._items.get(key)
-            if script is not None:
-                self._items.move_to_end(key)
-            return script
-
-    def put(self, key: tuple[Any, ...], script: Script) -> None:
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= len(old.source)
-            self._items[key] = script
-            self.bytes += len(script.source)
-            while len(self._items) > 1 and (
-                len(self._items) > self._size or self.bytes > self._max_bytes
-            ):
-                _, dropped = self._items.popitem(last=False)
-                self.bytes -= len(dropped.source)
+def _source_bytes(script: Script) -> int:
+    return len(script.source)
 
 
-_PLANS = _PlanCache(PLAN_CACHE_SIZE)
+#: Plan scripts by what they were made from, bounded in count and in bytes of source.
+_PLANS: LRU[tuple[Any, ...], Script] = LRU(
+    PLAN_CACHE_SIZE, max_weight=PLAN_CACHE_BYTES, weight=_source_bytes
+)
 
 
 def _cas_script(plan: str, flavor: str, directory: Optional[Path]) -> Script:

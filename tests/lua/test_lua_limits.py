@@ -18,6 +18,7 @@ from wire import f_len, f_varint
 
 import ctxlink
 from ctxlink import _native, _scripts
+from ctxlink._cache import LRU
 
 _F = descriptor_pb2.FieldDescriptorProto
 BIG = "t.big.Root"
@@ -102,7 +103,7 @@ UNLOADABLE = "local function pad(x)\nif x then\n" + "x = x + 1\n" * 140000 + "en
 def make_unloadable(monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on, plans Lua cannot load (a fresh plan cache, the C core's fragment padded)."""
     real = _scripts.plan_fragment
-    monkeypatch.setattr(_scripts, "_PLANS", _scripts._PlanCache(8))
+    monkeypatch.setattr(_scripts, "_PLANS", LRU(8))
     monkeypatch.setattr(_scripts, "plan_fragment",
                         lambda schema, digest: real(schema, digest) + UNLOADABLE)
 
@@ -151,16 +152,16 @@ def test_plan_generation_is_fast_for_a_large_schema():
 
 
 def test_the_process_plan_cache_is_bounded_in_bytes(monkeypatch):
-    cache = _scripts._PlanCache(128, max_bytes=300_000)
+    cache = LRU(128, max_weight=300_000, weight=_scripts._source_bytes)
     monkeypatch.setattr(_scripts, "_PLANS", cache)
     sizes = []
     for values in (4000, 4001, 4002, 4003, 4004, 4005):  # six plans of about 100 KB each
         fds = big_enum_fds(values)
         schema = _native.compile_schema(fds, BIG, "version", 4 << 20)
         sizes.append(len(_scripts.plan_script(schema, _native.digest(BIG, "version", fds)).source))
-        assert cache.bytes <= 300_000
-        assert cache.bytes == sum(len(s.source) for s in cache._items.values())
-    assert sum(sizes) > 300_000 and len(cache._items) < 6  # the bound was needed
+        assert cache.weight <= 300_000
+        assert cache.weight == sum(len(s.source) for s in cache.values())
+    assert sum(sizes) > 300_000 and len(cache) < 6  # the bound was needed
 
 
 def test_a_stores_plan_scripts_are_bounded_in_bytes(lua, stock, monkeypatch):
