@@ -127,6 +127,26 @@
   -- mi: the message (plan index); [p, e): its bytes; gnum: the group's number (0: not a group).
   -- `node` tracks required-field presence like upb: one table per message instance, a singular
   -- message field of an instance merges all its occurrences into one child instance.
+  -- Entering a nested message or group of field `number` (its tag at tag_at, in a message that
+  -- starts at `start`): the depth limit, the frame the error path reads, and the presence record
+  -- (upb's: a repeated field's occurrences are instances of their own, a singular field's merge).
+  local function enter(depth, mi, number, rep, start, tag_at, node)
+    if depth + 1 > max_depth then
+      fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
+    end
+    local child = nil
+    if node then
+      child = not rep and node[-number]
+      if not child then
+        child = {}
+        if not rep then node[-number] = child end
+      end
+    end
+    local j = 5 * depth + 5
+    P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
+    return child
+  end
+
   local function walk(mi, p, e, depth, gnum, node)
     local K, _, SPARSE = plan(mi)
     local start = p
@@ -220,37 +240,13 @@
           elseif c == 101 then
             if not ascii and not utf8_ok(q, vend) then fail(depth, mi, number, 'invalid UTF-8') end
           elseif c == 102 then
-            if depth + 1 > max_depth then
-              fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
-            end
-            local child = nil
-            if node then
-              child = not rep and node[-number]
-              if not child then
-                child = {}
-                if not rep then node[-number] = child end
-              end
-            end
-            local j = 5 * depth + 5
-            P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
-            walk(ref(mi, number), q, vend, depth + 1, 0, child)
+            walk(ref(mi, number), q, vend, depth + 1, 0,
+              enter(depth, mi, number, rep, start, tag_at, node))
           end
           p = vend
         else -- wt == 3: a group
-          if depth + 1 > max_depth then
-            fail(depth, mi, number, fmt('nesting deeper than %d levels', max_depth))
-          end
-          local child = nil
-          if node then
-            child = not rep and node[-number]
-            if not child then
-              child = {}
-              if not rep then node[-number] = child end
-            end
-          end
-          local j = 5 * depth + 5
-          P[j - 4], P[j - 3], P[j - 2], P[j - 1], P[j] = number, mi, rep, start, tag_at
-          p = walk(ref(mi, number), p, e, depth + 1, number, child)
+          p = walk(ref(mi, number), p, e, depth + 1, number,
+            enter(depth, mi, number, rep, start, tag_at, node))
         end
       end
     end
