@@ -241,17 +241,31 @@ static const char* lp_version_kind(const upb_FieldDef* f) {
 
 #define LP_LEAF 4 /* at most this many comparisons in a row */
 
-/* An if-tree on `mi` over the plans [lo, hi); `leaf` writes one plan's body. */
+/* An if-tree over the indices [lo, hi) of `t->var` ("mi": message plans, "ei": closed enums),
+ * with at most LP_LEAF comparisons in a row; each index's body is written by t->leaf (a plan)
+ * or lp_enum_body (an enum). Regions too large for one Lua function become functions. */
 typedef void lp_leaf_fn(lp_out* o, lp_enums* es, const ctx_MsgPlan* mp, int depth);
 
-static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int lo, int hi,
-                        int depth, lp_leaf_fn* leaf) {
+typedef struct {
+  const char* var;
+  lp_enums* es;
+  const ctx_MsgPlan* plans; /* NULL: the tree is over es's enums */
+  lp_leaf_fn* leaf;
+} lp_tree;
+
+static void lp_enum_body(lp_out* o, const upb_EnumDef* e, int depth);
+
+static void lp_tree_emit(lp_out* o, const lp_tree* t, int lo, int hi, int depth) {
   lp_mark m = lp_open(o);
   if (hi - lo <= LP_LEAF) {
     for (int i = lo; i < hi; i++) {
       lp_indent(o, depth);
-      lp_fmt(o, "%s mi == %d then\n", i == lo ? "if" : "elseif", i + 1);
-      leaf(o, es, &plans[i], depth + 1);
+      lp_fmt(o, "%s %s == %d then\n", i == lo ? "if" : "elseif", t->var, i + 1);
+      if (t->plans) {
+        t->leaf(o, t->es, &t->plans[i], depth + 1);
+      } else {
+        lp_enum_body(o, t->es->defs[i], depth + 1);
+      }
     }
     lp_indent(o, depth);
     lp_str(o, "end\n");
@@ -260,14 +274,20 @@ static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int l
   }
   int mid = lo + (hi - lo) / 2;
   lp_indent(o, depth);
-  lp_fmt(o, "if mi < %d then\n", mid + 1);
-  lp_msg_tree(o, es, plans, lo, mid, depth + 1, leaf);
+  lp_fmt(o, "if %s < %d then\n", t->var, mid + 1);
+  lp_tree_emit(o, t, lo, mid, depth + 1);
   lp_indent(o, depth);
   lp_str(o, "else\n");
-  lp_msg_tree(o, es, plans, mid, hi, depth + 1, leaf);
+  lp_tree_emit(o, t, mid, hi, depth + 1);
   lp_indent(o, depth);
   lp_str(o, "end\n");
   lp_close(o, m);
+}
+
+static void lp_msg_tree(lp_out* o, lp_enums* es, const ctx_MsgPlan* plans, int n,
+                        lp_leaf_fn* leaf) {
+  lp_tree t = {"mi", es, plans, leaf};
+  lp_tree_emit(o, &t, 0, n, 1);
 }
 
 /* Field numbers up to this bound go into K when they are at most twice the
@@ -463,32 +483,6 @@ static void lp_enum_body(lp_out* o, const upb_EnumDef* e, int depth) {
   ctx_free(vals);
 }
 
-/* The bodies of the enums [lo, hi), as an if-tree on `ei` (every body returns). */
-static void lp_enum_tree(lp_out* o, const lp_enums* es, int lo, int hi, int depth) {
-  lp_mark m = lp_open(o);
-  if (hi - lo <= LP_LEAF) {
-    for (int i = lo; i < hi; i++) {
-      lp_indent(o, depth);
-      lp_fmt(o, "%s ei == %d then\n", i == lo ? "if" : "elseif", i + 1);
-      lp_enum_body(o, es->defs[i], depth + 1);
-    }
-    lp_indent(o, depth);
-    lp_str(o, "end\n");
-    lp_close(o, m);
-    return;
-  }
-  int mid = lo + (hi - lo) / 2;
-  lp_indent(o, depth);
-  lp_fmt(o, "if ei < %d then\n", mid + 1);
-  lp_enum_tree(o, es, lo, mid, depth + 1);
-  lp_indent(o, depth);
-  lp_str(o, "else\n");
-  lp_enum_tree(o, es, mid, hi, depth + 1);
-  lp_indent(o, depth);
-  lp_str(o, "end\n");
-  lp_close(o, m);
-}
-
 /* ---- the fragment ---------------------------------------------------------------- */
 
 static bool lp_is_hex40(const char* d) {
@@ -529,12 +523,12 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
 
   o.params = "mi";
   lp_str(&o, "local function plan(mi)\n");
-  lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_plan_leaf);
+  lp_msg_tree(&o, &es, plans, nplans, lp_plan_leaf);
   lp_str(&o, "end\n");
 
   o.params = "mi, n";
   lp_str(&o, "local function ref(mi, n)\n");
-  if (lp_any_ref(plans, nplans)) lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_ref_leaf);
+  if (lp_any_ref(plans, nplans)) lp_msg_tree(&o, &es, plans, nplans, lp_ref_leaf);
   lp_str(&o, "end\n");
 
   /* enums are numbered while field() is written; their bodies come after */
@@ -542,7 +536,8 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
   o.params = "ei, v";
   if (es.n) {
     lp_fmt(&o, "if ei < 1 or ei > %d then return false end\n", es.n);
-    lp_enum_tree(&o, &es, 0, es.n, 1);
+    lp_tree t = {"ei", &es, NULL, NULL};
+    lp_tree_emit(&o, &t, 0, es.n, 1);
   } else {
     lp_str(&o, " return false\n");
   }
@@ -550,7 +545,7 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
 
   o.params = "mi, node";
   lp_str(&o, "local function missing_req(mi, node)\n");
-  if (ctx_Schema_HasRequired(s)) lp_msg_tree(&o, &es, plans, 0, nplans, 1, lp_required_leaf);
+  if (ctx_Schema_HasRequired(s)) lp_msg_tree(&o, &es, plans, nplans, lp_required_leaf);
   lp_str(&o, "end\n");
 
   ctx_free(es.defs);
