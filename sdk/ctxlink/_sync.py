@@ -31,6 +31,7 @@ from ctxlink._registry import SchemaInfo
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write
 from ctxlink._settle import UPDATE_TIMEOUT
 from ctxlink._state import State
+from ctxlink._telemetry import check_stale_after
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated
 
 T = TypeVar("T")
@@ -385,6 +386,7 @@ def connect(
     unknown_fields: Literal["reject", "allow"] = "reject",
     max_schema_bytes: int = 4194304,
     local_check: bool = False,
+    stale_after_ms: Optional[float] = None,
 ) -> Store:
     """A :class:`Store` on a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``)
     or on a ``redis://``, ``rediss://`` or ``unix://`` URL.
@@ -404,9 +406,11 @@ def connect(
     raise (``ValidationError``, ``PayloadTooLarge``, ``VersionError``) and is not sent. The
     limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
     """
+    stale = check_stale_after(stale_after_ms)  # before anything is opened
     client, owned = open_client(client, asyncio=False)
     options = dict(max_payload_bytes=max_payload_bytes, max_depth=max_depth,
-                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes)
+                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes,
+                   stale_after_ms=stale)
     try:
         state = _run(client, op_connect(is_cluster(client), engine, options, local_check))
     except BaseException:
