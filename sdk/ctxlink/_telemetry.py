@@ -223,12 +223,12 @@ def _reply_attrs(tel: Telemetry, span: Any, instr: Union[Cmd, Write], reply: Any
             result = parse_outcome(reply).result
         except Exception:  # pragma: no cover - not a write reply
             return 0
-        span.set_attribute("ctxlink.conflict", not result.ok)
-        span.set_attribute("ctxlink.replayed", result.replayed)
         command = _text(instr.args[0]).upper()
         deleting = command == "CTX.DEL" or (
             command == "EVALSHA" and tel.script_name(instr.args[1]) == "del")
-        span.set_attribute("ctxlink.version", 0 if result.ok and deleting else result.version)
+        span.set_attributes({"ctxlink.conflict": not result.ok,
+                             "ctxlink.replayed": result.replayed,
+                             "ctxlink.version": 0 if result.ok and deleting else result.version})
         return 0 if result.ok else 1
     if isinstance(reply, (list, tuple)) and reply and isinstance(reply[0], int):
         span.set_attribute("ctxlink.version", reply[0])
