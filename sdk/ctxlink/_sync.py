@@ -405,6 +405,12 @@ def connect(
     descriptor set, fetched once; a payload it rejects raises the exception the server would
     raise (``ValidationError``, ``PayloadTooLarge``, ``VersionError``) and is not sent. The
     limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
+
+    ``stale_after_ms`` (None: off) logs a warning on the ``ctxlink`` logger, naming the key, the
+    writer and the delay, when an ``update``'s staleness (from the read its successful attempt
+    was based on to its write's acknowledgement) exceeds it. With ``opentelemetry-api``
+    installed (``ctxlink[otel]``) and a provider configured, the Store reports spans and metrics
+    (docs/PROTOCOL.md, "Metrics and traces (OpenTelemetry)").
     """
     stale = check_stale_after(stale_after_ms)  # before anything is opened
     client, owned = open_client(client, asyncio=False)

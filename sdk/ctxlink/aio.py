@@ -278,7 +278,8 @@ async def connect(
     """Async :func:`ctxlink.connect` for ``redis.asyncio.Redis`` / ``RedisCluster``, or a
     ``redis://``, ``rediss://`` or ``unix://`` URL (the Store then owns a new
     ``redis.asyncio.Redis``). A synchronous client raises ``TypeError``: use
-    :func:`ctxlink.connect`."""
+    :func:`ctxlink.connect`. ``stale_after_ms``: as there (a warning on the ``ctxlink`` logger
+    for an ``update`` staler than that)."""
     stale = check_stale_after(stale_after_ms)  # before anything is opened
     client, owned = open_client(client, asyncio=True)
     options = dict(max_payload_bytes=max_payload_bytes, max_depth=max_depth,

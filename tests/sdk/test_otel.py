@@ -441,3 +441,60 @@ def test_import_ctxlink_imports_no_opentelemetry_of_its_own() -> None:
                          timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis Cluster
+
+
+@pytest.fixture(scope="module")
+def one_node_cluster() -> Iterator[EmbeddedRedis]:
+    from ctxlink.embedded import free_port
+
+    args = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+    srv = EmbeddedRedis(module=find_module(), args=args).start()
+    try:
+        r = srv.client()
+        r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        for _ in range(200):
+            if b"cluster_state:ok" in r.execute_command("CLUSTER", "INFO"):
+                break
+            time.sleep(0.05)
+        r.close()
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_cluster_spans_name_the_node_of_the_key(
+    otel: Captured, one_node_cluster: EmbeddedRedis, mode: str, protos: Protos
+) -> None:
+    Order = protos.Order
+    port = one_node_cluster.port
+
+    async def main() -> None:
+        if mode == "sync":
+            from redis.cluster import RedisCluster
+
+            store = ctxlink.connect(RedisCluster(host="127.0.0.1", port=port))
+        else:
+            from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+            store = await ctxlink.aio.connect(AsyncCluster(host="127.0.0.1", port=port))
+        try:
+            await _v(store.register_schema("order", Order))
+            otel.spans.clear()
+            key = f"c:{mode}"
+            assert (await _v(store.cas(key, 0, Order(order_id="c"), schema="order"))).ok
+            await _v(store.update(key, lambda o: setattr(o, "discount", 1), message_class=Order,
+                                  reads=[]))
+            await _v(store.delete(key, 2))
+        finally:
+            await _close(store)
+
+    asyncio.run(main())
+    spans = [s for s in otel.finished() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in spans] == ["CTX.CAS", "CTX.GET", "CTX.PATCH", "CTX.DEL"]
+    for s in spans:
+        assert (s.attributes["server.port"], s.attributes["db.namespace"]) == (port, "0")
+        assert s.attributes["server.address"] == "127.0.0.1"
