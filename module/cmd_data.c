@@ -15,6 +15,7 @@
 #include "core/ctx_value.h"
 #include "ctx_module.h"
 #include "core/ctx_sha1.h"
+#include "metrics.h"
 
 #define CTX_VERSION_MAX (INT64_MAX - 1)
 #define CTX_STRING_MAX (512 * 1024 * 1024) /* RM_StringTruncate's limit */
@@ -373,6 +374,7 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   long long current = kind == kState_Context ? (long long)s.v.version : 0;
   if (current != expected) {
+    ctx_Metrics_Conflict(kCtx_Conflict_Stale, argv[1], current, expected); /* metrics.c */
     reply_conflict(ctx, &s, o.id != NULL);
     goto done;
   }
@@ -406,6 +408,9 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   goto done;
 
 reject:
+  if (st.code == kCtx_Schema && kind == kState_Context) { /* metrics.c */
+    ctx_Metrics_Conflict(kCtx_Conflict_Schema, argv[1], 0, 0);
+  }
   count_rejection(&st);
   ctx_ReplyStatus(ctx, &st);
 done:
@@ -551,6 +556,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   /* 4. conflict */
   uint64_t cur = kind == kState_Context ? s.v.version : 0;
   if (kind == kState_Absent && base != 0) {
+    ctx_Metrics_Conflict(kCtx_Conflict_Stale, argv[1], 0, base); /* metrics.c */
     ctx_stats.cas_conflicts++;
     RedisModule_ReplyWithNull(ctx);
     goto done;
@@ -564,6 +570,8 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       if (all || (m & ctx_FieldBit(uni[k]))) uni[nchanged++] = uni[k];
     }
     if (nchanged) {
+      ctx_Metrics_PatchConflict(argv[1], cur, (uint64_t)base, uni, nchanged, fields,
+                                nfields); /* metrics.c */
       ctx_stats.cas_conflicts++;
       reply_state(ctx, &s, 7);
       RedisModule_ReplyWithArray(ctx, nchanged);
@@ -627,6 +635,9 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   goto done;
 
 reject:
+  if (st.code == kCtx_Schema && s.kind == kState_Context) { /* metrics.c */
+    ctx_Metrics_Conflict(kCtx_Conflict_Schema, argv[1], 0, 0);
+  }
   count_rejection(&st);
   ctx_ReplyStatus(ctx, &st);
 done:
@@ -663,10 +674,13 @@ int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       reply_wrongtype(ctx);
       break;
     case kState_Absent:
+      ctx_Metrics_Conflict(kCtx_Conflict_Stale, argv[1], 0, expected); /* metrics.c */
       reply_conflict(ctx, &s, o.id != NULL);
       break;
     case kState_Context:
       if (s.v.version != (uint64_t)expected) {
+        ctx_Metrics_Conflict(kCtx_Conflict_Stale, argv[1], (long long)s.v.version,
+                             expected); /* metrics.c */
         reply_conflict(ctx, &s, o.id != NULL);
         break;
       }

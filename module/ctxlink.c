@@ -12,6 +12,7 @@
 
 #include "compat.h"
 #include "ctx_module.h"
+#include "metrics.h"
 
 #define CTX_MODULE_NAME "ctx"
 #define CTX_MODULE_VERSION CTXLINK_VERSION_NUM /* pyproject.toml's version, from the Makefile */
@@ -214,6 +215,7 @@ static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "schema_keynames_cached", cs.keynames);
   RedisModule_InfoAddFieldLongLong(ctx, "core_allocated_bytes",
                                    (long long)ctx_AllocatedBytes());
+  ctx_Metrics_Info(ctx); /* the "conflicts" section: metrics.c */
   RedisModule_InfoAddSection(ctx, "config");
   RedisModule_InfoAddFieldLongLong(ctx, "max_payload_bytes",
                                    (long long)ctx_config.limits.max_payload_bytes);

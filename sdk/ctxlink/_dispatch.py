@@ -31,6 +31,7 @@ from ctxlink._registry import (
 )
 from ctxlink._send import TRANSPORT_ERRORS
 from ctxlink._state import State
+from ctxlink._telemetry import Telemetry
 from ctxlink._types import (
     Backoff,
     CasResult,
@@ -108,6 +109,9 @@ class Runner(Generic[T]):
         ):
             self._next(self._op.throw, exc)
         else:
+            abort = getattr(self._op, "abort", None)
+            if abort is not None:  # a traced operation (ctxlink._telemetry) ends its spans
+                abort(exc)
             raise exc
 
 
@@ -178,6 +182,7 @@ class StoreBase:
         self._owns = owns_client
         # module engine: get/cas skip the generic operation machinery (same replies, same errors)
         self._fast = state.engine == MODULE
+        self._tel = Telemetry(client, state)  # OpenTelemetry, when installed and configured
 
     @property
     def engine(self) -> str:
@@ -194,6 +199,8 @@ class StoreBase:
 
     # -- contexts
     def _get(self, key: Union[str, bytes]) -> Call[Optional[Snapshot]]:
+        if self._tel.active():
+            return self._tel.traced(op_get(self._st, key), "get", key)
         if not self._fast or (type(key) is not str and type(key) is not bytes):
             return op_get(self._st, key)
         return new_fast((("CTX.GET", key), parse_state, None, None))
@@ -210,6 +217,9 @@ class StoreBase:
         st = self._st
         if schema is not None and not isinstance(schema, str):  # both engines, every path
             raise TypeError(f"schema must be a str (a schema name), not {type(schema).__name__}")
+        if self._tel.active():
+            return self._tel.traced(
+                op_cas(st, key, expected_version, payload, schema, by, write_id), "cas", key)
         if (
             not self._fast
             or type(payload) is not bytes
@@ -232,7 +242,8 @@ class StoreBase:
     def _delete(
         self, key: Union[str, bytes], expected_version: int, write_id: Optional[Union[str, bytes]]
     ) -> Op[CasResult]:
-        return op_delete(self._st, key, expected_version, write_id)
+        op = op_delete(self._st, key, expected_version, write_id)
+        return self._tel.traced(op, "delete", key) if self._tel.active() else op
 
     def _update(
         self,
@@ -249,8 +260,9 @@ class StoreBase:
     ) -> Op[Updated[M]]:
         if self._sync and (_is_async(fn) or (default is not None and _is_async(default))):
             raise TypeError(ASYNC_FN)
-        return op_update(self._st, key, fn, message_class, schema, by, retries, default,
-                         reads=reads, timeout=timeout, backoff=backoff)
+        op = op_update(self._st, key, fn, message_class, schema, by, retries, default,
+                       reads=reads, timeout=timeout, backoff=backoff)
+        return self._tel.traced(op, "update", key) if self._tel.active() else op
 
     def _migrate(
         self,
@@ -263,8 +275,9 @@ class StoreBase:
     ) -> Op[Updated[M]]:
         if self._sync and fn is not None and _is_async(fn):
             raise TypeError(ASYNC_FN.replace("update()", "migrate()"))
-        return op_update(self._st, key, fn, message_class, None, by, retries, None,
-                         drop_unknown=True, timeout=timeout)
+        op = op_update(self._st, key, fn, message_class, None, by, retries, None,
+                       drop_unknown=True, timeout=timeout)
+        return self._tel.traced(op, "migrate", key) if self._tel.active() else op
 
     # -- schema registry
     def _register_schema(

@@ -35,6 +35,7 @@ class State:
     # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
     local: Any = None
     local_limits_read: bool = False
+    stale_after_ms: Optional[float] = None  # connect(stale_after_ms=...): ctxlink._telemetry
 
     def remember_schema(self, key: Any, snap: Optional[Snapshot]) -> None:
         if self.engine == LUA:

@@ -31,6 +31,7 @@ from ctxlink._registry import SchemaInfo
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write
 from ctxlink._settle import UPDATE_TIMEOUT
 from ctxlink._state import State
+from ctxlink._telemetry import check_stale_after
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated
 
 T = TypeVar("T")
@@ -385,6 +386,7 @@ def connect(
     unknown_fields: Literal["reject", "allow"] = "reject",
     max_schema_bytes: int = 4194304,
     local_check: bool = False,
+    stale_after_ms: Optional[float] = None,
 ) -> Store:
     """A :class:`Store` on a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``)
     or on a ``redis://``, ``rediss://`` or ``unix://`` URL.
@@ -403,10 +405,18 @@ def connect(
     descriptor set, fetched once; a payload it rejects raises the exception the server would
     raise (``ValidationError``, ``PayloadTooLarge``, ``VersionError``) and is not sent. The
     limits are the module's (read from ``INFO ctx``) or, on the Lua engine, the ones above.
+
+    ``stale_after_ms`` (None: off) logs a warning on the ``ctxlink`` logger, naming the key, the
+    writer and the delay, when an ``update``'s staleness (from the read its successful attempt
+    was based on to its write's acknowledgement) exceeds it. With ``opentelemetry-api``
+    installed (``ctxlink[otel]``) and a provider configured, the Store reports spans and metrics
+    (docs/PROTOCOL.md, "Metrics and traces (OpenTelemetry)").
     """
+    stale = check_stale_after(stale_after_ms)  # before anything is opened
     client, owned = open_client(client, asyncio=False)
     options = dict(max_payload_bytes=max_payload_bytes, max_depth=max_depth,
-                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes)
+                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes,
+                   stale_after_ms=stale)
     try:
         state = _run(client, op_connect(is_cluster(client), engine, options, local_check))
     except BaseException:

@@ -34,6 +34,7 @@ from ctxlink._registry import check_message_class
 from ctxlink._send import TRANSPORT_ERRORS
 from ctxlink._settle import _ambiguous, _reads_not_sent, _send_settled, _unknown
 from ctxlink._state import State
+from ctxlink._telemetry import update_conflict, update_done
 from ctxlink._types import Backoff, CasResult, Snapshot, Updated, descriptor_of
 from ctxlink._write import (
     _check_type,
@@ -116,6 +117,7 @@ def op_update(
     u = _Update(st, key, fn, message_class, schema, by, retries, default, drop_unknown, reads,
                 timeout, pause, deadline)
     snap = yield from op_get(st, key)
+    read_at = time.monotonic()  # of the state the next attempt is based on (its staleness)
     while True:
         msg, expected, name = yield from _read(u, snap)
         before = None
@@ -129,8 +131,11 @@ def op_update(
             return Updated(snap[0], before, snap[1], name, u.calls)
         outcome = yield from _send(u, write)
         if outcome.result.ok:
+            update_done(st, key, by, read_at)  # staleness metric and warning: _telemetry.py
             return (yield from _done(u, write, outcome))
+        update_conflict(st, write.fields, outcome.changed)
         snap = yield from _after_conflict(u, outcome.result)
+        read_at = time.monotonic()
 
 
 def _check_args(

@@ -45,6 +45,7 @@ from ctxlink._protocol import map_error
 from ctxlink._registry import SchemaInfo
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write_async
 from ctxlink._settle import UPDATE_TIMEOUT
+from ctxlink._telemetry import check_stale_after
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated
 
 T = TypeVar("T")
@@ -272,14 +273,18 @@ async def connect(
     unknown_fields: Literal["reject", "allow"] = "reject",
     max_schema_bytes: int = 4194304,
     local_check: bool = False,
+    stale_after_ms: Optional[float] = None,
 ) -> Store:
     """Async :func:`ctxlink.connect` for ``redis.asyncio.Redis`` / ``RedisCluster``, or a
     ``redis://``, ``rediss://`` or ``unix://`` URL (the Store then owns a new
     ``redis.asyncio.Redis``). A synchronous client raises ``TypeError``: use
-    :func:`ctxlink.connect`."""
+    :func:`ctxlink.connect`. ``stale_after_ms``: as there (a warning on the ``ctxlink`` logger
+    for an ``update`` staler than that)."""
+    stale = check_stale_after(stale_after_ms)  # before anything is opened
     client, owned = open_client(client, asyncio=True)
     options = dict(max_payload_bytes=max_payload_bytes, max_depth=max_depth,
-                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes)
+                   unknown_fields=unknown_fields, max_schema_bytes=max_schema_bytes,
+                   stale_after_ms=stale)
     try:
         state = await _run(client, op_connect(is_cluster(client), engine, options, local_check))
     except BaseException:
