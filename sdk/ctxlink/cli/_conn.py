@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import click
 
@@ -57,11 +57,35 @@ class Conn:
         return os.environ.get("REDIS_URL") or DEFAULT_URL
 
     def resolved_url(self) -> str:
-        """The URL the client connects to (``--tls`` turns ``redis://`` into ``rediss://``)."""
-        url = self.base_url()
-        if self.tls and url.startswith("redis://"):
-            url = "rediss://" + url[len("redis://"):]
-        return url
+        """The URL the client connects to: the chosen one with ``--tls`` (``redis://`` becomes
+        ``rediss://``), ``--user``, ``--password`` and ``--db`` written into it (redis-py lets
+        a URL's parts beat keyword arguments, so they go into the URL)."""
+        parts = urlsplit(self.base_url())
+        if self.tls and parts.scheme == "redis":
+            parts = parts._replace(scheme="rediss")
+        if parts.scheme in ("redis", "rediss"):
+            if self.user is not None or self.password is not None:
+                user = self.user if self.user is not None else unquote(parts.username or "")
+                password = self.password if self.password is not None else (
+                    unquote(parts.password) if parts.password is not None else None)
+                auth = quote(user, safe="")
+                if password is not None:
+                    auth += ":" + quote(password, safe="")
+                host = parts.netloc.rsplit("@", 1)[-1]
+                parts = parts._replace(netloc=f"{auth}@{host}" if auth else host)
+            if self.db is not None and not self.cluster:
+                parts = parts._replace(path=f"/{self.db}")
+        elif parts.scheme == "unix":
+            query = [q for q in parts.query.split("&") if q and not q.startswith(
+                ("db=", "username=", "password="))]
+            if self.db is not None:
+                query.append(f"db={self.db}")
+            if self.user is not None:
+                query.append(f"username={quote(self.user, safe='')}")
+            if self.password is not None:
+                query.append(f"password={quote(self.password, safe='')}")
+            parts = parts._replace(query="&".join(query))
+        return urlunsplit(parts)
 
     def shown(self) -> str:
         """The URL without its password, for messages."""
@@ -74,12 +98,6 @@ class Conn:
 
     def client_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
-        if self.password is not None:
-            kw["password"] = self.password
-        if self.user is not None:
-            kw["username"] = self.user
-        if self.db is not None and not self.cluster:
-            kw["db"] = self.db
         if self.cacert is not None:
             kw["ssl_ca_certs"] = self.cacert
         return kw

@@ -4,7 +4,7 @@ with protoc from grpcio-tools (the ``ctxlink[proto]`` extra)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import subprocess
 import sys
 import tempfile
@@ -45,7 +45,9 @@ def compile_proto(file: str, includes: Sequence[str]) -> bytes:
     """``protoc --include_imports --descriptor_set_out`` on ``file``: the serialized set. Without
     ``-I`` the file's own directory is the import path (protoc's well-known types are always
     there). A missing grpcio-tools or a protoc error: one line, exit 1."""
-    if importlib.util.find_spec("grpc_tools") is None:
+    try:
+        importlib.import_module("grpc_tools")  # only whether it is there
+    except ImportError:
         fail(f"compiling {file} needs protoc from grpcio-tools: {PROTO_EXTRA} "
              "(or pass a compiled set with --descriptor-set FILE)")
     paths = list(includes) or [str(Path(file).resolve().parent)]

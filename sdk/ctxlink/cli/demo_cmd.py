@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from ctxlink.cli._conn import Conn, conn_of, connection_options
+from ctxlink.cli._conn import conn_of, connection_options
 
 __all__ = ["demo"]
 
@@ -41,26 +41,10 @@ def demo(ctx: click.Context, orders: int, module: Optional[str], lanes: int, thi
     if conn.explicit_server():
         if conn.cluster or conn.tls:
             raise click.UsageError("the demo runs on a standalone server without TLS")
-        url = _with_options(conn.resolved_url(), conn)
+        url = conn.resolved_url()  # -a, --user and -n written into it
+        if not url.startswith("redis://"):
+            raise click.UsageError(f"the demo runs on a redis:// server, not {conn.shown()}")
     engine = conn.engine or ("auto" if url else "module")
     ctx.exit(run_demo(engine=engine, orders=orders, module=module, lanes=lanes,
                       think_ms=think_ms, seed=seed, url=url))
 
-
-def _with_options(url: str, conn: Conn) -> str:
-    """``url`` with -a/--user/-n applied."""
-    from urllib.parse import quote, unquote, urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise click.UsageError(f"the demo runs on a redis:// server, not {url!r}")
-    user = conn.user if conn.user is not None else unquote(parts.username or "")
-    password = conn.password if conn.password is not None else (
-        unquote(parts.password) if parts.password is not None else None)
-    db = conn.db if conn.db is not None else (parts.path.strip("/") or "0")
-    auth = ""
-    if password is not None:
-        auth = f"{quote(user or '', safe='')}:{quote(password, safe='')}@"
-    elif user:
-        auth = f"{quote(user, safe='')}@"
-    return f"redis://{auth}{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{db}"
