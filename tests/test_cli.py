@@ -120,8 +120,7 @@ def test_get_prints_the_decoded_context(store, srv, engine) -> None:
         }
     assert data["message"]["order_id"] == "o-1" and data["message"]["discount"] == "7"
     text = ok("get", "order:1", "-p", srv, "--engine", engine)
-    for part in ("order:1", "ctxlink.example.Order", "pricing", '"order_id": "o-1"',
-                 '"last_updated_by"' if False else '"items"'):
+    for part in ("order:1", "ctxlink.example.Order", "pricing", '"order_id": "o-1"', '"items"'):
         assert part in text, text
 
 
@@ -144,8 +143,7 @@ def test_ls_lists_contexts_only_and_filters_by_schema(store, srv) -> None:
     store.client.set("order:plain", b"not a context")
     store.client.hset("order:hash", "a", "b")
     rows = as_json("ls", "-p", srv)
-    assert [r["key"] for r in rows] == [f"order:{i}" for i in range(5)] + ["misc:1"] or \
-        sorted(r["key"] for r in rows) == sorted([f"order:{i}" for i in range(5)] + ["misc:1"])
+    assert [r["key"] for r in rows] == ["misc:1"] + [f"order:{i}" for i in range(5)]  # sorted
     by_key = {r["key"]: r for r in rows}
     snap = store.get("order:3")
     assert by_key["order:3"] == {"key": "order:3", "version": 1, "schema": "order",

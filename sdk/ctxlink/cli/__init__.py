@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 import click
 
+from ctxlink import __version__
 from ctxlink.cli._conn import conn_of, connection_options
 from ctxlink.cli._output import CliError, error_line
 from ctxlink.cli.contexts import get, ls, touch
@@ -44,7 +45,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"max_content_width": 100})
-@click.version_option(package_name="ctxlink", prog_name="ctxlink", message="%(prog)s %(version)s")
+@click.version_option(__version__, prog_name="ctxlink", message="%(prog)s %(version)s")
 @connection_options
 def cli() -> None:
     """ctxlink: versioned, schema-validated shared context for agents, on Redis.
