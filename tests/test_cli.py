@@ -166,6 +166,18 @@ def test_touch(store, srv) -> None:
     assert fails("touch", "nope", "30", "-p", srv) == "ctxlink: no context at 'nope'"
 
 
+def test_demo_on_a_given_server_leaves_its_orders(srv, engine) -> None:
+    """README, "Watch your agents": the demo on a server, then ls and get on its data."""
+    out = ok("demo", "-p", srv, "-n", "6", "--orders", "12", "--lanes", "2")
+    assert f"127.0.0.1:{srv}/6" in out and "ctxlink (" in out
+    rows = as_json("ls", "order:*", "-p", srv, "-n", "6")
+    assert len(rows) == 12 and {r["version"] for r in rows} == {4}
+    data = as_json("get", "order:7", "-p", srv, "-n", "6")
+    assert data["message"]["order_id"] == "o-7" and data["message"]["inventory_reserved"]
+    assert data["updated_by"] in ("router", "fulfillment", "pricing")
+    assert as_json("stats", "-p", srv, "-n", "6")["engine"] == engine
+
+
 # --------------------------------------------------------------------------- schemas
 
 

@@ -38,6 +38,8 @@ class _Group(click.Group):
             raise
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except BrokenPipeError:
+            raise  # stdout closed (| head): click exits quietly
         except Exception as exc:  # noqa: BLE001 - every error is reported, in one line
             if os.environ.get("CTXLINK_DEBUG"):
                 raise

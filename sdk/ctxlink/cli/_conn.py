@@ -42,8 +42,10 @@ class Conn:
     engine: Optional[str] = None
 
     def explicit_server(self) -> bool:
-        """True when an option named the server (not ``$REDIS_URL`` or the default)."""
-        return bool(self.url or self.host or self.port is not None or self.cluster)
+        """True when a connection option was given (``$REDIS_URL`` alone is not one)."""
+        return bool(self.url or self.host or self.port is not None or self.cluster or self.tls
+                    or self.db is not None or self.user is not None
+                    or self.password is not None)
 
     def base_url(self) -> str:
         """The URL chosen by precedence, before the other options apply."""

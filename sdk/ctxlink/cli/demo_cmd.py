@@ -1,5 +1,5 @@
-"""``ctxlink demo``: the reference scenario (ctxlink.demo), on a throwaway redis-server or, when a
-server is named with -u/-h/-p, on that one (its data stays there, for ``ctxlink get``/``ls``)."""
+"""``ctxlink demo``: the reference scenario (ctxlink.demo), on a throwaway redis-server or, given
+a connection option, on that server (its data stays there, for ``ctxlink get``/``ls``)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def demo(ctx: click.Context, orders: int, module: Optional[str], lanes: int, thi
     declared read sets (field patches); prints what each run measured.
 
     By default on a throwaway redis-server: with the module (--engine module, the default) or
-    stock with the Lua scripts (--engine lua). Given a server (-u URL, -h HOST, -p PORT), it runs
-    there instead and leaves its contexts (order:<n>, declared:order:<n>) and the schema "order"
-    behind: use an empty database (-n DB)."""
+    stock with the Lua scripts (--engine lua). Given a connection option (-u, -h, -p, -n, -a,
+    --user), it runs on that server instead ($REDIS_URL alone does not count) and leaves its
+    contexts (order:<n>, declared:order:<n>) and the schema "order" behind: use an empty
+    database (-n DB)."""
     from ctxlink.demo import run_demo
 
     conn = conn_of(ctx)
