@@ -387,6 +387,8 @@ def test_cluster_ls_stats_doctor(cluster) -> None:
         assert all(r["schema"] == "order" and r["updated_by"] == "router" for r in rows)
         assert json.loads(ok("-c", "-p", port, "get", "order:7", "--json"))["message"][
             "order_id"] == "o-7"
+        elsewhere = next(k for k in keys if rc.get_node_from_key(k).port != port)
+        assert "add -c/--cluster" in fails("get", elsewhere, "-p", port)  # MOVED, without -c
         stats = as_json("stats", "-c", "-p", port)
         assert stats["engine"] == "module" and len(stats["nodes"]) == 3
         assert stats["info"]["ctx_cas_ok"] == sum(n["ctx_cas_ok"] for n in stats["nodes"].values())

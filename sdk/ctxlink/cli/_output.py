@@ -47,7 +47,12 @@ _REDIS_CODES = {
     "AuthenticationWrongNumberOfArgsError": "ERR",
     "ClusterDownError": "CLUSTERDOWN",
     "OutOfMemoryError": "OOM",
+    "MovedError": "MOVED",
+    "AskError": "ASK",
+    "TryAgainError": "TRYAGAIN",
+    "ClusterCrossSlotError": "CROSSSLOT",
 }
+_NOT_CLUSTER_AWARE = ("MOVED", "ASK", "CROSSSLOT")
 
 
 def error_line(exc: BaseException, where: str = "") -> str:
@@ -71,9 +76,13 @@ def error_line(exc: BaseException, where: str = "") -> str:
         first = text.split(" ", 1)[0]
         if code is None:
             if first.isupper() and first.isalpha():
-                return text  # the code is still there (WRONGTYPE, MOVED ...)
-            code = "ERR"
-        return f"{code} {text}" if first != code else text
+                code = first  # the code is still there (WRONGTYPE ...)
+            else:
+                code = "ERR"
+        line = f"{code} {text}" if first != code else text
+        if code in _NOT_CLUSTER_AWARE:
+            line += " (the server is a Redis Cluster node: add -c/--cluster)"
+        return line
     return f"{name}: {text}" if text else name
 
 

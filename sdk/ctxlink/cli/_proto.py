@@ -35,10 +35,12 @@ def decode(fds: bytes, type_name: str, raw: bytes) -> Any:
 
 
 def to_json(message: Any) -> Any:
-    """The message in protobuf's JSON mapping (field names as in the .proto), as Python data."""
+    """The message in protobuf's JSON mapping (field names as in the .proto), as Python data;
+    ``google.protobuf.Any`` fields are resolved in the message's own pool (the registered set)."""
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     descriptor_pool=message.DESCRIPTOR.file.pool)
 
 
 def compile_proto(file: str, includes: Sequence[str]) -> bytes:
