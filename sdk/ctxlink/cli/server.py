@@ -270,16 +270,18 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     """Check the deployment: engine and protocol, the schema registry on every primary and slot
     copy, and an eviction policy that could remove contexts or the registry. Exit status 1 when
     a check fails."""
+    from ctxlink._client import is_cluster
+
     report = _Report()
     with open_store(ctx) as store:
+        cluster = is_cluster(store.client)
         versions = []
         for name, client in primaries(store):
             info = client.info("server")
             versions.append(f"{name} redis {info.get('redis_version', '?')}")
-        cluster = len(versions) > 1 or store._st.cluster
         report.add("ok", "server", ("cluster: " if cluster else "") + ", ".join(versions))
         _check_engine(store, report)
-        if store._st.cluster:
+        if cluster:
             _check_registry_cluster(store, report)
         else:
             _check_registry_standalone(store, report)
