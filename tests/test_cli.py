@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -338,6 +339,49 @@ def test_user_and_password(store, srv, engine) -> None:
         assert ok("ls", "--url", url, "--json").strip() == "[]"
     finally:
         r.acl_deluser("alice")
+
+
+def _certificates(d: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1, signed by it (openssl)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+         "-subj", "/CN=ctxlink-test-ca"],
+        ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"],
+    ):
+        subprocess.run(["openssl", *cmd], cwd=d, check=True, capture_output=True)
+
+
+def test_tls_with_a_ca_certificate(tmp_path, engine) -> None:
+    if engine == "lua":
+        pytest.skip("engine-independent: checked once")
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl to make certificates")
+    _certificates(tmp_path)
+    tls_port = free_port()
+    server = EmbeddedRedis(args=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(tmp_path / "server.crt"),
+        "--tls-key-file", str(tmp_path / "server.key"),
+        "--tls-ca-cert-file", str(tmp_path / "ca.crt"), "--tls-auth-clients", "no"])
+    try:
+        server.start()
+    except Exception as exc:  # a redis-server built without TLS
+        pytest.skip(f"redis-server without TLS: {exc}")
+    try:
+        with ctxlink.connect(server.client()) as s:
+            s.register_schema("order", Order)
+            s.cas("order:1", 0, order(1), schema="order")
+        ca = tmp_path / "ca.crt"
+        rows = as_json("ls", "-p", tls_port, "--tls", "--cacert", ca)
+        assert [r["key"] for r in rows] == ["order:1"]
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        assert as_json("get", "order:1", "--url", url, "--cacert", ca)["version"] == 1
+        fails("ls", "-p", tls_port, "--tls")  # the server's certificate is not trusted
+    finally:
+        server.close()
 
 
 # --------------------------------------------------------------------------- a cluster

@@ -63,7 +63,7 @@ class Conn:
         ``rediss://``), ``--user``, ``--password`` and ``--db`` written into it (redis-py lets
         a URL's parts beat keyword arguments, so they go into the URL)."""
         parts = urlsplit(self.base_url())
-        if self.tls and parts.scheme == "redis":
+        if (self.tls or self.cacert is not None) and parts.scheme == "redis":
             parts = parts._replace(scheme="rediss")
         if parts.scheme in ("redis", "rediss"):
             if self.user is not None or self.password is not None:
@@ -151,7 +151,7 @@ def _options() -> list[Callable[[F], F]]:
             help="database number"),
         opt("--tls", attr="tls", is_flag=True, default=None, help="connect with TLS"),
         opt("--cacert", attr="cacert", type=click.Path(dir_okay=False), metavar="FILE",
-            help="CA certificate file for --tls"),
+            help="CA certificate file (implies --tls)"),
         opt("-c", "--cluster", attr="cluster", is_flag=True, default=None,
             help="the server is a node of a Redis Cluster"),
         opt("--engine", attr="engine", type=click.Choice(["auto", "module", "lua"]),
