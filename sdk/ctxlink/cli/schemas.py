@@ -203,6 +203,12 @@ def check(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
         try:
             _native.check_name(name)
             nxt = _native.compile_schema(fds, message, vfield)
+            if store.engine == "lua":  # as register_schema: a plan Lua cannot load is refused
+                from ctxlink._lua import check_plan
+                from ctxlink._sync import _run
+
+                _run(store.client, check_plan(store._st, name, nxt,
+                                              _native.digest(message, vfield, fds)))
             fields = _entry_fields(store, name)
             exists = any(v is not None for v in fields)
             mode = compat.upper() if compat else (
