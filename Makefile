@@ -289,7 +289,7 @@ test-floors: wheel all ext redis62
 	@$(PYTHON) -m venv $(FLOORS_VENV)
 	@$(FLOORS_VENV)/bin/pip install $(PIP_Q) $(call quote_all,$(FLOORS) $(FLOORS_TEST)) $(WHEEL)
 	@$(FLOORS_VENV)/bin/python -c 'import importlib.metadata as m; \
-	  print("  floors:", *(d + "==" + m.version(d) for d in ("redis", "protobuf", "cffi")))'
+	  print("  floors:", *(d + "==" + m.version(d) for d in ("redis", "protobuf", "cffi", "click", "rich")))'
 	@cd /tmp && $(abspath $(FLOORS_VENV))/bin/python -c 'import ctxlink, ctxlink._ctxcore as c; \
 	  print("  ctxlink from", ctxlink.__file__, "| extension", c.__file__)'
 	@rc=0; $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS) \
