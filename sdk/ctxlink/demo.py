@@ -452,6 +452,23 @@ def format_table(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def _url_kwargs(url: str) -> dict[str, Any]:
+    """host, port, db, username, password of a ``redis://`` URL."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"the demo runs on a redis:// URL, not {url!r}")
+    path = parts.path.strip("/")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 6379,
+        "db": int(path) if path else 0,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+    }
+
+
 def run_demo(
     engine: str = "module",
     orders: int = 2000,
@@ -460,12 +477,20 @@ def run_demo(
     think_ms: float = 1.0,
     seed: int = 1,
     out: Callable[[str], None] = print,
+    url: Optional[str] = None,
 ) -> int:
-    """Runs both methods on one throwaway redis-server; returns 0 when ctxlink lost nothing."""
-    if engine not in ("module", "lua"):
-        raise ValueError("engine must be 'module' or 'lua'")
+    """Runs both methods on one throwaway redis-server, or on the server at ``url`` (a
+    ``redis://`` URL; its data stays there: the keys ``order:<n>``, ``declared:order:<n>`` and
+    ``naive:order:<n>`` must not exist yet); returns 0 when ctxlink lost nothing."""
+    if engine not in ("module", "lua", "auto"):
+        raise ValueError("engine must be 'module', 'lua' or 'auto'")
+    if url is not None:
+        client = TimedRedis(**_url_kwargs(url))
+        where = f"{client.info('server').get('redis_version', '?')} at {url.split('@')[-1]}"
+        return _run_all(client, engine, orders, lanes, think_ms, seed, out, where)
     module_path: Optional[Path] = None
-    if engine == "module":
+    if engine in ("module", "auto"):
+        engine = "module"
         module_path = Path(module) if module else find_module()
         if not module_path.exists():
             out(f"ctxlink demo: {missing_module_text(module_path)}; or use --engine lua")
@@ -474,7 +499,14 @@ def run_demo(
         client = TimedRedis(host="127.0.0.1", port=server.port)
         version = client.info("server").get("redis_version", "?")
         where = f"with {module_path}" if module_path else "stock, no module"
-        out(f"redis-server {version} on 127.0.0.1:{server.port} ({where})")
+        return _run_all(client, engine, orders, lanes, think_ms, seed, out,
+                        f"{version} on 127.0.0.1:{server.port} ({where})")
+
+
+def _run_all(client: TimedRedis, engine: str, orders: int, lanes: int, think_ms: float,
+             seed: int, out: Callable[[str], None], where: str) -> int:
+    with client:
+        out(f"redis-server {where}")
         out(f"{orders} orders; {lanes} lanes x 3 agents (router, fulfillment, pricing) = "
             f"{3 * min(lanes, orders)} threads; each agent: read, think 0-{think_ms:g} ms, write\n")
 
@@ -488,7 +520,6 @@ def run_demo(
         for method in (Naive(client), WithCtxlink(store), WithCtxlink(store, declared=True)):
             out(f"running {method.label} ...")
             results.append(run_scenario(method, client, orders, lanes, think_ms, seed))
-        client.close()
 
     out("")
     out(format_table(results))
