@@ -39,5 +39,7 @@ if v ~= expected then
   end
   return state
 end
+-- [include wait_publish]
 redis.call('DEL', KEYS[1])
+wait_publish(KEYS[1], 'deleted')
 return 1
