@@ -335,3 +335,113 @@ def test_the_wait_channel_hashes_to_the_keys_slot(key):
         assert key_slot(channel) == key_slot(key.encode())
     else:
         assert "}" in key  # only keys without a hash tag that hold a '}'
+
+
+# ---- Redis Cluster: three primaries and a replica -----------------------------------------
+
+@pytest.fixture(scope="module")
+def wait_cluster(engine):
+    from test_cluster import _cluster  # the suite's 3-primary cluster (+ one replica)
+
+    yield from _cluster(module=engine == "module")
+
+
+def test_wait_on_a_cluster_wakes_on_every_primary(wait_cluster, engine, pb, Order):
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=wait_cluster[0].port)
+    try:
+        rc.flushall()
+        s = ctxlink.connect(rc, engine=engine)
+        s.register_schema("order", pb.fds("order"), message_type=TYPE)
+        keys = ["c:{a}", "c:{b}", "c:{c}", "c:plain", "c:a}b"]  # three slots' ranges at least
+        for key in keys:
+            create(s, Order, key)
+            later(0.1, s.cas, key, 1, Order(order_id="b"))
+            t0 = time.monotonic()
+            snap = s.wait(key, 1, 5)
+            assert snap is not None and snap.version == 2, key
+            assert time.monotonic() - t0 < 0.9, key
+            later(0.1, s.delete, key, 2)
+            with pytest.raises(ctxlink.NotFoundError):
+                s.wait(key, 2, 5)
+    finally:
+        rc.close()
+
+
+@pytest.mark.module_only("CTX.WAIT on a replica")
+def test_ctx_wait_on_a_replica_wakes_when_the_write_is_replicated(wait_cluster, engine, pb,
+                                                                  Order):
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=wait_cluster[0].port)
+    try:
+        s = ctxlink.connect(rc, engine=engine)
+        s.register_schema("order", pb.fds("order"), message_type=TYPE)
+        primary = wait_cluster[0].client()
+        key = next(f"rep:{i}" for i in range(1000)
+                   if key_slot(f"rep:{i}".encode()) <= 5460)  # node 0's slots: the replica's
+        create(s, Order, key)
+        replica = wait_cluster[3].client()
+        replica.execute_command("READONLY")
+        _deadline = time.monotonic() + 5
+        while replica.execute_command("CTX.GET", key) is None and time.monotonic() < _deadline:
+            time.sleep(0.01)
+        later(0.1, s.cas, key, 1, Order(order_id="b"))
+        reply = replica.execute_command("CTX.WAIT", key, 1, 5000)
+        assert reply is not None and reply[0] == 2
+        later(0.1, s.delete, key, 2)
+        with pytest.raises(Exception, match="CTXDELETED"):
+            replica.execute_command("CTX.WAIT", key, 2, 5000)
+        primary.close()
+        replica.close()
+    finally:
+        rc.close()
+
+
+# ---- ACL: the documented lines -----------------------------------------------------------
+
+ACL_LUA = "ACL SETUSER agent on >pw ~ctx:* %R~__ctx:* +@all -@admin -@dangerous"
+ACL_WAIT = "ACL SETUSER agent &__ctx:wait:*"
+ACL_NARROW = ("ACL SETUSER agent on >pw ~ctx:* %R~__ctx:* +evalsha +script|load +get +set "
+              "+type +exists +time +hget +hmget +del")
+ACL_NARROW_WAIT = "ACL SETUSER agent &__ctx:wait:* +spublish +ssubscribe +publish +subscribe"
+
+
+def test_the_wait_acl_lines_are_the_documented_ones():
+    text = (REPO / "docs" / "PROTOCOL.md").read_text()
+    for line in (ACL_LUA, ACL_WAIT, ACL_NARROW, ACL_NARROW_WAIT):
+        assert line in text, line
+
+
+@pytest.mark.parametrize("lines", [(ACL_LUA, ACL_WAIT), (ACL_NARROW, ACL_NARROW_WAIT),
+                                   (ACL_LUA,)], ids=["agent", "narrow", "without-channel"])
+def test_a_lua_agent_waits_with_the_documented_acl(engine, shared_server, pb, Order, lines):
+    if engine != "lua":
+        pytest.skip("the channel lines are the Lua engine's")
+    r = shared_server.r
+    r.flushall()
+    r.execute_command("ACL", "DELUSER", "agent")
+    admin = ctxlink.connect(shared_server.client(), engine="lua")
+    admin.register_schema("order", pb.fds("order"), message_type=TYPE)
+    for line in lines:
+        assert r.execute_command(*line.split()) in (b"OK", "OK", True)
+    r.execute_command("SCRIPT", "FLUSH")
+    client = __import__("redis").Redis(host="127.0.0.1", port=shared_server.port,
+                                       username="agent", password="pw")
+    agent = ctxlink.connect(client, engine="lua")
+    create(agent, Order, "ctx:w")
+    later(0.1, agent.cas, "ctx:w", 1, Order(order_id="b"))
+    if len(lines) == 1:  # no channel: writes still work, wait is refused
+        with pytest.raises(Exception, match="NOPERM|permission"):
+            agent.wait("ctx:w", 1, 5)
+        time.sleep(0.2)
+        assert agent.get("ctx:w").version == 2
+    else:
+        t0 = time.monotonic()
+        snap = agent.wait("ctx:w", 1, 5)
+        assert snap is not None and snap.version == 2
+        assert time.monotonic() - t0 < 0.9  # woken by the publish, not the 1 s check
+    client.close()
+    admin.client.close()
+    r.execute_command("ACL", "DELUSER", "agent")
