@@ -54,6 +54,7 @@
   Success: version + 1, updated_ms from TIME, a new window record (digest of the id or zeros;
   mask bit 31 for CAS and creates, the FIELDS bits for a patch). Reply: the new version (CAS),
   [new version, merged payload] (PATCH).
+  Then the new version is published on the key's wait channel (wait_publish.lua; store.wait).
 
   CTXINVALID texts are the module's ("field 'items[2].sku' (1): invalid UTF-8", paths cut at 159
   bytes, messages at 255). Two walks: fwalk accepts the common shapes or gives up (it never

@@ -14,6 +14,7 @@
 
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
+              and "deleted" published on its wait channel (wait_publish.lua; store.wait)
     nil       conflict: the key does not exist
     [version, raw, schema, updated_ms, updated_by]   conflict: the current state; with an ID
               also [oldest_known, changed] (changed empty), as CTX.CAS

@@ -45,8 +45,6 @@ typedef struct ctx_Waiter {
 static RedisModuleDict *waiters; /* dkey -> first ctx_Waiter of that key */
 static long long nwaiters;
 
-long long ctx_Wait_Count(void) { return nwaiters; }
-
 /* ---- the waiter registry ---- */
 
 /* The `waiters` key of (db, key): the db in 4 bytes, then the key name, in
