@@ -445,3 +445,28 @@ def test_a_lua_agent_waits_with_the_documented_acl(engine, shared_server, pb, Or
     client.close()
     admin.client.close()
     r.execute_command("ACL", "DELUSER", "agent")
+
+
+def test_asyncio_wait_on_a_cluster(wait_cluster, engine, pb, Order):
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    async def main():
+        rc = AsyncCluster(host="127.0.0.1", port=wait_cluster[0].port)
+        s = await ctxlink.aio.connect(rc, engine=engine)
+        await s.register_schema("order", pb.fds("order"), message_type=TYPE)
+        for key in ("ac:{x}", "ac:plain"):
+            await rc.delete(key)
+            assert (await s.cas(key, 0, Order(order_id="a"), schema="order")).ok
+
+            async def write(key=key):
+                await asyncio.sleep(0.1)
+                await s.cas(key, 1, Order(order_id="b"))
+            task = asyncio.create_task(write())
+            t0 = time.monotonic()
+            snap = await s.wait(key, 1, 5)
+            await task
+            assert snap is not None and snap.version == 2
+            assert time.monotonic() - t0 < 0.9
+        await rc.aclose()
+
+    asyncio.run(main())

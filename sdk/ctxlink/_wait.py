@@ -257,9 +257,12 @@ async def _node_client_async(client: Any, key: Any) -> tuple[Any, bool]:
         import redis.asyncio as aioredis
 
         node = client.get_node_from_key(key)
-        kwargs = {k: v for k, v in getattr(node, "connection_kwargs", {}).items()
-                  if k not in ("host", "port", "connection_pool", "retry")}
-        return aioredis.Redis(host=node.host, port=node.port, **kwargs), True
+        kwargs = dict(getattr(node, "connection_kwargs", {}))
+        kwargs.setdefault("host", node.host)
+        kwargs.setdefault("port", node.port)
+        pool = aioredis.ConnectionPool(
+            connection_class=getattr(node, "connection_class", aioredis.Connection), **kwargs)
+        return aioredis.Redis.from_pool(pool), True  # closes the pool with the client
     return client, False
 
 
