@@ -219,6 +219,46 @@ def test_ctx_wait_command_arguments_and_no_blocking_in_multi_or_scripts(store, O
     r.close()
 
 
+@pytest.mark.module_only("raw CTX.WAIT clients: disconnects, CLIENT UNBLOCK")
+def test_ctx_wait_survives_disconnects_unblock_and_many_waiters(store, Order, shared_server):
+    create(store, Order)
+    raws = [shared_server.raw() for _ in range(12)]
+    for c in raws:
+        c.send("CTX.WAIT", "w:1", "1", "0")
+    r = shared_server.client()
+    deadline = time.monotonic() + 5
+    while r.info("clients")["blocked_clients"] < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.info("clients")["blocked_clients"] == 12
+    for c in raws[:4]:  # they go away while blocked
+        c.close()
+    ids = [int(line.split(" ")[0][3:]) for line in
+           r.execute_command("CLIENT", "LIST").decode().splitlines() if "cmd=ctx.wait" in line]
+    assert r.execute_command("CLIENT", "UNBLOCK", ids[0]) == 1  # as a timeout: nil
+    time.sleep(0.05)
+    assert store.cas("w:1", 1, Order(order_id="b")).ok
+    replies = [c.read() for c in raws[4:]]
+    assert sum(1 for x in replies if x is None) == 1
+    assert all(x[0] == 2 for x in replies if x is not None)
+    for c in raws[4:]:
+        c.close()
+    # waiters on other keys and databases, then a deletion of one key only
+    w2 = [shared_server.raw() for _ in range(3)]
+    w2[0].send("CTX.WAIT", "w:1", "2", "0")
+    w2[1].send("SELECT", "1")
+    assert "OK" in str(w2[1].read())
+    w2[1].send("CTX.WAIT", "w:1", "0", "300")
+    w2[2].send("CTX.WAIT", "w:other", "0", "300")
+    time.sleep(0.05)
+    assert store.delete("w:1", 2).ok
+    assert "CTXDELETED" in str(w2[0].read())
+    assert w2[1].read() is None and w2[2].read() is None  # timeouts, not deletions
+    for c in w2:
+        c.close()
+    assert r.info("clients")["blocked_clients"] == 0
+    r.close()
+
+
 # ---- wake-up latency -------------------------------------------------------------------
 
 @pytest.mark.timing
