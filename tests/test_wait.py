@@ -151,6 +151,33 @@ def test_expiry_raises_not_found(store, Order, shared_server):
     assert took < (1.0 if store.engine == "module" else 1.6), took
 
 
+def test_eviction_raises_not_found(engine, pb, Order):
+    module = find_module() if engine == "module" else None
+    with EmbeddedRedis(module=module) as server:
+        r = server.client()
+        s = ctxlink.connect(server.client(), engine=engine)
+        s.register_schema("order", pb.fds("order"), message_type=TYPE)
+        create(s, Order, "w:ev")
+        r.expire("w:ev", 3600)  # the only key volatile-ttl may evict
+        r.config_set("maxmemory-policy", "volatile-ttl")
+        r.config_set("maxmemory", r.info("memory")["used_memory"] + 200_000)
+
+        def fill():
+            for i in range(400):
+                try:
+                    r.set(f"fill:{i}", b"x" * 1000)
+                except Exception:  # OOM once nothing is left to evict
+                    return
+        later(0.1, fill)
+        t0 = time.monotonic()
+        with pytest.raises(ctxlink.NotFoundError):
+            s.wait("w:ev", 1, 5)
+        assert time.monotonic() - t0 < (0.8 if engine == "module" else 1.6)
+        assert r.exists("w:ev") == 0 and r.info("stats")["evicted_keys"] >= 1
+        s.client.close()
+        r.close()
+
+
 def test_an_absent_context_raises_at_once_unless_waiting_for_its_creation(store, Order):
     with pytest.raises(ctxlink.NotFoundError):
         store.wait("w:none", 1, 5)
