@@ -183,16 +183,6 @@ def op_wait_module(
 # Lua engine: the pub/sub drivers
 
 
-def _sharded(st: State) -> Optional[bool]:
-    """Whether this Store's server takes SSUBSCRIBE (Redis 7+); None until known."""
-    value: Optional[bool] = getattr(st, "_wait_sharded", None)
-    return value
-
-
-def _set_sharded(st: State, value: bool) -> None:
-    setattr(st, "_wait_sharded", value)  # noqa: B010 - a cache the State does not declare
-
-
 def _is_subscribed(msg: Any) -> bool:
     return isinstance(msg, dict) and msg.get("type") in (
         "subscribe", "ssubscribe", b"subscribe", b"ssubscribe")
@@ -209,7 +199,7 @@ def _node_client_sync(client: Any, key: Any) -> Any:
 def _subscribe_sync(r: Any, st: State, channel: bytes, shard: bool) -> Any:
     """A PubSub subscribed to ``channel``, the subscription confirmed (so no write after this
     returns is missed)."""
-    use_shard = shard and _sharded(st) is not False
+    use_shard = shard and st.wait_sharded is not False
     ps = r.pubsub()
     try:
         (ps.ssubscribe if use_shard else ps.subscribe)(channel)
@@ -218,13 +208,13 @@ def _subscribe_sync(r: Any, st: State, channel: bytes, shard: bool) -> Any:
             if _is_subscribed(msg):
                 break
         if use_shard:
-            _set_sharded(st, True)
+            st.wait_sharded = True
         return ps
     except ResponseError as exc:
         ps.close()
         if not use_shard or "unknown command" not in str(exc).lower():
             raise
-    _set_sharded(st, False)  # Redis 6.2: the scripts PUBLISH
+    st.wait_sharded = False  # Redis 6.2: the scripts PUBLISH
     return _subscribe_sync(r, st, channel, False)
 
 
@@ -267,7 +257,7 @@ async def _node_client_async(client: Any, key: Any) -> tuple[Any, bool]:
 
 
 async def _subscribe_async(r: Any, st: State, channel: bytes, shard: bool) -> Any:
-    use_shard = shard and _sharded(st) is not False
+    use_shard = shard and st.wait_sharded is not False
     ps = r.pubsub()
     try:
         await (ps.ssubscribe if use_shard else ps.subscribe)(channel)
@@ -276,13 +266,13 @@ async def _subscribe_async(r: Any, st: State, channel: bytes, shard: bool) -> An
             if _is_subscribed(msg):
                 break
         if use_shard:
-            _set_sharded(st, True)
+            st.wait_sharded = True
         return ps
     except ResponseError as exc:
         await ps.aclose()
         if not use_shard or "unknown command" not in str(exc).lower():
             raise
-    _set_sharded(st, False)
+    st.wait_sharded = False
     return await _subscribe_async(r, st, channel, False)
 
 
