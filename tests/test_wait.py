@@ -409,22 +409,35 @@ def test_the_wait_channel_hashes_to_the_keys_slot(key):
 # ---- Redis Cluster: three primaries and a replica -----------------------------------------
 
 @pytest.fixture(scope="module")
-def wait_cluster(engine):
-    from test_cluster import _cluster  # the suite's 3-primary cluster (+ one replica)
+def wait_cluster():
+    """The suite's 3-primary cluster (+ one replica of the first), the module loaded: both
+    engines run on it (``engine="lua"`` uses the scripts even where the module is loaded)."""
+    from test_cluster import _cluster
 
-    yield from _cluster(module=engine == "module")
+    yield from _cluster(module=True)
 
 
-def test_wait_on_a_cluster_wakes_on_every_primary(wait_cluster, engine, pb, Order):
+@pytest.fixture(scope="module")
+def cluster_schema(wait_cluster, engine, pb):
+    """"order" registered once per engine (16384 slot copies: seconds on the Lua engine)."""
     from redis.cluster import RedisCluster
 
     rc = RedisCluster(host="127.0.0.1", port=wait_cluster[0].port)
+    ctxlink.connect(rc, engine=engine).register_schema("order", pb.fds("order"),
+                                                       message_type=TYPE)
+    rc.close()
+    return wait_cluster
+
+
+def test_wait_on_a_cluster_wakes_on_every_primary(cluster_schema, engine, Order):
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=cluster_schema[0].port)
     try:
-        rc.flushall()
         s = ctxlink.connect(rc, engine=engine)
-        s.register_schema("order", pb.fds("order"), message_type=TYPE)
         keys = ["c:{a}", "c:{b}", "c:{c}", "c:plain", "c:a}b"]  # three slots' ranges at least
         for key in keys:
+            rc.delete(key)
             create(s, Order, key)
             later(0.1, s.cas, key, 1, Order(order_id="b"))
             t0 = time.monotonic()
@@ -439,17 +452,18 @@ def test_wait_on_a_cluster_wakes_on_every_primary(wait_cluster, engine, pb, Orde
 
 
 @pytest.mark.module_only("CTX.WAIT on a replica")
-def test_ctx_wait_on_a_replica_wakes_when_the_write_is_replicated(wait_cluster, engine, pb,
+def test_ctx_wait_on_a_replica_wakes_when_the_write_is_replicated(cluster_schema, engine,
                                                                   Order):
     from redis.cluster import RedisCluster
 
+    wait_cluster = cluster_schema
     rc = RedisCluster(host="127.0.0.1", port=wait_cluster[0].port)
     try:
         s = ctxlink.connect(rc, engine=engine)
-        s.register_schema("order", pb.fds("order"), message_type=TYPE)
         primary = wait_cluster[0].client()
         key = next(f"rep:{i}" for i in range(1000)
                    if key_slot(f"rep:{i}".encode()) <= 5460)  # node 0's slots: the replica's
+        rc.delete(key)
         create(s, Order, key)
         replica = wait_cluster[3].client()
         replica.execute_command("READONLY")
@@ -516,13 +530,12 @@ def test_a_lua_agent_waits_with_the_documented_acl(engine, shared_server, pb, Or
     r.execute_command("ACL", "DELUSER", "agent")
 
 
-def test_asyncio_wait_on_a_cluster(wait_cluster, engine, pb, Order):
+def test_asyncio_wait_on_a_cluster(cluster_schema, engine, Order):
     from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
     async def main():
-        rc = AsyncCluster(host="127.0.0.1", port=wait_cluster[0].port)
+        rc = AsyncCluster(host="127.0.0.1", port=cluster_schema[0].port)
         s = await ctxlink.aio.connect(rc, engine=engine)
-        await s.register_schema("order", pb.fds("order"), message_type=TYPE)
         for key in ("ac:{x}", "ac:plain"):
             await rc.delete(key)
             assert (await s.cas(key, 0, Order(order_id="a"), schema="order")).ok
