@@ -54,6 +54,7 @@
   Success: version + 1, updated_ms from TIME, a new window record (digest of the id or zeros;
   mask bit 31 for CAS and creates, the FIELDS bits for a patch). Reply: the new version (CAS),
   [new version, merged payload] (PATCH).
+  Then the new version is published on the key's wait channel (wait_publish.lua; store.wait).
 
   CTXINVALID texts are the module's ("field 'items[2].sku' (1): invalid UTF-8", paths cut at 159
   bytes, messages at 255). Two walks: fwalk accepts the common shapes or gives up (it never
@@ -366,11 +367,14 @@ end
 -- ---- the write ----
 -- The new record first, then the newest 15 of the old ones; the schema is the checked name.
 
+-- [include wait_publish]
+
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local keep = cur_n < WINDOW and cur_n or WINDOW - 1
 redis.call('SET', ckey, 'CTX\2' .. spack('<I8I8BBI2', new_v, ms, keep + 1, #name, #by)
   .. digest .. spack('<I4', mask) .. (keep > 0 and sub(val, 25, 24 + 12 * keep) or '')
   .. name .. by .. s, 'KEEPTTL')
+wait_publish(ckey, fmt('%.0f', new_v))
 if patching then return { new_v, s } end
 return new_v

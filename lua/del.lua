@@ -14,6 +14,7 @@
 
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
+              and "deleted" published on its wait channel (wait_publish.lua; store.wait)
     nil       conflict: the key does not exist
     [version, raw, schema, updated_ms, updated_by]   conflict: the current state; with an ID
               also [oldest_known, changed] (changed empty), as CTX.CAS
@@ -39,5 +40,7 @@ if v ~= expected then
   end
   return state
 end
+-- [include wait_publish]
 redis.call('DEL', KEYS[1])
+wait_publish(KEYS[1], 'deleted')
 return 1

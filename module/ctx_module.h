@@ -110,6 +110,11 @@ int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_WaitCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc); /* cmd_wait.c */
+int ctx_Wait_Init(RedisModuleCtx *ctx);
+/* FLUSHDB / FLUSHALL: called from the registry's FlushDB event handler (a module has one
+ * handler per event). */
+void ctx_Wait_OnFlush(uint64_t subevent, void *data);
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);

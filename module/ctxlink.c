@@ -97,6 +97,8 @@ static const ctx_CommandSpec kCommands[] = {
      "Write some top-level fields of a context if none it reads or writes changed.", "0.2.0"},
     {"ctx.del", ctx_DelCommand, "write deny-oom", "write", -3, KEY_DELETE,
      "Delete a context if its version is expected_version.", NULL},
+    {"ctx.wait", ctx_WaitCommand, "readonly", "read blocking", 4, KEY_READ,
+     "Block until a context's version is above after_version: CTX.GET's reply, or nil.", "0.3.0"},
     {"ctx.schema.set", ctx_SchemaSetCommand, "write deny-oom", "write", -4, KEY_NONE,
      "Register or update a schema from a FileDescriptorSet.", NULL},
     {"ctx.schema.get", ctx_SchemaGetCommand, "readonly", "read", 2, KEY_NONE,
@@ -254,5 +256,6 @@ __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ct
     return REDISMODULE_ERR;
   }
   if (ctx_Cluster_Init(ctx) == REDISMODULE_ERR) return REDISMODULE_ERR;
+  if (ctx_Wait_Init(ctx) == REDISMODULE_ERR) return REDISMODULE_ERR;
   return ctx_Registry_Init(ctx);
 }

@@ -275,10 +275,10 @@ done:
 static void on_wholesale_change(RedisModuleCtx *ctx, RedisModuleEvent eid,
                                 uint64_t subevent, void *data) {
   (void)ctx;
-  (void)eid;
   (void)subevent;
   (void)data;
   ctx_Registry_Clear();
+  if (eid.id == REDISMODULE_EVENT_FLUSHDB) ctx_Wait_OnFlush(subevent, data); /* cmd_wait.c */
 }
 
 int ctx_Registry_Init(RedisModuleCtx *ctx) {

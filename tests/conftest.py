@@ -31,6 +31,9 @@ from helpers import ProtoLib  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "stock: runs against a stock redis-server only")
     config.addinivalue_line(
+        "markers", "timing: a latency check; asserts medians only (a loaded machine stretches "
+        "the tail), reports the rest")
+    config.addinivalue_line(
         "markers",
         "engine_texts_differ(reason): the error texts this test asserts may differ between the "
         "engines (a documented Lua-only limit); not compared")

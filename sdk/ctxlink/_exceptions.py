@@ -19,7 +19,8 @@ replies with keep the server's message (code included) as their text.
     │                           last state, ``.changed`` the fields another writer changed
     ├── OutcomeUnknownError     a write was sent, its reply was lost, and whether it was applied
     │                           cannot be settled (``.key``, ``.write_id``): it may have landed
-    ├── NotFoundError           ``update`` found no context and had no ``default`` to create one
+    ├── NotFoundError           ``update`` found no context and had no ``default`` to create one;
+    │                           ``wait``: the context was deleted meanwhile (or is absent)
     ├── EngineError             the requested engine is unavailable (no module, no Lua scripts)
     ├── ArgumentError           an argument is out of range or malformed; nothing was sent (also a
     │                           ``ValueError``)
@@ -155,7 +156,8 @@ class OutcomeUnknownError(CtxError):
 
 
 class NotFoundError(CtxError, LookupError):
-    """``update`` found no context under the key and was given no ``default`` to create one."""
+    """``update`` found no context under the key and was given no ``default`` to create one;
+    ``wait``: the context was deleted (or expired) meanwhile, or is absent at the call."""
 
 
 class EngineError(CtxError):

@@ -34,6 +34,8 @@ class State:
     backoff: Backoff = field(default_factory=Backoff)
     # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
     local: Any = None
+    # store.wait on the Lua engine: whether the server takes SSUBSCRIBE (Redis 7+); None: unknown
+    wait_sharded: Optional[bool] = None
     local_limits_read: bool = False
     stale_after_ms: Optional[float] = None  # connect(stale_after_ms=...): ctxlink._telemetry
 

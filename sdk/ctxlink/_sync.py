@@ -33,6 +33,7 @@ from ctxlink._settle import UPDATE_TIMEOUT
 from ctxlink._state import State
 from ctxlink._telemetry import check_stale_after
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated
+from ctxlink._wait import check_wait_args, op_wait_module, socket_timeout, wait_lua_sync
 
 T = TypeVar("T")
 
@@ -275,6 +276,25 @@ class Store(StoreBase):
         A delete whose reply was lost is re-sent; if the re-sent one finds no context the result
         is ``ok`` with ``replayed`` True: the context is gone either way."""
         return _run(self._client, self._delete(key, expected_version, write_id))
+
+    def wait(
+        self, key: Union[str, bytes], after_version: int, timeout: Optional[float] = None
+    ) -> Optional[Snapshot]:
+        """Blocks until the context's version is above ``after_version``; returns its Snapshot
+        (at once when it already is), None after ``timeout`` seconds (None: no timeout).
+
+        Raises :class:`NotFoundError` when the context is deleted (or expires) meanwhile, or is
+        absent at the call with ``after_version`` > 0 (absent with 0: waits for its creation);
+        :class:`ArgumentError` for a bad ``after_version`` or ``timeout``, nothing sent. No
+        polling: the module blocks in ``CTX.WAIT``; on the Lua engine the waiter subscribes to
+        the key's wait channel on a connection of its own and re-reads at least once a second
+        (docs/PROTOCOL.md, "CTX.WAIT")."""
+        t = check_wait_args(key, after_version, timeout)
+        if self._st.engine == MODULE:
+            st = socket_timeout(self._client)
+            op = op_wait_module(self._st, key, after_version, t, st / 2 if st else None)
+            return _run(self._client, op)
+        return wait_lua_sync(self._client, self._st, key, after_version, t, lambda: self.get(key))
 
     def update(
         self,

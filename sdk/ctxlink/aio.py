@@ -41,12 +41,13 @@ from ctxlink._exceptions import (
     WrongTypeError,
 )
 from ctxlink._instr import Await, Cmd, Instr, LoadScript, Op, Sleep, Write
-from ctxlink._protocol import map_error
+from ctxlink._protocol import MODULE, map_error
 from ctxlink._registry import SchemaInfo
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, send_write_async
 from ctxlink._settle import UPDATE_TIMEOUT
 from ctxlink._telemetry import check_stale_after
 from ctxlink._types import Backoff, CasResult, M, Snapshot, Updated
+from ctxlink._wait import check_wait_args, op_wait_module, socket_timeout, wait_lua_async
 
 T = TypeVar("T")
 
@@ -199,6 +200,19 @@ class Store(StoreBase):
         """Async :meth:`ctxlink.Store.delete`: deletes the context if its version is
         ``expected_version``."""
         return await _run(self._client, self._delete(key, expected_version, write_id))
+
+    async def wait(
+        self, key: Union[str, bytes], after_version: int, timeout: Optional[float] = None
+    ) -> Optional[Snapshot]:
+        """Async :meth:`ctxlink.Store.wait`: the Snapshot once the version is above
+        ``after_version``, None at the timeout, :class:`NotFoundError` when deleted meanwhile."""
+        t = check_wait_args(key, after_version, timeout)
+        if self._st.engine == MODULE:
+            st = socket_timeout(self._client)
+            op = op_wait_module(self._st, key, after_version, t, st / 2 if st else None)
+            return await _run(self._client, op)
+        return await wait_lua_async(
+            self._client, self._st, key, after_version, t, lambda: self.get(key))
 
     async def update(
         self,
