@@ -14,7 +14,8 @@
   One script for both commands (ARGV[11]): they share the argument checks, the key read, the
   write-id window, the schema lookup and the validation walk.
 
-  KEYS[1]  the context key: the only key declared, the only key written
+  KEYS[1]  the context key
+  KEYS[2]  its history stream (cas_history.lua), given when the schema keeps history
   ARGV[1]  expected_version (CAS) / base_version (PATCH): decimal, 0 .. 2^53 - 2 (Lua doubles)
   ARGV[2]  payload (PATCH: only the fields in FIELDS)
   ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), else "0"
@@ -70,6 +71,7 @@ local TWO31 = 2147483648
 local MAX_FIELD = 536870911
 local ZERO8 = '\0\0\0\0\0\0\0\0'
 local WHOLE = TWO31 -- mask bit 31: the whole context
+-- [include cas_history]
 
 -- ---- arguments ----
 
@@ -227,7 +229,8 @@ end
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 local skey = registry_key(tag, name)
 if not skey then return err('ERR', 'slot tag must be a decimal integer (ARGV[9])') end
-local edigest = redis.pcall('HGET', skey, 'digest')
+-- with the history settings (cas_history.lua) in the same read
+local edigest, hist_n, hist_payload = history.read_entry(skey)
 if type(edigest) ~= 'string' then
   if type_of(skey) ~= 'hash' then
     return err('CTXSCHEMA', fmt("unknown schema '%s'", sub(name, 1, 120)))
@@ -238,6 +241,8 @@ end
 -- checked that entry's content against its digest, as the module does on every load.
 if edigest ~= PLAN_DIGEST then return err('CTXSCHEMA', 'stale ' .. name) end
 if PLAN_ERR then return err('CTXSCHEMA', sub(fmt(PLAN_ERR, name), 1, 255)) end
+local hist_err = history.check(hist_n, name, tag, ckey)
+if hist_err then return hist_err end
 
 -- ---- size (CTX.CAS; a patch checks its merged payload) ----
 
@@ -369,8 +374,13 @@ end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local keep = cur_n < WINDOW and cur_n or WINDOW - 1
+hist_err = history.add(hist_n, hist_payload, not present, not present and 'create'
+  or (patching and 'patch' or 'update'), new_v, ms, by, wid, present and patching and FL or nil, s,
+  '')
+if hist_err then return hist_err end
 redis.call('SET', ckey, 'CTX\2' .. spack('<I8I8BBI2', new_v, ms, keep + 1, #name, #by)
   .. digest .. spack('<I4', mask) .. (keep > 0 and sub(val, 25, 24 + 12 * keep) or '')
   .. name .. by .. s, 'KEEPTTL')
+history.expire(hist_n, ckey, nil)
 if patching then return { new_v, s } end
 return new_v

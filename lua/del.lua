@@ -7,10 +7,13 @@
   before it runs (a script without flags could DEL under OOM).
 
   KEYS[1]  the context key
+  KEYS[2]  its history stream (cas_history.lua): deleted with it; required when the context's
+           schema keeps history (else "CTXSCHEMA stale <schema>": the SDK re-sends with it)
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
            doubles, the module accepts up to 2^63 - 2)
   ARGV[2]  the write id (ID), 1 to 64 bytes; absent: none. Only checked: a delete leaves no
            window to replay from.
+  ARGV[3]  cluster: the slot tag of KEYS[1]'s slot (the registry copy read); "" or absent
 
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
@@ -29,6 +32,8 @@ end
 local wid = ARGV[2]
 if wid and (#wid < 1 or #wid > 64) then return err('ERR', 'write id must be 1 to 64 bytes') end
 
+-- [include cas_history]
+
 local v, n, ms, schema, by, hl, val, raw = read_ctx(KEYS[1])
 if v == nil then return false end
 if v == false then return wrongtype() end
@@ -39,5 +44,16 @@ if v ~= expected then
   end
   return state
 end
+-- the history goes with the context (first: a refused DEL of it leaves both)
+local tag = ARGV[3] or ''
+local skey = name_ok(schema) and registry_key(tag, schema)
+local hist_n = 0
+if skey then
+  local got = redis.pcall('HGET', skey, 'history')
+  hist_n = history.settings(type(got) == 'string' and got or nil)
+end
+local hist_err = history.check(hist_n, schema, tag, KEYS[1])
+if hist_err then return hist_err end
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
 return 1

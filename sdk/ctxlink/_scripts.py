@@ -37,7 +37,7 @@ SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", 
 PRELUDE = "prelude"
 #: Parts of cas.lua kept in files of their own (split by concept), put in place of its
 #: ``-- [include <part>]`` lines: the fast walk, CTX.PATCH's splice, the validation walk.
-PARTS = ("cas_fastwalk", "cas_splice", "cas_walk")
+PARTS = ("cas_fastwalk", "cas_splice", "cas_walk", "cas_history")
 
 #: How many generated plan scripts one process keeps (each is a few KiB for common schemas).
 PLAN_CACHE_SIZE = 128
@@ -181,8 +181,10 @@ def _dir(directory: Optional[Path]) -> Path:
 def load_scripts(directory: Optional[Path] = None) -> dict[str, Script]:
     """The fixed scripts, assembled. ``cas`` needs a plan: see :func:`plan_script`."""
     src = _sources(_dir(directory))
+    parts = {n: src[n] for n in PARTS}  # del.lua includes cas_history
     return {
-        n: Script.of(n, assemble(src[n], src[PRELUDE])) for n in SCRIPT_NAMES if n != "cas"
+        n: Script.of(n, assemble(src[n], src[PRELUDE], parts=parts))
+        for n in SCRIPT_NAMES if n != "cas"
     }
 
 
