@@ -71,7 +71,6 @@ local TWO31 = 2147483648
 local MAX_FIELD = 536870911
 local ZERO8 = '\0\0\0\0\0\0\0\0'
 local WHOLE = TWO31 -- mask bit 31: the whole context
--- [include cas_history]
 
 -- ---- arguments ----
 
@@ -229,8 +228,11 @@ end
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 local skey = registry_key(tag, name)
 if not skey then return err('ERR', 'slot tag must be a decimal integer (ARGV[9])') end
--- with the history settings (cas_history.lua) in the same read
-local edigest, hist_n, hist_payload = history.read_entry(skey)
+-- with the history settings (cas_history.lua), read as the module reads them
+local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload')
+local hist_n, hist_payload = strict_int(edigest[2] or nil) or 0, edigest[3] == '1'
+if hist_n > 1000 then hist_n = 0 end
+edigest = edigest[1]
 if type(edigest) ~= 'string' then
   if type_of(skey) ~= 'hash' then
     return err('CTXSCHEMA', fmt("unknown schema '%s'", sub(name, 1, 120)))
@@ -241,8 +243,6 @@ end
 -- checked that entry's content against its digest, as the module does on every load.
 if edigest ~= PLAN_DIGEST then return err('CTXSCHEMA', 'stale ' .. name) end
 if PLAN_ERR then return err('CTXSCHEMA', sub(fmt(PLAN_ERR, name), 1, 255)) end
-local hist_err = history.check(hist_n, name, tag, ckey)
-if hist_err then return hist_err end
 
 -- ---- size (CTX.CAS; a patch checks its merged payload) ----
 
@@ -374,13 +374,9 @@ end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local keep = cur_n < WINDOW and cur_n or WINDOW - 1
-hist_err = history.add(hist_n, hist_payload, not present, not present and 'create'
-  or (patching and 'patch' or 'update'), new_v, ms, by, wid, present and patching and FL or nil, s,
-  '')
-if hist_err then return hist_err end
+-- [include cas_history]
 redis.call('SET', ckey, 'CTX\2' .. spack('<I8I8BBI2', new_v, ms, keep + 1, #name, #by)
   .. digest .. spack('<I4', mask) .. (keep > 0 and sub(val, 25, 24 + 12 * keep) or '')
   .. name .. by .. s, 'KEEPTTL')
-history.expire(hist_n, ckey, nil)
 if patching then return { new_v, s } end
 return new_v

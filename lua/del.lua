@@ -32,8 +32,6 @@ end
 local wid = ARGV[2]
 if wid and (#wid < 1 or #wid > 64) then return err('ERR', 'write id must be 1 to 64 bytes') end
 
--- [include cas_history]
-
 local v, n, ms, schema, by, hl, val, raw = read_ctx(KEYS[1])
 if v == nil then return false end
 if v == false then return wrongtype() end
@@ -45,15 +43,10 @@ if v ~= expected then
   return state
 end
 -- the history goes with the context (first: a refused DEL of it leaves both)
-local tag = ARGV[3] or ''
-local skey = name_ok(schema) and registry_key(tag, schema)
-local hist_n = 0
-if skey then
-  local got = redis.pcall('HGET', skey, 'history')
-  hist_n = history.settings(type(got) == 'string' and got or nil)
-end
-local hist_err = history.check(hist_n, schema, tag, KEYS[1])
-if hist_err then return hist_err end
+local skey = name_ok(schema) and registry_key(ARGV[3] or '', schema)
+local hist = skey and redis.pcall('HGET', skey, 'history')
+hist = type(hist) == 'string' and strict_int(hist) or 0
+if hist > 0 and hist <= 1000 and not KEYS[2] then return err('CTXSCHEMA', 'stale ' .. schema) end
 if KEYS[2] then redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
 return 1

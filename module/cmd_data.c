@@ -398,7 +398,7 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
 
   ctx_History hist; /* history.c: the change goes to the context's history, when kept */
-  if (!ctx_History_Prepare(ctx, argv[1], &hist)) goto done;
+  ctx_History_Prepare(ctx, argv[1], &hist);
   if (!write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, o.id ? o.digest : NULL,
                    CTX_MASK_WHOLE, name, nlen, o.by, payload, plen, &st)) {
     ctx_History_Release(ctx, &hist);
@@ -622,7 +622,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   /* `name` may point into the stored value: write_value reads it before the
    * key is replaced. */
   ctx_History hist; /* history.c */
-  if (!ctx_History_Prepare(ctx, argv[1], &hist)) goto done;
+  ctx_History_Prepare(ctx, argv[1], &hist);
   if (!write_value(ctx, key, argv[1], &s, cur + 1, o.id ? o.digest : NULL, mask, name, nlen,
                    o.by, merged, mlen, &st)) {
     ctx_History_Release(ctx, &hist);

@@ -123,9 +123,6 @@ void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpa
 void ctx_Registry_LastSettings(ctx_HistorySettings *out);
 
 /* ---- per-context history (history.c; docs/PROTOCOL.md, "History") ---- */
-#define CTX_HISTORY_WRONGTYPE \
-  "WRONGTYPE the history key of this context holds another type (not a stream)"
-
 typedef enum { kCtx_Change_Create, kCtx_Change_Update, kCtx_Change_Patch } ctx_ChangeKind;
 
 /* A write's history: the settings, and the stream's key name while it is to be written. */
@@ -138,10 +135,9 @@ typedef struct {
 /* `__ctxh:<key>`, on a cluster `__ctxh:{<slot tag>}:<key>` (the caller frees it). */
 RedisModuleString *ctx_History_KeyName(RedisModuleCtx *ctx, RedisModuleString *keyname);
 
-/* Before a write, after the schema was resolved: takes the entry's settings.
- * With history on and the history key of another type, replies WRONGTYPE and
- * returns false (nothing is written). */
-bool ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_History *h);
+/* Before a write, after the schema was resolved: takes the entry's settings
+ * (and, with history on, the stream's key name). */
+void ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_History *h);
 
 /* After a successful write of `key`: appends the change (read back from the
  * stored value) with XADD MAXLEN = n, `<version>-0`; a create drops a leftover

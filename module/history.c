@@ -12,7 +12,6 @@
  * PEXPIREAT reach replicas and the AOF inside the same MULTI/EXEC as the
  * command's own SET or DEL, so the history and the value never part. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "core/ctx_value.h"
@@ -43,22 +42,12 @@ static int key_type(RedisModuleCtx *ctx, RedisModuleString *name) {
   return t;
 }
 
-bool ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_History *h) {
+void ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_History *h) {
   ctx_HistorySettings set;
   ctx_Registry_LastSettings(&set);
   h->n = set.history;
   h->payloads = set.payloads;
-  h->key = NULL;
-  if (h->n <= 0) return true;
-  h->key = ctx_History_KeyName(ctx, keyname);
-  int t = key_type(ctx, h->key);
-  if (t != REDISMODULE_KEYTYPE_EMPTY && t != REDISMODULE_KEYTYPE_STREAM) {
-    RedisModule_FreeString(ctx, h->key);
-    h->key = NULL;
-    RedisModule_ReplyWithError(ctx, CTX_HISTORY_WRONGTYPE);
-    return false;
-  }
-  return true;
+  h->key = h->n > 0 ? ctx_History_KeyName(ctx, keyname) : NULL;
 }
 
 /* DEL of `hkey` (propagated) when it exists. */
@@ -68,23 +57,15 @@ static void drop_key(RedisModuleCtx *ctx, RedisModuleString *hkey) {
   if (r) RedisModule_FreeCallReply(r);
 }
 
-static int cmp_u32(const void *a, const void *b) {
-  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* "3 5 12": the field numbers ascending, one space apart. */
+/* "5 3 12": the FIELDS numbers as given, one space apart (the Lua engine stores the SDK's
+ * FIELDS argument as it is: the same bytes). */
 static RedisModuleString *fields_text(RedisModuleCtx *ctx, const uint32_t *fields, int n) {
-  uint32_t *sorted = RedisModule_Alloc(sizeof(uint32_t) * (size_t)n);
-  memcpy(sorted, fields, sizeof(uint32_t) * (size_t)n);
-  qsort(sorted, (size_t)n, sizeof(uint32_t), cmp_u32);
   RedisModuleString *s = RedisModule_CreateString(ctx, "", 0);
   char num[16];
   for (int i = 0; i < n; i++) {
-    int len = snprintf(num, sizeof(num), i ? " %u" : "%u", sorted[i]);
+    int len = snprintf(num, sizeof(num), i ? " %u" : "%u", fields[i]);
     RedisModule_StringAppendBuffer(ctx, s, num, (size_t)len);
   }
-  RedisModule_Free(sorted);
   return s;
 }
 
@@ -164,7 +145,8 @@ void ctx_History_Append(RedisModuleCtx *ctx, ctx_History *h, RedisModuleKey *key
   RedisModuleCallReply *r = RedisModule_Call(ctx, "XADD", "!v", argv, (size_t)argc);
   if (!r || RedisModule_CallReplyType(r) == REDISMODULE_REPLY_ERROR) {
     /* An id at or below the stream's last: the stream outlived its context (a raw DEL, an
-     * expiry, history switched off and on around a re-create). Start it again. */
+     * expiry, history switched off and on around a re-create); or a key of another type
+     * under the reserved prefix. Start it again (the Lua engine does the same). */
     if (r) RedisModule_FreeCallReply(r);
     drop_key(ctx, h->key);
     r = RedisModule_Call(ctx, "XADD", "!v", argv, (size_t)argc);

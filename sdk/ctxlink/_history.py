@@ -204,7 +204,8 @@ def _parse(key_text: str, entry: Any, names: dict[int, str]) -> Change:
     f = fields.get("f")
     touched: Optional[tuple[str, ...]] = None
     if f is not None:
-        touched = tuple(names.get(int(n), n) for n in _text(f).split())
+        numbers = sorted(int(n) for n in _text(f).split())
+        touched = tuple(names.get(n, str(n)) for n in numbers)
     payload = fields.get("p")
     return Change(
         key=key_text,

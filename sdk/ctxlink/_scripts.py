@@ -181,10 +181,8 @@ def _dir(directory: Optional[Path]) -> Path:
 def load_scripts(directory: Optional[Path] = None) -> dict[str, Script]:
     """The fixed scripts, assembled. ``cas`` needs a plan: see :func:`plan_script`."""
     src = _sources(_dir(directory))
-    parts = {n: src[n] for n in PARTS}  # del.lua includes cas_history
     return {
-        n: Script.of(n, assemble(src[n], src[PRELUDE], parts=parts))
-        for n in SCRIPT_NAMES if n != "cas"
+        n: Script.of(n, assemble(src[n], src[PRELUDE])) for n in SCRIPT_NAMES if n != "cas"
     }
 
 
