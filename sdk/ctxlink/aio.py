@@ -59,6 +59,7 @@ __all__ = [
     "Updated",
     "Backoff",
     "SchemaInfo",
+    "Change",
     "CtxError",
     "ServerError",
     "ValidationError",
