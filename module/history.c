@@ -105,54 +105,79 @@ void ctx_History_Append(RedisModuleCtx *ctx, ctx_History *h, RedisModuleKey *key
   ctx_Value v;
   if (!p || !ctx_Value_Parse(p, len, &v)) goto done; /* cannot happen after a write */
 
-  /* A create starts a fresh history: whatever is there belongs to a predecessor. */
-  if (kind == kCtx_Change_Create) drop_key(ctx, h->key);
-
-  RedisModuleString *argv[20];
-  int argc = 0;
+  /* The XADD as a client would send it: argv[0..4] the command's head, then the fields. The
+   * constant words are made once (never freed: the module lives as long as the server). */
+  static RedisModuleString *word[10];
+  enum { W_MAXLEN, W_EQ, W_K, W_I, W_T, W_B, W_W, W_F, W_P, W_O };
+  if (!word[0]) {
+    const char *const text[] = {"MAXLEN", "=", "k", "i", "t", "b", "w", "f", "p", "o"};
+    for (int i = 0; i < 10; i++) word[i] = RedisModule_CreateString(NULL, text[i], strlen(text[i]));
+  }
+  RedisModuleString *argv[20], *made[10];
+  int argc = 0, nmade = 0;
+#define CTX_MADE(s) (made[nmade++] = (s))
   char buf[48];
   argv[argc++] = h->key;
-  argv[argc++] = RedisModule_CreateString(ctx, "MAXLEN", 6);
-  argv[argc++] = RedisModule_CreateString(ctx, "=", 1);
-  argv[argc++] = RedisModule_CreateStringFromLongLong(ctx, h->n);
+  argv[argc++] = word[W_MAXLEN];
+  argv[argc++] = word[W_EQ];
+  argv[argc++] = CTX_MADE(RedisModule_CreateStringFromLongLong(ctx, h->n));
   int idlen = snprintf(buf, sizeof(buf), "%llu-0", (unsigned long long)v.version);
-  argv[argc++] = RedisModule_CreateString(ctx, buf, (size_t)idlen);
-  argv[argc++] = RedisModule_CreateString(ctx, "k", 1);
-  argv[argc++] = RedisModule_CreateString(ctx, kind_names[kind], strlen(kind_names[kind]));
-  argv[argc++] = RedisModule_CreateString(ctx, "i", 1);
-  argv[argc++] = RedisModule_CreateString(ctx, incarnation ? incarnation : "", inc_len);
-  argv[argc++] = RedisModule_CreateString(ctx, "t", 1);
-  argv[argc++] = RedisModule_CreateStringFromLongLong(ctx, (long long)v.updated_ms);
-  argv[argc++] = RedisModule_CreateString(ctx, "b", 1);
-  argv[argc++] = RedisModule_CreateString(ctx, v.updated_by, v.by_len);
-  argv[argc++] = RedisModule_CreateString(ctx, "w", 1);
-  size_t wl = 0;
-  const char *w = write_id ? RedisModule_StringPtrLen(write_id, &wl) : "";
-  argv[argc++] = RedisModule_CreateString(ctx, w, wl);
+  argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, buf, (size_t)idlen));
+  int first_field = argc;
+  argv[argc++] = word[W_K];
+  argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, kind_names[kind], strlen(kind_names[kind])));
+  argv[argc++] = word[W_I];
+  argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, incarnation ? incarnation : "", inc_len));
+  argv[argc++] = word[W_T];
+  argv[argc++] = CTX_MADE(RedisModule_CreateStringFromLongLong(ctx, (long long)v.updated_ms));
+  argv[argc++] = word[W_B];
+  argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, v.updated_by, v.by_len));
+  argv[argc++] = word[W_W];
+  argv[argc++] = write_id ? write_id : ctx_names.empty;
   if (kind == kCtx_Change_Patch && nfields > 0) {
-    argv[argc++] = RedisModule_CreateString(ctx, "f", 1);
-    argv[argc++] = fields_text(ctx, fields, nfields);
+    argv[argc++] = word[W_F];
+    argv[argc++] = CTX_MADE(fields_text(ctx, fields, nfields));
   }
   if (h->payloads) {
     if (v.payload_len <= CTX_HISTORY_PAYLOAD_MAX) {
-      argv[argc++] = RedisModule_CreateString(ctx, "p", 1);
-      argv[argc++] = RedisModule_CreateString(ctx, v.payload, v.payload_len);
+      argv[argc++] = word[W_P];
+      argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, v.payload, v.payload_len));
     } else {
-      argv[argc++] = RedisModule_CreateString(ctx, "o", 1);
-      argv[argc++] = RedisModule_CreateStringFromLongLong(ctx, (long long)v.payload_len);
+      argv[argc++] = word[W_O];
+      argv[argc++] = CTX_MADE(RedisModule_CreateStringFromLongLong(ctx, (long long)v.payload_len));
     }
   }
-  RedisModuleCallReply *r = RedisModule_Call(ctx, "XADD", "!v", argv, (size_t)argc);
-  if (!r || RedisModule_CallReplyType(r) == REDISMODULE_REPLY_ERROR) {
-    /* An id at or below the stream's last: the stream outlived its context (a raw DEL, an
-     * expiry, history switched off and on around a re-create); or a key of another type
-     * under the reserved prefix. Start it again (the Lua engine does the same). */
-    if (r) RedisModule_FreeCallReply(r);
-    drop_key(ctx, h->key);
-    r = RedisModule_Call(ctx, "XADD", "!v", argv, (size_t)argc);
+#undef CTX_MADE
+
+  /* The stream API on the open key, then the same XADD on the replication stream (one
+   * MULTI/EXEC with the value's SET): no command dispatch on the hot path. */
+  RedisModuleKey *hk = RedisModule_OpenKey(ctx, h->key, REDISMODULE_READ | REDISMODULE_WRITE);
+  int t = RedisModule_KeyType(hk);
+  /* A create starts a fresh history: whatever is there belongs to a predecessor (a raw DEL, an
+   * expiry); so does a key of another type under the reserved prefix. */
+  bool dropped = t != REDISMODULE_KEYTYPE_EMPTY &&
+                 (kind == kCtx_Change_Create || t != REDISMODULE_KEYTYPE_STREAM);
+  if (dropped) RedisModule_DeleteKey(hk);
+  RedisModuleStreamID id = {v.version, 0};
+  int64_t npairs = (argc - first_field) / 2;
+  if (RedisModule_StreamAdd(hk, 0, &id, argv + first_field,
+                            npairs) != REDISMODULE_OK) {
+    /* An id at or below the stream's last: the stream outlived its context (history switched
+     * off and on around a re-create). Start it again (the Lua engine does the same). */
+    RedisModule_DeleteKey(hk);
+    dropped = true;
+    RedisModule_StreamAdd(hk, 0, &id, argv + first_field, npairs);
   }
-  if (r) RedisModule_FreeCallReply(r);
-  for (int i = 1; i < argc; i++) RedisModule_FreeString(ctx, argv[i]);
+  RedisModule_StreamTrimByLength(hk, 0, h->n); /* exact: MAXLEN = n */
+  RedisModule_CloseKey(hk);
+  if (dropped) {
+    RedisModule_Replicate(ctx, "DEL", "s", h->key);
+    RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_GENERIC, "del", h->key);
+  }
+  RedisModule_Replicate(ctx, "XADD", "v", argv, (size_t)argc);
+  RedisModule_SignalModifiedKey(ctx, h->key);
+  RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_STREAM, "xadd", h->key);
+  for (int i = 0; i < nmade; i++) RedisModule_FreeString(ctx, made[i]);
   mirror_expire(ctx, key, h->key);
 done:
   RedisModule_FreeString(ctx, h->key);

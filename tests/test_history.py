@@ -464,3 +464,19 @@ def test_history_on_the_3_primary_cluster_lives_in_the_contexts_slot(any_cluster
         assert s.get_schema("horder").history == 3
     finally:
         rc.close()
+
+
+def test_the_readme_history_example_runs_as_written():
+    """README's history snippet, run after the ten-line example (inside its ``with`` block)."""
+    import subprocess
+    import sys
+
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    example = blocks[0].rsplit("\n    print(", 1)[0]
+    snippet = next(b for b in blocks if "store.history(" in b)
+    body = "".join("    " + line + "\n" for line in snippet.strip().splitlines())
+    out = subprocess.run([sys.executable, "-c", example + "\n" + body], capture_output=True,
+                         text=True, cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "patch", "inventory", "('status',)"]
