@@ -230,6 +230,20 @@ def test_another_store_turning_history_on_is_picked_up(store, shared_server, pb)
     assert _stream_keys(shared_server.r) == []
 
 
+def test_a_store_that_never_saw_the_schema_deletes_the_history_too(store, shared_server, pb):
+    """The Lua engine's SDK does not know a fresh key's schema: del.lua reads the setting itself,
+    answers ``stale`` and the SDK re-sends with the stream (nothing was written in between)."""
+    store.register_schema("order", pb.Order, history=3)
+    store.cas("o:11", 0, pb.Order(order_id="a"), schema="order")
+    fresh = ctxlink.connect(shared_server.client())
+    assert fresh.delete("o:11", 1).ok
+    assert shared_server.r.exists("o:11", "__ctxh:o:11") == 0
+    # a delete that conflicts leaves both
+    store.cas("o:11", 0, pb.Order(order_id="b"), schema="order")
+    assert not ctxlink.connect(shared_server.client()).delete("o:11", 7).ok
+    assert shared_server.r.exists("o:11", "__ctxh:o:11") == 2
+
+
 def test_async_store_reads_history(engine, shared_server, pb):
     r = shared_server.r
     r.flushall()
