@@ -43,7 +43,8 @@
                field numbers of FIELDS u READS written after base_version; empty for CAS)
     CTXSCHEMA  schema required / mismatch / no schema field / invalid name / unknown;
                "stale <name>": the entry's digest is not PLAN_DIGEST (the SDK reads the entry,
-               generates its plan and sends the same write again); PLAN_ERR (the entry the plan
+               generates its plan and sends the same write again), or, last before the write,
+               the schema keeps history and KEYS[2] is missing (cas_history.lua); PLAN_ERR (the entry the plan
                was made from is damaged or does not compile); "schema key mismatch: the context
                uses '<name>'" (stale ARGV[8]: the SDK retries)
     CTXFIELD   PATCH: FIELDS then READS, in the order given: not a top-level field, or the
