@@ -154,6 +154,10 @@ void ctx_History_Release(RedisModuleCtx *ctx, ctx_History *h);
 /* CTX.DEL: the context's history goes with it. */
 void ctx_History_Drop(RedisModuleCtx *ctx, RedisModuleString *keyname);
 
+/* CTX.TOUCH (protocol 3): the stream, when there is one, expires at `at_ms` too
+ * (PEXPIREAT, propagated). */
+void ctx_History_Expire(RedisModuleCtx *ctx, RedisModuleString *keyname, long long at_ms);
+
 /* ---- command handlers ---- */
 int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);

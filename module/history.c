@@ -194,3 +194,12 @@ void ctx_History_Drop(RedisModuleCtx *ctx, RedisModuleString *keyname) {
   drop_key(ctx, hkey);
   RedisModule_FreeString(ctx, hkey);
 }
+
+void ctx_History_Expire(RedisModuleCtx *ctx, RedisModuleString *keyname, long long at_ms) {
+  RedisModuleString *hkey = ctx_History_KeyName(ctx, keyname);
+  if (key_type(ctx, hkey) != REDISMODULE_KEYTYPE_EMPTY) {
+    RedisModuleCallReply *r = RedisModule_Call(ctx, "PEXPIREAT", "!sl", hkey, at_ms);
+    if (r) RedisModule_FreeCallReply(r);
+  }
+  RedisModule_FreeString(ctx, hkey);
+}
