@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import ctxlink
@@ -494,3 +496,60 @@ def test_the_readme_history_example_runs_as_written():
                          text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["3", "patch", "inventory", "('status',)"]
+
+
+# --------------------------------------------------------------------------- kill -9
+
+
+def test_history_and_value_never_disagree_after_kill_9(engine, tmp_path, module_so, pb):
+    """Writers update contexts of a schema with history while the server is killed (-9) and
+    restarted from its AOF (appendfsync always, rewrites on): after each restart every
+    context's history ends at its version, with consecutive versions, as MAXLEN allows."""
+    import sys
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "torture"))
+    from crash_loop import aof_config, kill9
+
+    n = 5
+    spec = dict(module=str(module_so) if engine == "module" else None, module_args=[],
+                appendonly=True, config=aof_config("16kb"), replicaof=None)
+    server = srv.start_server(tmp_path, **spec)
+    setup = ctxlink.connect(server.client(), engine=engine)
+    setup.register_schema("order", pb.Order, history=n)
+    keys = [f"k:{i}" for i in range(4)]
+    for k in keys:
+        setup.cas(k, 0, pb.Order(order_id=k), schema="order")
+    try:
+        for cycle in range(2):
+            stop = threading.Event()
+            store = ctxlink.connect(server.client(socket_timeout=5), engine=engine)
+
+            def write(w: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    try:
+                        store.update(keys[(w + i) % len(keys)], _bump, message_class=pb.Order,
+                                     reads=[] if i % 2 else None, timeout=2)
+                    except Exception:
+                        return  # the server went away
+                    i += 1
+
+            threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            kill9(server)
+            stop.set()
+            for t in threads:
+                t.join(10)
+            server = srv.start_server(tmp_path, **spec)
+            check = ctxlink.connect(server.client(), engine=engine)
+            for k in keys:
+                version = check.get(k).version
+                got = [c.version for c in check.history(k)]
+                want = list(range(max(1, version - n + 1), version + 1))
+                assert got == want, (cycle, k, version, got)
+            check.client.close()
+    finally:
+        server.stop(check=False)
