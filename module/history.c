@@ -8,9 +8,11 @@
  * payload, with HISTORYPAYLOADS yes and at most CTX_HISTORY_PAYLOAD_MAX bytes)
  * or o (the size of a payload that was left out).
  *
- * Everything is written with RedisModule_Call and "!": the XADD, DEL and
- * PEXPIREAT reach replicas and the AOF inside the same MULTI/EXEC as the
- * command's own SET or DEL, so the history and the value never part. */
+ * The entry is added with the stream API on the open key and propagated as
+ * the XADD a client would send (RedisModule_Replicate); the rarer DEL and
+ * PEXPIREAT go through RedisModule_Call with "!". All of it reaches replicas
+ * and the AOF inside the same MULTI/EXEC as the command's own SET or DEL, so
+ * the history and the value never part. */
 #include <stdio.h>
 #include <string.h>
 
