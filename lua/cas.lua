@@ -14,7 +14,8 @@
   One script for both commands (ARGV[11]): they share the argument checks, the key read, the
   write-id window, the schema lookup and the validation walk.
 
-  KEYS[1]  the context key: the only key declared, the only key written
+  KEYS[1]  the context key
+  KEYS[2]  its history stream (cas_history.lua), given when the schema keeps history
   ARGV[1]  expected_version (CAS) / base_version (PATCH): decimal, 0 .. 2^53 - 2 (Lua doubles)
   ARGV[2]  payload (PATCH: only the fields in FIELDS)
   ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), else "0"
@@ -42,7 +43,8 @@
                field numbers of FIELDS u READS written after base_version; empty for CAS)
     CTXSCHEMA  schema required / mismatch / no schema field / invalid name / unknown;
                "stale <name>": the entry's digest is not PLAN_DIGEST (the SDK reads the entry,
-               generates its plan and sends the same write again); PLAN_ERR (the entry the plan
+               generates its plan and sends the same write again), or, last before the write,
+               the schema keeps history and KEYS[2] is missing (cas_history.lua); PLAN_ERR (the entry the plan
                was made from is damaged or does not compile); "schema key mismatch: the context
                uses '<name>'" (stale ARGV[8]: the SDK retries)
     CTXFIELD   PATCH: FIELDS then READS, in the order given: not a top-level field, or the
@@ -228,7 +230,11 @@ end
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 local skey = registry_key(tag, name)
 if not skey then return err('ERR', 'slot tag must be a decimal integer (ARGV[9])') end
-local edigest = redis.pcall('HGET', skey, 'digest')
+-- with the history settings (cas_history.lua), read as the module reads them
+local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload')
+local hist_n, hist_payload = strict_int(edigest[2] or nil) or 0, edigest[3] == '1'
+if hist_n > 1000 then hist_n = 0 end
+edigest = edigest[1]
 if type(edigest) ~= 'string' then
   if type_of(skey) ~= 'hash' then
     return err('CTXSCHEMA', fmt("unknown schema '%s'", sub(name, 1, 120)))
@@ -372,6 +378,7 @@ end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 local keep = cur_n < WINDOW and cur_n or WINDOW - 1
+-- [include cas_history]
 redis.call('SET', ckey, 'CTX\2' .. spack('<I8I8BBI2', new_v, ms, keep + 1, #name, #by)
   .. digest .. spack('<I4', mask) .. (keep > 0 and sub(val, 25, 24 + 12 * keep) or '')
   .. name .. by .. s, 'KEEPTTL')

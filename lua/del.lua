@@ -7,10 +7,13 @@
   before it runs (a script without flags could DEL under OOM).
 
   KEYS[1]  the context key
+  KEYS[2]  its history stream (cas_history.lua): deleted with it; required when the context's
+           schema keeps history (else "CTXSCHEMA stale <schema>": the SDK re-sends with it)
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
            doubles, the module accepts up to 2^63 - 2)
   ARGV[2]  the write id (ID), 1 to 64 bytes; absent: none. Only checked: a delete leaves no
            window to replay from.
+  ARGV[3]  cluster: the slot tag of KEYS[1]'s slot (the registry copy read); "" or absent
 
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
@@ -41,6 +44,12 @@ if v ~= expected then
   return state
 end
 -- [include wait_publish]
+-- the history goes with the context (first: a refused DEL of it leaves both)
+local skey = name_ok(schema) and registry_key(ARGV[3] or '', schema)
+local hist = skey and redis.pcall('HGET', skey, 'history')
+hist = type(hist) == 'string' and strict_int(hist) or 0
+if hist > 0 and hist <= 1000 and not KEYS[2] then return err('CTXSCHEMA', 'stale ' .. schema) end
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
 wait_publish(KEYS[1], 'deleted')
 return 1

@@ -23,6 +23,9 @@
            missing copy is written under revision ARGV[6] instead of the next one (a repair)
   ARGV[8]  "0" for a cluster slot's copy other than the one the SDK read (absent or "1": the copy
            it read, whose revision must still be ARGV[6])
+  ARGV[9]  HISTORY: "0" .. "1000" (changes kept per context); "" or absent: keep the entry's
+           (0 for a new name)
+  ARGV[10] HISTORYPAYLOADS: "1" / "0"; "" or absent: keep the entry's (0 for a new name)
 
   digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes (the C core's
   ctx_Digest). No validation plan is stored: the SDK generates it from the entry
@@ -30,18 +33,21 @@
 
   Replies:
     the revision (integer). When the entry already holds this very definition (same digest,
-    same compat; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
+    same compat, same history settings; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
     reads it) nothing is written and the current revision is returned; if that entry's content
     no longer hashes to its digest (edited by hand) or KEYS[2] does not list the name, it is
     written again under the same revision. The entry's revision is read as the module reads it
     (prelude's strict_int; unreadable or negative is 0). Every check comes before the first
     write, so an error writes nothing. Otherwise
-    HSET KEYS[1] type fds revision vfield digest compat, HDEL KEYS[1] plan, SADD KEYS[2] name;
+    HSET KEYS[1] type fds revision vfield digest compat history hpayload, HDEL KEYS[1] plan,
+    SADD KEYS[2] name;
     the reply is ARGV[6] + 1 (ARGV[6] with ARGV[7] when above 0), also over another copy at an
     older revision.
   Errors:
     CTXSCHEMA invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :
     CTXSCHEMA unknown COMPAT '<ARGV[5]>': use WIRE_JSON or WIRE
+    ERR HISTORY must be an integer from 0 to 1000
+    ERR HISTORYPAYLOADS must be yes or no
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
     CTXSCHEMA the registry index '__ctx:schemas' holds another type   (KEYS[2] not a set)
@@ -55,6 +61,23 @@ local name, mtype, fds, vfield, compat = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARG
 local seen = tonumber(ARGV[6]) or 0
 local keep = ARGV[7] == '1'
 local first = ARGV[8] ~= '0'
+-- the history settings: checked before anything is read or written (HISTORY_MAX: the C core's
+-- CTX_HISTORY_MAX, compared by a test)
+local HISTORY_MAX = 1000
+local hist_arg, hpay_arg = ARGV[9] or '', ARGV[10] or ''
+local hist_new = strict_int(hist_arg)
+if hist_arg ~= '' and (not hist_new or hist_new < 0 or hist_new > HISTORY_MAX) then
+  return err('ERR', 'HISTORY must be an integer from 0 to ' .. HISTORY_MAX)
+end
+if hpay_arg ~= '' and hpay_arg ~= '1' and hpay_arg ~= '0' then
+  return err('ERR', 'HISTORYPAYLOADS must be yes or no')
+end
+-- an entry's settings as the module reads them: unreadable or out of range is off
+local function hist_of(v)
+  local n = strict_int(v or nil)
+  if not n or n < 0 or n > HISTORY_MAX then return 0 end
+  return n
+end
 
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 if compat ~= 'WIRE_JSON' and compat ~= 'WIRE' then
@@ -90,11 +113,16 @@ end
 -- a copy that does not exist yet (a new name, or a cluster slot's missing copy) joins at `seen`
 local revision, repair = seen, false
 if t == 'hash' then
-  local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat')
+  local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat',
+    'history', 'hpayload')
   -- read as the module reads it (Redis' string2ll); unreadable or negative counts as 0
   revision = strict_int(h[1] or nil) or 0
   if revision < 0 then revision = 0 end
-  if h[2] == digest and category(h[6]) == compat and revision > 0 then
+  -- settings not given keep the entry's
+  if hist_arg == '' then hist_arg = tostring(hist_of(h[7])) end
+  if hpay_arg == '' then hpay_arg = h[8] == '1' and '1' or '0' end
+  if h[2] == digest and category(h[6]) == compat and revision > 0
+      and hist_of(h[7]) == tonumber(hist_arg) and (h[8] == '1') == (hpay_arg == '1') then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
     if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest
@@ -114,8 +142,10 @@ if not repair then
   end
   revision = target
 end
+if hist_arg == '' then hist_arg = '0' end
+if hpay_arg == '' then hpay_arg = '0' end
 redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', fmt('%.0f', revision),
-  'vfield', vfield, 'digest', digest, 'compat', compat)
+  'vfield', vfield, 'digest', digest, 'compat', compat, 'history', hist_arg, 'hpayload', hpay_arg)
 redis.call('HDEL', entry, 'plan')
 redis.call('SADD', index, name)
 return revision

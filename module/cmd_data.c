@@ -399,10 +399,15 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     goto reject;
   }
 
+  ctx_History hist; /* history.c: the change goes to the context's history, when kept */
+  ctx_History_Prepare(ctx, argv[1], &hist);
   if (!write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, o.id ? o.digest : NULL,
                    CTX_MASK_WHOLE, name, nlen, o.by, payload, plen, &st)) {
+    ctx_History_Release(ctx, &hist);
     goto reject;
   }
+  ctx_History_Append(ctx, &hist, key, kind == kState_Absent ? kCtx_Change_Create
+                     : kCtx_Change_Update, NULL, 0, o.id, "", 0, -1);
   ctx_stats.cas_ok++;
   RedisModule_ReplyWithLongLong(ctx, expected + 1);
   goto done;
@@ -624,10 +629,15 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   /* `name` may point into the stored value: write_value reads it before the
    * key is replaced. */
+  ctx_History hist; /* history.c */
+  ctx_History_Prepare(ctx, argv[1], &hist);
   if (!write_value(ctx, key, argv[1], &s, cur + 1, o.id ? o.digest : NULL, mask, name, nlen,
                    o.by, merged, mlen, &st)) {
+    ctx_History_Release(ctx, &hist);
     goto reject;
   }
+  ctx_History_Append(ctx, &hist, key, kind == kState_Absent ? kCtx_Change_Create
+                     : kCtx_Change_Patch, fields, nfields, o.id, "", 0, -1);
   ctx_stats.patch_ok++;
   RedisModule_ReplyWithArray(ctx, 2);
   RedisModule_ReplyWithLongLong(ctx, (long long)(cur + 1));
@@ -686,6 +696,7 @@ int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       }
       RedisModule_DeleteKey(key);
       RedisModule_Replicate(ctx, "DEL", "s", argv[1]);
+      ctx_History_Drop(ctx, argv[1]); /* history.c: the history goes with the context */
       RedisModule_SignalModifiedKey(ctx, argv[1]);
       RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_GENERIC, "del", argv[1]);
       ctx_stats.del_ok++;

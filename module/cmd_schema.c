@@ -130,12 +130,19 @@ static bool indexed(RedisModuleCtx *ctx, int slot, const char *name, size_t nlen
  * content still hashes to the digest (checked on the first copy; the others are written together
  * with it), and whose index lists the name. */
 static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, size_t nlen,
-                        const char *digest, ctx_Compat mode) {
+                        const char *digest, ctx_Compat mode, const ctx_HistorySettings *hs) {
   for (int i = 0; i < c->n; i++) {
     RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c->slots[i]);
     RedisModuleKey *key = RedisModule_OpenKey(ctx, k, REDISMODULE_READ);
     RedisModuleString *d = NULL, *type = NULL, *fds = NULL, *vf = NULL, *cm = NULL;
+    RedisModuleString *hi = NULL, *hp = NULL;
     bool ok = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH;
+    if (ok) {
+      RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "history", &hi, "hpayload", &hp, NULL);
+      ctx_HistorySettings have;
+      ctx_HistorySettings_Read(hi, hp, &have);
+      ok = have.history == hs->history && have.payloads == hs->payloads;
+    }
     if (ok && i == 0) {
       RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, "type", &type, "fds",
                           &fds, "vfield", &vf, "compat", &cm, NULL);
@@ -158,8 +165,8 @@ static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, 
       ok = dp && dl == 40 && memcmp(dp, digest, 40) == 0 &&
            compat_of(cm) == mode;
     }
-    RedisModuleString *all[] = {d, type, fds, vf, cm};
-    for (size_t j = 0; j < 5; j++) {
+    RedisModuleString *all[] = {d, type, fds, vf, cm, hi, hp};
+    for (size_t j = 0; j < 7; j++) {
       if (all[j]) RedisModule_FreeString(ctx, all[j]);
     }
     RedisModule_CloseKey(key);
@@ -203,12 +210,34 @@ static bool entry_intact(RedisModuleCtx *ctx, const char *name, size_t nlen, int
   return ok;
 }
 
+/* HISTORY n: 0 .. CTX_HISTORY_MAX. */
+static bool parse_history(RedisModuleString *arg, int *out) {
+  long long n;
+  if (RedisModule_StringToLongLong(arg, &n) != REDISMODULE_OK || n < 0 ||
+      n > CTX_HISTORY_MAX) {
+    return false;
+  }
+  *out = (int)n;
+  return true;
+}
+
+/* HISTORYPAYLOADS yes|no (any ASCII case). */
+static bool parse_yes_no(RedisModuleString *arg, bool *out) {
+  if (ctx_ArgIs(arg, "yes")) *out = true;
+  else if (ctx_ArgIs(arg, "no")) *out = false;
+  else return false;
+  return true;
+}
+
+#define CTX_HISTORY_ARG_MSG "ERR HISTORY must be an integer from 0 to 1000"
+#define CTX_HPAYLOAD_ARG_MSG "ERR HISTORYPAYLOADS must be yes or no"
+
 /* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field]
- *                [COMPAT WIRE|WIRE_JSON] */
+ *                [COMPAT WIRE|WIRE_JSON] [HISTORY n] [HISTORYPAYLOADS yes|no] */
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
   bool force = false;
-  RedisModuleString *vfield_arg = NULL, *compat_arg = NULL;
+  RedisModuleString *vfield_arg = NULL, *compat_arg = NULL, *hist_arg = NULL, *hpay_arg = NULL;
   for (int i = 4; i < argc; i++) {
     if (ctx_ArgIs(argv[i], "FORCE") && !force) {
       force = true;
@@ -216,9 +245,21 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
       vfield_arg = argv[++i];
     } else if (ctx_ArgIs(argv[i], "COMPAT") && !compat_arg && i + 1 < argc) {
       compat_arg = argv[++i];
+    } else if (ctx_ArgIs(argv[i], "HISTORY") && !hist_arg && i + 1 < argc) {
+      hist_arg = argv[++i];
+    } else if (ctx_ArgIs(argv[i], "HISTORYPAYLOADS") && !hpay_arg && i + 1 < argc) {
+      hpay_arg = argv[++i];
     } else {
       return RedisModule_ReplyWithError(ctx, "ERR syntax error");
     }
+  }
+  /* Settings not given keep the entry's (a new name: off). */
+  ctx_HistorySettings hs = {0, false};
+  if (hist_arg && !parse_history(hist_arg, &hs.history)) {
+    return RedisModule_ReplyWithError(ctx, CTX_HISTORY_ARG_MSG);
+  }
+  if (hpay_arg && !parse_yes_no(hpay_arg, &hs.payloads)) {
+    return RedisModule_ReplyWithError(ctx, CTX_HPAYLOAD_ARG_MSG);
   }
   ctx_Compat mode = kCtx_Compat_WireJson;
   if (compat_arg) {
@@ -242,7 +283,8 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   ctx_Status st;
   copies c = {0};
   RedisModuleString *kname = NULL, *iname = NULL, *revstr = NULL, *prev_digest = NULL;
-  RedisModuleString *prev_compat = NULL;
+  RedisModuleString *prev_compat = NULL, *prev_hist = NULL, *prev_hpay = NULL;
+  ctx_HistorySettings prev_hs = {0, false};
   ctx_Schema *next =
       ctx_Schema_Build(fds, flen, type, tlen, vfield, vlen, ctx_config.max_schema_bytes, &st);
   if (!next) {
@@ -262,15 +304,20 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   int ktype = RedisModule_KeyType(key);
   if (ktype == REDISMODULE_KEYTYPE_HASH) {
     RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "revision", &revstr, "digest",
-                        &prev_digest, "compat", &prev_compat, NULL);
+                        &prev_digest, "compat", &prev_compat, "history", &prev_hist,
+                        "hpayload", &prev_hpay, NULL);
     if (revstr) RedisModule_StringToLongLong(revstr, &revision);
-    /* Without COMPAT the entry keeps its setting. */
+    /* Without COMPAT the entry keeps its setting; so do HISTORY and HISTORYPAYLOADS. */
     if (!compat_arg) mode = compat_of(prev_compat);
+    ctx_HistorySettings_Read(prev_hist, prev_hpay, &prev_hs);
+    if (!hist_arg) hs.history = prev_hs.history;
+    if (!hpay_arg) hs.payloads = prev_hs.payloads;
   }
   RedisModule_CloseKey(key);
   /* The same definition under another setting is a change (a new revision). */
   bool same = false;
-  if (prev_digest && compat_of(prev_compat) == mode) {
+  if (prev_digest && compat_of(prev_compat) == mode && prev_hs.history == hs.history &&
+      prev_hs.payloads == hs.payloads) {
     size_t dl;
     const char *d = RedisModule_StringPtrLen(prev_digest, &dl);
     same = dl == 40 && memcmp(d, digest, 40) == 0;
@@ -290,7 +337,7 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
    * copies are written again under the same revision (a repair, not a new revision). */
   bool keep_revision = false;
   if (same && revision > 0) {
-    if (copies_hold(ctx, &c, name, nlen, digest, mode)) {
+    if (copies_hold(ctx, &c, name, nlen, digest, mode, &hs)) {
       RedisModule_ReplyWithLongLong(ctx, revision);
       goto done;
     }
@@ -315,13 +362,16 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
 
   if (revstr) RedisModule_FreeString(ctx, revstr);
   revstr = RedisModule_CreateStringFromLongLong(ctx, revision);
+  char histnum[16];
+  snprintf(histnum, sizeof(histnum), "%d", hs.history);
   for (int i = 0; i < c.n; i++) {
     RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c.slots[i]);
     RedisModuleString *ix = ctx_Registry_IndexName(ctx, c.slots[i]);
     /* s: RedisModuleString, c: C string, b: buffer and length. */
     RedisModuleCallReply *r1 = RedisModule_Call(
-        ctx, "HSET", "!scscscscbcccc", k, "type", argv[2], "fds", argv[3], "revision", revstr,
-        "vfield", vfield, vlen, "digest", digest, "compat", ctx_Compat_Name(mode));
+        ctx, "HSET", "!scscscscbcccccccc", k, "type", argv[2], "fds", argv[3], "revision",
+        revstr, "vfield", vfield, vlen, "digest", digest, "compat", ctx_Compat_Name(mode),
+        "history", histnum, "hpayload", hs.payloads ? "1" : "0");
     RedisModuleCallReply *r2 =
         call_ok(r1) ? RedisModule_Call(ctx, "SADD", "!ss", ix, argv[1]) : NULL;
     bool ok = call_ok(r1) && call_ok(r2);
@@ -342,6 +392,8 @@ done:
   if (revstr) RedisModule_FreeString(ctx, revstr);
   if (prev_digest) RedisModule_FreeString(ctx, prev_digest);
   if (prev_compat) RedisModule_FreeString(ctx, prev_compat);
+  if (prev_hist) RedisModule_FreeString(ctx, prev_hist);
+  if (prev_hpay) RedisModule_FreeString(ctx, prev_hpay);
   if (kname) RedisModule_FreeString(ctx, kname);
   if (iname) RedisModule_FreeString(ctx, iname);
   return REDISMODULE_OK;
@@ -357,20 +409,31 @@ int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   const char *name = RedisModule_StringPtrLen(argv[1], &nlen);
   RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, nlen, first_present(ctx, &c, name, nlen));
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
-  RedisModuleString *type = NULL, *fds = NULL, *rev = NULL;
+  RedisModuleString *type = NULL, *fds = NULL, *rev = NULL, *cm = NULL, *hi = NULL, *hp = NULL;
   long long revision = 0;
   if (RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH) {
     RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "type", &type, "fds", &fds,
-                        "revision", &rev, NULL);
+                        "revision", &rev, "compat", &cm, "history", &hi, "hpayload", &hp, NULL);
   }
   if (!type || !fds || !rev || RedisModule_StringToLongLong(rev, &revision) != REDISMODULE_OK) {
     RedisModule_ReplyWithNull(ctx);
   } else {
-    RedisModule_ReplyWithArray(ctx, 3);
+    /* [type, fds, revision, compat, history, history payloads (0/1)]: the settings at the
+     * end, so readers of the first three are unaffected. */
+    ctx_HistorySettings hs;
+    ctx_HistorySettings_Read(hi, hp, &hs);
+    RedisModule_ReplyWithArray(ctx, 6);
     RedisModule_ReplyWithString(ctx, type);
     RedisModule_ReplyWithString(ctx, fds);
     RedisModule_ReplyWithLongLong(ctx, revision);
+    const char *cname = ctx_Compat_Name(compat_of(cm));
+    RedisModule_ReplyWithStringBuffer(ctx, cname, strlen(cname));
+    RedisModule_ReplyWithLongLong(ctx, hs.history);
+    RedisModule_ReplyWithLongLong(ctx, hs.payloads ? 1 : 0);
   }
+  if (cm) RedisModule_FreeString(ctx, cm);
+  if (hi) RedisModule_FreeString(ctx, hi);
+  if (hp) RedisModule_FreeString(ctx, hp);
   if (type) RedisModule_FreeString(ctx, type);
   if (fds) RedisModule_FreeString(ctx, fds);
   if (rev) RedisModule_FreeString(ctx, rev);

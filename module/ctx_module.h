@@ -43,6 +43,7 @@ extern ctx_Stats ctx_stats;
 typedef struct {
   RedisModuleString *raw, *version, *schema, *updated_ms, *updated_by, *digest, *empty;
   RedisModuleString *keepttl; /* the last argument of every propagated SET */
+  RedisModuleString *history, *hpayload; /* registry entry fields (history.c) */
 } ctx_Names;
 
 extern ctx_Names ctx_names;
@@ -104,6 +105,58 @@ typedef struct {
 
 void ctx_Registry_CacheStats(ctx_CacheStats *out);
 int ctx_Registry_Init(RedisModuleCtx *ctx);
+
+/* The history settings of a registry entry: `history` (changes kept per
+ * context, 0 = off, at most CTX_HISTORY_MAX) and `hpayload` ("1": entries keep
+ * the payload). Absent or unreadable fields count as off. */
+typedef struct {
+  int history;
+  bool payloads;
+} ctx_HistorySettings;
+
+/* Parses an entry's stored settings (either may be NULL). */
+void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpayload,
+                              ctx_HistorySettings *out);
+
+/* The settings of the entry the last ctx_Registry_Resolve found (read with its
+ * digest, in the same HashGet); zero when it found none. */
+void ctx_Registry_LastSettings(ctx_HistorySettings *out);
+
+/* ---- per-context history (history.c; docs/PROTOCOL.md, "History") ---- */
+typedef enum { kCtx_Change_Create, kCtx_Change_Update, kCtx_Change_Patch } ctx_ChangeKind;
+
+/* A write's history: the settings, and the stream's key name while it is to be written. */
+typedef struct {
+  int n;
+  bool payloads;
+  RedisModuleString *key;
+} ctx_History;
+
+/* `__ctxh:<key>`, on a cluster `__ctxh:{<slot tag>}:<key>` (the caller frees it). */
+RedisModuleString *ctx_History_KeyName(RedisModuleCtx *ctx, RedisModuleString *keyname);
+
+/* Before a write, after the schema was resolved: takes the entry's settings
+ * (and, with history on, the stream's key name). */
+void ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_History *h);
+
+/* After a successful write of `key`: appends the change (read back from the
+ * stored value) with XADD MAXLEN = n, `<version>-0`; a create drops a leftover
+ * stream first; the stream takes the context's expiry. `incarnation`: 16 hex
+ * digits or "" (protocol 2); `px`: the write's TTL in ms or -1. Releases `h`. */
+void ctx_History_Append(RedisModuleCtx *ctx, ctx_History *h, RedisModuleKey *key,
+                        ctx_ChangeKind kind, const uint32_t *fields, int nfields,
+                        RedisModuleString *write_id, const char *incarnation, size_t inc_len,
+                        long long px);
+
+/* Frees what Prepare took when the write did not happen. */
+void ctx_History_Release(RedisModuleCtx *ctx, ctx_History *h);
+
+/* CTX.DEL: the context's history goes with it. */
+void ctx_History_Drop(RedisModuleCtx *ctx, RedisModuleString *keyname);
+
+/* CTX.TOUCH (protocol 3): the stream, when there is one, expires at `at_ms` too
+ * (PEXPIREAT, propagated). */
+void ctx_History_Expire(RedisModuleCtx *ctx, RedisModuleString *keyname, long long at_ms);
 
 /* ---- command handlers ---- */
 int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);

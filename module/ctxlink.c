@@ -35,6 +35,8 @@ static void make_names(void) {
   ctx_names.digest = make_name("digest");
   ctx_names.empty = make_name("");
   ctx_names.keepttl = make_name("KEEPTTL");
+  ctx_names.history = make_name("history");
+  ctx_names.hpayload = make_name("hpayload");
 }
 
 /* ---- the core's allocator: Redis' ---- */

@@ -30,6 +30,22 @@ static size_t cache_bytes;
 static long long cache_evictions;
 static ctx_Schema *transient; /* the last schema too large to keep */
 static RedisModuleDict *keynames; /* name -> __ctx:schema:<name> */
+static ctx_HistorySettings last_settings; /* of the entry the last Resolve found */
+
+void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpayload,
+                              ctx_HistorySettings *out) {
+  long long n = 0;
+  if (!history || RedisModule_StringToLongLong(history, &n) != REDISMODULE_OK || n < 0 ||
+      n > CTX_HISTORY_MAX) {
+    n = 0;
+  }
+  out->history = (int)n;
+  size_t len = 0;
+  const char *p = hpayload ? RedisModule_StringPtrLen(hpayload, &len) : "";
+  out->payloads = len == 1 && p[0] == '1';
+}
+
+void ctx_Registry_LastSettings(ctx_HistorySettings *out) { *out = last_settings; }
 
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name) {
   size_t len;
@@ -210,7 +226,9 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   if (!ctx_SchemaName_Check(name, len, st)) return NULL;
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
+  RedisModuleString *hist = NULL, *hpay = NULL;
   bool made = false;
+  memset(&last_settings, 0, sizeof(last_settings));
   RedisModuleString *kname = slot < 0 ? standalone_keyname(name, len, &made)
                                       : ctx_Registry_KeyName(ctx, name, len, slot);
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
@@ -221,7 +239,10 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
     ctx_Status_Set(st, kCtx_Schema, "unknown schema '%.*s'", nl, name);
     goto done;
   }
-  RedisModule_HashGet(key, REDISMODULE_HASH_NONE, ctx_names.digest, &digest, NULL);
+  /* The history settings come with the digest: one lookup, no cache keyed by them. */
+  RedisModule_HashGet(key, REDISMODULE_HASH_NONE, ctx_names.digest, &digest,
+                      ctx_names.history, &hist, ctx_names.hpayload, &hpay, NULL);
+  ctx_HistorySettings_Read(hist, hpay, &last_settings);
   size_t dlen;
   const char *d = str_or_empty(digest, &dlen);
   if (dlen == 40) {
@@ -266,6 +287,9 @@ done:
   if (fds) RedisModule_FreeString(ctx, fds);
   if (vfield) RedisModule_FreeString(ctx, vfield);
   if (digest) RedisModule_FreeString(ctx, digest);
+  if (hist) RedisModule_FreeString(ctx, hist);
+  if (hpay) RedisModule_FreeString(ctx, hpay);
+  if (!result) memset(&last_settings, 0, sizeof(last_settings));
   return result;
 }
 

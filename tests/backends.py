@@ -100,8 +100,9 @@ class ModuleBackend:
             args += ["COMPAT", compat]
         return self.r.execute_command(*args)
 
-    def schema_get(self, name):
-        return self.r.execute_command("CTX.SCHEMA.GET", name)
+    def schema_get(self, name):  # the definition: [type, fds, revision] (settings follow)
+        reply = self.r.execute_command("CTX.SCHEMA.GET", name)
+        return None if reply is None else list(reply[:3])
 
     def schema_list(self):
         return self.r.execute_command("CTX.SCHEMA.LIST")

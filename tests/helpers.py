@@ -225,12 +225,13 @@ def registry_digest(type_: str | bytes, vfield: str | bytes, fds: bytes) -> str:
 
 
 def registry_entry(type_: str, fds: bytes, revision: int = 1, vfield: str = "version",
-                   compat: str = "WIRE_JSON") -> dict:
+                   compat: str = "WIRE_JSON", history: int = 0, hpayload: bool = False) -> dict:
     """The fields of ``__ctx:schema:<name>`` as the protocol defines them (what a Lua engine or
     redis-cli writes)."""
     return {b"type": type_.encode(), b"fds": fds, b"revision": str(revision).encode(),
             b"vfield": vfield.encode(), b"digest": registry_digest(type_, vfield, fds).encode(),
-            b"compat": compat.encode()}
+            b"compat": compat.encode(), b"history": str(history).encode(),
+            b"hpayload": b"1" if hpayload else b"0"}
 
 
 def write_registry(r: redis.Redis, name: str, type_: str, fds: bytes, revision: int = 1,

@@ -136,6 +136,11 @@ bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
 /* ---- the registry's rules ------------------------------------------------ */
 
 #define CTX_SCHEMA_NAME_MAX 128
+/* Per-context history (docs/PROTOCOL.md, "History"): the most changes a schema's
+ * HISTORY setting keeps per context, and the most payload bytes an entry keeps
+ * (a larger payload is recorded without it). */
+#define CTX_HISTORY_MAX 1000
+#define CTX_HISTORY_PAYLOAD_MAX 65536
 #define CTX_BAD_NAME_MSG "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
 
 /* True when `name` is a legal schema name: 1 to CTX_SCHEMA_NAME_MAX bytes of

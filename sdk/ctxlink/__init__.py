@@ -31,6 +31,7 @@ from ctxlink._exceptions import (
     VersionError,
     WrongTypeError,
 )
+from ctxlink._history import Change
 from ctxlink._registry import SchemaInfo
 from ctxlink._sync import Store, connect
 from ctxlink._types import Backoff, CasResult, Snapshot, Updated
@@ -43,6 +44,7 @@ __all__ = [
     "Updated",
     "Backoff",
     "SchemaInfo",
+    "Change",
     "CtxError",
     "ServerError",
     "ValidationError",

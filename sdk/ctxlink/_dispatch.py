@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from redis.exceptions import ResponseError
 
 from ctxlink._client import choose_engine, make_state, op_check_protocol, op_detect
+from ctxlink._history import Change, op_history
 from ctxlink._instr import Instr, Op, Write
 from ctxlink._precheck import enable_local_check
 from ctxlink._protocol import MODULE, cas_command, map_error, parse_state, parse_write
@@ -288,9 +289,11 @@ class StoreBase:
         version_field: Optional[str],
         message_type: Optional[str],
         compat: Optional[str] = None,
+        history: Optional[int] = None,
+        history_payloads: Optional[bool] = None,
     ) -> Op[int]:
         return op_register_schema(self._st, name, source, force, version_field, message_type,
-                                  compat)
+                                  compat, history, history_payloads)
 
     def _schemas(self) -> Op[list[str]]:
         return op_schemas(self._st)
@@ -300,4 +303,10 @@ class StoreBase:
 
     def _drop_schema(self, name: str) -> Op[bool]:
         return op_drop_schema(self._st, name)
+
+    # -- history
+    def _history(
+        self, key: Union[str, bytes], since_version: Optional[int], limit: Optional[int]
+    ) -> Op[list[Change]]:
+        return op_history(self._st, key, since_version, limit)
 

@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from ctxlink import _native
 from ctxlink._cluster import registry_key_for, registry_tag
 from ctxlink._exceptions import CtxError, SchemaError, WrongTypeError
+from ctxlink._history import history_keys, note_history
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import _bytes, _reply_text
 from ctxlink._scripts import (
@@ -165,12 +166,13 @@ def _plan_script(
         return _for_server(st, null_plan_script(flavor=flavor))
     try:
         entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
-                           "digest"))
+                           "digest", "history"))
     except (WrongTypeError, ResponseError) as exc:
         if "WRONGTYPE" not in str(exc):
             raise
-        entry = [None] * 4  # not a hash: cas.lua answers "unknown schema", as the module does
-    type_name, fds, vfield, digest = (None if v is None else _bytes(v) for v in entry)
+        entry = [None] * 5  # not a hash: cas.lua answers "unknown schema", as the module does
+    note_history(st, name, entry[4])  # KEYS[2] while the schema keeps history (_history)
+    type_name, fds, vfield, digest = (None if v is None else _bytes(v) for v in entry[:4])
     script = _for_server(st, entry_script(type_name, fds, vfield, digest, flavor))
     # a plan this Store has not sent yet: load it first, so the write itself is sent once
     # (no NOSCRIPT round trip on the way to a write)
@@ -259,8 +261,10 @@ def _write_lua(
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
                          reads)
         try:
-            # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
-            reply = yield from _run(st, script, (key,), argv, write=True)
+            # KEYS = the context key (+ its history stream); the registry entry is read
+            # undeclared (lua/cas.lua)
+            reply = yield from _run(st, script, (key, *history_keys(st, name, key)), argv,
+                                    write=True)
             break
         except SchemaError as exc:
             text = str(exc)

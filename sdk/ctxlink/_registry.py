@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError, Message
 from ctxlink import _native
 from ctxlink._cluster import registry_copies
 from ctxlink._exceptions import ArgumentError
+from ctxlink._history import check_history_args
 from ctxlink._instr import Cmd, Op
 from ctxlink._lua import _evalsha, forget_plans
 from ctxlink._protocol import MODULE, _bytes, _text
@@ -24,12 +25,17 @@ from ctxlink._types import note_schema_type
 
 @dataclass(frozen=True)
 class SchemaInfo:
-    """A registry entry, as ``get_schema`` returns it."""
+    """A registry entry, as ``get_schema`` returns it: the definition, its revision and its
+    settings (``compat``: "WIRE_JSON" or "WIRE"; ``history``: changes kept per context, 0 = off;
+    ``history_payloads``: history entries keep the payload)."""
 
     name: str
     message_type: str
     descriptor_set: bytes
     revision: int
+    compat: str = "WIRE_JSON"
+    history: int = 0
+    history_payloads: bool = False
 
 
 def build_descriptor_set(desc: Descriptor | FileDescriptor) -> bytes:
@@ -133,15 +139,21 @@ def op_register_schema(
     version_field: str | None,
     message_type: str | None,
     compat: str | None = None,
+    history: int | None = None,
+    history_payloads: bool | None = None,
 ) -> Op[int]:
     """Registers a schema. ``compat`` ("WIRE_JSON" or "WIRE") sets the entry's compatibility
     category; None keeps the entry's (WIRE_JSON for a new name). Both engines decide the change
-    with the C core (docs/PROTOCOL.md, "Compatibility categories")."""
+    with the C core (docs/PROTOCOL.md, "Compatibility categories"). ``history`` (0..1000) and
+    ``history_payloads`` set the entry's history settings; None keeps the entry's (off for a new
+    name); other settings for the same definition are a new revision (docs/PROTOCOL.md,
+    "History")."""
     if not isinstance(name, str):
         raise TypeError(f"the schema name must be a str, not {type(name).__name__}")
     if version_field is not None and (not isinstance(version_field, str) or not version_field):
         raise ArgumentError(f"version_field must be a non-empty field name, not {version_field!r}")
     mode = check_compat_arg(compat)
+    hist, hpay = check_history_args(history, history_payloads)
     type_name, fds = resolve_schema_source(source, message_type)
     vfield = version_field or "version"
     if st.engine == MODULE:
@@ -152,9 +164,14 @@ def op_register_schema(
             args += ("VERSIONFIELD", version_field)
         if mode is not None:
             args += ("COMPAT", mode)
+        if hist is not None:
+            args += ("HISTORY", hist)
+        if hpay is not None:
+            args += ("HISTORYPAYLOADS", "yes" if hpay else "no")
         revision = int((yield from _admin(st, args, write=True)))
     else:
-        revision = yield from register_lua(st, name, type_name, fds, force, vfield, mode)
+        revision = yield from register_lua(st, name, type_name, fds, force, vfield, mode,
+                                           hist, hpay)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
     st.type_by_schema[name] = type_name
@@ -162,6 +179,7 @@ def op_register_schema(
     # the Lua engine's plan script of this name was made from the entry as it was (a repair
     # keeps the digest): make it again from the entry on next use
     forget_plans(st, name)
+    st.history_by_schema.pop(name, None)  # read again with the plan (Lua engine)
     if st.local is not None:  # local check: recompile from the registry on next use
         st.local.forget(name)
     return revision
@@ -183,7 +201,11 @@ def op_get_schema(st: State, name: str) -> Op[SchemaInfo | None]:
     if reply is None:
         return None
     type_name, fds, revision = reply[:3]
-    return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision))
+    if len(reply) < 6:  # a module without history settings
+        return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision))
+    compat, hist, hpay = reply[3:6]
+    return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision), _text(compat),
+                      int(hist), bool(int(hpay)))
 
 
 def op_drop_schema(st: State, name: str) -> Op[bool]:

@@ -24,7 +24,7 @@ from ctxlink._state import State
 __all__ = ["check_compat_arg", "register_lua"]
 
 # The entry fields the change decision reads (HMGET order).
-_PREV_FIELDS = ("type", "fds", "vfield", "revision", "digest", "compat")
+_PREV_FIELDS = ("type", "fds", "vfield", "revision", "digest", "compat", "history", "hpayload")
 
 
 def _schema_error(text: str) -> SchemaError:
@@ -70,7 +70,7 @@ def _previous(fields: Sequence[Any]) -> _native.Schema | None:
     """The registered revision compiled, or None when it cannot be read: a field missing, content
     that no longer hashes to its digest (edited by hand), or a definition that does not compile
     (what the module's registry refuses as damaged)."""
-    ptype, pfds, pvfield, _, pdigest, _ = fields
+    ptype, pfds, pvfield, _, pdigest = fields[:5]
     if ptype is None or pfds is None or pvfield is None or pdigest is None:
         return None
     type_name, fds, vfield = _text(ptype), _bytes(pfds), _text(pvfield)
@@ -89,9 +89,16 @@ _CONCURRENT = "CTXSCHEMA concurrent registration, retry"
 _OTHER_TYPE = "CTXSCHEMA the registry key holds another type"
 
 
+def _stored_history(fields: Sequence[Any]) -> tuple[int, bool]:
+    """An entry's history settings as the module reads them (unreadable: off)."""
+    text = _text(fields[6]) if fields[6] is not None else ""
+    n = int(text) if _INT.fullmatch(text) else 0
+    return (n if 0 <= n <= 1000 else 0), fields[7] is not None and _text(fields[7]) == "1"
+
+
 def register_lua(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
-    compat: str | None,
+    compat: str | None, history: int | None = None, history_payloads: bool | None = None,
 ) -> Op[int]:
     """The Lua engine's ``register_schema``: what CTX.SCHEMA.SET decides, through the C core,
     then lua/schema_set.lua on every copy of the entry. Returns the revision. A registration by
@@ -104,7 +111,7 @@ def register_lua(
     for attempt in range(_ATTEMPTS):
         try:
             return (yield from _register_once(st, name, type_name, fds, force, vfield, compat,
-                                              nxt, digest))
+                                              nxt, digest, history, history_payloads))
         except SchemaError as exc:
             if str(exc) != _CONCURRENT or attempt == _ATTEMPTS - 1:
                 raise
@@ -141,6 +148,7 @@ def _first_present(st: State, copies: list[tuple[str, str]]) -> Op[list[Any]]:
 def _register_once(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None, nxt: _native.Schema, digest: str,
+    history: int | None = None, history_payloads: bool | None = None,
 ) -> Op[int]:
     """One read-decide-write round of :func:`register_lua`."""
     copies = registry_copies(st, name)
@@ -156,7 +164,12 @@ def _register_once(
     # intact and repairs a damaged or missing copy under the same revision (no check needed)
     # (an unreadable revision has nothing to keep: written again as revision 1, as the module does)
     seen = _revision(fields[3])
-    same = seen > 0 and fields[4] is not None and _text(fields[4]) == digest and stored == mode
+    # history settings not given keep the entry's; other settings are a new revision
+    have = _stored_history(fields) if exists else (0, False)
+    want = (have[0] if history is None else history,
+            have[1] if history_payloads is None else history_payloads)
+    same = seen > 0 and fields[4] is not None and _text(fields[4]) == digest and stored == mode \
+        and want == have
     if exists and not same:
         prev = None if force else _previous(fields)
         _native.check_change(prev, nxt, mode, force)
@@ -164,7 +177,8 @@ def _register_once(
     for i, (entry, index) in enumerate(copies):
         reply = yield from _evalsha(
             st, "schema_set", (entry, index),
-            (name, type_name, fds, vfield, mode, seen, 1 if same else 0, 0 if i else 1),
+            (name, type_name, fds, vfield, mode, seen, 1 if same else 0, 0 if i else 1,
+             want[0], 1 if want[1] else 0),
         )
         if i == 0:  # the copy read: its revision is the entry's
             revision = int(reply)

@@ -36,8 +36,9 @@ __all__ = [
 SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", "schema_del")
 PRELUDE = "prelude"
 #: Parts of cas.lua kept in files of their own (split by concept), put in place of its
-#: ``-- [include <part>]`` lines: the fast walk, CTX.PATCH's splice, the validation walk.
-PARTS = ("cas_fastwalk", "cas_splice", "cas_walk", "wait_publish")
+#: ``-- [include <part>]`` lines: the fast walk, CTX.PATCH's splice, the validation walk, the
+#: history entry (docs/PROTOCOL.md, "History"), the wait channel's publish.
+PARTS = ("cas_fastwalk", "cas_splice", "cas_walk", "cas_history", "wait_publish")
 
 #: How many generated plan scripts one process keeps (each is a few KiB for common schemas).
 PLAN_CACHE_SIZE = 128

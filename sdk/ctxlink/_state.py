@@ -29,6 +29,8 @@ class State:
     vfield_by_type: dict[str, str] = field(default_factory=dict)
     # schema name -> message type full name (register_schema or the registry's ``type``)
     type_by_schema: dict[str, str] = field(default_factory=dict)
+    # schema name -> its registry entry's ``history`` (Lua engine: KEYS[2] of writes; _history)
+    history_by_schema: dict[str, int] = field(default_factory=dict)
     # context key -> schema name (Lua engine: cas needs the registry key)
     key_schema: LRU[Any, str] = field(default_factory=lambda: LRU(4096))
     backoff: Backoff = field(default_factory=Backoff)

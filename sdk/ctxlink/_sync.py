@@ -25,6 +25,7 @@ from ctxlink._dispatch import (
     node_result,
     op_connect,
 )
+from ctxlink._history import Change
 from ctxlink._instr import Await, Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import MODULE, map_error
 from ctxlink._registry import SchemaInfo
@@ -371,6 +372,8 @@ class Store(StoreBase):
         version_field: Optional[str] = None,
         message_type: Optional[str] = None,
         compat: Optional[str] = None,
+        history: Optional[int] = None,
+        history_payloads: Optional[bool] = None,
     ) -> int:
         """Registers (or re-registers) a schema; returns its revision.
 
@@ -380,9 +383,15 @@ class Store(StoreBase):
         ("WIRE_JSON" or "WIRE") sets the schema's compatibility category; None keeps the
         registered one (WIRE_JSON for a new name). A change that breaks a rule of the category
         raises SchemaError unless ``force`` (docs/PROTOCOL.md, "Compatibility categories").
+
+        ``history`` (0 to 1000) keeps each context's last that many changes (:meth:`history`;
+        0 = off) and ``history_payloads`` makes those entries keep the payload (at most 64 KiB);
+        None keeps the registered setting (off for a new name). Other settings for the same
+        definition are a new revision (docs/PROTOCOL.md, "History").
         """
         return _run(self._client, self._register_schema(
-            name, message_class_or_descriptor_set, force, version_field, message_type, compat))
+            name, message_class_or_descriptor_set, force, version_field, message_type, compat,
+            history, history_payloads))
 
     def schemas(self) -> list[str]:
         """Registered schema names, sorted."""
@@ -395,6 +404,19 @@ class Store(StoreBase):
     def drop_schema(self, name: str) -> bool:
         """Removes a schema; True when there was one."""
         return _run(self._client, self._drop_schema(name))
+
+    # -- history ---------------------------------------------------------------------------
+    def history(
+        self,
+        key: Union[str, bytes],
+        since_version: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> list[Change]:
+        """The changes kept for ``key`` (its schema registered with ``history=n``), oldest
+        first: those after ``since_version`` (exclusive), at most the newest ``limit``. Empty
+        when the schema keeps no history or there is no context. ArgumentError for a negative or
+        non-int ``since_version``/``limit``, before anything is sent."""
+        return _run(self._client, self._history(key, since_version, limit))
 
 
 def connect(

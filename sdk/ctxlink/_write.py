@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from ctxlink._cluster import registry_key_for
 from ctxlink._exceptions import ArgumentError, MessageTypeError, VersionError
+from ctxlink._history import lua_delete
 from ctxlink._instr import Cmd, Op, Write
 from ctxlink._lua import _evalsha, _write_lua
 from ctxlink._precheck import _local_precheck
@@ -287,7 +288,7 @@ def op_delete(st: State, key: Any, expected_version: int, write_id: Any = None) 
     def send() -> Op[Any]:
         if st.engine == MODULE:
             return (yield Write(key, ("CTX.DEL", key, expected, "ID", wid)))
-        return (yield from _evalsha(st, "del", (key,), (expected, wid), write=True))
+        return (yield from lua_delete(st, key, expected, wid))  # + the history (_history)
 
     reply, resent = yield from _send_settled(st, key, send, wid, None, CAS_RESENDS)
     if isinstance(reply, int):

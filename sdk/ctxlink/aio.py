@@ -40,6 +40,7 @@ from ctxlink._exceptions import (
     VersionError,
     WrongTypeError,
 )
+from ctxlink._history import Change
 from ctxlink._instr import Await, Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import MODULE, map_error
 from ctxlink._registry import SchemaInfo
@@ -60,6 +61,7 @@ __all__ = [
     "Updated",
     "Backoff",
     "SchemaInfo",
+    "Change",
     "CtxError",
     "ServerError",
     "ValidationError",
@@ -255,10 +257,13 @@ class Store(StoreBase):
         version_field: Optional[str] = None,
         message_type: Optional[str] = None,
         compat: Optional[str] = None,
+        history: Optional[int] = None,
+        history_payloads: Optional[bool] = None,
     ) -> int:
         """Async :meth:`ctxlink.Store.register_schema`."""
         return await _run(self._client, self._register_schema(
-            name, message_class_or_descriptor_set, force, version_field, message_type, compat))
+            name, message_class_or_descriptor_set, force, version_field, message_type, compat,
+            history, history_payloads))
 
     async def schemas(self) -> list[str]:
         """Async :meth:`ctxlink.Store.schemas`."""
@@ -271,6 +276,16 @@ class Store(StoreBase):
     async def drop_schema(self, name: str) -> bool:
         """Async :meth:`ctxlink.Store.drop_schema`."""
         return await _run(self._client, self._drop_schema(name))
+
+    # -- history ---------------------------------------------------------------------------
+    async def history(
+        self,
+        key: Union[str, bytes],
+        since_version: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> list[Change]:
+        """Async :meth:`ctxlink.Store.history`: the changes kept for ``key``, oldest first."""
+        return await _run(self._client, self._history(key, since_version, limit))
 
 
 async def _close_client(client: Any) -> None:
