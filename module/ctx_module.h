@@ -28,6 +28,8 @@ typedef struct {
   long long patch_ok;
   long long replays; /* writes answered "replayed" from the window */
   long long del_ok;
+  long long touch_ok; /* CTX.TOUCH that set an expiry */
+  long long gone;     /* writes refused with CTXGONE (incarnation mismatch) */
   long long get_hits;
   long long get_misses;
   long long rejected_invalid;
@@ -110,6 +112,7 @@ int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
+int ctx_TouchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
