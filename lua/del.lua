@@ -9,17 +9,21 @@
   KEYS[1]  the context key
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
            doubles, the module accepts up to 2^63 - 2)
-  ARGV[2]  the write id (ID), 1 to 64 bytes; absent: none. Only checked: a delete leaves no
-           window to replay from.
+  ARGV[2]  the write id (ID), 1 to 64 bytes; "" or absent: none. Only checked: a delete leaves
+           no window to replay from.
+  ARGV[3]  INC: the incarnation the delete is based on, 16 hex digits ("" or absent: none)
 
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
     nil       conflict: the key does not exist
-    [version, raw, schema, updated_ms, updated_by]   conflict: the current state; with an ID
-              also [oldest_known, changed] (changed empty), as CTX.CAS
+    [version, raw, schema, updated_ms, updated_by, incarnation]   conflict: the current state;
+              with an ID [version, raw, schema, updated_ms, updated_by, oldest_known, changed,
+              incarnation] (changed empty), as CTX.CAS
   Errors:
-    ERR        expected_version is not an integer in range; write id not 1 to 64 bytes
-    WRONGTYPE  the key exists and is not a context (v2 string or v1 hash)
+    ERR        expected_version is not an integer in range; write id not 1 to 64 bytes; INC not
+               16 hex digits or all zero
+    WRONGTYPE  the key exists and is not a context (v3 / v2 string or v1 hash)
+    CTXGONE    INC given, expected_version >= 1 and the context's incarnation is another one
 ]]
 
 local expected = strict_int(ARGV[1])
@@ -27,15 +31,23 @@ if not expected or expected < 0 or expected > MAX_EXPECTED then
   return err('ERR', 'expected_version must be an integer from 0 to ' .. fmt('%.0f', MAX_EXPECTED))
 end
 local wid = ARGV[2]
-if wid and (#wid < 1 or #wid > 64) then return err('ERR', 'write id must be 1 to 64 bytes') end
+if wid == '' then wid = nil end
+if wid and #wid > 64 then return err('ERR', 'write id must be 1 to 64 bytes') end
+local based = ARGV[3]
+if based == '' then based = nil end
+if based then
+  based = unhex(based)
+  if not based then return err('ERR', 'INC must be 16 hex digits, not all zero') end
+end
 
-local v, n, ms, schema, by, hl, val, raw = read_ctx(KEYS[1])
+local v, n, ms, schema, by, hl, val, raw, fv, inc = read_ctx(KEYS[1])
 if v == nil then return false end
 if v == false then return wrongtype() end
+if based and expected >= 1 and inc ~= based then return gone(inc, based) end
 if v ~= expected then
-  local state = ctx_reply(v, n, ms, schema, by, hl, val, raw)
+  local state = ctx_reply(v, n, ms, schema, by, hl, val, raw, fv, inc)
   if wid then -- as CTX.CAS: a command with ID gets oldest_known and an empty `changed`
-    state[6], state[7] = v - n + 1, {}
+    state[6], state[7], state[8] = v - n + 1, {}, state[6]
   end
   return state
 end

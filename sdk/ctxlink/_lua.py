@@ -20,7 +20,7 @@ from ctxlink import _native
 from ctxlink._cluster import registry_key_for, registry_tag
 from ctxlink._exceptions import CtxError, SchemaError, WrongTypeError
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
-from ctxlink._protocol import _bytes, _reply_text
+from ctxlink._protocol import _bytes, _reply_text, new_incarnation
 from ctxlink._scripts import (
     Script,
     entry_script,
@@ -208,9 +208,12 @@ def _lua_argv(
     write_id: Any,
     fields: Optional[tuple[int, ...]],
     reads: tuple[int, ...],
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
 ) -> tuple[Any, ...]:
-    """ARGV of lua/cas.lua (its header documents them): 1..9 for a CAS without id, 1..10 with
-    one, 1..13 for a patch."""
+    """ARGV of lua/cas.lua (its header documents them): 1..16. ``inc``: ARGV[14] (INC); a
+    create's ``inc`` is also the fresh incarnation (ARGV[16]), any other write gets a new one
+    there (used only to upgrade a v1/v2 value)."""
     argv: tuple[Any, ...] = (
         expected,
         payload,
@@ -222,12 +225,13 @@ def _lua_argv(
         name,
         tag,
     )
-    if write_id is None and fields is None:
-        return argv
     argv += (write_id if write_id is not None else "",)
     if fields is None:
-        return argv
-    return argv + ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
+        argv += ("cas", "", "")
+    else:
+        argv += ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
+    fresh = inc if inc and expected == 0 else new_incarnation()
+    return argv + (inc or "", px if px is not None else "", fresh)
 
 
 def _write_lua(
@@ -240,6 +244,8 @@ def _write_lua(
     write_id: Any = None,
     fields: Optional[tuple[int, ...]] = None,
     reads: tuple[int, ...] = (),
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
 ) -> Op[Any]:
     """The Lua engine's half of :func:`ctxlink._write._write_raw`: runs the schema's cas script
     once (as a :class:`Write`). On the way it reads the context's schema when it is unknown,
@@ -257,7 +263,7 @@ def _write_lua(
     stale = moving = 0
     while True:
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
-                         reads)
+                         reads, inc, px)
         try:
             # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
             reply = yield from _run(st, script, (key,), argv, write=True)
@@ -293,7 +299,7 @@ def _write_lua(
                 raise
             yield Sleep(_MOVING_DELAYS[moving])
             moving += 1
-    if isinstance(reply, (list, tuple)) and len(reply) >= 5:  # a conflict: the context's own
+    if isinstance(reply, (list, tuple)) and len(reply) >= 6:  # a conflict: the context's own
         st.key_schema.put(key, _reply_text(reply[2]))
     elif reply is None:
         st.key_schema.pop(key)

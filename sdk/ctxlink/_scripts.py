@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 #: The scripts the SDK runs (``lua/<name>.lua``); ``prelude.lua`` is part of each.
-SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", "schema_del")
+SCRIPT_NAMES = (
+    "get", "cas", "del", "touch", "schema_set", "schema_get", "schema_list", "schema_del"
+)
 PRELUDE = "prelude"
 #: Parts of cas.lua kept in files of their own (split by concept), put in place of its
 #: ``-- [include <part>]`` lines: the fast walk, CTX.PATCH's splice, the validation walk.
