@@ -468,3 +468,29 @@ def test_a_replica_gets_the_same_absolute_expiry(servers, pb):
         assert rep.r.execute_command("PEXPIRETIME", key) == \
             p.r.execute_command("PEXPIRETIME", key) > 0
     assert rep.r.execute_command("CTX.GET", "k")[5] == INC.encode()
+
+
+REDIS62 = srv.REPO_ROOT / "build/_deps/redis-6.2/src/redis-server"
+
+
+@pytest.mark.skipif(not REDIS62.exists(), reason=f"{REDIS62} is missing: run `make redis62`")
+def test_px_keepttl_and_touch_on_redis_6_2(pb, module_so):
+    """Redis 6.2 has no RM_SetAbsExpire / RM_GetAbsExpire: the relative fallbacks."""
+    from ctxlink.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(module=module_so, binary=str(REDIS62)) as server:
+        r = server.client()
+        r.execute_command("CTX.SCHEMA.SET", "order", "ctxlink.example.Order", pb.fds("order"))
+        assert r.execute_command("CTX.CAS", "k", 0, pb.order(1), "SCHEMA", "order",
+                                 "PX", 100_000) == 1
+        assert 90_000 < r.pttl("k") <= 100_000
+        # the value grows (the key is re-inserted): the expiry is restored
+        assert r.execute_command("CTX.CAS", "k", 1, pb.order(2, order_id="z" * 400)) == 2
+        assert 90_000 < r.pttl("k") <= 100_000
+        assert r.execute_command("CTX.PATCH", "k", 2, f_varint(4, 1), "FIELDS", 1, 4,
+                                 "PX", 200_000)[0] == 3
+        assert 190_000 < r.pttl("k") <= 200_000
+        assert r.execute_command("CTX.TOUCH", "k", 300_000) == 1
+        assert 290_000 < r.pttl("k") <= 300_000
+        assert r.execute_command("CTX.GET", "k")[5] != b""
+        r.close()
