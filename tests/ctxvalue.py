@@ -105,6 +105,8 @@ def decode_v2(raw: bytes) -> Value:
     version, updated_ms, n, s, b = struct.unpack_from("<QQBBH", raw, 4)
     if n > WINDOW or not 1 <= s <= 128 or version < 1 or n > version or version >= 1 << 63:
         raise ValueError("bad v2 header")
+    if HEADER_V2 + RECORD_V2 * n + s + b > len(raw):
+        raise ValueError("v2 lengths exceed the value")
     window = tuple(
         Record(raw[HEADER_V2 + RECORD_V2 * i: HEADER_V2 + RECORD_V2 * i + 8],
                struct.unpack_from("<I", raw, HEADER_V2 + RECORD_V2 * i + 8)[0])
