@@ -30,7 +30,8 @@
   ARGV[15] PX: milliseconds 1 .. 10^15 to store the value with ("" or absent: keep the expiry)
   ARGV[16] a fresh incarnation, 16 hex digits (the SDK's os.urandom(8)): the new context's on a
            create without INC, and on the first write to a v1 / v2 value (scripts never invent
-           randomness); "" or absent: none (such a write is then refused with ERR)
+           randomness); "", absent or not 16 hex digits: none (a write that needs one is then
+           refused with ERR, after every other check)
 
   The registry entry's `digest` is read undeclared ("__ctx:schema:<ARGV[8]>", on a cluster
   "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>"): declared keys are read-write on Redis 7, and agents
@@ -150,14 +151,8 @@ if px then
   local _, e = touch_ms(px, 'PX')
   if e then return e end
 end
-local fresh = ARGV[16] -- an incarnation for a create without INC or an upgrade (the SDK's)
-if fresh == '' then fresh = nil end
-if fresh then
-  fresh = unhex(fresh)
-  if not fresh then
-    return err('ERR', 'the fresh incarnation must be 16 hex digits, not all zero (ARGV[16])')
-  end
-end
+-- an incarnation for a create without INC or an upgrade (the SDK's); checked when used
+local fresh = unhex(ARGV[16])
 
 -- ---- the stored context ----
 -- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
@@ -257,11 +252,7 @@ if changed then
   end
   return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, cur_v - cur_n + 1, changed, ihex }
 end
--- a create takes INC (or the fresh one), an upgrade of a v1 / v2 value the fresh one
-local inc = cur_inc or (not present and based) or fresh
-if not inc then
-  return err('ERR', 'a create or upgrade needs a fresh incarnation (ARGV[16])')
-end
+
 
 -- ---- schema ----
 
@@ -428,6 +419,12 @@ end
 -- an upgrade starts from floor = the old version). The window: the new record first, then the
 -- newest 15 of the old ones (a v2 record's first 8 bytes). The schema is the checked name.
 
+-- The incarnation: a create takes INC (or the fresh one), an upgrade of a v1 / v2 value
+-- the fresh one (checked last: every other refusal comes first)
+local inc = cur_inc or (not present and based) or fresh
+if not inc then
+  return err('ERR', 'ARGV[16] must be a fresh incarnation: 16 hex digits, not all zero')
+end
 local fl, cm, deltas = new_v, 0, ''
 if patching and present then
   if cur_fv == 3 then

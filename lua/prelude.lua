@@ -158,10 +158,9 @@ local function gone(inc, given)
     .. (inc and hex(inc) or 'none') .. ', this write was based on ' .. hex(given) .. ')')
 end
 
-local MAX_TTL = 1000000000000000
 local function touch_ms(s, what)
   local ms = strict_int(s)
-  if not ms or ms < 1 or ms > MAX_TTL then
+  if not ms or ms < 1 or ms > 1e15 then
     return nil, err('ERR', what .. ' must be an integer from 1 to 1000000000000000')
   end
   return ms

@@ -126,8 +126,9 @@ def test_assembly_is_shebang_prelude_plan_body_without_comments():
     text = script.source.decode()
     assert text.startswith("#!lua\n")
     assert "\n--" not in text and "--[[" not in text  # header blocks, comment lines gone
+    # the prelude and the body without the blanks Lua does not need (the plan as generated)
     assert text.index("local function read_ctx") < text.index("local PLAN_DIGEST") < text.index(
-        "local mode = ARGV[11]")
+        "local mode=ARGV[11]")
     assert script.sha == hashlib.sha1(script.source).hexdigest()
     assert script.without_shebang().source.startswith(b"-- lua\n")
 
