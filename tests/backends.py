@@ -134,17 +134,18 @@ def _b(value: Any) -> bytes:
 
 
 def state_reply(snap: Optional[Snapshot]) -> Optional[list[Any]]:
-    """A Snapshot (or None) in the shape of ``CTX.GET``'s reply."""
+    """A Snapshot (or None) in the shape of ``CTX.GET``'s reply (the incarnation last)."""
     if snap is None:
         return None
-    return [snap.version, snap.raw, _b(snap.schema), snap.updated_ms, _b(snap.updated_by)]
+    return [snap.version, snap.raw, _b(snap.schema), snap.updated_ms, _b(snap.updated_by),
+            _b(snap.incarnation)]
 
 
 def write_reply(result: CasResult) -> Any:
     """A CasResult in the shape of ``CTX.CAS``'s reply: the new version, ``["replayed",
     version]``, or the conflict state (nil without a context). The SDK surfaces the state of a
-    conflict, not the window's ``oldest_known`` nor CAS's empty ``changed``: compare conflicts
-    with ``reply[:5]`` (:func:`helpers.conflict_state`)."""
+    conflict (with its incarnation), not the window's ``oldest_known`` nor CAS's empty
+    ``changed``: compare conflicts with :func:`helpers.conflict_state`."""
     if result.ok:
         return [b"replayed", result.version] if result.replayed else result.version
     return state_reply(result.current)

@@ -210,10 +210,11 @@ def _lua_argv(
     reads: tuple[int, ...],
     inc: Optional[str] = None,
     px: Optional[int] = None,
+    fresh: str = "",
 ) -> tuple[Any, ...]:
-    """ARGV of lua/cas.lua (its header documents them): 1..16. ``inc``: ARGV[14] (INC); a
-    create's ``inc`` is also the fresh incarnation (ARGV[16]), any other write gets a new one
-    there (used only to upgrade a v1/v2 value)."""
+    """ARGV of lua/cas.lua (its header documents them): 1..16. ``inc``: ARGV[14] (INC),
+    ``fresh``: ARGV[16], the incarnation a create without INC or an upgrade of a v1/v2 value
+    gives the context."""
     argv: tuple[Any, ...] = (
         expected,
         payload,
@@ -230,7 +231,6 @@ def _lua_argv(
         argv += ("cas", "", "")
     else:
         argv += ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
-    fresh = inc if inc and expected == 0 else new_incarnation()
     return argv + (inc or "", px if px is not None else "", fresh)
 
 
@@ -261,9 +261,12 @@ def _write_lua(
     script = yield from _plan_script(st, name, key, flavor)
     relocated = False
     stale = moving = 0
+    # a create's own incarnation, else one for the upgrade of a v1/v2 value (the script uses it
+    # only then): one per write, the same in every send of it
+    fresh = inc if inc and expected == 0 else new_incarnation()
     while True:
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
-                         reads, inc, px)
+                         reads, inc, px, fresh)
         try:
             # KEYS = the context key only; the registry entry is read undeclared (lua/cas.lua)
             reply = yield from _run(st, script, (key,), argv, write=True)
