@@ -343,8 +343,9 @@ def test_ctx_touch(m, r, pb):
 
 
 def test_ctx_touch_is_the_protocol_probe(m, r):
-    assert assert_error("ERR", cmd, m, "CTX.TOUCH") == \
-        "ERR wrong number of arguments for 'ctx.touch' command"
+    # (Redis 6.2 names the command as the client typed it)
+    assert assert_error("ERR", cmd, m, "CTX.TOUCH").lower() == \
+        "err wrong number of arguments for 'ctx.touch' command"
     assert r.info("ctx")["ctx_protocol"] == 3
 
 
@@ -387,8 +388,8 @@ def test_bad_px_and_inc_are_refused_and_nothing_written(m, r, pb):
                      ["CTX.DEL", "k", 1, "INC"],
                      ["CTX.DEL", "k", 1, "ID", "x", "INC"]):
             assert assert_error("ERR", cmd, m, *args) == "ERR syntax error"
-        assert assert_error("ERR", cmd, m, "CTX.TOUCH", "k") == \
-            "ERR wrong number of arguments for 'ctx.touch' command"
+        assert assert_error("ERR", cmd, m, "CTX.TOUCH", "k").lower() == \
+            "err wrong number of arguments for 'ctx.touch' command"
         assert_error("ERR", cmd, m, "CTX.TOUCH", "k", 5, 5)
     # the syntax is checked before the key: WRONGTYPE never masks a bad argument
     r.set("plain", "x")
@@ -412,12 +413,19 @@ def test_info_counts_touches_and_gone_writes(m, r, pb):
 # --------------------------------------------------------------------------- propagation
 
 
+def _needs_redis_7(server) -> None:
+    """PEXPIRETIME and the AOF layout AofTail reads are Redis 7's (make asan runs Redis 6.2)."""
+    if int(server.info("server")["redis_version"].split(".")[0]) < 7:
+        pytest.skip("PEXPIRETIME and the multi-part AOF: Redis 7")
+
+
 def _writes(tail):
     return [c for c in tail.commands() if c[0].upper() not in (b"MULTI", b"EXEC")]
 
 
 def test_px_propagates_set_pxat_and_touch_pexpireat(servers, pb):
     p = servers.start_module(appendonly=True, config=AOF)
+    _needs_redis_7(p)
     b = make_backend("module", p)
     pb.register(b, "order")
     tail = srv.AofTail(p)
@@ -454,6 +462,7 @@ def test_px_propagates_set_pxat_and_touch_pexpireat(servers, pb):
 
 def test_a_replica_gets_the_same_absolute_expiry(servers, pb):
     p = servers.start_module()
+    _needs_redis_7(p)
     b = make_backend("module", p)
     pb.register(b, "order")
     rep = servers.replica(p)
@@ -474,6 +483,9 @@ REDIS62 = srv.REPO_ROOT / "build/_deps/redis-6.2/src/redis-server"
 
 
 @pytest.mark.skipif(not REDIS62.exists(), reason=f"{REDIS62} is missing: run `make redis62`")
+@pytest.mark.skipif(bool(__import__("os").environ.get("CTX_SAN_LOGS")),
+                    reason="starts a plain Redis 6.2 (a sanitizer build of the module needs the "
+                           "wrapper); make asan runs the whole file on 6.2 anyway")
 def test_px_keepttl_and_touch_on_redis_6_2(pb, module_so):
     """Redis 6.2 has no RM_SetAbsExpire / RM_GetAbsExpire: the relative fallbacks."""
     from ctxlink.embedded import EmbeddedRedis
