@@ -7,9 +7,8 @@ through the SDK (tests/sdk, tests/lua, tests/test_engines_agree.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 import ctxvalue
+import pytest
 import servers as srv
 from backends import make_backend
 from helpers import assert_error, context_hash, nothing_written, server_time_ms

@@ -2,9 +2,9 @@
 strings that start with ``CTX\\x03`` or ``CTX\\x02`` and lie about their lengths, windows longer
 than the history, versions at the ends of the range, v3 clocks beyond the version, floors of 0 or
 above the version, the whole-context bit in cmask, all-zero incarnations, digests of a write id at
-and between record starts, v1 hashes with odd fields. Every CTX.* command on them must leave the server alive, reply with a documented
-code, and leave the value byte-identical unless it wrote; a write must produce exactly the value the
-contract describes. Both engines against one Python model (tests/ctxvalue.py), so they agree."""
+and between record starts, v1 hashes with odd fields. Every CTX.* command on them must leave the
+server alive, reply with a documented code, and leave the value byte-identical unless it wrote; a
+write must produce exactly the value the contract describes (a v3 value, whatever it replaced). Both engines against one Python model (tests/ctxvalue.py), so they agree."""
 
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def hostile_v3(rng: random.Random) -> bytes:
         b"",
     ])
     recs = b""
-    for i in range(min(n, 20)):
+    for _ in range(min(n, 20)):
         recs += ctxvalue.id_digest(WID) if rng.random() < 0.15 else (
             b"\0" * 8 if rng.random() < 0.3 else rng.randbytes(8))
     if recs and rng.random() < 0.3:  # the digest between record starts: never a match
