@@ -430,7 +430,9 @@ def test_px_propagates_set_pxat_and_touch_pexpireat(servers, pb):
     tail = srv.AofTail(p)
     for args in (["CTX.CAS", "k", 0, pb.order(1), "SCHEMA", "order", "PX", 60_000],
                  ["CTX.PATCH", "k", 1, f_varint(4, 1), "FIELDS", 1, 4, "PX", 70_000],
-                 ["CTX.CAS", "k", 2, pb.order(3, order_id="y" * 300), "PX", 80_000]):
+                 ["CTX.CAS", "k", 2, pb.order(3, order_id="y" * 300), "PX", 80_000],
+                 # a smaller value: rewritten in place, propagated from the built buffer
+                 ["CTX.CAS", "k", 3, pb.order(4), "PX", 85_000]):
         tail.mark()
         t0 = server_time_ms(p.r)
         p.r.execute_command(*args)
