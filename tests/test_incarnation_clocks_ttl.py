@@ -20,13 +20,13 @@ from typing import Any, Callable
 
 import pytest
 import redis
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-import ctxlink
 from backends import make_backend, start_engine_server
 from ctxvalue import decode, encode_v2
 from faultproxy import FaultProxy
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from wire import f_varint
+
+import ctxlink
 
 ORDER_TYPE = "ctxlink.example.Order"
 WIDE_TYPE = "ctxlink.test.clock.Wide"
@@ -263,7 +263,8 @@ def test_writers_of_disjoint_fields_never_conflict(store, backend, engine, write
         conflicts = [0] * writers
         errors: list[BaseException] = []
 
-        def work(i: int) -> None:
+        def work(i: int, key: str = key, conflicts: list[int] = conflicts,
+                 errors: list[BaseException] = errors) -> None:
             s = ctxlink.connect(backend.server.client(), engine=engine)
             field = f"f{i + 2}"
             try:
@@ -372,7 +373,8 @@ def test_every_bad_ttl_is_refused_before_anything_is_sent(store, pb, ttl):
         with pytest.raises(ctxlink.ArgumentError) as info:
             call()
         assert isinstance(info.value, ValueError) and "ttl" in str(info.value)
-    sent = {k for k in r.info("commandstats") if not k.startswith(("cmdstat_config", "cmdstat_info"))}
+    sent = {k for k in r.info("commandstats")
+            if not k.startswith(("cmdstat_config", "cmdstat_info"))}
     assert sent == set(), sent
     assert r.get("t:b") == before and r.pttl("t:b") == -1 and not r.exists("t:new")
     with pytest.raises(TypeError):
