@@ -320,8 +320,10 @@ static const ctx_Schema *write_schema(RedisModuleCtx *ctx, RedisModuleString *ke
   return ctx_Registry_Resolve(ctx, *name, *nlen, slot, st);
 }
 
-/* Sets the key's expiry to the absolute time `at` (Unix ms). Before Redis
- * 7.2 (no RM_SetAbsExpire) as the time left from now, at least 1 ms. */
+/* Sets the key's expiry to the absolute time `at` (Unix ms). On Redis 6.2
+ * (no RM_SetAbsExpire) as the time left from now, at least 1 ms: the
+ * primary's own expiry may then be later than the propagated `at` by the
+ * time between two clock reads; replicas and the AOF get `at` exactly. */
 static void set_abs_expire(RedisModuleKey *key, long long at) {
   if (RedisModule_SetAbsExpire) {
     RedisModule_SetAbsExpire(key, (mstime_t)at);
