@@ -446,3 +446,63 @@ def test_module_and_lua_store_the_same_bytes_under_the_same_incarnation(module_s
     v = decode(values["lua"]["p:1"])
     assert v.inc_hex == INC_A and v.floor == 5 and v.clock(7) == 6
     assert decode(values["lua"]["p:2"]).inc_hex == INC_B
+
+
+# --------------------------------------------------------------------------- on a cluster
+
+#: updates per run on the 3-primary cluster (the cluster costs more per update: a smaller run)
+CLUSTER_UPDATES = int(os.environ.get("CTX_CLOCK_CLUSTER_UPDATES", "800"))
+
+
+@pytest.fixture(scope="module", params=["module", "lua"])
+def cluster_engine(request) -> Any:
+    """(engine, nodes): test_cluster.py's 3 primaries + 1 replica, with the module or stock."""
+    from test_cluster import _cluster
+
+    gen = _cluster(module=request.param == "module")
+    nodes = next(gen)
+    yield request.param, nodes
+    gen.close()
+
+
+@pytest.mark.parametrize("writers", [8, 16])
+def test_writers_of_disjoint_fields_never_conflict_on_a_cluster(cluster_engine, writers):
+    from redis.cluster import RedisCluster
+
+    engine, nodes = cluster_engine
+    rc = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+    store = ctxlink.connect(rc, engine=engine)
+    if "wide" not in store.schemas():
+        store.register_schema("wide", wide_fds(), message_type=WIDE_TYPE)
+    per_writer = CLUSTER_UPDATES // writers
+    for run in range(2):
+        key = f"cw:{writers}:{run}"
+        store.cas(key, 0, Wide(), schema="wide")
+        conflicts = [0] * writers
+        errors: list[BaseException] = []
+
+        def work(i: int, key: str = key, conflicts: list[int] = conflicts,
+                 errors: list[BaseException] = errors) -> None:
+            client = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+            s = ctxlink.connect(client, engine=engine)
+            field = f"f{i + 2}"
+            try:
+                for _ in range(per_writer):
+                    up = s.update(key, lambda m: setattr(m, field, getattr(m, field) + 1),
+                                  message_class=Wide, reads=[])
+                    conflicts[i] += up.attempts - 1
+            except BaseException as exc:  # noqa: B036 - reported below
+                errors.append(exc)
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert conflicts == [0] * writers, conflicts
+        final = store.get(key)
+        assert final.version == 1 + per_writer * writers
+    rc.close()
