@@ -43,7 +43,8 @@ or PX <ARGV[15]>.
   Checks, in the module's order; the first failure replies and nothing is written:
     ERR        versions out of range, writer id over 65535 bytes, write id not 1..64 bytes,
                PATCH field numbers not in 1..536870911, repeated in FIELDS or READS, no FIELDS,
-               INC / fresh incarnation not 16 hex digits or all zero, PX not 1 .. 10^15
+               INC not 16 hex digits or all zero, PX not 1 .. 10^15; last of all (after
+               every other check): a create or upgrade without a fresh incarnation (ARGV[16])
     WRONGTYPE  KEYS[1] exists and is not a context
     CTXGONE    INC given, expected/base >= 1, the key exists and its incarnation is another one
                (a v1 / v2 value has none): the context was deleted and re-created
@@ -151,8 +152,7 @@ if px then
   local _, e = touch_ms(px, 'PX')
   if e then return e end
 end
--- an incarnation for a create without INC or an upgrade (the SDK's); checked when used
-local fresh = unhex(ARGV[16])
+-- ARGV[16]: an incarnation for a create without INC or an upgrade (the SDK's); read when used
 
 -- ---- the stored context ----
 -- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
@@ -421,7 +421,7 @@ end
 
 -- The incarnation: a create takes INC (or the fresh one), an upgrade of a v1 / v2 value
 -- the fresh one (checked last: every other refusal comes first)
-local inc = cur_inc or (not present and based) or fresh
+local inc = cur_inc or (not present and based) or unhex(ARGV[16])
 if not inc then
   return err('ERR', 'ARGV[16] must be a fresh incarnation: 16 hex digits, not all zero')
 end
@@ -440,7 +440,7 @@ if patching and present then
       local low = band(m, -m)
       m = m - low
       local i = 4 * popcount(band(cm, low - 1))
-      if band(cm, low) ~= 0 then
+      if band(cm, low) ~= 0 then -- (the common case: the field's clock moves up)
         deltas = sub(deltas, 1, i) .. d .. sub(deltas, i + 5)
       else
         deltas = sub(deltas, 1, i) .. d .. sub(deltas, i + 1)

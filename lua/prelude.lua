@@ -78,6 +78,7 @@ local band, bor, rshift = bit.band, bit.bor, bit.rshift
 
 -- set bits of a 31-bit mask (no loop over the bits)
 local function popcount(x)
+  if x == 0 then return 0 end
   x = x - band(rshift(x, 1), 0x55555555)
   x = band(x, 0x33333333) + band(rshift(x, 2), 0x33333333)
   x = band(x + rshift(x, 4), 0x0F0F0F0F)
@@ -85,13 +86,14 @@ local function popcount(x)
   return band(x + rshift(x, 16), 63)
 end
 
+-- (two 32-bit halves through struct: no closure, no per-byte callback)
 local function hex(b)
-  return (string.gsub(b, '.', function(c) return fmt('%02x', byte(c)) end))
+  return fmt('%08x%08x', sunpack('>I4I4', b))
 end
 
 local function unhex(h)
-  if type(h) ~= 'string' or #h ~= 16 or find(h, '[^0-9A-Fa-f]') then return nil end
-  local b = string.gsub(h, '..', function(x) return char(tonumber(x, 16)) end)
+  if type(h) ~= 'string' or #h ~= 16 or find(h, '[^%x]') then return nil end
+  local b = spack('>I4I4', tonumber(sub(h, 1, 8), 16), tonumber(sub(h, 9, 16), 16))
   if b == ZERO8 then return nil end
   return b
 end
@@ -108,9 +110,7 @@ local function read_ctx(key)
       -- length (44 bytes), then 4 bytes per clock delta (popcount(cmask)), 8 per window record,
       -- the schema, the writer and the payload
       if len < 44 then return false end
-      local v, ms = sunpack('<I8I8', got, 5)
-      local inc = sub(got, 21, 28)
-      local fl, cmask, n, sl, bl = sunpack('<I8I4BBI2', got, 29)
+      local v, ms, inc, fl, cmask, n, sl, bl = sunpack('<I8I8c8I8I4BBI2', got, 5)
       if n > WINDOW or sl < 1 or sl > 128 or v < 1 or n > v or v >= 2 ^ 63 or fl < 1 or fl > v
         or cmask >= 2147483648 or inc == ZERO8 then
         return false
@@ -120,8 +120,8 @@ local function read_ctx(key)
       local at = wat + 8 * n
       local hl = at + sl + bl - 1
       if hl > len then return false end
-      for i = 0, k - 1 do
-        local d = sunpack('<I4', got, 45 + 4 * i)
+      for i = 45, wat - 1, 4 do
+        local d = sunpack('<I4', got, i)
         if d < 1 or fl + d > v then return false end
       end
       return v, n, ms, sub(got, at, at + sl - 1), sub(got, at + sl, hl), hl, got, nil,
