@@ -62,7 +62,13 @@ def parse_state(reply: Any) -> Optional[Snapshot]:
     incarnation]``; a protocol 2 reply has no incarnation) -> Snapshot / None."""
     if reply is None:
         return None
-    version, raw, schema, updated_ms, updated_by = reply[:5]
+    if len(reply) == 6:
+        version, raw, schema, updated_ms, updated_by, inc = reply
+        # one per context: not through the bounded cache of _reply_text
+        inc = inc.decode("ascii") if type(inc) is bytes else _text(inc)
+    else:  # protocol 2's five elements
+        version, raw, schema, updated_ms, updated_by = reply
+        inc = ""
     return new_snapshot(
         (
             version if type(version) is int else int(version),
@@ -70,7 +76,7 @@ def parse_state(reply: Any) -> Optional[Snapshot]:
             _reply_text(schema),
             updated_ms if type(updated_ms) is int else int(updated_ms),
             _reply_text(updated_by),
-            _reply_text(reply[5]) if len(reply) > 5 else "",
+            inc,
         )
     )
 
@@ -114,7 +120,7 @@ def parse_outcome(reply: Any, names: Optional[Callable[[tuple[int, ...]], tuple[
         return Outcome(new_cas_result((True, int(first), None, False, ())), raw=_bytes(reply[1]))
     size = len(reply)
     if size == 8 or size == 7:  # with an id (7: protocol 2, no incarnation)
-        snap = parse_state((*reply[:5], *reply[7:]))
+        snap = parse_state([*reply[:5], *reply[7:]])
         oldest: Optional[int] = int(reply[5])
         changed = tuple(int(n) for n in reply[6]) if reply[6] else ()
     else:
