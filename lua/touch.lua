@@ -1,9 +1,10 @@
-#!lua
+#!lua flags=allow-oom
 --[[
   touch.lua - CTX.TOUCH for servers without the module (docs/PROTOCOL.md, "Lua engine").
   Runs after prelude.lua (read_ctx, touch_ms, wrongtype).
 
-  Shebang (Redis 7.0+, script flags): a write (PEXPIRE), like CTX.TOUCH (write fast).
+  Shebang (Redis 7.0+, script flags): a write (PEXPIRE) that needs no memory, so it runs under
+  maxmemory like CTX.TOUCH (write fast, not deny-oom): allow-oom.
 
   KEYS[1]  the context key
   ARGV[1]  milliseconds: decimal integer 1 .. 10^15, the key's new time to live

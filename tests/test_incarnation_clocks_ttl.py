@@ -506,3 +506,20 @@ def test_writers_of_disjoint_fields_never_conflict_on_a_cluster(cluster_engine, 
         final = store.get(key)
         assert final.version == 1 + per_writer * writers
     rc.close()
+
+
+def test_touch_runs_under_maxmemory(store, pb):
+    """CTX.TOUCH (write fast, not deny-oom) and touch.lua (allow-oom) set an expiry when the
+    server is out of memory; a write that needs memory is refused."""
+    Order = order_cls(pb)
+    r = store.client
+    store.cas("t:oom", 0, Order(order_id="o"), schema="order")
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        assert store.touch("t:oom", 30) is True
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            store.cas("t:oom", 1, Order(order_id="x"))
+    finally:
+        r.config_set("maxmemory", 0)
+    assert 25_000 < r.pttl("t:oom") <= 30_000 and store.get("t:oom").version == 1
