@@ -462,8 +462,8 @@ if keep > 0 then
 end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
-local value = 'CTX\3' .. spack('<I8I8', new_v, ms) .. inc
-  .. spack('<I8I4BBI2', fl, cm, keep + 1, #name, #by) .. deltas .. digest .. win .. name .. by .. s
+local value = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 1, #name, #by)
+  .. deltas .. digest .. win .. name .. by .. s
 if px then
   redis.call('SET', ckey, value, 'PX', px)
 else
