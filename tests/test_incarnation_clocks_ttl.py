@@ -523,3 +523,29 @@ def test_touch_runs_under_maxmemory(store, pb):
     finally:
         r.config_set("maxmemory", 0)
     assert 25_000 < r.pttl("t:oom") <= 30_000 and store.get("t:oom").version == 1
+
+
+def test_incarnation_arguments(store, pb):
+    """``incarnation=`` takes a Snapshot's: "" (a value an older release wrote) is none; a bad
+    one is refused before anything is sent."""
+    Order = order_cls(pb)
+    r = store.client
+    r.set("o:old", encode_v2(1, 5, [], b"order", b"", Order(version=1).SerializeToString()))
+    snap = store.get("o:old")
+    assert snap.incarnation == ""
+    assert store.cas("o:old", 1, Order(order_id="x"), incarnation=snap.incarnation).ok
+    new = store.get("o:old")
+    assert len(new.incarnation) == 16  # the upgrade minted one
+    r.config_resetstat()
+    for bad in ("0" * 16, "xyz", "0123456789abcdeg", "0x23456789abcdef", " " * 16):
+        with pytest.raises(ctxlink.ArgumentError):
+            store.cas("o:old", 2, Order(order_id="y"), incarnation=bad)
+        with pytest.raises(ctxlink.ArgumentError):
+            store.delete("o:old", 2, incarnation=bad)
+    with pytest.raises(TypeError):
+        store.cas("o:old", 2, Order(order_id="y"), incarnation=b"0123456789abcdef")
+    sent = {k for k in r.info("commandstats")
+            if not k.startswith(("cmdstat_config", "cmdstat_info"))}
+    assert sent == set(), sent
+    assert store.get("o:old") == new
+    assert store.delete("o:old", 2, incarnation=new.incarnation.upper()).ok

@@ -332,9 +332,12 @@ def op_delete(
 _HEX16 = re.compile(r"[0-9A-Fa-f]{16}")
 
 
-def check_incarnation(inc: Any) -> str:
-    """An incarnation as given (``Snapshot.incarnation``: 16 hex digits, not all zero), else
-    ArgumentError / TypeError before anything is sent."""
+def check_incarnation(inc: Any) -> Optional[str]:
+    """An incarnation as given (``Snapshot.incarnation``: 16 hex digits, not all zero; "" , the
+    incarnation of a value an older release wrote, is none: None), else ArgumentError /
+    TypeError before anything is sent."""
+    if inc == "":
+        return None
     if not isinstance(inc, str):
         raise TypeError(
             f"incarnation must be a str (Snapshot.incarnation), not {type(inc).__name__}"
