@@ -179,7 +179,7 @@ class Side:
         if self.kind == "lua-cas" or v == 0:
             sha = self.shas[(s.name, "cas")]
             return ("EVALSHA", sha, 1, key, v, s.payload(v + 1), given, "", 1 << 20, 32,
-                    "reject", s.name, "", wid)
+                    "reject", s.name, "", wid, *(("cas", "", "", "", "", os.urandom(8).hex()) if v == 0 else ()))
         sha = self.shas[(s.name, "patch")]
         return ("EVALSHA", sha, 1, key, v, s.patch_payload(v + 1), 0, "", 1 << 20, 32,
                 "reject", s.name, "", wid, "patch", str(s.patch_field), "")

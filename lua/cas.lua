@@ -27,20 +27,34 @@
   ARGV[11] "cas" (default) or "patch"
   ARGV[12] PATCH: FIELDS numbers, decimal, one space apart, in the order given
   ARGV[13] PATCH: READS numbers, same form ("" for none)
+  ARGV[14] INC: the incarnation the write is based on, 16 hex digits ("" or absent: none)
+  ARGV[15] PX: milliseconds 1 .. 10^15 to store the value with ("" or absent: keep the expiry)
+  ARGV[16] a fresh incarnation, 16 hex digits (the SDK's os.urandom(8)): the new context's on a
+           create without INC, and on the first write to a v1 / v2 value (scripts never invent
+           randomness); "", absent or not 16 hex digits: none (a write that needs one is then
+           refused with ERR, after every other check)
 
   The registry entry's `digest` is read undeclared ("__ctx:schema:<ARGV[8]>", on a cluster
   "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>"): declared keys are read-write on Redis 7, and agents
   should need read access (%R~__ctx:*) only. A context is a v2 string (a v1 hash is read, with an
-  empty window, and replaced by the first write); every write is SET KEYS[1] <value> KEEPTTL.
+  empty window, and replaced by the first write); a context is written in storage format v3
+(a v2 string or v1 hash is read, and replaced by the first write): SET KEYS[1] <value> KEEPTTL,
+or PX <ARGV[15]>.
 
   Checks, in the module's order; the first failure replies and nothing is written:
     ERR        versions out of range, writer id over 65535 bytes, write id not 1..64 bytes,
-               PATCH field numbers not in 1..536870911, repeated in FIELDS or READS, no FIELDS
+               PATCH field numbers not in 1..536870911, repeated in FIELDS or READS, no FIELDS,
+               INC not 16 hex digits or all zero, PX not 1 .. 10^15; last of all (after
+               every other check): a create or upgrade without a fresh incarnation (ARGV[16])
     WRONGTYPE  KEYS[1] exists and is not a context
+    CTXGONE    INC given, expected/base >= 1, the key exists and its incarnation is another one
+               (a v1 / v2 value has none): the context was deleted and re-created
     replayed   the id's digest is in the window: ["replayed" (status), version it produced]
-    conflict   nil (no context) or [version, raw, schema, updated_ms, updated_by], plus
-               [oldest_known, changed] for PATCH and for a CAS with ID (changed: ascending
-               field numbers of FIELDS u READS written after base_version; empty for CAS)
+    conflict   nil (no context) or [version, raw, schema, updated_ms, updated_by, incarnation]
+               or, for PATCH and a CAS with ID, [version, raw, schema, updated_ms, updated_by,
+               oldest_known, changed, incarnation] (changed: ascending field numbers of FIELDS
+               u READS whose clock is above base_version; empty for CAS; incarnation: 16 hex
+               digits, "" for a v1 / v2 value)
     CTXSCHEMA  schema required / mismatch / no schema field / invalid name / unknown;
                "stale <name>": the entry's digest is not PLAN_DIGEST (the SDK reads the entry,
                generates its plan and sends the same write again), or, last before the write,
@@ -53,9 +67,9 @@
     CTXINVALID PATCH: unparseable top level; the (merged) payload fails the walk
     CTXTOOBIG  the (merged) payload is over max_payload_bytes
     CTXVERSION CAS: the payload's version field != expected_version + 1
-  Success: version + 1, updated_ms from TIME, a new window record (digest of the id or zeros;
-  mask bit 31 for CAS and creates, the FIELDS bits for a patch). Reply: the new version (CAS),
-  [new version, merged payload] (PATCH).
+  Success: version + 1, updated_ms from TIME, the clocks (a CAS or create: floor = new version,
+  no deltas; a patch: the FIELDS bits' clocks = new version), a new window record (digest of the
+  id or zeros). Reply: the new version (CAS), [new version, merged payload] (PATCH).
   Then the new version is published on the key's wait channel (wait_publish.lua; store.wait).
 
   CTXINVALID texts are the module's ("field 'items[2].sku' (1): invalid UTF-8", paths cut at 159
@@ -66,12 +80,9 @@
   2^53 are not exact.
 ]]
 
-local band, bor = bit.band, bit.bor
-
 local TWO32 = 4294967296
 local TWO31 = 2147483648
 local MAX_FIELD = 536870911
-local ZERO8 = '\0\0\0\0\0\0\0\0'
 local WHOLE = TWO31 -- mask bit 31: the whole context
 
 -- ---- arguments ----
@@ -132,13 +143,31 @@ local tag = ARGV[9] or ''
 local wid = ARGV[10]
 if wid == '' then wid = nil end
 if wid and #wid > 64 then return err('ERR', 'write id must be 1 to 64 bytes') end
+local based = ARGV[14] -- INC: the incarnation this write is based on
+if based == '' then based = nil end
+if based then
+  based = unhex(based)
+  if not based then return err('ERR', 'INC must be 16 hex digits, not all zero') end
+end
+local px = ARGV[15] -- PX: the expiry to store with, in ms ("" or absent: keep the key's)
+if px == '' then px = nil end
+if px then
+  local _, e = touch_ms(px, 'PX')
+  if e then return e end
+end
+-- ARGV[16]: an incarnation for a create without INC or an upgrade (the SDK's); read when used
 
 -- ---- the stored context ----
 -- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
 
-local cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw = read_ctx(ckey)
+local cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl,
+  cur_cm, cur_wat = read_ctx(ckey)
 if cur_v == false then return wrongtype() end
 local present = cur_v ~= nil
+-- ---- incarnation: a write based on another incarnation of the key ----
+if present and based and expected >= 1 and cur_inc ~= based then
+  return gone(cur_inc, based)
+end
 if present then
   -- v2: the payload (cur_raw) is cut out of val only when needed
   if cur_schema == '' then cur_schema = nil end -- as the module: an empty field is no schema
@@ -153,13 +182,15 @@ if wid then
   local hex = redis.sha1hex(wid)
   digest = spack('>I4I4', tonumber(sub(hex, 1, 8), 16), tonumber(sub(hex, 9, 16), 16))
   if digest ~= ZERO8 and cur_n > 0 then
-    -- a plain find over the records; a hit counts only at a record's start
-    local last, at = 13 + 12 * cur_n, 25
+    -- a plain find over the records (v3: 8 bytes each, v2: 12); a hit counts only at a
+    -- record's start
+    local rs = cur_fv == 3 and 8 or 12
+    local last, at = cur_wat + rs * (cur_n - 1), cur_wat
     while true do
       at = find(val, digest, at, true)
       if not at or at > last then break end
-      if (at - 25) % 12 == 0 then
-        return { redis.status_reply('replayed'), cur_v - (at - 25) / 12 }
+      if (at - cur_wat) % rs == 0 then
+        return { redis.status_reply('replayed'), cur_v - (at - cur_wat) / rs }
       end
       at = at + 1
     end
@@ -184,7 +215,22 @@ elseif expected ~= cur_v then
   table.sort(U)
   local oldest = cur_v - cur_n + 1
   changed = U
-  if expected <= cur_v and expected >= oldest - 1 then
+  if cur_fv == 3 then
+    -- the field clocks: a field changed after base when its clock is above it (floor above
+    -- base: every field counts as changed); one direct index per field
+    if expected < cur_v and cur_fl <= expected then
+      changed = {}
+      for _, f in ipairs(U) do
+        local b = 2 ^ ((f - 1) % 31)
+        if band(cur_cm, b) ~= 0
+          and cur_fl + sunpack('<I4', val, 45 + 4 * popcount(band(cur_cm, b - 1))) > expected then
+          changed[#changed + 1] = f
+        end
+      end
+      if #changed == 0 then changed = nil end
+    end
+  elseif expected <= cur_v and expected >= oldest - 1 then
+    -- v1 / v2: the window's masks (v2 records are 12 bytes: digest, mask)
     local whole, mask = false, 0
     for i = 0, cur_v - expected - 1 do
       local m = sunpack('<I4', val, 33 + 12 * i)
@@ -203,9 +249,13 @@ elseif expected ~= cur_v then
 end
 if changed then
   cur_raw = cur_raw or sub(val, cur_hl + 1)
-  if not wid and not patching then return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by } end
-  return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, cur_v - cur_n + 1, changed }
+  local ihex = cur_inc and hex(cur_inc) or ''
+  if not wid and not patching then
+    return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, ihex }
+  end
+  return { cur_v, cur_raw, cur_schema or '', cur_ms, cur_by, cur_v - cur_n + 1, changed, ihex }
 end
+
 
 -- ---- schema ----
 
@@ -284,7 +334,7 @@ end
 -- ---- CTX.PATCH: the fields and the splice ----
 
 local new_v = cur_v + 1 -- CTX.CAS got here with cur_v == expected
-local mask = WHOLE
+local mask = 0 -- a patch of a context: the FIELDS bits
 -- [patch]
 -- [include cas_splice]
 -- [/patch]
@@ -371,17 +421,64 @@ end
 -- [/cas]
 
 -- ---- the write ----
--- The new record first, then the newest 15 of the old ones; the schema is the checked name.
+-- Storage format v3. Clocks: a whole write (CAS, create) moves the floor to the new version and
+-- clears the mask; a patch sets the FIELDS bits' clocks to the new version (delta new - floor;
+-- an upgrade starts from floor = the old version). The window: the new record first, then the
+-- newest 15 of the old ones (a v2 record's first 8 bytes). The schema is the checked name.
 
 -- [include wait_publish]
 
+-- The incarnation: a create takes INC (or the fresh one), an upgrade of a v1 / v2 value
+-- the fresh one (checked last: every other refusal comes first)
+local inc = cur_inc or (not present and based) or unhex(ARGV[16])
+if not inc then
+  return err('ERR', 'ARGV[16] must be a fresh incarnation: 16 hex digits, not all zero')
+end
+local fl, cm, deltas = new_v, 0, ''
+if patching and present then
+  if cur_fv == 3 then
+    fl, cm, deltas = cur_fl, cur_cm, sub(val, 45, cur_wat - 1)
+  else
+    fl = cur_v
+  end
+  if new_v - fl > 4294967295 then
+    fl, cm, deltas = new_v, 0, '' -- a delta past 32 bits: every field counts as changed once
+  else
+    local m, d = mask, spack('<I4', new_v - fl)
+    while m ~= 0 do -- each FIELDS bit: splice its delta in at its index
+      local low = band(m, -m)
+      m = m - low
+      local i = 4 * popcount(band(cm, low - 1))
+      if band(cm, low) ~= 0 then -- (the common case: the field's clock moves up)
+        deltas = sub(deltas, 1, i) .. d .. sub(deltas, i + 5)
+      else
+        deltas = sub(deltas, 1, i) .. d .. sub(deltas, i + 1)
+        cm = cm + low
+      end
+    end
+  end
+end
+local keep = cur_n < WINDOW and cur_n or WINDOW - 1
+local win = ''
+if keep > 0 then
+  if cur_fv == 3 then
+    win = sub(val, cur_wat, cur_wat + 8 * keep - 1)
+  else
+    local r = {}
+    for i = 0, keep - 1 do r[i + 1] = sub(val, 25 + 12 * i, 32 + 12 * i) end
+    win = table.concat(r)
+  end
+end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
-local keep = cur_n < WINDOW and cur_n or WINDOW - 1
 -- [include cas_history]
-redis.call('SET', ckey, 'CTX\2' .. spack('<I8I8BBI2', new_v, ms, keep + 1, #name, #by)
-  .. digest .. spack('<I4', mask) .. (keep > 0 and sub(val, 25, 24 + 12 * keep) or '')
-  .. name .. by .. s, 'KEEPTTL')
+local value = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 1, #name, #by)
+  .. deltas .. digest .. win .. name .. by .. s
+if px then
+  redis.call('SET', ckey, value, 'PX', px)
+else
+  redis.call('SET', ckey, value, 'KEEPTTL')
+end
 wait_publish(ckey, fmt('%.0f', new_v))
 if patching then return { new_v, s } end
 return new_v

@@ -1,12 +1,15 @@
-/* cmd_data.c - CTX.GET, CTX.CAS, CTX.PATCH, CTX.DEL: the context commands.
+/* cmd_data.c - CTX.GET, CTX.CAS, CTX.PATCH, CTX.DEL, CTX.TOUCH: the context
+ * commands.
  *
- * A context is a string in storage format v2 (module/core/ctx_value.h,
- * docs/PROTOCOL.md "Storage format"); a v1 context hash {raw, version, schema,
- * updated_ms, updated_by} is still read, and its first write replaces it with
- * a v2 string. Every write is `SET key <value> KEEPTTL` on the replication
- * stream. Handlers follow one order: arity, argument parsing, key type,
- * replay, version, schema, validation, write, propagation, reply. Every error
- * path replies once and leaves through `done`, which frees what was taken. */
+ * A context is a string in storage format v3 (module/core/ctx_value.h,
+ * docs/PROTOCOL.md "Storage format"); a v2 string and a v1 context hash
+ * {raw, version, schema, updated_ms, updated_by} are still read, and their
+ * first write replaces them with a v3 string. Every write is
+ * `SET key <value> KEEPTTL` (or `PXAT <absolute ms>` with PX) on the
+ * replication stream. Handlers follow one order: arity, argument parsing, key
+ * type, incarnation, replay, version, schema, validation, write, propagation,
+ * reply. Every error path replies once and leaves through `done`, which frees
+ * what was taken. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,7 @@
 #define CTX_VERSION_MAX (INT64_MAX - 1)
 #define CTX_STRING_MAX (512 * 1024 * 1024) /* RM_StringTruncate's limit */
 #define CTX_EMBSTR_MAX 44 /* OBJ_ENCODING_EMBSTR_SIZE_LIMIT: longer strings are raw */
+#define CTX_PX_MAX 1000000000000000LL /* PX and CTX.TOUCH: at most 10^15 ms */
 
 typedef enum { kState_Absent, kState_Context, kState_WrongType } state_kind;
 
@@ -61,6 +65,7 @@ static state_kind state_read_v1(RedisModuleKey *key, ctx_State *s) {
   }
   if (s->h_ms) RedisModule_StringToLongLong(s->h_ms, &ms);
   s->v1 = true;
+  s->v.format = 1;
   s->v.version = (uint64_t)ver;
   s->v.updated_ms = (uint64_t)ms;
   s->v.n = 0;
@@ -96,8 +101,20 @@ static state_kind state_read(RedisModuleKey *key, ctx_State *s) {
   return s->kind;
 }
 
-/* [version, raw, schema, updated_ms, updated_by] (+ oldest_known when nelem is
- * 7; the caller adds `changed`). */
+/* The incarnation element: 16 lowercase hex digits, "" before v3. */
+static void reply_incarnation(RedisModuleCtx *ctx, const ctx_State *s) {
+  if (!s->v.incarnation) {
+    RedisModule_ReplyWithStringBuffer(ctx, "", 0);
+    return;
+  }
+  char hex[2 * CTX_INC_LEN + 1];
+  ctx_Incarnation_Hex(s->v.incarnation, hex);
+  RedisModule_ReplyWithStringBuffer(ctx, hex, 2 * CTX_INC_LEN);
+}
+
+/* [version, raw, schema, updated_ms, updated_by, incarnation] when nelem is 6;
+ * with nelem 8 [version, raw, schema, updated_ms, updated_by, oldest_known]
+ * and the caller adds `changed`, then reply_incarnation. */
 static void reply_state(RedisModuleCtx *ctx, const ctx_State *s, int nelem) {
   const ctx_Value *v = &s->v;
   RedisModule_ReplyWithArray(ctx, nelem);
@@ -106,16 +123,23 @@ static void reply_state(RedisModuleCtx *ctx, const ctx_State *s, int nelem) {
   RedisModule_ReplyWithStringBuffer(ctx, v->schema, v->schema_len);
   RedisModule_ReplyWithLongLong(ctx, (long long)v->updated_ms);
   RedisModule_ReplyWithStringBuffer(ctx, v->updated_by, v->by_len);
-  if (nelem == 7) RedisModule_ReplyWithLongLong(ctx, (long long)ctx_Value_OldestKnown(v));
+  if (nelem == 8) {
+    RedisModule_ReplyWithLongLong(ctx, (long long)ctx_Value_OldestKnown(v));
+  } else {
+    reply_incarnation(ctx, s);
+  }
 }
 
 /* The conflict reply of CTX.CAS / CTX.DEL: nil without a context, else the
- * state (seven elements, changed = [], when the command carried an id). */
+ * state (eight elements, changed = [], when the command carried an id). */
 static int reply_conflict(RedisModuleCtx *ctx, const ctx_State *s, bool with_id) {
   ctx_stats.cas_conflicts++;
   if (s->kind != kState_Context) return RedisModule_ReplyWithNull(ctx);
-  reply_state(ctx, s, with_id ? 7 : 5);
-  if (with_id) RedisModule_ReplyWithArray(ctx, 0);
+  reply_state(ctx, s, with_id ? 8 : 6);
+  if (with_id) {
+    RedisModule_ReplyWithArray(ctx, 0);
+    reply_incarnation(ctx, s);
+  }
   return REDISMODULE_OK;
 }
 
@@ -152,14 +176,22 @@ int ctx_ReplyStatus(RedisModuleCtx *ctx, const ctx_Status *st) {
 /* ---- options shared by the writes ---- */
 
 typedef struct {
-  RedisModuleString *schema, *by, *id;
+  RedisModuleString *schema, *by, *id, *inc, *px;
   unsigned char digest[CTX_DIGEST_LEN]; /* of id, when given */
+  unsigned char incarnation[CTX_INC_LEN]; /* of inc, when given */
+  long long px_ms;                       /* of px, when given */
 } ctx_WriteOpts;
 
-/* Takes SCHEMA / BY / ID at argv[i] (allowed: a mask of the three). Returns 1
- * when consumed (two arguments), 0 when argv[i] is not one of them, -1 after
- * an error reply. */
-enum { kOpt_Schema = 1, kOpt_By = 2, kOpt_Id = 4 };
+/* Parses a PX / CTX.TOUCH duration: 1 .. 10^15 milliseconds. */
+static bool parse_ms(RedisModuleString *arg, long long *out) {
+  return RedisModule_StringToLongLong(arg, out) == REDISMODULE_OK && *out >= 1 &&
+         *out <= CTX_PX_MAX;
+}
+
+/* Takes SCHEMA / BY / ID / INC / PX at argv[i] (allowed: a mask of them).
+ * Returns 1 when consumed (two arguments), 0 when argv[i] is not one of them,
+ * -1 after an error reply. */
+enum { kOpt_Schema = 1, kOpt_By = 2, kOpt_Id = 4, kOpt_Inc = 8, kOpt_Px = 16 };
 
 static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, int i,
                            int allowed, ctx_WriteOpts *o) {
@@ -168,13 +200,23 @@ static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int ar
   if (ctx_ArgIs(argv[i], "SCHEMA")) slot = &o->schema, which = kOpt_Schema;
   else if (ctx_ArgIs(argv[i], "BY")) slot = &o->by, which = kOpt_By;
   else if (ctx_ArgIs(argv[i], "ID")) slot = &o->id, which = kOpt_Id;
+  else if (ctx_ArgIs(argv[i], "INC")) slot = &o->inc, which = kOpt_Inc;
+  else if (ctx_ArgIs(argv[i], "PX")) slot = &o->px, which = kOpt_Px;
   if (!slot || !(allowed & which)) return 0;
   if (*slot || i + 1 >= argc) {
     RedisModule_ReplyWithError(ctx, "ERR syntax error");
     return -1;
   }
   size_t len;
-  RedisModule_StringPtrLen(argv[i + 1], &len);
+  const char *val = RedisModule_StringPtrLen(argv[i + 1], &len);
+  if (which == kOpt_Inc && !ctx_Incarnation_Parse(val, len, o->incarnation)) {
+    RedisModule_ReplyWithError(ctx, "ERR INC must be 16 hex digits, not all zero");
+    return -1;
+  }
+  if (which == kOpt_Px && !parse_ms(argv[i + 1], &o->px_ms)) {
+    RedisModule_ReplyWithError(ctx, "ERR PX must be an integer from 1 to 1000000000000000");
+    return -1;
+  }
   if (which == kOpt_Id && (len < 1 || len > CTX_WRITE_ID_MAX)) {
     RedisModule_ReplyWithError(ctx, "ERR write id must be 1 to 64 bytes");
     return -1;
@@ -197,6 +239,48 @@ static void write_digest(RedisModuleString *id, unsigned char out[CTX_DIGEST_LEN
   ctx_Sha1_Update(&sh, p, len);
   ctx_Sha1_Final(&sh, raw);
   memcpy(out, raw, CTX_DIGEST_LEN);
+}
+
+/* Step 3 of every write: with INC and a base version >= 1, an existing
+ * context must carry that incarnation (a v1/v2 value has none). False after
+ * the CTXGONE reply. */
+static bool check_incarnation(RedisModuleCtx *ctx, const ctx_State *s, long long base,
+                              const ctx_WriteOpts *o) {
+  if (!o->inc || base < 1 || s->kind != kState_Context) return true;
+  if (s->v.incarnation && memcmp(s->v.incarnation, o->incarnation, CTX_INC_LEN) == 0) {
+    return true;
+  }
+  char stored[2 * CTX_INC_LEN + 1], given[2 * CTX_INC_LEN + 1], buf[160];
+  if (s->v.incarnation) {
+    ctx_Incarnation_Hex(s->v.incarnation, stored);
+  } else {
+    memcpy(stored, "none", 5);
+  }
+  ctx_Incarnation_Hex(o->incarnation, given);
+  snprintf(buf, sizeof(buf),
+           "CTXGONE the context was deleted and re-created (incarnation %s, this write was "
+           "based on %s)",
+           stored, given);
+  ctx_stats.gone++;
+  RedisModule_ReplyWithError(ctx, buf);
+  return false;
+}
+
+/* The incarnation a write stores: the context's own (v3); INC on a create;
+ * else 8 fresh random bytes (a create without INC, an upgrade of v1/v2). */
+static void write_incarnation(const ctx_State *s, const ctx_WriteOpts *o,
+                              unsigned char out[CTX_INC_LEN]) {
+  if (s->kind == kState_Context && s->v.incarnation) {
+    memcpy(out, s->v.incarnation, CTX_INC_LEN);
+    return;
+  }
+  if (s->kind == kState_Absent && o->inc) {
+    memcpy(out, o->incarnation, CTX_INC_LEN);
+    return;
+  }
+  do {
+    RedisModule_GetRandomBytes(out, CTX_INC_LEN);
+  } while (ctx_Incarnation_IsZero(out));
 }
 
 /* ---- schema and writing ---- */
@@ -237,20 +321,34 @@ static const ctx_Schema *write_schema(RedisModuleCtx *ctx, RedisModuleString *ke
   return ctx_Registry_Resolve(ctx, *name, *nlen, slot, st);
 }
 
-/* Stores the new value of `key` and propagates `SET key value KEEPTTL`.
- * Reads `s` (the window it extends, maybe the schema name and payload) before
- * writing. The TTL survives: a v2 string that does not grow is rewritten in
+/* Sets the key's expiry to the absolute time `at` (Unix ms). On Redis 6.2
+ * (no RM_SetAbsExpire) as the time left from now, at least 1 ms: the
+ * primary's own expiry may then be later than the propagated `at` by the
+ * time between two clock reads; replicas and the AOF get `at` exactly. */
+static void set_abs_expire(RedisModuleKey *key, long long at) {
+  if (RedisModule_SetAbsExpire) {
+    RedisModule_SetAbsExpire(key, (mstime_t)at);
+    return;
+  }
+  long long left = at - (long long)RedisModule_Milliseconds();
+  RedisModule_SetExpire(key, (mstime_t)(left > 0 ? left : 1));
+}
+
+/* Stores the new value of `key` and propagates `SET key value KEEPTTL`, or
+ * with PX `SET key value PXAT <now + px>` (an absolute time, so a replica or
+ * an AOF replayed later expires the key at the same moment). Reads `s` (the
+ * window it extends, maybe the schema name and payload) before writing.
+ * Without PX the TTL survives: a string that does not grow is rewritten in
  * place (no key re-insert, the expiry untouched); otherwise the key is
  * replaced by a string of the exact size and its expiry restored. */
 static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *keyname,
-                        const ctx_State *s, uint64_t version, const unsigned char *digest,
-                        uint32_t mask, const char *schema, size_t schema_len,
-                        RedisModuleString *by, const char *payload, size_t payload_len,
-                        ctx_Status *st) {
+                        const ctx_State *s, uint64_t version, const ctx_WriteOpts *o,
+                        const ctx_Clocks *clocks, const char *schema, size_t schema_len,
+                        const char *payload, size_t payload_len, ctx_Status *st) {
   const ctx_Value *prev = s->kind == kState_Context ? &s->v : NULL;
   size_t by_len;
-  const char *by_p = str_or_empty(by, &by_len);
-  size_t size = ctx_Value_Size(prev, schema_len, by_len, payload_len);
+  const char *by_p = str_or_empty(o->by, &by_len);
+  size_t size = ctx_Value_Size(prev, clocks, schema_len, by_len, payload_len);
   /* RM_StringTruncate refuses more than 512 MiB: the key would be deleted and
    * the copy below would go to StringDMA's read-only placeholder (a crash).
    * max-payload-bytes may be 512 MiB, so header + BY can push a value over. */
@@ -261,7 +359,10 @@ static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
   }
   char stackbuf[1024];
   char *buf = size <= sizeof(stackbuf) ? stackbuf : RedisModule_Alloc(size);
-  ctx_Value_Write(buf, prev, version, (uint64_t)RedisModule_Milliseconds(), digest, mask,
+  unsigned char inc[CTX_INC_LEN];
+  write_incarnation(s, o, inc);
+  mstime_t now = RedisModule_Milliseconds();
+  ctx_Value_Write(buf, prev, version, (uint64_t)now, inc, clocks, o->id ? o->digest : NULL,
                   schema, schema_len, by_p, by_len, payload, payload_len);
 
   bool in_place = prev && !s->v1 && size <= RedisModule_ValueLength(key);
@@ -280,7 +381,7 @@ static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
     } else {
       RedisModule_StringTruncate(key, size); /* a new string of exactly `size` bytes */
     }
-    if (expire != REDISMODULE_NO_EXPIRE) {
+    if (expire != REDISMODULE_NO_EXPIRE && !o->px) {
       if (RedisModule_GetAbsExpire) {
         RedisModule_SetAbsExpire(key, expire);
       } else {
@@ -292,15 +393,23 @@ static bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleStr
   } else {
     RedisModule_StringTruncate(key, size);
   }
-  if (val) {
-    RedisModule_Replicate(ctx, "SET", "sss", keyname, val, ctx_names.keepttl);
-    RedisModule_FreeString(ctx, val);
-  } else {
+  if (!val) {
     size_t len;
     char *dst = RedisModule_StringDMA(key, &len, REDISMODULE_WRITE);
     memcpy(dst, buf, size);
+  }
+  long long at = o->px ? (long long)now + o->px_ms : 0;
+  if (o->px) set_abs_expire(key, at);
+  if (val && o->px) {
+    RedisModule_Replicate(ctx, "SET", "sscl", keyname, val, "PXAT", at);
+  } else if (val) {
+    RedisModule_Replicate(ctx, "SET", "sss", keyname, val, ctx_names.keepttl);
+  } else if (o->px) {
+    RedisModule_Replicate(ctx, "SET", "sbcl", keyname, buf, size, "PXAT", at);
+  } else {
     RedisModule_Replicate(ctx, "SET", "sbs", keyname, buf, size, ctx_names.keepttl);
   }
+  if (val) RedisModule_FreeString(ctx, val);
   if (buf != stackbuf) RedisModule_Free(buf);
   RedisModule_SignalModifiedKey(ctx, keyname);
   RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_STRING, "set", keyname);
@@ -333,7 +442,7 @@ int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       break;
     case kState_Context:
       ctx_stats.get_hits++;
-      reply_state(ctx, &s, 5);
+      reply_state(ctx, &s, 6);
       break;
   }
   state_free(ctx, &s);
@@ -341,7 +450,8 @@ int ctx_GetCommand_(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   return REDISMODULE_OK;
 }
 
-/* ---- CTX.CAS key expected_version payload [SCHEMA name] [BY writer] [ID write_id] ---- */
+/* ---- CTX.CAS key expected_version payload [SCHEMA name] [BY writer] [ID write_id]
+ *              [INC incarnation] [PX milliseconds] ---- */
 int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
 
@@ -350,7 +460,8 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   ctx_WriteOpts o;
   memset(&o, 0, sizeof(o));
   for (int i = 4; i < argc; i += 2) {
-    int r = parse_write_opt(ctx, argv, argc, i, kOpt_Schema | kOpt_By | kOpt_Id, &o);
+    int r = parse_write_opt(ctx, argv, argc, i,
+                            kOpt_Schema | kOpt_By | kOpt_Id | kOpt_Inc | kOpt_Px, &o);
     if (r < 0) return REDISMODULE_OK;
     if (r == 0) return RedisModule_ReplyWithError(ctx, "ERR syntax error");
   }
@@ -365,6 +476,7 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     reply_wrongtype(ctx);
     goto done;
   }
+  if (!check_incarnation(ctx, &s, expected, &o)) goto done;
   if (o.id && kind == kState_Context) {
     uint64_t produced = ctx_Value_FindWrite(&s.v, o.digest);
     if (produced) {
@@ -399,15 +511,17 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     goto reject;
   }
 
+  ctx_Clocks clocks;
+  ctx_Clocks_Whole(&clocks, (uint64_t)expected + 1);
   ctx_History hist; /* history.c: the change goes to the context's history, when kept */
   ctx_History_Prepare(ctx, argv[1], &hist);
-  if (!write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, o.id ? o.digest : NULL,
-                   CTX_MASK_WHOLE, name, nlen, o.by, payload, plen, &st)) {
+  if (!write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, &o, &clocks, name, nlen,
+                   payload, plen, &st)) {
     ctx_History_Release(ctx, &hist);
     goto reject;
   }
   ctx_History_Append(ctx, &hist, key, kind == kState_Absent ? kCtx_Change_Create
-                     : kCtx_Change_Update, NULL, 0, o.id, "", 0, -1);
+                     : kCtx_Change_Update, NULL, 0, o.id);
   ctx_stats.cas_ok++;
   RedisModule_ReplyWithLongLong(ctx, expected + 1);
   goto done;
@@ -485,7 +599,7 @@ static bool parse_count(RedisModuleString *arg, int left, int min, int *out) {
 }
 
 /* CTX.PATCH key base_version payload FIELDS n f1..fn [READS m r1..rm]
- *           [SCHEMA name] [BY writer] [ID write_id] */
+ *           [SCHEMA name] [BY writer] [ID write_id] [INC incarnation] [PX ms] */
 int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
 
@@ -503,7 +617,8 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 
   /* 1. syntax */
   for (int i = 4; i < argc;) {
-    int r = parse_write_opt(ctx, argv, argc, i, kOpt_Schema | kOpt_By | kOpt_Id, &o);
+    int r = parse_write_opt(ctx, argv, argc, i,
+                            kOpt_Schema | kOpt_By | kOpt_Id | kOpt_Inc | kOpt_Px, &o);
     if (r < 0) goto done;
     if (r > 0) {
       i += 2;
@@ -550,7 +665,9 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     reply_wrongtype(ctx);
     goto done;
   }
-  /* 3. replay */
+  /* 3. incarnation */
+  if (!check_incarnation(ctx, &s, base, &o)) goto done;
+  /* 4. replay */
   if (o.id && kind == kState_Context) {
     uint64_t produced = ctx_Value_FindWrite(&s.v, o.digest);
     if (produced) {
@@ -558,7 +675,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       goto done;
     }
   }
-  /* 4. conflict */
+  /* 5. conflict */
   uint64_t cur = kind == kState_Context ? s.v.version : 0;
   if (kind == kState_Absent && base != 0) {
     ctx_Metrics_Conflict(kCtx_Conflict_Stale, argv[1], 0, base); /* metrics.c */
@@ -567,29 +684,27 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     goto done;
   }
   if (kind == kState_Context && (uint64_t)base != cur) {
-    uint32_t m = 0;
-    bool all = (uint64_t)base > cur || !ctx_Value_MaskSince(&s.v, (uint64_t)base, &m) ||
-               (m & CTX_MASK_WHOLE);
     int nchanged = 0;
     for (int k = 0; k < nuni; k++) {
-      if (all || (m & ctx_FieldBit(uni[k]))) uni[nchanged++] = uni[k];
+      if (ctx_Value_FieldChanged(&s.v, (uint64_t)base, uni[k])) uni[nchanged++] = uni[k];
     }
     if (nchanged) {
       ctx_Metrics_PatchConflict(argv[1], cur, (uint64_t)base, uni, nchanged, fields,
                                 nfields); /* metrics.c */
       ctx_stats.cas_conflicts++;
-      reply_state(ctx, &s, 7);
+      reply_state(ctx, &s, 8);
       RedisModule_ReplyWithArray(ctx, nchanged);
       for (int k = 0; k < nchanged; k++) RedisModule_ReplyWithLongLong(ctx, uni[k]);
+      reply_incarnation(ctx, &s);
       goto done;
     }
   }
-  /* 5. schema */
+  /* 6. schema */
   const char *name;
   size_t nlen;
   const ctx_Schema *schema = write_schema(ctx, argv[1], &s, o.schema, &name, &nlen, &st);
   if (!schema) goto reject;
-  /* 6. fields */
+  /* 7. fields */
   if (!ctx_Patch_CheckFields(schema, fields, nfields, reads, nreads, &st)) goto reject;
   ctx_VersionField vf;
   ctx_Schema_VersionFieldInfo(schema, &vf);
@@ -598,7 +713,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
                    (unsigned long long)(cur + 1));
     goto reject;
   }
-  /* 7. the splice */
+  /* 8. the splice */
   size_t plen, mlen;
   const char *payload = RedisModule_StringPtrLen(argv[3], &plen);
   const char *cp = kind == kState_Context ? s.v.payload : "";
@@ -606,7 +721,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (!ctx_Splice(cp, clen, payload, plen, fields, nfields, &vf, cur + 1, NULL, &mlen, &st)) {
     goto reject;
   }
-  /* Step 8's size check before the merged payload is built: a large stored
+  /* Step 9's size check before the merged payload is built: a large stored
    * payload plus a large patch would otherwise take up to 1 GB (two 512 MB
    * bulk strings) only to be refused. Same reply as ctx_Validate's. */
   if (mlen > ctx_config.limits.max_payload_bytes) {
@@ -616,28 +731,30 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   merged = RedisModule_Alloc(mlen ? mlen : 1);
   ctx_Splice(cp, clen, payload, plen, fields, nfields, &vf, cur + 1, merged, &mlen, &st);
-  /* 8. size and validation of the merged payload */
+  /* 9. size and validation of the merged payload */
   ctx_PayloadVersion pv;
   if (!ctx_Validate(schema, merged, mlen, &ctx_config.limits, &pv, &st)) goto reject;
 
-  /* 9. write */
-  uint32_t mask = 0;
+  /* 10. write */
+  ctx_Clocks clocks;
   if (kind == kState_Absent) {
-    mask = CTX_MASK_WHOLE;
+    ctx_Clocks_Whole(&clocks, cur + 1);
   } else {
-    for (int k = 0; k < nfields; k++) mask |= ctx_FieldBit(fields[k]);
+    uint32_t bits = 0;
+    for (int k = 0; k < nfields; k++) bits |= ctx_FieldBit(fields[k]);
+    ctx_Clocks_Patch(&clocks, &s.v, cur + 1, bits);
   }
   /* `name` may point into the stored value: write_value reads it before the
    * key is replaced. */
   ctx_History hist; /* history.c */
   ctx_History_Prepare(ctx, argv[1], &hist);
-  if (!write_value(ctx, key, argv[1], &s, cur + 1, o.id ? o.digest : NULL, mask, name, nlen,
-                   o.by, merged, mlen, &st)) {
+  if (!write_value(ctx, key, argv[1], &s, cur + 1, &o, &clocks, name, nlen, merged, mlen,
+                   &st)) {
     ctx_History_Release(ctx, &hist);
     goto reject;
   }
   ctx_History_Append(ctx, &hist, key, kind == kState_Absent ? kCtx_Change_Create
-                     : kCtx_Change_Patch, fields, nfields, o.id, "", 0, -1);
+                     : kCtx_Change_Patch, fields, nfields, o.id);
   ctx_stats.patch_ok++;
   RedisModule_ReplyWithArray(ctx, 2);
   RedisModule_ReplyWithLongLong(ctx, (long long)(cur + 1));
@@ -660,18 +777,16 @@ done:
   return REDISMODULE_OK;
 }
 
-/* ---- CTX.DEL key expected_version [ID write_id] ---- */
+/* ---- CTX.DEL key expected_version [ID write_id] [INC incarnation] ---- */
 int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc != 3 && argc != 5) {
-    if (argc < 3) return RedisModule_WrongArity(ctx);
-    return RedisModule_ReplyWithError(ctx, "ERR syntax error");
-  }
+  if (argc < 3) return RedisModule_WrongArity(ctx);
+  if (argc % 2 == 0) return RedisModule_ReplyWithError(ctx, "ERR syntax error");
   long long expected;
   if (!parse_version(argv[2], &expected)) return reply_bad_version(ctx, "expected_version");
   ctx_WriteOpts o;
   memset(&o, 0, sizeof(o));
-  if (argc == 5) {
-    int r = parse_write_opt(ctx, argv, argc, 3, kOpt_Id, &o);
+  for (int i = 3; i < argc; i += 2) {
+    int r = parse_write_opt(ctx, argv, argc, i, kOpt_Id | kOpt_Inc, &o);
     if (r < 0) return REDISMODULE_OK;
     if (r == 0) return RedisModule_ReplyWithError(ctx, "ERR syntax error");
   }
@@ -688,6 +803,7 @@ int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       reply_conflict(ctx, &s, o.id != NULL);
       break;
     case kState_Context:
+      if (!check_incarnation(ctx, &s, expected, &o)) break;
       if (s.v.version != (uint64_t)expected) {
         ctx_Metrics_Conflict(kCtx_Conflict_Stale, argv[1], (long long)s.v.version,
                              expected); /* metrics.c */
@@ -702,6 +818,41 @@ int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       ctx_stats.del_ok++;
       RedisModule_ReplyWithLongLong(ctx, 1);
       break;
+  }
+  state_free(ctx, &s);
+  RedisModule_CloseKey(key);
+  return REDISMODULE_OK;
+}
+
+/* ---- CTX.TOUCH key milliseconds ---- */
+int ctx_TouchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc != 3) return RedisModule_WrongArity(ctx);
+  long long ms;
+  if (!parse_ms(argv[2], &ms)) {
+    return RedisModule_ReplyWithError(
+        ctx, "ERR milliseconds must be an integer from 1 to 1000000000000000");
+  }
+  RedisModuleKey *key =
+      RedisModule_OpenKey(ctx, argv[1], REDISMODULE_READ | REDISMODULE_WRITE);
+  ctx_State s;
+  switch (state_read(key, &s)) {
+    case kState_WrongType:
+      reply_wrongtype(ctx);
+      break;
+    case kState_Absent:
+      RedisModule_ReplyWithLongLong(ctx, 0);
+      break;
+    case kState_Context: {
+      long long at = (long long)RedisModule_Milliseconds() + ms;
+      set_abs_expire(key, at);
+      RedisModule_Replicate(ctx, "PEXPIREAT", "sl", argv[1], at);
+      ctx_History_Expire(ctx, argv[1], at); /* history.c: the stream expires with it */
+      RedisModule_SignalModifiedKey(ctx, argv[1]);
+      RedisModule_NotifyKeyspaceEvent(ctx, REDISMODULE_NOTIFY_GENERIC, "expire", argv[1]);
+      ctx_stats.touch_ok++;
+      RedisModule_ReplyWithLongLong(ctx, 1);
+      break;
+    }
   }
   state_free(ctx, &s);
   RedisModule_CloseKey(key);

@@ -28,6 +28,8 @@ typedef struct {
   long long patch_ok;
   long long replays; /* writes answered "replayed" from the window */
   long long del_ok;
+  long long touch_ok; /* CTX.TOUCH that set an expiry */
+  long long gone;     /* writes refused with CTXGONE (incarnation mismatch) */
   long long get_hits;
   long long get_misses;
   long long rejected_invalid;
@@ -141,12 +143,11 @@ void ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_Hi
 
 /* After a successful write of `key`: appends the change (read back from the
  * stored value) with XADD MAXLEN = n, `<version>-0`; a create drops a leftover
- * stream first; the stream takes the context's expiry. `incarnation`: 16 hex
- * digits or "" (protocol 2); `px`: the write's TTL in ms or -1. Releases `h`. */
+ * stream first; the stream takes the context's expiry (as written: a PX or the
+ * kept one); the entry's incarnation is the written value's. Releases `h`. */
 void ctx_History_Append(RedisModuleCtx *ctx, ctx_History *h, RedisModuleKey *key,
                         ctx_ChangeKind kind, const uint32_t *fields, int nfields,
-                        RedisModuleString *write_id, const char *incarnation, size_t inc_len,
-                        long long px);
+                        RedisModuleString *write_id);
 
 /* Frees what Prepare took when the write did not happen. */
 void ctx_History_Release(RedisModuleCtx *ctx, ctx_History *h);
@@ -168,6 +169,7 @@ int ctx_Wait_Init(RedisModuleCtx *ctx);
 /* FLUSHDB / FLUSHALL: called from the registry's FlushDB event handler (a module has one
  * handler per event). */
 void ctx_Wait_OnFlush(uint64_t subevent, void *data);
+int ctx_TouchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
 int ctx_SchemaListCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);

@@ -16,7 +16,7 @@
 
 #define CTX_MODULE_NAME "ctx"
 #define CTX_MODULE_VERSION CTXLINK_VERSION_NUM /* pyproject.toml's version, from the Makefile */
-#define CTX_PROTOCOL 2        /* docs/PROTOCOL.md; INFO ctx_protocol */
+#define CTX_PROTOCOL 3        /* docs/PROTOCOL.md; INFO ctx_protocol */
 
 ctx_Config ctx_config;
 ctx_Stats ctx_stats;
@@ -92,7 +92,8 @@ typedef struct {
 
 static const ctx_CommandSpec kCommands[] = {
     {"ctx.get", ctx_GetCommand_, "readonly fast", "read fast", 2, KEY_READ,
-     "Read a context: [version, raw, schema, updated_ms, updated_by] or nil.", NULL},
+     "Read a context: [version, raw, schema, updated_ms, updated_by, incarnation] or nil.",
+     NULL},
     {"ctx.cas", ctx_CasCommand, "write deny-oom", "write", -4, KEY_UPDATE,
      "Create or update a context if its version is expected_version.", NULL},
     {"ctx.patch", ctx_PatchCommand, "write deny-oom", "write", -4, KEY_UPDATE,
@@ -101,6 +102,8 @@ static const ctx_CommandSpec kCommands[] = {
      "Delete a context if its version is expected_version.", NULL},
     {"ctx.wait", ctx_WaitCommand, "readonly", "read blocking", 4, KEY_READ,
      "Block until a context's version is above after_version: CTX.GET's reply, or nil.", "0.3.0"},
+    {"ctx.touch", ctx_TouchCommand, "write fast", "write fast", 3, KEY_UPDATE,
+     "Set a context's time to live in milliseconds: 1, or 0 when there is none.", "0.3.0"},
     {"ctx.schema.set", ctx_SchemaSetCommand, "write deny-oom", "write", -4, KEY_NONE,
      "Register or update a schema from a FileDescriptorSet.", NULL},
     {"ctx.schema.get", ctx_SchemaGetCommand, "readonly", "read", 2, KEY_NONE,
@@ -204,6 +207,8 @@ static void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "patch_ok", ctx_stats.patch_ok);
   RedisModule_InfoAddFieldLongLong(ctx, "replays", ctx_stats.replays);
   RedisModule_InfoAddFieldLongLong(ctx, "del_ok", ctx_stats.del_ok);
+  RedisModule_InfoAddFieldLongLong(ctx, "touch_ok", ctx_stats.touch_ok);
+  RedisModule_InfoAddFieldLongLong(ctx, "gone", ctx_stats.gone);
   RedisModule_InfoAddFieldLongLong(ctx, "get_hits", ctx_stats.get_hits);
   RedisModule_InfoAddFieldLongLong(ctx, "get_misses", ctx_stats.get_misses);
   RedisModule_InfoAddFieldLongLong(ctx, "rejected_invalid", ctx_stats.rejected_invalid);

@@ -98,9 +98,7 @@ static void mirror_expire(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleS
 
 void ctx_History_Append(RedisModuleCtx *ctx, ctx_History *h, RedisModuleKey *key,
                         ctx_ChangeKind kind, const uint32_t *fields, int nfields,
-                        RedisModuleString *write_id, const char *incarnation, size_t inc_len,
-                        long long px) {
-  (void)px;
+                        RedisModuleString *write_id) {
   if (!h->key) return;
   size_t len;
   const char *p = RedisModule_StringDMA(key, &len, REDISMODULE_READ);
@@ -129,7 +127,9 @@ void ctx_History_Append(RedisModuleCtx *ctx, ctx_History *h, RedisModuleKey *key
   argv[argc++] = word[W_K];
   argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, kind_names[kind], strlen(kind_names[kind])));
   argv[argc++] = word[W_I];
-  argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, incarnation ? incarnation : "", inc_len));
+  char inc[2 * CTX_INC_LEN + 1] = "";
+  if (v.incarnation) ctx_Incarnation_Hex(v.incarnation, inc);
+  argv[argc++] = CTX_MADE(RedisModule_CreateString(ctx, inc, strlen(inc)));
   argv[argc++] = word[W_T];
   argv[argc++] = CTX_MADE(RedisModule_CreateStringFromLongLong(ctx, (long long)v.updated_ms));
   argv[argc++] = word[W_B];

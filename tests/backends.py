@@ -41,7 +41,8 @@ class ModuleBackend:
     def get_args(self, key):
         return ["CTX.GET", key]
 
-    def cas_args(self, key, expected, payload, schema=None, by=None, write_id=None):
+    def cas_args(self, key, expected, payload, schema=None, by=None, write_id=None, inc=None,
+                 px=None):
         args = ["CTX.CAS", key, expected, payload]
         if schema is not None:
             args += ["SCHEMA", schema]
@@ -49,10 +50,14 @@ class ModuleBackend:
             args += ["BY", by]
         if write_id is not None:
             args += ["ID", write_id]
+        if inc is not None:
+            args += ["INC", inc]
+        if px is not None:
+            args += ["PX", px]
         return args
 
     def patch_args(self, key, base, payload, fields, reads=None, schema=None, by=None,
-                   write_id=None):
+                   write_id=None, inc=None, px=None):
         args = ["CTX.PATCH", key, base, payload, "FIELDS", len(fields), *fields]
         if reads is not None:
             args += ["READS", len(reads), *reads]
@@ -62,12 +67,18 @@ class ModuleBackend:
             args += ["BY", by]
         if write_id is not None:
             args += ["ID", write_id]
+        if inc is not None:
+            args += ["INC", inc]
+        if px is not None:
+            args += ["PX", px]
         return args
 
-    def del_args(self, key, expected, write_id=None):
+    def del_args(self, key, expected, write_id=None, inc=None):
         args = ["CTX.DEL", key, expected]
         if write_id is not None:
             args += ["ID", write_id]
+        if inc is not None:
+            args += ["INC", inc]
         return args
 
     # ---- commands
@@ -78,17 +89,21 @@ class ModuleBackend:
     def get(self, key):
         return self.r.execute_command(*self.get_args(key))
 
-    def cas(self, key, expected, payload, schema=None, by=None, write_id=None):
+    def cas(self, key, expected, payload, schema=None, by=None, write_id=None, inc=None,
+            px=None):
         return self.r.execute_command(*self.cas_args(key, expected, payload, schema, by,
-                                                     write_id))
+                                                     write_id, inc, px))
 
     def patch(self, key, base, payload, fields, reads=None, schema=None, by=None,
-              write_id=None):
+              write_id=None, inc=None, px=None):
         return self.r.execute_command(*self.patch_args(key, base, payload, fields, reads,
-                                                       schema, by, write_id))
+                                                       schema, by, write_id, inc, px))
 
-    def delete(self, key, expected, write_id=None):
-        return self.r.execute_command(*self.del_args(key, expected, write_id))
+    def delete(self, key, expected, write_id=None, inc=None):
+        return self.r.execute_command(*self.del_args(key, expected, write_id, inc))
+
+    def touch(self, key, ms):
+        return self.r.execute_command("CTX.TOUCH", key, ms)
 
     def schema_set(self, name, type, fds, force=False, versionfield=None, compat=None):
         args = ["CTX.SCHEMA.SET", name, type, fds]
@@ -135,17 +150,18 @@ def _b(value: Any) -> bytes:
 
 
 def state_reply(snap: Optional[Snapshot]) -> Optional[list[Any]]:
-    """A Snapshot (or None) in the shape of ``CTX.GET``'s reply."""
+    """A Snapshot (or None) in the shape of ``CTX.GET``'s reply (the incarnation last)."""
     if snap is None:
         return None
-    return [snap.version, snap.raw, _b(snap.schema), snap.updated_ms, _b(snap.updated_by)]
+    return [snap.version, snap.raw, _b(snap.schema), snap.updated_ms, _b(snap.updated_by),
+            _b(snap.incarnation)]
 
 
 def write_reply(result: CasResult) -> Any:
     """A CasResult in the shape of ``CTX.CAS``'s reply: the new version, ``["replayed",
     version]``, or the conflict state (nil without a context). The SDK surfaces the state of a
-    conflict, not the window's ``oldest_known`` nor CAS's empty ``changed``: compare conflicts
-    with ``reply[:5]`` (:func:`helpers.conflict_state`)."""
+    conflict (with its incarnation), not the window's ``oldest_known`` nor CAS's empty
+    ``changed``: compare conflicts with :func:`helpers.conflict_state`."""
     if result.ok:
         return [b"replayed", result.version] if result.replayed else result.version
     return state_reply(result.current)
@@ -199,14 +215,17 @@ class LuaBackend:
         return state_reply(self.store.get(key))
 
     def cas(self, key: Any, expected: int, payload: bytes, schema: Any = None, by: Any = None,
-            write_id: Any = None) -> Any:
+            write_id: Any = None, inc: Any = None, px: Any = None) -> Any:
+        """``inc``: ``incarnation=`` (INC; a create's own incarnation), ``px``: ``ttl=`` in
+        seconds (px / 1000: the SDK sends the same milliseconds)."""
         return write_reply(self.store.cas(
             key, expected, payload, schema=None if schema is None else _text(schema), by=by,
-            write_id=write_id))
+            write_id=write_id, incarnation=None if inc is None else _text(inc),
+            ttl=None if px is None else px / 1000))
 
     def patch(self, key: Any, base: int, payload: bytes, fields: list[Any],
               reads: Optional[list[Any]] = None, schema: Any = None, by: Any = None,
-              write_id: Any = None) -> Any:
+              write_id: Any = None, inc: Any = None, px: Any = None) -> Any:
         """``CTX.PATCH`` through cas.lua's patch mode, sent as ``Store.update(reads=...)`` sends
         it: with a write id (the one given, checked as ``cas`` checks it, else a fresh one like
         each of update's attempts). The raw reply: ``[version, merged payload]``, the
@@ -215,12 +234,17 @@ class LuaBackend:
         wid = new_write_id() if write_id is None else check_write_id(write_id)
         return run(self.store.client, write_raw(
             self.store._st, key, base, payload, None if schema is None else _text(schema), by,
-            wid, tuple(int(f) for f in fields), tuple(int(f) for f in reads or ())))
+            wid, tuple(int(f) for f in fields), tuple(int(f) for f in reads or ()),
+            None if inc is None else _text(inc).lower(), None if px is None else int(px)))
 
-    def delete(self, key: Any, expected: int, write_id: Any = None) -> Any:
+    def delete(self, key: Any, expected: int, write_id: Any = None, inc: Any = None) -> Any:
         """1 when deleted (also a re-sent delete that found nothing), else the conflict."""
-        result = self.store.delete(key, expected, write_id=write_id)
+        result = self.store.delete(key, expected, write_id=write_id,
+                                   incarnation=None if inc is None else _text(inc))
         return 1 if result.ok else state_reply(result.current)
+
+    def touch(self, key: Any, ms: int) -> int:
+        return 1 if self.store.touch(key, ms / 1000) else 0
 
     # ---- schema registry
     def schema_set(self, name: Any, type: Any, fds: bytes, force: bool = False,

@@ -252,17 +252,15 @@ def conflict_state(reply):
     shape), or None. Both engines surface it; the ``oldest_known`` and ``changed`` that the
     module appends for a command with ``ID`` are raw-reply details the SDK keeps to itself (it
     uses ``oldest_known`` to settle re-sent writes: tests/sdk/test_exactly_once.py)."""
-    return reply[:5] if isinstance(reply, list) else reply
+    return reply[:5] + reply[-1:] if isinstance(reply, list) else reply  # + the incarnation
 
 
 def blanked(raw: bytes) -> bytes:
     """A v2 context value with ``updated_ms`` and the window's id digests zeroed (the SDK sends a
     fresh id with every write that names none; the masks stay)."""
-    from ctxvalue import HEADER, decode
+    from ctxvalue import blanked as blank  # v3 too: the incarnation blanked as well
 
-    n = len(decode(raw).window)
-    window = b"".join(bytes(8) + raw[at + 8:at + 12] for at in range(HEADER, HEADER + 12 * n, 12))
-    return raw[:12] + bytes(8) + raw[20:HEADER] + window + raw[HEADER + 12 * n:]
+    return blank(raw)
 
 
 def raw_replies(backend) -> bool:

@@ -23,6 +23,7 @@ DATA = {  # command: (example args, key-spec flags it must carry, command flags)
     "CTX.PATCH": (["k", "1", "payload", "FIELDS", "1", "4", "READS", "1", "5", "ID", "i"],
                   {b"RW", b"update"}, {b"write", b"denyoom"}),
     "CTX.DEL": (["k", "1", "ID", "i"], {b"RW", b"delete"}, {b"write", b"denyoom"}),
+    "CTX.TOUCH": (["k", "1000"], {b"RW", b"update"}, {b"write", b"fast"}),
 }
 SCHEMA = {
     "CTX.SCHEMA.SET": (["n", "t", "fds"], {b"write", b"denyoom"}),
@@ -128,6 +129,13 @@ def test_key_pattern_limits_data_commands(seeded, users, pb, r):
     assert agent.cas("order:2", 0, pb.order(1), schema="order") == 1
     assert agent.delete("order:2", 1) == 1
     assert agent.patch("order:1", 2, f_varint(4, 1), [4])[0] == 3
+    # CTX.TOUCH names its key like the others
+    toucher = users("toucher", "~order:*", "+ctx.touch")
+    assert_error("NOPERM", toucher.command, "CTX.TOUCH", "other:1", 1000)
+    assert r.pttl("other:1") == -1
+    assert toucher.command("CTX.TOUCH", "order:1", 100_000) == 1
+    reader = users("reader2", "%R~order:*", "+ctx.touch")
+    assert_error("NOPERM", reader.command, "CTX.TOUCH", "order:1", 1000)
 
 
 def test_agent_without_schema_rights_cannot_change_the_registry(seeded, users, pb, r):

@@ -323,3 +323,26 @@ def test_every_registry_copy_gets_the_compat_setting(cluster, pb) -> None:
         assert {r.hget(k, "compat") for k in copies} == {b"WIRE"}
         total += owned
     assert total == 16384
+
+
+def test_px_and_touch_reach_every_primary_and_its_replica(cluster, rc, pb) -> None:
+    """CTX.TOUCH is routed by its key like the other data commands; the absolute expiry of PX and
+    CTX.TOUCH is what the replica holds."""
+    store = ctxlink.connect(rc)
+    store.register_schema("order", pb.fds("order"), message_type="ctxlink.example.Order")
+    keys = {}
+    for i in range(300):
+        keys.setdefault(rc.keyslot(f"ttl:{i}") // 5461, f"ttl:{i}")
+    assert len(keys) == 3
+    for key in keys.values():
+        assert rc.execute_command("CTX.CAS", key, 0, pb.order(1), "SCHEMA", "order",
+                                  "PX", 600_000) == 1
+        assert rc.execute_command("CTX.TOUCH", key, 700_000) == 1
+        assert 690_000 < rc.pttl(key) <= 700_000
+        assert rc.execute_command("CTX.TOUCH", key + ":absent", 1000) == 0
+    primary, replica = cluster[0].client(), cluster[3].client()
+    primary.execute_command("WAIT", 1, 5000)
+    replica.execute_command("READONLY")
+    key = keys[0]  # a key of the first third of the slots: the first primary's
+    _wait(lambda: replica.execute_command("PEXPIRETIME", key) ==
+          primary.execute_command("PEXPIRETIME", key) > 0, "the replica's expiry")

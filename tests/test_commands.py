@@ -15,7 +15,7 @@ MAX_VERSION = 2**63 - 2
 
 
 def stored(r, key) -> ctxvalue.Value:
-    """The context at ``key`` as stored (storage format v2)."""
+    """The context at ``key`` as stored (storage format v3)."""
     assert r.type(key) == b"string"
     return ctxvalue.decode(r.get(key))
 
@@ -36,34 +36,37 @@ def create(backend, pb, key="order:1", by=None, **fields):
 # --------------------------------------------------------------------------- create / update / get
 
 
-def test_create_replies_1_and_stores_one_v2_string(backend, order, r):
+def test_create_replies_1_and_stores_one_v3_string(backend, order, r):
     payload = order(1, order_id="o-1", status=1)
     t0 = server_time_ms(r)
     assert backend.cas("order:1", 0, payload, schema="order", by="router") == 1
     t1 = server_time_ms(r)
     v = stored(r, "order:1")
     assert (v.version, v.schema, v.updated_by, v.payload) == (1, b"order", b"router", payload)
-    assert [rec.mask for rec in v.window] == [ctxvalue.WHOLE]
+    assert (v.format, v.floor, v.clocks, len(v.window)) == (3, 1, {}, 1)  # a whole write
+    assert v.incarnation != bytes(8)
     if raw_replies(backend):  # a command without ID; the SDK sends an id with every write
-        assert v.window == (ctxvalue.Record(b"\0" * 8, ctxvalue.WHOLE),)
+        assert v.window == (ctxvalue.Record(b"\0" * 8),)
     assert t0 <= v.updated_ms <= t1
     raw = r.get("order:1")
-    assert raw == ctxvalue.encode(1, v.updated_ms, v.window, b"order", b"router", payload)
+    assert raw == ctxvalue.encode(1, v.updated_ms, v.window, b"order", b"router", payload,
+                                  incarnation=v.incarnation)
     # a stock client reads the payload with GETRANGE from the documented header length
-    assert r.getrange("order:1", 24 + 12 * 1 + len(b"order") + len(b"router"), -1) == payload
+    assert r.getrange("order:1", 44 + 8 * 1 + len(b"order") + len(b"router"), -1) == payload
 
 
 def test_get_returns_version_raw_schema_updated_ms_updated_by(backend, order, r):
     payload = order(1, order_id="o-1", base_price=1000, items=[("sku-1", 2)])
     backend.cas("order:1", 0, payload, schema="order", by="router")
     reply = backend.get("order:1")
-    assert isinstance(reply, list) and len(reply) == 5
-    version, raw, schema, updated_ms, updated_by = reply
+    assert isinstance(reply, list) and len(reply) == 6
+    version, raw, schema, updated_ms, updated_by, incarnation = reply
     assert version == 1 and isinstance(version, int)
     assert raw == payload
     assert schema == b"order"
     assert isinstance(updated_ms, int) and updated_ms == stored(r, "order:1").updated_ms
     assert updated_by == b"router"
+    assert incarnation == stored(r, "order:1").inc_hex.encode() and len(incarnation) == 16
 
 
 def test_get_of_absent_key_is_nil(backend):
@@ -102,7 +105,7 @@ def test_update_increments_version_and_keeps_the_stored_schema(backend, order, r
     assert backend.cas("order:1", 1, p2, by="checker") == 2
     p3 = order(3, order_id="o-1", status=3)
     assert backend.cas("order:1", 2, p3, schema="order", by="pricing") == 3
-    version, raw, schema, _, by = backend.get("order:1")
+    version, raw, schema, _, by, _ = backend.get("order:1")
     assert (version, raw, schema, by) == (3, p3, b"order", b"pricing")
     v = stored(r, "order:1")
     assert (v.version, v.schema, len(v.window)) == (3, b"order", 3)
@@ -127,7 +130,7 @@ def test_version_field_uses_the_last_occurrence(backend, order):
 def test_hash_written_with_plain_hset_is_a_context(backend, order, r):
     payload = order(4, order_id="o-9")
     r.hset("order:9", mapping=context_hash(payload, 4, "order", 123, "redis-cli"))
-    assert backend.get("order:9") == [4, payload, b"order", 123, b"redis-cli"]
+    assert backend.get("order:9") == [4, payload, b"order", 123, b"redis-cli", b""]
     assert backend.cas("order:9", 4, order(5, order_id="o-9")) == 5
 
 

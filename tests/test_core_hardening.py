@@ -295,3 +295,35 @@ def test_forty_thousand_files_compile_in_linear_time(big_schema_server, chain):
           f"CTX.SCHEMA.SET {took * 1000:.0f} ms")
     assert took < 3.0  # about 1.5 s or less on an idle machine
     r.execute_command("CTX.CAS", f"many:{chain}", 0, b"\x08\x01", "SCHEMA", f"many-{chain}")
+
+
+# --------------------------------------------------------------------------- the stored value
+
+
+def test_value_round_trip_and_hostile_bytes_under_asan(tmp_path) -> None:
+    """tests/torture/value_roundtrip.c: chains of v3 writes parse back with the clocks the writes
+    made (and the conflict rule follows them); mutated values in exact-size buffers never read
+    outside them (ASan, UBSan) and, when accepted, survive the conflict rule and a rewrite."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cc = shutil.which("cc") or shutil.which("gcc")
+    libupb = root / "build" / "libupb.a"
+    if cc is None or not libupb.exists():
+        pytest.skip("needs a C compiler and build/libupb.a (make)")
+    exe = tmp_path / "value_roundtrip"
+    argv = [cc, "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all", f"-I{root / 'module/core'}",
+            "-isystem", str(root / "build/_deps/protobuf"),
+            "-isystem", str(root / "build/_deps/protobuf/utf8_range"),
+            str(root / "tests/torture/value_roundtrip.c"),
+            *sorted(str(p) for p in (root / "module/core").glob("*.c")), str(libupb),
+            "-o", str(exe)]
+    built = subprocess.run(argv, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    run = subprocess.run([str(exe), "20000"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("ok: 20000 rounds"), run.stdout

@@ -168,7 +168,7 @@ def test_stock_dump_with_registry_keys_loads_into_a_module_server(servers, pb, m
     b = module_backend(s)
     assert b.schema_get("order") == [ORDER.encode(), pb.fds("order"), 1]
     assert b.schema_list() == [b"order"]
-    assert b.get("order:1") == [3, payload, b"order", 1764100000123, b"lua"]
+    assert b.get("order:1") == [3, payload, b"order", 1764100000123, b"lua", b""]
     assert_error("CTXINVALID", b.cas, "order:1", 3, f_varint(2, 4) + f_len(1, b"\xff"))
     assert b.cas("order:1", 3, pb.order(4, order_id="o-1")) == 4
     assert b.cas("order:2", 0, pb.order(1), schema="order") == 1

@@ -11,7 +11,8 @@ COUNTERS = ["ctx_cas_ok", "ctx_cas_conflicts", "ctx_del_ok", "ctx_get_hits", "ct
             "ctx_rejected_invalid", "ctx_rejected_version", "ctx_rejected_toobig",
             "ctx_rejected_schema", "ctx_schemas_loaded", "ctx_schema_cache_bytes",
             "ctx_schema_cache_evictions", "ctx_schema_keynames_cached", "ctx_core_allocated_bytes",
-            "ctx_patch_ok", "ctx_replays", "ctx_rejected_field", "ctx_protocol"]
+            "ctx_patch_ok", "ctx_replays", "ctx_rejected_field", "ctx_protocol", "ctx_touch_ok",
+            "ctx_gone"]
 CACHE_GAUGES = ["ctx_schemas_loaded", "ctx_schema_cache_bytes", "ctx_schema_cache_evictions",
                 "ctx_schema_keynames_cached", "ctx_core_allocated_bytes", "ctx_protocol"]
 
@@ -87,18 +88,25 @@ def test_counters_move_as_documented(module_only, pb, r):
     assert b.patch("order:1", 3, f_varint(4, 1), [4], write_id="p")[0] == b"replayed"
     assert b.patch("order:1", 1, f_varint(4, 1), [4])[6] == [4]                # conflict
     assert_error("CTXFIELD", b.patch, "order:1", 4, b"", [77])
+    inc = b.get("order:1")[5].decode()
+    assert b.command("CTX.TOUCH", "order:1", 100_000) == 1                      # touch_ok
+    assert b.command("CTX.TOUCH", "order:404", 100_000) == 0
+    assert_error("CTXGONE", b.command, "CTX.DEL", "order:1", 4, "INC", "1" * 16)  # gone
+    assert b.command("CTX.DEL", "order:1", 9, "INC", inc) is not None            # conflict
 
     after = {k: int(v) for k, v in ctx_info(b).items() if k in COUNTERS}
     delta = {k: after[k] - before[k] for k in COUNTERS}
     assert delta == {
         "ctx_cas_ok": 4,
-        "ctx_cas_conflicts": 5,
+        "ctx_cas_conflicts": 6,
         "ctx_patch_ok": 1,
         "ctx_replays": 2,
         "ctx_rejected_field": 1,
         "ctx_protocol": 0,
+        "ctx_touch_ok": 1,
+        "ctx_gone": 1,
         "ctx_del_ok": 1,
-        "ctx_get_hits": 2,
+        "ctx_get_hits": 3,
         "ctx_get_misses": 1,
         "ctx_rejected_invalid": 2,
         "ctx_rejected_version": 1,
@@ -107,7 +115,7 @@ def test_counters_move_as_documented(module_only, pb, r):
         **{k: delta[k] for k in CACHE_GAUGES},
     }
     assert after["ctx_schemas_loaded"] >= 1
-    assert after["ctx_protocol"] == 2
+    assert after["ctx_protocol"] == 3
 
 
 def test_schemas_loaded_counts_compiled_schemas(module_only, pb):

@@ -1,7 +1,9 @@
-"""Protocol v2 (docs/PROTOCOL.md, "Storage format", "CTX.CAS", "CTX.PATCH", "CTX.DEL"): write ids
-and the 16-record window (replays), CTX.PATCH merges and conflicts, v1 hashes read and upgraded,
-bad arguments leaving the stored value byte-identical, one ``SET ... KEEPTTL`` per write, replicas
-and AOF restarts remembering the window."""
+"""What protocol 2 introduced and protocol 3 keeps (docs/PROTOCOL.md, "Storage format",
+"CTX.CAS", "CTX.PATCH", "CTX.DEL"), on the v3 values both engines now write: write ids and the
+16-record window (replays), CTX.PATCH merges and conflicts (decided by the field clocks), v1
+hashes read and upgraded, bad arguments leaving the stored value byte-identical, one
+``SET ... KEEPTTL`` per write, replicas and AOF restarts remembering the window. Protocol 3's own
+rules (INC, PX, CTX.TOUCH, the exact bytes, v2 upgrades): tests/test_protocol_v3.py."""
 
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ def test_a_landed_write_resent_with_its_id_is_replayed_even_after_other_writes(b
         assert backend.patch("o:1", 2, f_varint(4, 7), [4], write_id="patch-3") == \
             [b"replayed", 3]
     v = value(r, "o:1")
-    assert v.record_for("create-1") == (1, ctxvalue.Record(ctxvalue.id_digest("create-1"),
-                                                           ctxvalue.WHOLE))
-    assert v.record_for("patch-3")[1].mask == ctxvalue.field_bit(4)
+    assert v.record_for("create-1") == (1, ctxvalue.Record(ctxvalue.id_digest("create-1")))
+    assert v.record_for("patch-3")[0] == 3
+    assert (v.floor, v.clocks, v.clock(4), v.clock(5)) == (2, {3: 1}, 3, 2)
 
 
 @pytest.mark.parametrize("length", [1, 55, 56, 63, 64])
@@ -86,28 +88,31 @@ def test_the_window_holds_16_writes_and_the_17th_pushes_the_oldest_out(backend, 
         reply = backend.cas("o:1", 0, order(1, order_id="o"), schema="order", write_id="w0")
     assert conflict_state(reply) == backend.get("o:1")
     if raw_replies(backend):  # the raw reply's tail (the SDK keeps it: see conflict_state)
-        assert len(reply) == 7 and reply[5] == 2 and reply[6] == []
+        assert len(reply) == 8 and reply[5] == 2 and reply[6] == [] and \
+            reply[7] == value(r, "o:1").inc_hex.encode()
         assert reply[5] > 0 + 1  # oldest_known > expected + 1: the outcome is unknown to the SDK
     assert backend.cas("o:1", 1, order(2, order_id="o"), write_id="w1") == [b"replayed", 2]
 
 
 @pytest.mark.module_only("the raw reply's shape: the SDK surfaces a conflict's state "
                          "(CasResult.current) and uses oldest_known itself (tests/sdk)")
-def test_a_conflict_has_seven_elements_with_id_and_five_without(backend, order, r):
+def test_a_conflict_has_eight_elements_with_id_and_six_without(backend, order, r):
     p1 = order(1)
     backend.cas("o:1", 0, p1, schema="order", by="me")
+    inc = value(r, "o:1").inc_hex.encode()
     with_id = backend.cas("o:1", 0, order(1), schema="order", write_id="x")
     without = backend.cas("o:1", 0, order(1), schema="order")
-    assert without[:3] == [1, p1, b"order"] and without[4] == b"me" and len(without) == 5
-    assert with_id[:5] == without and with_id[5:] == [1, []]
+    assert without[:3] == [1, p1, b"order"] and without[4] == b"me" and len(without) == 6
+    assert without[5] == inc and len(inc) == 16
+    assert with_id[:5] == without[:5] and with_id[5:] == [1, [], inc]
     assert backend.cas("absent", 3, order(4), write_id="x") is None
     assert backend.delete("absent", 3, write_id="x") is None
-    assert backend.delete("o:1", 7, write_id="d") == [*without, 1, []]
+    assert backend.delete("o:1", 7, write_id="d") == [*without[:5], 1, [], inc]
     assert backend.delete("o:1", 1, write_id="d") == 1
 
 
 def test_a_conflict_carries_the_current_state_with_or_without_id(backend, order, r):
-    """What both engines surface of a conflict (the module's seven-element tail: above)."""
+    """What both engines surface of a conflict (the module's eight-element shape: above)."""
     backend.cas("o:1", 0, order(1), schema="order", by="me")
     current = backend.get("o:1")
     with nothing_written(r):
@@ -130,7 +135,7 @@ def test_the_ttl_of_a_context_survives_writes(backend, order, r):
         assert backend.cas("o:1", v - 1, order(v), write_id=f"w{v}") == v
     assert backend.cas("o:1", 19, f_varint(2, 20)) == 20
     assert 90_000 < r.pttl("o:1") <= 100_000
-    # a v1 hash replaced by its first v2 write keeps its TTL too
+    # a v1 hash replaced by its first v3 write keeps its TTL too
     r.hset("v1", mapping=context_hash(order(1), 1, "order", 5, "x"))
     r.pexpire("v1", 100_000)
     assert backend.cas("v1", 1, order(2)) == 2
@@ -155,8 +160,8 @@ def test_patches_of_disjoint_fields_merge(backend, order, r):
     assert v3 == [3, expected3]
     v = value(r, "o:1")
     assert (v.version, v.payload, v.updated_by) == (3, expected3, b"discounts")
-    assert [rec.mask for rec in v.window] == [ctxvalue.field_bit(5), ctxvalue.field_bit(4),
-                                               ctxvalue.WHOLE]
+    # the create set the floor; each patch moved the clocks of the fields it wrote
+    assert (v.floor, v.clock(4), v.clock(5), v.clock(3), v.clock(8)) == (1, 2, 3, 1, 1)
     assert backend.get("o:1")[:3] == [3, expected3, b"order"]
 
 
@@ -166,14 +171,15 @@ def test_a_patch_conflicts_when_a_field_it_reads_changed(backend, order, r):
     assert backend.patch("o:1", 1, f_varint(4, 10), [4])[0] == 2
     with nothing_written(r):
         reply = backend.patch("o:1", 1, f_varint(6, 90), [6], reads=[5, 4], write_id="c")
-    assert len(reply) == 7 and reply[0] == 2 and reply[5] == 1 and reply[6] == [4]
+    assert len(reply) == 8 and reply[0] == 2 and reply[5] == 1 and reply[6] == [4]
     # written fields too; `changed` ascending, each number once
     reply = backend.patch("o:1", 1, f_varint(4, 1) + f_varint(6, 1), [6, 4], reads=[4, 1])
     assert reply[6] == [4]
 
 
-def test_a_patch_from_before_the_window_or_the_future_conflicts_on_every_field(backend, order, r):
-    write_history(backend, order, "o:1", 17)
+def test_a_patch_from_before_a_whole_write_or_the_future_conflicts_on_every_field(backend, order,
+                                                                                r):
+    write_history(backend, order, "o:1", 17)  # CTX.CAS writes: floor 17
     reply = backend.patch("o:1", 0, f_varint(4, 1), [4], reads=[8])
     assert reply[5] == 2 and reply[6] == [4, 8]
     assert backend.patch("o:1", 99, f_varint(4, 1), [4])[6] == [4]
@@ -183,7 +189,7 @@ def test_a_patch_from_before_the_window_or_the_future_conflicts_on_every_field(b
 def test_a_patch_on_version_0_creates_the_context(backend, order, r):
     reply = backend.patch("o:new", 0, f_str(1, "n"), [1], schema="order", write_id="c")
     assert reply == [1, f_str(1, "n") + f_varint(2, 1)]
-    assert value(r, "o:new").window[0].mask == ctxvalue.WHOLE
+    assert (value(r, "o:new").floor, value(r, "o:new").clocks) == (1, {})
     assert backend.patch("o:new", 0, f_str(1, "n"), [1], schema="order")[6] == [1]
 
 
@@ -193,14 +199,15 @@ def test_a_patch_on_version_0_creates_the_context(backend, order, r):
 def test_a_v1_hash_context_is_read_and_its_first_write_converts_it(backend, order, r):
     p = order(4, order_id="o-9", base_price=5)
     r.hset("o:9", mapping=context_hash(p, 4, "order", 123, "old"))
-    assert backend.get("o:9") == [4, p, b"order", 123, b"old"]
+    assert backend.get("o:9") == [4, p, b"order", 123, b"old", b""]  # no incarnation yet
     reply = backend.cas("o:9", 3, order(4), write_id="x")
-    assert conflict_state(reply) == [4, p, b"order", 123, b"old"]
+    assert conflict_state(reply) == [4, p, b"order", 123, b"old", b""]
     if raw_replies(backend):
-        assert reply[5:] == [5, []]  # n = 0
+        assert reply[5:] == [5, [], b""]  # n = 0
     assert backend.patch("o:9", 4, f_varint(5, 2), [5], write_id="p") [0] == 5
     v = value(r, "o:9")
-    assert (v.version, v.schema, len(v.window)) == (5, b"order", 1)
+    assert (v.version, v.schema, len(v.window), v.format) == (5, b"order", 1, 3)
+    assert (v.floor, v.clock(5), v.clock(4)) == (4, 5, 4)  # upgraded by a patch: floor = 4
     assert v.payload == f_str(1, "o-9") + f_varint(4, 5) + f_varint(5, 2) + f_varint(2, 5)
     assert backend.patch("o:9", 4, f_varint(5, 2), [5], write_id="p") == [b"replayed", 5]
 
@@ -208,12 +215,12 @@ def test_a_v1_hash_context_is_read_and_its_first_write_converts_it(backend, orde
 def test_strings_that_break_the_type_rule_are_wrongtype(backend, order, r):
     good = ctxvalue.encode(1, 0, [], b"order", b"", f_varint(2, 1))
     bad = {
-        "short": b"CTX\x02",
+        "short": b"CTX\x03",
         "magic": b"CTX\x01" + good[4:],
         "version-0": ctxvalue.encode(0, 0, [], b"order", b"", b""),
-        "lengths": good[:24 + 3],
-        "window-17": good[:20] + bytes([17]) + good[21:],
-        "schema-0": good[:21] + b"\x00" + good[22:],
+        "lengths": good[:44 + 3],
+        "window-17": good[:40] + bytes([17]) + good[41:],
+        "schema-0": good[:41] + b"\x00" + good[42:],
         "integer": b"12345",
     }
     for name, raw in bad.items():
@@ -367,11 +374,11 @@ def test_replays_are_recognised_after_an_aof_restart(servers, engine, pb):
 
 
 @pytest.mark.module_only(reason="INFO ctx is the native module's")
-def test_info_shows_protocol_2_and_counts_patches_and_replays(backend, order, r):
+def test_info_shows_protocol_3_and_counts_patches_and_replays(backend, order, r):
     def info():
         return {k: v for k, v in r.info("ctx").items()}
     i0 = info()
-    assert i0["ctx_protocol"] == 2
+    assert i0["ctx_protocol"] == 3
     backend.cas("o:1", 0, order(1), schema="order", write_id="a")
     backend.patch("o:1", 1, f_varint(4, 3), [4])
     backend.cas("o:1", 0, order(1), schema="order", write_id="a")

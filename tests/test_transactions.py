@@ -189,3 +189,41 @@ def test_successful_create_aborts_the_watchers_exec(ready, pb, r):
 def test_successful_del_aborts_the_watchers_exec(ready, pb, r):
     ready.cas("order:1", 0, pb.order(1), schema="order")
     assert _watch_then(ready, r, "order:1", lambda b: b.delete("order:1", 1)) is False
+
+
+# --------------------------------------------------------------------------- protocol 3
+
+
+@pytest.mark.module_only(NO_COMMAND_LINE)
+@pytest.mark.parametrize("case", ["ctxgone", "bad-inc", "bad-px", "touch-absent", "touch-bad-ms",
+                                  "px-conflict"])
+def test_watch_survives_refused_protocol_3_writes(ready, pb, r, case):
+    ready.cas("order:1", 0, pb.order(1), schema="order")
+    inc = ready.get("order:1")[5].decode()
+    other = "1" * 16 if inc != "1" * 16 else "2" * 16
+    actions = {
+        "ctxgone": lambda b: _expect(b.command, "CTXGONE", "CTX.CAS", "order:1", 1, pb.order(2),
+                                     "INC", other),
+        "bad-inc": lambda b: _expect(b.command, "ERR", "CTX.DEL", "order:1", 1, "INC", "0" * 16),
+        "bad-px": lambda b: _expect(b.command, "ERR", "CTX.CAS", "order:1", 1, pb.order(2),
+                                    "PX", 0),
+        "touch-absent": lambda b: b.command("CTX.TOUCH", "order:2", 1000),
+        "touch-bad-ms": lambda b: _expect(b.command, "ERR", "CTX.TOUCH", "order:1", -5),
+        "px-conflict": lambda b: b.command("CTX.CAS", "order:1", 7, pb.order(8), "PX", 1000),
+    }
+    assert _watch_then(ready, r, "order:1", actions[case]) is True
+    assert r.get("watch:proof") == b"1" and r.pttl("order:1") == -1
+
+
+@pytest.mark.module_only(NO_COMMAND_LINE)
+def test_a_touch_aborts_the_watchers_exec_and_px_works_inside_multi(ready, pb, r):
+    ready.cas("order:1", 0, pb.order(1), schema="order")
+    assert _watch_then(ready, r, "order:1",
+                       lambda b: b.command("CTX.TOUCH", "order:1", 100_000)) is False
+    pipe = r.pipeline(transaction=True)
+    pipe.execute_command("CTX.CAS", "order:1", 1, pb.order(2), "PX", 200_000)
+    pipe.execute_command("CTX.TOUCH", "order:1", 300_000)
+    pipe.execute_command("CTX.GET", "order:1")
+    res = pipe.execute()
+    assert res[:2] == [2, 1] and res[2][0] == 2 and len(res[2]) == 6
+    assert 290_000 < r.pttl("order:1") <= 300_000

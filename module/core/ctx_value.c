@@ -1,4 +1,4 @@
-/* ctx_value.c - the v2 context value, its write window, and the field splice
+/* ctx_value.c - the context value (v3 written, v2 read), its write window, and the field splice
  * of CTX.PATCH (see ctx_value.h). No allocation: callers own the buffers. */
 #include "ctx_value.h"
 
@@ -6,7 +6,8 @@
 
 #include "ctx_internal.h"
 
-static const char kMagic[4] = {'C', 'T', 'X', 0x02};
+static const char kMagic2[4] = {'C', 'T', 'X', 0x02};
+static const char kMagic3[4] = {'C', 'T', 'X', 0x03};
 
 static uint64_t get_u64(const unsigned char* p) {
   uint64_t v = 0;
@@ -28,9 +29,60 @@ static void put_u32(unsigned char* p, uint32_t v) {
 
 /* ---- the value ---------------------------------------------------------- */
 
-bool ctx_Value_Parse(const char* buf, size_t len, ctx_Value* out) {
+static int popcount32(uint32_t x) {
+  int n = 0;
+  for (; x; x &= x - 1) n++;
+  return n;
+}
+
+bool ctx_Incarnation_IsZero(const unsigned char inc[CTX_INC_LEN]) {
+  for (int i = 0; i < CTX_INC_LEN; i++) {
+    if (inc[i]) return false;
+  }
+  return true;
+}
+
+void ctx_Incarnation_Hex(const unsigned char inc[CTX_INC_LEN], char out[2 * CTX_INC_LEN + 1]) {
+  static const char kHex[] = "0123456789abcdef";
+  for (int i = 0; i < CTX_INC_LEN; i++) {
+    out[2 * i] = kHex[inc[i] >> 4];
+    out[2 * i + 1] = kHex[inc[i] & 15];
+  }
+  out[2 * CTX_INC_LEN] = 0;
+}
+
+static int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool ctx_Incarnation_Parse(const char* s, size_t len, unsigned char out[CTX_INC_LEN]) {
+  if (len != 2 * CTX_INC_LEN) return false;
+  for (int i = 0; i < CTX_INC_LEN; i++) {
+    int hi = hex_digit(s[2 * i]), lo = hex_digit(s[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = (unsigned char)(hi << 4 | lo);
+  }
+  return !ctx_Incarnation_IsZero(out);
+}
+
+/* The common tail of both formats: schema, updated_by, payload after `pos`. */
+static bool parse_tail(const char* buf, size_t len, size_t pos, size_t s, size_t b,
+                       ctx_Value* out) {
+  if (pos > len || s + b > len - pos) return false;
+  out->schema = buf + pos;
+  out->schema_len = s;
+  out->updated_by = buf + pos + s;
+  out->by_len = b;
+  out->payload = buf + pos + s + b;
+  out->payload_len = len - pos - s - b;
+  return true;
+}
+
+static bool parse_v2(const char* buf, size_t len, ctx_Value* out) {
   const unsigned char* p = (const unsigned char*)buf;
-  if (len < CTX_VALUE_HEADER || memcmp(buf, kMagic, 4) != 0) return false;
   uint64_t version = get_u64(p + 4);
   int n = p[20];
   size_t s = p[21];
@@ -41,19 +93,57 @@ bool ctx_Value_Parse(const char* buf, size_t len, ctx_Value* out) {
    * version - i and version - n + 1 wrap (replayed/oldest_known replies of
    * 2^64 - k, a spurious or missed conflict): it is not a context. */
   if (version > (uint64_t)INT64_MAX || (uint64_t)n > version) return false;
-  size_t head = CTX_VALUE_HEADER + (size_t)n * CTX_VALUE_RECORD + s + b;
-  if (head > len) return false;
+  memset(out, 0, sizeof(*out));
+  out->format = 2;
   out->version = version;
   out->updated_ms = get_u64(p + 12);
   out->n = n;
   out->window = p + CTX_VALUE_HEADER;
-  out->schema = buf + CTX_VALUE_HEADER + (size_t)n * CTX_VALUE_RECORD;
-  out->schema_len = s;
-  out->updated_by = out->schema + s;
-  out->by_len = b;
-  out->payload = buf + head;
-  out->payload_len = len - head;
-  return true;
+  return parse_tail(buf, len, CTX_VALUE_HEADER + (size_t)n * CTX_VALUE_RECORD, s, b, out);
+}
+
+static bool parse_v3(const char* buf, size_t len, ctx_Value* out) {
+  const unsigned char* p = (const unsigned char*)buf;
+  if (len < CTX_VALUE_HEADER_V3) return false;
+  uint64_t version = get_u64(p + 4);
+  uint64_t floor = get_u64(p + 28);
+  uint32_t cmask = get_u32(p + 36);
+  int n = p[40];
+  size_t s = p[41];
+  size_t b = (size_t)p[42] | (size_t)p[43] << 8;
+  if (version < 1 || version > (uint64_t)INT64_MAX || n > CTX_VALUE_WINDOW ||
+      (uint64_t)n > version || s < 1 || s > CTX_VALUE_SCHEMA_MAX) {
+    return false;
+  }
+  if (floor < 1 || floor > version || (cmask & CTX_MASK_WHOLE)) return false;
+  if (ctx_Incarnation_IsZero(p + 20)) return false;
+  size_t k = (size_t)popcount32(cmask);
+  size_t pos = CTX_VALUE_HEADER_V3 + 4 * k;
+  if (pos > len) return false;
+  /* Every clock is a version that happened: floor < floor + delta <= version. */
+  for (size_t i = 0; i < k; i++) {
+    uint32_t d = get_u32(p + CTX_VALUE_HEADER_V3 + 4 * i);
+    if (d < 1 || (uint64_t)d > version - floor) return false;
+  }
+  if ((size_t)n * CTX_VALUE_RECORD_V3 > len - pos) return false;
+  memset(out, 0, sizeof(*out));
+  out->format = 3;
+  out->version = version;
+  out->updated_ms = get_u64(p + 12);
+  out->incarnation = p + 20;
+  out->floor = floor;
+  out->cmask = cmask;
+  out->deltas = p + CTX_VALUE_HEADER_V3;
+  out->n = n;
+  out->window = p + pos;
+  return parse_tail(buf, len, pos + (size_t)n * CTX_VALUE_RECORD_V3, s, b, out);
+}
+
+bool ctx_Value_Parse(const char* buf, size_t len, ctx_Value* out) {
+  if (len < CTX_VALUE_HEADER) return false;
+  if (memcmp(buf, kMagic3, 4) == 0) return parse_v3(buf, len, out);
+  if (memcmp(buf, kMagic2, 4) == 0) return parse_v2(buf, len, out);
+  return false;
 }
 
 uint64_t ctx_Value_OldestKnown(const ctx_Value* v) {
@@ -63,8 +153,9 @@ uint64_t ctx_Value_OldestKnown(const ctx_Value* v) {
 uint64_t ctx_Value_FindWrite(const ctx_Value* v, const unsigned char digest[CTX_DIGEST_LEN]) {
   static const unsigned char zero[CTX_DIGEST_LEN] = {0};
   if (memcmp(digest, zero, CTX_DIGEST_LEN) == 0) return 0;
+  size_t stride = ctx_Value_RecordSize(v);
   for (int i = 0; i < v->n; i++) {
-    if (memcmp(v->window + (size_t)i * CTX_VALUE_RECORD, digest, CTX_DIGEST_LEN) == 0) {
+    if (memcmp(v->window + (size_t)i * stride, digest, CTX_DIGEST_LEN) == 0) {
       return v->version - (uint64_t)i;
     }
   }
@@ -82,45 +173,106 @@ bool ctx_Value_MaskSince(const ctx_Value* v, uint64_t base, uint32_t* mask) {
   return true;
 }
 
+uint64_t ctx_Value_Clock(const ctx_Value* v, int bit) {
+  uint32_t b = (uint32_t)1 << bit;
+  if (!(v->cmask & b)) return v->floor;
+  int idx = popcount32(v->cmask & (b - 1)); /* deltas are in ascending bit order */
+  return v->floor + get_u32(v->deltas + 4 * (size_t)idx);
+}
+
+bool ctx_Value_FieldChanged(const ctx_Value* v, uint64_t base, uint32_t number) {
+  if (base > v->version) return true;
+  if (base == v->version) return false;
+  if (v->format >= 3) {
+    return v->floor > base || ctx_Value_Clock(v, (int)((number - 1) % CTX_FIELD_BITS)) > base;
+  }
+  uint32_t m;
+  if (!ctx_Value_MaskSince(v, base, &m)) return true;
+  return (m & CTX_MASK_WHOLE) || (m & ctx_FieldBit(number));
+}
+
+void ctx_Clocks_Whole(ctx_Clocks* c, uint64_t version) {
+  memset(c, 0, sizeof(*c));
+  c->floor = version;
+}
+
+void ctx_Clocks_Patch(ctx_Clocks* c, const ctx_Value* prev, uint64_t version, uint32_t bits) {
+  memset(c, 0, sizeof(*c));
+  if (prev->format >= 3) {
+    c->floor = prev->floor;
+    c->cmask = prev->cmask;
+    int idx = 0;
+    for (int bit = 0; bit < CTX_FIELD_BITS; bit++) {
+      if (prev->cmask & ((uint32_t)1 << bit)) {
+        c->delta[bit] = get_u32(prev->deltas + 4 * (size_t)idx++);
+      }
+    }
+  } else {
+    /* An upgrade: every field counts as changed at the version it had. */
+    c->floor = prev->version;
+  }
+  if (version - c->floor > CTX_DELTA_MAX) {
+    ctx_Clocks_Whole(c, version);
+    return;
+  }
+  bits &= ~CTX_MASK_WHOLE;
+  for (int bit = 0; bit < CTX_FIELD_BITS; bit++) {
+    if (bits & ((uint32_t)1 << bit)) c->delta[bit] = (uint32_t)(version - c->floor);
+  }
+  c->cmask |= bits;
+}
+
 static int kept_records(const ctx_Value* prev) {
   if (!prev) return 0;
   return prev->n < CTX_VALUE_WINDOW ? prev->n : CTX_VALUE_WINDOW - 1;
 }
 
-size_t ctx_Value_Size(const ctx_Value* prev, size_t schema_len, size_t by_len,
-                      size_t payload_len) {
-  return CTX_VALUE_HEADER + (size_t)(kept_records(prev) + 1) * CTX_VALUE_RECORD +
-         schema_len + by_len + payload_len;
+size_t ctx_Value_Size(const ctx_Value* prev, const ctx_Clocks* clocks, size_t schema_len,
+                      size_t by_len, size_t payload_len) {
+  return CTX_VALUE_HEADER_V3 + 4 * (size_t)popcount32(clocks->cmask) +
+         (size_t)(kept_records(prev) + 1) * CTX_VALUE_RECORD_V3 + schema_len + by_len +
+         payload_len;
 }
 
 void ctx_Value_Write(char* out, const ctx_Value* prev, uint64_t version,
-                     uint64_t updated_ms, const unsigned char* digest, uint32_t mask,
+                     uint64_t updated_ms, const unsigned char inc[CTX_INC_LEN],
+                     const ctx_Clocks* clocks, const unsigned char* digest,
                      const char* schema, size_t schema_len, const char* by,
                      size_t by_len, const char* payload, size_t payload_len) {
   unsigned char* p = (unsigned char*)out;
   int kept = kept_records(prev);
-  memcpy(p, kMagic, 4);
+  memcpy(p, kMagic3, 4);
   put_u64(p + 4, version);
   put_u64(p + 12, updated_ms);
-  p[20] = (unsigned char)(kept + 1);
-  p[21] = (unsigned char)schema_len;
-  p[22] = (unsigned char)(by_len & 0xff);
-  p[23] = (unsigned char)(by_len >> 8);
-  p += CTX_VALUE_HEADER;
+  memcpy(p + 20, inc, CTX_INC_LEN);
+  put_u64(p + 28, clocks->floor);
+  put_u32(p + 36, clocks->cmask);
+  p[40] = (unsigned char)(kept + 1);
+  p[41] = (unsigned char)schema_len;
+  p[42] = (unsigned char)(by_len & 0xff);
+  p[43] = (unsigned char)(by_len >> 8);
+  p += CTX_VALUE_HEADER_V3;
+  for (int bit = 0; bit < CTX_FIELD_BITS; bit++) {
+    if (clocks->cmask & ((uint32_t)1 << bit)) {
+      put_u32(p, clocks->delta[bit]);
+      p += 4;
+    }
+  }
   if (digest) {
     memcpy(p, digest, CTX_DIGEST_LEN);
   } else {
     memset(p, 0, CTX_DIGEST_LEN);
   }
-  put_u32(p + CTX_DIGEST_LEN, mask);
-  p += CTX_VALUE_RECORD;
-  if (kept) memmove(p, prev->window, (size_t)kept * CTX_VALUE_RECORD);
-  p += (size_t)kept * CTX_VALUE_RECORD;
-  memmove(p, schema, schema_len);
+  p += CTX_VALUE_RECORD_V3;
+  size_t stride = kept ? ctx_Value_RecordSize(prev) : 0;
+  for (int i = 0; i < kept; i++, p += CTX_VALUE_RECORD_V3) {
+    memcpy(p, prev->window + (size_t)i * stride, CTX_DIGEST_LEN);
+  }
+  memcpy(p, schema, schema_len);
   p += schema_len;
-  if (by_len) memmove(p, by, by_len);
+  if (by_len) memcpy(p, by, by_len);
   p += by_len;
-  if (payload_len) memmove(p, payload, payload_len);
+  if (payload_len) memcpy(p, payload, payload_len);
 }
 
 /* ---- schema facts ------------------------------------------------------- */

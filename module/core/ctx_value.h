@@ -1,18 +1,28 @@
-/* ctx_value.h - the stored context value of protocol v2 and the field splice.
+/* ctx_value.h - the stored context value (protocol 3, format v3; v2 read) and
+ * the field splice.
  *
  * Pure logic, no Redis header and no allocation: the caller sizes and owns
  * every buffer (compute the size, allocate, then fill). See docs/PROTOCOL.md,
  * "Storage format" and "CTX.PATCH".
  *
- *   offset 0  "CTX" 0x02
- *          4  version     u64 LE (>= 1)
- *         12  updated_ms  u64 LE
- *         20  n           u8, window records (0..16), newest first
- *         21  s           u8, schema name length (1..128)
- *         22  b           u16 LE, updated_by length
- *         24  n records of 12 bytes: digest[8] (SHA-1 prefix of the write id,
- *             zero without id), mask u32 LE
- *             then schema name, updated_by, payload
+ * v3 (written):
+ *   offset 0  "CTX" 0x03
+ *          4  version      u64 LE (>= 1)
+ *         12  updated_ms   u64 LE
+ *         20  incarnation  8 bytes, never all zero
+ *         28  floor        u64 LE: version of the newest whole-context write
+ *         36  cmask        u32 LE: field bits whose clock is above floor (bit 31 clear)
+ *         40  n            u8, window records (0..16), newest first
+ *         41  s            u8, schema name length (1..128)
+ *         42  b            u16 LE, updated_by length
+ *         44  k = popcount(cmask) clock deltas, u32 LE, ascending bit order
+ *             then n records of 8 bytes (SHA-1 prefix of the write id, zero
+ *             without id), schema name, updated_by, payload
+ *
+ * v2 (read only; its first write stores v3):
+ *   offset 0  "CTX" 0x02, 4 version, 12 updated_ms, 20 n, 21 s, 22 b (u16),
+ *          24 n records of 12 bytes: digest[8], mask u32 LE (bit 31: whole
+ *             context), then schema name, updated_by, payload
  */
 #ifndef CTX_VALUE_H_
 #define CTX_VALUE_H_
@@ -27,22 +37,32 @@
 extern "C" {
 #endif
 
-#define CTX_VALUE_HEADER 24
-#define CTX_VALUE_RECORD 12
+#define CTX_VALUE_HEADER 24    /* the smallest header of any string format (v2) */
+#define CTX_VALUE_HEADER_V3 44
+#define CTX_VALUE_RECORD 12    /* v2 window record */
+#define CTX_VALUE_RECORD_V3 8  /* v3 window record: the digest alone */
 #define CTX_VALUE_WINDOW 16
 #define CTX_VALUE_SCHEMA_MAX 128
 #define CTX_VALUE_BY_MAX 65535
 #define CTX_WRITE_ID_MAX 64
 #define CTX_DIGEST_LEN 8
-#define CTX_MASK_WHOLE 0x80000000u
+#define CTX_INC_LEN 8
+#define CTX_FIELD_BITS 31
+#define CTX_MASK_WHOLE 0x80000000u /* v2 only */
+#define CTX_DELTA_MAX 0xFFFFFFFFu
 #define CTX_FIELD_NUMBER_MAX 536870911u
 
 /* A parsed value: pointers into the caller's buffer. */
 typedef struct {
+  int format;                   /* 3, 2, or 1 (a protocol-1 hash the caller filled in) */
   uint64_t version;
   uint64_t updated_ms;
   int n;                        /* window records */
-  const unsigned char* window;  /* n * CTX_VALUE_RECORD bytes, newest first */
+  const unsigned char* window;  /* n records, newest first (stride: ctx_Value_RecordSize) */
+  const unsigned char* incarnation; /* CTX_INC_LEN bytes; NULL before v3 */
+  uint64_t floor;               /* v3 */
+  uint32_t cmask;               /* v3 */
+  const unsigned char* deltas;  /* v3: popcount(cmask) u32 LE */
   const char* schema;
   size_t schema_len;
   const char* updated_by;
@@ -51,8 +71,20 @@ typedef struct {
   size_t payload_len;
 } ctx_Value;
 
-/* True when buf holds a v2 context value (the type rule); fills `out`. */
+/* The field clocks a write stores (v3): floor, cmask and one delta per bit. */
+typedef struct {
+  uint64_t floor;
+  uint32_t cmask;
+  uint32_t delta[CTX_FIELD_BITS]; /* by bit; only bits in cmask are meaningful */
+} ctx_Clocks;
+
+/* True when buf holds a v3 or v2 context value (the type rule); fills `out`. */
 bool ctx_Value_Parse(const char* buf, size_t len, ctx_Value* out);
+
+/* Bytes per window record of v's format. */
+static inline size_t ctx_Value_RecordSize(const ctx_Value* v) {
+  return v->format >= 3 ? CTX_VALUE_RECORD_V3 : CTX_VALUE_RECORD;
+}
 
 /* The oldest version the window describes: version - n + 1. */
 uint64_t ctx_Value_OldestKnown(const ctx_Value* v);
@@ -61,25 +93,55 @@ uint64_t ctx_Value_OldestKnown(const ctx_Value* v);
  * not in the window (an all-zero digest never matches). */
 uint64_t ctx_Value_FindWrite(const ctx_Value* v, const unsigned char digest[CTX_DIGEST_LEN]);
 
-/* OR of the masks of the writes that produced base+1 .. version. False when
- * the window does not reach back to base + 1 (base < oldest_known - 1). */
+/* v2/v1 only: OR of the masks of the writes that produced base+1 .. version.
+ * False when the window does not reach back to base + 1. */
 bool ctx_Value_MaskSince(const ctx_Value* v, uint64_t base, uint32_t* mask);
 
 /* The mask bit of top-level field `number` (>= 1). */
 static inline uint32_t ctx_FieldBit(uint32_t number) {
-  return (uint32_t)1 << ((number - 1) % 31);
+  return (uint32_t)1 << ((number - 1) % CTX_FIELD_BITS);
 }
 
-/* Size of a value written with ctx_Value_Write; `prev` (may be NULL) is the
- * value it replaces, whose newest records stay in the window. */
-size_t ctx_Value_Size(const ctx_Value* prev, size_t schema_len, size_t by_len,
-                      size_t payload_len);
+/* v3: the clock of bit index `bit` (0..30): floor + delta, or floor. */
+uint64_t ctx_Value_Clock(const ctx_Value* v, int bit);
 
-/* Writes the value into `out` (ctx_Value_Size bytes): version, the new record
- * (digest may be NULL: zero), the newest records of `prev`, schema, writer and
- * payload. `prev` may point into a different buffer than `out`. */
+/* The patch conflict rule for one field of U = FIELDS u READS: true when a
+ * write based on `base` must report field `number` as changed. base > version:
+ * true; base == version: false; else v3: floor > base or clock > base; v2/v1:
+ * the window-mask rule (the whole bit, or a window that does not reach back,
+ * counts as every field). */
+bool ctx_Value_FieldChanged(const ctx_Value* v, uint64_t base, uint32_t number);
+
+/* The clocks of a whole-context write (create, CTX.CAS): floor = version, no
+ * deltas. */
+void ctx_Clocks_Whole(ctx_Clocks* c, uint64_t version);
+
+/* The clocks of a CTX.PATCH of `prev` (v3: its clocks; v2/v1: floor = its
+ * version) that produces `version` and writes the fields of `bits`. When a
+ * delta would exceed CTX_DELTA_MAX the result is ctx_Clocks_Whole(version). */
+void ctx_Clocks_Patch(ctx_Clocks* c, const ctx_Value* prev, uint64_t version, uint32_t bits);
+
+/* 16 lowercase hex digits and a NUL. */
+void ctx_Incarnation_Hex(const unsigned char inc[CTX_INC_LEN], char out[2 * CTX_INC_LEN + 1]);
+
+/* Parses 16 hex digits (either case), not all zero. */
+bool ctx_Incarnation_Parse(const char* s, size_t len, unsigned char out[CTX_INC_LEN]);
+
+/* True when all CTX_INC_LEN bytes are zero. */
+bool ctx_Incarnation_IsZero(const unsigned char inc[CTX_INC_LEN]);
+
+/* Size of a v3 value written with ctx_Value_Write; `prev` (may be NULL) is the
+ * value it replaces, whose newest digests stay in the window. */
+size_t ctx_Value_Size(const ctx_Value* prev, const ctx_Clocks* clocks, size_t schema_len,
+                      size_t by_len, size_t payload_len);
+
+/* Writes the v3 value into `out` (ctx_Value_Size bytes): version, the
+ * incarnation, the clocks, the new record (digest may be NULL: zero), the
+ * newest digests of `prev` (any format), schema, writer and payload. `prev`
+ * and the strings must not overlap `out`. */
 void ctx_Value_Write(char* out, const ctx_Value* prev, uint64_t version,
-                     uint64_t updated_ms, const unsigned char* digest, uint32_t mask,
+                     uint64_t updated_ms, const unsigned char inc[CTX_INC_LEN],
+                     const ctx_Clocks* clocks, const unsigned char* digest,
                      const char* schema, size_t schema_len, const char* by,
                      size_t by_len, const char* payload, size_t payload_len);
 

@@ -18,6 +18,7 @@ The Lua engine reads its scripts from ``ctxlink/lua/*.lua`` inside an installed 
 from ctxlink._exceptions import (
     ArgumentError,
     ConflictError,
+    ContextReplacedError,
     CtxError,
     EngineError,
     FieldError,
@@ -54,6 +55,7 @@ __all__ = [
     "WrongTypeError",
     "FieldError",
     "ConflictError",
+    "ContextReplacedError",
     "OutcomeUnknownError",
     "NotFoundError",
     "EngineError",

@@ -34,19 +34,31 @@ def op_detect(cluster: bool) -> Op[bool]:
 def op_check_protocol(cluster: bool) -> Op[None]:
     """Refuses a module older than :data:`PROTOCOL` (EngineError, before anything is written).
 
-    ``CTX.PATCH`` without arguments needs no ACL right to tell: protocol 2 answers "wrong number
+    ``CTX.TOUCH`` without arguments needs no ACL right to tell: protocol 3 answers "wrong number
     of arguments" (Redis 7: arity before ACL) or NOPERM naming the command (6.2: ACL first); a
-    protocol 1 module "unknown command". Anything else is let through: the writes will tell."""
+    protocol 2 or 1 module "unknown command" (``CTX.PATCH`` then tells which, for the message).
+    Anything else is let through: the writes will tell."""
+    nodes = "random" if cluster else None
     try:
-        yield Cmd(("CTX.PATCH",), nodes="random" if cluster else None)
+        yield Cmd(("CTX.TOUCH",), nodes=nodes)
+        return
     except Exception as exc:  # the expected outcome: an error reply
         low = str(exc).lower()
+        if not ("ctx.touch" in low and "unknown command" in low):
+            return
+    old = 2
+    try:
+        yield Cmd(("CTX.PATCH",), nodes=nodes)
+    except Exception as exc:
+        low = str(exc).lower()
         if "ctx.patch" in low and "unknown command" in low:
-            raise EngineError(
-                f"the server's ctxlink module speaks protocol 1; this SDK ({PROTOCOL}) needs "
-                "protocol 2 (CTX.PATCH, write ids): upgrade the module first, then the SDKs "
-                "(docs/PROTOCOL.md, \"Storage format\")"
-            ) from None
+            old = 1
+    raise EngineError(
+        f"the server's ctxlink module speaks protocol {old}; this SDK ({PROTOCOL}) needs "
+        f"protocol {PROTOCOL} (incarnations, field clocks, PX, CTX.TOUCH): upgrade the module "
+        "first (build/ctxlink.so of this release, then restart or MODULE LOAD), then the SDKs "
+        "(docs/PROTOCOL.md, \"Storage format\")"
+    )
 
 
 def _detect_reply(text: str) -> Optional[bool]:

@@ -22,7 +22,15 @@ from ctxlink._client import choose_engine, make_state, op_check_protocol, op_det
 from ctxlink._history import Change, op_history
 from ctxlink._instr import Instr, Op, Write
 from ctxlink._precheck import enable_local_check
-from ctxlink._protocol import MODULE, cas_command, map_error, parse_state, parse_write
+from ctxlink._protocol import (
+    MODULE,
+    cas_command,
+    map_error,
+    new_incarnation,
+    parse_state,
+    parse_write,
+    ttl_ms,
+)
 from ctxlink._registry import (
     SchemaInfo,
     op_drop_schema,
@@ -42,7 +50,15 @@ from ctxlink._types import (
     new_cas_result,
 )
 from ctxlink._update import op_update
-from ctxlink._write import MAX_EXPECTED_MODULE, new_write_id, op_cas, op_delete, op_get
+from ctxlink._write import (
+    MAX_EXPECTED_MODULE,
+    check_incarnation,
+    new_write_id,
+    op_cas,
+    op_delete,
+    op_get,
+    op_touch,
+)
 
 T = TypeVar("T")
 
@@ -214,13 +230,18 @@ class StoreBase:
         schema: Optional[str],
         by: Optional[str],
         write_id: Optional[Union[str, bytes]],
+        ttl: Optional[float] = None,
+        incarnation: Optional[str] = None,
     ) -> Call[CasResult]:
         st = self._st
         if schema is not None and not isinstance(schema, str):  # both engines, every path
             raise TypeError(f"schema must be a str (a schema name), not {type(schema).__name__}")
+        px = None if ttl is None else ttl_ms(ttl)
+        inc = None if incarnation is None else check_incarnation(incarnation)
         if self._tel.active():
             return self._tel.traced(
-                op_cas(st, key, expected_version, payload, schema, by, write_id), "cas", key)
+                op_cas(st, key, expected_version, payload, schema, by, write_id, False, px, inc),
+                "cas", key)
         if (
             not self._fast
             or type(payload) is not bytes
@@ -231,20 +252,30 @@ class StoreBase:
             or (type(key) is not str and type(key) is not bytes)
             or (by is not None and (type(by) is not str or len(by) > 16383))
         ):
-            return op_cas(st, key, expected_version, payload, schema, by, write_id)
+            return op_cas(st, key, expected_version, payload, schema, by, write_id, False, px,
+                          inc)
         wid = new_write_id()
-        args = cas_command(key, expected_version, payload, schema, by, wid)
+        if inc is None and expected_version == 0:
+            inc = new_incarnation()  # a create: the context's incarnation, known to the re-send
+        args = cas_command(key, expected_version, payload, schema, by, wid, inc, px)
 
         def resend(sent: bool) -> Op[CasResult]:  # the same write (same id), settled there
-            return op_cas(st, key, expected_version, payload, schema, by, wid, sent)
+            return op_cas(st, key, expected_version, payload, schema, by, wid, sent, px, inc)
 
         return new_fast((args, parse_cas, key, resend))
 
     def _delete(
-        self, key: Union[str, bytes], expected_version: int, write_id: Optional[Union[str, bytes]]
+        self,
+        key: Union[str, bytes],
+        expected_version: int,
+        write_id: Optional[Union[str, bytes]],
+        incarnation: Optional[str] = None,
     ) -> Op[CasResult]:
-        op = op_delete(self._st, key, expected_version, write_id)
+        op = op_delete(self._st, key, expected_version, write_id, incarnation)
         return self._tel.traced(op, "delete", key) if self._tel.active() else op
+
+    def _touch(self, key: Union[str, bytes], ttl: float) -> Op[bool]:
+        return op_touch(self._st, key, ttl)
 
     def _update(
         self,
@@ -258,11 +289,14 @@ class StoreBase:
         timeout: Optional[float],
         backoff: Optional[Backoff],
         default: Optional[Callable[[], Any]],
+        ttl: Optional[float] = None,
     ) -> Op[Updated[M]]:
         if self._sync and (_is_async(fn) or (default is not None and _is_async(default))):
             raise TypeError(ASYNC_FN)
+        if ttl is not None:
+            ttl_ms(ttl)  # refused here, before anything is sent
         op = op_update(self._st, key, fn, message_class, schema, by, retries, default,
-                       reads=reads, timeout=timeout, backoff=backoff)
+                       reads=reads, timeout=timeout, backoff=backoff, ttl=ttl)
         return self._tel.traced(op, "update", key) if self._tel.active() else op
 
     def _migrate(

@@ -16,7 +16,9 @@ replies with keep the server's message (code included) as their text.
     │   │                       ``update(reads=...)`` before anything is sent)
     │   └── WrongTypeError      WRONGTYPE: the key exists and is not a context
     ├── ConflictError           ``update`` gave up (``retries`` or ``timeout``); ``.current`` is the
-    │                           last state, ``.changed`` the fields another writer changed
+    │   │                       last state, ``.changed`` the fields another writer changed
+    │   └── ContextReplacedError CTXGONE: the context was deleted and re-created since the
+    │                           snapshot the write was based on (also a ``ServerError``)
     ├── OutcomeUnknownError     a write was sent, its reply was lost, and whether it was applied
     │                           cannot be settled (``.key``, ``.write_id``): it may have landed
     ├── NotFoundError           ``update`` found no context and had no ``default`` to create one;
@@ -55,6 +57,7 @@ __all__ = [
     "WrongTypeError",
     "FieldError",
     "ConflictError",
+    "ContextReplacedError",
     "OutcomeUnknownError",
     "NotFoundError",
     "EngineError",
@@ -142,6 +145,19 @@ class ConflictError(CtxError):
         self.key = key
 
 
+class ContextReplacedError(ConflictError, ServerError):
+    """CTXGONE: the context was deleted and re-created since the snapshot this write was based
+    on (its incarnation is another one); nothing was written. ``update`` never retries it: the
+    caller's function decided on the old context, and its result must not land on the new one.
+    ``key`` names the context when known; ``current`` is None (read the new context first)."""
+
+    code = "CTXGONE"
+
+    def __init__(self, message: str, key: object = None) -> None:
+        ConflictError.__init__(self, message, None, (), 0, key)
+        self.message = message
+
+
 class OutcomeUnknownError(CtxError):
     """A write was sent, its reply was lost (timeout, reset, connection error), and whether the
     server applied it cannot be settled: re-sending it found neither its write id in the
@@ -187,6 +203,7 @@ EXCEPTION_CLASSES: dict[str, type[ServerError]] = {
     "CTXTOOBIG": PayloadTooLarge,
     "CTXFIELD": FieldError,
     "WRONGTYPE": WrongTypeError,
+    "CTXGONE": ContextReplacedError,
 }
 
 

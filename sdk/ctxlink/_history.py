@@ -124,18 +124,29 @@ def history_keys(st: "State", name: Optional[str], key: Any) -> tuple[Any, ...]:
 _STALE = "CTXSCHEMA stale "
 
 
-def lua_delete(st: "State", key: Any, expected: int, wid: Any) -> Op[Any]:
-    """del.lua once (as a :class:`Write`): with the history stream as ``KEYS[2]`` when the
-    context's schema keeps history; a ``stale`` answer (the script found history on) is re-sent
-    once with it (nothing was written)."""
+def lua_delete(st: "State", key: Any, expected: int, wid: Any, inc: str = "") -> Op[Any]:
+    """del.lua: the history stream goes with the context (:func:`_with_history`)."""
+    tag = registry_tag(st, key)
+    return (yield from _with_history(st, "del", key, lambda: (expected, wid, inc, tag)))
+
+
+def lua_touch(st: "State", key: Any, ms: int) -> Op[Any]:
+    """touch.lua: the history stream gets the context's new expiry (:func:`_with_history`)."""
+    tag = registry_tag(st, key)
+    return (yield from _with_history(st, "touch", key, lambda: (ms, tag)))
+
+
+def _with_history(st: "State", script: str, key: Any, argv: Any) -> Op[Any]:
+    """``script`` once (as a :class:`Write`), with the history stream as ``KEYS[2]`` when the
+    context's schema keeps history; a ``stale`` answer (the script found history on: nothing was
+    written) is re-sent once with it."""
     from ctxlink._lua import _evalsha
 
-    tag = registry_tag(st, key)
     name = st.key_schema.get(key)
     for attempt in range(2):
         keys = (key, *history_keys(st, name, key))
         try:
-            return (yield from _evalsha(st, "del", keys, (expected, wid, tag), write=True))
+            return (yield from _evalsha(st, script, keys, argv(), write=True))
         except SchemaError as exc:
             text = str(exc)
             if attempt or not text.startswith(_STALE):

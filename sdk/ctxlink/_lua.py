@@ -21,7 +21,7 @@ from ctxlink._cluster import registry_key_for, registry_tag
 from ctxlink._exceptions import CtxError, SchemaError, WrongTypeError
 from ctxlink._history import history_keys, note_history
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
-from ctxlink._protocol import _bytes, _reply_text
+from ctxlink._protocol import _bytes, _reply_text, new_incarnation
 from ctxlink._scripts import (
     Script,
     entry_script,
@@ -210,9 +210,13 @@ def _lua_argv(
     write_id: Any,
     fields: Optional[tuple[int, ...]],
     reads: tuple[int, ...],
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
+    fresh: str = "",
 ) -> tuple[Any, ...]:
-    """ARGV of lua/cas.lua (its header documents them): 1..9 for a CAS without id, 1..10 with
-    one, 1..13 for a patch."""
+    """ARGV of lua/cas.lua (its header documents them): 1..16. ``inc``: ARGV[14] (INC),
+    ``fresh``: ARGV[16], the incarnation a create without INC or an upgrade of a v1/v2 value
+    gives the context."""
     argv: tuple[Any, ...] = (
         expected,
         payload,
@@ -224,12 +228,12 @@ def _lua_argv(
         name,
         tag,
     )
-    if write_id is None and fields is None:
-        return argv
     argv += (write_id if write_id is not None else "",)
     if fields is None:
-        return argv
-    return argv + ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
+        argv += ("cas", "", "")
+    else:
+        argv += ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
+    return argv + (inc or "", px if px is not None else "", fresh)
 
 
 def _write_lua(
@@ -242,6 +246,8 @@ def _write_lua(
     write_id: Any = None,
     fields: Optional[tuple[int, ...]] = None,
     reads: tuple[int, ...] = (),
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
 ) -> Op[Any]:
     """The Lua engine's half of :func:`ctxlink._write._write_raw`: runs the schema's cas script
     once (as a :class:`Write`). On the way it reads the context's schema when it is unknown,
@@ -257,9 +263,12 @@ def _write_lua(
     script = yield from _plan_script(st, name, key, flavor)
     relocated = False
     stale = moving = 0
+    # a create's own incarnation, else one for the upgrade of a v1/v2 value (the script uses it
+    # only then): one per write, the same in every send of it
+    fresh = inc if inc and expected == 0 else new_incarnation()
     while True:
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
-                         reads)
+                         reads, inc, px, fresh)
         try:
             # KEYS = the context key (+ its history stream); the registry entry is read
             # undeclared (lua/cas.lua)
@@ -297,7 +306,7 @@ def _write_lua(
                 raise
             yield Sleep(_MOVING_DELAYS[moving])
             moving += 1
-    if isinstance(reply, (list, tuple)) and len(reply) >= 5:  # a conflict: the context's own
+    if isinstance(reply, (list, tuple)) and len(reply) >= 6:  # a conflict: the context's own
         st.key_schema.put(key, _reply_text(reply[2]))
     elif reply is None:
         st.key_schema.pop(key)

@@ -4,11 +4,12 @@ exceptions."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Optional
 
-from ctxlink._exceptions import error_from_reply
+from ctxlink._exceptions import ArgumentError, error_from_reply
 from ctxlink._types import CasResult, Snapshot, new_cas_result, new_snapshot
 
 MODULE = "module"
@@ -19,7 +20,7 @@ SCHEMA_PREFIX = "__ctx:schema:"
 SCHEMAS_KEY = "__ctx:schemas"
 
 #: The protocol this SDK speaks (docs/PROTOCOL.md): it needs a module that speaks it too.
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 def map_error(exc: BaseException) -> BaseException:
@@ -57,10 +58,17 @@ def _reply_text(value: Any) -> str:
 
 
 def parse_state(reply: Any) -> Optional[Snapshot]:
-    """``CTX.GET``'s reply (nil or the 5-element array) -> Snapshot / None."""
+    """``CTX.GET``'s reply (nil or ``[version, raw, schema, updated_ms, updated_by,
+    incarnation]``; a protocol 2 reply has no incarnation) -> Snapshot / None."""
     if reply is None:
         return None
-    version, raw, schema, updated_ms, updated_by = reply
+    if len(reply) == 6:
+        version, raw, schema, updated_ms, updated_by, inc = reply
+        # one per context: not through the bounded cache of _reply_text
+        inc = inc.decode("ascii") if type(inc) is bytes else _text(inc)
+    else:  # protocol 2's five elements
+        version, raw, schema, updated_ms, updated_by = reply
+        inc = ""
     return new_snapshot(
         (
             version if type(version) is int else int(version),
@@ -68,6 +76,7 @@ def parse_state(reply: Any) -> Optional[Snapshot]:
             _reply_text(schema),
             updated_ms if type(updated_ms) is int else int(updated_ms),
             _reply_text(updated_by),
+            inc,
         )
     )
 
@@ -96,7 +105,8 @@ def parse_outcome(reply: Any, names: Optional[Callable[[tuple[int, ...]], tuple[
                   ) -> Outcome:
     """Replies (docs/PROTOCOL.md): an integer (done), ``["replayed", version]``, ``[version,
     merged payload]`` (a patch, done), nil (conflict: no context) or the conflict state
-    ``[version, raw, schema, updated_ms, updated_by(, oldest_known, changed)]``."""
+    ``[version, raw, schema, updated_ms, updated_by, incarnation]``, with an id ``[version, raw,
+    schema, updated_ms, updated_by, oldest_known, changed, incarnation]``."""
     if type(reply) is int:
         return Outcome(new_cas_result((True, reply, None, False, ())))
     if reply is None:
@@ -108,10 +118,14 @@ def parse_outcome(reply: Any, names: Optional[Callable[[tuple[int, ...]], tuple[
         if first in _REPLAYED:
             return Outcome(new_cas_result((True, int(reply[1]), None, True, ())))
         return Outcome(new_cas_result((True, int(first), None, False, ())), raw=_bytes(reply[1]))
-    snap = parse_state(reply[:5])
+    size = len(reply)
+    if size == 8 or size == 7:  # with an id (7: protocol 2, no incarnation)
+        snap = parse_state([*reply[:5], *reply[7:]])
+        oldest: Optional[int] = int(reply[5])
+        changed = tuple(int(n) for n in reply[6]) if reply[6] else ()
+    else:
+        snap, oldest, changed = parse_state(reply), None, ()
     assert snap is not None
-    oldest = int(reply[5]) if len(reply) > 5 else None
-    changed = tuple(int(n) for n in reply[6]) if len(reply) > 6 and reply[6] else ()
     named = names(changed) if names is not None else tuple(str(n) for n in changed)
     return Outcome(new_cas_result((False, snap[0], snap, False, named)), oldest, None, changed)
 
@@ -123,6 +137,8 @@ def cas_command(
     schema: Optional[str],
     by: Optional[str],
     write_id: Any = None,
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
 ) -> tuple[Any, ...]:
     """The arguments of ``CTX.CAS`` (one builder for the generic path and both fast paths)."""
     args: tuple[Any, ...] = ("CTX.CAS", key, expected, raw)
@@ -132,6 +148,10 @@ def cas_command(
         args += ("BY", by)
     if write_id is not None:
         args += ("ID", write_id)
+    if inc:
+        args += ("INC", inc)
+    if px is not None:
+        args += ("PX", px)
     return args
 
 
@@ -144,6 +164,8 @@ def patch_command(
     schema: Optional[str],
     by: Optional[str],
     write_id: Any,
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
 ) -> tuple[Any, ...]:
     """The arguments of ``CTX.PATCH``."""
     args: tuple[Any, ...] = ("CTX.PATCH", key, base, payload, "FIELDS", len(fields), *fields)
@@ -153,4 +175,38 @@ def patch_command(
         args += ("SCHEMA", schema)
     if by is not None:
         args += ("BY", by)
-    return args + ("ID", write_id)
+    args += ("ID", write_id)
+    if inc:
+        args += ("INC", inc)
+    if px is not None:
+        args += ("PX", px)
+    return args
+
+
+#: The largest TTL in milliseconds the servers take (``PX``, ``CTX.TOUCH``).
+MAX_TTL_MS = 10**15
+
+
+def ttl_ms(ttl: Any, what: str = "ttl") -> int:
+    """A TTL in seconds (int or float > 0) as the milliseconds sent: ``max(1, round(ttl *
+    1000))``, at most 10^15. bool, NaN, infinity, <= 0, too large: ArgumentError (a
+    ValueError); another type (str, None ...): TypeError. Checked before anything is sent."""
+    if isinstance(ttl, bool):
+        raise ArgumentError(f"{what} must be a number of seconds > 0, not {ttl!r}")
+    if not isinstance(ttl, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds (int or float > 0), not "
+                        f"{type(ttl).__name__}")
+    if not ttl > 0 or ttl != ttl or ttl == float("inf"):
+        raise ArgumentError(f"{what} must be a number of seconds > 0 (finite), not {ttl!r}")
+    ms = max(1, round(ttl * 1000))
+    if ms > MAX_TTL_MS:
+        raise ArgumentError(f"{what} must be at most {MAX_TTL_MS // 1000} seconds, not {ttl!r}")
+    return int(ms)
+
+
+def new_incarnation() -> str:
+    """A fresh incarnation: 8 random bytes (never all zero) as 16 lowercase hex digits."""
+    while True:
+        value = os.urandom(8)
+        if value != b"\0" * 8:
+            return value.hex()

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 #: The scripts the SDK runs (``lua/<name>.lua``); ``prelude.lua`` is part of each.
-SCRIPT_NAMES = ("get", "cas", "del", "schema_set", "schema_get", "schema_list", "schema_del")
+SCRIPT_NAMES = (
+    "get", "cas", "del", "touch", "schema_set", "schema_get", "schema_list", "schema_del"
+)
 PRELUDE = "prelude"
 #: Parts of cas.lua kept in files of their own (split by concept), put in place of its
 #: ``-- [include <part>]`` lines: the fast walk, CTX.PATCH's splice, the validation walk, the
@@ -84,6 +86,57 @@ def find_lua_dir() -> Optional[Path]:
     return None
 
 
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _keep_space(a: str, b: str) -> bool:
+    """Whether the blank between the characters ``a`` and ``b`` (outside strings) is needed:
+    between two word characters, in ``- -`` (a comment), ``[ [`` / ``[ =`` (a long bracket),
+    and next to a ``.`` whose other side is a digit or a ``.`` (a number, ``..``)."""
+    if _word(a) and _word(b):
+        return True
+    if a == "-" and b == "-":
+        return True
+    if a == "[" and b in "[=":
+        return True
+    if a == "." or b == ".":
+        other = b if a == "." else a
+        return other.isdigit() or other == "."
+    return False
+
+
+def _squeeze(line: str) -> str:
+    """``line`` without the blanks Lua does not need (outside string literals): the assembled
+    scripts stay well under 32 KiB. A line holding a long bracket is left as it is."""
+    if "[[" in line or "[=" in line:
+        return line
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c in "'\"":  # a string literal, copied as it is
+            j = i + 1
+            while j < n and line[j] != c:
+                j += 2 if line[j] == "\\" else 1
+            out.append(line[i:j + 1])
+            i = j + 1
+            continue
+        if c == " ":
+            j = i
+            while j < n and line[j] == " ":
+                j += 1
+            prev = out[-1][-1] if out and out[-1] else ""
+            nxt = line[j] if j < n else ""
+            if prev and nxt and _keep_space(prev, nxt):
+                out.append(" ")
+            i = j
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def _cut_comment(line: str) -> str:
     """``line`` without a trailing ``-- comment`` when no quote comes before it."""
     at = line.find(" --")
@@ -110,7 +163,7 @@ def _strip(text: str) -> tuple[str, str]:
             continue
         if not bare or bare.startswith("--"):
             continue
-        out.append(_cut_comment(bare))
+        out.append(_squeeze(_cut_comment(bare)))
     return shebang, "".join(f"{line}\n" for line in out)
 
 

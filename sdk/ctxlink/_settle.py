@@ -10,7 +10,12 @@ from typing import Any, Callable, Optional
 
 from redis.exceptions import ResponseError
 
-from ctxlink._exceptions import CtxError, OutcomeUnknownError, WrongTypeError
+from ctxlink._exceptions import (
+    ContextReplacedError,
+    CtxError,
+    OutcomeUnknownError,
+    WrongTypeError,
+)
 from ctxlink._instr import Cmd, LoadScript, Op, Sleep, T, Write
 from ctxlink._protocol import Outcome
 from ctxlink._send import TRANSPORT_ERRORS, WriteNotSent, _not_sent
@@ -62,10 +67,14 @@ def _send_settled(
                 ) from exc
             yield Sleep((pause or st.backoff).delay(tries))
         except ResponseError as exc:
+            if isinstance(exc, ContextReplacedError) and exc.key is None:
+                exc.key = key
             # the write's own checks after the replay check (CTXINVALID, CTXVERSION, ...) prove
             # that no send of it ran; an error before them (OOM, READONLY, LOADING's kin,
-            # WRONGTYPE, CLUSTERDOWN, NOPERM) says nothing about the send whose reply was lost
-            if not sent or (isinstance(exc, CtxError) and not isinstance(exc, WrongTypeError)):
+            # WRONGTYPE, CTXGONE, CLUSTERDOWN, NOPERM) says nothing about the send whose reply
+            # was lost (CTXGONE: it may have landed on the context that was deleted since)
+            if not sent or (isinstance(exc, CtxError) and not isinstance(
+                    exc, (WrongTypeError, ContextReplacedError))):
                 raise
             raise OutcomeUnknownError(
                 f"the reply to a write of {key!r} (write id {write_id!r}) was lost and the "
@@ -101,14 +110,21 @@ def _reads_not_sent(op: Op[T]) -> Op[T]:
             error = exc
 
 
-def _ambiguous(outcome: Outcome, expected: int, resent: bool) -> bool:
+def _ambiguous(
+    outcome: Outcome, expected: int, resent: bool, inc: Optional[str] = None
+) -> bool:
     """A conflict reply to a re-sent write that cannot tell whether the first send landed: the
     write id is not in the window (else the reply says "replayed"), but the window does not
-    reach back to the version that write would have produced, or the context is gone."""
+    reach back to the version that write would have produced, or the context is gone, or (a
+    create, ``inc`` its fresh incarnation) the context is another one than the create made:
+    it may have been created by the first send, deleted and created again by someone else."""
     if not resent or outcome.result.ok:
         return False
-    if outcome.result.current is None:
+    current = outcome.result.current
+    if current is None:
         return expected > 0
+    if expected == 0 and inc and current[5] != inc:
+        return True
     return outcome.oldest is None or expected + 1 < outcome.oldest
 
 

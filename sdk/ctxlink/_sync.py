@@ -248,6 +248,8 @@ class Store(StoreBase):
         schema: Optional[str] = None,
         by: Optional[str] = None,
         write_id: Optional[Union[str, bytes]] = None,
+        ttl: Optional[float] = None,
+        incarnation: Optional[str] = None,
     ) -> CasResult:
         """Writes ``payload`` if the stored version is ``expected_version`` (0 = create).
 
@@ -262,8 +264,15 @@ class Store(StoreBase):
         ``replayed`` is then True. When that cannot be settled, :class:`OutcomeUnknownError`.
         The id *is* the write: a write whose id is in the window is answered ``replayed`` and not
         applied, whatever its payload, so never reuse an id for another change.
+
+        ``ttl`` (seconds, int or float > 0): the context expires that long after this write
+        (``PX``); without it a create has no expiry and an update keeps the context's.
+        ``incarnation`` (``Snapshot.incarnation`` of the state this write is based on): the write
+        is refused with :class:`ContextReplacedError` when the context was deleted and created
+        again since. A create always gets a fresh incarnation.
         """
-        return self._call(self._cas(key, expected_version, payload, schema, by, write_id))
+        return self._call(self._cas(key, expected_version, payload, schema, by, write_id, ttl,
+                                    incarnation))
 
     def delete(
         self,
@@ -271,12 +280,15 @@ class Store(StoreBase):
         expected_version: int,
         *,
         write_id: Optional[Union[str, bytes]] = None,
+        incarnation: Optional[str] = None,
     ) -> CasResult:
         """Deletes the context if its version is ``expected_version``; ``ok`` False on conflict.
 
         A delete whose reply was lost is re-sent; if the re-sent one finds no context the result
-        is ``ok`` with ``replayed`` True: the context is gone either way."""
-        return _run(self._client, self._delete(key, expected_version, write_id))
+        is ``ok`` with ``replayed`` True: the context is gone either way. ``incarnation``: as
+        for :meth:`cas` (:class:`ContextReplacedError` when the context was re-created)."""
+        return _run(self._client, self._delete(key, expected_version, write_id,
+                                                      incarnation))
 
     def wait(
         self, key: Union[str, bytes], after_version: int, timeout: Optional[float] = None
@@ -310,6 +322,7 @@ class Store(StoreBase):
         timeout: Optional[float] = UPDATE_TIMEOUT,
         backoff: Optional[Backoff] = None,
         default: Optional[Callable[[], M]] = None,
+        ttl: Optional[float] = None,
     ) -> Updated[M]:
         """Read-modify-write with optimistic concurrency, applied exactly once.
 
@@ -336,9 +349,19 @@ class Store(StoreBase):
         Every attempt carries its own write id. When a reply is lost (timeout, reset), the same
         attempt is re-sent, never ``fn`` called again; if that cannot settle whether it landed,
         :class:`OutcomeUnknownError`.
+
+        Every write carries the incarnation of the state ``fn`` saw: when the context was deleted
+        and created again in between, :class:`ContextReplacedError` (never retried: ``fn``
+        decided on the old context). ``ttl`` (seconds > 0): stored with the write (``PX``);
+        without it the context's expiry is kept (a create has none).
         """
         return _run(self._client, self._update(
-            key, fn, message_class, schema, by, reads, retries, timeout, backoff, default))
+            key, fn, message_class, schema, by, reads, retries, timeout, backoff, default, ttl))
+
+    def touch(self, key: Union[str, bytes], ttl: float) -> bool:
+        """Sets the context's time to live to ``ttl`` seconds (int or float > 0; ``CTX.TOUCH``).
+        False when there is no context; :class:`WrongTypeError` when the key is not one."""
+        return _run(self._client, self._touch(key, ttl))
 
     def migrate(
         self,

@@ -61,6 +61,10 @@ class Snapshot(NamedTuple):
     schema: str
     updated_ms: int
     updated_by: str
+    #: the context's incarnation: 16 lowercase hex digits minted when it was created (kept by
+    #: every write; a context deleted and created again has another one); "" for a value an
+    #: older module or SDK wrote (storage format v1/v2) until its next write
+    incarnation: str = ""
 
     def decode(self, message_class: type[M]) -> M:
         """Parses ``raw`` into a new ``message_class`` instance.
@@ -153,9 +157,9 @@ class Updated(Generic[M]):
         yield self.message
 
 
-#: ``new_snapshot((version, raw, schema, updated_ms, updated_by))``: builds a Snapshot from a
-#: ready tuple without the keyword handling of ``Snapshot(...)`` (the SDK's hot paths).
-new_snapshot: Callable[[tuple[int, bytes, str, int, str]], Snapshot] = partial(
+#: ``new_snapshot((version, raw, schema, updated_ms, updated_by, incarnation))``: builds a
+#: Snapshot from a ready tuple without the keyword handling of ``Snapshot(...)`` (hot paths).
+new_snapshot: Callable[[tuple[int, bytes, str, int, str, str]], Snapshot] = partial(
     tuple.__new__, Snapshot
 )
 new_cas_result: Callable[

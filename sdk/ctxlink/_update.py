@@ -29,7 +29,7 @@ from ctxlink._exceptions import (
 )
 from ctxlink._fields import FieldNameError, FieldPlan, field_plan
 from ctxlink._instr import Await, Op, Sleep
-from ctxlink._protocol import Outcome, parse_outcome
+from ctxlink._protocol import Outcome, parse_outcome, ttl_ms
 from ctxlink._registry import check_message_class
 from ctxlink._send import TRANSPORT_ERRORS
 from ctxlink._settle import _ambiguous, _reads_not_sent, _send_settled, _unknown
@@ -44,6 +44,7 @@ from ctxlink._write import (
     check_by,
     new_write_id,
     op_get,
+    write_inc,
 )
 
 
@@ -68,6 +69,7 @@ class _Update:
     timeout: Optional[float]
     pause: Backoff
     deadline: Optional[float]
+    px: Optional[int] = None
     calls: int = 0
     conflicts: int = 0
     #: the schema name whose message type was checked against the class
@@ -91,6 +93,8 @@ class _Write:
     plan: Optional[FieldPlan] = None
     fields: tuple[int, ...] = ()
     read_numbers: tuple[int, ...] = ()
+    #: INC: the incarnation of the state fn saw (a create: a fresh one; None for v1/v2)
+    inc: Optional[str] = None
 
 
 def op_update(
@@ -106,16 +110,21 @@ def op_update(
     reads: Optional[Any] = None,
     timeout: Optional[float] = None,
     backoff: Optional[Backoff] = None,
+    ttl: Optional[float] = None,
 ) -> Op[Updated[Any]]:
     """``update`` (and ``migrate`` with ``drop_unknown``: the stored payload is parsed leniently,
     fields the class does not know are dropped, and ``fn`` may be None).
 
     Each attempt gets its own write id. After a transport error the same attempt is re-sent
-    (same payload, same id) until ``timeout``; ``fn`` runs again only after a real conflict."""
+    (same payload, same id) until ``timeout``; ``fn`` runs again only after a real conflict.
+    Every write carries the incarnation of the state ``fn`` saw: a context deleted and created
+    again in between is ``ContextReplacedError``, never retried (``fn``'s result must not land on
+    the new context). ``ttl``: seconds, stored with every write (``PX``)."""
     pause = _check_args(st, fn, message_class, by, retries, reads, timeout, backoff)
+    px = None if ttl is None else ttl_ms(ttl)
     deadline = None if timeout is None else time.monotonic() + timeout
     u = _Update(st, key, fn, message_class, schema, by, retries, default, drop_unknown, reads,
-                timeout, pause, deadline)
+                timeout, pause, deadline, px)
     snap = yield from op_get(st, key)
     read_at = time.monotonic()  # of the state the next attempt is based on (its staleness)
     while True:
@@ -129,6 +138,7 @@ def op_update(
         if write is None:  # nothing to write: the state fn saw
             assert snap is not None and before is not None
             return Updated(snap[0], before, snap[1], name, u.calls)
+        write.inc = write_inc(expected, snap)
         outcome = yield from _send(u, write)
         if outcome.result.ok:
             update_done(st, key, by, read_at)  # staleness metric and warning: _telemetry.py
@@ -278,9 +288,10 @@ def _prepare(
 
 def _send_once(u: _Update, w: _Write) -> Op[Any]:
     if w.plan is None:
-        return _write_raw(u.st, u.key, w.expected, w.raw, u.schema or w.name, u.by, w.wid)
+        return _write_raw(u.st, u.key, w.expected, w.raw, u.schema or w.name, u.by, w.wid, None,
+                          (), w.inc, u.px)
     return _write_raw(u.st, u.key, w.expected, w.raw, u.schema or w.name, u.by, w.wid, w.fields,
-                      w.read_numbers)
+                      w.read_numbers, w.inc, u.px)
 
 
 def _send(u: _Update, w: _Write) -> Op[Outcome]:
@@ -302,7 +313,7 @@ def _send(u: _Update, w: _Write) -> Op[Outcome]:
             u.st, u.key, lambda: _send_once(u, w), w.wid, u.deadline, None, u.pause
         )
     outcome = parse_outcome(reply, w.plan.names if w.plan is not None else None)
-    if _ambiguous(outcome, w.expected, resent):
+    if _ambiguous(outcome, w.expected, resent, w.inc):
         raise _unknown(u.key, w.wid)
     return outcome
 

@@ -5,6 +5,7 @@ write (:func:`_write_raw`) and ``get``."""
 from __future__ import annotations
 
 import os
+import re
 from functools import partial
 from typing import Any, Optional, Union
 
@@ -13,7 +14,7 @@ from google.protobuf.message import Message
 
 from ctxlink._cluster import registry_key_for
 from ctxlink._exceptions import ArgumentError, MessageTypeError, VersionError
-from ctxlink._history import lua_delete
+from ctxlink._history import lua_delete, lua_touch
 from ctxlink._instr import Cmd, Op, Write
 from ctxlink._lua import _evalsha, _write_lua
 from ctxlink._precheck import _local_precheck
@@ -22,10 +23,12 @@ from ctxlink._protocol import (
     MODULE,
     _text,
     cas_command,
+    new_incarnation,
     parse_outcome,
     parse_state,
     parse_write,
     patch_command,
+    ttl_ms,
 )
 from ctxlink._settle import CAS_RESENDS, _ambiguous, _send_settled, _unknown
 from ctxlink._state import State
@@ -201,17 +204,29 @@ def _write_raw(
     write_id: Any = None,
     fields: Optional[tuple[int, ...]] = None,
     reads: tuple[int, ...] = (),
+    inc: Optional[str] = None,
+    px: Optional[int] = None,
 ) -> Op[Any]:
     """Sends one write (``CTX.CAS``, or ``CTX.PATCH`` when ``fields`` is given) once, as a
-    :class:`Write`, and returns its raw reply. A transport error passes through: the caller
-    decides about re-sending."""
+    :class:`Write`, and returns its raw reply. ``inc``: ``INC`` (the incarnation the write is
+    based on; on a create the fresh one it gives the context), ``px``: ``PX`` milliseconds. A
+    transport error passes through: the caller decides about re-sending."""
     if st.engine == MODULE:
         if fields is None:
-            args = cas_command(key, expected, raw, schema, by, write_id)
+            args = cas_command(key, expected, raw, schema, by, write_id, inc, px)
         else:
-            args = patch_command(key, expected, raw, fields, reads, schema, by, write_id)
+            args = patch_command(key, expected, raw, fields, reads, schema, by, write_id, inc, px)
         return (yield Write(key, args))
-    return (yield from _write_lua(st, key, expected, raw, schema, by, write_id, fields, reads))
+    return (yield from _write_lua(st, key, expected, raw, schema, by, write_id, fields, reads,
+                                  inc, px))
+
+
+def write_inc(expected: int, snap: Optional[Snapshot]) -> Optional[str]:
+    """The ``INC`` of a write: a create's fresh incarnation, else the one of the snapshot the
+    write is based on (None for a v1/v2 value, which has none)."""
+    if expected == 0:
+        return new_incarnation()
+    return (snap[5] or None) if snap is not None else None
 
 
 def op_cas(
@@ -223,12 +238,18 @@ def op_cas(
     by: Optional[str],
     write_id: Any = None,
     sent: bool = False,
+    px: Optional[int] = None,
+    inc: Optional[str] = None,
 ) -> Op[CasResult]:
-    """``cas``; ``sent``: this write (same ``write_id``) was sent already and its reply lost."""
+    """``cas``; ``sent``: this write (same ``write_id``, same ``inc``) was sent already and its
+    reply lost. ``px``: the TTL in ms (checked by the caller); ``inc``: the ``INC`` (a create
+    without one gets a fresh incarnation)."""
     check_key(key)
     check_by(by)
     expected = _check_version(expected_version, st)
     wid = new_write_id() if write_id is None else check_write_id(write_id)
+    if inc is None and expected == 0:
+        inc = new_incarnation()
     # For a message, the version field's name comes from the schema: the one given, else the
     # context's own (known from an earlier reply, or one read), so a VERSIONFIELD is honoured.
     # The message's type must be the one that schema stores (checked before sending).
@@ -250,8 +271,8 @@ def op_cas(
     for attempt in range(2):
         try:
             reply, resent = yield from _send_settled(
-                st, key, partial(_write_raw, st, key, expected, raw, schema, by, wid), wid, None,
-                CAS_RESENDS, sent=sent,
+                st, key, partial(_write_raw, st, key, expected, raw, schema, by, wid, None, (),
+                                 inc, px), wid, None, CAS_RESENDS, sent=sent,
             )
             break
         except VersionError:
@@ -261,7 +282,7 @@ def op_cas(
                 raise
             raw = yield from _encode(st, payload, expected, vschema, key)
     outcome = parse_outcome(reply)
-    if _ambiguous(outcome, expected, resent):
+    if _ambiguous(outcome, expected, resent, inc):
         raise _unknown(key, wid)
     result = outcome.result
     if st.engine == MODULE:  # what the Lua engine's _write_raw records, for _encode next time
@@ -280,15 +301,21 @@ def _vfield_changed(st: State, schema: str, desc: Descriptor, key: Any = None) -
     return old is not None and new != old
 
 
-def op_delete(st: State, key: Any, expected_version: int, write_id: Any = None) -> Op[CasResult]:
+def op_delete(
+    st: State, key: Any, expected_version: int, write_id: Any = None, inc: Optional[str] = None
+) -> Op[CasResult]:
+    """``delete``; ``inc``: the ``INC`` (the incarnation of the snapshot it is based on)."""
     check_key(key)
     expected = _check_version(expected_version, st)
     wid = new_write_id() if write_id is None else check_write_id(write_id)
+    if inc is not None:
+        inc = check_incarnation(inc)
 
     def send() -> Op[Any]:
         if st.engine == MODULE:
-            return (yield Write(key, ("CTX.DEL", key, expected, "ID", wid)))
-        return (yield from lua_delete(st, key, expected, wid))  # + the history (_history)
+            args: tuple[Any, ...] = ("CTX.DEL", key, expected, "ID", wid)
+            return (yield Write(key, args + ("INC", inc) if inc else args))
+        return (yield from lua_delete(st, key, expected, wid, inc or ""))  # + the history
 
     reply, resent = yield from _send_settled(st, key, send, wid, None, CAS_RESENDS)
     if isinstance(reply, int):
@@ -301,3 +328,33 @@ def op_delete(st: State, key: Any, expected_version: int, write_id: Any = None) 
     result = parse_write(reply)
     st.remember_schema(key, result.current)
     return result
+
+
+_HEX16 = re.compile(r"[0-9A-Fa-f]{16}")
+
+
+def check_incarnation(inc: Any) -> Optional[str]:
+    """An incarnation as given (``Snapshot.incarnation``: 16 hex digits, not all zero; "" , the
+    incarnation of a value an older release wrote, is none: None), else ArgumentError /
+    TypeError before anything is sent."""
+    if inc == "":
+        return None
+    if not isinstance(inc, str):
+        raise TypeError(
+            f"incarnation must be a str (Snapshot.incarnation), not {type(inc).__name__}"
+        )
+    if not _HEX16.fullmatch(inc) or int(inc, 16) == 0:
+        raise ArgumentError(f"incarnation must be 16 hex digits, not all zero, not {inc!r}")
+    return inc.lower()
+
+
+def op_touch(st: State, key: Any, ttl: Any) -> Op[bool]:
+    """``touch``: sets the context's time to live (``CTX.TOUCH`` / touch.lua); False when there
+    is no context. Safe to repeat (redis-py's own retries apply)."""
+    check_key(key)
+    ms = ttl_ms(ttl)
+    if st.engine == MODULE:
+        reply = yield Cmd(("CTX.TOUCH", key, ms))
+    else:
+        reply = yield from lua_touch(st, key, ms)  # + the history (_history)
+    return bool(reply)

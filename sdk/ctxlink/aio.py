@@ -27,6 +27,7 @@ from ctxlink._dispatch import Call, Fast, Runner, StoreBase, node_result, op_con
 from ctxlink._exceptions import (
     ArgumentError,
     ConflictError,
+    ContextReplacedError,
     CtxError,
     EngineError,
     FieldError,
@@ -71,6 +72,7 @@ __all__ = [
     "WrongTypeError",
     "FieldError",
     "ConflictError",
+    "ContextReplacedError",
     "OutcomeUnknownError",
     "NotFoundError",
     "EngineError",
@@ -187,10 +189,13 @@ class Store(StoreBase):
         schema: Optional[str] = None,
         by: Optional[str] = None,
         write_id: Optional[Union[str, bytes]] = None,
+        ttl: Optional[float] = None,
+        incarnation: Optional[str] = None,
     ) -> CasResult:
         """Async :meth:`ctxlink.Store.cas`: writes ``payload`` if the stored version is
         ``expected_version`` (0 = create)."""
-        return await self._call(self._cas(key, expected_version, payload, schema, by, write_id))
+        return await self._call(self._cas(key, expected_version, payload, schema, by, write_id,
+                                          ttl, incarnation))
 
     async def delete(
         self,
@@ -198,10 +203,12 @@ class Store(StoreBase):
         expected_version: int,
         *,
         write_id: Optional[Union[str, bytes]] = None,
+        incarnation: Optional[str] = None,
     ) -> CasResult:
         """Async :meth:`ctxlink.Store.delete`: deletes the context if its version is
         ``expected_version``."""
-        return await _run(self._client, self._delete(key, expected_version, write_id))
+        return await _run(self._client, self._delete(key, expected_version, write_id,
+                                                      incarnation))
 
     async def wait(
         self, key: Union[str, bytes], after_version: int, timeout: Optional[float] = None
@@ -229,10 +236,16 @@ class Store(StoreBase):
         timeout: Optional[float] = UPDATE_TIMEOUT,
         backoff: Optional[Backoff] = None,
         default: Optional[Callable[[], Any]] = None,
+        ttl: Optional[float] = None,
     ) -> Updated[M]:
         """Async :meth:`ctxlink.Store.update` (``fn`` and ``default`` may be ``async def``)."""
         return await _run(self._client, self._update(
-            key, fn, message_class, schema, by, reads, retries, timeout, backoff, default))
+            key, fn, message_class, schema, by, reads, retries, timeout, backoff, default, ttl))
+
+    async def touch(self, key: Union[str, bytes], ttl: float) -> bool:
+        """Async :meth:`ctxlink.Store.touch`: sets the context's time to live (seconds > 0);
+        False when there is no context."""
+        return await _run(self._client, self._touch(key, ttl))
 
     async def migrate(
         self,

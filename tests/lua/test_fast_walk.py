@@ -24,12 +24,15 @@ from wire import f_varint, long_varint, tag
 from ctxlink.embedded import EmbeddedRedis, find_module
 
 #: the line of cas.lua that runs the fast walk (replaced by "if true then" for the reference)
-FAST_LINE = "if ANY_REQ or not fwalk(1, 1, n + 1, 0) then"
+FAST_LINE = "if ANY_REQ or not fwalk(1,1,n+1,0)then"
 ORDER = "ctxlink.example.Order"
 SEED = 20261204
 PER_SCHEMA = 1500
 
 _F = descriptor_pb2.FieldDescriptorProto
+
+#: ARGV[16] of cas.lua: the incarnation a create (or an upgrade) gives the context
+FRESH = "00000000000000a1"
 
 
 def _field(msg: Any, name: str, number: int, ftype: int, label: int = _F.LABEL_OPTIONAL,
@@ -242,12 +245,13 @@ def test_fast_walk_agrees_with_the_generic_walk_and_the_module(mode):
                     name: str = name) -> Callable[[Any, int, bytes], None]:
                 def send(pipe: Any, i: int, payload: bytes) -> None:
                     pipe.evalsha(sha, 1, f"{prefix}:{name}:{i}", 0, payload, 1, "", 1 << 20,
-                                 max_depth, unknown, name, "", f"id-{i}")
+                                 max_depth, unknown, name, "", f"id-{i}", "cas", "", "", "",
+                                 "", FRESH)
                 return send
 
             def module(pipe: Any, i: int, payload: bytes, name: str = name) -> None:
                 pipe.execute_command("CTX.CAS", f"m:{name}:{i}", 0, payload, "SCHEMA", name,
-                                     "ID", f"id-{i}")
+                                     "ID", f"id-{i}", "INC", FRESH)
 
             got_fast = _outcomes(r, lua(fast, "f"), items, "f")
             got_slow = _outcomes(r, lua(slow, "g"), items, "g")
@@ -334,7 +338,7 @@ def test_patches_over_hand_made_stored_payloads_agree_with_the_generic_walk_and_
             def send(pipe: Any, i: int, _: bytes) -> None:
                 field, patch = plans[i]
                 pipe.evalsha(sha, 1, f"{prefix}:p:{i}", 1, patch, 0, "", 1 << 20, 6, "reject",
-                             "order", "", f"id-{i}", "patch", str(field), "")
+                             "order", "", f"id-{i}", "patch", str(field), "", "", "", FRESH)
             return send
 
         def module(pipe: Any, i: int, _: bytes) -> None:

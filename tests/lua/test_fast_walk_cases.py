@@ -32,6 +32,9 @@ from ctxlink.embedded import EmbeddedRedis, find_module
 _F = descriptor_pb2.FieldDescriptorProto
 V = f_varint(1, 1)
 
+#: ARGV[16] of cas.lua: the incarnation a create (or an upgrade) gives the context
+FRESH = "00000000000000a1"
+
 
 def map_fds() -> bytes:
     """``t.map.M``: int64 version = 1, map<string, int32> m = 2, string s = 3 (proto3)."""
@@ -161,12 +164,13 @@ def test_hand_made_payloads_agree_between_the_fast_walk_the_generic_walk_and_the
             def lua(sha: str, prefix: str, name: str = name) -> Any:
                 def send(pipe: Any, i: int, payload: bytes) -> None:
                     pipe.evalsha(sha, 1, f"{prefix}:{name}:{i}", 0, payload, 1, "", 1 << 20,
-                                 max_depth, unknown, name, "", f"id-{i}")
+                                 max_depth, unknown, name, "", f"id-{i}", "cas", "", "", "",
+                                 "", FRESH)
                 return send
 
             def module(pipe: Any, i: int, payload: bytes, name: str = name) -> None:
                 pipe.execute_command("CTX.CAS", f"m:{name}:{i}", 0, payload, "SCHEMA", name,
-                                     "ID", f"id-{i}")
+                                     "ID", f"id-{i}", "INC", FRESH)
 
             got_fast = _replies(r, lua(fast, "f"), items)
             got_slow = _replies(r, lua(slow, "g"), items)

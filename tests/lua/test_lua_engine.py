@@ -10,6 +10,7 @@ text and the same stored value.
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -120,7 +121,10 @@ class Lua:
     def cas(self, key: str, expected: Any, payload: bytes, schema: str | None = None,
             by: str = "", unknown: str = "reject", stored_schema: str | None = None) -> Any:
         name = schema or stored_schema or ""
-        argv = [expected, payload, 1 if schema else 0, by, MAX_PAYLOAD, MAX_DEPTH, unknown, name]
+        # ARGV 9..16: no slot tag, no id, CTX.CAS, no FIELDS/READS, no INC, no PX, and the
+        # incarnation a create gives the context (the SDK's os.urandom(8))
+        argv = [expected, payload, 1 if schema else 0, by, MAX_PAYLOAD, MAX_DEPTH, unknown, name,
+                "", "", "cas", "", "", "", "", os.urandom(8).hex()]
         script = self.plans.get(name) or self.plan(name)
         for _ in range(3):
             try:
@@ -275,13 +279,16 @@ def order_payload(version: int, **fields) -> bytes:
 
 
 def stored_without_ms(r: redis.Redis, key: str) -> Any:
-    """What a server stores for a context, its clock blanked: a v2 value with updated_ms
+    """What a server stores for a context, its clock blanked: a v3 value with updated_ms and
+    the incarnation (minted by each server) zeroed (bytes 12..27), a v2 value with updated_ms
     zeroed (bytes 12..19), a v1 hash without ``updated_ms``."""
     if r.type(key) == b"hash":
         h = r.hgetall(key)
         h.pop(b"updated_ms", None)
         return h
     raw = r.get(key)
+    if raw is not None and raw[:4] == b"CTX\x03":
+        return raw[:12] + bytes(16) + raw[28:]
     return raw[:12] + bytes(8) + raw[20:] if raw is not None else None
 
 
@@ -290,8 +297,11 @@ def both(lua: Lua, mod: redis.Redis, fn_lua, fn_mod):
 
 
 def strip_ms(state):
-    if isinstance(state, list) and len(state) == 5:
-        return [state[0], state[1], state[2], "ms", state[4]]
+    """A state reply without what differs between two servers: updated_ms, and the
+    incarnation each minted (16 hex digits on both)."""
+    if isinstance(state, list) and len(state) in (6, 8):
+        assert len(state[-1]) == 16
+        return [state[0], state[1], state[2], "ms", *state[4:-1], "inc"]
     return state
 
 

@@ -126,8 +126,9 @@ def test_assembly_is_shebang_prelude_plan_body_without_comments():
     text = script.source.decode()
     assert text.startswith("#!lua\n")
     assert "\n--" not in text and "--[[" not in text  # header blocks, comment lines gone
+    # the prelude and the body without the blanks Lua does not need (the plan as generated)
     assert text.index("local function read_ctx") < text.index("local PLAN_DIGEST") < text.index(
-        "local mode = ARGV[11]")
+        "local mode=ARGV[11]")
     assert script.sha == hashlib.sha1(script.source).hexdigest()
     assert script.without_shebang().source.startswith(b"-- lua\n")
 
@@ -218,7 +219,8 @@ def test_a_stale_plan_is_regenerated_and_the_write_lands_once(lua, stock, pb):
     assert results[0].ok and results[0].version == 2
     # stale (nothing written), the entry read, the new plan loaded, the same write again
     assert names(sent) == ["EVALSHA", "HMGET", "SCRIPT LOAD", "EVALSHA"]
-    assert sent[0][-1] == sent[3][-1] == b"stale-1"  # the same write id
+    assert sent[0][13] == sent[3][13] == b"stale-1"  # the same write id (ARGV[10])
+    assert sent[0][2:] == sent[3][2:]  # the same write (the same fresh incarnation too)
     value = decode(stock.r.get("o:st"))
     assert value.version == 2 and value.payload == new_field
     assert [w.digest for w in value.window][:1] == [id_digest("stale-1")]

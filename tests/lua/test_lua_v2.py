@@ -1,9 +1,10 @@
-"""Protocol v2 on the Lua engine (lua/cas.lua, get.lua, del.lua through the shipped SDK: RawLua
+"""Protocols 2 and 3 on the Lua engine (lua/cas.lua, get.lua, del.lua through the shipped SDK: RawLua
 below is tests/backends.py's LuaBackend with cas.lua's raw replies, from the SDK's own write
 path, ids as given), checked against the rules of docs/design/protocol-v2.md on a stock server: the
-stored string, the write-id window, replays, the seven-element conflict reply, CTX.PATCH's
-conflict rule, CTXFIELD, the splice, v1 hashes read and upgraded, KEEPTTL, what reaches a
-replica. The module is compared with the same calls in tests/parity (the patch corpus) and
+stored string (storage format v3 since protocol 3: incarnation, floor and field clocks), the
+write-id window, replays, the eight-element conflict reply, CTX.PATCH's conflict rule (field
+clocks), CTXFIELD, the splice, v1 hashes and v2 strings read and upgraded, KEEPTTL, what reaches
+a replica. tests/test_incarnation_clocks_ttl.py has INC, CTXGONE, PX and touch. The module is compared with the same calls in tests/parity (the patch corpus) and
 tests/test_engines_agree.py.
 """
 
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from backends import LuaBackend, _sdk_internals, start_engine_server
-from ctxvalue import WHOLE, decode, field_bit, id_digest
+from ctxvalue import WHOLE, decode, encode_v2, id_digest
 from servers import error_text, wait_replicated
 from wire import f_len, f_str, f_varint
 
@@ -62,18 +63,22 @@ def order(version: int, order_id: str = "o-1", **nums) -> bytes:
 
 # --------------------------------------------------------------------------- storage
 
-def test_a_write_stores_a_v2_string_with_one_record_per_write(lua):
+def test_a_write_stores_a_v3_string_with_one_record_per_write(lua):
     assert lua.cas("o:1", 0, order(1), schema="order", by="router", write_id="w1") == 1
     v = decode(lua.r.get("o:1"))
-    assert (v.version, v.schema, v.updated_by, v.payload) == (1, b"order", b"router", order(1))
-    assert [(r.digest, r.mask) for r in v.window] == [(id_digest("w1"), WHOLE)]
+    assert (v.format, v.version, v.schema, v.updated_by, v.payload) == (
+        3, 1, b"order", b"router", order(1))
+    assert [r.digest for r in v.window] == [id_digest("w1")]
+    assert (v.floor, v.clocks) == (1, {}) and len(v.incarnation) == 8
     assert lua.cas("o:1", 1, order(2)) == 2  # no id: a zero digest
-    v = decode(lua.r.get("o:1"))
-    assert [(r.digest, r.mask) for r in v.window] == [(bytes(8), WHOLE), (id_digest("w1"), WHOLE)]
-    assert lua.r.getrange("o:1", v.header_len, -1) == order(2)
+    w = decode(lua.r.get("o:1"))
+    assert [r.digest for r in w.window] == [bytes(8), id_digest("w1")]
+    assert (w.floor, w.clocks, w.incarnation) == (2, {}, v.incarnation)
+    assert lua.r.getrange("o:1", w.header_len, -1) == order(2)
     state = lua.get("o:1")
     assert state[:3] == [2, order(2), b"order"] and state[4] == b""
-    assert abs(state[3] - v.updated_ms) == 0
+    assert state[5] == v.inc_hex.encode()
+    assert abs(state[3] - w.updated_ms) == 0
 
 
 def test_the_window_keeps_the_newest_16_records(lua):
@@ -88,7 +93,7 @@ def test_the_window_keeps_the_newest_16_records(lua):
     assert lua.cas("o:w", 19, order(20), write_id="id-20") == [b"replayed", 20]
     assert lua.cas("o:w", 4, order(5), write_id="id-5") == [b"replayed", 5]
     reply = lua.cas("o:w", 3, order(4), write_id="id-4")
-    assert reply[0] == 20 and reply[5:] == [5, []]
+    assert reply[0] == 20 and reply[5:] == [5, [], value.inc_hex.encode()]
 
 
 def test_a_ttl_survives_writes(lua):
@@ -102,28 +107,38 @@ def test_a_ttl_survives_writes(lua):
 def test_v1_hash_is_read_and_replaced_by_the_first_write(lua):
     lua.r.hset("o:v1", mapping={"raw": order(3), "version": 3, "schema": "order",
                                 "updated_ms": 1700000000000, "updated_by": "old"})
-    assert lua.get("o:v1") == [3, order(3), b"order", 1700000000000, b"old"]
-    # a write id on a v1 context: empty window, oldest known = version + 1
+    assert lua.get("o:v1") == [3, order(3), b"order", 1700000000000, b"old", b""]
+    # a write id on a v1 context: empty window, oldest known = version + 1, no incarnation
     reply = lua.cas("o:v1", 2, order(3), write_id="x")
-    assert reply == [3, order(3), b"order", 1700000000000, b"old", 4, []]
+    assert reply == [3, order(3), b"order", 1700000000000, b"old", 4, [], b""]
     assert lua.patch("o:v1", 3, f_varint(4, 9), [4], write_id="p") == [
         4, f_str(1, "o-1") + f_varint(4, 9) + f_varint(2, 4)]
     assert lua.r.type("o:v1") == b"string"
     v = decode(lua.r.get("o:v1"))
-    assert (v.version, v.updated_by, len(v.window), v.window[0].mask) == (4, b"", 1, field_bit(4))
+    # the upgrade: floor = the old version, the patched field's clock the new one
+    assert (v.format, v.version, v.updated_by, len(v.window)) == (3, 4, b"", 1)
+    assert (v.floor, v.clocks) == (3, {3: 1}) and v.incarnation != bytes(8)
     assert lua.delete("o:v1", 4, write_id="d") == 1
 
 
 def test_strings_that_break_the_type_rule_are_wrongtype(lua):
     from ctxvalue import encode
     good = encode(1, 5, [], b"order", b"", order(1))
+    good2 = encode_v2(1, 5, [], b"order", b"", order(1))
     bad = {
-        "short": b"CTX\x02" + bytes(10),
+        "short": b"CTX\x03" + bytes(30),
         "magic": b"CTX\x01" + good[4:],
-        "n17": good[:20] + bytes([17]) + good[21:],
-        "s0": good[:21] + b"\x00" + good[22:],
+        "n17": good[:40] + bytes([17]) + good[41:],
+        "s0": good[:41] + b"\x00" + good[42:],
         "v0": good[:4] + bytes(8) + good[12:],
-        "blen": good[:22] + b"\xff\x00" + good[24:],
+        "blen": good[:42] + b"\xff\x00" + good[44:],
+        "inc0": good[:20] + bytes(8) + good[28:],
+        "floor0": good[:28] + bytes(8) + good[36:],
+        "floor2": good[:28] + (2).to_bytes(8, "little") + good[36:],
+        "bit31": good[:36] + (1 << 31).to_bytes(4, "little") + good[40:],
+        "delta0": encode(3, 5, [], b"order", b"", order(3), floor=1, clocks={4: 0}),
+        "delta_past": encode(3, 5, [], b"order", b"", order(3), floor=1, clocks={4: 3}),
+        "v2_n17": good2[:20] + bytes([17]) + good2[21:],
         "plain": b"hello",
     }
     for key, raw in bad.items():
@@ -134,7 +149,11 @@ def test_strings_that_break_the_type_rule_are_wrongtype(lua):
             assert err(call).startswith("WRONGTYPE"), key
         assert lua.r.get(key) == raw
     lua.r.set("ok", good)
-    assert lua.get("ok") == [1, order(1), b"order", 5, b""]
+    assert lua.get("ok") == [1, order(1), b"order", 5, b"", b"01" * 8]
+    lua.r.set("ok3", encode(3, 5, [], b"order", b"", order(3), floor=1, clocks={4: 2, 0: 1}))
+    assert lua.get("ok3")[0] == 3
+    lua.r.set("ok2", good2)
+    assert lua.get("ok2") == [1, order(1), b"order", 5, b"", b""]
 
 
 # --------------------------------------------------------------------------- CTX.CAS v2
@@ -147,12 +166,18 @@ def test_cas_argument_errors(lua):
     assert err(lua.cas, "o:e", 1, order(2), by="b" * 65536) == \
         "ERR writer id is longer than 65535 bytes"
     assert lua.cas("o:e", 1, order(2), by="b" * 65535) == 2
-    # del.lua's own check (the SDK refuses such an id before sending: ArgumentError)
+    # del.lua's own checks (the SDK refuses such an id or INC before sending: ArgumentError)
     from ctxlink._lua import _evalsha
 
     run = _sdk_internals()[0]
     with pytest.raises(redis.ResponseError, match="^write id must be 1 to 64 bytes$"):
-        run(lua.store.client, _evalsha(lua.store._st, "del", ("o:e",), (2, ""), write=True))
+        run(lua.store.client, _evalsha(lua.store._st, "del", ("o:e",), (2, "x" * 65),
+                                       write=True))
+    for inc in ("0" * 16, "abc", "g" * 16, "0123456789abcdef0"):
+        with pytest.raises(redis.ResponseError, match="^INC must be 16 hex digits, not all zero$"):
+            run(lua.store.client, _evalsha(lua.store._st, "del", ("o:e",), (2, "d", inc),
+                                           write=True))
+    assert lua.get("o:e")[0] == 2
 
 
 def test_replay_comes_before_the_version_check_and_writes_nothing(lua):
@@ -164,7 +189,7 @@ def test_replay_comes_before_the_version_check_and_writes_nothing(lua):
     # without an id, or with another one, the same call is a conflict
     assert lua.cas("o:r", 0, order(1), schema="order")[:2] == [1, order(1)]
     reply = lua.cas("o:r", 0, order(1), schema="order", write_id="b")
-    assert len(reply) == 7 and reply[5:] == [1, []]
+    assert len(reply) == 8 and reply[5:7] == [1, []] and len(reply[7]) == 16
     assert lua.cas("o:none", 3, order(4), write_id="z") is None
 
 
@@ -179,7 +204,8 @@ def test_patch_merges_top_level_fields_and_sets_the_version(lua):
     assert reply == [2, merged]
     v = decode(lua.r.get("o:p"))
     assert (v.payload, v.updated_by) == (merged, b"pricing")
-    assert v.window[0].mask == field_bit(4) | field_bit(5)
+    assert (v.floor, v.clocks) == (1, {3: 1, 4: 1})  # fields 4 and 5 at version 2
+    assert v.clock(4) == v.clock(5) == 2 and v.clock(8) == 1
     assert v.window[0].digest == id_digest("p1")
     assert lua.patch("o:p", 1, f_varint(4, 7) + f_varint(5, 2), [4, 5], write_id="p1") == \
         [b"replayed", 2]
@@ -195,31 +221,36 @@ def test_patch_conflicts_only_on_fields_it_reads_or_writes(lua):
     # based on v2: only field 5 changed since
     assert lua.patch("o:c", 2, f_varint(6, 1), [6], reads=[4])[0] == 4
     reply = lua.patch("o:c", 2, f_varint(6, 2), [6], reads=[5, 4], write_id="k")
-    assert reply[0] == 4 and reply[5:] == [1, [5, 6]]
-    # a patch conflict always has seven elements (an id or not)
-    assert lua.patch("o:c", 2, f_varint(6, 2), [6], reads=[5])[5:] == [1, [5, 6]]
-    # based on v0 of a present key: the create record says "whole context"
-    assert lua.patch("o:c", 0, f_varint(9, 1), [9], write_id="q")[5:] == [1, [9]]
+    assert reply[0] == 4 and reply[5:7] == [1, [5, 6]]
+    # a patch conflict always has eight elements (an id or not)
+    assert lua.patch("o:c", 2, f_varint(6, 2), [6], reads=[5])[5:7] == [1, [5, 6]]
+    # based on v0 of a present key: the floor (the create) is above it
+    assert lua.patch("o:c", 0, f_varint(9, 1), [9], write_id="q")[5:7] == [1, [9]]
     # a base newer than the context
-    assert lua.patch("o:c", 9, f_varint(9, 1), [9], reads=[7], write_id="q")[5:] == [1, [7, 9]]
-    # a CTX.CAS in between is the whole context
+    assert lua.patch("o:c", 9, f_varint(9, 1), [9], reads=[7], write_id="q")[5:7] == [1, [7, 9]]
+    # a CTX.CAS in between is the whole context (the floor moves to its version)
     lua.cas("o:c", 4, order(5))
-    assert lua.patch("o:c", 4, f_varint(9, 1), [9], write_id="q")[5:] == [1, [9]]
+    assert lua.patch("o:c", 4, f_varint(9, 1), [9], write_id="q")[5:7] == [1, [9]]
     # absent key: nil unless base 0 (a create)
     assert lua.patch("o:none", 1, f_varint(4, 1), [4], schema="order") is None
     assert lua.patch("o:new", 0, f_varint(4, 1), [4], schema="order") == [
         1, f_varint(4, 1) + f_varint(2, 1)]
-    assert decode(lua.r.get("o:new")).window[0].mask == WHOLE
+    new = decode(lua.r.get("o:new"))
+    assert (new.floor, new.clocks) == (1, {})
 
 
-def test_patch_beyond_the_window_is_a_conflict(lua):
+def test_patch_beyond_the_window_conflicts_only_on_changed_fields(lua):
     lua.cas("o:old", 0, order(1), schema="order")
     for v in range(2, 20):
         lua.patch("o:old", v - 1, f_varint(5, v), [5])
     value = decode(lua.r.get("o:old"))
-    assert value.oldest_known == 4
+    assert value.oldest_known == 4 and value.clock(5) == 19 and value.clock(6) == 1
     assert lua.patch("o:old", 3, f_varint(6, 1), [6])[0] == 20       # window reaches v4
-    assert lua.patch("o:old", 2, f_varint(6, 1), [6], write_id="x")[5:] == [5, [6]]
+    # the clocks reach back further than the window: field 7 did not change since v2
+    assert lua.patch("o:old", 2, f_varint(7, 2), [7], write_id="x")[0] == 21
+    assert lua.patch("o:old", 2, f_varint(6, 2), [6], write_id="y")[5:7] == [6, [6]]
+    assert lua.patch("o:old", 2, f_varint(9, 1), [9], reads=[5], write_id="z")[5:7] == [
+        6, [5]]
 
 
 def test_patch_field_errors(lua):
@@ -283,16 +314,23 @@ def test_scripts_stay_under_the_big_argument_size():
 
 
 def test_replay_matches_a_digest_only_at_a_record_start(lua):
-    """The digest bytes may also occur across a record's digest and mask: not a replay."""
+    """The digest bytes may also occur across two records (v3) or a record's digest and mask
+    (v2): not a replay."""
     import struct
 
     from ctxvalue import encode
     d = id_digest("needle")
-    spanning = (b"\0\0\0\0" + d[:4], struct.unpack("<I", d[4:])[0])
-    lua.r.set("o:m", encode(7, 1, [spanning, (bytes(8), WHOLE)], b"order", b"", order(7)))
+    lua.r.set("o:m", encode(7, 1, [b"\0\0\0\0" + d[:4], d[4:] + b"\0\0\0\0"], b"order", b"",
+                            order(7)))
     reply = lua.cas("o:m", 6, order(7), write_id="needle")
-    assert reply[0] == 7 and reply[5:] == [6, []]
-    lua.r.set("o:m", encode(7, 1, [spanning, (d, WHOLE)], b"order", b"", order(7)))
+    assert reply[0] == 7 and reply[5:7] == [6, []]
+    lua.r.set("o:m", encode(7, 1, [bytes(8), d], b"order", b"", order(7)))
+    assert lua.cas("o:m", 6, order(7), write_id="needle") == [b"replayed", 6]
+    spanning = (b"\0\0\0\0" + d[:4], struct.unpack("<I", d[4:])[0])
+    lua.r.set("o:m", encode_v2(7, 1, [spanning, (bytes(8), WHOLE)], b"order", b"", order(7)))
+    reply = lua.cas("o:m", 6, order(7), write_id="needle")
+    assert reply[0] == 7 and reply[5:] == [6, [], b""]
+    lua.r.set("o:m", encode_v2(7, 1, [spanning, (d, WHOLE)], b"order", b"", order(7)))
     assert lua.cas("o:m", 6, order(7), write_id="needle") == [b"replayed", 6]
 
 

@@ -578,20 +578,24 @@ def test_sixteen_writers_on_one_field_never_give_up(
 # protocol version and protocol 1 contexts
 
 
-def test_the_sdk_refuses_a_module_without_protocol_2(
+def test_the_sdk_refuses_a_module_without_protocol_3(
     module_server: Any, stock_server: Any
 ) -> None:
     from ctxlink import _client
     from ctxlink._sync import _run
 
-    # a protocol 1 module answers CTX.PATCH as a server without the command does
+    # a protocol 1 module answers CTX.TOUCH and CTX.PATCH as a server without the commands
+    # does (a protocol 2 module: CTX.TOUCH only, named "protocol 2" in the same message)
     old = stock_server.client()
-    with pytest.raises(ctxlink.EngineError, match="protocol 1.*upgrade the module first"):
+    with pytest.raises(ctxlink.EngineError,
+                       match="protocol 1; this SDK \\(3\\) needs protocol 3.*upgrade the module"):
         _run(old, _client.op_check_protocol(False))
     old.close()
     new = module_server.client()
-    _run(new, _client.op_check_protocol(False))  # protocol 2: nothing raised
-    assert new.info("ctx")["ctx_protocol"] == 2
+    _run(new, _client.op_check_protocol(False))  # protocol 3: nothing raised
+    assert new.info("ctx")["ctx_protocol"] == 3
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        new.execute_command("CTX.TOUCH")  # the probe
     new.close()
 
 

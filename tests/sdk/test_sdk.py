@@ -141,6 +141,7 @@ def test_exception_table() -> None:
         "CTXTOOBIG",
         "CTXFIELD",
         "WRONGTYPE",
+        "CTXGONE",
     }
     for code, cls in EXCEPTION_CLASSES.items():
         exc = error_from_reply(f"{code} some text")
@@ -148,6 +149,11 @@ def test_exception_table() -> None:
         assert isinstance(exc, CtxError)
     assert error_from_reply("ERR syntax error") is None
     assert issubclass(ConflictError, CtxError) and issubclass(NotFoundError, LookupError)
+    # CTXGONE: a conflict (the context was replaced), and an error reply like the others
+    gone = error_from_reply("CTXGONE the context was deleted and re-created (incarnation none, "
+                            "this write was based on 0123456789abcdef)")
+    assert isinstance(gone, ctxlink.ContextReplacedError) and isinstance(gone, ConflictError)
+    assert isinstance(gone, redis.ResponseError) and gone.current is None and gone.key is None
 
 
 def test_errors_per_code(store: ctxlink.Store, client: redis.Redis, protos: Protos) -> None:
