@@ -479,6 +479,6 @@ if px then
 else
   redis.call('SET', ckey, value, 'KEEPTTL')
 end
-wait_publish(ckey, fmt('%.0f', new_v))
+wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
 if patching then return { new_v, s } end
 return new_v

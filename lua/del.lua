@@ -15,6 +15,8 @@
            no window to replay from.
   ARGV[3]  INC: the incarnation the delete is based on, 16 hex digits ("" or absent: none)
   ARGV[4]  cluster: the slot tag of KEYS[1]'s slot (the registry copy read); "" or absent
+  ARGV[5]  the key's wait channel ("" or absent: publish nothing), ARGV[6] "1": a shard channel
+           (wait_publish.lua)
 
   Replies:
     1         the stored version equalled expected_version: the key was deleted (DEL propagated)
@@ -63,5 +65,5 @@ hist = type(hist) == 'string' and strict_int(hist) or 0
 if hist > 0 and hist <= 1000 and not KEYS[2] then return err('CTXSCHEMA', 'stale ' .. schema) end
 if KEYS[2] then redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
-wait_publish(KEYS[1], 'deleted')
+wait_publish(ARGV[5], ARGV[6], 'deleted')
 return 1

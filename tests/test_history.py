@@ -69,7 +69,9 @@ def test_history_keeps_the_last_n_changes_with_their_kinds_in_order(store, share
     assert [c.kind for c in ch] == ["update", "update", "patch"]
     assert ch[-1].fields == ("status",) and ch[0].fields is None
     assert ch[-1].updated_by == "patcher" and all(c.key == "o:1" for c in ch)
-    assert all(c.incarnation == "" and c.payload is None and not c.payload_omitted for c in ch)
+    inc = store.get("o:1").incarnation
+    assert len(inc) == 16 and all(c.incarnation == inc for c in ch)  # the context's identity
+    assert all(c.payload is None and not c.payload_omitted for c in ch)
     assert all(len(c.write_id) == 32 for c in ch)  # the SDK's ids
     snap = store.get("o:1")
     assert ch[-1].updated_ms == snap.updated_ms and ch[-1].version == snap.version
@@ -79,7 +81,7 @@ def test_history_keeps_the_last_n_changes_with_their_kinds_in_order(store, share
     eid, fields = _entries(r, "o:1")[-1]
     assert eid == b"5-0"
     assert {k: v for k, v in fields.items() if k not in (b"t", b"w")} == {
-        b"k": b"patch", b"i": b"", b"b": b"patcher", b"f": b"3"}
+        b"k": b"patch", b"i": inc.encode(), b"b": b"patcher", b"f": b"3"}
     # a write the server refuses adds nothing
     with pytest.raises(ctxlink.ValidationError):
         store.cas("o:1", 5, pb.order(6) + b"\x52\x03\x0a\x01\xff")

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from ctxlink._cluster import registry_key_for, registry_tag
 from ctxlink._exceptions import ArgumentError, SchemaError, WrongTypeError
 from ctxlink._instr import Cmd, Op
-from ctxlink._protocol import _bytes, _text
+from ctxlink._protocol import _bytes, _text, wait_channel
 
 if TYPE_CHECKING:
     from ctxlink._state import State
@@ -127,7 +127,9 @@ _STALE = "CTXSCHEMA stale "
 def lua_delete(st: "State", key: Any, expected: int, wid: Any, inc: str = "") -> Op[Any]:
     """del.lua: the history stream goes with the context (:func:`_with_history`)."""
     tag = registry_tag(st, key)
-    return (yield from _with_history(st, "del", key, lambda: (expected, wid, inc, tag)))
+    channel, shard = wait_channel(key)
+    return (yield from _with_history(
+        st, "del", key, lambda: (expected, wid, inc, tag, channel, "1" if shard else "0")))
 
 
 def lua_touch(st: "State", key: Any, ms: int) -> Op[Any]:

@@ -21,7 +21,7 @@ from ctxlink._cluster import registry_key_for, registry_tag
 from ctxlink._exceptions import CtxError, SchemaError, WrongTypeError
 from ctxlink._history import history_keys, note_history
 from ctxlink._instr import Cmd, Instr, LoadScript, Op, Sleep, Write
-from ctxlink._protocol import _bytes, _reply_text, new_incarnation
+from ctxlink._protocol import _bytes, _reply_text, new_incarnation, wait_channel
 from ctxlink._scripts import (
     Script,
     entry_script,
@@ -213,10 +213,11 @@ def _lua_argv(
     inc: Optional[str] = None,
     px: Optional[int] = None,
     fresh: str = "",
+    key: Any = None,
 ) -> tuple[Any, ...]:
-    """ARGV of lua/cas.lua (its header documents them): 1..16. ``inc``: ARGV[14] (INC),
+    """ARGV of lua/cas.lua (its header documents them): 1..18. ``inc``: ARGV[14] (INC),
     ``fresh``: ARGV[16], the incarnation a create without INC or an upgrade of a v1/v2 value
-    gives the context."""
+    gives the context; ARGV[17..18] ``key``'s wait channel (``store.wait``)."""
     argv: tuple[Any, ...] = (
         expected,
         payload,
@@ -233,7 +234,11 @@ def _lua_argv(
         argv += ("cas", "", "")
     else:
         argv += ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
-    return argv + (inc or "", px if px is not None else "", fresh)
+    argv += (inc or "", px if px is not None else "", fresh)
+    if key is None:
+        return argv
+    channel, shard = wait_channel(key)
+    return argv + (channel, "1" if shard else "0")
 
 
 def _write_lua(
@@ -268,7 +273,7 @@ def _write_lua(
     fresh = inc if inc and expected == 0 else new_incarnation()
     while True:
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
-                         reads, inc, px, fresh)
+                         reads, inc, px, fresh, key)
         try:
             # KEYS = the context key (+ its history stream); the registry entry is read
             # undeclared (lua/cas.lua)

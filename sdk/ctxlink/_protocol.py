@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from ctxlink._exceptions import ArgumentError, error_from_reply
 from ctxlink._types import CasResult, Snapshot, new_cas_result, new_snapshot
@@ -210,3 +210,21 @@ def new_incarnation() -> str:
         value = os.urandom(8)
         if value != b"\0" * 8:
             return value.hex()
+
+
+#: The prefix of the Lua engine's wait channels (docs/PROTOCOL.md, "The wait channel").
+WAIT_PREFIX = b"__ctx:wait:"
+
+
+def wait_channel(key: Union[str, bytes]) -> tuple[bytes, bool]:
+    """The key's wait channel and whether it is a shard channel in the key's slot (SPUBLISH /
+    SSUBSCRIBE on Redis 7+). The one place the naming rule lives: the SDK passes the channel to
+    the scripts that publish on it (lua/wait_publish.lua)."""
+    k = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else bytes(key)
+    open_ = k.find(b"{")
+    close = k.find(b"}", open_ + 1) if open_ >= 0 else -1
+    if close > open_ + 1:
+        return WAIT_PREFIX + k, True
+    if b"}" not in k:
+        return WAIT_PREFIX + b"{" + k + b"}", True
+    return WAIT_PREFIX + k, False

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Optional
 
 from redis.exceptions import ResponseError
 
 from ctxlink._exceptions import ArgumentError, NotFoundError
 from ctxlink._instr import Cmd, Op
-from ctxlink._protocol import parse_state
+from ctxlink._protocol import parse_state, wait_channel
 from ctxlink._state import State
 from ctxlink._types import Snapshot
 from ctxlink._write import check_key, op_get
@@ -47,7 +47,6 @@ CHECK_EVERY = 1.0
 #: CTX.WAIT's largest timeout_ms (2^40 ms, about 34 years); longer waits are "forever".
 _MAX_TIMEOUT_MS = 1 << 40
 _MAX_AFTER = (1 << 63) - 2
-_PREFIX = b"__ctx:wait:"
 _DELETED = "CTXDELETED"
 
 
@@ -69,19 +68,6 @@ def check_wait_args(key: Any, after_version: Any, timeout: Any) -> Optional[floa
     if math.isinf(timeout) or timeout * 1000 >= _MAX_TIMEOUT_MS:
         return None
     return float(timeout)
-
-
-def wait_channel(key: Union[str, bytes]) -> tuple[bytes, bool]:
-    """The key's wait channel and whether it is a shard channel in the key's slot (SPUBLISH /
-    SSUBSCRIBE on Redis 7+) — lua/wait_publish.lua's rule, which this must match."""
-    k = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else bytes(key)
-    open_ = k.find(b"{")
-    close = k.find(b"}", open_ + 1) if open_ >= 0 else -1
-    if close > open_ + 1:
-        return _PREFIX + k, True
-    if b"}" not in k:
-        return _PREFIX + b"{" + k + b"}", True
-    return _PREFIX + k, False
 
 
 def _deleted(key: Any) -> NotFoundError:
