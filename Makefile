@@ -189,8 +189,12 @@ lint: $(VENV_STAMP)
 
 # Run the test suite (after `make lint`); extra pytest arguments via PYTEST_ARGS="...".
 # pytest's exit code 5 (nothing collected) fails, with a clear message.
+# PYTEST_WORKERS (default 2, one per core of the reference machine; 0 runs in one process):
+# pytest-xdist with --dist loadfile, so a test file's servers and its module/Lua pairs (whose
+# error texts conftest.py compares) stay on one worker.
+PYTEST_WORKERS ?= 2
 test: lint all ext redis62 $(VENV_STAMP)
-	@rc=0; $(VENV_PY) -m pytest -q tests $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(VENV_PY) -m pytest -q tests $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: no tests ran (pytest collected nothing)" >&2; fi; \
 	exit $$rc
 
