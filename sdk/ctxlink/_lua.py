@@ -226,7 +226,7 @@ def _lua_argv(
         st.max_payload_bytes,
         st.max_depth,
         st.unknown_fields,
-        name,
+        _bytes(name),  # its exact bytes (a name read back from a value need not be UTF-8)
         tag,
     )
     argv += (write_id if write_id is not None else "",)

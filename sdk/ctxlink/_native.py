@@ -90,7 +90,8 @@ def raise_status(status: Any) -> NoReturn:
 def _utf8(value: str, what: str) -> bytes:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    return value.encode("utf-8")
+    # surrogateescape: a name read back from Redis (decoded so) is judged on its exact bytes
+    return value.encode("utf-8", "surrogateescape")
 
 
 def digest(type_name: str, vfield: str, fds: Bytes) -> str:
