@@ -141,18 +141,7 @@ def cas_command(
     px: Optional[int] = None,
 ) -> tuple[Any, ...]:
     """The arguments of ``CTX.CAS`` (one builder for the generic path and both fast paths)."""
-    args: tuple[Any, ...] = ("CTX.CAS", key, expected, raw)
-    if schema is not None:
-        args += ("SCHEMA", schema)
-    if by is not None:
-        args += ("BY", by)
-    if write_id is not None:
-        args += ("ID", write_id)
-    if inc:
-        args += ("INC", inc)
-    if px is not None:
-        args += ("PX", px)
-    return args
+    return ("CTX.CAS", key, expected, raw) + _options(schema, by, write_id, inc, px)
 
 
 def patch_command(
@@ -171,11 +160,19 @@ def patch_command(
     args: tuple[Any, ...] = ("CTX.PATCH", key, base, payload, "FIELDS", len(fields), *fields)
     if reads:
         args += ("READS", len(reads), *reads)
+    return args + _options(schema, by, write_id, inc, px)
+
+
+def _options(schema: Optional[str], by: Optional[str], write_id: Any, inc: Optional[str],
+             px: Optional[int]) -> tuple[Any, ...]:
+    """The options of ``CTX.CAS`` and ``CTX.PATCH``, in one order."""
+    args: tuple[Any, ...] = ()
     if schema is not None:
         args += ("SCHEMA", schema)
     if by is not None:
         args += ("BY", by)
-    args += ("ID", write_id)
+    if write_id is not None:
+        args += ("ID", write_id)
     if inc:
         args += ("INC", inc)
     if px is not None:
