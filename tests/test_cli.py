@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -92,11 +94,18 @@ def test_import_ctxlink_imports_neither_click_nor_rich() -> None:
 def test_version_and_help() -> None:
     assert ok("--version").strip() == f"ctxlink {ctxlink.__version__}"
     text = ok("--help")
-    for command in ("get", "ls", "schema", "stats", "doctor", "touch", "demo"):
+    for command in ("get", "ls", "history", "watch", "schema", "stats", "doctor", "touch",
+                    "demo"):
         assert f"  {command} " in text
     assert "-h, --host" in ok("get", "--help")
     fails("get", code=2)  # usage: KEY missing
     fails("touch", "k", "0", code=2)  # SECONDS must be > 0
+    # bad --since/--limit/--count/--after/--history: usage errors, nothing sent (no server here)
+    for bad in (("history", "k", "--since", "-1"), ("history", "k", "--limit", "x"),
+                ("watch", "k", "--count", "0"), ("watch", "k", "--after", "-2"),
+                ("schema", "push", ORDER_PROTO, "a.B", "--history", "1001"),
+                ("schema", "push", ORDER_PROTO, "a.B", "--history", "-1")):
+        fails(*bad, "-p", "1", code=2)
     fails("nosuchcommand", code=2)
 
 
@@ -114,8 +123,9 @@ def test_get_prints_the_decoded_context(store, srv, engine) -> None:
                 ("get", "order:1", "--url", f"redis://127.0.0.1:{srv}/0")]
     for args in variants[:1] if engine == "lua" else variants:
         data = as_json(*args)
+        assert re.fullmatch("[0-9a-f]{16}", snap.incarnation)
         assert data == {
-            "key": "order:1", "version": 2, "incarnation": getattr(snap, "incarnation", ""),
+            "key": "order:1", "version": 2, "incarnation": snap.incarnation,
             "schema": "order", "updated_ms": snap.updated_ms, "updated_by": "pricing",
             "message": json_format.MessageToDict(snap.decode(Order),
                                                  preserving_proto_field_name=True),
@@ -137,19 +147,21 @@ def test_get_errors_are_one_line(store, srv) -> None:
 
 
 def test_ls_lists_contexts_only_and_filters_by_schema(store, srv) -> None:
-    store.register_schema("order", Order)
+    store.register_schema("order", Order, history=3)  # history streams __ctxh:order:<n>
     store.register_schema("other", Order)
     for i in range(5):
         store.cas(f"order:{i}", 0, order(i), schema="order", by=f"w{i}")
     store.cas("misc:1", 0, order(9), schema="other")
     store.client.set("order:plain", b"not a context")
     store.client.hset("order:hash", "a", "b")
+    store.client.set("__ctxf:order", b"a feed's key")
+    assert store.client.exists("__ctxh:order:1")
     rows = as_json("ls", "-p", srv)
     assert [r["key"] for r in rows] == ["misc:1"] + [f"order:{i}" for i in range(5)]  # sorted
     by_key = {r["key"]: r for r in rows}
     snap = store.get("order:3")
     assert by_key["order:3"] == {"key": "order:3", "version": 1, "schema": "order",
-                                 "incarnation": getattr(snap, "incarnation", ""),
+                                 "incarnation": snap.incarnation,
                                  "updated_ms": snap.updated_ms, "updated_by": "w3"}
     assert [r["key"] for r in as_json("ls", "--schema", "other", "-p", srv)] == ["misc:1"]
     assert len(as_json("ls", "order:*", "--schema", "order", "-p", srv)) == 5
@@ -158,13 +170,11 @@ def test_ls_lists_contexts_only_and_filters_by_schema(store, srv) -> None:
 
 
 def test_touch(store, srv) -> None:
-    store.register_schema("order", Order)
+    store.register_schema("order", Order, history=2)
     store.cas("order:1", 0, order(1), schema="order")
-    if not hasattr(store, "touch"):  # Store.touch arrives with TTL support (issue 11, item 4)
-        assert "Store.touch" in fails("touch", "order:1", "30", "-p", srv)
-        return
     ok("touch", "order:1", "30", "-p", srv)
     assert 0 < store.client.pttl("order:1") <= 30_000
+    assert 0 < store.client.pttl("__ctxh:order:1") <= 30_000  # its history expires with it
     assert fails("touch", "nope", "30", "-p", srv) == "ctxlink: no context at 'nope'"
 
 
@@ -178,6 +188,89 @@ def test_demo_on_a_given_server_leaves_its_orders(srv, engine) -> None:
     assert data["message"]["order_id"] == "o-7" and data["message"]["inventory_reserved"]
     assert data["updated_by"] in ("router", "fulfillment", "pricing")
     assert as_json("stats", "-p", srv, "-n", "6")["engine"] == engine
+
+
+def test_history(store, srv, engine) -> None:
+    store.register_schema("order", Order)
+    store.cas("order:1", 0, order(1), schema="order", by="router")
+    # a schema without history: one line naming the fix
+    err = fails("history", "order:1", "-p", srv)
+    assert "keeps no history" in err and "--history" in err and "--name order" in err
+    store.register_schema("order", Order, history=3, history_payloads=True)
+    store.update("order:1", lambda o: setattr(o, "discount", 5), message_class=Order, by="a")
+    store.update("order:1", lambda o: setattr(o, "status", 2), message_class=Order, by="b",
+                 reads=["discount"])
+    store.update("order:1", lambda o: setattr(o, "discount", 6), message_class=Order, by="c")
+    store.update("order:1", lambda o: setattr(o, "final_price", 9), message_class=Order,
+                 by="d", reads=[])
+    changes = store.history("order:1")
+    assert [c.version for c in changes] == [3, 4, 5]  # the last 3 kept
+    lines = [json.loads(line) for line in ok("history", "order:1", "--json", "-p", srv)
+             .splitlines()]
+    assert lines == [{
+        "key": "order:1", "incarnation": c.incarnation, "kind": c.kind, "version": c.version,
+        "updated_ms": c.updated_ms, "updated_by": c.updated_by, "write_id": c.write_id,
+        "fields": None if c.fields is None else list(c.fields),
+        "message": json_format.MessageToDict(Order.FromString(c.payload),
+                                             preserving_proto_field_name=True),
+    } for c in changes]
+    assert [(x["kind"], x["fields"], x["updated_by"]) for x in lines] == [
+        ("patch", ["status"], "b"), ("update", None, "c"), ("patch", ["final_price"], "d")]
+    assert lines[2]["message"]["final_price"] == "9" and lines[2]["write_id"]
+    since = ok("history", "order:1", "--since", "3", "--limit", "1", "--json", "-p", srv)
+    assert [json.loads(line)["version"] for line in since.splitlines()] == [5]
+    text = ok("history", "order:1", "-p", srv)
+    for part in ("patch", "status", "final_price", "(whole)", "3 changes", "keeps the last 3"):
+        assert part in text, text
+    assert fails("history", "nope", "-p", srv) == "ctxlink: no context at 'nope'"
+
+
+class Tail:
+    """A ``ctxlink watch`` subprocess whose stdout is read line by line (killed after 60 s)."""
+
+    def __init__(self, *args: object) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ctxlink", "watch", *map(str, args)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=ENV)
+        self.timer = threading.Timer(60, self.proc.kill)
+        self.timer.start()
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        got = self.proc.stdout.readline()
+        assert got, f"watch ended: {self.end()}"
+        return got
+
+    def end(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=60)
+        self.timer.cancel()
+        return self.proc.returncode, out, err
+
+
+def test_watch(store, srv, engine) -> None:
+    store.register_schema("order", Order)
+    # JSON lines, from the creation on; each the object get --json prints; --count ends it
+    tail = Tail("order:1", "--after", "0", "--count", "3", "--json", "-p", srv)
+    store.cas("order:1", 0, order(1), schema="order", by="router")
+    seen = [json.loads(tail.line())]
+    store.update("order:1", lambda o: setattr(o, "discount", 5), message_class=Order, by="a")
+    seen.append(json.loads(tail.line()))
+    store.update("order:1", lambda o: setattr(o, "status", 2), message_class=Order, by="b",
+                 reads=[])
+    seen.append(json.loads(tail.line()))
+    assert tail.end() == (0, "", "")
+    assert [(d["version"], d["updated_by"]) for d in seen] == [(1, "router"), (2, "a"), (3, "b")]
+    assert seen[-1] == as_json("get", "order:1", "-p", srv)
+    # people's lines; a deletion ends it: exit 1, one line on stderr
+    tail = Tail("order:1", "-p", srv)
+    assert tail.line().startswith("watching order:1 from version 3")
+    store.update("order:1", lambda o: setattr(o, "discount", 6), message_class=Order, by="c")
+    assert re.fullmatch(r"version 4  \S+ \S+ UTC  by c\n", tail.line())
+    store.delete("order:1", 4)
+    code, out, err = tail.end()
+    assert (code, out, err) == (1, "", "ctxlink: the context at 'order:1' was deleted\n")
+    assert fails("watch", "order:1", "--after", "2", "-p", srv) == \
+        "ctxlink: no context at 'order:1'"
 
 
 # --------------------------------------------------------------------------- schemas
