@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -36,10 +36,48 @@ def cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Complete
                           capture_output=True, text=True, timeout=120, env=env or ENV)
 
 
-def ok(*args: object, **kw) -> str:
-    proc = cli(*args, **kw)
-    assert proc.returncode == 0, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+_BATCH = """
+import contextlib, io, json, sys
+from ctxlink.cli import main
+runs = []
+for argv in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    runs.append([code, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(runs))
+"""
+
+
+def batch(*argvs: tuple[object, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Several commands run one after the other by ``ctxlink.cli.main`` in one subprocess (one
+    interpreter start instead of one each): their results."""
+    lists = [[str(a) for a in argv] for argv in argvs]
+    done = subprocess.run([sys.executable, "-c", _BATCH], input=json.dumps(lists),
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0, done.stderr
+    return [subprocess.CompletedProcess(argv, code, out, err)
+            for argv, (code, out, err) in zip(lists, json.loads(done.stdout), strict=True)]
+
+
+def succeeded(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"{proc.args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def failed(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The one-line error of a failing command (status ``code``, no traceback)."""
+    assert proc.returncode == code, \
+        f"{proc.args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if code == 1:
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ctxlink: "), proc.stderr
+    return proc.stderr.strip()
+
+
+def ok(*args: object, **kw) -> str:
+    return succeeded(cli(*args, **kw))
 
 
 def as_json(*args: object) -> object:
@@ -47,14 +85,7 @@ def as_json(*args: object) -> object:
 
 
 def fails(*args: object, code: int = 1, **kw) -> str:
-    """The one-line error of a failing command (status ``code``, no traceback)."""
-    proc = cli(*args, **kw)
-    assert proc.returncode == code, f"{args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    if code == 1:
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("ctxlink: "), proc.stderr
-    return proc.stderr.strip()
+    return failed(cli(*args, **kw), code)
 
 
 def order(i: int, **fields) -> Order:
@@ -97,16 +128,17 @@ def test_version_and_help() -> None:
     for command in ("get", "ls", "history", "watch", "schema", "stats", "doctor", "touch",
                     "demo"):
         assert f"  {command} " in text
-    assert "-h, --host" in ok("get", "--help")
-    fails("get", code=2)  # usage: KEY missing
-    fails("touch", "k", "0", code=2)  # SECONDS must be > 0
-    # bad --since/--limit/--count/--after/--history: usage errors, nothing sent (no server here)
-    for bad in (("history", "k", "--since", "-1"), ("history", "k", "--limit", "x"),
-                ("watch", "k", "--count", "0"), ("watch", "k", "--after", "-2"),
-                ("schema", "push", ORDER_PROTO, "a.B", "--history", "1001"),
-                ("schema", "push", ORDER_PROTO, "a.B", "--history", "-1")):
-        fails(*bad, "-p", "1", code=2)
-    fails("nosuchcommand", code=2)
+    # usage errors (2), nothing sent (-p 1: no server there): KEY missing, SECONDS <= 0, and
+    # bad --since/--limit/--count/--after/--history
+    runs = batch(("get", "--help"), ("get",), ("touch", "k", "0"), ("nosuchcommand",),
+                 *((*bad, "-p", "1") for bad in (
+                     ("history", "k", "--since", "-1"), ("history", "k", "--limit", "x"),
+                     ("watch", "k", "--count", "0"), ("watch", "k", "--after", "-2"),
+                     ("schema", "push", ORDER_PROTO, "a.B", "--history", "1001"),
+                     ("schema", "push", ORDER_PROTO, "a.B", "--history", "-1"))))
+    assert "-h, --host" in succeeded(runs[0])
+    for run in runs[1:]:
+        assert "Usage: " in failed(run, code=2)
 
 
 # --------------------------------------------------------------------------- contexts
@@ -121,9 +153,11 @@ def test_get_prints_the_decoded_context(store, srv, engine) -> None:
     # connection options before and after the command (the same code on both engines)
     variants = [("get", "order:1", "-p", srv), ("-p", srv, "get", "order:1"),
                 ("get", "order:1", "--url", f"redis://127.0.0.1:{srv}/0")]
-    for args in variants[:1] if engine == "lua" else variants:
-        data = as_json(*args)
-        assert re.fullmatch("[0-9a-f]{16}", snap.incarnation)
+    *runs, shown = batch(*((*args, "--json") for args in variants[1:] if engine == "module"),
+                         ("get", "order:1", "-p", srv, "--engine", engine))
+    assert re.fullmatch("[0-9a-f]{16}", snap.incarnation)
+    for out in [ok(*variants[0], "--json")] + [succeeded(run) for run in runs]:
+        data = json.loads(out)
         assert data == {
             "key": "order:1", "version": 2, "incarnation": snap.incarnation,
             "schema": "order", "updated_ms": snap.updated_ms, "updated_by": "pricing",
@@ -131,7 +165,7 @@ def test_get_prints_the_decoded_context(store, srv, engine) -> None:
                                                  preserving_proto_field_name=True),
         }
     assert data["message"]["order_id"] == "o-1" and data["message"]["discount"] == "7"
-    text = ok("get", "order:1", "-p", srv, "--engine", engine)
+    text = succeeded(shown)
     for part in ("order:1", "ctxlink.example.Order", "pricing", '"order_id": "o-1"', '"items"'):
         assert part in text, text
 
@@ -163,10 +197,14 @@ def test_ls_lists_contexts_only_and_filters_by_schema(store, srv) -> None:
     assert by_key["order:3"] == {"key": "order:3", "version": 1, "schema": "order",
                                  "incarnation": snap.incarnation,
                                  "updated_ms": snap.updated_ms, "updated_by": "w3"}
-    assert [r["key"] for r in as_json("ls", "--schema", "other", "-p", srv)] == ["misc:1"]
-    assert len(as_json("ls", "order:*", "--schema", "order", "-p", srv)) == 5
-    assert as_json("ls", "nothing:*", "-p", srv) == []
-    assert "6 contexts" in ok("ls", "-p", srv)
+    other, orders, nothing, text = (succeeded(run) for run in batch(
+        ("ls", "--schema", "other", "-p", srv, "--json"),
+        ("ls", "order:*", "--schema", "order", "-p", srv, "--json"),
+        ("ls", "nothing:*", "-p", srv, "--json"), ("ls", "-p", srv)))
+    assert [r["key"] for r in json.loads(other)] == ["misc:1"]
+    assert len(json.loads(orders)) == 5
+    assert json.loads(nothing) == []
+    assert "6 contexts" in text
 
 
 def test_touch(store, srv) -> None:
@@ -205,8 +243,11 @@ def test_history(store, srv, engine) -> None:
                  by="d", reads=[])
     changes = store.history("order:1")
     assert [c.version for c in changes] == [3, 4, 5]  # the last 3 kept
-    lines = [json.loads(line) for line in ok("history", "order:1", "--json", "-p", srv)
-             .splitlines()]
+    every, since, text, nope = batch(
+        ("history", "order:1", "--json", "-p", srv),
+        ("history", "order:1", "--since", "3", "--limit", "1", "--json", "-p", srv),
+        ("history", "order:1", "-p", srv), ("history", "nope", "-p", srv))
+    lines = [json.loads(line) for line in succeeded(every).splitlines()]
     assert lines == [{
         "key": "order:1", "incarnation": c.incarnation, "kind": c.kind, "version": c.version,
         "updated_ms": c.updated_ms, "updated_by": c.updated_by, "write_id": c.write_id,
@@ -217,12 +258,10 @@ def test_history(store, srv, engine) -> None:
     assert [(x["kind"], x["fields"], x["updated_by"]) for x in lines] == [
         ("patch", ["status"], "b"), ("update", None, "c"), ("patch", ["final_price"], "d")]
     assert lines[2]["message"]["final_price"] == "9" and lines[2]["write_id"]
-    since = ok("history", "order:1", "--since", "3", "--limit", "1", "--json", "-p", srv)
-    assert [json.loads(line)["version"] for line in since.splitlines()] == [5]
-    text = ok("history", "order:1", "-p", srv)
+    assert [json.loads(line)["version"] for line in succeeded(since).splitlines()] == [5]
     for part in ("patch", "status", "final_price", "(whole)", "3 changes", "keeps the last 3"):
-        assert part in text, text
-    assert fails("history", "nope", "-p", srv) == "ctxlink: no context at 'nope'"
+        assert part in succeeded(text), text
+    assert failed(nope) == "ctxlink: no context at 'nope'"
 
 
 class Tail:
@@ -260,7 +299,10 @@ def test_watch(store, srv, engine) -> None:
     seen.append(json.loads(tail.line()))
     assert tail.end() == (0, "", "")
     assert [(d["version"], d["updated_by"]) for d in seen] == [(1, "router"), (2, "a"), (3, "b")]
-    assert seen[-1] == as_json("get", "order:1", "-p", srv)
+    got, early = batch(("get", "order:1", "-p", srv, "--json"),
+                       ("watch", "order:1", "--after", "4", "-p", srv))
+    assert seen[-1] == json.loads(succeeded(got))
+    assert failed(early) == "ctxlink: --after 4: the context at 'order:1' is at version 3"
     # people's lines; a deletion ends it: exit 1, one line on stderr
     tail = Tail("order:1", "-p", srv)
     assert tail.line().startswith("watching order:1 from version 3")
@@ -277,65 +319,91 @@ def test_watch(store, srv, engine) -> None:
 
 
 def test_schema_push_ls_show(store, srv, tmp_path, engine) -> None:
-    out = ok("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--name", "order",
-             "-p", srv)
-    assert out.strip() == "order: ctxlink.example.Order, revision 1"
+    first, again = batch(
+        ("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--name", "order", "-p", srv),
+        # the message type defaults to the name; the same definition keeps its revision
+        ("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "-I", REPO / "proto",
+         "-p", srv))
+    assert succeeded(first).strip() == "order: ctxlink.example.Order, revision 1"
+    succeeded(again)
     info = store.get_schema("order")
     assert info is not None and info.message_type == "ctxlink.example.Order"
-    # the message type defaults to the name; the same definition keeps its revision
-    ok("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "-I", REPO / "proto", "-p", srv)
-    assert as_json("schema", "ls", "-p", srv) == [
+    fds = tmp_path / "order.pb"  # a compiled set instead of the .proto
+    fds.write_bytes(info.descriptor_set)
+    push_set = ("schema", "push", "--descriptor-set", fds, "ctxlink.example.Order", "-p", srv)
+    listed, shown, text, nope, bad_field, with_history, shown_h, text_h = batch(
+        ("schema", "ls", "--json", "-p", srv), ("schema", "show", "order", "--json", "-p", srv),
+        ("schema", "show", "order", "-p", srv), ("schema", "show", "nope", "-p", srv),
+        (*push_set, "--version-field", "nope"),
+        # history settings: other settings for the same definition are a new revision
+        (*push_set, "--name", "order", "--history", "5", "--history-payloads"),
+        ("schema", "show", "order", "--json", "-p", srv), ("schema", "show", "order", "-p", srv))
+    assert json.loads(succeeded(listed)) == [
         {"name": "ctxlink.example.Order", "message_type": "ctxlink.example.Order", "revision": 1},
         {"name": "order", "message_type": "ctxlink.example.Order", "revision": 1},
     ]
-    shown = as_json("schema", "show", "order", "-p", srv)
+    shown = json.loads(succeeded(shown))
     assert shown["message_type"] == "ctxlink.example.Order" and shown["revision"] == 1
     assert (shown["version_field"], shown["compat"]) == ("version", "WIRE_JSON")
+    assert (shown["history"], shown["history_payloads"]) == (0, False)
     assert {"number": 2, "name": "version", "type": "int64", "repeated": False} in shown["fields"]
     assert {"number": 10, "name": "items", "type": "ctxlink.example.LineItem",
             "repeated": True} in shown["fields"]
-    assert "ctxlink.example.LineItem" in ok("schema", "show", "order", "-p", srv)
-    assert fails("schema", "show", "nope", "-p", srv) == "ctxlink: CTXSCHEMA unknown schema 'nope'"
-    assert "has no top-level field 'nope'" in fails(
-        "schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--version-field", "nope",
-        "-p", srv)
+    assert "ctxlink.example.LineItem" in succeeded(text) and "off" in text.stdout
+    assert failed(nope) == "ctxlink: CTXSCHEMA unknown schema 'nope'"
+    assert "has no top-level field 'nope'" in failed(bad_field)
+    assert succeeded(with_history).strip() == (
+        "order: ctxlink.example.Order, revision 2, history 5 with payloads")
+    info = store.get_schema("order")
+    assert (info.revision, info.history, info.history_payloads) == (2, 5, True)
+    shown = json.loads(succeeded(shown_h))
+    assert (shown["revision"], shown["history"], shown["history_payloads"]) == (2, 5, True)
+    assert "the last 5 changes of each context, with payloads" in succeeded(text_h)
     if engine == "lua":
         return  # the rest does not depend on the engine
-    # a compiled set instead of the .proto
-    fds = tmp_path / "order.pb"
-    fds.write_bytes(info.descriptor_set)
-    assert "revision 1" in ok("schema", "push", "--descriptor-set", fds, "ctxlink.example.Order",
-                              "--name", "from-set", "--compat", "wire", "-p", srv)
-    assert as_json("schema", "show", "from-set", "-p", srv)["compat"] == "WIRE"
-    # bad input: a usage error (2), or the server's refusal in one line (1)
-    fails("schema", "push", ORDER_PROTO, "-p", srv, code=2)
-    fails("schema", "push", tmp_path / "none.proto", "a.B", "-p", srv, code=2)
     bad = tmp_path / "bad.proto"
     bad.write_text('syntax = "proto3"; message B { int64 version = 1; strin x = 2; }\n')
-    assert "protoc could not compile" in fails("schema", "push", bad, "B", "-p", srv)
+    off, wire, shown, no_message, no_file, broken = batch(
+        (*push_set, "--name", "order", "--no-history-payloads"),
+        (*push_set, "--name", "from-set", "--compat", "wire"),
+        ("schema", "show", "from-set", "--json", "-p", srv),
+        # bad input: a usage error (2), or the server's refusal in one line (1)
+        ("schema", "push", ORDER_PROTO, "-p", srv),
+        ("schema", "push", tmp_path / "none.proto", "a.B", "-p", srv),
+        ("schema", "push", bad, "B", "-p", srv))
+    assert succeeded(off).strip() == "order: ctxlink.example.Order, revision 3, history 5"
+    info = store.get_schema("order")
+    assert (info.revision, info.history, info.history_payloads) == (3, 5, False)
+    assert "revision 1" in succeeded(wire)
+    assert json.loads(succeeded(shown))["compat"] == "WIRE"
+    failed(no_message, code=2)
+    failed(no_file, code=2)
+    assert "protoc could not compile" in failed(broken)
 
 
 def test_schema_check_uses_the_compatibility_rules(store, srv) -> None:
     store.register_schema("order", Order)
     compat = PROTOS / "order_v2_compat.proto"
     incompat = PROTOS / "order_v2_incompat.proto"
-    assert ok("schema", "check", compat, "ctxlink.example.Order", "--name", "order",
-              "-p", srv).startswith("accepted: order would be revision 2")
-    proc = cli("schema", "check", incompat, "ctxlink.example.Order", "--name", "order",
-               "-p", srv)
-    assert proc.returncode == 1 and proc.stdout.startswith("refused: CTXSCHEMA incompatible")
-    verdict = json.loads(cli("schema", "check", incompat, "ctxlink.example.Order", "--name",
-                             "order", "--json", "-p", srv).stdout)
+    check = ("schema", "check", "-p", srv)
+    accepted, refused, verdict, pushed, new, same = batch(
+        (*check, compat, "ctxlink.example.Order", "--name", "order"),
+        (*check, incompat, "ctxlink.example.Order", "--name", "order"),
+        (*check, incompat, "ctxlink.example.Order", "--name", "order", "--json"),
+        # the verdict is the one push gets
+        ("schema", "push", incompat, "ctxlink.example.Order", "--name", "order", "-p", srv),
+        (*check, ORDER_PROTO, "ctxlink.example.Order", "--name", "new", "--json"),
+        (*check, ORDER_PROTO, "ctxlink.example.Order", "--name", "order", "--json"))
+    assert succeeded(accepted).startswith("accepted: order would be revision 2")
+    assert refused.returncode == 1 and refused.stdout.startswith(
+        "refused: CTXSCHEMA incompatible")
+    verdict = json.loads(verdict.stdout)
     assert verdict["accepted"] is False and "base_price" in verdict["reason"]
-    # the verdict is the one push gets; nothing was written by check
-    assert store.get_schema("order").revision == 1
-    assert "base_price" in fails("schema", "push", incompat, "ctxlink.example.Order",
-                                 "--name", "order", "-p", srv)
-    new = as_json("schema", "check", ORDER_PROTO, "ctxlink.example.Order", "--name", "new",
-                  "-p", srv)
+    assert "base_price" in failed(pushed)
+    assert store.get_schema("order").revision == 1  # nothing was written by check (or push)
+    new = json.loads(succeeded(new))
     assert new["accepted"] is True and new["revision"] == 1
-    same = as_json("schema", "check", ORDER_PROTO, "ctxlink.example.Order", "--name", "order",
-                   "-p", srv)
+    same = json.loads(succeeded(same))
     assert same["accepted"] is True and same["revision"] == 1
     assert "revision 2" in ok("schema", "push", incompat, "ctxlink.example.Order", "--name",
                               "order", "--force", "-p", srv)
@@ -354,25 +422,35 @@ def test_schema_push_without_grpcio_tools_names_the_extra(srv) -> None:
 
 
 def test_stats(store, srv, engine) -> None:
-    store.register_schema("order", Order)
+    store.register_schema("order", Order, history=2)  # its streams are not counted
     for i in range(3):
         store.cas(f"order:{i}", 0, order(i), schema="order")
-    data = as_json("stats", "-p", srv)
+    data, text = (succeeded(run) for run in batch(("stats", "-p", srv, "--json"),
+                                                  ("stats", "-p", srv)))
+    data = json.loads(data)
     assert data["engine"] == engine
     if engine == "module":
         assert data["info"]["ctx_protocol"] >= 2 and data["info"]["ctx_cas_ok"] >= 3
     else:
         assert data == {"engine": "lua", "schemas": 1, "contexts": 3,
                         "contexts_by_schema": {"order": 3}}
-    assert engine in ok("stats", "-p", srv)
+    assert engine in text
 
 
 def test_doctor(store, srv, engine) -> None:
     store.register_schema("order", Order)
-    report = as_json("doctor", "-p", srv)
-    assert report["ok"] is True, report
-    assert {c["check"] for c in report["checks"]} >= {"server", "engine", "registry", "eviction"}
+    store.register_schema("hist", Order, history=2)
+    for i in range(3):
+        store.cas(f"h:{i}", 0, order(i), schema="hist")
     r = store.client
+    r.delete("h:1")  # a raw DEL leaves the context's history stream behind
+    report = as_json("doctor", "-p", srv)
+    assert report["ok"] is True, report  # a warning only
+    assert {c["check"] for c in report["checks"]} >= {"server", "engine", "registry", "history",
+                                                      "eviction"}
+    (check,) = [c for c in report["checks"] if c["check"] == "history"]
+    assert check["status"] == "warn" and "1 of all 3 history stream(s)" in check["detail"]
+    assert "__ctxh:h:1" in check["detail"]
     r.config_set("maxmemory-policy", "allkeys-lru")
     try:
         r.config_set("maxmemory", "0")
@@ -380,8 +458,9 @@ def test_doctor(store, srv, engine) -> None:
         assert report["ok"] is True
         assert [c["status"] for c in report["checks"] if c["check"] == "eviction"] == ["warn"]
         r.config_set("maxmemory", str(1 << 30))
-        proc = cli("doctor", "-p", srv)
+        proc = cli("doctor", "-p", srv, env={**ENV, "COLUMNS": "400"})
         assert proc.returncode == 1 and "allkeys-lru" in proc.stdout
+        assert "history streams" in proc.stdout
     finally:
         r.config_set("maxmemory", "0")
         r.config_set("maxmemory-policy", "noeviction")
@@ -520,7 +599,7 @@ def test_cluster_ls_stats_doctor(cluster) -> None:
     rc = RedisCluster(host="127.0.0.1", port=port)
     try:
         store = ctxlink.connect(rc)
-        store.register_schema("order", Order)
+        store.register_schema("order", Order, history=2)
         keys = [f"order:{i}" for i in range(40)]
         for i, key in enumerate(keys):
             store.cas(key, 0, order(i), schema="order", by="router")
@@ -539,6 +618,8 @@ def test_cluster_ls_stats_doctor(cluster) -> None:
         report = as_json("doctor", "-c", "-p", port)
         assert report["ok"] is True, report
         assert any("identical in all 16384 slot copies" in c["detail"] for c in report["checks"])
+        assert any(c["detail"] == "all 40 history stream(s) checked: each has its context"
+                   for c in report["checks"])  # __ctxh:{<tag>}:<key>, each on its key's node
         # lose one slot copy, alter another: doctor names both, and exits 1
         node = rc.get_node_from_key("order:1")
         slot = rc.keyslot("order:1")
