@@ -12,6 +12,9 @@ one line on stderr, exit status 1.
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from types import FrameType
 from typing import TYPE_CHECKING, Optional
 
 import click
@@ -105,8 +108,22 @@ def watch(ctx: click.Context, key: str, count: Optional[int], after: Optional[in
     without polling (store.wait). Changes that land together are printed as the newest of them.
     Waits for the context's creation when there is none yet. Exit status 0 after --count
     changes; 1, with one line on stderr, when the context is deleted."""
-    with open_store(ctx) as store:
-        try:
+    stopped = False
+
+    def on_sigint(signum: int, frame: Optional[FrameType]) -> None:
+        nonlocal stopped
+        stopped = True
+        raise KeyboardInterrupt  # redis-py may turn it into another error: ``stopped`` tells
+
+    main = threading.current_thread() is threading.main_thread()  # signals: the main only
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        with open_store(ctx) as store:
             watch_key(store, key, count, after, as_json)
-        except KeyboardInterrupt:
-            ctx.exit(130)
+    except BaseException:
+        if not stopped:
+            raise
+        ctx.exit(130)  # Ctrl-C: quietly, with the status of a SIGINT
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
