@@ -216,16 +216,59 @@ def test_touch(store, srv) -> None:
     assert fails("touch", "nope", "30", "-p", srv) == "ctxlink: no context at 'nope'"
 
 
-def test_demo_on_a_given_server_leaves_its_orders(srv, engine) -> None:
-    """README, "Watch your agents": the demo on a server, then ls and get on its data."""
+class Tail:
+    """A ``ctxlink watch`` subprocess whose stdout is read line by line (killed after 60 s)."""
+
+    def __init__(self, *args: object) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ctxlink", "watch", *map(str, args)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=ENV)
+        self.timer = threading.Timer(60, self.proc.kill)
+        self.timer.start()
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        got = self.proc.stdout.readline()
+        assert got, f"watch ended: {self.end()}"
+        return got
+
+    def end(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=60)
+        self.timer.cancel()
+        return self.proc.returncode, out, err
+
+
+def test_demo_on_a_given_server_leaves_its_orders(srv, engine, tmp_path) -> None:
+    """README, "Watch your agents": a schema with history, a watch started before the demo,
+    the demo on a server, then ls, history and get on its data."""
+    from ctxlink._registry import build_descriptor_set
+
+    fds = tmp_path / "order.pb"
+    fds.write_bytes(build_descriptor_set(Order.DESCRIPTOR))
+    assert ok("schema", "push", "--descriptor-set", fds, "ctxlink.example.Order", "--name",
+              "order", "--history", "20", "-p", srv, "-n", "6").endswith(", history 20\n")
+    tail = Tail("order:7", "--after", "0", "--count", "4", "--json", "-p", srv, "-n", "6")
     out = ok("demo", "-p", srv, "-n", "6", "--orders", "12", "--lanes", "2")
     assert f"127.0.0.1:{srv}/6" in out and "ctxlink (" in out
-    rows = as_json("ls", "order:*", "-p", srv, "-n", "6")
+    code, lines, err = tail.end()
+    assert (code, err) == (0, "")
+    seen = [json.loads(line) for line in lines.splitlines()]
+    assert seen[-1]["version"] == 4 and seen[-1]["message"]["order_id"] == "o-7"
+    rows, changes, data, stats = (succeeded(run) for run in batch(
+        ("ls", "order:*", "-p", srv, "-n", "6", "--json"),
+        ("history", "declared:order:7", "-p", srv, "-n", "6", "--json"),
+        ("get", "order:7", "-p", srv, "-n", "6", "--json"),
+        ("stats", "-p", srv, "-n", "6", "--json")))
+    rows = json.loads(rows)
     assert len(rows) == 12 and {r["version"] for r in rows} == {4}
-    data = as_json("get", "order:7", "-p", srv, "-n", "6")
+    changes = [json.loads(line) for line in changes.splitlines()]
+    assert [c["kind"] for c in changes] == ["create", "patch", "patch", "patch"]
+    assert {c["updated_by"] for c in changes[1:]} == {"router", "fulfillment", "pricing"}
+    data = json.loads(data)
+    assert data == seen[-1]  # what the watch printed last is the context as it stayed
     assert data["message"]["order_id"] == "o-7" and data["message"]["inventory_reserved"]
     assert data["updated_by"] in ("router", "fulfillment", "pricing")
-    assert as_json("stats", "-p", srv, "-n", "6")["engine"] == engine
+    assert json.loads(stats)["engine"] == engine
 
 
 def test_history(store, srv, engine) -> None:
@@ -262,28 +305,6 @@ def test_history(store, srv, engine) -> None:
     for part in ("patch", "status", "final_price", "(whole)", "3 changes", "keeps the last 3"):
         assert part in succeeded(text), text
     assert failed(nope) == "ctxlink: no context at 'nope'"
-
-
-class Tail:
-    """A ``ctxlink watch`` subprocess whose stdout is read line by line (killed after 60 s)."""
-
-    def __init__(self, *args: object) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "ctxlink", "watch", *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=ENV)
-        self.timer = threading.Timer(60, self.proc.kill)
-        self.timer.start()
-
-    def line(self) -> str:
-        assert self.proc.stdout is not None
-        got = self.proc.stdout.readline()
-        assert got, f"watch ended: {self.end()}"
-        return got
-
-    def end(self) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=60)
-        self.timer.cancel()
-        return self.proc.returncode, out, err
 
 
 def test_watch(store, srv, engine) -> None:
