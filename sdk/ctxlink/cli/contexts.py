@@ -175,7 +175,8 @@ def touch(ctx: click.Context, key: str, seconds: float) -> None:
 def change_data(change: "Change", info: Optional["SchemaInfo"]) -> dict[str, Any]:
     """One ``history --json`` line: the Change's fields (``fields`` a list, or null for a
     whole-context write); ``message`` when the schema keeps payloads (decoded with the
-    registered schema), ``payload_omitted`` true when the payload was too large to keep."""
+    registered schema; null when that revision cannot parse it), ``payload_omitted`` true when
+    the payload was too large to keep."""
     data: dict[str, Any] = {
         "key": change.key,
         "incarnation": change.incarnation,
@@ -187,16 +188,21 @@ def change_data(change: "Change", info: Optional["SchemaInfo"]) -> dict[str, Any
         "fields": list(change.fields) if change.fields is not None else None,
     }
     if change.payload is not None and info is not None:
+        from google.protobuf.message import DecodeError
+
         from ctxlink.cli._proto import decode, to_json
 
-        data["message"] = to_json(decode(info.descriptor_set, info.message_type,
-                                         change.payload))
+        try:
+            data["message"] = to_json(decode(info.descriptor_set, info.message_type,
+                                             change.payload))
+        except DecodeError:  # written before a forced, incompatible schema change
+            data["message"] = None
     if change.payload_omitted:
         data["payload_omitted"] = True
     return data
 
 
-@click.command()
+@click.command(short_help="Print the changes the history of the context at KEY keeps.")
 @click.argument("key")
 @click.option("--since", "since", type=click.IntRange(min=0), metavar="V",
               help="only the changes after version V")

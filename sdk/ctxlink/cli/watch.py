@@ -91,7 +91,7 @@ def watch_key(store: "Store", key: str, count: Optional[int], after: Optional[in
                        f"{got.updated_by or '-'}{more}")
 
 
-@click.command()
+@click.command(short_help="Follow the context at KEY: a line for each new version.")
 @click.argument("key")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",
               help="stop after N changes (versions); default: run until Ctrl-C")
