@@ -629,9 +629,16 @@ def test_cluster_ls_stats_doctor(cluster) -> None:
         rows = as_json("ls", "-c", "-p", port)
         assert sorted(r["key"] for r in rows) == sorted(keys)
         assert all(r["schema"] == "order" and r["updated_by"] == "router" for r in rows)
-        assert json.loads(ok("-c", "-p", port, "get", "order:7", "--json"))["message"][
-            "order_id"] == "o-7"
         elsewhere = next(k for k in keys if rc.get_node_from_key(k).port != port)
+        got, changes, tail = batch(
+            ("-c", "-p", port, "get", "order:7", "--json"),
+            # history and watch of a context on another primary: __ctxh:{<tag>}:<key>, CTX.WAIT
+            ("history", elsewhere, "-c", "-p", port, "--json"),
+            ("watch", elsewhere, "--after", "0", "--count", "1", "--json", "-c", "-p", port))
+        assert json.loads(succeeded(got))["message"]["order_id"] == "o-7"
+        assert [(c["kind"], c["version"], c["updated_by"]) for c in map(
+            json.loads, succeeded(changes).splitlines())] == [("create", 1, "router")]
+        assert json.loads(succeeded(tail))["key"] == elsewhere
         assert "add -c/--cluster" in fails("get", elsewhere, "-p", port)  # MOVED, without -c
         stats = as_json("stats", "-c", "-p", port)
         assert stats["engine"] == "module" and len(stats["nodes"]) == 3
