@@ -263,8 +263,10 @@ def _check_eviction(store: "Store", report: _Report) -> None:
             report.add("warn", "eviction", f"{risk} before setting maxmemory (now 0: no limit)")
 
 
-# doctor looks at no more than this many history streams per primary (SCAN, in its order)
+# doctor looks at no more than this many history streams per primary, found with no more than
+# HISTORY_SCANS calls of SCAN ... COUNT 1000 (a bounded sample, in SCAN's order)
 HISTORY_SAMPLE = 1000
+HISTORY_SCANS = 100
 
 
 def _stream_context(stream: bytes, cluster: bool) -> bytes:
@@ -280,17 +282,25 @@ def _stream_context(stream: bytes, cluster: bool) -> bytes:
 
 def _check_history(store: "Store", report: _Report, cluster: bool) -> None:
     """History streams whose context is gone (a raw DEL or PEXPIRE of the context alone, or an
-    eviction): a bounded sample, HISTORY_SAMPLE streams per primary."""
+    eviction): a bounded sample, at most HISTORY_SAMPLE streams per primary found by at most
+    HISTORY_SCANS calls of SCAN."""
     sampled = orphans = 0
     examples: list[str] = []
     bounded = False
     for _, client in primaries(store):
         streams: list[bytes] = []
-        for stream in client.scan_iter(match="__ctxh:*", count=1000):
-            if len(streams) == HISTORY_SAMPLE:
+        cursor, calls = 0, 0
+        while True:
+            cursor, found = client.scan(cursor, match="__ctxh:*", count=1000)
+            calls += 1
+            streams.extend(bytes(k) for k in found)
+            if not cursor:
+                break
+            if len(streams) >= HISTORY_SAMPLE or calls == HISTORY_SCANS:
                 bounded = True
                 break
-            streams.append(bytes(stream))
+        if len(streams) > HISTORY_SAMPLE:
+            streams, bounded = streams[:HISTORY_SAMPLE], True
         for start in range(0, len(streams), _BATCH):
             chunk = streams[start:start + _BATCH]
             pipe = client.pipeline(transaction=False)
@@ -305,8 +315,8 @@ def _check_history(store: "Store", report: _Report, cluster: bool) -> None:
     if not sampled:
         report.add("ok", "history", "no history stream")
         return
-    how = (f"a sample of {sampled} (SCAN, at most {HISTORY_SAMPLE} per primary)" if bounded
-           else f"all {sampled}")
+    how = (f"a sample of {sampled} (SCAN: at most {HISTORY_SAMPLE} streams and "
+           f"{HISTORY_SCANS} calls per primary)" if bounded else f"all {sampled}")
     if not orphans:
         report.add("ok", "history", f"{how} history stream(s) checked: each has its context")
         return
