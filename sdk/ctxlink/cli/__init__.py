@@ -2,7 +2,8 @@
 
     ctxlink [connection options] COMMAND [ARGS] [connection options]
 
-Commands: ``get``, ``ls``, ``touch`` (ctxlink.cli.contexts), ``schema push|ls|show|check``
+Commands: ``get``, ``ls``, ``history``, ``touch`` (ctxlink.cli.contexts), ``watch``
+(ctxlink.cli.watch), ``schema push|ls|show|check``
 (ctxlink.cli.schemas), ``stats``, ``doctor`` (ctxlink.cli.server), ``demo``
 (ctxlink.cli.demo_cmd). The connection options (ctxlink.cli._conn) are accepted before and after
 the command. Errors: one line on stderr, ``ctxlink: <CODE> <text>``, exit status 1; usage
@@ -20,10 +21,11 @@ import click
 from ctxlink import __version__
 from ctxlink.cli._conn import conn_of, connection_options
 from ctxlink.cli._output import CliError, error_line
-from ctxlink.cli.contexts import get, ls, touch
+from ctxlink.cli.contexts import get, history, ls, touch
 from ctxlink.cli.demo_cmd import demo
 from ctxlink.cli.schemas import schema
 from ctxlink.cli.server import doctor, stats
+from ctxlink.cli.watch import watch
 
 __all__ = ["cli", "main"]
 
@@ -59,7 +61,7 @@ def cli() -> None:
     """
 
 
-for command in (get, ls, touch, schema, stats, doctor, demo):
+for command in (get, ls, history, watch, touch, schema, stats, doctor, demo):
     cli.add_command(command)
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import click
 
+from ctxlink._history import HISTORY_MAX
 from ctxlink.cli._conn import connection_options, open_store
 from ctxlink.cli._output import fail, print_json
 
@@ -67,19 +68,33 @@ def _source_options(f: Any) -> Any:
               "(contexts then need `migrate`)")
 @click.option("--compat", type=_COMPAT, help="compatibility category (default: the entry's, "
               "WIRE_JSON for a new name)")
+@click.option("--history", type=click.IntRange(0, HISTORY_MAX), metavar="N",
+              help=f"keep each context's last N changes (0 to {HISTORY_MAX}, 0 = off; default: "
+              "the entry's, off for a new name): `ctxlink history KEY`")
+@click.option("--history-payloads/--no-history-payloads", "history_payloads", default=None,
+              help="history entries keep the payload after each change, up to 64 KiB "
+              "(default: the entry's, off for a new name)")
 @connection_options
 @click.pass_context
 def push(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
          version_field: Optional[str], includes: tuple[str, ...], descriptor_set: Optional[str],
-         force: bool, compat: Optional[str]) -> None:
-    """Register (or re-register) the message MESSAGE of FILE.proto as a schema."""
+         force: bool, compat: Optional[str], history: Optional[int],
+         history_payloads: Optional[bool]) -> None:
+    """Register (or re-register) the message MESSAGE of FILE.proto as a schema. Other settings
+    (--compat, --history, --history-payloads) for the same definition are a new revision."""
     message, fds = _source(args, descriptor_set, includes)
     name = name or message
     with open_store(ctx) as store:
         revision = store.register_schema(name, fds, message_type=message, force=force,
                                          version_field=version_field,
-                                         compat=compat.upper() if compat else None)
-    click.echo(f"{name}: {message}, revision {revision}")
+                                         compat=compat.upper() if compat else None,
+                                         history=history, history_payloads=history_payloads)
+        info = store.get_schema(name)
+    settings = ""
+    if info is not None and info.history:
+        settings = f", history {info.history}" + (" with payloads" if info.history_payloads
+                                                  else "")
+    click.echo(f"{name}: {message}, revision {revision}{settings}")
 
 
 def _entry_fields(store: "Store", name: str) -> list[Any]:
@@ -146,7 +161,9 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
         "message_type": info.message_type,
         "revision": info.revision,
         "version_field": _text(fields[2]) or "version",
-        "compat": _text(fields[5]) or "WIRE_JSON",
+        "compat": info.compat,
+        "history": info.history,
+        "history_payloads": info.history_payloads,
         "digest": _text(fields[4]) or "",
         "descriptor_set_bytes": len(info.descriptor_set),
         "fields": field_rows(info.descriptor_set, info.message_type),
@@ -162,12 +179,15 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    for label, key in (("name", "name"), ("message type", "message_type"),
-                       ("revision", "revision"), ("version field", "version_field"),
-                       ("compat", "compat"), ("digest", "digest"),
-                       ("descriptor set", "descriptor_set_bytes")):
-        value = data[key]
-        head.add_row(label, f"{value} bytes" if key == "descriptor_set_bytes" else str(value))
+    history = (f"the last {info.history} changes of each context"
+               + (", with payloads" if info.history_payloads else ", without payloads")
+               if info.history else "off")
+    for label, value in (("name", name), ("message type", info.message_type),
+                         ("revision", str(info.revision)),
+                         ("version field", data["version_field"]), ("compat", info.compat),
+                         ("history", history), ("digest", data["digest"]),
+                         ("descriptor set", f"{len(info.descriptor_set)} bytes")):
+        head.add_row(label, value)
     out.print(head)
     table = Table(header_style="bold", box=None, pad_edge=False)
     table.add_column("#", justify="right")

@@ -253,13 +253,77 @@ def _check_eviction(store: "Store", report: _Report) -> None:
         if not policy.startswith("allkeys-"):
             report.add("ok", "eviction", f"{name}: maxmemory-policy {policy}")
             continue
-        risk = (f"{name}: maxmemory-policy {policy} can evict contexts and the schema registry "
-                "(then every write of that schema fails with CTXSCHEMA unknown schema); use "
-                "noeviction or a volatile-* policy")
+        risk = (f"{name}: maxmemory-policy {policy} can evict contexts, their history "
+                "streams and the schema registry (then every write of that schema fails with "
+                "CTXSCHEMA unknown schema, and a history loses its entries or outlives its "
+                "context); use noeviction or a volatile-* policy")
         if maxmemory:
             report.add("fail", "eviction", f"{risk} (maxmemory {maxmemory})")
         else:
             report.add("warn", "eviction", f"{risk} before setting maxmemory (now 0: no limit)")
+
+
+# doctor looks at no more than this many history streams per primary, found with no more than
+# HISTORY_SCANS calls of SCAN ... COUNT 1000 (a bounded sample, in SCAN's order)
+HISTORY_SAMPLE = 1000
+HISTORY_SCANS = 100
+
+
+def _stream_context(stream: bytes, cluster: bool) -> bytes:
+    """The context key of history stream ``__ctxh:<key>`` (``__ctxh:{<slot tag>}:<key>`` on a
+    cluster: the tag is a decimal number)."""
+    rest = stream[len(b"__ctxh:"):]
+    if cluster and rest.startswith(b"{"):
+        end = rest.find(b"}:")
+        if end > 1 and rest[1:end].isdigit():
+            return rest[end + 2:]
+    return rest
+
+
+def _check_history(store: "Store", report: _Report, cluster: bool) -> None:
+    """History streams whose context is gone (a raw DEL or PEXPIRE of the context alone, or an
+    eviction): a bounded sample, at most HISTORY_SAMPLE streams per primary found by at most
+    HISTORY_SCANS calls of SCAN."""
+    sampled = orphans = 0
+    examples: list[str] = []
+    bounded = False
+    for _, client in primaries(store):
+        streams: list[bytes] = []
+        cursor, calls = 0, 0
+        while True:
+            cursor, found = client.scan(cursor, match="__ctxh:*", count=1000)
+            calls += 1
+            streams.extend(bytes(k) for k in found)
+            if not cursor:
+                break
+            if len(streams) >= HISTORY_SAMPLE or calls == HISTORY_SCANS:
+                bounded = True
+                break
+        if len(streams) > HISTORY_SAMPLE:
+            streams, bounded = streams[:HISTORY_SAMPLE], True
+        for start in range(0, len(streams), _BATCH):
+            chunk = streams[start:start + _BATCH]
+            pipe = client.pipeline(transaction=False)
+            for stream in chunk:  # the context lives in its stream's slot: on this node
+                pipe.exists(_stream_context(stream, cluster))
+            for stream, found in zip(chunk, pipe.execute(), strict=True):
+                if not found:
+                    orphans += 1
+                    if len(examples) < 3:
+                        examples.append(stream.decode("utf-8", "backslashreplace"))
+        sampled += len(streams)
+    if not sampled:
+        report.add("ok", "history", "no history stream")
+        return
+    how = (f"a sample of {sampled} (SCAN: at most {HISTORY_SAMPLE} streams and "
+           f"{HISTORY_SCANS} calls per primary)" if bounded else f"all {sampled}")
+    if not orphans:
+        report.add("ok", "history", f"{how} history stream(s) checked: each has its context")
+        return
+    report.add("warn", "history", f"{orphans} of {how} history stream(s) checked have no context "
+               f"(e.g. {', '.join(examples)}): a raw DEL, PEXPIRE or eviction of the context "
+               "alone left them (store.touch and CTX.DEL keep both in step); DEL them, or let "
+               "the next create of the context replace them")
 
 
 @click.command()
@@ -268,8 +332,9 @@ def _check_eviction(store: "Store", report: _Report) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
     """Check the deployment: engine and protocol, the schema registry on every primary and slot
-    copy, and an eviction policy that could remove contexts or the registry. Exit status 1 when
-    a check fails."""
+    copy, history streams whose context is gone (a sample of at most 1000 per primary), and an
+    eviction policy that could remove contexts, history or the registry. Exit status 1 when a
+    check fails."""
     from ctxlink._client import is_cluster
 
     report = _Report()
@@ -285,6 +350,10 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
             _check_registry_cluster(store, report)
         else:
             _check_registry_standalone(store, report)
+        try:
+            _check_history(store, report, cluster)
+        except Exception as exc:  # noqa: BLE001 - NOPERM (no grant on __ctxh:*) and the like
+            report.add("warn", "history", f"cannot check the history streams ({exc})")
         _check_eviction(store, report)
     if as_json:
         print_json({"ok": report.ok, "checks": report.checks})
