@@ -286,7 +286,8 @@ if not skey then return err('ERR', 'slot tag must be a decimal integer (ARGV[9])
 local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload', 'feed')
 local hist_n, hist_payload = strict_int(edigest[2] or nil) or 0, edigest[3] == '1'
 if hist_n > 1000 then hist_n = 0 end
-local feed_n = tag == '' and strict_int(edigest[4] or nil) or 0 -- no feed on a cluster
+-- (no change feed on a cluster)
+local feed_n = tag == '' and strict_int(edigest[4] or nil) or 0
 if feed_n > 1e7 then feed_n = 0 end
 edigest = edigest[1]
 if type(edigest) ~= 'string' then

@@ -22,27 +22,27 @@
 ]]
 
 if hist_n > 0 or feed_n > 0 then
-  local hk, fk = KEYS[2], feed_n > 0 and '__ctxf:' .. name
-  if hk and sub(hk, 1, 7) ~= '__ctxh:' then hk = nil end
-  if hist_n > 0 and not hk or fk and KEYS[#KEYS] ~= fk then return err('CTXSCHEMA', 'stale ' .. name) end
+  local hk, fk = KEYS[2], '__ctxf:' .. name
+  if hk == fk then hk = nil end
+  if hist_n > 0 and not hk or feed_n > 0 and KEYS[#KEYS] ~= fk then return err('CTXSCHEMA', 'stale ' .. name) end
   local a = { 'XADD', fk, 'MAXLEN', '=', feed_n, '*', 'k', not present and 'create' or (patching and
     'patch' or 'update'), 'i', hex(inc), 't', fmt('%.0f', ms), 'b', by, 'w', wid or '' }
   if present and patching then a[#a + 1], a[#a + 2] = 'f', ARGV[12] end
   if hist_payload then a[#a + 1], a[#a + 2] = #s > 65536 and 'o' or 'p', #s > 65536 and #s or s end
   local n = #a
-  if fk then
+  if feed_n > 0 then
     a[n + 1], a[n + 2], a[n + 3], a[n + 4] = 'v', fmt('%.0f', new_v), 'key', ckey
     redis.call(unpack(a))
-    a[n + 1], a[n + 2], a[n + 3], a[n + 4] = nil, nil, nil, nil
   end
   if hist_n > 0 then
     a[2], a[5], a[6] = hk, hist_n, fmt('%.0f-0', new_v)
     if not present then redis.call('DEL', hk) end
-    if redis.pcall(unpack(a)).err then
+    if redis.pcall(unpack(a, 1, n)).err then
       redis.call('DEL', hk)
-      redis.call(unpack(a))
+      redis.call(unpack(a, 1, n))
     end
-    local pt = px or redis.call('PTTL', ckey) -- before the SET: a write's PX, or the kept expiry
+    -- before the SET: a write's PX, or the kept expiry
+    local pt = px or redis.call('PTTL', ckey)
     if tonumber(pt) > 0 and redis.call('PTTL', hk) ~= tonumber(pt) then redis.call('PEXPIRE', hk, pt) end
   end
 end
