@@ -363,10 +363,27 @@ def test_cli_watch_schema(store, shared_server, pb):
     store.register_schema("order", pb.Order, feed=20)
     store.cas("o:1", 0, pb.Order(order_id="a"), schema="order", by="me")
     store.update("o:1", _bump, message_class=pb.Order, by="you")
-    got = _cli(port, "watch", "--schema", "order", "--count", "2", "--json")
+    got = _cli(port, "watch", "--schema", "order", "--count", "2", "--json", "--from-start")
     assert got.returncode == 0, got.stderr
     rows = [json.loads(line) for line in got.stdout.splitlines()]
     assert [(x["key"], x["kind"], x["version"], x["updated_by"]) for x in rows] == [
         ("o:1", "create", 1, "me"), ("o:1", "update", 2, "you")]
-    got = _cli(port, "watch", "--schema", "order", "--count", "2")
-    assert got.returncode == 0 and "o:1" in got.stdout and "update" in got.stdout
+    # the default: only new changes (a live tail), here one made while it waits
+    proc = subprocess.Popen([sys.executable, "-m", "ctxlink", "watch", "--schema", "order",
+                             "--count", "1", "-p", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT / "sdk")))
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        store.update("o:1", _bump, message_class=pb.Order, by="late")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 and "o:1" in lines[0] and "update" in lines[0] and "late" in lines[0]
+    assert " v2 " not in lines[0]  # not the old change: a new one
+    # schema push --feed
+    got = _cli(port, "schema", "push", str(REPO_ROOT / "proto" / "order.proto"),
+               "ctxlink.example.Order", "--name", "order", "--feed", "7")
+    assert got.returncode == 0, got.stderr
+    assert store.get_schema("order").feed == 7

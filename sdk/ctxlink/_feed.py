@@ -30,7 +30,7 @@ from ctxlink._protocol import _bytes, _text
 if TYPE_CHECKING:
     from ctxlink._state import State
 
-__all__ = ["FEED_MAX", "ChangeBatch", "check_feed_arg", "feed_key", "op_changes",
+__all__ = ["FEED_MAX", "ChangeBatch", "check_feed_arg", "cursor_of", "feed_key", "op_changes",
            "FEED_CLUSTER_MSG"]
 
 
@@ -124,6 +124,13 @@ end
 return {added, len, first, redis.call('XRANGE', k, ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 _READ_RO = b"#!lua flags=no-writes\n" + _READ
+
+
+def cursor_of(added: int, last_id: Any) -> str:
+    """The cursor after the entry ``last_id`` of a feed whose ``entries-added`` is ``added``
+    (-1: Redis 6.2, no count): what ``changes`` would return after reading up to it."""
+    ms, seq = _id(_text(last_id))
+    return f"1-{max(0, added)}-{ms}-{seq}"
 
 
 def _id(text: str) -> tuple[int, int]:

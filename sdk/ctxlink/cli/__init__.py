@@ -22,6 +22,7 @@ from ctxlink.cli._conn import conn_of, connection_options
 from ctxlink.cli._output import CliError, error_line
 from ctxlink.cli.contexts import get, ls, touch
 from ctxlink.cli.demo_cmd import demo
+from ctxlink.cli.feed import watch
 from ctxlink.cli.schemas import schema
 from ctxlink.cli.server import doctor, stats
 
@@ -59,7 +60,7 @@ def cli() -> None:
     """
 
 
-for command in (get, ls, touch, schema, stats, doctor, demo):
+for command in (get, ls, touch, schema, stats, doctor, demo, watch):
     cli.add_command(command)
 
 

@@ -67,18 +67,20 @@ def _source_options(f: Any) -> Any:
               "(contexts then need `migrate`)")
 @click.option("--compat", type=_COMPAT, help="compatibility category (default: the entry's, "
               "WIRE_JSON for a new name)")
+@click.option("--feed", type=click.IntRange(min=0), metavar="N", help="keep the schema's last N "
+              "changes in its change feed (0: off; default: the entry's; `ctxlink watch --schema`)")
 @connection_options
 @click.pass_context
 def push(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
          version_field: Optional[str], includes: tuple[str, ...], descriptor_set: Optional[str],
-         force: bool, compat: Optional[str]) -> None:
+         force: bool, compat: Optional[str], feed: Optional[int]) -> None:
     """Register (or re-register) the message MESSAGE of FILE.proto as a schema."""
     message, fds = _source(args, descriptor_set, includes)
     name = name or message
     with open_store(ctx) as store:
         revision = store.register_schema(name, fds, message_type=message, force=force,
                                          version_field=version_field,
-                                         compat=compat.upper() if compat else None)
+                                         compat=compat.upper() if compat else None, feed=feed)
     click.echo(f"{name}: {message}, revision {revision}")
 
 
