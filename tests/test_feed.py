@@ -387,3 +387,41 @@ def test_cli_watch_schema(store, shared_server, pb):
                "ctxlink.example.Order", "--name", "order", "--feed", "7")
     assert got.returncode == 0, got.stderr
     assert store.get_schema("order").feed == 7
+
+
+# --------------------------------------------------------------------------- Redis 6.2
+
+
+REDIS62 = REPO_ROOT / "build/_deps/redis-6.2/src/redis-server"
+
+
+@pytest.mark.skipif(not REDIS62.exists(), reason=f"{REDIS62} is missing: run `make redis62`")
+@pytest.mark.skipif(bool(os.environ.get("CTX_SAN_LOGS")),
+                    reason="starts a plain Redis 6.2 (a sanitizer build needs the wrapper)")
+@pytest.mark.parametrize("engine62", ["module", "lua"])
+def test_the_feed_on_redis_6_2(engine62, pb, module_so):
+    """6.2: no EVAL_RO (EVAL instead), no entries-added (ordinal 0; a cursor whose own entry was
+    trimmed raises, conservatively)."""
+    from ctxlink.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(module=module_so if engine62 == "module" else None,
+                       binary=str(REDIS62)) as server:
+        s = ctxlink.connect(server.client())
+        assert s.engine == engine62
+        s.register_schema("order", pb.Order, feed=3)
+        s.cas("o:1", 0, pb.Order(order_id="a"), schema="order")
+        first = s.changes("order")
+        assert [c.version for c in first.changes] == [1] and first.cursor.startswith("1-0-")
+        s.update("o:1", _bump, message_class=pb.Order)
+        s.update("o:1", _bump, message_class=pb.Order)
+        assert [c.version for c in s.changes("order", first.cursor).changes] == [2, 3]
+        s.update("o:1", _bump, message_class=pb.Order)  # entry 1 trimmed
+        with pytest.raises(ctxlink.CursorExpiredError, match="6.2"):
+            s.changes("order", first.cursor)
+        assert s.delete("o:1", 4).ok
+        got = s.changes("order")
+        assert [(c.kind, c.version) for c in got.changes] == [("update", 3), ("update", 4),
+                                                              ("delete", 4)]
+        t0 = time.monotonic()
+        assert s.changes("order", got.cursor, block_ms=100).changes == []
+        assert time.monotonic() - t0 >= 0.08
