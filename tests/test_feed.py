@@ -340,6 +340,8 @@ def test_a_cluster_refuses_a_feed(any_cluster, pb):
                 node.execute_command("CTX.SCHEMA.SET", "forder2", "ctxlink.example.Order", fds,
                                      "FEED", 5)
         node.close()
+        got = _cli(nodes[0].port, "watch", "--schema", "forder", "--count", "1", "-c")
+        assert got.returncode == 1 and "needs a standalone server" in got.stderr
     finally:
         rc.close()
 

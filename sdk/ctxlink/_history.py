@@ -58,8 +58,9 @@ class Change:
     """One change of a context, as its history keeps it (``store.history``).
 
     ``kind``: ``"create"``, ``"update"`` (a whole-context write, ``cas``/``update``) or
-    ``"patch"`` (``update(reads=...)``); ``fields`` the top-level field names a patch touched
-    (``None`` for whole-context writes; a number the schema no longer names is given as its
+    ``"patch"`` (``update(reads=...)``), and in a schema's change feed (``store.changes``) also
+    ``"delete"`` (the deleted version, no writer); ``fields`` the top-level field names a patch
+    touched (``None`` for whole-context writes; a number the schema no longer names is given as its
     decimal text); ``write_id`` ``""`` when the write carried none; ``incarnation`` ``""`` until
     protocol 3; ``payload`` the payload after the change when the schema keeps payloads
     (``history_payloads=True``) and it was at most 64 KiB, else None (``payload_omitted`` True

@@ -60,6 +60,10 @@ def watch_schema(store: "Store", schema: str, count: Optional[int], as_json: boo
                  from_start: bool, cursor: Optional[str]) -> None:
     """Prints the changes of ``schema``'s feed as they come, ``count`` of them (None: until
     interrupted). Without a feed for the schema: one line on stderr naming the fix, exit 1."""
+    from ctxlink._feed import FEED_CLUSTER_MSG
+
+    if store._st.cluster:
+        fail(FEED_CLUSTER_MSG)
     info = store.get_schema(schema)
     if info is None:
         fail(f"CTXSCHEMA unknown schema {schema!r}")
