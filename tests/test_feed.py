@@ -427,3 +427,66 @@ def test_the_feed_on_redis_6_2(engine62, pb, module_so):
         t0 = time.monotonic()
         assert s.changes("order", got.cursor, block_ms=100).changes == []
         assert time.monotonic() - t0 >= 0.08
+
+
+# --------------------------------------------------------------------------- AOF, refusals
+
+
+AOF = [("appendfsync", "always"), ("aof-use-rdb-preamble", "no"),
+       ("auto-aof-rewrite-percentage", 0)]
+
+
+def test_the_feed_reaches_the_aof_with_its_ids_and_a_restart_rebuilds_it(servers, engine, pb):
+    module = engine == "module"
+    primary = servers.start(module=module, appendonly=True, config=AOF)
+    s = ctxlink.connect(primary.client())
+    s.register_schema("order", pb.Order, feed=10)
+    tail = srv.AofTail(primary)
+    s.cas("o:a", 0, pb.Order(order_id="a"), schema="order", by="w")
+    cmds = tail.commands()
+    names = [c[0].upper() for c in cmds]
+    assert names[0] == b"MULTI" and names[-1] == b"EXEC", names
+    xadd = next(c for c in cmds if c[0].upper() == b"XADD")
+    assert xadd[1] == b"__ctxf:order" and xadd[2:5] == [b"MAXLEN", b"=", b"10"]
+    assert re.fullmatch(rb"\d+-\d+", xadd[5]), xadd  # the id assigned, not "*"
+    s.update("o:a", _bump, message_class=pb.Order)
+    assert s.delete("o:a", 2).ok
+    want = primary.r.xrange("__ctxf:order")
+    assert len(want) == 3
+    restarted = servers.restart(primary)
+    assert restarted.r.xrange("__ctxf:order") == want
+
+
+def test_refused_writes_append_nothing(store, engine, shared_server, pb):
+    r = shared_server.r
+    store.register_schema("order", pb.Order, feed=10)
+    store.cas("o:1", 0, pb.Order(order_id="a"), schema="order")
+    before = r.xrange("__ctxf:order")
+    assert not store.cas("o:1", 0, pb.Order(order_id="b"), schema="order").ok  # conflict
+    assert not store.delete("o:1", 7).ok
+    with pytest.raises(ctxlink.ValidationError):
+        store.cas("o:1", 1, b"\xff\xff", schema="order")
+    assert r.xrange("__ctxf:order") == before
+    # the reserved key holding another type: the module replaces it, the Lua engine refuses
+    # the write (WRONGTYPE) and writes nothing
+    r.delete("__ctxf:order")
+    r.set("__ctxf:order", "x")
+    if engine == "module":
+        store.update("o:1", _bump, message_class=pb.Order)
+        assert [e[1][b"v"] for e in r.xrange("__ctxf:order")] == [b"2"]
+    else:
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            store.update("o:1", _bump, message_class=pb.Order)
+        assert store.get("o:1").version == 1 and r.get("__ctxf:order") == b"x"
+
+
+def test_switching_the_feed_off_keeps_the_stream_and_stops_appending(store, pb):
+    store.register_schema("order", pb.Order, feed=10)
+    store.cas("o:1", 0, pb.Order(order_id="a"), schema="order")
+    store.register_schema("order", pb.Order, feed=0)
+    store.update("o:1", _bump, message_class=pb.Order)
+    b = store.changes("order")
+    assert [c.version for c in b.changes] == [1]
+    store.register_schema("order", pb.Order, feed=10)
+    store.update("o:1", _bump, message_class=pb.Order)
+    assert [c.version for c in store.changes("order", b.cursor).changes] == [3]
