@@ -314,33 +314,58 @@ def test_acl_lines_for_a_lua_agent_and_a_read_only_consumer(store, engine, share
 
 
 @pytest.fixture(scope="module", params=["module", "lua"])
-def any_cluster(request) -> Iterator[tuple[str, list[Any]]]:
-    from test_cluster import _cluster
+def one_node_cluster(request) -> Iterator[tuple[str, Any]]:
+    """A cluster of one primary holding every slot: starts in well under a second (the refusal
+    needs cluster mode, not three nodes; the 3-primary cluster is test_cluster's and
+    test_history's)."""
+    from test_cluster import _node, _wait
 
-    for nodes in _cluster(module=request.param == "module"):
-        yield request.param, nodes
+    server, _ = _node(module=request.param == "module")
+    try:
+        c = server.client()
+        c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        _wait(lambda: b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO"),
+              "cluster_state:ok")
+        c.close()
+        yield request.param, server
+    finally:
+        server.close()
 
 
-def test_a_cluster_refuses_a_feed(any_cluster, pb):
-    engine, nodes = any_cluster
-    rc = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+def test_a_cluster_refuses_a_feed(one_node_cluster, pb):
+    engine, node = one_node_cluster
+    rc = RedisCluster(host="127.0.0.1", port=node.port)
     try:
         s = ctxlink.connect(rc)
         assert s.engine == engine
+        before = rc.info("commandstats")
         with pytest.raises(ctxlink.SchemaError, match="change feed needs a standalone server"):
-            s.register_schema("forder", pb.Order, feed=10)
-        s.register_schema("forder", pb.Order, feed=0)
+            s.register_schema("forder", pb.Order, feed=10)  # the SDK refuses: nothing sent
         with pytest.raises(ctxlink.SchemaError, match="docs/PROTOCOL.md"):
             s.changes("forder")
-        # the server refuses it too (a client that skips the SDK's check)
-        node = redis.Redis(port=nodes[0].port)
-        if engine == "module":
-            fds = s.get_schema("forder").descriptor_set
-            with pytest.raises(redis.ResponseError, match="change feed needs a standalone"):
-                node.execute_command("CTX.SCHEMA.SET", "forder2", "ctxlink.example.Order", fds,
-                                     "FEED", 5)
-        node.close()
-        got = _cli(nodes[0].port, "watch", "--schema", "forder", "--count", "1", "-c")
+        after = rc.info("commandstats")
+        sent = {k for k in set(after) | set(before) if after.get(k) != before.get(k)}
+        assert sent <= {"cmdstat_info", "cmdstat_cluster", "cmdstat_command"}, sent
+        # the server refuses it too (a client that skips the SDK's check), writing nothing
+        r = redis.Redis(port=node.port)
+        fds = pb.fds("order")
+        with pytest.raises(redis.ResponseError, match="change feed needs a standalone") as exc:
+            if engine == "module":
+                r.execute_command("CTX.SCHEMA.SET", "forder", "ctxlink.example.Order", fds,
+                                  "FEED", 5)
+            else:
+                from ctxlink._cluster import _slot_tag
+                from redis.crc import key_slot
+
+                tag = _slot_tag(key_slot(b"forder"))
+                sha = r.script_load(s._st.scripts["schema_set"].source)
+                r.evalsha(sha, 2, f"__ctx:{{{tag}}}:schema:forder", f"__ctx:{{{tag}}}:schemas",
+                          "forder", "ctxlink.example.Order", fds, "version", "WIRE_JSON", 0, 0,
+                          1, "", "", 5)
+        assert "docs/PROTOCOL.md" in str(exc.value)
+        assert not [k for k in r.scan_iter("__ctx*")]
+        r.close()
+        got = _cli(node.port, "watch", "--schema", "forder", "--count", "1", "-c")
         assert got.returncode == 1 and "needs a standalone server" in got.stderr
     finally:
         rc.close()
