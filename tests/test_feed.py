@@ -16,15 +16,15 @@ import threading
 import time
 from typing import Any, Iterator
 
-import ctxlink
-import ctxlink.aio
 import pytest
 import redis
-from ctxlink._ctxcore import lib
-from redis.cluster import RedisCluster
-
 import servers as srv
+from redis.cluster import RedisCluster
 from servers import REPO_ROOT
+
+import ctxlink
+import ctxlink.aio
+from ctxlink._ctxcore import lib
 
 PROTOCOL = REPO_ROOT / "docs" / "PROTOCOL.md"
 
@@ -354,8 +354,9 @@ def test_a_cluster_refuses_a_feed(one_node_cluster, pb):
                 r.execute_command("CTX.SCHEMA.SET", "forder", "ctxlink.example.Order", fds,
                                   "FEED", 5)
             else:
-                from ctxlink._cluster import _slot_tag
                 from redis.crc import key_slot
+
+                from ctxlink._cluster import _slot_tag
 
                 tag = _slot_tag(key_slot(b"forder"))
                 sha = r.script_load(s._st.scripts["schema_set"].source)
