@@ -281,11 +281,19 @@ void ctx_History_Expire(RedisModuleCtx *ctx, RedisModuleString *keyname, long lo
 void ctx_Feed_Delete(RedisModuleCtx *ctx, RedisModuleString *keyname, const char *schema,
                      size_t slen, unsigned long long version, const uint8_t *incarnation,
                      RedisModuleString *write_id) {
-  if (ctx_Cluster_Enabled()) return;
-  ctx_Status st;
-  if (!ctx_Registry_Resolve(ctx, schema, slen, -1, &st)) return;
-  ctx_HistorySettings set;
-  ctx_Registry_LastSettings(&set);
+  if (ctx_Cluster_Enabled() || slen == 0) return;
+  /* The entry's `feed` alone (no compile: a delete needs no schema); a name that is not a valid
+   * schema name finds no entry. */
+  RedisModuleString *ekey = ctx_Registry_KeyName(ctx, schema, slen, -1);
+  RedisModuleKey *ek = RedisModule_OpenKey(ctx, ekey, REDISMODULE_READ);
+  RedisModuleString *fs = NULL;
+  if (RedisModule_KeyType(ek) == REDISMODULE_KEYTYPE_HASH) {
+    RedisModule_HashGet(ek, REDISMODULE_HASH_NONE, ctx_names.feed, &fs, NULL);
+  }
+  RedisModule_CloseKey(ek);
+  RedisModule_FreeString(ctx, ekey);
+  ctx_HistorySettings set = {0, false, ctx_FeedSetting_Read(fs)};
+  if (fs) RedisModule_FreeString(ctx, fs);
   if (set.feed <= 0) return;
   RedisModuleString *fkey = feed_keyname(ctx, schema, slen);
   char ver[24], inc[2 * CTX_INC_LEN + 1] = "", ms[24];
