@@ -73,8 +73,9 @@ end
 -- the change feed gets a `delete` entry (the deleted version; no writer)
 if fk then
   local t = redis.call('TIME')
-  redis.call('XADD', fk, 'MAXLEN', '=', feed, '*', 'k', 'delete', 'v', fmt('%.0f', v), 'i',
-    inc and hex(inc) or '', 't', fmt('%.0f', t[1] * 1000 + floor(t[2] / 1000)), 'b', '', 'w', wid or '', 'key', KEYS[1])
+  redis.call('XADD', fk, 'MAXLEN', '=', feed, '*', 'k', 'delete', 'i', inc and hex(inc) or '',
+    't', fmt('%.0f', t[1] * 1000 + floor(t[2] / 1000)), 'b', '', 'w', wid or '', 'v', fmt('%.0f', v),
+    'key', KEYS[1])
 end
 if hk then redis.call('DEL', hk) end
 redis.call('DEL', KEYS[1])

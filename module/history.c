@@ -12,7 +12,13 @@
  * the XADD a client would send (RedisModule_Replicate); the rarer DEL and
  * PEXPIREAT go through RedisModule_Call with "!". All of it reaches replicas
  * and the AOF inside the same MULTI/EXEC as the command's own SET or DEL, so
- * the history and the value never part. */
+ * the history and the value never part.
+ *
+ * The change feed (docs/PROTOCOL.md, "Change feed") is built here too, from the same field
+ * list: a schema whose entry has `feed` n > 0 (standalone servers only) gets every change of its
+ * contexts in `__ctxf:<schema>`, with an automatic id, `MAXLEN = n`, the fields above plus `v`
+ * (the version) and `key`; CTX.DEL adds a `delete` entry (ctx_Feed_Delete). The id the stream
+ * API assigned is the one propagated, so replicas and the AOF hold the same ids. */
 #include <stdio.h>
 #include <string.h>
 
@@ -302,18 +308,21 @@ void ctx_Feed_Delete(RedisModuleCtx *ctx, RedisModuleString *keyname, const char
   snprintf(ms, sizeof(ms), "%lld", (long long)RedisModule_Milliseconds());
   RedisModuleString *argv[20];
   int argc = 0;
-  const char *const head[] = {"MAXLEN", "=", NULL, "*", "k", "delete", "v", ver, "i", inc, "t",
-                              ms, "b", "", "w"};
+  /* The fields in a write's order: k i t b w, then v key. */
+  const char *const head[] = {"MAXLEN", "=", NULL, "*", "k", "delete", "i", inc, "t", ms,
+                              "b", "", "w"};
   argv[argc++] = fkey;
-  for (int i = 0; i < 15; i++) {
+  for (int i = 0; i < 13; i++) {
     argv[argc++] = head[i] ? RedisModule_CreateString(ctx, head[i], strlen(head[i]))
                            : RedisModule_CreateStringFromLongLong(ctx, set.feed);
   }
-  argv[argc++] = write_id ? write_id : ctx_names.empty;
-  argv[argc++] = RedisModule_CreateString(ctx, "key", 3);
+  argv[argc++] = write_id ? write_id : ctx_names.empty; /* argv[14] */
+  const char *const tail[] = {"v", ver, "key"};
+  for (int i = 0; i < 3; i++) argv[argc++] = RedisModule_CreateString(ctx, tail[i], strlen(tail[i]));
   argv[argc++] = keyname;
   append_feed(ctx, fkey, argv, argc, 5, set.feed);
-  for (int i = 1; i < 16; i++) RedisModule_FreeString(ctx, argv[i]);
-  RedisModule_FreeString(ctx, argv[17]);
+  for (int i = 1; i < argc - 1; i++) {
+    if (i != 14) RedisModule_FreeString(ctx, argv[i]);
+  }
   RedisModule_FreeString(ctx, fkey);
 }
