@@ -16,6 +16,8 @@
 
   KEYS[1]  the context key
   KEYS[2]  its history stream (cas_history.lua), given when the schema keeps history
+  KEYS[#KEYS] the schema's change feed "__ctxf:<schema>" (cas_history.lua), given (last) when the
+           schema has a feed (standalone only)
   ARGV[1]  expected_version (CAS) / base_version (PATCH): decimal, 0 .. 2^53 - 2 (Lua doubles)
   ARGV[2]  payload (PATCH: only the fields in FIELDS)
   ARGV[3]  "1" when the caller gave SCHEMA (then ARGV[8] is that schema), else "0"
@@ -281,9 +283,12 @@ if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 local skey = registry_key(tag, name)
 if not skey then return err('ERR', 'slot tag must be a decimal integer (ARGV[9])') end
 -- with the history settings (cas_history.lua), read as the module reads them
-local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload')
+local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload', 'feed')
 local hist_n, hist_payload = strict_int(edigest[2] or nil) or 0, edigest[3] == '1'
 if hist_n > 1000 then hist_n = 0 end
+-- (no change feed on a cluster)
+local feed_n = tag == '' and strict_int(edigest[4] or nil) or 0
+if feed_n > 1e7 then feed_n = 0 end
 edigest = edigest[1]
 if type(edigest) ~= 'string' then
   if type_of(skey) ~= 'hash' then

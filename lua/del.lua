@@ -9,6 +9,8 @@
   KEYS[1]  the context key
   KEYS[2]  its history stream (cas_history.lua): deleted with it; required when the context's
            schema keeps history (else "CTXSCHEMA stale <schema>": the SDK re-sends with it)
+  KEYS[#KEYS] the schema's change feed "__ctxf:<schema>", required (last) when the schema has a
+           feed (standalone only): it gets a `delete` entry (docs/PROTOCOL.md, "Change feed")
   ARGV[1]  expected_version: decimal integer 0 .. 9007199254740990 (2^53 - 2; Lua numbers are
            doubles, the module accepts up to 2^63 - 2)
   ARGV[2]  the write id (ID), 1 to 64 bytes; "" or absent: none. Only checked: a delete leaves
@@ -60,10 +62,22 @@ end
 -- [include wait_publish]
 -- the history goes with the context (first: a refused DEL of it leaves both)
 local skey = name_ok(schema) and registry_key(ARGV[4] or '', schema)
-local hist = skey and redis.pcall('HGET', skey, 'history')
-hist = type(hist) == 'string' and strict_int(hist) or 0
-if hist > 0 and hist <= 1000 and not KEYS[2] then return err('CTXSCHEMA', 'stale ' .. schema) end
-if KEYS[2] then redis.call('DEL', KEYS[2]) end
+local h = skey and redis.pcall('HMGET', skey, 'history', 'feed')
+local hist = type(h) == 'table' and strict_int(h[1] or nil) or 0
+local feed = type(h) == 'table' and (ARGV[4] or '') == '' and strict_int(h[2] or nil) or 0
+local hk, fk = KEYS[2], feed > 0 and feed <= 1e7 and '__ctxf:' .. schema
+if hk and sub(hk, 1, 7) ~= '__ctxh:' then hk = nil end
+if hist > 0 and hist <= 1000 and not hk or fk and KEYS[#KEYS] ~= fk then
+  return err('CTXSCHEMA', 'stale ' .. schema)
+end
+-- the change feed gets a `delete` entry (the deleted version; no writer)
+if fk then
+  local t = redis.call('TIME')
+  redis.call('XADD', fk, 'MAXLEN', '=', feed, '*', 'k', 'delete', 'i', inc and hex(inc) or '',
+    't', fmt('%.0f', t[1] * 1000 + floor(t[2] / 1000)), 'b', '', 'w', wid or '', 'v', fmt('%.0f', v),
+    'key', KEYS[1])
+end
+if hk then redis.call('DEL', hk) end
 redis.call('DEL', KEYS[1])
 wait_publish(ARGV[5], ARGV[6], 'deleted')
 return 1

@@ -10,7 +10,8 @@
 
   Replies:
     [message_type, descriptor_set, revision (integer), compat ("WIRE_JSON" / "WIRE"),
-     history (integer, 0 = off), history payloads (integer 1 / 0)]: the settings as the module
+     history (integer, 0 = off), history payloads (integer 1 / 0), feed (integer, 0 = off)]: the
+     settings as the module
      reads them (absent or unreadable: WIRE_JSON, 0, 0)
     nil   no entry, or an entry without type, fds or an integer revision
   Errors:
@@ -22,10 +23,13 @@ local entry = KEYS[1]
 local name = string.match(entry, '^__ctx:{%d+}:schema:(.*)$') or sub(entry, 14)
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 if type_of(entry) ~= 'hash' then return false end
-local h = redis.call('HMGET', entry, 'type', 'fds', 'revision', 'compat', 'history', 'hpayload')
+local h = redis.call('HMGET', entry, 'type', 'fds', 'revision', 'compat', 'history', 'hpayload',
+  'feed')
 local revision = strict_int(h[3] or nil)   -- as the module's RedisModule_StringToLongLong
 if not h[1] or not h[2] or not revision then return false end
 local compat = (h[4] and string.upper(h[4]) == 'WIRE') and 'WIRE' or 'WIRE_JSON'
 local hist = strict_int(h[5] or nil)
 if not hist or hist < 0 or hist > 1000 then hist = 0 end
-return { h[1], h[2], revision, compat, hist, h[6] == '1' and 1 or 0 }
+local feed = strict_int(h[7] or nil)
+if not feed or feed < 0 or feed > 10000000 then feed = 0 end
+return { h[1], h[2], revision, compat, hist, h[6] == '1' and 1 or 0, feed }

@@ -26,6 +26,8 @@
   ARGV[9]  HISTORY: "0" .. "1000" (changes kept per context); "" or absent: keep the entry's
            (0 for a new name)
   ARGV[10] HISTORYPAYLOADS: "1" / "0"; "" or absent: keep the entry's (0 for a new name)
+  ARGV[11] FEED: "0" .. "10000000" (changes kept in the schema's change feed); "" or absent: keep
+           the entry's (0 for a new name). Above 0 refused on a cluster's copy (a tagged KEYS[1]).
 
   digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes (the C core's
   ctx_Digest). No validation plan is stored: the SDK generates it from the entry
@@ -39,7 +41,7 @@
     written again under the same revision. The entry's revision is read as the module reads it
     (prelude's strict_int; unreadable or negative is 0). Every check comes before the first
     write, so an error writes nothing. Otherwise
-    HSET KEYS[1] type fds revision vfield digest compat history hpayload, HDEL KEYS[1] plan,
+    HSET KEYS[1] type fds revision vfield digest compat history hpayload feed, HDEL KEYS[1] plan,
     SADD KEYS[2] name;
     the reply is ARGV[6] + 1 (ARGV[6] with ARGV[7] when above 0), also over another copy at an
     older revision.
@@ -48,6 +50,8 @@
     CTXSCHEMA unknown COMPAT '<ARGV[5]>': use WIRE_JSON or WIRE
     ERR HISTORY must be an integer from 0 to 1000
     ERR HISTORYPAYLOADS must be yes or no
+    ERR FEED must be an integer from 0 to 10000000
+    CTXSCHEMA a change feed needs a standalone server or a replica set (Redis Cluster: ...)
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
     CTXSCHEMA the registry index '__ctx:schemas' holds another type   (KEYS[2] not a set)
@@ -71,6 +75,22 @@ if hist_arg ~= '' and (not hist_new or hist_new < 0 or hist_new > HISTORY_MAX) t
 end
 if hpay_arg ~= '' and hpay_arg ~= '1' and hpay_arg ~= '0' then
   return err('ERR', 'HISTORYPAYLOADS must be yes or no')
+end
+-- FEED_MAX: the C core's CTX_FEED_MAX
+local FEED_MAX = 10000000
+local feed_arg = ARGV[11] or ''
+local feed_new = strict_int(feed_arg)
+if feed_arg ~= '' and (not feed_new or feed_new < 0 or feed_new > FEED_MAX) then
+  return err('ERR', 'FEED must be an integer from 0 to ' .. FEED_MAX)
+end
+if feed_new and feed_new > 0 and string.match(entry, '^__ctx:{') then
+  return err('CTXSCHEMA', 'a change feed needs a standalone server or a replica set (Redis '
+    .. 'Cluster: see docs/PROTOCOL.md, "Change feed")')
+end
+local function feed_of(v)
+  local n = strict_int(v or nil)
+  if not n or n < 0 or n > FEED_MAX then return 0 end
+  return n
 end
 -- an entry's settings as the module reads them: unreadable or out of range is off
 local function hist_of(v)
@@ -114,15 +134,17 @@ end
 local revision, repair = seen, false
 if t == 'hash' then
   local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat',
-    'history', 'hpayload')
+    'history', 'hpayload', 'feed')
   -- read as the module reads it (Redis' string2ll); unreadable or negative counts as 0
   revision = strict_int(h[1] or nil) or 0
   if revision < 0 then revision = 0 end
   -- settings not given keep the entry's
   if hist_arg == '' then hist_arg = tostring(hist_of(h[7])) end
   if hpay_arg == '' then hpay_arg = h[8] == '1' and '1' or '0' end
+  if feed_arg == '' then feed_arg = tostring(feed_of(h[9])) end
   if h[2] == digest and category(h[6]) == compat and revision > 0
-      and hist_of(h[7]) == tonumber(hist_arg) and (h[8] == '1') == (hpay_arg == '1') then
+      and hist_of(h[7]) == tonumber(hist_arg) and (h[8] == '1') == (hpay_arg == '1')
+      and feed_of(h[9]) == tonumber(feed_arg) then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
     if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest
@@ -144,8 +166,10 @@ if not repair then
 end
 if hist_arg == '' then hist_arg = '0' end
 if hpay_arg == '' then hpay_arg = '0' end
+if feed_arg == '' then feed_arg = '0' end
 redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', fmt('%.0f', revision),
-  'vfield', vfield, 'digest', digest, 'compat', compat, 'history', hist_arg, 'hpayload', hpay_arg)
+  'vfield', vfield, 'digest', digest, 'compat', compat, 'history', hist_arg, 'hpayload', hpay_arg,
+  'feed', feed_arg)
 redis.call('HDEL', entry, 'plan')
 redis.call('SADD', index, name)
 return revision

@@ -514,7 +514,7 @@ int ctx_CasCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   ctx_Clocks clocks;
   ctx_Clocks_Whole(&clocks, (uint64_t)expected + 1);
   ctx_History hist; /* history.c: the change goes to the context's history, when kept */
-  ctx_History_Prepare(ctx, argv[1], &hist);
+  ctx_History_PrepareFeed(ctx, argv[1], name, nlen, &hist);
   if (!write_value(ctx, key, argv[1], &s, (uint64_t)expected + 1, &o, &clocks, name, nlen,
                    payload, plen, &st)) {
     ctx_History_Release(ctx, &hist);
@@ -747,7 +747,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   /* `name` may point into the stored value: write_value reads it before the
    * key is replaced. */
   ctx_History hist; /* history.c */
-  ctx_History_Prepare(ctx, argv[1], &hist);
+  ctx_History_PrepareFeed(ctx, argv[1], name, nlen, &hist);
   if (!write_value(ctx, key, argv[1], &s, cur + 1, &o, &clocks, name, nlen, merged, mlen,
                    &st)) {
     ctx_History_Release(ctx, &hist);
@@ -810,6 +810,9 @@ int ctx_DelCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
         reply_conflict(ctx, &s, o.id != NULL);
         break;
       }
+      /* history.c: a `delete` entry in the schema's change feed, when it has one */
+      ctx_Feed_Delete(ctx, argv[1], s.v.schema, s.v.schema_len, (unsigned long long)s.v.version,
+                      s.v.incarnation, o.id);
       RedisModule_DeleteKey(key);
       RedisModule_Replicate(ctx, "DEL", "s", argv[1]);
       ctx_History_Drop(ctx, argv[1]); /* history.c: the history goes with the context */

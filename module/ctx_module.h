@@ -46,6 +46,7 @@ typedef struct {
   RedisModuleString *raw, *version, *schema, *updated_ms, *updated_by, *digest, *empty;
   RedisModuleString *keepttl; /* the last argument of every propagated SET */
   RedisModuleString *history, *hpayload; /* registry entry fields (history.c) */
+  RedisModuleString *feed;               /* registry entry field (history.c, the change feed) */
 } ctx_Names;
 
 extern ctx_Names ctx_names;
@@ -114,7 +115,11 @@ int ctx_Registry_Init(RedisModuleCtx *ctx);
 typedef struct {
   int history;
   bool payloads;
+  int feed; /* changes kept in the schema's feed `__ctxf:<name>` (0 = off, <= CTX_FEED_MAX) */
 } ctx_HistorySettings;
+
+/* An entry's stored `feed` (NULL, unreadable or out of range: 0). */
+int ctx_FeedSetting_Read(RedisModuleString *feed);
 
 /* Parses an entry's stored settings (either may be NULL). */
 void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpayload,
@@ -132,6 +137,9 @@ typedef struct {
   int n;
   bool payloads;
   RedisModuleString *key;
+  int feed_n;                  /* the schema's FEED setting */
+  RedisModuleString *feed_key; /* `__ctxf:<schema>` while the feed is to be written */
+  RedisModuleString *ckey;     /* the context's key name (the caller's) */
 } ctx_History;
 
 /* `__ctxh:<key>`, on a cluster `__ctxh:{<slot tag>}:<key>` (the caller frees it). */
@@ -140,6 +148,10 @@ RedisModuleString *ctx_History_KeyName(RedisModuleCtx *ctx, RedisModuleString *k
 /* Before a write, after the schema was resolved: takes the entry's settings
  * (and, with history on, the stream's key name). */
 void ctx_History_Prepare(RedisModuleCtx *ctx, RedisModuleString *keyname, ctx_History *h);
+
+/* The same, knowing the schema name: also takes the schema's change feed (standalone only). */
+void ctx_History_PrepareFeed(RedisModuleCtx *ctx, RedisModuleString *keyname, const char *schema,
+                             size_t slen, ctx_History *h);
 
 /* After a successful write of `key`: appends the change (read back from the
  * stored value) with XADD MAXLEN = n, `<version>-0`; a create drops a leftover
@@ -154,6 +166,12 @@ void ctx_History_Release(RedisModuleCtx *ctx, ctx_History *h);
 
 /* CTX.DEL: the context's history goes with it. */
 void ctx_History_Drop(RedisModuleCtx *ctx, RedisModuleString *keyname);
+
+/* CTX.DEL of a context of schema `schema` (version, incarnation from its value): a `delete`
+ * entry in the schema's change feed, when it has one. */
+void ctx_Feed_Delete(RedisModuleCtx *ctx, RedisModuleString *keyname, const char *schema,
+                     size_t slen, unsigned long long version, const uint8_t *incarnation,
+                     RedisModuleString *write_id);
 
 /* CTX.TOUCH (protocol 3): the stream, when there is one, expires at `at_ms` too
  * (PEXPIREAT, propagated). */

@@ -37,6 +37,7 @@ static void make_names(void) {
   ctx_names.keepttl = make_name("KEEPTTL");
   ctx_names.history = make_name("history");
   ctx_names.hpayload = make_name("hpayload");
+  ctx_names.feed = make_name("feed");
 }
 
 /* ---- the core's allocator: Redis' ---- */

@@ -43,6 +43,16 @@ void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpa
   size_t len = 0;
   const char *p = hpayload ? RedisModule_StringPtrLen(hpayload, &len) : "";
   out->payloads = len == 1 && p[0] == '1';
+  out->feed = 0; /* read on its own: ctx_FeedSetting_Read */
+}
+
+int ctx_FeedSetting_Read(RedisModuleString *feed) {
+  long long n = 0;
+  if (!feed || RedisModule_StringToLongLong(feed, &n) != REDISMODULE_OK || n < 0 ||
+      n > CTX_FEED_MAX) {
+    n = 0;
+  }
+  return (int)n;
 }
 
 void ctx_Registry_LastSettings(ctx_HistorySettings *out) { *out = last_settings; }
@@ -226,7 +236,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   if (!ctx_SchemaName_Check(name, len, st)) return NULL;
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
-  RedisModuleString *hist = NULL, *hpay = NULL;
+  RedisModuleString *hist = NULL, *hpay = NULL, *feed = NULL;
   bool made = false;
   memset(&last_settings, 0, sizeof(last_settings));
   RedisModuleString *kname = slot < 0 ? standalone_keyname(name, len, &made)
@@ -241,8 +251,10 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   }
   /* The history settings come with the digest: one lookup, no cache keyed by them. */
   RedisModule_HashGet(key, REDISMODULE_HASH_NONE, ctx_names.digest, &digest,
-                      ctx_names.history, &hist, ctx_names.hpayload, &hpay, NULL);
+                      ctx_names.history, &hist, ctx_names.hpayload, &hpay, ctx_names.feed,
+                      &feed, NULL);
   ctx_HistorySettings_Read(hist, hpay, &last_settings);
+  last_settings.feed = ctx_FeedSetting_Read(feed);
   size_t dlen;
   const char *d = str_or_empty(digest, &dlen);
   if (dlen == 40) {
@@ -289,6 +301,7 @@ done:
   if (digest) RedisModule_FreeString(ctx, digest);
   if (hist) RedisModule_FreeString(ctx, hist);
   if (hpay) RedisModule_FreeString(ctx, hpay);
+  if (feed) RedisModule_FreeString(ctx, feed);
   if (!result) memset(&last_settings, 0, sizeof(last_settings));
   return result;
 }

@@ -231,7 +231,7 @@ def registry_entry(type_: str, fds: bytes, revision: int = 1, vfield: str = "ver
     return {b"type": type_.encode(), b"fds": fds, b"revision": str(revision).encode(),
             b"vfield": vfield.encode(), b"digest": registry_digest(type_, vfield, fds).encode(),
             b"compat": compat.encode(), b"history": str(history).encode(),
-            b"hpayload": b"1" if hpayload else b"0"}
+            b"hpayload": b"1" if hpayload else b"0", b"feed": b"0"}
 
 
 def write_registry(r: redis.Redis, name: str, type_: str, fds: bytes, revision: int = 1,

@@ -141,6 +141,9 @@ bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
  * (a larger payload is recorded without it). */
 #define CTX_HISTORY_MAX 1000
 #define CTX_HISTORY_PAYLOAD_MAX 65536
+/* The change feed (docs/PROTOCOL.md, "Change feed"): the most changes a schema's FEED
+ * setting keeps in its stream `__ctxf:<schema>`. */
+#define CTX_FEED_MAX 10000000
 #define CTX_BAD_NAME_MSG "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
 
 /* True when `name` is a legal schema name: 1 to CTX_SCHEMA_NAME_MAX bytes of

@@ -20,6 +20,7 @@ from ctxlink._exceptions import (
     ConflictError,
     ContextReplacedError,
     CtxError,
+    CursorExpiredError,
     EngineError,
     FieldError,
     MessageTypeError,
@@ -32,6 +33,7 @@ from ctxlink._exceptions import (
     VersionError,
     WrongTypeError,
 )
+from ctxlink._feed import ChangeBatch
 from ctxlink._history import Change
 from ctxlink._registry import SchemaInfo
 from ctxlink._sync import Store, connect
@@ -46,7 +48,9 @@ __all__ = [
     "Backoff",
     "SchemaInfo",
     "Change",
+    "ChangeBatch",
     "CtxError",
+    "CursorExpiredError",
     "ServerError",
     "ValidationError",
     "SchemaError",

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from redis.exceptions import ResponseError
 
 from ctxlink._client import choose_engine, make_state, op_check_protocol, op_detect
+from ctxlink._feed import ChangeBatch, op_changes
 from ctxlink._history import Change, op_history
 from ctxlink._instr import Instr, Op, Write
 from ctxlink._precheck import enable_local_check
@@ -325,9 +326,10 @@ class StoreBase:
         compat: Optional[str] = None,
         history: Optional[int] = None,
         history_payloads: Optional[bool] = None,
+        feed: Optional[int] = None,
     ) -> Op[int]:
         return op_register_schema(self._st, name, source, force, version_field, message_type,
-                                  compat, history, history_payloads)
+                                  compat, history, history_payloads, feed)
 
     def _schemas(self) -> Op[list[str]]:
         return op_schemas(self._st)
@@ -343,4 +345,11 @@ class StoreBase:
         self, key: Union[str, bytes], since_version: Optional[int], limit: Optional[int]
     ) -> Op[list[Change]]:
         return op_history(self._st, key, since_version, limit)
+
+    # -- change feed
+    def _changes(
+        self, schema: str, cursor: Optional[str], count: int, block_ms: Optional[int],
+        slice_s: Optional[float] = None,
+    ) -> Op[ChangeBatch]:
+        return op_changes(self._st, schema, cursor, count, block_ms, slice_s)
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CtxError",
+    "CursorExpiredError",
     "ServerError",
     "ValidationError",
     "SchemaError",
@@ -183,6 +184,12 @@ class EngineError(CtxError):
 class ArgumentError(CtxError, ValueError):
     """An argument's value is out of range or malformed (``expected_version`` -1, a URL that is
     not ``redis://``...); raised before anything is sent."""
+
+
+class CursorExpiredError(CtxError):
+    """``store.changes``: the change feed no longer holds every change after the cursor given
+    (more were added meanwhile than its ``feed`` setting keeps); start again with
+    ``cursor=None`` (docs/PROTOCOL.md, "Change feed")."""
 
 
 class MessageTypeError(CtxError, TypeError):

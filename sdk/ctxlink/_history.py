@@ -58,8 +58,9 @@ class Change:
     """One change of a context, as its history keeps it (``store.history``).
 
     ``kind``: ``"create"``, ``"update"`` (a whole-context write, ``cas``/``update``) or
-    ``"patch"`` (``update(reads=...)``); ``fields`` the top-level field names a patch touched
-    (``None`` for whole-context writes; a number the schema no longer names is given as its
+    ``"patch"`` (``update(reads=...)``), and in a schema's change feed (``store.changes``) also
+    ``"delete"`` (the deleted version, no writer); ``fields`` the top-level field names a patch
+    touched (``None`` for whole-context writes; a number the schema no longer names is given as its
     decimal text); ``write_id`` ``""`` when the write carried none; ``incarnation`` ``""`` until
     protocol 3; ``payload`` the payload after the change when the schema keeps payloads
     (``history_payloads=True``) and it was at most 64 KiB, else None (``payload_omitted`` True
@@ -102,23 +103,34 @@ def history_key(st: "State", key: Any) -> Union[str, bytes]:
     return prefix.encode() + bytes(key)
 
 
-def note_history(st: "State", name: str, value: Any) -> None:
-    """Remembers schema ``name``'s ``history`` setting as read from its registry entry (Lua
-    engine: a write passes the stream as ``KEYS[2]`` while it is on)."""
+def note_history(st: "State", name: str, value: Any, feed: Any = None) -> None:
+    """Remembers schema ``name``'s ``history`` (and ``feed``) setting as read from its registry
+    entry (Lua engine: a write passes the stream as ``KEYS[2]`` while it is on, the feed last)."""
     try:
         n = int(_text(value)) if value is not None else 0
     except ValueError:
         n = 0
     st.history_by_schema[name] = n if 0 < n <= HISTORY_MAX else 0
+    try:
+        f = int(_text(feed)) if feed is not None else 0
+    except ValueError:
+        f = 0
+    st.feed_by_schema[name] = f if f > 0 else 0
 
 
-def history_keys(st: "State", name: Optional[str], key: Any) -> tuple[Any, ...]:
+def history_keys(
+    st: "State", name: Optional[str], key: Any, feed: bool = True
+) -> tuple[Any, ...]:
     """The extra ``KEYS`` of a Lua-engine write to ``key`` (schema ``name``): the history stream
-    while the schema keeps history, else none (an agent without a grant on ``__ctxh:*`` can
-    write schemas without history)."""
+    while the schema keeps history, then (with ``feed``) the schema's change feed while it has
+    one (last; ctxlink._feed), else none (an agent without a grant on ``__ctxh:*`` /
+    ``__ctxf:*`` can write schemas without them)."""
+    keys: tuple[Any, ...] = ()
     if name and st.history_by_schema.get(name, 0) > 0:
-        return (history_key(st, key),)
-    return ()
+        keys = (history_key(st, key),)
+    if feed and name and not st.cluster and st.feed_by_schema.get(name, 0) > 0:
+        keys += ("__ctxf:" + name,)
+    return keys
 
 
 _STALE = "CTXSCHEMA stale "
@@ -135,18 +147,19 @@ def lua_delete(st: "State", key: Any, expected: int, wid: Any, inc: str = "") ->
 def lua_touch(st: "State", key: Any, ms: int) -> Op[Any]:
     """touch.lua: the history stream gets the context's new expiry (:func:`_with_history`)."""
     tag = registry_tag(st, key)
-    return (yield from _with_history(st, "touch", key, lambda: (ms, tag)))
+    return (yield from _with_history(st, "touch", key, lambda: (ms, tag), feed=False))
 
 
-def _with_history(st: "State", script: str, key: Any, argv: Any) -> Op[Any]:
+def _with_history(st: "State", script: str, key: Any, argv: Any, feed: bool = True) -> Op[Any]:
     """``script`` once (as a :class:`Write`), with the history stream as ``KEYS[2]`` when the
-    context's schema keeps history; a ``stale`` answer (the script found history on: nothing was
-    written) is re-sent once with it."""
+    context's schema keeps history (and its change feed last, with ``feed``); a ``stale``
+    answer (the script found one on: nothing was written) is re-sent once with them, as the
+    registry entry now says (both, when it cannot be read)."""
     from ctxlink._lua import _evalsha
 
     name = st.key_schema.get(key)
     for attempt in range(2):
-        keys = (key, *history_keys(st, name, key))
+        keys = (key, *history_keys(st, name, key, feed))
         try:
             return (yield from _evalsha(st, script, keys, argv(), write=True))
         except SchemaError as exc:
@@ -154,7 +167,12 @@ def _with_history(st: "State", script: str, key: Any, argv: Any) -> Op[Any]:
             if attempt or not text.startswith(_STALE):
                 raise
             name = text[len(_STALE):]
-            st.history_by_schema[name] = max(1, st.history_by_schema.get(name, 0))
+            try:
+                got = yield Cmd(("HMGET", registry_key_for(st, name, key), "history", "feed"))
+                note_history(st, name, got[0], got[1])
+            except Exception:  # no read grant on __ctx:*: pass both
+                st.history_by_schema[name] = max(1, st.history_by_schema.get(name, 0))
+                st.feed_by_schema[name] = max(1, st.feed_by_schema.get(name, 0))
     raise AssertionError("unreachable")
 
 
@@ -213,7 +231,12 @@ def _entry_fields(raw: Any) -> dict[str, Any]:
 def _parse(key_text: str, entry: Any, names: dict[int, str]) -> Change:
     eid, raw = entry[0], entry[1]
     fields = _entry_fields(raw)
-    version = int(_text(eid).split("-", 1)[0])
+    # a change feed entry (ctxlink._feed) carries its version and key; a history entry's id is
+    # `<version>-0`
+    v = fields.get("v")
+    version = int(_text(v)) if v is not None else int(_text(eid).split("-", 1)[0])
+    if "key" in fields:
+        key_text = _text(fields["key"])
     f = fields.get("f")
     touched: Optional[tuple[str, ...]] = None
     if f is not None:

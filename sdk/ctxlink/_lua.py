@@ -166,12 +166,13 @@ def _plan_script(
         return _for_server(st, null_plan_script(flavor=flavor))
     try:
         entry = yield Cmd(("HMGET", registry_key_for(st, name, key), "type", "fds", "vfield",
-                           "digest", "history"))
+                           "digest", "history", "feed"))
     except (WrongTypeError, ResponseError) as exc:
         if "WRONGTYPE" not in str(exc):
             raise
-        entry = [None] * 5  # not a hash: cas.lua answers "unknown schema", as the module does
-    note_history(st, name, entry[4])  # KEYS[2] while the schema keeps history (_history)
+        entry = [None] * 6  # not a hash: cas.lua answers "unknown schema", as the module does
+    # KEYS[2] while the schema keeps history, the feed last while it has one (_history)
+    note_history(st, name, entry[4], entry[5])
     type_name, fds, vfield, digest = (None if v is None else _bytes(v) for v in entry[:4])
     script = _for_server(st, entry_script(type_name, fds, vfield, digest, flavor))
     # a plan this Store has not sent yet: load it first, so the write itself is sent once

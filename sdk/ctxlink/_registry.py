@@ -13,7 +13,8 @@ from google.protobuf.message import DecodeError, Message
 
 from ctxlink import _native
 from ctxlink._cluster import registry_copies
-from ctxlink._exceptions import ArgumentError
+from ctxlink._exceptions import ArgumentError, SchemaError
+from ctxlink._feed import FEED_CLUSTER_MSG, check_feed_arg
 from ctxlink._history import check_history_args
 from ctxlink._instr import Cmd, Op
 from ctxlink._lua import _evalsha, forget_plans
@@ -27,7 +28,8 @@ from ctxlink._types import note_schema_type
 class SchemaInfo:
     """A registry entry, as ``get_schema`` returns it: the definition, its revision and its
     settings (``compat``: "WIRE_JSON" or "WIRE"; ``history``: changes kept per context, 0 = off;
-    ``history_payloads``: history entries keep the payload)."""
+    ``history_payloads``: history entries keep the payload; ``feed``: changes kept in the
+    schema's change feed, 0 = off)."""
 
     name: str
     message_type: str
@@ -36,6 +38,7 @@ class SchemaInfo:
     compat: str = "WIRE_JSON"
     history: int = 0
     history_payloads: bool = False
+    feed: int = 0
 
 
 def build_descriptor_set(desc: Descriptor | FileDescriptor) -> bytes:
@@ -141,6 +144,7 @@ def op_register_schema(
     compat: str | None = None,
     history: int | None = None,
     history_payloads: bool | None = None,
+    feed: int | None = None,
 ) -> Op[int]:
     """Registers a schema. ``compat`` ("WIRE_JSON" or "WIRE") sets the entry's compatibility
     category; None keeps the entry's (WIRE_JSON for a new name). Both engines decide the change
@@ -154,6 +158,9 @@ def op_register_schema(
         raise ArgumentError(f"version_field must be a non-empty field name, not {version_field!r}")
     mode = check_compat_arg(compat)
     hist, hpay = check_history_args(history, history_payloads)
+    fd = check_feed_arg(feed)
+    if fd and st.cluster:  # as CTX.SCHEMA.SET and schema_set.lua refuse it; nothing sent
+        raise SchemaError(FEED_CLUSTER_MSG)
     type_name, fds = resolve_schema_source(source, message_type)
     vfield = version_field or "version"
     if st.engine == MODULE:
@@ -168,10 +175,12 @@ def op_register_schema(
             args += ("HISTORY", hist)
         if hpay is not None:
             args += ("HISTORYPAYLOADS", "yes" if hpay else "no")
+        if fd is not None:
+            args += ("FEED", fd)
         revision = int((yield from _admin(st, args, write=True)))
     else:
         revision = yield from register_lua(st, name, type_name, fds, force, vfield, mode,
-                                           hist, hpay)
+                                           hist, hpay, fd)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
     st.type_by_schema[name] = type_name
@@ -180,6 +189,7 @@ def op_register_schema(
     # keeps the digest): make it again from the entry on next use
     forget_plans(st, name)
     st.history_by_schema.pop(name, None)  # read again with the plan (Lua engine)
+    st.feed_by_schema.pop(name, None)
     if st.local is not None:  # local check: recompile from the registry on next use
         st.local.forget(name)
     return revision
@@ -204,8 +214,9 @@ def op_get_schema(st: State, name: str) -> Op[SchemaInfo | None]:
     if len(reply) < 6:  # a module without history settings
         return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision))
     compat, hist, hpay = reply[3:6]
+    feed = int(reply[6]) if len(reply) > 6 else 0  # a server before the change feed: off
     return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision), _text(compat),
-                      int(hist), bool(int(hpay)))
+                      int(hist), bool(int(hpay)), feed)
 
 
 def op_drop_schema(st: State, name: str) -> Op[bool]:

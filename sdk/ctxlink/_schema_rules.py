@@ -24,7 +24,8 @@ from ctxlink._state import State
 __all__ = ["check_compat_arg", "register_lua"]
 
 # The entry fields the change decision reads (HMGET order).
-_PREV_FIELDS = ("type", "fds", "vfield", "revision", "digest", "compat", "history", "hpayload")
+_PREV_FIELDS = ("type", "fds", "vfield", "revision", "digest", "compat", "history", "hpayload",
+                "feed")
 
 
 def _schema_error(text: str) -> SchemaError:
@@ -89,16 +90,20 @@ _CONCURRENT = "CTXSCHEMA concurrent registration, retry"
 _OTHER_TYPE = "CTXSCHEMA the registry key holds another type"
 
 
-def _stored_history(fields: Sequence[Any]) -> tuple[int, bool]:
-    """An entry's history settings as the module reads them (unreadable: off)."""
+def _stored_history(fields: Sequence[Any]) -> tuple[int, bool, int]:
+    """An entry's history and feed settings as the module reads them (unreadable: off)."""
     text = _text(fields[6]) if fields[6] is not None else ""
     n = int(text) if _INT.fullmatch(text) else 0
-    return (n if 0 <= n <= 1000 else 0), fields[7] is not None and _text(fields[7]) == "1"
+    ftext = _text(fields[8]) if fields[8] is not None else ""
+    f = int(ftext) if _INT.fullmatch(ftext) else 0
+    return ((n if 0 <= n <= 1000 else 0), fields[7] is not None and _text(fields[7]) == "1",
+            f if 0 <= f <= 10_000_000 else 0)
 
 
 def register_lua(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None, history: int | None = None, history_payloads: bool | None = None,
+    feed: int | None = None,
 ) -> Op[int]:
     """The Lua engine's ``register_schema``: what CTX.SCHEMA.SET decides, through the C core,
     then lua/schema_set.lua on every copy of the entry. Returns the revision. A registration by
@@ -111,7 +116,7 @@ def register_lua(
     for attempt in range(_ATTEMPTS):
         try:
             return (yield from _register_once(st, name, type_name, fds, force, vfield, compat,
-                                              nxt, digest, history, history_payloads))
+                                              nxt, digest, history, history_payloads, feed))
         except SchemaError as exc:
             if str(exc) != _CONCURRENT or attempt == _ATTEMPTS - 1:
                 raise
@@ -148,7 +153,7 @@ def _first_present(st: State, copies: list[tuple[str, str]]) -> Op[list[Any]]:
 def _register_once(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None, nxt: _native.Schema, digest: str,
-    history: int | None = None, history_payloads: bool | None = None,
+    history: int | None = None, history_payloads: bool | None = None, feed: int | None = None,
 ) -> Op[int]:
     """One read-decide-write round of :func:`register_lua`."""
     copies = registry_copies(st, name)
@@ -165,9 +170,10 @@ def _register_once(
     # (an unreadable revision has nothing to keep: written again as revision 1, as the module does)
     seen = _revision(fields[3])
     # history settings not given keep the entry's; other settings are a new revision
-    have = _stored_history(fields) if exists else (0, False)
+    have = _stored_history(fields) if exists else (0, False, 0)
     want = (have[0] if history is None else history,
-            have[1] if history_payloads is None else history_payloads)
+            have[1] if history_payloads is None else history_payloads,
+            have[2] if feed is None else feed)
     same = seen > 0 and fields[4] is not None and _text(fields[4]) == digest and stored == mode \
         and want == have
     if exists and not same:
@@ -178,7 +184,7 @@ def _register_once(
         reply = yield from _evalsha(
             st, "schema_set", (entry, index),
             (name, type_name, fds, vfield, mode, seen, 1 if same else 0, 0 if i else 1,
-             want[0], 1 if want[1] else 0),
+             want[0], 1 if want[1] else 0, want[2]),
         )
         if i == 0:  # the copy read: its revision is the entry's
             revision = int(reply)

@@ -25,6 +25,7 @@ from ctxlink._dispatch import (
     node_result,
     op_connect,
 )
+from ctxlink._feed import ChangeBatch
 from ctxlink._history import Change
 from ctxlink._instr import Await, Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import MODULE, map_error
@@ -397,6 +398,7 @@ class Store(StoreBase):
         compat: Optional[str] = None,
         history: Optional[int] = None,
         history_payloads: Optional[bool] = None,
+        feed: Optional[int] = None,
     ) -> int:
         """Registers (or re-registers) a schema; returns its revision.
 
@@ -411,10 +413,15 @@ class Store(StoreBase):
         0 = off) and ``history_payloads`` makes those entries keep the payload (at most 64 KiB);
         None keeps the registered setting (off for a new name). Other settings for the same
         definition are a new revision (docs/PROTOCOL.md, "History").
+
+        ``feed`` (0 to 10,000,000) keeps the schema's last that many changes, of all its
+        contexts, in its change feed (:meth:`changes`; 0 = off; None keeps the setting). A
+        Redis Cluster has no feed: ``feed`` > 0 raises SchemaError there (docs/PROTOCOL.md,
+        "Change feed").
         """
         return _run(self._client, self._register_schema(
             name, message_class_or_descriptor_set, force, version_field, message_type, compat,
-            history, history_payloads))
+            history, history_payloads, feed))
 
     def schemas(self) -> list[str]:
         """Registered schema names, sorted."""
@@ -440,6 +447,26 @@ class Store(StoreBase):
         when the schema keeps no history or there is no context. ArgumentError for a negative or
         non-int ``since_version``/``limit``, before anything is sent."""
         return _run(self._client, self._history(key, since_version, limit))
+
+    # -- change feed -------------------------------------------------------------------------
+    def changes(
+        self,
+        schema: str,
+        cursor: Optional[str] = None,
+        count: int = 100,
+        block_ms: Optional[int] = None,
+    ) -> ChangeBatch:
+        """Up to ``count`` changes from schema ``schema``'s change feed (registered with
+        ``feed=n``) after ``cursor`` (None: from the oldest retained), deletes included, each
+        context's in order; ``.cursor`` of the result resumes after them (save it: nothing is
+        skipped or repeated). ``block_ms`` > 0 waits up to that long when there is nothing yet.
+        :class:`CursorExpiredError` when changes after the cursor were trimmed away;
+        :class:`ArgumentError` for a malformed cursor, ``count`` <= 0 or a negative
+        ``block_ms`` (nothing sent); SchemaError on a Redis Cluster (docs/PROTOCOL.md,
+        "Change feed")."""
+        st = socket_timeout(self._client)
+        return _run(self._client, self._changes(schema, cursor, count, block_ms,
+                                                st / 2 if st else None))
 
 
 def connect(

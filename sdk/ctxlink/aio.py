@@ -29,6 +29,7 @@ from ctxlink._exceptions import (
     ConflictError,
     ContextReplacedError,
     CtxError,
+    CursorExpiredError,
     EngineError,
     FieldError,
     MessageTypeError,
@@ -41,6 +42,7 @@ from ctxlink._exceptions import (
     VersionError,
     WrongTypeError,
 )
+from ctxlink._feed import ChangeBatch
 from ctxlink._history import Change
 from ctxlink._instr import Await, Cmd, Instr, LoadScript, Op, Sleep, Write
 from ctxlink._protocol import MODULE, map_error
@@ -63,7 +65,9 @@ __all__ = [
     "Backoff",
     "SchemaInfo",
     "Change",
+    "ChangeBatch",
     "CtxError",
+    "CursorExpiredError",
     "ServerError",
     "ValidationError",
     "SchemaError",
@@ -272,11 +276,12 @@ class Store(StoreBase):
         compat: Optional[str] = None,
         history: Optional[int] = None,
         history_payloads: Optional[bool] = None,
+        feed: Optional[int] = None,
     ) -> int:
         """Async :meth:`ctxlink.Store.register_schema`."""
         return await _run(self._client, self._register_schema(
             name, message_class_or_descriptor_set, force, version_field, message_type, compat,
-            history, history_payloads))
+            history, history_payloads, feed))
 
     async def schemas(self) -> list[str]:
         """Async :meth:`ctxlink.Store.schemas`."""
@@ -299,6 +304,19 @@ class Store(StoreBase):
     ) -> list[Change]:
         """Async :meth:`ctxlink.Store.history`: the changes kept for ``key``, oldest first."""
         return await _run(self._client, self._history(key, since_version, limit))
+
+    # -- change feed -------------------------------------------------------------------------
+    async def changes(
+        self,
+        schema: str,
+        cursor: Optional[str] = None,
+        count: int = 100,
+        block_ms: Optional[int] = None,
+    ) -> ChangeBatch:
+        """Async :meth:`ctxlink.Store.changes`: the schema's change feed after ``cursor``."""
+        st = socket_timeout(self._client)
+        return await _run(self._client, self._changes(schema, cursor, count, block_ms,
+                                                      st / 2 if st else None))
 
 
 async def _close_client(client: Any) -> None:

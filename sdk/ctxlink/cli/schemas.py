@@ -74,26 +74,32 @@ def _source_options(f: Any) -> Any:
 @click.option("--history-payloads/--no-history-payloads", "history_payloads", default=None,
               help="history entries keep the payload after each change, up to 64 KiB "
               "(default: the entry's, off for a new name)")
+@click.option("--feed", type=click.IntRange(min=0), metavar="N", help="keep the schema's last N "
+              "changes in its change feed (0: off; default: the entry's; `ctxlink watch --schema`)")
 @connection_options
 @click.pass_context
 def push(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
          version_field: Optional[str], includes: tuple[str, ...], descriptor_set: Optional[str],
          force: bool, compat: Optional[str], history: Optional[int],
-         history_payloads: Optional[bool]) -> None:
+         history_payloads: Optional[bool], feed: Optional[int]) -> None:
     """Register (or re-register) the message MESSAGE of FILE.proto as a schema. Other settings
-    (--compat, --history, --history-payloads) for the same definition are a new revision."""
+    (--compat, --history, --history-payloads, --feed) for the same definition are a new
+    revision."""
     message, fds = _source(args, descriptor_set, includes)
     name = name or message
     with open_store(ctx) as store:
         revision = store.register_schema(name, fds, message_type=message, force=force,
                                          version_field=version_field,
                                          compat=compat.upper() if compat else None,
-                                         history=history, history_payloads=history_payloads)
+                                         history=history, history_payloads=history_payloads,
+                                         feed=feed)
         info = store.get_schema(name)
     settings = ""
     if info is not None and info.history:
         settings = f", history {info.history}" + (" with payloads" if info.history_payloads
                                                   else "")
+    if info is not None and info.feed:
+        settings += f", feed {info.feed}"
     click.echo(f"{name}: {message}, revision {revision}{settings}")
 
 

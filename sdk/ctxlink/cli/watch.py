@@ -91,23 +91,39 @@ def watch_key(store: "Store", key: str, count: Optional[int], after: Optional[in
                        f"{got.updated_by or '-'}{more}")
 
 
-@click.command(short_help="Follow the context at KEY: a line for each new version.")
-@click.argument("key")
+@click.command(short_help="Follow the context at KEY, or a schema's change feed.")
+@click.argument("key", required=False)
+@click.option("--schema", "schema", metavar="NAME",
+              help="follow the change feed of schema NAME instead of one context (registered "
+              "with --feed N)")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",
               help="stop after N changes (versions); default: run until Ctrl-C")
 @click.option("--after", type=click.IntRange(min=0), metavar="V",
-              help="start after version V instead of the current version (a change made "
+              help="KEY: start after version V instead of the current version (a change made "
               "between reading V and starting the watch is then printed too)")
+@click.option("--from-start", is_flag=True,
+              help="--schema: begin with the oldest change the feed retains (default: new ones)")
+@click.option("--cursor", metavar="CURSOR",
+              help="--schema: resume after a cursor store.changes returned")
 @click.option("--json", "as_json", is_flag=True,
-              help="print JSON lines, each the object `get --json` prints")
+              help="print JSON lines (KEY: each the object `get --json` prints)")
 @connection_options
 @click.pass_context
-def watch(ctx: click.Context, key: str, count: Optional[int], after: Optional[int],
-          as_json: bool) -> None:
+def watch(ctx: click.Context, key: Optional[str], schema: Optional[str], count: Optional[int],
+          after: Optional[int], from_start: bool, cursor: Optional[str], as_json: bool) -> None:
     """A live tail of the context at KEY: a line for each new version (version, time, writer),
     without polling (store.wait). Changes that land together are printed as the newest of them.
     Waits for the context's creation when there is none yet. Exit status 0 after --count
-    changes; 1, with one line on stderr, when the context is deleted."""
+    changes; 1, with one line on stderr, when the context is deleted.
+
+    With --schema NAME instead of KEY: every create, update, patch and delete of the schema's
+    contexts, from its change feed (store.changes)."""
+    if (key is None) == (schema is None):
+        raise click.UsageError("give KEY or --schema NAME (one of them)")
+    if schema is not None and after is not None:
+        raise click.UsageError("--after goes with KEY; with --schema use --cursor")
+    if key is not None and (from_start or cursor is not None):
+        raise click.UsageError("--from-start and --cursor go with --schema")
     stopped = False
 
     def on_sigint(signum: int, frame: Optional[FrameType]) -> None:
@@ -119,7 +135,13 @@ def watch(ctx: click.Context, key: str, count: Optional[int], after: Optional[in
     previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
         with open_store(ctx) as store:
-            watch_key(store, key, count, after, as_json)
+            if schema is not None:
+                from ctxlink.cli.feed import watch_schema
+
+                watch_schema(store, schema, count, as_json, from_start, cursor)
+            else:
+                assert key is not None
+                watch_key(store, key, count, after, as_json)
     except BaseException:
         if not stopped:
             raise
