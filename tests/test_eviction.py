@@ -5,8 +5,8 @@ test's state uses, filled with plain keys until Redis evicts the key under test,
 Redis' LRU clock ticks once a second, so a key left alone for more than a second is older than
 every key written or ``TOUCH``-ed since: the test lets the key under test age, touches the keys
 it wants kept, and writes 32 KiB filler keys until the one under test is gone (checked with
-``EXISTS``, which does not touch; see :func:`evict`). Then maxmemory is lifted (nothing more is evicted) and each
-documented consequence is checked:
+``EXISTS``, which does not touch; see :func:`evict`). Then maxmemory is lifted (nothing more
+is evicted) and each documented consequence is checked:
 
 - the **registry entry** evicted: every write of that schema's contexts fails closed with
   ``CTXSCHEMA unknown schema`` (``SchemaError``) and writes nothing; reads still work; registering
@@ -23,12 +23,12 @@ import threading
 import time
 from typing import Any, Iterator
 
-import ctxlink
 import pytest
 import redis
-
 import servers as srv
 from backends import start_engine_server
+
+import ctxlink
 
 ORDER = "ctxlink.example.Order"
 REGISTRY = ("__ctx:schema:order", "__ctx:schemas")
