@@ -57,13 +57,13 @@ def evicting(engine: str, servers: srv.ServerPool, module_so: Any, pb: Any
 def evict(r: redis.Redis, gone: tuple[str, ...], keep: tuple[str, ...]) -> None:
     """Makes Redis evict every key of ``gone`` and none of ``keep``, then lifts maxmemory.
 
-    Idle times (LRU clock, one-second ticks): ``gone`` about 2 s, 8 filler keys of 32 KiB about
-    1 s, ``keep`` 0 (touched before every write). Then maxmemory is set a little above what is
-    used and more 32 KiB fillers are written, one at a time: each write makes Redis evict the
-    oldest keys it samples (all about 20 keys are candidates, 10 samples each time), so the keys
-    of ``gone`` go first, then the older fillers; the loop stops when ``gone`` is gone."""
-    time.sleep(1.1)
-    for i in range(8):
+    24 filler keys of 32 KiB are written next to the state; after one LRU tick (one second) they
+    and ``gone`` are idle, ``keep`` is touched (idle 0, also before every later write). Then
+    maxmemory is set a little above what is used and more fillers are written, one at a time:
+    each write makes Redis evict the idlest keys it samples (10 samples of about 30 keys, and
+    its pool of candidates), so the keys of ``gone`` go among the old fillers, long before those
+    run out; the loop stops when ``gone`` is gone."""
+    for i in range(24):
         r.set(f"old-filler:{i}", FILLER)
     time.sleep(1.1)
     if keep:
