@@ -1,5 +1,7 @@
 """Short runs of the torture suite (tests/torture/, docs/RELIABILITY.md); `make torture` runs the
-long ones. Also the linearizability checker's own tests: it must catch corrupted histories."""
+long ones. Also the linearizability checker's own tests: it must catch corrupted histories. The
+crash loop and the linearizability runs keep history on (schemas with ``history=16``) and check
+that history and value agree; the history checker has its own test too."""
 
 from __future__ import annotations
 
@@ -199,6 +201,60 @@ def test_lifecycle_checker_catches_a_resurrected_and_a_missing_context():
     h = good_lifecycle()
     h[0] = LifeOp(0, "create", "l", 0.0, "ok", 1, version=2)
     assert {k for k, _ in check_lifecycle(h)} == {"lifecycle"}
+
+
+def test_history_checker_catches_history_that_disagrees_with_the_value(tmp_path, module_so):
+    """torture_common.history_problems (run after every crash-loop restart and at the end of
+    the linearizability runs) must report each way a stream can disagree with its value."""
+    import ctxlink
+    import servers as srv
+
+    Order = torture_common.protolib().Order
+    server = srv.start_server(tmp_path, module=str(srv.module_path()), module_args=[],
+                              appendonly=False, config=[], replicaof=None)
+    try:
+        store = ctxlink.connect(server.client())
+        r = server.client()
+        store.register_schema("order", Order, history=3)
+        for v in range(5):
+            assert store.cas("k", v, Order(order_id="a", version=v + 1), schema="order",
+                             by="w").ok
+        store.cas("one", 0, Order(order_id="b"), schema="order")
+        assert torture_common.history_problems(store, "k", 3) == []
+        assert torture_common.history_problems(store, "one", 3) == []
+        assert torture_common.history_problems(store, "none", 3) == []
+
+        def problems_after(*cmd) -> list[str]:
+            dump = r.dump("__ctxh:k")
+            r.execute_command(*cmd)
+            found = torture_common.history_problems(store, "k", 3)
+            r.delete("__ctxh:k")
+            r.restore("__ctxh:k", 0, dump)
+            return found
+
+        assert any("beyond" in p or "last entry is version 6" in p
+                   for p in problems_after("XADD", "__ctxh:k", "6-0", "k", "update", "i",
+                                           store.get("k").incarnation, "t", 1, "b", "w", "w",
+                                           ""))
+        assert any("stream versions" in p for p in problems_after("XDEL", "__ctxh:k", "4-0"))
+        assert any("last entry is version 4" in p
+                   for p in problems_after("XDEL", "__ctxh:k", "5-0"))
+        assert any("incarnation" in p for p in problems_after(
+            "XADD", "__ctxh:k", "MAXLEN", "=", 3, "6-0", "i", "0123456789abcdef"))
+        assert torture_common.history_problems(store, "k", 3) == []
+        assert any("no history" in p for p in problems_after("DEL", "__ctxh:k"))
+        assert any("MAXLEN" in p for p in torture_common.history_problems(store, "k", 4))
+        r.xadd("__ctxh:gone", {"k": "create"}, id="1-0")
+        assert any("no context" in p for p in torture_common.history_problems(store, "gone", 3))
+        tampered = store.get("one")
+        r.execute_command("XADD", "__ctxh:one", "MAXLEN", "=", 1, "1-1", "k", "create", "i",
+                          tampered.incarnation, "t", tampered.updated_ms + 1, "b", "x")
+        found = torture_common.history_problems(store, "one", 3)
+        assert any("sequence" in p for p in found), found
+        r.close()
+        store.client.close()
+    finally:
+        server.stop(check=False)
 
 
 # --------------------------------------------------------------------------- short runs

@@ -16,6 +16,11 @@ count must be >= its acknowledged count (0 acknowledged writes lost) and <= ackn
 writer has at most one write in flight when the server dies: it may or may not have landed).
 The next cycle starts from the stored counts.
 
+History is on (the schema is registered with ``history=16`` unless ``--history 0``): after each
+restart, every key's history and value must agree (``torture_common.history_problems``: the
+stream's last entry is the context's version, incarnation, updated_ms and writer, nothing beyond
+it, contiguous versions, MAXLEN entries).
+
     python tests/torture/crash_loop.py --engine module --cycles 200
 """
 
@@ -44,6 +49,7 @@ HOT_KEYS = 2
 # kill -9 that is a dead port, so keep it short. Running out of time on conflicts or re-sends
 # (ConflictError, OutcomeUnknownError) ends the writer's cycle with its write in doubt.
 UPDATE_TIMEOUT = 0.5
+HISTORY = 16  # the schema's history setting (entries per context); small, so MAXLEN trims
 
 
 def aof_config(min_size: str) -> list[tuple]:
@@ -134,7 +140,7 @@ class Writer(threading.Thread):
 
 
 def check_and_resync(server: srv.Server, engine: str, Order, counts: Counts,
-                     cycle: int) -> list[str]:
+                     cycle: int, history: int = 0) -> list[str]:
     store = ctxlink.connect(server.client(socket_timeout=10), engine=engine)
     problems = []
     for w in range(WRITERS):
@@ -162,6 +168,10 @@ def check_and_resync(server: srv.Server, engine: str, Order, counts: Counts,
             extra[w] += max(0, stored - acked)
             counts.hot[w][h] = stored
         counts.hot_version[h] = version
+    if history:
+        for key in [f"own:{w}" for w in range(WRITERS)] + [f"hot:{h}" for h in range(HOT_KEYS)]:
+            problems += [f"cycle {cycle}: history: {p}"
+                         for p in common.history_problems(store, key, history)]
     for w in range(WRITERS):
         if extra[w] > 1:
             problems.append(f"cycle {cycle}: writer {w}: {extra[w]} unacknowledged increments "
@@ -171,9 +181,11 @@ def check_and_resync(server: srv.Server, engine: str, Order, counts: Counts,
 
 
 def run(engine: str, cycles: int, interval: float, workdir: Path, min_size: str = "16kb",
-        seed: int = 1, verbose: bool = False, appendonly: bool = True) -> dict:
+        seed: int = 1, verbose: bool = False, appendonly: bool = True,
+        history: int = HISTORY) -> dict:
     """Runs the loop; ``appendonly=False`` (no persistence at all) is the checker's self-test:
-    it must report lost writes."""
+    it must report lost writes. ``history``: the schema's history setting (0: off); when on,
+    every restart also checks that history and value agree."""
     rng = random.Random(seed)
     pb = common.protolib()
     Order = pb.Order
@@ -181,7 +193,10 @@ def run(engine: str, cycles: int, interval: float, workdir: Path, min_size: str 
                 appendonly=appendonly, config=aof_config(min_size), replicaof=None)
     server = srv.start_server(workdir, **spec)
     setup = ctxlink.connect(server.client(), engine=engine)
-    setup.register_schema("order", Order)
+    if history:
+        setup.register_schema("order", Order, history=history)
+    else:
+        setup.register_schema("order", Order)
     setup.client.close()
     counts = Counts()
     problems: list[str] = []
@@ -208,7 +223,7 @@ def run(engine: str, cycles: int, interval: float, workdir: Path, min_size: str 
             problems.append(f"cycle {cycle}: the server did not start on its AOF: {e}")
             break
         restart_s.append(time.monotonic() - t1)
-        problems += check_and_resync(server, engine, Order, counts, cycle)
+        problems += check_and_resync(server, engine, Order, counts, cycle, history)
         if verbose and cycle % 20 == 0:
             print(f"  [{engine}] cycle {cycle}: {acked_total} acknowledged writes so far",
                   flush=True)
@@ -217,7 +232,7 @@ def run(engine: str, cycles: int, interval: float, workdir: Path, min_size: str 
     server.stop(check=False)
     logs = "\n".join(p.read_text(errors="replace") for p in workdir.glob("redis-*.log"))
     return dict(
-        engine=engine, cycles=cycle, acked_writes=acked_total,
+        engine=engine, cycles=cycle, acked_writes=acked_total, history=history,
         aof_rewrites=logs.count("Background AOF rewrite finished successfully"),
         truncated_loads=logs.count("AOF loaded anyway because aof-load-truncated"),
         max_restart_s=round(max(restart_s, default=0), 3),
@@ -231,17 +246,21 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=200)
     ap.add_argument("--interval", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--history", type=int, default=HISTORY,
+                    help="the schema's history setting; 0: off (default %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the server directories")
     args = ap.parse_args()
     engines = ["module", "lua"] if args.engine == "both" else [args.engine]
     failed = False
     for engine in engines:
         workdir = Path(tempfile.mkdtemp(prefix=f"ctx-crash-{engine}-"))
-        res = run(engine, args.cycles, args.interval, workdir, seed=args.seed, verbose=True)
+        res = run(engine, args.cycles, args.interval, workdir, seed=args.seed, verbose=True,
+                  history=args.history)
         print(f"crash loop [{engine}]: {res['cycles']} kill -9 cycles, {res['acked_writes']} "
               f"acknowledged writes, {res['aof_rewrites']} AOF rewrites completed, "
               f"{res['truncated_loads']} truncated-tail loads, max restart "
-              f"{res['max_restart_s']} s, {res['seconds']} s, problems: {len(res['problems'])}")
+              f"{res['max_restart_s']} s, history {res['history']}, {res['seconds']} s, "
+              f"problems: {len(res['problems'])}")
         for p in res["problems"][:20]:
             print("   ", p)
         failed |= bool(res["problems"])

@@ -50,6 +50,10 @@ The same clients also delete and recreate keys of their own (``Store.delete``, `
 with expected 0); :func:`check_lifecycle` reports ``lifecycle`` when a read saw a state that
 neither the last acknowledged create/delete nor an in-doubt one left.
 
+Both workloads run with history on (the schemas are registered with ``history=16`` unless
+``--history 0``): after the run every key's history must agree with its value
+(``torture_common.history_problems``; a disagreement is reported as an error).
+
     python tests/torture/linearize.py --engine both --seconds 60 [--workload register|patch|both]
 """
 
@@ -71,6 +75,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torture_common as common  # noqa: E402
+
+HISTORY = 16  # the schemas' history setting (entries per context); small, so MAXLEN trims
 
 
 @dataclass
@@ -222,7 +228,7 @@ def _drive(server: Any, client: Any, clients: int, rng: random.Random, stop: thr
 
 
 def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int = 3,
-        timeout: float = 0.15, seed: int = 1) -> dict:
+        timeout: float = 0.15, seed: int = 1, history: int = HISTORY) -> dict:
     import redis
 
     import ctxlink
@@ -237,7 +243,8 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
                 appendonly=False, config=[], replicaof=None)
     server = srv.start_server(workdir, **spec)
     setup = ctxlink.connect(server.client(), engine=engine)
-    setup.register_schema("order", Order)
+    setup.register_schema("order", Order, **({"history": history} if history else {}))
+    hist_n = history
     history: list[Op] = []
     hlock = threading.Lock()
     stop = threading.Event()
@@ -299,6 +306,10 @@ def run(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int 
         snap = final.get(f"reg:{k}")
         history.append(Op(-1, "read", f"reg:{k}", t0, time.monotonic(), "ok",
                           version=snap.version if snap else 0, seen=snap.raw if snap else None))
+    if hist_n:  # history and value agree at the end
+        for k in range(keys):
+            errors += [f"history: {p}" for p in common.history_problems(final, f"reg:{k}",
+                                                                          hist_n)]
     alive = server.alive()
     server.stop(check=False)
     t_check = time.monotonic()
@@ -528,7 +539,7 @@ def counters_class(fields: int) -> type:
 
 def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, keys: int = 2,
                 shared_clients: int = 3, timeout: float = 0.15, update_timeout: float = 5.0,
-                life: float = 0.05, seed: int = 1) -> dict:
+                life: float = 0.05, seed: int = 1, history: int = HISTORY) -> dict:
     """Field-patch counters under SIGSTOP pauses: client c increments ``c<c>`` of a random key
     (``reads=[]``); clients below ``shared_clients`` also increment ``shared``
     (``reads=["shared"]``); 20 % of the operations are reads. A fraction ``life`` of the
@@ -549,7 +560,8 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
                 appendonly=False, config=[], replicaof=None)
     server = srv.start_server(workdir, **spec)
     setup = ctxlink.connect(server.client(), engine=engine)
-    setup.register_schema("counters", Counters)
+    setup.register_schema("counters", Counters, **({"history": history} if history else {}))
+    hist_n = history  # the name history is the recorded operations' below
     key_names = [f"ctr:{k}" for k in range(keys)]
     for k in key_names:
         assert setup.cas(k, 0, Counters(version=1).SerializeToString(), schema="counters").ok
@@ -671,6 +683,9 @@ def run_patches(engine: str, seconds: float, workdir: Path, clients: int = 6, ke
         snap = final_store.get(f"life:{c}")
         lives.append(LifeOp(c, "read", f"life:{c}", time.monotonic(), "ok",
                             Counters.FromString(snap.raw).shared if snap else None))
+    if hist_n:  # history and value agree at the end, the delete/recreate keys included
+        for k in key_names + [f"life:{c}" for c in range(clients)]:
+            errors += [f"history: {p}" for p in common.history_problems(final_store, k, hist_n)]
     alive = server.alive()
     server.stop(check=False)
     t_check = time.monotonic()
@@ -704,6 +719,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--timeout", type=float, default=0.15, help="client socket_timeout")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--history", type=int, default=HISTORY,
+                    help="the schemas' history setting; 0: off (default %(default)s)")
     args = ap.parse_args()
     failed = False
     workloads = ["register", "patch"] if args.workload == "both" else [args.workload]
@@ -713,7 +730,7 @@ def main() -> int:
             try:
                 fn = run if workload == "register" else run_patches
                 res = fn(engine, args.seconds, workdir, clients=args.clients,
-                         timeout=args.timeout, seed=args.seed)
+                         timeout=args.timeout, seed=args.seed, history=args.history)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             if workload == "register":

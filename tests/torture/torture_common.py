@@ -304,3 +304,72 @@ def _sized_fds(target: int) -> bytes:
 def _repeated(fd) -> bool:
     r = getattr(fd, "is_repeated", None)
     return r if r is not None else fd.label == FD.LABEL_REPEATED
+
+
+# --------------------------------------------------------------------------- history vs value
+
+
+def history_problems(store, key: str, maxlen: int, client=None) -> list[str]:
+    """History and value never disagree (docs/PROTOCOL.md, "History"): for context ``key`` of a
+    schema registered with ``history=maxlen`` from before its first write, read through ``store``
+    (an SDK Store on a standalone server) and its stream ``__ctxh:<key>`` read raw:
+
+    - no context: no stream;
+    - else the stream's last entry is the context's version (id ``<version>-0``) with its
+      incarnation, updated_ms and updated_by; no entry beyond it; every entry of the context's
+      incarnation, versions contiguous, exactly ``min(maxlen, version)`` of them (so none was
+      lost and MAXLEN holds); the entry of version 1 is the ``create``, no other one is.
+
+    Reads the value, then the stream, then the value again, until both reads of the value agree
+    (the caller has stopped its writers; an in-doubt write may still land)."""
+    r = client if client is not None else store.client
+    stream = f"__ctxh:{key}"
+    for _ in range(10):
+        before = store.get(key)
+        entries = r.xrange(stream, "-", "+")
+        after = store.get(key)
+        if before == after:
+            break
+    else:
+        return [f"{key}: the value kept changing while its history was read"]
+    snap = after
+    if snap is None:
+        return [f"{key}: no context, but its stream has {len(entries)} entries"] if entries \
+            else []
+    if not entries:
+        return [f"{key}: version {snap.version} and no history"]
+    out = []
+    versions = []
+    for eid, fields in entries:
+        eid = eid.decode() if isinstance(eid, bytes) else eid
+        f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+        ms, seq = eid.split("-")
+        v = int(ms)
+        versions.append(v)
+        if seq != "0":
+            out.append(f"{key}: entry id {eid} (sequence not 0)")
+        inc = f.get("i", b"").decode()
+        if inc != snap.incarnation:
+            out.append(f"{key}: entry {v} of incarnation {inc!r}, the context's is "
+                       f"{snap.incarnation!r}")
+        kind = f.get("k", b"").decode()
+        if (v == 1) != (kind == "create"):
+            out.append(f"{key}: entry {v} has kind {kind!r}")
+    last = dict((k.decode() if isinstance(k, bytes) else k, val)
+                for k, val in entries[-1][1].items())
+    if versions[-1] != snap.version:
+        out.append(f"{key}: the stream's last entry is version {versions[-1]}, the context's "
+                   f"{snap.version}")
+    else:
+        if int(last.get("t", b"-1")) != snap.updated_ms:
+            out.append(f"{key}: last entry updated_ms {last.get('t')!r}, context "
+                       f"{snap.updated_ms}")
+        if last.get("b", b"").decode() != snap.updated_by:
+            out.append(f"{key}: last entry writer {last.get('b')!r}, context "
+                       f"{snap.updated_by!r}")
+    want = list(range(max(1, snap.version - maxlen + 1), snap.version + 1))
+    if versions != want:
+        show = versions if len(versions) <= 8 else versions[:3] + ["..."] + versions[-3:]
+        out.append(f"{key}: stream versions {show} ({len(versions)} entries), expected "
+                   f"{want[0]}..{want[-1]} ({len(want)}, MAXLEN {maxlen})")
+    return out
