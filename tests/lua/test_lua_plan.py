@@ -359,3 +359,21 @@ def test_sparse_field_numbers_and_closed_enums_validate_like_the_module(lua, sto
                 got[engine] = ("error", str(exc))
         assert got["lua"] == got["module"], (i, got)
     assert got["lua"][0] == "error"
+
+
+def test_short_names_rename_locals_only():
+    """The assembler's renaming (``_scripts.shorten_names``): locals, parameters and loop
+    variables get short names; strings, table fields and keys, globals and comments do not
+    survive as variables; the script does the same."""
+    code = ("local alpha_long, beta_long = string.sub, {beta_long = 1}\n"
+            "local function gamma_long(delta_long) return delta_long .. 'alpha_long' end\n"
+            "for index_long = 1, 2 do alpha_long = gamma_long(beta_long.beta_long) end -- note\n"
+            "return alpha_long\n")
+    out = _scripts.shorten_names(code)
+    for gone in ("local alpha_long", "gamma_long(", "delta_long", "index_long", "-- note"):
+        assert gone not in out, out
+    for kept in ("string.sub", "{beta_long=1}".replace("=", " = "), ".beta_long",
+                 "'alpha_long'"):
+        assert kept in out, (kept, out)
+    # a long bracket: left as it is
+    assert _scripts.shorten_names("local abc = [[x]]\n") == "local abc = [[x]]\n"
