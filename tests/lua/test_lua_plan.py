@@ -227,6 +227,23 @@ def test_a_stale_plan_is_regenerated_and_the_write_lands_once(lua, stock, pb):
     assert len(value.window) == 2
 
 
+def test_the_sdks_write_digest_is_the_one_the_script_would_hash(lua, stock):
+    """ARGV[19]: the SDK sends the id's digest (ctx_WriteDigest), the script hashes the id when
+    it is absent: the same window record either way, so a raw caller's retry of an SDK write
+    (no ARGV[19]) is a replay."""
+    from ctxlink._lua import write_digest
+
+    for wid in ("a", "stale-1", "\u00e9t\u00e9-\u2603", "x" * 64):
+        assert write_digest(wid) == id_digest(wid) == write_digest(wid.encode())
+    assert write_digest(None) == write_digest("") == b""
+    Order = ctxlink._order_schema.Order  # type: ignore[attr-defined]
+    assert lua.cas("o:wd", 0, Order(version=1), schema="order").ok
+    sent = top_level(stock, lambda: lua.cas("o:wd", 1, Order(version=2), write_id="w-\u00e9"))
+    assert sent[-1][-1] == id_digest("w-\u00e9")  # ARGV[19]
+    assert decode(stock.r.get("o:wd")).window[0].digest == id_digest("w-\u00e9")
+    again = stock.r.evalsha(sent[-1][1], *sent[-1][2:-1])  # the same write without ARGV[19]
+    assert again == [b"replayed", 2]
+
 def test_validation_errors_through_the_sdk_are_the_modules_texts(lua, stock, modsrv):
     modsrv.r.flushall()
     mod = ctxlink.connect(modsrv.client())
