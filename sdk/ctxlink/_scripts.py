@@ -4,7 +4,8 @@ schema's validation plan generated here by the C core (docs/PROTOCOL.md, "The va
 A script is ``<the body's #!lua line> + prelude.lua + [plan] + <the body>``, with the header
 blocks, comments and unneeded blanks left out and local names shortened
 (:func:`shorten_names`: the largest plan scripts stay well under 32 KiB). The plan comes from
-``ctx_Schema_LuaPlan`` run on the descriptor set the SDK read from the registry as data: the SDK never runs code it read from Redis.
+``ctx_Schema_LuaPlan`` run on the descriptor set the SDK read from the registry as data: the SDK
+never runs code it read from Redis.
 Everything here is pure (no I/O besides reading the shipped files once).
 """
 
