@@ -201,6 +201,26 @@ def _include(body: str, parts: Mapping[str, str]) -> str:
     return "".join(out)
 
 
+_FUNCTION = re.compile(r"^local function (\w+)\(.*?^end$\n?", re.M | re.S)
+
+
+def _used_prelude(prelude: str, rest: str) -> str:
+    """``prelude`` without its top-level ``local function`` blocks (``local function <name>(``
+    to the next ``end`` at a line start) that ``rest`` does not name, directly or through
+    another block it keeps: a closure is made on every call of a script."""
+    blocks = {m.group(1): m for m in _FUNCTION.finditer(prelude)}
+    outside = _strip(_FUNCTION.sub("", prelude))[1] + rest  # comments do not count
+    words = set(re.findall(r"\w+", outside))
+    keep = {name for name in blocks if name in words}
+    todo = list(keep)
+    while todo:
+        for word in set(re.findall(r"\w+", blocks[todo.pop()].group())):
+            if word in blocks and word not in keep:
+                keep.add(word)
+                todo.append(word)
+    return _FUNCTION.sub(lambda m: m.group() if m.group(1) in keep else "", prelude)
+
+
 def assemble(
     body: str,
     prelude: str,
@@ -216,7 +236,7 @@ def assemble(
         body = _cut_regions(body, "patch" if flavor == "cas" else "cas")
         plan += f"local FLAVOR = '{flavor}'\n"
     shebang, code = _strip(body)
-    _, pre = _strip(prelude)
+    _, pre = _strip(_used_prelude(prelude, plan + code))
     head = f"{shebang}\n" if shebang else ""
     return (head + shorten_names(pre + plan + code)).encode()
 
