@@ -21,6 +21,7 @@ local ascii = true -- no byte above 127 in s: every string is valid UTF-8
 -- with a byte above 127 (ASCII is valid UTF-8; walk() checks the rest). It runs only when no
 -- required field is reachable (ANY_REQ: walk() tracks presence). The generic walk, its closures and its error
 -- paths are made only when fwalk returns nil (see the validation below).
+local mmax = math.max
 local high_at = 0 -- the first byte above 127 at or after the last string checked (TWO32: none)
 local cmi, cK, cT -- the plan fwalk read last (repeated messages)
 local function fwalk(mi, p, e, d)
@@ -78,9 +79,13 @@ local function fwalk(mi, p, e, d)
         q = q + 1
       end
       if b > e - q then return nil end
-      if c == 101 then -- no byte above 127 from q to high_at (one find per stretch)
-        if high_at < q then high_at = find(s, '[\128-\255]', q) or TWO32 end
-        if high_at < q + b then return nil end
+      if c == 101 then
+        if b > 48 then
+          if high_at < q then high_at = find(s, '[\128-\255]', q) or TWO32 end
+          if high_at < q + b then return nil end
+        elseif b > 0 and mmax(byte(s, q, q + b - 1)) > 127 then
+          return nil
+        end
       end
       if c == 102 and (d + 1 > max_depth or not fwalk(ref(mi, (t - 2) / 8), q, q + b, d + 1)) then
         return nil
