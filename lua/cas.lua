@@ -113,12 +113,17 @@ if patching then
   FL, RL, F, R = {}, {}, {}, {}
   local function parse_fields(text, list, set, what)
     -- as the module: every number in range first, then the first repeat in argument order
-    for word in string.gmatch(text or '', '[^ ]+') do
+    if not text or text == '' then return end
+    -- one number without a blank (the common patch) is the only word: no gmatch iterator
+    local words, word = find(text, ' ', 1, true) and string.gmatch(text, '[^ ]+'), text
+    if words then word = words() end
+    while word do
       local f = strict_int(word)
       if not f or f < 1 or f > MAX_FIELD then
         return err('ERR', 'field numbers must be integers from 1 to ' .. MAX_FIELD)
       end
       list[#list + 1] = f
+      word = words and words()
     end
     for _, f in ipairs(list) do
       if set[f] then return err('ERR', fmt('field %d is listed twice in %s', f, what)) end
