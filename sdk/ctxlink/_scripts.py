@@ -236,9 +236,25 @@ def assemble(
         body = _cut_regions(body, "patch" if flavor == "cas" else "cas")
         plan += f"local FLAVOR = '{flavor}'\n"
     shebang, code = _strip(body)
-    _, pre = _strip(_used_prelude(prelude, plan + code))
+    pre, code = _short_parts(_strip(_used_prelude(prelude, code))[1], code)
     head = f"{shebang}\n" if shebang else ""
-    return (head + shorten_names(pre + plan + code)).encode()
+    return (head + pre + plan + code).encode()
+
+
+#: Every name a plan fragment uses (ctx_luaplan.c and error_plan(); checked by a test): the
+#: renaming of the prelude and the body keeps them and never picks them.
+PLAN_NAMES = frozenset({
+    "PLAN_DIGEST", "PLAN_ERR", "TYPE", "VF", "VK", "ANY_REQ", "FLAVOR", "plan", "ref", "enum_ok",
+    "missing_req", "mi", "ei", "n", "v", "node",
+})
+
+
+@lru_cache(maxsize=64)
+def _short_parts(pre: str, code: str) -> tuple[str, str]:
+    """The prelude and the body, renamed together (:func:`shorten_names`) around a plan that is
+    not: a plan runs to megabytes for huge schemas, the fixed parts to a few KiB."""
+    out = _shorten([pre, code], PLAN_NAMES)
+    return out[0], out[1]
 
 
 # --------------------------------------------------------------------------- short local names
@@ -309,9 +325,16 @@ def shorten_names(code: str) -> str:
     strings, table fields (``a.b``, ``a:b``, ``{b = ...}``), globals and a few names tests look
     for keep their spelling. Each name is renamed everywhere it is a variable, so scopes and
     shadowing stay as written. Left as it is when a long bracket (``[[``, ``[=``) appears."""
-    toks = [(m.lastgroup or "", m.group()) for m in _TOKEN.finditer(code)]
+    return _shorten([code], frozenset())[0]
+
+
+def _shorten(parts: list[str], keep: frozenset[str]) -> list[str]:
+    """:func:`shorten_names` of ``"".join(parts)`` (each part ends at a line end), returned part
+    by part; the names in ``keep`` are neither renamed nor picked."""
+    code = "".join(parts)
     if "[[" in code or "[=" in code:
-        return code
+        return parts
+    toks = [(m.lastgroup or "", m.group()) for m in _TOKEN.finditer(code)]
     sig = [i for i, (k, t) in enumerate(toks) if not (k == "other" and t.isspace())]
     declared, keys = _declared(toks, sig)
     field = set()
@@ -322,9 +345,9 @@ def shorten_names(code: str) -> str:
     for i, (kind, text) in enumerate(toks):
         if kind == "name" and i not in field and text in declared and len(text) > 1:
             counts[text] = counts.get(text, 0) + 1
-    for bad in (keys | _GLOBALS | _KEEP | _KEYWORDS):
+    for bad in (keys | _GLOBALS | _KEEP | _KEYWORDS | keep):
         counts.pop(bad, None)
-    taken = {t for k, t in toks if k == "name"}
+    taken = {t for k, t in toks if k == "name"} | keep
     free = (s for s in _SHORT if s not in taken and s not in _KEYWORDS)
     new: dict[str, str] = {}
     short = next(free, None)
@@ -333,12 +356,21 @@ def shorten_names(code: str) -> str:
             continue
         new[name] = short
         short = next(free, None)
-    out = []
+    ends = []
+    at = 0
+    for part in parts:
+        at += len(part)
+        ends.append(at)
+    out: list[list[str]] = [[] for _ in parts]
+    k = pos = 0
     for i, (kind, text) in enumerate(toks):
+        while k < len(ends) - 1 and pos >= ends[k]:
+            k += 1
+        pos += len(text)
         if kind == "com":
             continue
-        out.append(new.get(text, text) if kind == "name" and i not in field else text)
-    return "".join(out)
+        out[k].append(new.get(text, text) if kind == "name" and i not in field else text)
+    return ["".join(o) for o in out]
 
 
 @lru_cache(maxsize=4)
