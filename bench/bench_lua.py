@@ -32,6 +32,7 @@ import argparse
 import os
 import sys
 import time
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,8 @@ import redis  # noqa: E402
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
 
 from ctxlink._order_schema import file_descriptor_proto  # noqa: E402
+from ctxlink._lua import _lua_argv  # noqa: E402
+from ctxlink._protocol import new_incarnation  # noqa: E402
 from ctxlink._scripts import entry_script  # noqa: E402
 from ctxlink.embedded import EmbeddedRedis, find_module  # noqa: E402
 
@@ -53,6 +56,8 @@ REF_CAS = (
 )
 ORDER_FIELDS = 12  # Order 10 + LineItem 2
 PIPELINE = 100
+#: The Store settings _lua_argv reads (the SDK's defaults).
+_LIMITS: Any = SimpleNamespace(max_payload_bytes=1 << 20, max_depth=32, unknown_fields="reject")
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -176,13 +181,17 @@ class Side:
         if self.kind == "module":
             extra = ("SCHEMA", s.name) if v == 0 else ()
             return ("CTX.CAS", key, v, s.payload(v + 1), *extra, "ID", wid)
+        # the ARGV the SDK sends (ctxlink._lua._lua_argv: 1..18, with the key's wait channel
+        # and a fresh incarnation on every write)
         if self.kind == "lua-cas" or v == 0:
             sha = self.shas[(s.name, "cas")]
-            return ("EVALSHA", sha, 1, key, v, s.payload(v + 1), given, "", 1 << 20, 32,
-                    "reject", s.name, "", wid, *(("cas", "", "", "", "", os.urandom(8).hex()) if v == 0 else ()))
-        sha = self.shas[(s.name, "patch")]
-        return ("EVALSHA", sha, 1, key, v, s.patch_payload(v + 1), 0, "", 1 << 20, 32,
-                "reject", s.name, "", wid, "patch", str(s.patch_field), "")
+            argv = _lua_argv(_LIMITS, v, s.payload(v + 1), given == 1, None, s.name, "", wid,
+                             None, (), None, None, new_incarnation(), key)
+        else:
+            sha = self.shas[(s.name, "patch")]
+            argv = _lua_argv(_LIMITS, v, s.patch_payload(v + 1), False, None, s.name, "", wid,
+                             (s.patch_field,), (), None, None, new_incarnation(), key)
+        return ("EVALSHA", sha, 1, key, *argv)
 
     def pass_(self) -> None:
         """One write to every key (v -> v + 1); every reply must be the new version."""

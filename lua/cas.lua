@@ -35,6 +35,11 @@
            create without INC, and on the first write to a v1 / v2 value (scripts never invent
            randomness); "", absent or not 16 hex digits: none (a write that needs one is then
            refused with ERR, after every other check)
+  ARGV[17] the key's wait channel ("" or absent: no publish)   ARGV[18] "1": a shard channel
+  ARGV[19] the write id's digest, the first 8 bytes of SHA-1(ARGV[10]), raw (the SDK's, from the
+           C core's ctx_WriteDigest, so the script does not hash); anything but 8 bytes: the
+           script hashes ARGV[10] itself. Not checked against the id: a caller that sends a
+           wrong digest only misleads its own replay check (it can write the key anyway)
 
   The registry entry's `digest` is read undeclared ("__ctx:schema:<ARGV[8]>", on a cluster
   "__ctx:{<ARGV[9]>}:schema:<ARGV[8]>"): declared keys are read-write on Redis 7, and agents
@@ -110,12 +115,17 @@ if patching then
   FL, RL, F, R = {}, {}, {}, {}
   local function parse_fields(text, list, set, what)
     -- as the module: every number in range first, then the first repeat in argument order
-    for word in string.gmatch(text or '', '[^ ]+') do
+    if not text or text == '' then return end
+    -- one number without a blank (the common patch) is the only word: no gmatch iterator
+    local words, word = find(text, ' ', 1, true) and string.gmatch(text, '[^ ]+'), text
+    if words then word = words() end
+    while word do
       local f = strict_int(word)
       if not f or f < 1 or f > MAX_FIELD then
         return err('ERR', 'field numbers must be integers from 1 to ' .. MAX_FIELD)
       end
       list[#list + 1] = f
+      word = words and words()
     end
     for _, f in ipairs(list) do
       if set[f] then return err('ERR', fmt('field %d is listed twice in %s', f, what)) end
@@ -181,8 +191,12 @@ end
 
 local digest = ZERO8
 if wid then
-  local hex = redis.sha1hex(wid)
-  digest = spack('>I4I4', tonumber(sub(hex, 1, 8), 16), tonumber(sub(hex, 9, 16), 16))
+  -- the first 8 bytes of SHA-1(id): the SDK's (ARGV[19], from the C core), else hashed here
+  digest = ARGV[19]
+  if not digest or #digest ~= 8 then
+    local hex = redis.sha1hex(wid)
+    digest = spack('>I4I4', tonumber(sub(hex, 1, 8), 16), tonumber(sub(hex, 9, 16), 16))
+  end
   if digest ~= ZERO8 and cur_n > 0 then
     -- a plain find over the records (v3: 8 bytes each, v2: 12); a hit counts only at a
     -- record's start

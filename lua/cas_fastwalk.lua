@@ -61,13 +61,24 @@ local function fwalk(mi, p, e, d)
       if d == 0 and t == VTAG then vpos = p end
       if b < 128 then
         p = p + 1
-      else -- at most 9 bytes: a valid varint
-        local q = p + 1
-        repeat
-          if q >= e or q - p > 8 then return nil end
-          b = byte(s, q)
-          q = q + 1
-        until b < 128
+      else -- at most 9 bytes: a valid varint; its next three bytes read with one call
+        local b2, b3, b4 = byte(s, p + 1, p + 3)
+        local q
+        if b2 and b2 < 128 then
+          q = p + 2
+        elseif b3 and b3 < 128 then
+          q = p + 3
+        elseif b4 and b4 < 128 then
+          q = p + 4
+        else
+          q = p + 4
+          repeat
+            if q >= e or q - p > 8 then return nil end
+            b = byte(s, q)
+            q = q + 1
+          until b < 128
+        end
+        if q > e then return nil end -- its last byte is past the message
         p = q
       end
     elseif c == 101 or c == 100 or c == 102 then -- string (ASCII), bytes, message

@@ -191,6 +191,11 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
 bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
                         size_t* out_len, ctx_Status* status);
 
+/* The digest of write id `id` a window record holds: the first 8 bytes of
+ * SHA-1(id) (the module's CTX.CAS/PATCH ... ID; the SDK passes it to the Lua
+ * engine's cas.lua, ARGV[19], so the script does not hash). */
+void ctx_WriteDigest(const char* id, size_t len, unsigned char out[8]);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

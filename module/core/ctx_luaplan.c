@@ -48,6 +48,7 @@
 
 #include "ctx_core.h"
 #include "ctx_internal.h"
+#include "ctx_sha1.h"
 #include "upb/reflection/def.h"
 
 /* ---- an output buffer ------------------------------------------------------ */
@@ -557,4 +558,15 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
   *out = o.buf;
   *out_len = o.len;
   return true;
+}
+
+/* ---- the write id's digest ---------------------------------------------- */
+
+void ctx_WriteDigest(const char* id, size_t len, unsigned char out[8]) {
+  ctx_Sha1 sh;
+  uint8_t raw[20];
+  ctx_Sha1_Init(&sh);
+  ctx_Sha1_Update(&sh, id, len);
+  ctx_Sha1_Final(&sh, raw);
+  memcpy(out, raw, 8);
 }

@@ -103,6 +103,7 @@ bool ctx_Validate(const ctx_Schema* schema, const char* buf, size_t len,
 void ctx_free(void* p);
 bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
                         size_t* out_len, ctx_Status* status);
+void ctx_WriteDigest(const char* id, size_t len, unsigned char out[8]);
 """
 
 # Same include directories as the Makefile: our headers first, third-party ones as -isystem

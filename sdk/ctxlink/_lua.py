@@ -216,9 +216,10 @@ def _lua_argv(
     fresh: str = "",
     key: Any = None,
 ) -> tuple[Any, ...]:
-    """ARGV of lua/cas.lua (its header documents them): 1..18. ``inc``: ARGV[14] (INC),
+    """ARGV of lua/cas.lua (its header documents them): 1..19. ``inc``: ARGV[14] (INC),
     ``fresh``: ARGV[16], the incarnation a create without INC or an upgrade of a v1/v2 value
-    gives the context; ARGV[17..18] ``key``'s wait channel (``store.wait``)."""
+    gives the context; ARGV[17..18] ``key``'s wait channel (``store.wait``; "" without a key);
+    ARGV[19] the write id's digest (:func:`write_digest`; "" without an id)."""
     argv: tuple[Any, ...] = (
         expected,
         payload,
@@ -236,10 +237,22 @@ def _lua_argv(
     else:
         argv += ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
     argv += (inc or "", px if px is not None else "", fresh)
-    if key is None:
-        return argv
-    channel, shard = wait_channel(key)
-    return argv + (channel, "1" if shard else "0")
+    channel, shard = wait_channel(key) if key is not None else ("", False)
+    return argv + (channel, "1" if shard else "0", write_digest(write_id))
+
+
+def write_digest(write_id: Any) -> bytes:
+    """The 8 bytes a window record holds for ``write_id`` (str: its UTF-8, as redis-py sends
+    it), from the C core (``ctx_WriteDigest``, the module's digest): cas.lua takes them as
+    ARGV[19] instead of hashing the id itself; b"" for no id."""
+    if write_id is None or write_id == "" or write_id == b"":
+        return b""
+    from ctxlink._native import ffi, lib
+
+    raw = write_id.encode() if isinstance(write_id, str) else bytes(write_id)
+    out = ffi.new("unsigned char[8]")
+    lib.ctx_WriteDigest(raw, len(raw), out)
+    return bytes(ffi.buffer(out, 8))
 
 
 def _write_lua(

@@ -2,14 +2,17 @@
 schema's validation plan generated here by the C core (docs/PROTOCOL.md, "The validation plan").
 
 A script is ``<the body's #!lua line> + prelude.lua + [plan] + <the body>``, with the header
-blocks and comment-only lines left out. The plan comes from ``ctx_Schema_LuaPlan`` run on the
-descriptor set the SDK read from the registry as data: the SDK never runs code it read from Redis.
+blocks, comments and unneeded blanks left out and local names shortened
+(:func:`shorten_names`: the largest plan scripts stay well under 32 KiB). The plan comes from
+``ctx_Schema_LuaPlan`` run on the descriptor set the SDK read from the registry as data: the SDK
+never runs code it read from Redis.
 Everything here is pure (no I/O besides reading the shipped files once).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -198,6 +201,26 @@ def _include(body: str, parts: Mapping[str, str]) -> str:
     return "".join(out)
 
 
+_FUNCTION = re.compile(r"^local function (\w+)\(.*?^end$\n?", re.M | re.S)
+
+
+def _used_prelude(prelude: str, rest: str) -> str:
+    """``prelude`` without its top-level ``local function`` blocks (``local function <name>(``
+    to the next ``end`` at a line start) that ``rest`` does not name, directly or through
+    another block it keeps: a closure is made on every call of a script."""
+    blocks = {m.group(1): m for m in _FUNCTION.finditer(prelude)}
+    outside = _strip(_FUNCTION.sub("", prelude))[1] + rest  # comments do not count
+    words = set(re.findall(r"\w+", outside))
+    keep = {name for name in blocks if name in words}
+    todo = list(keep)
+    while todo:
+        for word in set(re.findall(r"\w+", blocks[todo.pop()].group())):
+            if word in blocks and word not in keep:
+                keep.add(word)
+                todo.append(word)
+    return _FUNCTION.sub(lambda m: m.group() if m.group(1) in keep else "", prelude)
+
+
 def assemble(
     body: str,
     prelude: str,
@@ -213,9 +236,141 @@ def assemble(
         body = _cut_regions(body, "patch" if flavor == "cas" else "cas")
         plan += f"local FLAVOR = '{flavor}'\n"
     shebang, code = _strip(body)
-    _, pre = _strip(prelude)
+    pre, code = _short_parts(_strip(_used_prelude(prelude, code))[1], code)
     head = f"{shebang}\n" if shebang else ""
     return (head + pre + plan + code).encode()
+
+
+#: Every name a plan fragment uses (ctx_luaplan.c and error_plan(); checked by a test): the
+#: renaming of the prelude and the body keeps them and never picks them.
+PLAN_NAMES = frozenset({
+    "PLAN_DIGEST", "PLAN_ERR", "TYPE", "VF", "VK", "ANY_REQ", "FLAVOR", "plan", "ref", "enum_ok",
+    "missing_req", "mi", "ei", "n", "v", "node",
+})
+
+
+@lru_cache(maxsize=64)
+def _short_parts(pre: str, code: str) -> tuple[str, str]:
+    """The prelude and the body, renamed together (:func:`shorten_names`) around a plan that is
+    not: a plan runs to megabytes for huge schemas, the fixed parts to a few KiB."""
+    out = _shorten([pre, code], PLAN_NAMES)
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- short local names
+
+_KEYWORDS = frozenset(
+    "and break do else elseif end false for function if in local nil not or repeat return "
+    "then true until while".split()
+)
+#: Globals the scripts use (Lua's and Redis'): never renamed, never picked as a short name.
+_GLOBALS = frozenset(
+    "ARGV KEYS redis string math table bit struct cjson cmsgpack type tonumber tostring pairs "
+    "ipairs unpack select error pcall assert next rawget rawset rawequal setmetatable "
+    "getmetatable os _G".split()
+)
+#: Names tests look for in assembled scripts, kept as written.
+_KEEP = frozenset({"fwalk", "read_ctx", "mode", "ANY_REQ", "PLAN_DIGEST", "PLAN_ERR"})
+
+_TOKEN = re.compile(
+    r"(?P<str>'(?:\\.|[^'\\\n])*'|\"(?:\\.|[^\"\\\n])*\")"
+    r"|(?P<com>--[^\n]*)"
+    r"|(?P<num>0[xX][0-9A-Fa-f]+|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"
+    r"|(?P<name>[A-Za-z_]\w*)"
+    r"|(?P<other>\.\.\.?|[\s\S])"
+)
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SHORT = [*_LETTERS, *(a + b for a in _LETTERS for b in _LETTERS + "0123456789_")]
+
+
+def _declared(toks: list[tuple[str, str]], sig: list[int]) -> tuple[set[str], set[str]]:
+    """(names declared as locals, parameters or loop variables; names also used as table
+    constructor keys, ``{x=`` / ``,x=`` inside braces, which must keep their spelling)."""
+    declared: set[str] = set()
+    keys: set[str] = set()
+    depth = 0
+    state = ""  # "local", "for", "fname" (after `function`), "params"
+    for j, i in enumerate(sig):
+        kind, text = toks[i]
+        before = toks[sig[j - 1]][1] if j > 0 else ""
+        after = toks[sig[j + 1]][1] if j + 1 < len(sig) else ""
+        if kind != "name":
+            depth += 1 if text == "{" else -1 if text == "}" else 0
+            if state == "params" and text == ")" or state in ("local", "for") and text != ",":
+                state = ""
+            continue
+        if before in (".", ":"):
+            continue
+        if depth > 0 and after == "=" and before in ("{", ","):
+            keys.add(text)
+        if text in ("local", "for"):
+            state = text
+        elif text == "function":
+            state = "params" if after == "(" else "fname"
+        elif state == "fname":
+            state = "params" if after == "(" else ""
+            if j > 1 and toks[sig[j - 2]][1] == "local":
+                declared.add(text)
+        elif state in ("local", "for", "params"):
+            if text not in _KEYWORDS:
+                declared.add(text)
+            if state != "params" and after != ",":
+                state = ""
+    return declared, keys
+
+
+def shorten_names(code: str) -> str:
+    """``code`` with its local names (locals, parameters, loop variables) renamed to the
+    shortest names it does not use, the most bytes saved first, and its comments dropped:
+    strings, table fields (``a.b``, ``a:b``, ``{b = ...}``), globals and a few names tests look
+    for keep their spelling. Each name is renamed everywhere it is a variable, so scopes and
+    shadowing stay as written. Left as it is when a long bracket (``[[``, ``[=``) appears."""
+    return _shorten([code], frozenset())[0]
+
+
+def _shorten(parts: list[str], keep: frozenset[str]) -> list[str]:
+    """:func:`shorten_names` of ``"".join(parts)`` (each part ends at a line end), returned part
+    by part; the names in ``keep`` are neither renamed nor picked."""
+    code = "".join(parts)
+    if "[[" in code or "[=" in code:
+        return parts
+    toks = [(m.lastgroup or "", m.group()) for m in _TOKEN.finditer(code)]
+    sig = [i for i, (k, t) in enumerate(toks) if not (k == "other" and t.isspace())]
+    declared, keys = _declared(toks, sig)
+    field = set()
+    for j, i in enumerate(sig):
+        if j > 0 and toks[i][0] == "name" and toks[sig[j - 1]][1] in (".", ":"):
+            field.add(i)
+    counts: dict[str, int] = {}
+    for i, (kind, text) in enumerate(toks):
+        if kind == "name" and i not in field and text in declared and len(text) > 1:
+            counts[text] = counts.get(text, 0) + 1
+    for bad in (keys | _GLOBALS | _KEEP | _KEYWORDS | keep):
+        counts.pop(bad, None)
+    taken = {t for k, t in toks if k == "name"} | keep
+    free = (s for s in _SHORT if s not in taken and s not in _KEYWORDS)
+    new: dict[str, str] = {}
+    short = next(free, None)
+    for name in sorted(counts, key=lambda t: (-counts[t] * len(t), t)):
+        if short is None or len(short) >= len(name):
+            continue
+        new[name] = short
+        short = next(free, None)
+    ends = []
+    at = 0
+    for part in parts:
+        at += len(part)
+        ends.append(at)
+    out: list[list[str]] = [[] for _ in parts]
+    k = pos = 0
+    for i, (kind, text) in enumerate(toks):
+        while k < len(ends) - 1 and pos >= ends[k]:
+            k += 1
+        pos += len(text)
+        if kind == "com":
+            continue
+        out[k].append(new.get(text, text) if kind == "name" and i not in field else text)
+    return ["".join(o) for o in out]
 
 
 @lru_cache(maxsize=4)

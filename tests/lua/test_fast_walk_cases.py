@@ -1,6 +1,6 @@
 """Hand-made payloads at the fast walk's edges (lua/cas.lua, ``fwalk``): overlong tags and
 lengths, 9-, 10- and 11-byte varints, a nested message whose length is right but whose content
-ends mid-field or mid-tag, lengths that run past a nested message's end, groups, packed and
+ends mid-field, mid-tag or mid-varint, lengths that run past a nested message's end, groups, packed and
 unpacked closed enums, map entries, unknown fields under both settings, nesting exactly at and one
 past ``max_depth``, the version field twice, inside a nested message, on a two-byte tag, with
 another wire type. Each goes through the shipped cas script, the same script without the fast
@@ -76,6 +76,9 @@ def node_cases() -> list[bytes]:
         V + f_len(4, V + b"\xa0") + b"\x01",  # nested content ends mid-tag; the tag's
         V + f_len(4, V + b"\xa0") + b"\x01\x08\x01",  # 2nd byte is outside
         V + f_len(4, tag(2, 2)) + b"\x00",  # nested content ends after a tag
+        # nested content ends inside a varint of 2, 3, 4 or 5 bytes whose last byte, outside,
+        # starts a valid field of the parent
+        *(V + f_len(4, V + tag(1, 0) + b"\x81" * k) + V for k in (1, 2, 3, 4)),
         V + f_len(4, f_len(4, f_str(2, "abc"))[:-1]) + b"c",  # inner length past its parent
         V + f_len(4, b""),  # empty nested message
         V + f_str(2, ""),

@@ -227,6 +227,23 @@ def test_a_stale_plan_is_regenerated_and_the_write_lands_once(lua, stock, pb):
     assert len(value.window) == 2
 
 
+def test_the_sdks_write_digest_is_the_one_the_script_would_hash(lua, stock):
+    """ARGV[19]: the SDK sends the id's digest (ctx_WriteDigest), the script hashes the id when
+    it is absent: the same window record either way, so a raw caller's retry of an SDK write
+    (no ARGV[19]) is a replay."""
+    from ctxlink._lua import write_digest
+
+    for wid in ("a", "stale-1", "\u00e9t\u00e9-\u2603", "x" * 64):
+        assert write_digest(wid) == id_digest(wid) == write_digest(wid.encode())
+    assert write_digest(None) == write_digest("") == b""
+    Order = ctxlink._order_schema.Order  # type: ignore[attr-defined]
+    assert lua.cas("o:wd", 0, Order(version=1), schema="order").ok
+    sent = top_level(stock, lambda: lua.cas("o:wd", 1, Order(version=2), write_id="w-\u00e9"))
+    assert sent[-1][-1] == id_digest("w-\u00e9")  # ARGV[19]
+    assert decode(stock.r.get("o:wd")).window[0].digest == id_digest("w-\u00e9")
+    again = stock.r.evalsha(sent[-1][1], *sent[-1][2:-1])  # the same write without ARGV[19]
+    assert again == [b"replayed", 2]
+
 def test_validation_errors_through_the_sdk_are_the_modules_texts(lua, stock, modsrv):
     modsrv.r.flushall()
     mod = ctxlink.connect(modsrv.client())
@@ -359,3 +376,21 @@ def test_sparse_field_numbers_and_closed_enums_validate_like_the_module(lua, sto
                 got[engine] = ("error", str(exc))
         assert got["lua"] == got["module"], (i, got)
     assert got["lua"][0] == "error"
+
+
+def test_short_names_rename_locals_only():
+    """The assembler's renaming (``_scripts.shorten_names``): locals, parameters and loop
+    variables get short names; strings, table fields and keys, globals and comments do not
+    survive as variables; the script does the same."""
+    code = ("local alpha_long, beta_long = string.sub, {beta_long = 1}\n"
+            "local function gamma_long(delta_long) return delta_long .. 'alpha_long' end\n"
+            "for index_long = 1, 2 do alpha_long = gamma_long(beta_long.beta_long) end -- note\n"
+            "return alpha_long\n")
+    out = _scripts.shorten_names(code)
+    for gone in ("local alpha_long", "gamma_long(", "delta_long", "index_long", "-- note"):
+        assert gone not in out, out
+    for kept in ("string.sub", "{beta_long=1}".replace("=", " = "), ".beta_long",
+                 "'alpha_long'"):
+        assert kept in out, (kept, out)
+    # a long bracket: left as it is
+    assert _scripts.shorten_names("local abc = [[x]]\n") == "local abc = [[x]]\n"
