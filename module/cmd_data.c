@@ -17,7 +17,6 @@
 
 #include "core/ctx_value.h"
 #include "ctx_module.h"
-#include "core/ctx_sha1.h"
 #include "metrics.h"
 
 #define CTX_VERSION_MAX (INT64_MAX - 1)
@@ -233,12 +232,7 @@ static int parse_write_opt(RedisModuleCtx *ctx, RedisModuleString **argv, int ar
 static void write_digest(RedisModuleString *id, unsigned char out[CTX_DIGEST_LEN]) {
   size_t len;
   const char *p = RedisModule_StringPtrLen(id, &len);
-  ctx_Sha1 sh;
-  uint8_t raw[20];
-  ctx_Sha1_Init(&sh);
-  ctx_Sha1_Update(&sh, p, len);
-  ctx_Sha1_Final(&sh, raw);
-  memcpy(out, raw, CTX_DIGEST_LEN);
+  ctx_WriteDigest(p, len, out); /* the core's: the SDK sends the Lua engine the same bytes */
 }
 
 /* Step 3 of every write: with INC and a base version >= 1, an existing

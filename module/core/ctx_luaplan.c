@@ -559,14 +559,3 @@ bool ctx_Schema_LuaPlan(const ctx_Schema* s, const char digest[40], char** out,
   *out_len = o.len;
   return true;
 }
-
-/* ---- the write id's digest ---------------------------------------------- */
-
-void ctx_WriteDigest(const char* id, size_t len, unsigned char out[8]) {
-  ctx_Sha1 sh;
-  uint8_t raw[20];
-  ctx_Sha1_Init(&sh);
-  ctx_Sha1_Update(&sh, id, len);
-  ctx_Sha1_Final(&sh, raw);
-  memcpy(out, raw, 8);
-}

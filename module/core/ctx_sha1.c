@@ -140,3 +140,14 @@ void ctx_Digest(const char* type, size_t type_len, const char* vfield, size_t vf
   ctx_Sha1_Update(&s, fds, fds_len);
   ctx_Sha1_HexFinal(&s, out);
 }
+
+/* ---- the write id's digest ---------------------------------------------- */
+
+void ctx_WriteDigest(const char* id, size_t len, unsigned char out[8]) {
+  ctx_Sha1 sh;
+  uint8_t raw[20];
+  ctx_Sha1_Init(&sh);
+  ctx_Sha1_Update(&sh, id, len);
+  ctx_Sha1_Final(&sh, raw);
+  memcpy(out, raw, 8);
+}
