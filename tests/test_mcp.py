@@ -1,0 +1,252 @@
+"""``ctxlink mcp``: the MCP server run as a subprocess (``python -m ctxlink mcp``) and driven over
+stdio by the official ``mcp`` SDK's client, against real redis-servers, on both engines: every
+tool, a conflict result, a schema refusal naming the field, the ``--prefix`` allow-list,
+``--read-only``, the reply cap, and contexts as resources."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import ctxlink
+import pytest
+from ctxlink._order_schema import Order
+
+mcp = pytest.importorskip("mcp", reason="the mcp package (the ctxlink[mcp] extra) is not "
+                          "installed: pip install 'ctxlink[mcp]' (requirements-dev.txt has it)")
+from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
+
+ENV = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CTXLINK_DEBUG")}
+TOOLS = {"get_context", "write_context", "update_fields", "append_items", "context_history",
+         "wait_for_change", "describe_schema"}
+WRITES = {"write_context", "update_fields", "append_items"}
+
+
+@pytest.fixture
+def srv(shared_server):
+    r = shared_server.r
+    r.flushall()
+    r.execute_command("SCRIPT", "FLUSH")
+    yield shared_server.port
+    shared_server.assert_alive()
+
+
+@pytest.fixture
+def store(srv, engine):
+    with ctxlink.connect(f"redis://127.0.0.1:{srv}/0", engine=engine) as s:
+        s.register_schema("order", Order, history=20, history_payloads=True)
+        yield s
+
+
+class Session:
+    """A client session on a ``ctxlink mcp`` subprocess; ``call`` answers the structured
+    result (and checks that the text content is the same JSON)."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.s = session
+
+    async def call(self, name: str, **args: Any) -> dict[str, Any]:
+        res = await self.s.call_tool(name, args)
+        data = res.structured_content
+        assert data is not None, res
+        assert json.loads(res.content[0].text) == data
+        assert res.is_error == (not data["ok"]), data
+        return data
+
+
+def run(srv: int, engine: str, flags: list[str], body) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "ctxlink", "mcp", "-p", str(srv), "--engine", engine, *flags],
+        env=ENV)
+
+    async def main() -> None:
+        with open(os.devnull, "w") as errlog:
+            async with stdio_client(params, errlog=errlog) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    await asyncio.wait_for(body(Session(session)), 60)
+
+    asyncio.run(main())
+
+
+def test_import_ctxlink_does_not_import_mcp() -> None:
+    code = ("import sys, ctxlink, ctxlink.aio, ctxlink.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types') "
+            "or m.startswith('ctxlink.mcp')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_tool_over_stdio(store, srv, engine) -> None:
+    def later_write() -> None:
+        time.sleep(0.3)
+        snap = store.get("order:1")
+        o = snap.decode(Order)
+        o.base_price = 999
+        assert store.cas("order:1", snap.version, o, by="other")
+
+    async def body(c: Session) -> None:
+        names = {t.name for t in (await c.s.list_tools()).tools}
+        assert names == TOOLS
+        # describe_schema: the registered schemas, then one's fields and types
+        listed = await c.call("describe_schema")
+        assert [s["schema"] for s in listed["schemas"]] == ["order"]
+        d = await c.call("describe_schema", schema="order")
+        fields = {f["name"]: f for f in d["fields"]}
+        assert d["message_type"] == "ctxlink.example.Order" and d["version_field"] == "version"
+        assert fields["items"]["repeated"] and fields["items"]["type"] == "ctxlink.example.LineItem"
+        assert "note" in fields["version"] and fields["base_price"]["json_name"] == "basePrice"
+        assert "ORDER_STATUS_PRICED" in d["enums"]["ctxlink.example.OrderStatus"]
+        assert {f["name"] for f in d["messages"]["ctxlink.example.LineItem"]} == {"sku", "quantity"}
+        # absent, then created (0 creates; the schema is required then)
+        assert (await c.call("get_context", key="order:1"))["exists"] is False
+        need = await c.call("write_context", key="order:1", expected_version=0,
+                            message={"order_id": "o-1"})
+        assert need["error"]["field"] == "schema"
+        first = {"order_id": "o-1", "base_price": 1000, "items": [{"sku": "A", "quantity": 2}]}
+        w = await c.call("write_context", key="order:1", expected_version=0, message=first,
+                         schema="order")
+        assert w["ok"] and w["version"] == 1
+        got = await c.call("get_context", key="order:1")
+        assert got["version"] == 1 and got["updated_by"] == "mcp" and got["schema"] == "order"
+        # protobuf's JSON mapping: 64-bit integers as strings
+        assert got["message"] == {**first, "base_price": "1000", "version": "1"}
+        assert store.get("order:1").decode(Order).items[0].sku == "A"
+        # a conflict: a structured result with the current version and state
+        again = await c.call("write_context", key="order:1", expected_version=0,
+                             message={"order_id": "o-x"}, schema="order")
+        assert again["error"]["code"] == "CONFLICT"
+        assert again["current"]["version"] == 1
+        assert again["current"]["message"]["order_id"] == "o-1"
+        # schema refusals name the field; nothing is written
+        for message, field in (({"discount": "abc"}, "discount"), ({"nope": 1}, "nope"),
+                               ({"items": [{"skux": "A"}]}, "items[0].skux"),
+                               ({"status": "NO_SUCH"}, "status"), ("{not json", "message"),
+                               ({"items": [{"quantity": -1}]}, "items.quantity")):
+            bad = await c.call("write_context", key="order:1", expected_version=1,
+                               message=message)
+            assert bad["error"]["code"] == "INVALID_MESSAGE", bad
+            assert bad["error"]["field"] == field, bad
+        # message as JSON text works too
+        w2 = await c.call("write_context", key="order:1", expected_version=1,
+                          message=json.dumps(first))
+        assert w2["version"] == 2
+        # field patches based on version 2: disjoint fields merge, the same field conflicts
+        p1 = await c.call("update_fields", key="order:1", base_version=2,
+                          fields={"discount": 5})
+        assert p1["ok"] and p1["version"] == 3 and p1["fields"] == ["discount"]
+        p2 = await c.call("update_fields", key="order:1", base_version=2,
+                          fields={"status": "ORDER_STATUS_PRICED", "finalPrice": 995})
+        assert p2["ok"] and p2["version"] == 4
+        msg = store.get("order:1").decode(Order)
+        assert (msg.discount, msg.final_price, msg.status) == (5, 995, 3)
+        p3 = await c.call("update_fields", key="order:1", base_version=2,
+                          fields={"discount": 7})
+        assert p3["error"]["code"] == "CONFLICT" and p3["changed"] == ["discount"]
+        assert p3["current"]["version"] == 4 and p3["current"]["message"]["discount"] == "5"
+        p4 = await c.call("update_fields", key="order:1", base_version=3,
+                          fields={"base_price": 1}, reads=["status"])
+        assert p4["error"]["code"] == "CONFLICT" and p4["changed"] == ["status"]
+        p5 = await c.call("update_fields", key="order:1", base_version=4,
+                          fields={"bogus": 1})
+        assert p5["error"]["code"] == "INVALID_MESSAGE" and p5["error"]["field"] == "bogus"
+        p6 = await c.call("update_fields", key="order:1", base_version=4,
+                          fields={"discount": 1}, reads=["nosuch"])
+        assert p6["error"]["code"] == "CTXFIELD" and p6["error"]["field"] == "nosuch"
+        assert (await c.call("update_fields", key="nope:1", base_version=1,
+                             fields={"discount": 1}))["error"]["code"] == "NOT_FOUND"
+        assert store.get("order:1").version == 4
+        # append_items: not available until the SDK's append is wired in
+        ap = await c.call("append_items", key="order:1", field="items",
+                          items=[{"sku": "B", "quantity": 1}])
+        assert ap["error"]["code"] == "NOT_AVAILABLE"
+        # history
+        h = await c.call("context_history", key="order:1")
+        assert [(x["version"], x["kind"]) for x in h["changes"]] == [
+            (1, "create"), (2, "update"), (3, "patch"), (4, "patch")]
+        assert h["changes"][3]["fields"] == ["status", "final_price"] or \
+            sorted(h["changes"][3]["fields"]) == ["final_price", "status"]
+        assert h["changes"][2]["message"]["discount"] == "5"
+        h2 = await c.call("context_history", key="order:1", since_version=2, limit=1)
+        assert [x["version"] for x in h2["changes"]] == [4]
+        # wait_for_change: at once, a timeout, and a change made meanwhile
+        now = await c.call("wait_for_change", key="order:1", after_version=1, timeout_s=5)
+        assert now["changed"] and now["version"] == 4
+        quiet = await c.call("wait_for_change", key="order:1", after_version=4, timeout_s=0.2)
+        assert quiet["ok"] and quiet["changed"] is False
+        writer = threading.Thread(target=later_write)
+        writer.start()
+        woke = await c.call("wait_for_change", key="order:1", after_version=4, timeout_s=20)
+        writer.join()
+        assert woke["changed"] and woke["version"] == 5 and woke["updated_by"] == "other"
+        assert woke["message"]["base_price"] == "999"
+        too_long = await c.s.call_tool("wait_for_change", {"key": "order:1", "after_version": 4,
+                                                           "timeout_s": 61})
+        assert too_long.is_error and "timeout_s" in too_long.content[0].text
+        # describe_schema by key
+        assert (await c.call("describe_schema", key="order:1"))["schema"] == "order"
+        # resources
+        templates = (await c.s.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["ctxlink://{key}"]
+        res = await c.s.read_resource("ctxlink://order:1")
+        data = json.loads(res.contents[0].text)
+        assert data["version"] == 5 and data["message"]["order_id"] == "o-1"
+
+    run(srv, engine, [], body)
+
+
+def test_prefix_read_only_and_reply_cap(store, srv, engine) -> None:
+    store.register_schema("lean", Order, history=100)  # history without payloads
+    big = Order(order_id="big")
+    for i in range(100):
+        big.items.add(sku=f"SKU-{i:04d}-{'x' * 20}", quantity=i + 1)
+    assert store.cas("team:big", 0, big, schema="lean")
+    for v in range(1, 40):
+        o = store.get("team:big").decode(Order)
+        o.discount = v
+        assert store.cas("team:big", v, o)
+    assert store.cas("team:small", 0, Order(order_id="s"), schema="order")
+    assert store.cas("order:1", 0, Order(order_id="o"), schema="order")
+
+    async def body(c: Session) -> None:
+        names = {t.name for t in (await c.s.list_tools()).tools}
+        assert names == TOOLS - WRITES  # read-only: no write tools at all
+        refused = await c.s.call_tool("write_context", {"key": "team:small",
+                                                        "expected_version": 1,
+                                                        "message": {}})
+        assert refused.is_error
+        # the allow-list
+        out = await c.call("get_context", key="order:1")
+        assert out["error"]["code"] == "KEY_REFUSED" and out["error"]["field"] == "key"
+        assert out["allowed_prefixes"] == ["team:", "shared:"]
+        for tool, args in (("context_history", {}), ("wait_for_change",
+                                                     {"after_version": 0, "timeout_s": 1}),
+                           ("describe_schema", {})):
+            r = await c.call(tool, key="order:1", **args)
+            assert r["error"]["code"] == "KEY_REFUSED", (tool, r)
+        assert (await c.call("get_context", key="__ctx:schema:order"))["error"]["code"] == \
+            "KEY_REFUSED"
+        assert (await c.call("get_context", key="team:small"))["message"]["order_id"] == "s"
+        # the reply cap: a large context is refused, a history loses its oldest changes
+        large = await c.call("get_context", key="team:big")
+        assert large["error"]["code"] == "REPLY_TOO_LARGE" and large["cap"] == 4096
+        assert large["size"] > 4096
+        h = await c.call("context_history", key="team:big")
+        assert h["ok"] and h["truncated"] and h["changes"][-1]["version"] == 40
+        assert len(json.dumps(h, separators=(",", ":")).encode()) <= 4096
+        # resources honour the same rules
+        with pytest.raises(Exception, match="outside"):
+            await c.s.read_resource("ctxlink://order:1")
+        small = json.loads((await c.s.read_resource("ctxlink://team:small")).contents[0].text)
+        assert small["version"] == 1
+
+    run(srv, engine, ["--prefix", "team:", "--prefix", "shared:", "--read-only",
+                      "--max-reply-bytes", "4096"], body)
