@@ -43,8 +43,8 @@ def mcp(ctx: click.Context, prefixes: tuple[str, ...], read_only: bool, max_repl
     conn = conn_of(ctx)
     if conn.cluster and conn.db:
         raise click.UsageError("--db: a Redis Cluster has database 0 only")
-    url, kw, cluster, engine = conn.resolved_url(), conn.client_kwargs(), conn.cluster, (
-        conn.engine or "auto")
+    url, kw, cluster = conn.resolved_url(), conn.client_kwargs(), conn.cluster
+    engine: Any = conn.engine or "auto"
 
     async def connect() -> Any:
         import ctxlink.aio

@@ -9,7 +9,7 @@ import re
 from typing import Any, Optional
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from ctxlink._cache import LRU
@@ -81,7 +81,8 @@ def parse_message(info: SchemaInfo, value: Any, what: str = "message") -> Messag
     data = _loads(value, what)
     msg: Message = class_of(info)()
     try:
-        json_format.ParseDict(data, msg, descriptor_pool=msg.DESCRIPTOR.file.pool)
+        pool: Any = msg.DESCRIPTOR.file.pool
+        json_format.ParseDict(data, msg, descriptor_pool=pool)
     except json_format.ParseError as exc:
         text = " ".join(str(exc).split())
         raise MessageInputError(text, error_field(str(exc)) or what) from None

@@ -19,6 +19,7 @@ from ctxlink._instr import Op
 from ctxlink._protocol import Outcome, parse_outcome
 from ctxlink._settle import CAS_RESENDS, _ambiguous, _send_settled, _unknown
 from ctxlink._state import State
+from ctxlink._types import descriptor_of
 from ctxlink._write import _write_raw, new_write_id, write_inc
 
 __all__ = ["op_patch", "append_items", "AppendNotAvailable"]
@@ -40,7 +41,7 @@ def op_patch(
     them nor of ``reads`` changed after ``base_version`` (``CTX.PATCH``); a lost reply is
     re-sent with the same write id. Returns the outcome (conflicts carry the current state and
     the changed fields' names). FieldNameError for a bad name, before anything is sent."""
-    plan = field_plan(msg.DESCRIPTOR, vfield)  # type: ignore[arg-type]
+    plan = field_plan(descriptor_of(msg), vfield)
     plan.read_numbers(names)  # checks the names (unknown, version field, twice)
     read_numbers = plan.read_numbers(reads)
     units = [u for u in plan.units if set(u.names) & set(names)]

@@ -149,8 +149,9 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
         so you know what to write; with neither, the registered schemas."""
         return _result(tools(), await tools().describe_schema(schema, key))
 
-    reads_only = (get_context, context_history, wait_for_change, describe_schema)
-    writes = (write_context, update_fields, append_items)
+    reads_only: tuple[Callable[..., Any], ...] = (
+        get_context, context_history, wait_for_change, describe_schema)
+    writes: tuple[Callable[..., Any], ...] = (write_context, update_fields, append_items)
     for fn in reads_only:
         server.add_tool(fn, annotations=read, structured_output=False)
     if not policy.read_only:
