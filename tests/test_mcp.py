@@ -38,9 +38,10 @@ def srv(shared_server):
 
 
 @pytest.fixture
-def store(srv, engine):
+def store(srv, engine, pb):
     with ctxlink.connect(f"redis://127.0.0.1:{srv}/0", engine=engine) as s:
         s.register_schema("order", Order, history=20, history_payloads=True)
+        s.register_schema("strict", pb.fds("strict2"), message_type="ctxlink.test.p2.Strict")
         yield s
 
 
@@ -98,7 +99,7 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
         assert names == TOOLS
         # describe_schema: the registered schemas, then one's fields and types
         listed = await c.call("describe_schema")
-        assert [s["schema"] for s in listed["schemas"]] == ["order"]
+        assert [s["schema"] for s in listed["schemas"]] == ["order", "strict"]
         d = await c.call("describe_schema", schema="order")
         fields = {f["name"]: f for f in d["fields"]}
         assert d["message_type"] == "ctxlink.example.Order" and d["version_field"] == "version"
@@ -135,6 +136,18 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
                                message=message)
             assert bad["error"]["code"] == "INVALID_MESSAGE", bad
             assert bad["error"]["field"] == field, bad
+        # a value the server's validation refuses (a proto2 required field left out): the
+        # server's verdict, naming the field
+        strict = await c.call("write_context", key="strict:1", expected_version=0,
+                              message={"id": "s1", "inner": {"n": 1}}, schema="strict")
+        assert strict["error"]["code"] == "CTXINVALID", strict
+        assert strict["error"]["field"] == "inner.name", strict
+        assert store.get("strict:1") is None
+        ok = await c.call("write_context", key="strict:1", expected_version=0,
+                          message={"id": "s1", "inner": {"name": "n"}}, schema="strict")
+        assert ok["version"] == 1
+        assert (await c.call("get_context", key="strict:1"))["message"] == {
+            "version": "1", "id": "s1", "inner": {"name": "n"}}
         # message as JSON text works too
         w2 = await c.call("write_context", key="order:1", expected_version=1,
                           message=json.dumps(first))

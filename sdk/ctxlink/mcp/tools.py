@@ -185,9 +185,15 @@ class Tools:
                 return error("CTXSCHEMA", f"unknown schema {name!r}: describe_schema lists the "
                              "registered ones", "schema")
             msg = parse_message(info, message)
+            # encoded here (partially: a missing proto2 required field is the server's verdict,
+            # CTXINVALID naming it), with the version field the schema names set to the next
+            # version, so that the server is the one judge of the payload
+            vfield = await self._vfield(name, info)
+            if isinstance(expected_version, int) and expected_version >= 0:
+                setattr(msg, vfield, expected_version + 1)
             result: CasResult = await self.store.cas(
-                key, expected_version, msg, schema=schema, by=self.policy.by,
-                incarnation=incarnation or None)
+                key, expected_version, msg.SerializePartialToString(), schema=schema,
+                by=self.policy.by, incarnation=incarnation or None)
         except MessageInputError as exc:
             return error("INVALID_MESSAGE", str(exc), exc.field)
         except ContextReplacedError as exc:
