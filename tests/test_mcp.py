@@ -201,9 +201,13 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
         writer.join()
         assert woke["changed"] and woke["version"] == 5 and woke["updated_by"] == "other"
         assert woke["message"]["base_price"] == "999"
-        too_long = await c.s.call_tool("wait_for_change", {"key": "order:1", "after_version": 4,
-                                                           "timeout_s": 61})
-        assert too_long.is_error and "timeout_s" in too_long.content[0].text
+        # arguments outside a tool's input schema: structured, naming the argument
+        too_long = await c.call("wait_for_change", key="order:1", after_version=4, timeout_s=61)
+        assert too_long["error"]["code"] == "BAD_ARGUMENT"
+        assert too_long["error"]["field"] == "timeout_s"
+        negative = await c.call("update_fields", key="order:1", base_version=-1,
+                                fields={"discount": 1})
+        assert negative["error"]["field"] == "base_version"
         # describe_schema by key
         assert (await c.call("describe_schema", key="order:1"))["schema"] == "order"
         # resources
@@ -232,10 +236,12 @@ def test_prefix_read_only_and_reply_cap(store, srv, engine) -> None:
     async def body(c: Session) -> None:
         names = {t.name for t in (await c.s.list_tools()).tools}
         assert names == TOOLS - WRITES  # read-only: no write tools at all
-        refused = await c.s.call_tool("write_context", {"key": "team:small",
-                                                        "expected_version": 1,
-                                                        "message": {}})
-        assert refused.is_error
+        for tool, args in (("write_context", {"expected_version": 1, "message": {}}),
+                           ("update_fields", {"base_version": 1, "fields": {"discount": 1}}),
+                           ("append_items", {"field": "items", "items": [{}]})):
+            refused = await c.call(tool, key="team:small", **args)
+            assert refused["error"]["code"] == "READ_ONLY", refused
+        assert store.get("team:small").version == 1
         # the allow-list
         out = await c.call("get_context", key="order:1")
         assert out["error"]["code"] == "KEY_REFUSED" and out["error"]["field"] == "key"

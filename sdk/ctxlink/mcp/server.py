@@ -11,13 +11,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
 
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import Field, ValidationError
 
 from ctxlink import __version__
-from ctxlink.mcp.tools import WAIT_MAX_S, Policy, Result, Tools
+from ctxlink.mcp.tools import WAIT_MAX_S, Policy, Result, Tools, dumps, error
 
 __all__ = ["build_server", "run_stdio"]
 
@@ -47,6 +47,40 @@ def _result(tools: Tools, result: Result) -> CallToolResult:
                           structured_content=result, is_error=not result.get("ok", False))
 
 
+WRITE_TOOLS = ("write_context", "update_fields", "append_items")
+
+
+class _Server(MCPServer[Any]):
+    """MCPServer whose refusals of a call are structured results too: arguments that do not
+    match a tool's input schema (BAD_ARGUMENT naming the argument) and, on a read-only server,
+    the write tools it does not offer (READ_ONLY)."""
+
+    policy: Policy
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Optional[Context[Any, Any]] = None
+                        ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError) and cause.errors():
+                first = cause.errors()[0]
+                field = ".".join(str(part) for part in first["loc"])
+                more = len(cause.errors()) - 1
+                text = f"{field}: {first['msg']}" + (f" (and {more} more)" if more else "")
+                return _refusal(error("BAD_ARGUMENT", text, field))
+            if name in WRITE_TOOLS and self.policy.read_only:
+                return _refusal(error("READ_ONLY", "this server is read-only: it does not "
+                                      "write contexts"))
+            raise
+
+
+def _refusal(result: Result) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=dumps(result))],
+                          structured_content=result, is_error=True)
+
+
 def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPServer[Any]:
     """The server; ``connect()`` makes the asyncio Store when it starts (closed when it stops)."""
     holder: dict[str, Tools] = {}
@@ -60,8 +94,9 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
         finally:
             await store.close()
 
-    server: MCPServer[Any] = MCPServer(
-        "ctxlink", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
+    server = _Server("ctxlink", version=__version__, instructions=INSTRUCTIONS,
+                     lifespan=lifespan)
+    server.policy = policy
 
     def tools() -> Tools:
         return holder["tools"]
