@@ -132,10 +132,17 @@ class Tools:
     async def _conflict(self, key: str, current: Optional[Snapshot],
                         changed: Sequence[str] = (), why: str = "") -> Result:
         state = await self._state(key, current)
-        text = why or (
-            f"conflict: the context at {key!r} is at version "
-            f"{current.version if current is not None else 0}, not the one this write was "
-            "based on; read it (current), decide again, and retry with current.version")
+        now = current.version if current is not None else 0
+        if why:
+            text = why
+        elif changed:
+            text = (f"conflict: another writer changed {', '.join(changed)} of {key!r} since "
+                    f"the version this write was based on (now at version {now}); read "
+                    "current, decide again, and retry with current.version")
+        else:
+            text = (f"conflict: the context at {key!r} is at version {now}, not the one this "
+                    "write was based on; read current, decide again, and retry with "
+                    "current.version")
         out = error("CONFLICT", text, current=state, changed=list(changed))
         return out
 
