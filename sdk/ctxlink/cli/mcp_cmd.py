@@ -66,5 +66,15 @@ def mcp(ctx: click.Context, prefixes: tuple[str, ...], read_only: bool, max_repl
         store._owns = True  # the Store closes the client we built for it
         return store
 
-    run_stdio(connect, Policy(prefixes=prefixes, read_only=read_only,
-                              max_reply_bytes=max_reply_bytes, by=by))
+    try:
+        run_stdio(connect, Policy(prefixes=prefixes, read_only=read_only,
+                                  max_reply_bytes=max_reply_bytes, by=by))
+    except Exception as exc:
+        # anyio's task groups wrap what failed (a server that cannot be reached, say) in
+        # exception groups: report the first error itself, in the command line's one line
+        leaf: BaseException = exc
+        while getattr(leaf, "exceptions", None):
+            leaf = leaf.exceptions[0]  # type: ignore[attr-defined]
+        if leaf is exc:
+            raise
+        raise leaf from None

@@ -239,6 +239,9 @@ class Tools:
                 return error("BAD_ARGUMENT", "fields is empty: name at least one field",
                              "fields")
             vfield = await self._vfield(snap.schema, info)
+            if vfield in names:
+                return error("INVALID_MESSAGE", f"{vfield!r} is the context version: the "
+                             "server sets it, leave it out of fields", vfield)
             inc = incarnation or (snap.incarnation if base_version == snap.version else "")
             outcome = await _run(self.store.client, op_patch(
                 self.store._st, key, base_version, msg, names, list(reads), vfield, None,
