@@ -178,9 +178,16 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
                              fields={"discount": 1}))["error"]["code"] == "NOT_FOUND"
         assert store.get("order:1").version == 4
         # append_items: not available until the SDK's append is wired in
+        # (its arguments are checked first: the field, and each item as the element type)
         ap = await c.call("append_items", key="order:1", field="items",
                           items=[{"sku": "B", "quantity": 1}])
         assert ap["error"]["code"] == "NOT_AVAILABLE"
+        ap = await c.call("append_items", key="order:1", field="discount", items=[1])
+        assert ap["error"]["code"] == "CTXFIELD" and ap["error"]["field"] == "field"
+        ap = await c.call("append_items", key="order:1", field="items",
+                          items=[{"sku": "B"}, {"skux": "C"}])
+        assert ap["error"]["code"] == "INVALID_MESSAGE" and ap["error"]["field"] == "items[1].skux"
+        assert store.get("order:1").version == 4
         # history
         h = await c.call("context_history", key="order:1")
         assert [(x["version"], x["kind"]) for x in h["changes"]] == [

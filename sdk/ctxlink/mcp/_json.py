@@ -9,14 +9,14 @@ import re
 from typing import Any, Optional
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from ctxlink._cache import LRU
 from ctxlink._registry import SchemaInfo
 from ctxlink.cli._proto import field_rows, message_class, to_json
 
-__all__ = ["MessageInputError", "class_of", "parse_message", "message_json", "describe",
+__all__ = ["MessageInputError", "class_of", "is_list", "parse_message", "message_json", "describe",
            "error_field"]
 
 #: (schema name, revision, message type) -> message class built from the registered set
@@ -30,6 +30,14 @@ class MessageInputError(ValueError):
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
         self.field = field
+
+
+def is_list(f: FieldDescriptor) -> bool:
+    """A repeated field that is not a map."""
+    flag = getattr(f, "is_repeated", None)
+    repeated = bool(flag) if flag is not None else (  # protobuf < 6.31: no is_repeated
+        getattr(f, "label", None) == FieldDescriptor.LABEL_REPEATED)
+    return repeated and not (f.message_type is not None and f.message_type.GetOptions().map_entry)
 
 
 def class_of(info: SchemaInfo) -> Any:

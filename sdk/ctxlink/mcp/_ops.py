@@ -65,15 +65,19 @@ class AppendNotAvailable(Exception):
 
 
 async def append_items(
-    store: Any, key: str, field: str, items: list[Message], reads: list[str], by: Optional[str]
+    store: Any, key: str, elements: Message, field: str, reads: list[str], by: Optional[str]
 ) -> Any:
-    """Appends ``items`` to the repeated top-level field ``field`` of the context at ``key``
-    (conflicting only with writes to ``reads``); returns the SDK's result.
+    """Appends the elements of the repeated top-level field ``field`` of ``elements`` (a message
+    of the context's type holding only them, already parsed and checked) to the context at
+    ``key``, conflicting only with writes to ``reads``; returns the SDK's result.
 
     TODO(lead, when merging the APPEND branch): call the SDK's append here (its asyncio Store
-    method, e.g. ``await store.append(key, field, items, reads=reads, by=by)``) and map its
-    result in ``Tools.append_items`` (ctxlink/mcp/tools.py: version, and a conflict's current
-    state); until then the tool answers a structured "not available on this server" result.
+    method, e.g. ``await store.append(key, field, list(getattr(elements, field)), reads=reads,
+    by=by)``) and turn its result into the tool's in ``Tools.append_items``
+    (ctxlink/mcp/tools.py: ``{"ok": true, "key", "version"}``; a conflict with ``reads`` as
+    ``self._conflict(key, current, changed)``), then test it in tests/test_mcp.py (the
+    ``NOT_AVAILABLE`` assertion there). Until then the tool answers this structured "not
+    available on this server" result, after checking its arguments.
     """
     raise AppendNotAvailable(
         "append_items is not available on this server: its ctxlink SDK has no append to a "

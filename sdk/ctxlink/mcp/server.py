@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
@@ -73,6 +73,11 @@ class _Server(MCPServer[Any]):
             if name in WRITE_TOOLS and self.policy.read_only:
                 return _refusal(error("READ_ONLY", "this server is read-only: it does not "
                                       "write contexts"))
+            if isinstance(exc, UnexpectedToolError) and exc.__cause__ is not None:
+                # a connection error, say: named, in the same shape as every other refusal
+                cause = exc.__cause__
+                return _refusal(error("SERVER_ERROR", f"{type(cause).__name__}: "
+                                      + " ".join(str(cause).split())))
             raise
 
 

@@ -12,7 +12,9 @@ Every result is an object with ``ok``. A refusal is ``{"ok": false, "error": {"c
   verdicts (``field`` when the text names one);
 - ``KEY_REFUSED`` (outside ``--prefix``), ``READ_ONLY``, ``NOT_FOUND``, ``BAD_ARGUMENT``,
   ``NOT_AVAILABLE``, ``OUTCOME_UNKNOWN`` (the write may have landed: read before retrying),
-  ``REPLY_TOO_LARGE``.
+  ``REPLY_TOO_LARGE``; and from the server wiring (ctxlink.mcp.server): ``BAD_ARGUMENT`` for an
+  argument outside a tool's input schema, ``READ_ONLY`` for a write tool a read-only server does
+  not offer, ``SERVER_ERROR`` for anything unexpected (a lost connection to Redis, say).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ctxlink.mcp._json import (
     MessageInputError,
     class_of,
     describe,
+    is_list,
     message_json,
     parse_message,
     top_level_names,
@@ -275,11 +278,34 @@ class Tools:
         if not isinstance(items, list) or not items:
             return error("BAD_ARGUMENT", "items must be a non-empty list", "items")
         try:
-            await append_items(self.store, key, field, items, list(reads), self.policy.by)
+            snap = await self.store.get(key)
+            if snap is None:
+                return error("NOT_FOUND", f"no context at {key!r}: create it with write_context "
+                             "(expected_version 0)", "key")
+            info = await self._info(snap.schema)
+            if info is None:
+                return error("CTXSCHEMA", f"schema {snap.schema!r} is not registered", "schema")
+            desc = class_of(info).DESCRIPTOR
+            f = desc.fields_by_name.get(field)
+            if f is None or not is_list(f):
+                names = ", ".join(x.name for x in desc.fields if is_list(x))
+                return error("CTXFIELD", f"{desc.full_name} has no repeated top-level field "
+                             f"{field!r} (repeated fields: {names or 'none'})", "field")
+            # the elements, parsed as the field's element type (a message holding only them)
+            try:
+                elements = parse_message(info, {field: items}, "items")
+            except MessageInputError as exc:
+                where = exc.field
+                if where == field or where.startswith(field + "."):
+                    where = "items" + where[len(field):]
+                return error("INVALID_MESSAGE", str(exc), where or "items")
+            await append_items(self.store, key, elements, field, list(reads), self.policy.by)
         except AppendNotAvailable as exc:
             return error("NOT_AVAILABLE", str(exc))
-        # pragma: no cover - reached once the SDK's append is wired in (see _ops.append_items)
-        return error("NOT_AVAILABLE", "append_items is not wired in")
+        except ServerError as exc:
+            return server_error(exc)
+        # not reached until the SDK's append is wired in (ctxlink/mcp/_ops.py, append_items)
+        return error("NOT_AVAILABLE", "append_items is not wired in")  # pragma: no cover
 
     async def context_history(self, key: str, since_version: Optional[int] = None,
                               limit: Optional[int] = None) -> Result:
