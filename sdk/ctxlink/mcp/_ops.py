@@ -19,7 +19,7 @@ from ctxlink._instr import Op
 from ctxlink._protocol import Outcome, parse_outcome
 from ctxlink._settle import CAS_RESENDS, _ambiguous, _send_settled, _unknown
 from ctxlink._state import State
-from ctxlink._types import descriptor_of
+from ctxlink._types import CasResult, descriptor_of
 from ctxlink._write import _write_raw, new_write_id, write_inc
 
 __all__ = ["op_patch", "append_items", "AppendNotAvailable"]
@@ -65,21 +65,28 @@ class AppendNotAvailable(Exception):
 
 
 async def append_items(
-    store: Any, key: str, elements: Message, field: str, reads: list[str], by: Optional[str]
-) -> Any:
+    store: Any, key: str, elements: Message, field: str, reads: list[str],
+    base_version: Optional[int], by: Optional[str]
+) -> CasResult:
     """Appends the elements of the repeated top-level field ``field`` of ``elements`` (a message
     of the context's type holding only them, already parsed and checked) to the context at
-    ``key``, conflicting only with writes to ``reads``; returns the SDK's result.
+    ``key``, conflicting only with writes to ``reads`` since ``base_version``; returns the
+    SDK's :class:`CasResult`.
 
-    TODO(lead, when merging the APPEND branch): call the SDK's append here (its asyncio Store
-    method, e.g. ``await store.append(key, field, list(getattr(elements, field)), reads=reads,
-    by=by)``) and turn its result into the tool's in ``Tools.append_items``
-    (ctxlink/mcp/tools.py: ``{"ok": true, "key", "version"}``; a conflict with ``reads`` as
-    ``self._conflict(key, current, changed)``), then test it in tests/test_mcp.py (the
-    ``NOT_AVAILABLE`` assertion there). Until then the tool answers this structured "not
-    available on this server" result, after checking its arguments.
+    TODO(lead, when merging the APPEND branch): this calls the asyncio Store's ``append``
+    (``store.append(key, field, items, reads=, base_version=, message_class=, by=)``, as that
+    branch has it) when the Store has one, and raises AppendNotAvailable otherwise (the tool
+    then answers ``NOT_AVAILABLE``). After the merge, drop the ``getattr`` fallback, adjust the
+    call if that API changed, and run tests/test_mcp.py: its append checks take the real path as
+    soon as ``ctxlink.aio.Store`` has ``append`` (not run on this branch).
     """
-    raise AppendNotAvailable(
-        "append_items is not available on this server: its ctxlink SDK has no append to a "
-        "repeated field yet; read the context with get_context and write the whole field with "
-        "update_fields instead")
+    append = getattr(store, "append", None)
+    if append is None:
+        raise AppendNotAvailable(
+            "append_items is not available on this server: its ctxlink SDK has no append to a "
+            "repeated field yet; read the context with get_context and write the whole field "
+            "with update_fields instead")
+    result: CasResult = await append(key, field, list(getattr(elements, field)), reads=reads,
+                                     base_version=base_version,
+                                     message_class=type(elements), by=by)
+    return result

@@ -154,10 +154,14 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
         items: Annotated[list[Any], Field(description="the elements to append, each JSON in "
                                           "protobuf's JSON mapping")],
         reads: Reads = [],  # noqa: B006 - pydantic copies defaults
+        base_version: Annotated[Optional[int], Field(
+            ge=0, description="optional: the version reads are based on (default: the "
+            "current one)")] = None,
     ) -> CallToolResult:
         """Append items to a repeated field of the context at key without conflicting with
-        other appenders (only with writes to the fields in reads)."""
-        return _result(tools(), await tools().append_items(key, field, items, reads))
+        other appenders (only with writes to the fields in reads since base_version)."""
+        return _result(tools(), await tools().append_items(key, field, items, reads,
+                                                           base_version))
 
     async def context_history(
         key: Key,

@@ -271,7 +271,8 @@ class Tools:
                 "fields": names}
 
     async def append_items(self, key: str, field: str, items: Any,
-                           reads: Sequence[str] = ()) -> Result:
+                           reads: Sequence[str] = (),
+                           base_version: Optional[int] = None) -> Result:
         bad = self.refused(key, write=True)
         if bad:
             return bad
@@ -299,13 +300,23 @@ class Tools:
                 if where == field or where.startswith(field + "."):
                     where = "items" + where[len(field):]
                 return error("INVALID_MESSAGE", str(exc), where or "items")
-            await append_items(self.store, key, elements, field, list(reads), self.policy.by)
+            result = await append_items(self.store, key, elements, field, list(reads),
+                                        base_version, self.policy.by)
         except AppendNotAvailable as exc:
             return error("NOT_AVAILABLE", str(exc))
+        except FieldNameError as exc:
+            m = re.search(r"'([^']+)'", str(exc))
+            return error("CTXFIELD", str(exc), m.group(1) if m else "reads")
+        except OutcomeUnknownError as exc:
+            return error("OUTCOME_UNKNOWN", str(exc))
         except ServerError as exc:
             return server_error(exc)
-        # not reached until the SDK's append is wired in (ctxlink/mcp/_ops.py, append_items)
-        return error("NOT_AVAILABLE", "append_items is not wired in")  # pragma: no cover
+        except CtxError as exc:
+            return error("BAD_ARGUMENT", str(exc))
+        if not result.ok:
+            return await self._conflict(key, result.current, result.changed)
+        return {"ok": True, "key": key, "version": result.version, "replayed": result.replayed,
+                "appended": len(items)}
 
     async def context_history(self, key: str, since_version: Optional[int] = None,
                               limit: Optional[int] = None) -> Result:
