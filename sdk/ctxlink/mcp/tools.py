@@ -314,7 +314,10 @@ class Tools:
         except CtxError as exc:
             return error("BAD_ARGUMENT", str(exc))
         if not result.ok:
-            return await self._conflict(key, result.current, result.changed)
+            # field numbers (as the SDK may report them) -> names
+            by_number = {str(x.number): x.name for x in desc.fields}
+            changed = [by_number.get(str(n), str(n)) for n in result.changed]
+            return await self._conflict(key, result.current, changed)
         return {"ok": True, "key": key, "version": result.version, "replayed": result.replayed,
                 "appended": len(items)}
 
