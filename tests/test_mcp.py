@@ -213,6 +213,18 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
         writer.join()
         assert woke["changed"] and woke["version"] == 5 and woke["updated_by"] == "other"
         assert woke["message"]["base_price"] == "999"
+
+        # the server answers other calls while one waits (same session)
+        async def patch_soon() -> dict[str, Any]:
+            await asyncio.sleep(0.3)
+            return await c.call("update_fields", key="order:1", base_version=5,
+                                fields={"last_updated_by": "agent-b"})
+
+        woke2, patched = await asyncio.gather(
+            c.call("wait_for_change", key="order:1", after_version=5, timeout_s=20),
+            patch_soon())
+        assert patched["version"] == 6 and woke2["version"] == 6
+        assert woke2["message"]["last_updated_by"] == "agent-b"
         # arguments outside a tool's input schema: structured, naming the argument
         too_long = await c.call("wait_for_change", key="order:1", after_version=4, timeout_s=61)
         assert too_long["error"]["code"] == "BAD_ARGUMENT"
@@ -243,7 +255,7 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
         assert [t.uri_template for t in templates] == ["ctxlink://{key}"]
         res = await c.s.read_resource("ctxlink://order:1")
         data = json.loads(res.contents[0].text)
-        assert data["version"] == 5 and data["message"]["order_id"] == "o-1"
+        assert data["version"] == 6 and data["message"]["order_id"] == "o-1"
 
     run(srv, engine, [], body)
 
@@ -297,3 +309,27 @@ def test_prefix_read_only_and_reply_cap(store, srv, engine) -> None:
 
     run(srv, engine, ["--prefix", "team:", "--prefix", "shared:", "--read-only",
                       "--max-reply-bytes", "4096"], body)
+
+
+def test_command_line_refusals() -> None:
+    """Bad options are usage errors (status 2); an unreachable server is one line, status 1."""
+    def mcp_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ctxlink", "mcp", *args], input="",
+                              capture_output=True, text=True, timeout=60, env=ENV)
+
+    script = ("import contextlib, io, sys\n"
+              "from ctxlink.cli import main\n"
+              "for args in (['--prefix', ''], ['--max-reply-bytes', '10'],\n"
+              "             ['--max-reply-bytes', 'x']):\n"
+              "    err = io.StringIO()\n"
+              "    with contextlib.redirect_stderr(err):\n"
+              "        code = main(['mcp', *args, '-p', '1'])\n"
+              "    print(code, 'Usage: ' in err.getvalue())\n")
+    usage = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=60, env=ENV)
+    assert usage.stdout.split("\n")[:3] == ["2 True"] * 3, (usage.stdout, usage.stderr)
+    done = mcp_cmd("-p", "1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ctxlink: ConnectionError"), done.stderr
+    assert "127.0.0.1:1" in lines[0]
