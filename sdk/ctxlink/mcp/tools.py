@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from google.protobuf.message import DecodeError
+
 from ctxlink._exceptions import (
     ContextReplacedError,
     CtxError,
@@ -75,7 +77,6 @@ def error(code: str, message: str, field: str = "", **extra: Any) -> Result:
 
 
 _FIELD_IN_TEXT = re.compile(r"field '([^']+)'")
-_FIELD_NAME = re.compile(r"field (?:named )?'?([A-Za-z_][\w.\[\]]*)'?")
 
 
 def server_error(exc: ServerError) -> Result:
@@ -126,7 +127,7 @@ class Tools:
         }
         try:
             out["message"] = message_json(info, snap.raw)
-        except Exception:  # noqa: BLE001 - written before a forced, incompatible change
+        except DecodeError:  # written before a forced, incompatible schema change
             out["message"] = None
         if info is None:
             out["note"] = f"schema {snap.schema!r} is not registered: the message is not decoded"
@@ -347,7 +348,7 @@ class Tools:
             if c.payload is not None:
                 try:
                     row["message"] = message_json(info, c.payload)
-                except Exception:  # noqa: BLE001 - before a forced, incompatible change
+                except DecodeError:  # before a forced, incompatible schema change
                     row["message"] = None
             if c.payload_omitted:
                 row["payload_omitted"] = True
