@@ -272,6 +272,8 @@ def test_prefix_read_only_and_reply_cap(store, srv, engine) -> None:
         assert store.cas("team:big", v, o)
     assert store.cas("team:small", 0, Order(order_id="s"), schema="order")
     assert store.cas("order:1", 0, Order(order_id="o"), schema="order")
+    assert store.cas("team:sp ace/x", 0, Order(order_id="sp"), schema="order")
+    store.client.rpush("team:a-list", "not a context")
 
     async def body(c: Session) -> None:
         names = {t.name for t in (await c.s.list_tools()).tools}
@@ -306,6 +308,12 @@ def test_prefix_read_only_and_reply_cap(store, srv, engine) -> None:
             await c.s.read_resource("ctxlink://order:1")
         small = json.loads((await c.s.read_resource("ctxlink://team:small")).contents[0].text)
         assert small["version"] == 1
+        # the resource list: the contexts under the prefixes (not other keys, not other types)
+        listed = [r.uri for r in (await c.s.list_resources()).resources]
+        assert listed == ["ctxlink://team:big", "ctxlink://team:small",
+                          "ctxlink://team:sp%20ace%2Fx"], listed
+        spaced = json.loads((await c.s.read_resource(listed[2])).contents[0].text)
+        assert spaced["message"]["order_id"] == "sp"
 
     run(srv, engine, ["--prefix", "team:", "--prefix", "shared:", "--read-only",
                       "--max-reply-bytes", "4096"], body)

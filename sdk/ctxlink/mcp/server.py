@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Optional
+from urllib.parse import quote
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from mcp_types import Resource as MCPResource
 from pydantic import Field, ValidationError
 
 from ctxlink import __version__
@@ -56,6 +58,7 @@ class _Server(MCPServer[Any]):
     the write tools it does not offer (READ_ONLY)."""
 
     policy: Policy
+    holder: dict[str, Tools]
 
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Optional[Context[Any, Any]] = None
@@ -81,6 +84,25 @@ class _Server(MCPServer[Any]):
             raise
 
 
+    async def list_resources(self) -> list[MCPResource]:
+        """The contexts this server allows (at most LIST_MAX, by key), as ``ctxlink://{key}``
+        resources; every other allowed key is readable through the template too."""
+        listed = await super().list_resources()
+        tools: Optional[Tools] = self.holder.get("tools")
+        if tools is None:
+            return listed
+        for key in await tools.context_keys():
+            listed.append(MCPResource(uri=f"ctxlink://{quote(key, safe=_SAFE)}", name=key,
+                                      mime_type="application/json",
+                                      description="a context (read: get_context's JSON)"))
+        return listed
+
+
+#: characters left as they are in a key's resource URI: RFC 6570's unreserved ones, and ":"
+#: (common in keys; the template matches it as it is)
+_SAFE = "-._~:"
+
+
 def _refusal(result: Result) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=dumps(result))],
                           structured_content=result, is_error=True)
@@ -102,6 +124,7 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
     server = _Server("ctxlink", version=__version__, instructions=INSTRUCTIONS,
                      lifespan=lifespan)
     server.policy = policy
+    server.holder = holder
 
     def tools() -> Tools:
         return holder["tools"]

@@ -52,6 +52,8 @@ __all__ = ["Tools", "Policy", "WAIT_MAX_S", "DEFAULT_MAX_REPLY_BYTES", "RESERVED
 
 WAIT_MAX_S = 60.0
 DEFAULT_MAX_REPLY_BYTES = 262144
+#: the most contexts the resource list names
+LIST_MAX = 100
 #: never contexts: the registry, history streams and change feeds
 RESERVED_PREFIXES = ("__ctx:", "__ctxh:", "__ctxf:")
 
@@ -84,6 +86,11 @@ def server_error(exc: ServerError) -> Result:
     code = exc.code or text.split(" ", 1)[0]
     m = _FIELD_IN_TEXT.search(text)
     return error(code, text, m.group(1) if m else "")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 def dumps(result: Result) -> str:
@@ -404,6 +411,27 @@ class Tools:
         except ServerError as exc:
             return server_error(exc)
         return {"ok": True, **describe(info, vfield)}
+
+    async def context_keys(self, limit: int = LIST_MAX) -> list[str]:
+        """Up to ``limit`` keys of contexts this server allows (``SCAN`` under each prefix,
+        every primary of a cluster), sorted: for the resource list. Keys that are not contexts
+        (another type) and the reserved keys are left out."""
+        client = self.store.client
+        patterns = [_glob_escape(p) + "*" for p in self.policy.prefixes] or ["*"]
+        found: set[str] = set()
+        for pattern in patterns:
+            async for raw in client.scan_iter(match=pattern, count=1000):
+                key = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+                if key.startswith(RESERVED_PREFIXES) or self.refused(key) is not None:
+                    continue
+                found.add(key)
+                if len(found) >= limit * 2:
+                    break
+        keys = sorted(found)
+        kinds = [await client.type(k) for k in keys[: limit * 2]]
+        out = [k for k, t in zip(keys, kinds, strict=False)
+               if (t.decode() if isinstance(t, bytes) else t) in ("string", "hash")]
+        return out[:limit]
 
     # -- the reply cap ---------------------------------------------------------------------
     def capped(self, result: Result) -> tuple[Result, str]:
