@@ -17,6 +17,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError, Unexpected
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from mcp_types import Resource as MCPResource
 from pydantic import Field, ValidationError
+from redis.exceptions import RedisError
 
 from ctxlink import __version__
 from ctxlink.mcp.tools import WAIT_MAX_S, Policy, Result, Tools, dumps, error
@@ -91,7 +92,11 @@ class _Server(MCPServer[Any]):
         tools: Optional[Tools] = self.holder.get("tools")
         if tools is None:
             return listed
-        for key in await tools.context_keys():
+        try:
+            keys = await tools.context_keys()
+        except RedisError:  # the list is a convenience: the template still reads every key
+            return listed
+        for key in keys:
             listed.append(MCPResource(uri=f"ctxlink://{quote(key, safe=_SAFE)}", name=key,
                                       mime_type="application/json",
                                       description="a context (read: get_context's JSON)"))
