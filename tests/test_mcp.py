@@ -1,7 +1,7 @@
 """``ctxlink mcp``: the MCP server run as a subprocess (``python -m ctxlink mcp``) and driven over
 stdio by the official ``mcp`` SDK's client, against real redis-servers, on both engines: every
 tool, a conflict result, a schema refusal naming the field, the ``--prefix`` allow-list,
-``--read-only``, the reply cap, and contexts as resources."""
+``--read-only``, the reply cap, contexts as resources, and a 3-primary module cluster (``-c``)."""
 
 from __future__ import annotations
 
@@ -66,10 +66,13 @@ class Session:
 
 
 def run(srv: int, engine: str, flags: list[str], body) -> None:
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "ctxlink", "mcp", "-p", str(srv), "--engine", engine, *flags],
-        env=ENV)
+    run_on(["-p", str(srv), "--engine", engine, *flags], body)
+
+
+def run_on(args: list[str], body) -> None:
+    """Starts ``python -m ctxlink mcp ARGS``, runs ``body(Session)`` against it, stops it."""
+    params = StdioServerParameters(command=sys.executable,
+                                   args=["-m", "ctxlink", "mcp", *args], env=ENV)
 
     async def main() -> None:
         with open(os.devnull, "w") as errlog:
@@ -341,3 +344,61 @@ def test_command_line_refusals() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ctxlink: ConnectionError"), done.stderr
     assert "127.0.0.1:1" in lines[0]
+
+
+def test_on_a_redis_cluster() -> None:
+    """``-c``: the asyncio cluster client, contexts on every primary (writes, patches, waits,
+    history, the resource list); the module engine."""
+    from ctxlink.embedded import EmbeddedRedis, find_module, free_port
+    from redis.cluster import RedisCluster
+
+    nodes: list[EmbeddedRedis] = []
+    try:
+        buses = []
+        for _ in range(3):
+            bus = free_port()
+            nodes.append(EmbeddedRedis(module=find_module(), args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(bus),
+                "--cluster-node-timeout", "5000"]).start())
+            buses.append(bus)
+        clients = [n.client() for n in nodes]
+        for c, (lo, hi) in zip(clients, [(0, 5460), (5461, 10922), (10923, 16383)]):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for n, bus in zip(nodes[1:], buses[1:]):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
+        deadline = time.monotonic() + 30
+        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                      for c in clients):
+            assert time.monotonic() < deadline, "cluster_state:ok"
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+        rc = RedisCluster(host="127.0.0.1", port=nodes[0].port)
+        store = ctxlink.connect(rc)
+        store.register_schema("order", Order, history=5)
+        keys = [f"order:{i}" for i in range(12)]
+        assert len({rc.get_node_from_key(k).name for k in keys}) == 3
+
+        async def body(c: Session) -> None:
+            for i, key in enumerate(keys):
+                w = await c.call("write_context", key=key, expected_version=0,
+                                 message={"order_id": f"o-{i}"}, schema="order")
+                assert w["version"] == 1, w
+            for key in keys:
+                p = await c.call("update_fields", key=key, base_version=1,
+                                 fields={"discount": 3})
+                assert p["version"] == 2, p
+                h = await c.call("context_history", key=key)
+                assert [x["kind"] for x in h["changes"]] == ["create", "patch"]
+            far = next(k for k in keys if rc.get_node_from_key(k).port != nodes[0].port)
+            woke = await c.call("wait_for_change", key=far, after_version=1, timeout_s=5)
+            assert woke["changed"] and woke["version"] == 2
+            listed = {r.uri for r in (await c.s.list_resources()).resources}
+            assert listed == {f"ctxlink://{k}" for k in keys}
+            assert store.get(far).decode(Order).discount == 3
+
+        run_on(["-c", "-p", str(nodes[0].port)], body)
+        rc.close()
+    finally:
+        for n in nodes:
+            n.close()
