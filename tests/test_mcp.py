@@ -336,9 +336,21 @@ def test_command_line_refusals() -> None:
               "    with contextlib.redirect_stderr(err):\n"
               "        code = main(['mcp', *args, '-p', '1'])\n"
               "    print(code, 'Usage: ' in err.getvalue())\n")
+    script += ("for m in [m for m in sys.modules if m.split('.')[0] == 'mcp'\n"
+               "          or m.startswith('ctxlink.mcp')]:\n"
+               "    del sys.modules[m]\n"
+               "sys.modules['mcp'] = None  # as if the extra were not installed\n"
+               "err = io.StringIO()\n"
+               "with contextlib.redirect_stderr(err):\n"
+               "    code = main(['mcp', '-p', '1'])\n"
+               "text = err.getvalue()\n"
+               "print(code, text.startswith('ctxlink: ') and text.count(chr(10)) == 1,\n"
+               "      \"needs the mcp package: pip install 'ctxlink[mcp]'\" in text)\n")
     usage = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            timeout=60, env=ENV)
-    assert usage.stdout.split("\n")[:3] == ["2 True"] * 3, (usage.stdout, usage.stderr)
+    lines = usage.stdout.split("\n")
+    assert lines[:3] == ["2 True"] * 3, (usage.stdout, usage.stderr)
+    assert lines[3] == "1 True True", (usage.stdout, usage.stderr)  # one line naming the fix
     done = mcp_cmd("-p", "1")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
