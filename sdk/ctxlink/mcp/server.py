@@ -55,8 +55,9 @@ WRITE_TOOLS = ("write_context", "update_fields", "append_items")
 
 class _Server(MCPServer[Any]):
     """MCPServer whose refusals of a call are structured results too: arguments that do not
-    match a tool's input schema (BAD_ARGUMENT naming the argument) and, on a read-only server,
-    the write tools it does not offer (READ_ONLY)."""
+    match a tool's input schema (BAD_ARGUMENT naming the argument), on a read-only server the
+    write tools it does not offer (READ_ONLY), anything unexpected (SERVER_ERROR); and whose
+    resource list names the contexts it allows."""
 
     policy: Policy
     holder: dict[str, Tools]
