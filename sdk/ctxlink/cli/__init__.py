@@ -23,6 +23,7 @@ from ctxlink.cli._conn import conn_of, connection_options
 from ctxlink.cli._output import CliError, error_line
 from ctxlink.cli.contexts import get, history, ls, touch
 from ctxlink.cli.demo_cmd import demo
+from ctxlink.cli.mcp_cmd import mcp
 from ctxlink.cli.schemas import schema
 from ctxlink.cli.server import doctor, stats
 from ctxlink.cli.watch import watch
@@ -61,7 +62,7 @@ def cli() -> None:
     """
 
 
-for command in (get, ls, history, watch, touch, schema, stats, doctor, demo):
+for command in (get, ls, history, watch, touch, schema, stats, doctor, demo, mcp):
     cli.add_command(command)
 
 
