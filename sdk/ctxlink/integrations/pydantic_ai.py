@@ -48,7 +48,7 @@ from pydantic_ai.conversation_store import (
 )
 
 import ctxlink.aio
-from ctxlink import ContextReplacedError, CtxError, SchemaError, Snapshot
+from ctxlink import ContextReplacedError, SchemaError, Snapshot
 
 __all__ = ["CtxlinkConversationStore", "RECORD_SCHEMA", "ENTRY_SCHEMA"]
 
@@ -77,7 +77,9 @@ def _message_classes() -> tuple[type[Message], type[Message]]:
             message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Entry")))
 
 
-RecordMessage, EntryMessage = _message_classes()
+_classes = _message_classes()
+RecordMessage: Any = _classes[0]
+EntryMessage: Any = _classes[1]
 
 
 class CtxlinkConversationStore(ConversationStore):
@@ -157,14 +159,14 @@ class CtxlinkConversationStore(ConversationStore):
     async def _ensure_schema(store: ctxlink.aio.Store, name: str, cls: type[Message]) -> None:
         from ctxlink._registry import build_descriptor_set
 
-        wanted = build_descriptor_set(cls.DESCRIPTOR)
+        wanted = build_descriptor_set(cls.DESCRIPTOR)  # type: ignore[arg-type]
         info = await store.get_schema(name)
         if (info is not None and info.message_type == cls.DESCRIPTOR.full_name
                 and info.descriptor_set == wanted):
             return
         try:
             await store.register_schema(name, cls)
-        except (CtxError, Exception) as e:
+        except Exception as e:
             if "noperm" in str(e).lower() or "permission" in str(e).lower():
                 raise SchemaError(
                     f"schema {name!r} is missing or differs, and this client may not write the "
@@ -180,11 +182,12 @@ class CtxlinkConversationStore(ConversationStore):
 
     @staticmethod
     def _record_of(snap: Snapshot) -> ConversationRecord:
-        return _RECORD_ADAPTER.validate_json(snap.decode(RecordMessage).data)  # type: ignore[attr-defined]
+        return _RECORD_ADAPTER.validate_json(snap.decode(RecordMessage).data)
 
     @staticmethod
     def _record_message(record: ConversationRecord) -> Message:
-        return RecordMessage(data=_RECORD_ADAPTER.dump_json(record))
+        message: Message = RecordMessage(data=_RECORD_ADAPTER.dump_json(record))
+        return message
 
     # -- the primitives --------------------------------------------------------------------
     async def read_record(self, conversation_id: str) -> Optional[ConversationRecord]:
@@ -194,7 +197,7 @@ class CtxlinkConversationStore(ConversationStore):
     async def read_records(self, *, scope: Optional[str] = None,
                            limit: Optional[int] = None) -> Sequence[ConversationRecord]:
         store = await self._ctx()
-        client: Any = getattr(store, "_client")
+        client: Any = store._client  # the Store's redis-py client, for SCAN
         prefix = self._record_key("")
         records: list[ConversationRecord] = []
         async for raw in client.scan_iter(match=_glob_escape(prefix) + "*", count=500):
@@ -272,7 +275,7 @@ class CtxlinkConversationStore(ConversationStore):
                 raise ConversationConflict(conversation_id)
             if expected and any(getattr(stored, k) != v for k, v in expected.items()):
                 raise ConversationConflict(conversation_id)
-            changed = dataclasses.replace(stored, **details)  # type: ignore[arg-type]
+            changed = dataclasses.replace(stored, **details)
             try:
                 res = await store.cas(key, snap.version, self._record_message(changed),
                                       schema=RECORD_SCHEMA, ttl=self.ttl,
@@ -302,7 +305,7 @@ class CtxlinkConversationStore(ConversationStore):
         snap = await (await self._ctx()).get(self._entry_key(entry_id))
         if snap is None:
             raise KeyError(entry_id)
-        return _ENTRY_ADAPTER.validate_json(snap.decode(EntryMessage).data)  # type: ignore[attr-defined]
+        return _ENTRY_ADAPTER.validate_json(snap.decode(EntryMessage).data)
 
 
 def _glob_escape(text: str) -> str:
