@@ -160,19 +160,28 @@ class CtxlinkConversationStore(ConversationStore):
         from ctxlink._registry import build_descriptor_set
 
         wanted = build_descriptor_set(cls.DESCRIPTOR)  # type: ignore[arg-type]
-        info = await store.get_schema(name)
-        if (info is not None and info.message_type == cls.DESCRIPTOR.full_name
-                and info.descriptor_set == wanted):
-            return
-        try:
-            await store.register_schema(name, cls)
-        except Exception as e:
-            if "noperm" in str(e).lower() or "permission" in str(e).lower():
-                raise SchemaError(
-                    f"schema {name!r} is missing or differs, and this client may not write the "
-                    f"registry ({e}): an administrator runs `await CtxlinkConversationStore"
-                    f"(...).setup()` once (or `ctxlink schema push`)") from e
-            raise
+        for attempt in range(3):
+            info = await store.get_schema(name)
+            if (info is not None and info.message_type == cls.DESCRIPTOR.full_name
+                    and info.descriptor_set == wanted):
+                return
+            try:
+                await store.register_schema(name, cls)
+                return
+            except SchemaError:
+                # another process registering the same name at the same moment (seen on the Lua
+                # engine as "the registered revision cannot be read"): read it again
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+            except Exception as e:
+                if "noperm" in str(e).lower() or "permission" in str(e).lower():
+                    raise SchemaError(
+                        f"schema {name!r} is missing or differs, and this client may not write "
+                        f"the registry ({e}): an administrator runs `await "
+                        f"CtxlinkConversationStore(...).setup()` once (or `ctxlink schema push`)"
+                    ) from e
+                raise
 
     def _record_key(self, conversation_id: str) -> str:
         return f"{self.key_prefix}conversation:{conversation_id}"
