@@ -42,7 +42,8 @@ from ctxlink.integrations.pydantic_ai import (  # noqa: E402
 
 @pytest.fixture(scope="module", params=["module", "lua"])
 def server(request: Any) -> Any:
-    with EmbeddedRedis(module=find_module() if request.param == "module" else None) as srv:
+    module = find_module() if request.param == "module" else None
+    with EmbeddedRedis(module=module, die_with_parent=True) as srv:
         srv.engine = request.param
         yield srv
 
@@ -243,10 +244,13 @@ def test_schemas_registered_once_and_bad_arguments(url: str) -> None:
         assert (await st.get("p2:conversation:x")) is not None
         await st.close()
     run(go())
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):
         CtxlinkConversationStore()
-    with pytest.raises(TypeError):
-        CtxlinkConversationStore(redis.asyncio.Redis(), url=url)
-    for bad in (0, -1, True):
+    with pytest.raises(ValueError):
+        CtxlinkConversationStore(redis.asyncio.Redis(), redis_url=url)
+    for prefix in ("", "a b", None):
+        with pytest.raises(ValueError):
+            CtxlinkConversationStore(redis_url=url, key_prefix=prefix)  # type: ignore[arg-type]
+    for bad in (0, -1, True, float("nan"), float("inf"), "5"):
         with pytest.raises(ctxlink.ArgumentError):
-            CtxlinkConversationStore(url=url, ttl=bad)
+            CtxlinkConversationStore(redis_url=url, ttl=bad)  # type: ignore[arg-type]

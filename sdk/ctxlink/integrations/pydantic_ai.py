@@ -85,32 +85,39 @@ EntryMessage: Any = _classes[1]
 class CtxlinkConversationStore(ConversationStore):
     """A pydantic-ai ``ConversationStore`` whose saves are compare-and-swap on ctxlink contexts.
 
-    Give exactly one of ``redis_client`` (a ``redis.asyncio.Redis`` or ``RedisCluster``), ``url``
-    (``redis://``, ``rediss://``, ``unix://``; the store owns that client: :meth:`close`) or
-    ``store`` (a :class:`ctxlink.aio.Store`). ``key_prefix`` starts every key; ``ttl`` (seconds)
-    is stored with every write. ``engine``: as :func:`ctxlink.aio.connect`. The connection and the
-    schema check happen on first use (:meth:`setup` does them at once).
+    Give exactly one of ``redis_client`` (a ``redis.asyncio.Redis`` or ``RedisCluster``),
+    ``redis_url=`` (``redis://``, ``rediss://``, ``unix://``; the store owns that client:
+    :meth:`close`) or ``store=`` (a :class:`ctxlink.aio.Store`), else ``ValueError``.
+    ``key_prefix`` (non-empty, no whitespace, else ``ValueError``) starts every key; ``ttl``
+    (seconds > 0, else :class:`ctxlink.ArgumentError`) is stored with every write. ``engine``: as
+    :func:`ctxlink.aio.connect`. The connection and the schema check happen on first use
+    (:meth:`setup` does them at once).
     """
 
     def __init__(
         self,
         redis_client: Any = None,
         *,
-        url: Optional[str] = None,
+        redis_url: Optional[str] = None,
         store: Optional[ctxlink.aio.Store] = None,
         key_prefix: str = "pydantic_ai:",
         ttl: Optional[float] = None,
         engine: Literal["auto", "module", "lua"] = "auto",
     ) -> None:
-        given = [x for x in (redis_client, url, store) if x is not None]
+        given = [x for x in (redis_client, redis_url, store) if x is not None]
         if len(given) != 1:
-            raise TypeError("CtxlinkConversationStore takes exactly one of redis_client, url= "
-                            "and store=")
-        if ttl is not None and (isinstance(ttl, bool) or not ttl > 0):
+            raise ValueError("CtxlinkConversationStore takes exactly one of redis_client, "
+                             "redis_url= and store=")
+        if not isinstance(key_prefix, str) or not key_prefix or any(
+                c.isspace() for c in key_prefix):
+            raise ValueError(
+                f"key_prefix must be a non-empty str without whitespace, not {key_prefix!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or not 0 < ttl < float("inf")):
             raise ctxlink.ArgumentError(f"ttl must be a number of seconds > 0, not {ttl!r}")
-        self._target: Any = url if url is not None else redis_client
+        self._target: Any = redis_url if redis_url is not None else redis_client
         self._store: Optional[ctxlink.aio.Store] = store
-        self._owns = url is not None
+        self._owns = redis_url is not None
         self._engine: Literal["auto", "module", "lua"] = engine
         self.key_prefix = key_prefix
         self.ttl = ttl
@@ -122,7 +129,7 @@ class CtxlinkConversationStore(ConversationStore):
                  engine: Literal["auto", "module", "lua"] = "auto") -> "CtxlinkConversationStore":
         """A store on a new client for ``url``, which it owns; usable at once (it connects on
         first use, or ``await store.setup()``)."""
-        return cls(url=url, key_prefix=key_prefix, ttl=ttl, engine=engine)
+        return cls(redis_url=url, key_prefix=key_prefix, ttl=ttl, engine=engine)
 
     async def setup(self) -> None:
         """Connects and registers the two schemas unless the registry has them exactly as they
