@@ -254,3 +254,16 @@ def test_schemas_registered_once_and_bad_arguments(url: str) -> None:
     for bad in (0, -1, True, float("nan"), float("inf"), "5"):
         with pytest.raises(ctxlink.ArgumentError):
             CtxlinkConversationStore(redis_url=url, ttl=bad)  # type: ignore[arg-type]
+
+
+def test_example_runs_without_an_llm_key() -> None:
+    """examples/pydantic_ai_conversation.py: TestModel, two racing workers, one conflict."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "pydantic_ai_conversation.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ConversationConflict" in out.stdout and "6 messages" in out.stdout
