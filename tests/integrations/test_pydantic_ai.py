@@ -267,3 +267,71 @@ def test_example_runs_without_an_llm_key() -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ConversationConflict" in out.stdout and "6 messages" in out.stdout
+
+
+_WORKER = r'''
+import asyncio, os, sys
+from pydantic_ai.conversation import Conversation
+from pydantic_ai.conversation_store import ConversationConflict
+from pydantic_ai.messages import ModelRequest, UserPromptPart
+from ctxlink.integrations.pydantic_ai import CtxlinkConversationStore
+
+async def main(url, name, turns, ack_path):
+    store = CtxlinkConversationStore.from_url(url)
+    with open(ack_path, "a") as ack:
+        for i in range(turns):
+            while True:
+                conv = await store.load("hammer") or Conversation(conversation_id="hammer")
+                conv.messages.append(ModelRequest(parts=[UserPromptPart(f"{name}-{i}")]))
+                try:
+                    await store.save(conv)
+                except ConversationConflict:
+                    continue
+                ack.write(f"{name}-{i}\n"); ack.flush(); os.fsync(ack.fileno())
+                break
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+'''
+
+
+def test_processes_hammering_one_conversation_with_kill_9(url: str, tmp_path: Any) -> None:
+    """Three OS processes append turns to one conversation, retrying on conflicts; one is
+    killed with SIGKILL mid-run. Every acknowledged turn is stored exactly once; the killed
+    process's one in-flight turn may or may not be there; nothing is doubled."""
+    import subprocess
+    import sys
+    import time
+
+    turns = 15
+    procs = {}
+    for name in ("p0", "p1", "victim"):
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, url, name, str(turns), str(tmp_path / f"{name}.ack")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    victim_ack = tmp_path / "victim.ack"
+    while time.monotonic() < deadline and (
+            not victim_ack.exists() or len(victim_ack.read_text().split()) < 3):
+        time.sleep(0.01)
+    procs["victim"].kill()
+    procs["victim"].wait()
+    for name in ("p0", "p1"):
+        _, err = procs[name].communicate(timeout=120)
+        assert procs[name].returncode == 0, err.decode()[-2000:]
+
+    async def stored() -> list[str]:
+        async with make(url) as store:
+            conv = await store.load("hammer")
+            assert conv is not None
+            return [m.parts[0].content for m in conv.messages]  # type: ignore[union-attr]
+
+    texts = run(stored())
+    assert len(texts) == len(set(texts)), "a turn was stored twice"
+    acked = {t for n in procs for t in
+             ((tmp_path / f"{n}.ack").read_text().split() if (tmp_path / f"{n}.ack").exists()
+              else [])}
+    assert acked <= set(texts), sorted(acked - set(texts))
+    extra = set(texts) - acked
+    assert len(extra) <= 1 and all(t.startswith("victim-") for t in extra), extra
+    assert {f"p{k}-{i}" for k in (0, 1) for i in range(turns)} <= set(texts)
