@@ -335,3 +335,33 @@ def test_processes_hammering_one_conversation_with_kill_9(url: str, tmp_path: An
     extra = set(texts) - acked
     assert len(extra) <= 1 and all(t.startswith("victim-") for t in extra), extra
     assert {f"p{k}-{i}" for k in (0, 1) for i in range(turns)} <= set(texts)
+
+
+def test_agent_acl_without_registry_writes(url: str, server: Any) -> None:
+    """An agent with docs/PROTOCOL.md's least-privilege ACL line (keys ``ctx:*`` here: the
+    store's key_prefix) cannot register the schemas: the error says to run ``setup()`` as an
+    administrator; after the administrator's ``setup()`` the agent works and writes nothing to
+    the registry."""
+    admin = redis.Redis.from_url(url)
+    line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous"]
+    if server.engine == "module":
+        line += ["-ctx.schema.set", "-ctx.schema.del"]
+    else:
+        line += ["&__ctx:wait:*"]
+    admin.execute_command("ACL", "SETUSER", "pyai-agent", "reset", *line)
+    agent_url = url.replace("redis://", "redis://pyai-agent:pw@", 1)
+
+    async def as_agent() -> None:
+        async with make(agent_url, key_prefix="ctx:chat:") as store:
+            conv = Conversation(conversation_id="acl")
+            conv.messages.append(prompt("hi"))
+            await store.save(conv)
+            assert (await store.load("acl")) is not None
+
+    with pytest.raises(ctxlink.SchemaError, match=r"setup\(\)"):
+        run(as_agent())
+
+    async def as_admin() -> None:
+        await make(url, key_prefix="ctx:chat:").setup()
+    run(as_admin())
+    run(as_agent())
