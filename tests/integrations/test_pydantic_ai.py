@@ -365,3 +365,34 @@ def test_agent_acl_without_registry_writes(url: str, server: Any) -> None:
         await make(url, key_prefix="ctx:chat:").setup()
     run(as_admin())
     run(as_agent())
+
+
+def test_read_history_in_batches_matches_the_one_by_one_walk(url: str) -> None:
+    """read_history reads an entry's listed ancestors at once; it returns what the base class's
+    walk (one read_entry per entry) returns, for every limit, across saves, a branch and a fork."""
+    from pydantic_ai.conversation_store import ConversationStore
+
+    async def go() -> None:
+        async with make(url) as store:
+            conv = Conversation(conversation_id="long")
+            for turn in range(5):  # 5 saves of 9 messages: chains across saves
+                conv.messages.extend(prompt(f"{turn}-{i}") for i in range(9))
+                await store.save(conv)
+            branched = await store.branch("long", at=20, expected_revision=conv.revision)
+            branched.messages.extend(prompt(f"b-{i}") for i in range(20))
+            await store.save(branched)
+            fork = await store.fork("long", at=30, new_conversation_id="fork")
+            fork.messages.extend(prompt(f"f-{i}") for i in range(3))
+            await store.save(fork)
+            for cid in ("long", "fork"):
+                rec = await store.read_record(cid)
+                assert rec is not None
+                heads = [rec.head_id, *rec.branches]
+                for head in heads:
+                    for limit in (None, 0, 1, 2, 16, 17, 18, 33, 44, 45, 100):
+                        ours = await store.read_history(head, limit=limit)
+                        base = await ConversationStore.read_history(store, head, limit=limit)
+                        assert [e.id for e in ours] == [e.id for e in base], (cid, head, limit)
+            loaded = await store.load("long")
+            assert loaded is not None and len(loaded.messages) == 40
+    run(go())

@@ -10,7 +10,9 @@ entry (one model message) is a context of its own, ``{key_prefix}entry:{entry_id
 and never changed, so a fork shares the entries of the conversation it came from. Both hold the
 framework's own JSON form (pydantic's ``TypeAdapter`` of ``ConversationRecord`` and
 ``ConversationEntry``, the same as ``ModelMessagesTypeAdapter`` for the message): nothing is
-unpickled.
+unpickled. An entry also lists the ids of its nearest ``ANCESTORS`` (16) ancestors, so
+``read_history`` (every ``load``) reads a history of n messages in about n/17 rounds of parallel
+reads instead of n reads one after the other.
 
 Revisions: the record's ``revision`` is the framework's opaque token (a new one on every save, a
 new one for a conversation deleted and created again). ``write_record`` maps ``expected_revision``
@@ -62,7 +64,8 @@ _ENTRY_ADAPTER: TypeAdapter[ConversationEntry] = TypeAdapter(ConversationEntry)
 
 
 def _message_classes() -> tuple[type[Message], type[Message]]:
-    """Two messages, ``{int64 version = 1; bytes data = 2;}``, in a pool of their own."""
+    """Two messages, ``{int64 version = 1; bytes data = 2;}`` (the entry's also
+    ``repeated string ancestors = 3``), in a pool of their own."""
     fdp = descriptor_pb2.FileDescriptorProto(
         name="ctxlink/integrations/pydantic_ai.proto", package=_PACKAGE, syntax="proto3")
     for name in ("Conversation", "Entry"):
@@ -71,6 +74,10 @@ def _message_classes() -> tuple[type[Message], type[Message]]:
                       label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
         msg.field.add(name="data", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
                       label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+        if name == "Entry":  # the ids of the entry's nearest ancestors, parent first
+            msg.field.add(name="ancestors", number=3,
+                          type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                          label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return (message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Conversation")),
@@ -260,9 +267,22 @@ class CtxlinkConversationStore(ConversationStore):
         if record.head_id is not None and record.head_id not in new_ids:
             if await store.get(self._entry_key(record.head_id)) is None:
                 raise ConversationConflict(cid)  # a delete released the entry a fork points at
+        ancestors: dict[str, list[str]] = {}
         for entry in new_entries:
+            parent = entry.parent_id
+            if parent is None:
+                chain: list[str] = []
+            else:
+                if parent not in ancestors:
+                    try:
+                        ancestors[parent] = (await self._read_raw(parent))[1]
+                    except KeyError:
+                        ancestors[parent] = []
+                chain = [parent, *ancestors[parent]][:ANCESTORS]
+            ancestors[entry.id] = chain
             res = await self._cas(self._entry_key(entry.id), 0,
-                                  EntryMessage(data=_ENTRY_ADAPTER.dump_json(entry)), ENTRY_SCHEMA)
+                                  EntryMessage(data=_ENTRY_ADAPTER.dump_json(entry),
+                                               ancestors=chain), ENTRY_SCHEMA)
             if not res.ok:
                 raise ConversationConflict(cid, message=f"entry {entry.id!r} already exists")
         while True:
@@ -329,11 +349,38 @@ class CtxlinkConversationStore(ConversationStore):
             snap = res.current  # a title/metadata update in between: check the revision again
 
     async def read_entry(self, entry_id: str) -> ConversationEntry:
+        return (await self._read_raw(entry_id))[0]
+
+    async def _read_raw(self, entry_id: str) -> tuple[ConversationEntry, list[str]]:
         snap = await (await self._ctx()).get(self._entry_key(entry_id))
         if snap is None:
             raise KeyError(entry_id)
-        return _ENTRY_ADAPTER.validate_json(snap.decode(EntryMessage).data)
+        message = snap.decode(EntryMessage)
+        return _ENTRY_ADAPTER.validate_json(message.data), list(message.ancestors)
 
+    async def read_history(self, head_id: Optional[str], *,
+                           limit: Optional[int] = None) -> list[ConversationEntry]:
+        """As the base class's, in ``len/(ANCESTORS+1)`` rounds instead of one read per entry:
+        each entry lists its nearest ancestors, which are then read at once."""
+        entries: list[ConversationEntry] = []
+        next_id = head_id
+        while next_id is not None and (limit is None or len(entries) < limit):
+            entry, chain = await self._read_raw(next_id)
+            entries.append(entry)
+            if limit is not None:
+                chain = chain[:limit - len(entries)]
+            if not chain:
+                next_id = entry.parent_id
+                continue
+            fetched = await asyncio.gather(*(self._read_raw(a) for a in chain))
+            entries.extend(e for e, _ in fetched)
+            next_id = fetched[-1][0].parent_id
+        entries.reverse()
+        return entries
+
+
+#: how many ancestor ids an entry lists (read_history reads that many at once)
+ANCESTORS = 16
 
 _SETUP_HINT = (
     "schema {name!r} is missing or differs, and this client may not write the registry "
