@@ -396,3 +396,71 @@ def test_read_history_in_batches_matches_the_one_by_one_walk(url: str) -> None:
             loaded = await store.load("long")
             assert loaded is not None and len(loaded.messages) == 40
     run(go())
+
+
+@pytest.fixture(scope="module", params=["module", "lua"])
+def cluster_url(request: Any) -> Any:
+    """Three primaries on 127.0.0.1, slots split evenly; the module loaded or a stock server."""
+    import time
+
+    from ctxlink.embedded import free_port
+
+    module = find_module() if request.param == "module" else None
+    nodes, buses = [], []
+    try:
+        for _ in range(3):
+            bus = free_port()
+            nodes.append(EmbeddedRedis(module=module, die_with_parent=True, args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(bus),
+                "--cluster-node-timeout", "5000"]).start())
+            buses.append(bus)
+        clients = [n.client() for n in nodes]
+        bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
+        for client, (lo, hi) in zip(clients, bounds):
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for node, bus in zip(nodes[1:], buses[1:]):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+        deadline = time.monotonic() + 30
+        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                      for c in clients):
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.05)
+        for client in clients:
+            client.close()
+        yield nodes[0].port
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_on_a_redis_cluster(cluster_url: int) -> None:
+    """A redis.asyncio.RedisCluster client: records and entries spread over the slots; save,
+    load, the stale-writer race, a fork and list_conversations (a SCAN of every primary)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    async def go() -> None:
+        client = RedisCluster(host="127.0.0.1", port=cluster_url)
+        other = RedisCluster(host="127.0.0.1", port=cluster_url)
+        try:
+            store = CtxlinkConversationStore(client, key_prefix="cl:")
+            store2 = CtxlinkConversationStore(other, key_prefix="cl:")
+            for n in range(6):
+                conv = Conversation(conversation_id=f"c{n}")
+                conv.messages.extend(prompt(f"{n}-{i}") for i in range(20))
+                await store.save(conv)
+            a = await store.load("c0")
+            b = await store2.load("c0")
+            assert a is not None and b is not None
+            a.messages.append(prompt("a"))
+            b.messages.append(prompt("b"))
+            out = await asyncio.gather(store.save(a), store2.save(b), return_exceptions=True)
+            assert sum(1 for r in out if isinstance(r, ConversationConflict)) == 1, out
+            loaded = await store.load("c0")
+            assert loaded is not None and len(loaded.messages) == 21
+            await store.fork("c1", at=10, new_conversation_id="c1-fork")
+            listed = await store.list_conversations()
+            assert {r.conversation_id for r in listed} == {f"c{n}" for n in range(6)} | {"c1-fork"}
+        finally:
+            await client.aclose()
+            await other.aclose()
+    run(go())
