@@ -416,9 +416,9 @@ def cluster_url(request: Any) -> Any:
             buses.append(bus)
         clients = [n.client() for n in nodes]
         bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for client, (lo, hi) in zip(clients, bounds):
+        for client, (lo, hi) in zip(clients, bounds, strict=True):
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for node, bus in zip(nodes[1:], buses[1:]):
+        for node, bus in zip(nodes[1:], buses[1:], strict=True):
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
         deadline = time.monotonic() + 30
         while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
