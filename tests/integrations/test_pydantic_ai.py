@@ -464,3 +464,41 @@ def test_on_a_redis_cluster(cluster_url: int) -> None:
             await client.aclose()
             await other.aclose()
     run(go())
+
+
+def test_a_lost_reply_is_applied_once(server: Any) -> None:
+    """The reply of the record's write is dropped after the server applied it (tests/faultproxy.py,
+    then the connection is reset): the SDK re-sends it with the same write id, the server answers
+    "replayed", the save succeeds, and the conversation holds every message once; the same for
+    an update's lost reply; afterwards a copy loaded between the two saves is stale."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from faultproxy import FaultProxy
+
+    redis.Redis(port=server.port).flushall()
+    marker = b'"conversation_id":"lost"'
+
+    async def go(proxy: Any) -> None:
+        async with make(f"redis://127.0.0.1:{proxy.port}/0") as store:
+            conv = Conversation(conversation_id="lost")
+            conv.messages.extend([prompt("1"), prompt("2")])
+            proxy.arm(lambda args: any(marker in a for a in args), times=1)
+            await store.save(conv)  # the create's reply is lost
+            assert proxy.faults == 1
+            other = await store.load("lost")
+            assert other is not None and other.revision == conv.revision
+            conv.messages.append(prompt("3"))
+            proxy.arm(lambda args: any(marker in a for a in args), times=1)
+            await store.save(conv)  # an update's reply is lost
+            assert proxy.faults == 2
+            final = await store.load("lost")
+            assert final is not None and final.revision == conv.revision
+            assert [m.parts[0].content for m in final.messages] == ["1", "2", "3"]  # type: ignore[union-attr]
+            other.messages.append(prompt("stale"))
+            with pytest.raises(ConversationConflict):
+                await store.save(other)
+
+    with FaultProxy(server.port) as proxy:
+        run(go(proxy))
