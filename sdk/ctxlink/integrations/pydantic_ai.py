@@ -29,6 +29,10 @@ conversation's fork may point into them) until their TTL, if any, expires. The e
 written before its record: a save that then conflicts leaves them unreferenced. ``ttl`` applies to
 every key from its own write (a save refreshes the record's, not its older entries'), so choose it
 longer than a conversation lives. ``list_conversations`` scans ``{key_prefix}conversation:*``.
+One message (or a record) larger than the server's ``max-payload-bytes`` (1 MiB by default)
+raises :class:`ctxlink.PayloadTooLarge`; a history has no such limit, one context per message.
+A lost reply is re-sent and applied once; where that cannot be settled,
+:class:`ctxlink.OutcomeUnknownError` (load the conversation to see whether the save landed).
 """
 
 from __future__ import annotations
