@@ -502,3 +502,32 @@ def test_a_lost_reply_is_applied_once(server: Any) -> None:
 
     with FaultProxy(server.port) as proxy:
         run(go(proxy))
+
+
+def test_ttl_entries_outlive_their_record(url: str) -> None:
+    """ttl=2: the record expires 2 s after its last write, entries 4 s after theirs; a save more
+    than ttl/2 after the last extension extends every entry of the history to 4 s again, a save
+    sooner does not touch them."""
+    import time
+
+    r = redis.Redis.from_url(url)
+
+    async def go() -> None:
+        async with make(url, ttl=2) as store:
+            conv = Conversation(conversation_id="ttl")
+            conv.messages.append(prompt("old"))
+            first = await store.save(conv)
+            old_key = f"pydantic_ai:entry:{first[0].id}"
+            assert 3500 < r.pttl(old_key) <= 4000
+            assert 1500 < r.pttl("pydantic_ai:conversation:ttl") <= 2000
+            await asyncio.sleep(0.3)
+            conv.messages.append(prompt("soon"))
+            await store.save(conv)  # 0.3 s < ttl/2: the old entry is not touched
+            assert r.pttl(old_key) <= 3750
+            await asyncio.sleep(0.9)
+            conv.messages.append(prompt("later"))
+            started = time.monotonic()
+            await store.save(conv)  # 1.2 s > ttl/2: every entry back to 4 s
+            assert r.pttl(old_key) > 4000 - 1000 * (time.monotonic() - started) - 250
+            assert r.pttl(old_key) > r.pttl("pydantic_ai:conversation:ttl") + 1500
+    run(go())

@@ -26,9 +26,11 @@ wins.
 
 What it does not do: ``delete_record`` deletes the record only; entries stay (another
 conversation's fork may point into them) until their TTL, if any, expires. The entries of a save are
-written before its record: a save that then conflicts leaves them unreferenced. ``ttl`` applies to
-every key from its own write (a save refreshes the record's, not its older entries'), so choose it
-longer than a conversation lives. ``list_conversations`` scans ``{key_prefix}conversation:*``.
+written before its record: a save that then conflicts leaves them unreferenced. ``ttl``: the
+record expires ``ttl`` seconds after its last write, its entries twice ``ttl`` after theirs, and a
+save extends the expiry of every entry of the history (and of the branches it left) to twice
+``ttl`` again once ``ttl/2`` has passed since the last such extension: the messages always outlive
+the record that points at them. ``list_conversations`` scans ``{key_prefix}conversation:*``.
 One message (or a record) larger than the server's ``max-payload-bytes`` (1 MiB by default)
 raises :class:`ctxlink.PayloadTooLarge`; a history has no such limit, one context per message.
 A lost reply is re-sent and applied once; where that cannot be settled,
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
@@ -68,8 +71,9 @@ _ENTRY_ADAPTER: TypeAdapter[ConversationEntry] = TypeAdapter(ConversationEntry)
 
 
 def _message_classes() -> tuple[type[Message], type[Message]]:
-    """Two messages, ``{int64 version = 1; bytes data = 2;}`` (the entry's also
-    ``repeated string ancestors = 3``), in a pool of their own."""
+    """Two messages, ``{int64 version = 1; bytes data = 2;}`` (the record's also
+    ``int64 refreshed_ms = 3``, the entry's ``repeated string ancestors = 3``), in a pool of
+    their own."""
     fdp = descriptor_pb2.FileDescriptorProto(
         name="ctxlink/integrations/pydantic_ai.proto", package=_PACKAGE, syntax="proto3")
     for name in ("Conversation", "Entry"):
@@ -78,6 +82,10 @@ def _message_classes() -> tuple[type[Message], type[Message]]:
                       label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
         msg.field.add(name="data", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
                       label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+        if name == "Conversation":  # when the entries' expiry was last extended (ms, ttl only)
+            msg.field.add(name="refreshed_ms", number=3,
+                          type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+                          label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
         if name == "Entry":  # the ids of the entry's nearest ancestors, parent first
             msg.field.add(name="ancestors", number=3,
                           type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
@@ -206,11 +214,11 @@ class CtxlinkConversationStore(ConversationStore):
                 raise
 
     async def _cas(self, key: str, expected: int, message: Message, schema: str,
-                   incarnation: Optional[str] = None) -> CasResult:
+                   incarnation: Optional[str] = None, ttl: Optional[float] = None) -> CasResult:
         store = await self._ctx()
         try:
-            return await store.cas(key, expected, message, schema=schema, ttl=self.ttl,
-                                   incarnation=incarnation)
+            return await store.cas(key, expected, message, schema=schema,
+                                   ttl=self.ttl if ttl is None else ttl, incarnation=incarnation)
         except SchemaError as e:
             if "unknown schema" in str(e):
                 raise SchemaError(_SETUP_HINT.format(name=schema, error=e)) from e
@@ -227,9 +235,36 @@ class CtxlinkConversationStore(ConversationStore):
         return _RECORD_ADAPTER.validate_json(snap.decode(RecordMessage).data)
 
     @staticmethod
-    def _record_message(record: ConversationRecord) -> Message:
-        message: Message = RecordMessage(data=_RECORD_ADAPTER.dump_json(record))
+    def _refreshed_of(snap: Optional[Snapshot]) -> int:
+        return 0 if snap is None else int(snap.decode(RecordMessage).refreshed_ms)
+
+    @staticmethod
+    def _record_message(record: ConversationRecord, refreshed_ms: int) -> Message:
+        message: Message = RecordMessage(data=_RECORD_ADAPTER.dump_json(record),
+                                         refreshed_ms=refreshed_ms)
         return message
+
+    @property
+    def _entry_ttl(self) -> Optional[float]:
+        return None if self.ttl is None else 2 * self.ttl
+
+    async def _refresh_entries(self, record: ConversationRecord) -> None:
+        """Extends the expiry of every entry of the record's history and of the branches it
+        left to twice ``ttl`` (entries outlive the record that points at them)."""
+        store = await self._ctx()
+        assert self._entry_ttl is not None
+        ids: set[str] = set()
+        for tip in [record.head_id, *record.branches]:
+            if tip is None:
+                continue
+            try:
+                ids.update(e.id for e in await self.read_history(tip))
+            except KeyError:
+                continue  # expired or released already: nothing left to keep
+        keys = [self._entry_key(i) for i in sorted(ids)]
+        for start in range(0, len(keys), 64):
+            await asyncio.gather(*(store.touch(k, self._entry_ttl)
+                                   for k in keys[start:start + 64]))
 
     # -- the primitives --------------------------------------------------------------------
     async def read_record(self, conversation_id: str) -> Optional[ConversationRecord]:
@@ -286,17 +321,26 @@ class CtxlinkConversationStore(ConversationStore):
             ancestors[entry.id] = chain
             res = await self._cas(self._entry_key(entry.id), 0,
                                   EntryMessage(data=_ENTRY_ADAPTER.dump_json(entry),
-                                               ancestors=chain), ENTRY_SCHEMA)
+                                               ancestors=chain), ENTRY_SCHEMA,
+                                  ttl=self._entry_ttl)
             if not res.ok:
                 raise ConversationConflict(cid, message=f"entry {entry.id!r} already exists")
+        refreshed = self._refreshed_of(snap)
+        now_ms = int(time.time() * 1000)
+        if self.ttl is not None and now_ms - refreshed > self.ttl * 500:
+            # every ttl/2 of activity: the older entries' expiry again twice ttl from now
+            await self._refresh_entries(record)
+            refreshed = now_ms
         while True:
             if snap is None or stored is None:
-                res = await self._cas(key, 0, self._record_message(record), RECORD_SCHEMA)
+                res = await self._cas(key, 0, self._record_message(record, refreshed),
+                                      RECORD_SCHEMA)
             else:
                 # title and metadata are update()'s: a save keeps the stored ones
                 merged = dataclasses.replace(record, title=stored.title, metadata=stored.metadata)
                 try:
-                    res = await self._cas(key, snap.version, self._record_message(merged),
+                    res = await self._cas(key, snap.version,
+                                          self._record_message(merged, refreshed),
                                           RECORD_SCHEMA, snap.incarnation)
                 except ContextReplacedError as e:
                     raise ConversationConflict(cid) from e
@@ -329,7 +373,8 @@ class CtxlinkConversationStore(ConversationStore):
                 raise ConversationConflict(conversation_id)
             changed = dataclasses.replace(stored, **details)
             try:
-                res = await self._cas(key, snap.version, self._record_message(changed),
+                res = await self._cas(key, snap.version,
+                                      self._record_message(changed, self._refreshed_of(snap)),
                                       RECORD_SCHEMA, snap.incarnation)
             except ContextReplacedError as e:
                 raise ConversationConflict(conversation_id) from e
