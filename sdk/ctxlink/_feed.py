@@ -140,13 +140,13 @@ def _id(text: str) -> tuple[int, int]:
 
 def _read(st: "State", fk: str, start: str, count: int) -> Op[Any]:
     """The read script: EVAL_RO (Redis 7), else EVAL (Redis 6.2 has no EVAL_RO)."""
-    if st.feed_eval_ro is not False:
+    if st.eval_ro is not False:
         try:
             return (yield Cmd(("EVAL_RO", _READ_RO, 1, fk, start, count)))
         except Exception as exc:
             if "unknown command" not in str(exc).lower():
                 raise
-            st.feed_eval_ro = False
+            st.eval_ro = False
     return (yield Cmd(("EVAL", _READ, 1, fk, start, count)))
 
 

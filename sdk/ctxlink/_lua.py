@@ -73,18 +73,37 @@ def _run(
     st: State, script: Script, keys: tuple[Any, ...], args: tuple[Any, ...], write: bool = False
 ) -> Op[Any]:
     """Runs ``script``; ``write``: as a :class:`Write` on ``keys[0]`` (sent once; NOSCRIPT means
-    it did not run, so loading the script and sending it again is no re-send)."""
+    it did not run, so loading the script and sending it again is no re-send). A read-only
+    script (``#!lua flags=no-writes``: get, schema_get, schema_list) goes as ``EVALSHA_RO`` on
+    Redis 7 outside a cluster, so a user whose key patterns are read-only (``%R~``) may run it
+    and a replica serves it; the server's "unknown command" (Redis 6.2) or a user without
+    ``evalsha_ro`` turns the Store back to ``EVALSHA``."""
 
-    def instr(sha: str) -> Instr:
-        args_ = ("EVALSHA", sha, len(keys), *keys, *args)
+    def instr(sha: str, ro: bool) -> Instr:
+        args_ = ("EVALSHA_RO" if ro else "EVALSHA", sha, len(keys), *keys, *args)
         return Write(keys[0], args_) if write else Cmd(args_)
 
-    try:
-        return (yield instr(script.sha))
-    except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, failover)
-        pass
-    script = yield from _load(st, script)
-    return (yield instr(script.sha))
+    ro = (not write and st.eval_ro is not False and not st.cluster
+          and script.source.startswith(_NO_WRITES))
+    loaded = False
+    while True:
+        try:
+            return (yield instr(script.sha, ro))
+        except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH, ...)
+            if loaded:
+                raise
+            script = yield from _load(st, script)
+            loaded = True
+            ro = ro and script.source.startswith(_NO_WRITES)  # Redis 6.2's form has no flags
+        except ResponseError as exc:
+            text = str(exc).lower()
+            if not ro or not ("unknown command" in text or "evalsha_ro" in text):
+                raise
+            st.eval_ro = False
+            ro = False
+
+
+_NO_WRITES = b"#!lua flags=no-writes"
 
 
 def _load(st: State, script: Script) -> Op[Script]:

@@ -33,8 +33,9 @@ class State:
     history_by_schema: dict[str, int] = field(default_factory=dict)
     # schema name -> its registry entry's ``feed`` (Lua engine: the last KEYS of writes; _feed)
     feed_by_schema: dict[str, int] = field(default_factory=dict)
-    # store.changes: whether the server takes EVAL_RO (Redis 7+); None: unknown (_feed)
-    feed_eval_ro: Optional[bool] = None
+    # whether the server (and the user's ACL) takes EVAL_RO / EVALSHA_RO (Redis 7+); None:
+    # unknown (the Lua engine's read-only scripts, _lua._run; store.changes, _feed)
+    eval_ro: Optional[bool] = None
     # context key -> schema name (Lua engine: cas needs the registry key)
     key_schema: LRU[Any, str] = field(default_factory=lambda: LRU(4096))
     backoff: Backoff = field(default_factory=Backoff)
