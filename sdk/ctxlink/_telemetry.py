@@ -204,10 +204,10 @@ class Telemetry:
         expected: Any = None
         if command in _WRITES and len(args) > 2:
             expected = args[2]
-        elif command == "EVALSHA" and len(args) > 2:
+        elif command in ("EVALSHA", "EVALSHA_RO") and len(args) > 2:
             script = self.script_name(args[1])
             attrs["db.stored_procedure.name"] = f"ctxlink.{script}"
-            name = f"EVALSHA ctxlink.{script}"
+            name = f"{command} ctxlink.{script}"
             nkeys = int(args[2])
             if script in _WRITE_SCRIPTS and len(args) > 3 + nkeys:
                 expected = args[3 + nkeys]

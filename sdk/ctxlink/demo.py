@@ -107,7 +107,8 @@ class TimedRedis(redis.Redis):
         if not args:
             return
         name = args[0]
-        if name in ("HGET", "CTX.GET") or (name == "EVALSHA" and args[1] in self.read_shas):
+        if name in ("HGET", "CTX.GET", "EVALSHA_RO") or (
+                name == "EVALSHA" and args[1] in self.read_shas):
             self.reads.append(dt)  # list.append is atomic: no lock needed between threads
         elif name in ("HSET", "CTX.CAS", "CTX.PATCH", "EVALSHA"):  # EVALSHA: get or a cas
             self.writes.append(dt)
