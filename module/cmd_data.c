@@ -765,7 +765,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
       (uint64_t)base + 1 < ctx_Value_OldestKnown(&s.v)) {
     ctx_stats.cas_conflicts++;
     RedisModule_ReplyWithArray(ctx, 2);
-    RedisModule_ReplyWithSimpleString(ctx, "stale");
+    RedisModule_ReplyWithSimpleString(ctx, "rebase");
     RedisModule_ReplyWithLongLong(ctx, (long long)cur);
     goto done;
   }

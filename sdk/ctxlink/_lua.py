@@ -267,6 +267,7 @@ def _write_lua(
     reads: tuple[int, ...] = (),
     inc: Optional[str] = None,
     px: Optional[int] = None,
+    apps: tuple[int, ...] = (),
 ) -> Op[Any]:
     """The Lua engine's half of :func:`ctxlink._write._write_raw`: runs the schema's cas script
     once (as a :class:`Write`). On the way it reads the context's schema when it is unknown,
