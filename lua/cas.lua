@@ -36,6 +36,10 @@
            randomness); "", absent or not 16 hex digits: none (a write that needs one is then
            refused with ERR, after every other check)
   ARGV[17] the key's wait channel ("" or absent: no publish)   ARGV[18] "1": a shard channel
+  ARGV[20] PATCH: APPEND numbers, same form ("" or absent for none): repeated fields whose
+           payload occurrences follow the stored ones (docs/PROTOCOL.md, "Appends"); the reply
+           is then the new version alone, and ["rebase", version] refuses an append with an id
+           whose base the window does not cover
   ARGV[19] the write id's digest, the first 8 bytes of SHA-1(ARGV[10]), raw (the SDK's, from the
            C core's ctx_WriteDigest, so the script does not hash); anything but 8 bytes: the
            script hashes ARGV[10] itself. Not checked against the id: a caller that sends a
@@ -110,9 +114,9 @@ end
 
 -- FIELDS / READS: numbers as given; F and R are sets, U = F u R ascending
 -- [patch]
-local FL, RL, F, R
+local FL, RL, F, R, AL, A
 if patching then
-  FL, RL, F, R = {}, {}, {}, {}
+  FL, RL, F, R, AL, A = {}, {}, {}, {}, {}, {}
   local function parse_fields(text, list, set, what)
     -- as the module: every number in range first, then the first repeat in argument order
     if not text or text == '' then return end
@@ -134,7 +138,10 @@ if patching then
   end
   local e = parse_fields(ARGV[12], FL, F, 'FIELDS')
   if e then return e end
-  if #FL == 0 then
+  -- APPEND (ARGV[20]): repeated fields whose new elements follow the stored ones
+  e = parse_fields(ARGV[20], AL, A, 'APPEND')
+  if e then return e end
+  if #FL == 0 and #AL == 0 then
     return err('ERR', 'FIELDS needs a count from 1 to the field numbers that follow')
   end
   e = parse_fields(ARGV[13], RL, R, 'READS')
@@ -261,8 +268,16 @@ elseif expected ~= cur_v then
       if #changed == 0 then changed = nil end
     end
   end
+  if changed and #changed == 0 then changed = nil end -- an append without FIELDS or READS
 -- [/patch]
 end
+-- [patch]
+-- an append with an id whose base the window does not cover: refused unapplied (a re-send of
+-- it could not be told from a new write); the caller re-sends with the version it gets
+if not changed and patching and #AL > 0 and wid and present and expected + 1 < cur_v - cur_n + 1 then
+  return { redis.status_reply('rebase'), cur_v }
+end
+-- [/patch]
 if changed then
   cur_raw = cur_raw or sub(val, cur_hl + 1)
   local ihex = cur_inc and hex(cur_inc) or ''
@@ -499,5 +514,5 @@ else
   redis.call('SET', ckey, value, 'KEEPTTL')
 end
 wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
-if patching then return { new_v, s } end
+if patching and #AL == 0 then return { new_v, s } end
 return new_v

@@ -22,6 +22,16 @@ if patching then
     local e = check_field(f)
     if e then return e end
   end
+  for _, f in ipairs(AL) do -- APPEND: repeated (an uppercase code), not in FIELDS
+    local e = check_field(f)
+    if e then return e end
+    local K, N, SPARSE = plan(1)
+    local c = byte(K, f) or byte(match(N, ' ' .. f .. ':(.)'))
+    if c < 65 or c > 90 then
+      return err('CTXFIELD', fmt('field %d is not a repeated field (APPEND)', f))
+    end
+    if F[f] then return err('CTXFIELD', fmt('field %d is in FIELDS and APPEND', f)) end
+  end
   -- the largest version the field's type holds (the module's ctx_VersionField.max)
   local vmax = (VK == 'int32' or VK == 'sint32' or VK == 'sfixed32') and 2147483647
     or (VK == 'uint32' or VK == 'fixed32') and 4294967295 or nil
@@ -113,8 +123,9 @@ if patching then
     if not num or wt == 4 or not q then
       return err('CTXINVALID', 'payload is not valid protobuf wire format')
     end
-    if not F[num] then
-      return err('CTXFIELD', fmt('payload holds field %d, which is not in FIELDS', num))
+    if not F[num] and not A[num] then
+      return err('CTXFIELD', fmt(#AL > 0 and 'payload holds field %d, which is not in FIELDS or APPEND'
+        or 'payload holds field %d, which is not in FIELDS', num))
     end
     p = q
   end
@@ -122,6 +133,7 @@ if patching then
   -- The stored payload without the fields in FIELDS and the version field: its top-level
   -- occurrences [from, to) (a group through its end-group tag), kept runs cut out whole.
   local parts, np = {}, 0
+  if #AL > 0 then np = 1 end -- with APPEND the version field goes first (filled in below)
   if present then
     cur_raw = cur_raw or sub(val, cur_hl + 1)
     local str, run = cur_raw, nil
@@ -193,15 +205,17 @@ if patching then
     end
     return out .. char(x)
   end
+  local vb
   if VK == 'fixed32' or VK == 'sfixed32' then
-    parts[#parts + 1] = varint(VF * 8 + 5) .. spack('<I4', new_v)
+    vb = varint(VF * 8 + 5) .. spack('<I4', new_v)
   elseif VK == 'fixed64' or VK == 'sfixed64' then
-    parts[#parts + 1] = varint(VF * 8 + 1) .. spack('<I8', new_v)
+    vb = varint(VF * 8 + 1) .. spack('<I8', new_v)
   elseif VK == 'sint32' or VK == 'sint64' then
-    parts[#parts + 1] = varint(VF * 8) .. varint(2 * new_v)
+    vb = varint(VF * 8) .. varint(2 * new_v)
   else
-    parts[#parts + 1] = varint(VF * 8) .. varint(new_v)
+    vb = varint(VF * 8) .. varint(new_v)
   end
+  if #AL > 0 then parts[1] = vb else parts[#parts + 1] = vb end
   s = table.concat(parts)
   n = #s
   if n > max_payload then
@@ -210,5 +224,6 @@ if patching then
   if present then
     mask = 0
     for _, f in ipairs(FL) do mask = bor(mask, 2 ^ ((f - 1) % 31)) end
+    for _, f in ipairs(AL) do mask = bor(mask, 2 ^ ((f - 1) % 31)) end
   end
 end

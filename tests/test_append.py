@@ -124,9 +124,29 @@ def test_reads_conflict_only_with_writes_of_the_fields_read(store, pb):
 
 
 def _send(store, args):
+    """A raw ``CTX.PATCH ... APPEND`` on the module; on the Lua engine the same write through
+    cas.lua (the SDK's one send of it, no retry)."""
     if store.engine == MODULE:
         return store.client.execute_command(*args)
-    pytest.skip("raw CTX.PATCH is the module's; the Lua engine is covered through the SDK")
+    from ctxlink._lua import _write_lua
+    from ctxlink._sync import _run
+
+    key, base, payload = args[1], int(args[2]), args[3]
+    lists: dict[str, tuple[int, ...]] = {"FIELDS": (), "APPEND": (), "READS": ()}
+    opts: dict[str, str] = {}
+    i = 4
+    while i < len(args):
+        word = args[i]
+        if word in lists:
+            n = int(args[i + 1])
+            lists[word] = tuple(int(x) for x in args[i + 2:i + 2 + n])
+            i += 2 + n
+        else:
+            opts[word] = args[i + 1]
+            i += 2
+    return _run(store.client, _write_lua(store._st, key, base, payload, opts.get("SCHEMA"),
+                                         opts.get("BY"), opts.get("ID"), lists["FIELDS"],
+                                         lists["READS"], None, None, lists["APPEND"]))
 
 
 def test_resend_is_replayed_in_the_window_and_refused_beyond_it(store, pb, shared_server):
@@ -200,6 +220,7 @@ def test_only_the_new_elements_are_validated_and_a_bad_one_changes_nothing(
     (("APPEND", "2", "10", "10"), "field 10 is listed twice in APPEND"),
     (("APPEND", "1", "10", "APPEND", "1", "10"), "syntax error"),
 ])
+@pytest.mark.module_only("argument syntax is the module's; the SDK builds cas.lua's ARGV")
 def test_bad_append_arguments_are_errors_and_change_nothing(store, pb, shared_server, args,
                                                             message):
     _order(store, pb)
@@ -233,3 +254,13 @@ def test_history_and_feed_entries_of_an_append_are_patches_of_the_field(store, p
     assert [c.kind for c in ch] == ["create", "patch", "patch"]
     assert ch[1].fields == ("items",) or ch[1].fields == (ITEMS,) or "items" in str(ch[1])
     assert ch[1].updated_by == "ag" and ch[2].fields is not None
+
+
+def test_both_engines_store_the_same_bytes_version_field_first(store, pb, shared_server):
+    _order(store, pb)
+    for sku in ("x", "y"):
+        assert store.append("o:1", "items", [pb.LineItem(sku=sku)], message_class=pb.Order).ok
+    snap = store.get("o:1")
+    item = pb.Order(items=[{"sku": "x"}]).SerializeToString()
+    item2 = pb.Order(items=[{"sku": "y"}]).SerializeToString()
+    assert snap.raw == b"\x10\x03" + b"\n\x01a" + item + item2
