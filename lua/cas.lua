@@ -369,6 +369,7 @@ end
 
 local new_v = cur_v + 1 -- CTX.CAS got here with cur_v == expected
 local mask = 0 -- a patch of a context: the FIELDS bits
+local tail_at, append_v -- an append in place: where the stored payload's rest starts, new version
 -- [patch]
 -- [include cas_splice]
 -- [/patch]
@@ -505,9 +506,23 @@ if keep > 0 then
 end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local head = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 1, #name, #by)
+  .. deltas .. digest .. win .. name .. by
+-- [patch]
+if tail_at and (hist_payload or #head ~= cur_hl) then -- the whole merged payload is needed
+  s = append_v .. sub(val, tail_at) .. payload
+  tail_at = tail_at and #head == cur_hl and tail_at
+end
+-- [/patch]
 -- [include cas_history]
-local value = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 1, #name, #by)
-  .. deltas .. digest .. win .. name .. by .. s
+if tail_at then -- an append in place: the header and the version field, then the elements
+  redis.call('SETRANGE', ckey, 0, head .. append_v)
+  redis.call('APPEND', ckey, payload)
+  if px then redis.call('PEXPIRE', ckey, px) end
+  wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
+  return new_v
+end
+local value = head .. s
 if px then
   redis.call('SET', ckey, value, 'PX', px)
 else
