@@ -2,7 +2,8 @@
 
 For each engine (the module; the Lua engine on a stock server, once it takes APPEND) and each
 starting length (10, 1,000 and 10,000 elements of Order.items, about 30 bytes each), builds the
-context with appends, then after CONFIG RESETSTAT sends APPENDS appends of one element each
+context with appends, then after CONFIG RESETSTAT sends APPENDS appends of one element each, in
+5 interleaved rounds (the median round reported)
 (raw CTX.PATCH ... APPEND with an id and BY, as store.append sends them; the Lua engine through
 store.append) and reports the server's usec_per_call from INFO commandstats. Also: the share of
 appends that a window of 16 write ids serves when K appenders interleave round-robin.
@@ -48,38 +49,45 @@ def usec(r, cmd: str) -> float:
     return float(stats["usec_per_call"]) if stats else float("nan")
 
 
-def run(engine: str, appends: int, cls: type) -> list[tuple[int, float, int]]:
-    rows = []
+def run(engine: str, appends: int, cls: type, rounds: int = 5) -> list[tuple[int, float, int]]:
+    """One context per length, built first; then ``rounds`` rounds, each sending ``appends``
+    appends to every context in turn (interleaved, so a burst of load on the shared machine
+    hits every length alike), usec_per_call read per round; the median round is reported."""
+    import statistics
+
+    sizes = (10, 1000, 10000)
     module = find_module() if engine == "module" else None
     with EmbeddedRedis(module=module) as server:
         r = server.client()
         store = ctxlink.connect(server.client())
-        for n in (10, 1000, 10000):
-            r.flushall()
-            store.register_schema("order", cls)
-            store.cas("o:1", 0, cls(order_id="o-1"), schema="order")
-            batch = 100
-            for i in range(0, n, batch):  # build up: 100 elements per append
+        store.register_schema("order", cls)
+        versions = {}
+        for n in sizes:
+            key = f"o:{n}"
+            store.cas(key, 0, cls(order_id="o-1"), schema="order")
+            for i in range(0, n, 100):  # build up: 100 elements per append
                 els = [{"sku": f"SKU-{j:08d}-ABCDEFGH", "quantity": 3}
-                       for j in range(i, min(n, i + batch))]
-                store.append("o:1", "items", [cls(items=[e]).items[0] for e in els],
+                       for j in range(i, min(n, i + 100))]
+                store.append(key, "items", [cls(items=[e]).items[0] for e in els],
                              message_class=cls)
-            v = store.get("o:1").version
-            r.config_resetstat()
-            if engine == "module":
+            versions[n] = store.get(key).version
+        cmd = "ctx.patch" if engine == "module" else "evalsha"
+        per: dict[int, list[float]] = {n: [] for n in sizes}
+        for rnd in range(rounds):
+            for n in sizes:
+                key = f"o:{n}"
+                r.config_resetstat()
                 for i in range(appends):
-                    reply = r.execute_command(*append_command(
-                        "o:1", v, element(cls, n + i), (), (ITEMS,), (), None, "agent-1",
-                        f"w-{n}-{i}"))
-                    v = int(reply)
-                cmd = "ctx.patch"
-            else:
-                for i in range(appends):
-                    store.append("o:1", "items", [cls(items=[{"sku": f"x{i}"}]).items[0]],
-                                 message_class=cls, by="agent-1")
-                cmd = "evalsha"
-            rows.append((n, usec(r, cmd), r.strlen("o:1")))
-    return rows
+                    if engine == "module":
+                        reply = r.execute_command(*append_command(
+                            key, versions[n], element(cls, i), (), (ITEMS,), (), None,
+                            "agent-1", f"w-{rnd}-{i}"))
+                        versions[n] = int(reply)
+                    else:
+                        store.append(key, "items", [cls(items=[{"sku": f"x{i}"}]).items[0]],
+                                     message_class=cls, by="agent-1")
+                per[n].append(usec(r, cmd))
+        return [(n, statistics.median(per[n]), r.strlen(f"o:{n}")) for n in sizes]
 
 
 def window_measure(cls: type, appenders: int, per: int = 300) -> tuple[float, float, int]:
@@ -131,14 +139,14 @@ def window_measure(cls: type, appenders: int, per: int = 300) -> tuple[float, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--appends", type=int, default=2000)
+    ap.add_argument("--appends", type=int, default=500)
     ap.add_argument("--engines", default="module")
     args = ap.parse_args()
     cls = order_class()
     for engine in args.engines.split(","):
         rows = run(engine, args.appends, cls)
         base = rows[0][1]
-        print(f"\n{engine}: usec_per_call of one append ({args.appends} appends)")
+        print(f"\n{engine}: usec_per_call of one append (median of 5 rounds of {args.appends})")
         print("| elements | usec/append | x of 10 | value bytes |")
         print("|---:|---:|---:|---:|")
         for n, us, size in rows:
