@@ -264,3 +264,53 @@ def test_both_engines_store_the_same_bytes_version_field_first(store, pb, shared
     item = pb.Order(items=[{"sku": "x"}]).SerializeToString()
     item2 = pb.Order(items=[{"sku": "y"}]).SerializeToString()
     assert snap.raw == b"\x10\x03" + b"\n\x01a" + item + item2
+
+
+def test_in_place_appends_reach_the_replica_byte_identical(engine, module_servers, pb):
+    import servers as srv
+
+    module = engine == MODULE
+    primary = module_servers.start(module=module, appendonly=True,
+                                   config=[("appendfsync", "always"),
+                                           ("aof-use-rdb-preamble", "no")])
+    replica = module_servers.replica(primary, module=module)
+    tail = srv.AofTail(primary)
+    store = ctxlink.connect(primary.client())
+    _order(store, pb)
+    for i in range(20):  # past the first 16 writes: the header keeps its size, in place
+        assert store.append("o:1", "items", [pb.LineItem(sku=str(i))], message_class=pb.Order,
+                            by="agent-1").ok
+    assert store.append("o:1", "items", [pb.LineItem(sku="t")], message_class=pb.Order,
+                        by="agent-1", ttl=60).ok
+    names = [c[0].upper() for c in tail.commands()]
+    assert b"SETRANGE" in names and b"APPEND" in names
+    srv.wait_replicated(primary, replica)
+    assert bytes(replica.r.get("o:1")) == bytes(primary.r.get("o:1"))
+    assert primary.digest() == replica.digest()
+    assert 0 < replica.r.pttl("o:1") <= 60000
+    skus = [i.sku for i in pb.Order.FromString(store.get("o:1").raw).items]
+    assert skus == [str(i) for i in range(20)] + ["t"]
+
+
+def test_aio_store_appends_like_the_sync_one(store, pb, shared_server):
+    import asyncio
+
+    import ctxlink.aio
+
+    _order(store, pb)
+
+    async def main() -> list[int]:
+        s = await ctxlink.aio.connect(shared_server.async_client()) \
+            if hasattr(shared_server, "async_client") else None
+        if s is None:
+            import redis.asyncio
+
+            s = await ctxlink.aio.connect(redis.asyncio.Redis(port=shared_server.port))
+        res = await asyncio.gather(*(
+            s.append("o:1", "items", [pb.LineItem(sku=f"a{i}")], message_class=pb.Order)
+            for i in range(10)))
+        return sorted(r.version for r in res)
+
+    assert asyncio.run(main()) == list(range(2, 12))
+    skus = {i.sku for i in pb.Order.FromString(store.get("o:1").raw).items}
+    assert skus == {f"a{i}" for i in range(10)}
