@@ -510,7 +510,7 @@ bool ctx_Append_CheckFields(const ctx_Schema* s, const uint32_t* apps, int napps
   for (int i = 0; i < napps; i++) {
     if (!check_one(s, vnum, apps[i], status)) return false;
     const ctx_FieldPlan* fp = ctx_MsgPlan_Find(&ctx_Schema_Plans(s)[0], apps[i]);
-    if (!upb_FieldDef_IsRepeated(fp->def) || upb_FieldDef_IsMap(fp->def)) {
+    if (!upb_FieldDef_IsRepeated(fp->def)) { /* a map too: its entries are appended */
       ctx_Status_Set(status, kCtx_Field, "field %u is not a repeated field (APPEND)", apps[i]);
       return false;
     }

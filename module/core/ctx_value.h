@@ -200,8 +200,8 @@ size_t ctx_PutVersion(char* out, const ctx_VersionField* vf, uint64_t version);
 size_t ctx_Append_VersionPrefix(const char* cur, size_t cur_len, const ctx_VersionField* vf,
                                 uint64_t version);
 
-/* Checks the APPEND numbers: top-level, not the version field, repeated and
- * not a map, not in FIELDS (kCtx_Field). */
+/* Checks the APPEND numbers: top-level, not the version field, repeated (a
+ * map is: its entries are appended), not in FIELDS (kCtx_Field). */
 bool ctx_Append_CheckFields(const ctx_Schema* s, const uint32_t* apps, int napps,
                             const uint32_t* fields, int nfields, ctx_Status* status);
 
