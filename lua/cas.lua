@@ -179,8 +179,27 @@ end
 -- ---- the stored context ----
 -- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
 
+-- An append without FIELDS and READS reads a prefix (GETRANGE) that holds the header and the
+-- version field; the rest only when it is needed (full()): its time does not grow with the value.
+local pre = patching and (ARGV[20] or '') ~= '' and (ARGV[12] or '') == '' and (ARGV[13] or '') == ''
+  and redis.pcall('GETRANGE', ckey, 0, 4095)
 local cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl,
-  cur_cm, cur_wat = read_ctx(ckey)
+  cur_cm, cur_wat
+if type(pre) == 'string' and #pre == 4096 then
+  cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl, cur_cm,
+    cur_wat = read_ctx(ckey, pre)
+  if not cur_v or cur_hl + 16 > 4096 then pre = nil end -- the header is longer: read it all
+else
+  pre = nil
+end
+if not pre then
+  cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl, cur_cm,
+    cur_wat = read_ctx(ckey)
+end
+local cur_len = pre and redis.call('STRLEN', ckey) or val and #val
+local function full() -- the whole value, after a prefix
+  if pre then val, pre = redis.call('GET', ckey), nil end
+end
 if cur_v == false then return wrongtype() end
 local present = cur_v ~= nil
 -- ---- incarnation: a write based on another incarnation of the key ----
@@ -510,6 +529,7 @@ local head = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 
   .. deltas .. digest .. win .. name .. by
 -- [patch]
 if tail_at and (hist_payload or #head ~= cur_hl) then -- the whole merged payload is needed
+  full()
   s = append_v .. sub(val, tail_at) .. payload
   tail_at = tail_at and #head == cur_hl and tail_at
 end

@@ -161,12 +161,13 @@ if patching then
     end
   end
   if tail_at then
-    n = #val - tail_at + 1 + #append_v + #payload
+    n = cur_len - tail_at + 1 + #append_v + #payload
     if n > max_payload then
       return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
     end
     s, n = payload, #payload
   else
+    full()
     -- The stored payload without the fields in FIELDS and the version field: its top-level
     -- occurrences [from, to) (a group through its end-group tag), kept runs cut out whole.
     local parts, np = {}, 0
