@@ -314,3 +314,17 @@ def test_aio_store_appends_like_the_sync_one(store, pb, shared_server):
     assert asyncio.run(main()) == list(range(2, 12))
     skus = {i.sku for i in pb.Order.FromString(store.get("o:1").raw).items}
     assert skus == {f"a{i}" for i in range(10)}
+
+
+def test_a_waiter_wakes_on_an_append(store, pb, shared_server):
+    _order(store, pb)
+    got: list = []
+    waiter = ctxlink.connect(shared_server.client())
+    t = threading.Thread(target=lambda: got.append(waiter.wait("o:1", 1, timeout=10)))
+    t.start()
+    import time
+
+    time.sleep(0.2)
+    assert store.append("o:1", "items", [pb.LineItem(sku="w")], message_class=pb.Order).ok
+    t.join(10)
+    assert got and got[0] is not None and got[0].version == 2
