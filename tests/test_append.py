@@ -328,3 +328,23 @@ def test_a_waiter_wakes_on_an_append(store, pb, shared_server):
     assert store.append("o:1", "items", [pb.LineItem(sku="w")], message_class=pb.Order).ok
     t.join(10)
     assert got and got[0] is not None and got[0].version == 2
+
+
+def test_scalars_packed_runs_and_a_map_append_alike_on_both_engines(store, pb, shared_server):
+    K = pb.cls("kitchen", "ctxlink.test.Kitchen")
+    store.register_schema("kitchen", K)
+    assert store.cas("k:1", 0, K(tags=["a"], packed=[1]), schema="kitchen").ok
+    assert store.append("k:1", "tags", ["b", "c"], message_class=K).ok
+    assert store.append("k:1", "packed", [2, 3], message_class=K).ok  # a second packed run
+    assert store.append("k:1", "dd", [1.5], message_class=K).ok
+    with pytest.raises(TypeError):
+        store.append("k:1", "tags", [1], message_class=K)
+    with pytest.raises(ctxlink.ArgumentError):
+        store.append("k:1", "blob", [b"x"], message_class=K)  # not repeated
+    with pytest.raises(ctxlink.ArgumentError):
+        store.append("k:1", "counts", [], message_class=K)  # a map: the SDK refuses it
+    entry = K(counts={"x": 1}).SerializeToString()  # raw: the server appends a map's entries
+    assert _send(store, append_command("k:1", 4, entry, (), (2,), (), None, None, "w-m")) == 5
+    msg = K.FromString(store.get("k:1").raw)
+    assert list(msg.tags) == ["a", "b", "c"] and list(msg.packed) == [1, 2, 3]
+    assert list(msg.dd) == [1.5] and dict(msg.counts) == {"x": 1} and msg.version == 5
