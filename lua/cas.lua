@@ -196,9 +196,13 @@ if not pre then
   cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl, cur_cm,
     cur_wat = read_ctx(ckey)
 end
-local cur_len = pre and redis.call('STRLEN', ckey) or val and #val
 local function full() -- the whole value, after a prefix
   if pre then val, pre = redis.call('GET', ckey), nil end
+end
+local cur_len = pre and redis.pcall('STRLEN', ckey)
+if type(cur_len) ~= 'number' then -- no prefix (or no STRLEN right: the narrow ACL line)
+  full()
+  cur_len = val and #val
 end
 if cur_v == false then return wrongtype() end
 local present = cur_v ~= nil
@@ -536,11 +540,15 @@ end
 -- [/patch]
 -- [include cas_history]
 if tail_at then -- an append in place: the header and the version field, then the elements
-  redis.call('SETRANGE', ckey, 0, head .. append_v)
-  redis.call('APPEND', ckey, payload)
-  if px then redis.call('PEXPIRE', ckey, px) end
-  wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
-  return new_v
+  -- (an agent without SETRANGE / APPEND rights gets the SET below: the same value)
+  if type(redis.pcall('SETRANGE', ckey, 0, head .. append_v)) == 'number'
+    and type(redis.pcall('APPEND', ckey, payload)) == 'number' then
+    if px then redis.call('PEXPIRE', ckey, px) end
+    wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
+    return new_v
+  end
+  full() -- a SETRANGE that went through left the rest as it was
+  s = append_v .. sub(val, tail_at) .. payload
 end
 local value = head .. s
 if px then

@@ -348,3 +348,24 @@ def test_scalars_packed_runs_and_a_map_append_alike_on_both_engines(store, pb, s
     msg = K.FromString(store.get("k:1").raw)
     assert list(msg.tags) == ["a", "b", "c"] and list(msg.packed) == [1, 2, 3]
     assert list(msg.dd) == [1.5] and dict(msg.counts) == {"x": 1} and msg.version == 5
+
+
+@pytest.mark.parametrize("extra", ["", " +getrange +strlen +setrange +append"])
+def test_lua_agent_on_the_narrow_acl_line_appends_with_or_without_the_in_place_commands(
+        engine, store, pb, shared_server, extra):
+    if engine == MODULE:
+        pytest.skip("the narrow command list is the Lua engine's (docs/PROTOCOL.md, Trust boundary)")
+    r = shared_server.r
+    _order(store, pb, key="ctx:o1")
+    r.execute_command("ACL", "SETUSER", "narrow", "reset", "on", ">pw", "~ctx:*", "%R~__ctx:*",
+                      *("+evalsha +script|load +get +set +type +exists +time +hget +hmget +del "
+                        "+pexpire" + extra).split())
+    try:
+        agent = ctxlink.connect(shared_server.client(username="narrow", password="pw"))
+        for i in range(20):
+            assert agent.append("ctx:o1", "items", [pb.LineItem(sku=str(i))],
+                                message_class=pb.Order, by="agent-1").ok
+        msg = pb.Order.FromString(store.get("ctx:o1").raw)
+        assert [i.sku for i in msg.items] == [str(i) for i in range(20)] and msg.version == 21
+    finally:
+        r.execute_command("ACL", "DELUSER", "narrow")
