@@ -154,7 +154,8 @@ if patching then
   -- bytes for cur_v: the stored payload is neither walked nor validated again, only the new
   -- elements are (docs/PROTOCOL.md, "Appends"); the write below rewrites the header and the
   -- version field in place (SETRANGE) and APPENDs the elements when the header keeps its size.
-  if #AL > 0 and #FL == 0 and present and cur_fv == 3 and not ANY_REQ then
+  -- (cur_cm ~= 0: a splice rebuilt the payload after the last whole write, one version field)
+  if #AL > 0 and #FL == 0 and present and cur_fv == 3 and cur_cm ~= 0 and not ANY_REQ then
     local vc, vn = vbytes(cur_v), vbytes(new_v)
     if #vc == #vn and sub(val, cur_hl + 1, cur_hl + #vc) == vc then
       tail_at, append_v = cur_hl + #vc + 1, vn

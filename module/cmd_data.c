@@ -608,7 +608,9 @@ static int append_in_place(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModule
                            const ctx_Clocks *clocks, const char *q, size_t qlen,
                            ctx_Status *st) {
   const ctx_Value *v = &s->v;
-  if (v->format != 3 || s->v1 || ctx_Schema_TopHasRequired(schema)) return 0;
+  /* cmask != 0: a splice rebuilt the payload after the last whole write, so the version
+   * field occurs once (a CTX.CAS payload may repeat it; the last occurrence counts) */
+  if (v->format != 3 || s->v1 || v->cmask == 0 || ctx_Schema_TopHasRequired(schema)) return 0;
   uint64_t cur = v->version;
   size_t vlen = ctx_Append_VersionPrefix(v->payload, v->payload_len, vf, cur);
   if (!vlen || ctx_PutVersion(NULL, vf, cur + 1) != vlen) return 0;

@@ -369,3 +369,17 @@ def test_lua_agent_on_the_narrow_acl_line_appends_with_or_without_the_in_place_c
         assert [i.sku for i in msg.items] == [str(i) for i in range(20)] and msg.version == 21
     finally:
         r.execute_command("ACL", "DELUSER", "narrow")
+
+
+def test_a_cas_payload_that_repeats_the_version_field_is_spliced_not_patched_in_place(
+        store, pb, shared_server):
+    store.register_schema("order", pb.Order)
+    # version first and again last (the last occurrence counts): a hand-made CAS payload
+    raw = b"\x10\x01" + b"\n\x01a" + b"\x10\x01"
+    assert store.cas("o:1", 0, raw, schema="order").ok
+    for sku in ("x", "y", "z"):
+        assert store.append("o:1", "items", [pb.LineItem(sku=sku)], message_class=pb.Order).ok
+    snap = store.get("o:1")
+    msg = pb.Order.FromString(snap.raw)
+    assert msg.version == snap.version == 4 and snap.raw.count(b"\x10\x04") == 1
+    assert [i.sku for i in msg.items] == ["x", "y", "z"]
