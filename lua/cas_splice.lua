@@ -155,7 +155,9 @@ if patching then
   -- elements are (docs/PROTOCOL.md, "Appends"); the write below rewrites the header and the
   -- version field in place (SETRANGE) and APPENDs the elements when the header keeps its size.
   -- (cur_cm ~= 0: a splice rebuilt the payload after the last whole write, one version field)
-  if #AL > 0 and #FL == 0 and present and cur_fv == 3 and cur_cm ~= 0 and not ANY_REQ then
+  -- (a root message with required fields takes the whole check, as the module's)
+  if #AL > 0 and #FL == 0 and present and cur_fv == 3 and cur_cm ~= 0
+    and not (ANY_REQ and missing_req(1, {})) then
     local vc, vn = vbytes(cur_v), vbytes(new_v)
     if #vc == #vn and sub(val, cur_hl + 1, cur_hl + #vc) == vc then
       tail_at, append_v = cur_hl + #vc + 1, vn

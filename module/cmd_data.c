@@ -618,15 +618,17 @@ static int append_in_place(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModule
   const char *by_p = str_or_empty(o->by, &by_len);
   size_t old_total = RedisModule_ValueLength(key);
   size_t old_hdr = old_total - v->payload_len;
-  if (ctx_Value_Size(v, clocks, v->schema_len, by_len, 0) != old_hdr) return 0;
   if (v->payload_len + qlen > ctx_config.limits.max_payload_bytes) {
     ctx_Status_Set(st, kCtx_TooBig, "payload is %zu bytes, the limit is %zu",
                    v->payload_len + qlen, ctx_config.limits.max_payload_bytes);
     return -1;
   }
   if (old_total + qlen > CTX_STRING_MAX) return 0; /* the splice path reports it */
+  /* the new elements alone, whether or not the write then goes in place: an error names
+   * them as cas.lua does (items[0], not their index in the merged payload) */
   ctx_PayloadVersion pv;
   if (!ctx_Validate(schema, q, qlen, &ctx_config.limits, &pv, st)) return -1;
+  if (ctx_Value_Size(v, clocks, v->schema_len, by_len, 0) != old_hdr) return 0;
 
   size_t plen = old_hdr + vlen;
   char stackbuf[512];
