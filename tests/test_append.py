@@ -383,3 +383,17 @@ def test_a_cas_payload_that_repeats_the_version_field_is_spliced_not_patched_in_
     msg = pb.Order.FromString(snap.raw)
     assert msg.version == snap.version == 4 and snap.raw.count(b"\x10\x04") == 1
     assert [i.sku for i in msg.items] == ["x", "y", "z"]
+
+
+def test_required_fields_of_new_elements_are_checked_with_the_whole_message(store, pb):
+    S = pb.cls("strict2", "ctxlink.test.p2.Strict")
+    store.register_schema("strict", S)
+    assert store.cas("s:1", 0, S(id="x"), schema="strict").ok
+    assert store.append("s:1", "inners", [S(inners=[{"name": "a"}]).inners[0]],
+                        message_class=S).ok
+    with pytest.raises(ctxlink.CtxError, match="required field is missing"):
+        store.append("s:1", "inners", [S(inners=[{"n": 1}]).inners[0]], message_class=S)
+    for _ in range(3):  # the root's required fields are checked too: the whole message
+        assert store.append("s:1", "nums", [1, 2], message_class=S).ok
+    msg = S.FromString(store.get("s:1").raw)
+    assert [i.name for i in msg.inners] == ["a"] and list(msg.nums) == [1, 2] * 3

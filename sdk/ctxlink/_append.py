@@ -147,7 +147,7 @@ def op_append(
                     raise TypeError(f"expected a {fd.message_type.full_name}, got "
                                     f"{type(item).__name__}")
                 # by bytes: the same type from another descriptor pool is accepted
-                rep.add().MergeFromString(item.SerializeToString())
+                rep.add().MergeFromString(item.SerializePartialToString())
     except (TypeError, ValueError) as exc:
         raise TypeError(f"items of {field!r}: {exc}") from exc
     vfield = yield from _vfield(st, name or None, desc, key)
@@ -161,8 +161,8 @@ def op_append(
         if vfield in desc.fields_by_name:
             p.ClearField(vfield)
         fields = _patch_fields(desc, p, vfield, field)
-        raw = p.SerializeToString()
-    raw += msg.SerializeToString()
+        raw = p.SerializePartialToString()
+    raw += msg.SerializePartialToString()
     read_nums = []
     for r in reads:
         rd = desc.fields_by_name.get(r)
