@@ -11,13 +11,13 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from ctxlink._exceptions import ArgumentError
+from ctxlink._exceptions import ArgumentError, ConflictError
 from ctxlink._instr import Op, Write
 from ctxlink._lua import _write_lua
 from ctxlink._protocol import MODULE, _options, parse_outcome
 from ctxlink._settle import CAS_RESENDS, _ambiguous, _send_settled, _unknown
 from ctxlink._state import State
-from ctxlink._types import CasResult, new_cas_result
+from ctxlink._types import CasResult
 from ctxlink._write import (
     _check_version,
     _schema_type,
@@ -208,7 +208,10 @@ def op_append(
         elif result.current is not None:
             st.append_base.put(key, result.version)
         return result
-    return new_cas_result((False, base, None, False, ()))
+    raise ConflictError(
+        f"append to {key!r} gave up: {STALE_RETRIES} times in a row more than 16 writes landed "
+        "between reading the version and the send (the write id window could not vouch for a "
+        "re-send); it was not applied", None, (), STALE_RETRIES, key)
 
 
 def _send_module(key: Any, base: int, raw: bytes, fields: tuple[int, ...], apps: tuple[int, ...],

@@ -309,7 +309,9 @@ class Store(StoreBase):
         returns one. Exactly once: a lost reply is re-sent with the same write id; the server
         replays it from its 16-write window, and refuses (``rebase``, not applied) a send whose
         base the window no longer covers; the SDK then re-sends with the reported version unless
-        an earlier send may have landed, in which case :class:`OutcomeUnknownError`.
+        an earlier send may have landed, in which case :class:`OutcomeUnknownError`; refused so
+        8 times in a row (more than 16 writes between each read and send), :class:`ConflictError`
+        (not applied).
         """
         return _run(self._client, self._append(key, field, items, message_class, reads, patch,
                                        base_version, schema, by, write_id, ttl))
