@@ -767,8 +767,7 @@ int ctx_PatchCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
    * of it could not be told from a new write, so it is refused unapplied */
   if (napps && o.id && kind == kState_Context &&
       (uint64_t)base + 1 < ctx_Value_OldestKnown(&s.v)) {
-    ctx_stats.cas_conflicts++;
-    RedisModule_ReplyWithArray(ctx, 2);
+    RedisModule_ReplyWithArray(ctx, 2); /* not a conflict: no counter */
     RedisModule_ReplyWithSimpleString(ctx, "rebase");
     RedisModule_ReplyWithLongLong(ctx, (long long)cur);
     goto done;
