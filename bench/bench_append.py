@@ -20,10 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sdk"))
 
+from google.protobuf import descriptor_pb2  # noqa: E402
+
 import ctxlink  # noqa: E402
 from ctxlink._append import append_command  # noqa: E402
 from ctxlink.embedded import EmbeddedRedis, find_module  # noqa: E402
-from google.protobuf import descriptor_pb2  # noqa: E402
 
 ORDER_PB = ROOT / "sdk" / "ctxlink" / "order.pb"
 ORDER = "ctxlink.example.Order"

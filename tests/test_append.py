@@ -9,12 +9,12 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-import ctxlink
 import pytest
+from backends import start_engine_server
+
+import ctxlink
 from ctxlink._append import append_command
 from ctxlink._protocol import MODULE
-
-from backends import start_engine_server
 
 ITEMS = 10  # Order.items (repeated LineItem)
 
@@ -357,7 +357,7 @@ def test_scalars_packed_runs_and_a_map_append_alike_on_both_engines(store, pb, s
 def test_lua_agent_on_the_narrow_acl_line_appends_with_or_without_the_in_place_commands(
         engine, store, pb, shared_server, extra):
     if engine == MODULE:
-        pytest.skip("the narrow command list is the Lua engine's (docs/PROTOCOL.md, Trust boundary)")
+        pytest.skip("the narrow command list is the Lua engine's (PROTOCOL.md, Trust boundary)")
     r = shared_server.r
     _order(store, pb, key="ctx:o1")
     r.execute_command("ACL", "SETUSER", "narrow", "reset", "on", ">pw", "~ctx:*", "%R~__ctx:*",
