@@ -36,6 +36,10 @@
            randomness); "", absent or not 16 hex digits: none (a write that needs one is then
            refused with ERR, after every other check)
   ARGV[17] the key's wait channel ("" or absent: no publish)   ARGV[18] "1": a shard channel
+  ARGV[20] PATCH: APPEND numbers, same form ("" or absent for none): repeated fields whose
+           payload occurrences follow the stored ones (docs/PROTOCOL.md, "Appends"); the reply
+           is then the new version alone, and ["rebase", version] refuses an append with an id
+           whose base the window does not cover
   ARGV[19] the write id's digest, the first 8 bytes of SHA-1(ARGV[10]), raw (the SDK's, from the
            C core's ctx_WriteDigest, so the script does not hash); anything but 8 bytes: the
            script hashes ARGV[10] itself. Not checked against the id: a caller that sends a
@@ -110,9 +114,9 @@ end
 
 -- FIELDS / READS: numbers as given; F and R are sets, U = F u R ascending
 -- [patch]
-local FL, RL, F, R
+local FL, RL, F, R, AL, A
 if patching then
-  FL, RL, F, R = {}, {}, {}, {}
+  FL, RL, F, R, AL, A = {}, {}, {}, {}, {}, {}
   local function parse_fields(text, list, set, what)
     -- as the module: every number in range first, then the first repeat in argument order
     if not text or text == '' then return end
@@ -134,7 +138,10 @@ if patching then
   end
   local e = parse_fields(ARGV[12], FL, F, 'FIELDS')
   if e then return e end
-  if #FL == 0 then
+  -- APPEND (ARGV[20]): repeated fields whose new elements follow the stored ones
+  e = parse_fields(ARGV[20], AL, A, 'APPEND')
+  if e then return e end
+  if #FL == 0 and #AL == 0 then
     return err('ERR', 'FIELDS needs a count from 1 to the field numbers that follow')
   end
   e = parse_fields(ARGV[13], RL, R, 'READS')
@@ -172,8 +179,31 @@ end
 -- ---- the stored context ----
 -- cur_* describe it: absent (cur_v = 0), a v1 hash (no window) or a v2 string.
 
+-- An append without FIELDS and READS reads a prefix (GETRANGE) that holds the header and the
+-- version field; the rest only when it is needed (full()): its time does not grow with the value.
+local pre = patching and (ARGV[20] or '') ~= '' and (ARGV[12] or '') == '' and (ARGV[13] or '') == ''
+  and redis.pcall('GETRANGE', ckey, 0, 4095)
 local cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl,
-  cur_cm, cur_wat = read_ctx(ckey)
+  cur_cm, cur_wat
+if type(pre) == 'string' and #pre == 4096 then
+  cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl, cur_cm,
+    cur_wat = read_ctx(ckey, pre)
+  if not cur_v or cur_hl + 16 > 4096 then pre = nil end -- the header is longer: read it all
+else
+  pre = nil
+end
+if not pre then
+  cur_v, cur_n, cur_ms, cur_schema, cur_by, cur_hl, val, cur_raw, cur_fv, cur_inc, cur_fl, cur_cm,
+    cur_wat = read_ctx(ckey)
+end
+local function full() -- the whole value, after a prefix
+  if pre then val, pre = redis.call('GET', ckey), nil end
+end
+local cur_len = pre and redis.pcall('STRLEN', ckey)
+if type(cur_len) ~= 'number' then -- no prefix (or no STRLEN right: the narrow ACL line)
+  full()
+  cur_len = val and #val
+end
 if cur_v == false then return wrongtype() end
 local present = cur_v ~= nil
 -- ---- incarnation: a write based on another incarnation of the key ----
@@ -261,8 +291,16 @@ elseif expected ~= cur_v then
       if #changed == 0 then changed = nil end
     end
   end
+  if changed and #changed == 0 then changed = nil end -- an append without FIELDS or READS
 -- [/patch]
 end
+-- [patch]
+-- an append with an id whose base the window does not cover: refused unapplied (a re-send of
+-- it could not be told from a new write); the caller re-sends with the version it gets
+if not changed and patching and #AL > 0 and wid and present and expected + 1 < cur_v - cur_n + 1 then
+  return { redis.status_reply('rebase'), cur_v }
+end
+-- [/patch]
 if changed then
   cur_raw = cur_raw or sub(val, cur_hl + 1)
   local ihex = cur_inc and hex(cur_inc) or ''
@@ -354,6 +392,7 @@ end
 
 local new_v = cur_v + 1 -- CTX.CAS got here with cur_v == expected
 local mask = 0 -- a patch of a context: the FIELDS bits
+local tail_at, append_v -- an append in place: where the stored payload's rest starts, new version
 -- [patch]
 -- [include cas_splice]
 -- [/patch]
@@ -490,14 +529,33 @@ if keep > 0 then
 end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local head = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 1, #name, #by)
+  .. deltas .. digest .. win .. name .. by
+-- [patch]
+if tail_at and (hist_payload or #head ~= cur_hl) then -- the whole merged payload is needed
+  full()
+  s = append_v .. sub(val, tail_at) .. payload
+  tail_at = tail_at and #head == cur_hl and tail_at
+end
+-- [/patch]
 -- [include cas_history]
-local value = 'CTX\3' .. spack('<I8I8c8I8I4BBI2', new_v, ms, inc, fl, cm, keep + 1, #name, #by)
-  .. deltas .. digest .. win .. name .. by .. s
+if tail_at then -- an append in place: the header and the version field, then the elements
+  -- (an agent without SETRANGE / APPEND rights gets the SET below: the same value)
+  if type(redis.pcall('SETRANGE', ckey, 0, head .. append_v)) == 'number'
+    and type(redis.pcall('APPEND', ckey, payload)) == 'number' then
+    if px then redis.call('PEXPIRE', ckey, px) end
+    wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
+    return new_v
+  end
+  full() -- a SETRANGE that went through left the rest as it was
+  s = append_v .. sub(val, tail_at) .. payload
+end
+local value = head .. s
 if px then
   redis.call('SET', ckey, value, 'PX', px)
 else
   redis.call('SET', ckey, value, 'KEEPTTL')
 end
 wait_publish(ARGV[17], ARGV[18], fmt('%.0f', new_v))
-if patching then return { new_v, s } end
+if patching and #AL == 0 then return { new_v, s } end
 return new_v

@@ -27,7 +27,9 @@ if hist_n > 0 or feed_n > 0 then
   if hist_n > 0 and not hk or feed_n > 0 and KEYS[#KEYS] ~= fk then return err('CTXSCHEMA', 'stale ' .. name) end
   local a = { 'XADD', fk, 'MAXLEN', '=', feed_n, '*', 'k', not present and 'create' or (patching and
     'patch' or 'update'), 'i', hex(inc), 't', fmt('%.0f', ms), 'b', by, 'w', wid or '' }
-  if present and patching then a[#a + 1], a[#a + 2] = 'f', ARGV[12] end
+  if present and patching then
+    a[#a + 1], a[#a + 2] = 'f', #AL == 0 and ARGV[12] or ARGV[12] == '' and ARGV[20] or ARGV[12] .. ' ' .. ARGV[20]
+  end
   if hist_payload then a[#a + 1], a[#a + 2] = #s > 65536 and 'o' or 'p', #s > 65536 and #s or s end
   local n = #a
   if feed_n > 0 then

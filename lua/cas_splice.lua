@@ -22,6 +22,16 @@ if patching then
     local e = check_field(f)
     if e then return e end
   end
+  for _, f in ipairs(AL) do -- APPEND: repeated (an uppercase code), not in FIELDS
+    local e = check_field(f)
+    if e then return e end
+    local K, N, SPARSE = plan(1)
+    local c = byte(K, f) or byte(match(N, ' ' .. f .. ':(.)'))
+    if c < 65 or c > 90 then
+      return err('CTXFIELD', fmt('field %d is not a repeated field (APPEND)', f))
+    end
+    if F[f] then return err('CTXFIELD', fmt('field %d is in FIELDS and APPEND', f)) end
+  end
   -- the largest version the field's type holds (the module's ctx_VersionField.max)
   local vmax = (VK == 'int32' or VK == 'sint32' or VK == 'sfixed32') and 2147483647
     or (VK == 'uint32' or VK == 'fixed32') and 4294967295 or nil
@@ -113,77 +123,12 @@ if patching then
     if not num or wt == 4 or not q then
       return err('CTXINVALID', 'payload is not valid protobuf wire format')
     end
-    if not F[num] then
-      return err('CTXFIELD', fmt('payload holds field %d, which is not in FIELDS', num))
+    if not F[num] and not A[num] then
+      return err('CTXFIELD', fmt(#AL > 0 and 'payload holds field %d, which is not in FIELDS or APPEND'
+        or 'payload holds field %d, which is not in FIELDS', num))
     end
     p = q
   end
-
-  -- The stored payload without the fields in FIELDS and the version field: its top-level
-  -- occurrences [from, to) (a group through its end-group tag), kept runs cut out whole.
-  local parts, np = {}, 0
-  if present then
-    cur_raw = cur_raw or sub(val, cur_hl + 1)
-    local str, run = cur_raw, nil
-    p, e = 1, #cur_raw + 1
-    while p < e do
-      -- inline (what stag and sskip return for it): a one- or two-byte tag, then a varint of
-      -- up to 9 bytes, a one-byte length or a fixed-width value; anything else through them
-      local num, wt, q
-      local t, b, c = byte(str, p, p + 2)
-      local vp = p + 1 -- the value's first byte
-      if t >= 128 then -- a two-byte tag, or (0) the general path
-        if b and b < 128 then t, b, vp = t - 128 + b * 128, c, p + 2 else t = 0 end
-      end
-      if t >= 8 and t < 16384 and b and vp < e then
-        wt = t % 8
-        if wt == 0 then
-          if b < 128 then
-            q = vp + 1
-          else
-            local x = vp + 1
-            while x < e and x - vp < 9 do
-              local y = byte(str, x)
-              x = x + 1
-              if y < 128 then
-                q = x
-                break
-              end
-            end
-          end
-        elseif wt == 2 then
-          if b < 128 and b <= e - vp - 1 then q = vp + 1 + b end
-        elseif wt == 1 then
-          if e - vp >= 8 then q = vp + 8 end
-        elseif wt == 5 then
-          if e - vp >= 4 then q = vp + 4 end
-        end
-        if q then num = (t - wt) / 8 end
-      end
-      if not q then
-        num, wt, q = stag(str, p, e)
-        if num and wt ~= 4 then q = sskip(str, q, e, num, wt, 0) end
-        if not num or wt == 4 or not q then
-          return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
-        end
-      end
-      if F[num] or num == VF then
-        if run then
-          np = np + 1
-          parts[np] = sub(str, run, p - 1)
-          run = nil
-        end
-      elseif not run then
-        run = p
-      end
-      p = q
-    end
-    if run then
-      np = np + 1
-      parts[np] = sub(str, run, e - 1)
-    end
-  end
-  parts[np + 1] = payload -- every occurrence of the patch, in its order: all of it
 
   local function varint(x) -- x: an exact non-negative double (at most 10 bytes: no table)
     local out = ''
@@ -193,22 +138,116 @@ if patching then
     end
     return out .. char(x)
   end
+  local function vbytes(v)
   if VK == 'fixed32' or VK == 'sfixed32' then
-    parts[#parts + 1] = varint(VF * 8 + 5) .. spack('<I4', new_v)
+    return varint(VF * 8 + 5) .. spack('<I4', v)
   elseif VK == 'fixed64' or VK == 'sfixed64' then
-    parts[#parts + 1] = varint(VF * 8 + 1) .. spack('<I8', new_v)
+    return varint(VF * 8 + 1) .. spack('<I8', v)
   elseif VK == 'sint32' or VK == 'sint64' then
-    parts[#parts + 1] = varint(VF * 8) .. varint(2 * new_v)
+    return varint(VF * 8) .. varint(2 * v)
   else
-    parts[#parts + 1] = varint(VF * 8) .. varint(new_v)
+    return varint(VF * 8) .. varint(v)
   end
-  s = table.concat(parts)
-  n = #s
-  if n > max_payload then
-    return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
+  end
+
+  -- An append without FIELDS to a v3 value whose payload starts with exactly the version field's
+  -- bytes for cur_v: the stored payload is neither walked nor validated again, only the new
+  -- elements are (docs/PROTOCOL.md, "Appends"); the write below rewrites the header and the
+  -- version field in place (SETRANGE) and APPENDs the elements when the header keeps its size.
+  -- (cur_cm ~= 0: a splice rebuilt the payload after the last whole write, one version field)
+  -- (a root message with required fields takes the whole check, as the module's)
+  if #AL > 0 and #FL == 0 and present and cur_fv == 3 and cur_cm ~= 0
+    and not (ANY_REQ and missing_req(1, {})) then
+    local vc, vn = vbytes(cur_v), vbytes(new_v)
+    if #vc == #vn and sub(val, cur_hl + 1, cur_hl + #vc) == vc then
+      tail_at, append_v = cur_hl + #vc + 1, vn
+    end
+  end
+  if tail_at then
+    n = cur_len - tail_at + 1 + #append_v + #payload
+    if n > max_payload then
+      return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
+    end
+    s, n = payload, #payload
+  else
+    full()
+    -- The stored payload without the fields in FIELDS and the version field: its top-level
+    -- occurrences [from, to) (a group through its end-group tag), kept runs cut out whole.
+    local parts, np = {}, 0
+    if #AL > 0 then np = 1 end -- with APPEND the version field goes first (filled in below)
+    if present then
+      cur_raw = cur_raw or sub(val, cur_hl + 1)
+      local str, run = cur_raw, nil
+      p, e = 1, #cur_raw + 1
+      while p < e do
+        -- inline (what stag and sskip return for it): a one- or two-byte tag, then a varint of
+        -- up to 9 bytes, a one-byte length or a fixed-width value; anything else through them
+        local num, wt, q
+        local t, b, c = byte(str, p, p + 2)
+        local vp = p + 1 -- the value's first byte
+        if t >= 128 then -- a two-byte tag, or (0) the general path
+          if b and b < 128 then t, b, vp = t - 128 + b * 128, c, p + 2 else t = 0 end
+        end
+        if t >= 8 and t < 16384 and b and vp < e then
+          wt = t % 8
+          if wt == 0 then
+            if b < 128 then
+              q = vp + 1
+            else
+              local x = vp + 1
+              while x < e and x - vp < 9 do
+                local y = byte(str, x)
+                x = x + 1
+                if y < 128 then
+                  q = x
+                  break
+                end
+              end
+            end
+          elseif wt == 2 then
+            if b < 128 and b <= e - vp - 1 then q = vp + 1 + b end
+          elseif wt == 1 then
+            if e - vp >= 8 then q = vp + 8 end
+          elseif wt == 5 then
+            if e - vp >= 4 then q = vp + 4 end
+          end
+          if q then num = (t - wt) / 8 end
+        end
+        if not q then
+          num, wt, q = stag(str, p, e)
+          if num and wt ~= 4 then q = sskip(str, q, e, num, wt, 0) end
+          if not num or wt == 4 or not q then
+            return err('CTXINVALID', 'the stored payload is not valid protobuf wire format')
+          end
+        end
+        if F[num] or num == VF then
+          if run then
+            np = np + 1
+            parts[np] = sub(str, run, p - 1)
+            run = nil
+          end
+        elseif not run then
+          run = p
+        end
+        p = q
+      end
+      if run then
+        np = np + 1
+        parts[np] = sub(str, run, e - 1)
+      end
+    end
+    parts[np + 1] = payload -- every occurrence of the patch, in its order: all of it
+    if #AL > 0 then parts[1] = vbytes(new_v) else parts[#parts + 1] = vbytes(new_v) end
+
+    s = table.concat(parts)
+    n = #s
+    if n > max_payload then
+      return err('CTXTOOBIG', fmt('payload is %d bytes, the limit is %d', n, max_payload))
+    end
   end
   if present then
     mask = 0
     for _, f in ipairs(FL) do mask = bor(mask, 2 ^ ((f - 1) % 31)) end
+    for _, f in ipairs(AL) do mask = bor(mask, 2 ^ ((f - 1) % 31)) end
   end
 end

@@ -98,8 +98,8 @@ local function unhex(h)
   return b
 end
 
-local function read_ctx(key)
-  local got = redis.pcall('GET', key)
+local function read_ctx(key, got) -- got: the value (or a prefix of it) read already
+  got = got or redis.pcall('GET', key)
   if got == false then return nil end
   if type(got) == 'string' then
     local len = #got

@@ -439,6 +439,14 @@ static size_t put_version(unsigned char* out, const ctx_VersionField* vf, uint64
 bool ctx_Splice(const char* cur, size_t cur_len, const char* patch, size_t patch_len,
                 const uint32_t* fields, int nfields, const ctx_VersionField* vf,
                 uint64_t version, char* out, size_t* out_len, ctx_Status* status) {
+  return ctx_SpliceAppend(cur, cur_len, patch, patch_len, fields, nfields, NULL, 0, vf,
+                          version, out, out_len, status);
+}
+
+bool ctx_SpliceAppend(const char* cur, size_t cur_len, const char* patch, size_t patch_len,
+                      const uint32_t* fields, int nfields, const uint32_t* apps, int napps,
+                      const ctx_VersionField* vf, uint64_t version, char* out,
+                      size_t* out_len, ctx_Status* status) {
   const unsigned char* q = (const unsigned char*)patch;
   const unsigned char* c = (const unsigned char*)cur;
   unsigned char* o = (unsigned char*)out;
@@ -453,12 +461,15 @@ bool ctx_Splice(const char* cur, size_t cur_len, const char* patch, size_t patch
       ctx_Status_Set(status, kCtx_Invalid, "payload is not valid protobuf wire format");
       return false;
     }
-    if (!in_list(fields, nfields, num)) {
-      ctx_Status_Set(status, kCtx_Field, "payload holds field %u, which is not in FIELDS",
-                     num);
+    if (!in_list(fields, nfields, num) && !in_list(apps, napps, num)) {
+      ctx_Status_Set(status, kCtx_Field, napps ? "payload holds field %u, which is not in "
+                     "FIELDS or APPEND" : "payload holds field %u, which is not in FIELDS", num);
       return false;
     }
   }
+  /* With APPEND the version field goes first, where an append rewrites it in
+   * place (docs/PROTOCOL.md, "Appends"). */
+  if (napps) total += put_version(o, vf, version);
   /* The current fields that stay, in their order. */
   pos = 0;
   while (pos < cur_len) {
@@ -477,7 +488,40 @@ bool ctx_Splice(const char* cur, size_t cur_len, const char* patch, size_t patch
   /* The patch, byte for byte, then the version. */
   if (o && patch_len) memcpy(o + total, q, patch_len);
   total += patch_len;
-  total += put_version(o ? o + total : NULL, vf, version);
+  if (!napps) total += put_version(o ? o + total : NULL, vf, version);
   *out_len = total;
   return true;
+}
+
+size_t ctx_PutVersion(char* out, const ctx_VersionField* vf, uint64_t version) {
+  return put_version((unsigned char*)out, vf, version);
+}
+
+size_t ctx_Append_VersionPrefix(const char* cur, size_t cur_len, const ctx_VersionField* vf,
+                                uint64_t version) {
+  unsigned char enc[24];
+  size_t n = put_version(enc, vf, version);
+  return n <= cur_len && memcmp(cur, enc, n) == 0 ? n : 0;
+}
+
+bool ctx_Append_CheckFields(const ctx_Schema* s, const uint32_t* apps, int napps,
+                            const uint32_t* fields, int nfields, ctx_Status* status) {
+  uint32_t vnum = upb_FieldDef_Number(ctx_Schema_VersionFieldDef(s));
+  for (int i = 0; i < napps; i++) {
+    if (!check_one(s, vnum, apps[i], status)) return false;
+    const ctx_FieldPlan* fp = ctx_MsgPlan_Find(&ctx_Schema_Plans(s)[0], apps[i]);
+    if (!upb_FieldDef_IsRepeated(fp->def)) { /* a map too: its entries are appended */
+      ctx_Status_Set(status, kCtx_Field, "field %u is not a repeated field (APPEND)", apps[i]);
+      return false;
+    }
+    if (in_list(fields, nfields, apps[i])) {
+      ctx_Status_Set(status, kCtx_Field, "field %u is in FIELDS and APPEND", apps[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool ctx_Schema_TopHasRequired(const ctx_Schema* s) {
+  return ctx_Schema_Plans(s)[0].nrequired > 0;
 }

@@ -181,6 +181,34 @@ bool ctx_Splice(const char* cur, size_t cur_len, const char* patch, size_t patch
                 const uint32_t* fields, int nfields, const ctx_VersionField* vf,
                 uint64_t version, char* out, size_t* out_len, ctx_Status* status);
 
+/* ctx_Splice with APPEND fields `apps` (docs/PROTOCOL.md, "Appends"): the
+ * patch may also hold fields of `apps`, whose stored occurrences stay (the new
+ * ones follow them); with napps > 0 the version field goes first instead of
+ * last. napps == 0 is ctx_Splice. */
+bool ctx_SpliceAppend(const char* cur, size_t cur_len, const char* patch, size_t patch_len,
+                      const uint32_t* fields, int nfields, const uint32_t* apps, int napps,
+                      const ctx_VersionField* vf, uint64_t version, char* out,
+                      size_t* out_len, ctx_Status* status);
+
+/* The version field's bytes as the splice writes them; out may be NULL. At
+ * most 15 bytes. */
+size_t ctx_PutVersion(char* out, const ctx_VersionField* vf, uint64_t version);
+
+/* The length of the version field at the start of `cur` when `cur` starts
+ * with exactly the bytes ctx_PutVersion writes for `version` (forward
+ * parsing from offset 0 is unambiguous), else 0. */
+size_t ctx_Append_VersionPrefix(const char* cur, size_t cur_len, const ctx_VersionField* vf,
+                                uint64_t version);
+
+/* Checks the APPEND numbers: top-level, not the version field, repeated (a
+ * map is: its entries are appended), not in FIELDS (kCtx_Field). */
+bool ctx_Append_CheckFields(const ctx_Schema* s, const uint32_t* apps, int napps,
+                            const uint32_t* fields, int nfields, ctx_Status* status);
+
+/* True when the top-level message has proto2 required fields (an append's new
+ * elements alone cannot be validated then). */
+bool ctx_Schema_TopHasRequired(const ctx_Schema* s);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -13,11 +13,22 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import Any, Callable, Generic, NamedTuple, Optional, Sequence, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Generic,
+    Iterable,
+    NamedTuple,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+)
 
 from google.protobuf.message import Message
 from redis.exceptions import ResponseError
 
+from ctxlink._append import op_append
 from ctxlink._client import choose_engine, make_state, op_check_protocol, op_detect
 from ctxlink._feed import ChangeBatch, op_changes
 from ctxlink._history import Change, op_history
@@ -264,6 +275,29 @@ class StoreBase:
             return op_cas(st, key, expected_version, payload, schema, by, wid, sent, px, inc)
 
         return new_fast((args, parse_cas, key, resend))
+
+    def _append(
+        self,
+        key: Union[str, bytes],
+        field: str,
+        items: Iterable[Any],
+        message_class: Optional[type[Message]],
+        reads: Sequence[str],
+        patch: Optional[Message],
+        base_version: Optional[int],
+        schema: Optional[str],
+        by: Optional[str],
+        write_id: Optional[Union[str, bytes]],
+        ttl: Optional[float],
+    ) -> Op[CasResult]:
+        if schema is not None and not isinstance(schema, str):
+            raise TypeError(f"schema must be a str (a schema name), not {type(schema).__name__}")
+        if not isinstance(field, str):
+            raise TypeError(f"field must be a field name (str), not {type(field).__name__}")
+        px = None if ttl is None else ttl_ms(ttl)
+        op = op_append(self._st, key, field, items, message_class, reads, patch, base_version,
+                       schema, by, write_id, px)
+        return self._tel.traced(op, "append", key) if self._tel.active() else op
 
     def _delete(
         self,

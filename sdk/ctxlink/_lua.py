@@ -234,6 +234,7 @@ def _lua_argv(
     px: Optional[int] = None,
     fresh: str = "",
     key: Any = None,
+    apps: tuple[int, ...] = (),
 ) -> tuple[Any, ...]:
     """ARGV of lua/cas.lua (its header documents them): 1..19. ``inc``: ARGV[14] (INC),
     ``fresh``: ARGV[16], the incarnation a create without INC or an upgrade of a v1/v2 value
@@ -257,7 +258,8 @@ def _lua_argv(
         argv += ("patch", " ".join(map(str, fields)), " ".join(map(str, reads)))
     argv += (inc or "", px if px is not None else "", fresh)
     channel, shard = wait_channel(key) if key is not None else ("", False)
-    return argv + (channel, "1" if shard else "0", write_digest(write_id))
+    argv += (channel, "1" if shard else "0", write_digest(write_id))
+    return argv + (" ".join(map(str, apps)),) if apps else argv
 
 
 def write_digest(write_id: Any) -> bytes:
@@ -286,6 +288,7 @@ def _write_lua(
     reads: tuple[int, ...] = (),
     inc: Optional[str] = None,
     px: Optional[int] = None,
+    apps: tuple[int, ...] = (),
 ) -> Op[Any]:
     """The Lua engine's half of :func:`ctxlink._write._write_raw`: runs the schema's cas script
     once (as a :class:`Write`). On the way it reads the context's schema when it is unknown,
@@ -306,7 +309,7 @@ def _write_lua(
     fresh = inc if inc and expected == 0 else new_incarnation()
     while True:
         argv = _lua_argv(st, expected, raw, schema is not None, by, name, tag, write_id, fields,
-                         reads, inc, px, fresh, key)
+                         reads, inc, px, fresh, key, apps)
         try:
             # KEYS = the context key (+ its history stream); the registry entry is read
             # undeclared (lua/cas.lua)

@@ -38,6 +38,8 @@ class State:
     eval_ro: Optional[bool] = None
     # context key -> schema name (Lua engine: cas needs the registry key)
     key_schema: LRU[Any, str] = field(default_factory=lambda: LRU(4096))
+    # context key -> the newest version an append saw (the base of the next append; _append)
+    append_base: LRU[Any, int] = field(default_factory=lambda: LRU(4096))
     backoff: Backoff = field(default_factory=Backoff)
     # connect(local_check=True): a ctxlink._local.LocalValidator, None when off or not built
     local: Any = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence, TypeVar, Union
 
 import redis
 from google.protobuf.message import Message
@@ -274,6 +274,47 @@ class Store(StoreBase):
         """
         return self._call(self._cas(key, expected_version, payload, schema, by, write_id, ttl,
                                     incarnation))
+
+    def append(
+        self,
+        key: Union[str, bytes],
+        field: str,
+        items: Iterable[Any],
+        *,
+        reads: Sequence[str] = (),
+        patch: Optional[Message] = None,
+        base_version: Optional[int] = None,
+        schema: Optional[str] = None,
+        message_class: Optional[type[Message]] = None,
+        by: Optional[str] = None,
+        write_id: Optional[Union[str, bytes]] = None,
+        ttl: Optional[float] = None,
+    ) -> CasResult:
+        """Appends ``items`` to the repeated top-level field ``field`` of context ``key`` in one
+        atomic write (``CTX.PATCH ... APPEND``, docs/PROTOCOL.md "Appends"), creating the context
+        when it does not exist (then ``schema=`` is required). Appenders never conflict with each
+        other: an append conflicts only with writes to the fields named in ``reads`` (field
+        names, read at ``base_version``) and, with ``patch``, to the fields ``patch`` sets.
+
+        ``items``: messages of the field's type, or scalars of it. ``patch``: a message of the
+        context's type whose set fields (a oneof with all its members; not the version field, not
+        ``field``) are written whole in the same write. ``base_version``: the version your reads
+        and patch are based on; without it (and with reads or patch) the SDK reads the context
+        once and uses its version. ``message_class``: the context's message type when neither
+        ``patch`` nor the schema's registered type tells it.
+
+        Returns a :class:`CasResult` (``version``: the version the append produced). A conflict
+        (only possible with ``reads`` or ``patch``) is ``ok`` False with ``current`` and
+        ``changed``: re-read and decide, as for ``cas``; an append without reads or patch never
+        returns one. Exactly once: a lost reply is re-sent with the same write id; the server
+        replays it from its 16-write window, and refuses (``rebase``, not applied) a send whose
+        base the window no longer covers; the SDK then re-sends with the reported version unless
+        an earlier send may have landed, in which case :class:`OutcomeUnknownError`; refused so
+        8 times in a row (more than 16 writes between each read and send), :class:`ConflictError`
+        (not applied).
+        """
+        return _run(self._client, self._append(key, field, items, message_class, reads, patch,
+                                       base_version, schema, by, write_id, ttl))
 
     def delete(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence, TypeVar, Union
 
 from google.protobuf.message import Message
 from redis.exceptions import RedisError, ResponseError
@@ -200,6 +200,25 @@ class Store(StoreBase):
         ``expected_version`` (0 = create)."""
         return await self._call(self._cas(key, expected_version, payload, schema, by, write_id,
                                           ttl, incarnation))
+
+    async def append(
+        self,
+        key: Union[str, bytes],
+        field: str,
+        items: Iterable[Any],
+        *,
+        reads: Sequence[str] = (),
+        patch: Optional[Message] = None,
+        base_version: Optional[int] = None,
+        schema: Optional[str] = None,
+        message_class: Optional[type[Message]] = None,
+        by: Optional[str] = None,
+        write_id: Optional[Union[str, bytes]] = None,
+        ttl: Optional[float] = None,
+    ) -> CasResult:
+        """Async :meth:`ctxlink.Store.append`: appends ``items`` to the repeated field ``field``."""
+        return await _run(self._client, self._append(key, field, items, message_class, reads, patch,
+                                       base_version, schema, by, write_id, ttl))
 
     async def delete(
         self,
