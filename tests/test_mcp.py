@@ -14,18 +14,16 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 import ctxlink
 import ctxlink.aio
-import pytest
 from ctxlink._order_schema import Order
 
 mcp = pytest.importorskip("mcp", reason="the mcp package (the ctxlink[mcp] extra) is not "
                           "installed: pip install 'ctxlink[mcp]' (requirements-dev.txt has it)")
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 
-#: the SDK's append (store.append) is built in another branch; until it is merged the tool
-#: answers NOT_AVAILABLE
-HAS_APPEND = hasattr(ctxlink.aio.Store, "append")
 ENV = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CTXLINK_DEBUG")}
 TOOLS = {"get_context", "write_context", "update_fields", "append_items", "context_history",
          "wait_for_change", "describe_schema"}
@@ -184,12 +182,7 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
         assert (await c.call("update_fields", key="nope:1", base_version=1,
                              fields={"discount": 1}))["error"]["code"] == "NOT_FOUND"
         assert store.get("order:1").version == 4
-        # append_items: not available until the SDK's append is wired in
-        # (its arguments are checked first: the field, and each item as the element type)
-        if not HAS_APPEND:
-            ap = await c.call("append_items", key="order:1", field="items",
-                              items=[{"sku": "B", "quantity": 1}])
-            assert ap["error"]["code"] == "NOT_AVAILABLE"
+        # append_items: its arguments are checked first (the field, each item as the element type)
         ap = await c.call("append_items", key="order:1", field="discount", items=[1])
         assert ap["error"]["code"] == "CTXFIELD" and ap["error"]["field"] == "field"
         ap = await c.call("append_items", key="order:1", field="items",
@@ -235,22 +228,22 @@ def test_every_tool_over_stdio(store, srv, engine) -> None:
         negative = await c.call("update_fields", key="order:1", base_version=-1,
                                 fields={"discount": 1})
         assert negative["error"]["field"] == "base_version"
-        if HAS_APPEND:  # the SDK's append (another branch): appends, and conflicts with reads
-            assert store.cas("order:2", 0, Order(order_id="o-2", discount=1), schema="order")
-            ap = await c.call("append_items", key="order:2", field="items",
-                              items=[{"sku": "B", "quantity": 1}, {"sku": "C"}])
-            assert ap["ok"] and ap["version"] == 2 and ap["appended"] == 2, ap
-            ap = await c.call("append_items", key="order:2", field="items",
-                              items=[{"sku": "D"}])
-            assert ap["ok"] and ap["version"] == 3, ap
-            assert [i.sku for i in store.get("order:2").decode(Order).items] == ["B", "C", "D"]
-            o = store.get("order:2").decode(Order)
-            o.discount = 2
-            assert store.cas("order:2", 3, o)
-            ap = await c.call("append_items", key="order:2", field="items",
-                              items=[{"sku": "E"}], reads=["discount"], base_version=3)
-            assert ap["error"]["code"] == "CONFLICT" and ap["changed"] == ["discount"], ap
-            assert ap["current"]["version"] == 4
+        # appends (store.append), and a conflict with the fields it reads
+        assert store.cas("order:2", 0, Order(order_id="o-2", discount=1), schema="order")
+        ap = await c.call("append_items", key="order:2", field="items",
+                          items=[{"sku": "B", "quantity": 1}, {"sku": "C"}])
+        assert ap["ok"] and ap["version"] == 2 and ap["appended"] == 2, ap
+        ap = await c.call("append_items", key="order:2", field="items",
+                          items=[{"sku": "D"}])
+        assert ap["ok"] and ap["version"] == 3, ap
+        assert [i.sku for i in store.get("order:2").decode(Order).items] == ["B", "C", "D"]
+        o = store.get("order:2").decode(Order)
+        o.discount = 2
+        assert store.cas("order:2", 3, o)
+        ap = await c.call("append_items", key="order:2", field="items",
+                          items=[{"sku": "E"}], reads=["discount"], base_version=3)
+        assert ap["error"]["code"] == "CONFLICT" and ap["changed"] == ["discount"], ap
+        assert ap["current"]["version"] == 4
         # describe_schema by key
         assert (await c.call("describe_schema", key="order:1"))["schema"] == "order"
         # resources
@@ -361,8 +354,9 @@ def test_command_line_refusals() -> None:
 def test_on_a_redis_cluster() -> None:
     """``-c``: the asyncio cluster client, contexts on every primary (writes, patches, waits,
     history, the resource list); the module engine."""
-    from ctxlink.embedded import EmbeddedRedis, find_module, free_port
     from redis.cluster import RedisCluster
+
+    from ctxlink.embedded import EmbeddedRedis, find_module, free_port
 
     nodes: list[EmbeddedRedis] = []
     try:

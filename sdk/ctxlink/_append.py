@@ -197,7 +197,9 @@ def op_append(
             # the fields it reads and patches did not change in base..reply[1] (checked first)
             base = int(reply[1])
             continue
-        outcome = parse_outcome(reply)
+        outcome = parse_outcome(reply, lambda nums: tuple(
+            desc.fields_by_number[n].name if n in desc.fields_by_number else str(n)
+            for n in nums))  # `changed` by field name, as update() reports it
         if _ambiguous(outcome, base, sent):
             raise _unknown(key, wid)
         result = outcome.result

@@ -5,7 +5,8 @@ are exactly once like ``cas``/``update``:
 - :func:`op_patch`: a field patch (``CTX.PATCH``) based on a version the caller read earlier
   (``update(reads=...)`` reads the current state itself, so it cannot be based on an older
   version a model saw);
-- :func:`append_items`: the append to a repeated field (TODO below).
+- :func:`append_items`: the append to a repeated field (``Store.append``), with the tool's
+  arguments.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ctxlink._state import State
 from ctxlink._types import CasResult, descriptor_of
 from ctxlink._write import _write_raw, new_write_id, write_inc
 
-__all__ = ["op_patch", "append_items", "AppendNotAvailable"]
+__all__ = ["op_patch", "append_items"]
 
 
 def op_patch(
@@ -60,10 +61,6 @@ def op_patch(
     return outcome
 
 
-class AppendNotAvailable(Exception):
-    """This server's SDK has no append to a repeated field yet."""
-
-
 async def append_items(
     store: Any, key: str, elements: Message, field: str, reads: list[str],
     base_version: Optional[int], by: Optional[str]
@@ -72,22 +69,8 @@ async def append_items(
     of the context's type holding only them, already parsed and checked) to the context at
     ``key``, conflicting only with writes to ``reads`` since ``base_version``; returns the
     SDK's :class:`CasResult`.
-
-    TODO(lead, when merging the APPEND branch): this calls the asyncio Store's ``append``
-    (``store.append(key, field, items, reads=, base_version=, message_class=, by=)``, as that
-    branch has it) when the Store has one, and raises AppendNotAvailable otherwise (the tool
-    then answers ``NOT_AVAILABLE``). After the merge, drop the ``getattr`` fallback, adjust the
-    call if that API changed, and run tests/test_mcp.py: its append checks take the real path as
-    soon as ``ctxlink.aio.Store`` has ``append``. They passed on both engines on a trial merge
-    of this branch with the APPEND branch at 7aaa1f8 (a copy outside the worktree).
     """
-    append = getattr(store, "append", None)
-    if append is None:
-        raise AppendNotAvailable(
-            "append_items is not available on this server: its ctxlink SDK has no append to a "
-            "repeated field yet; read the context with get_context and write the whole field "
-            "with update_fields instead")
-    result: CasResult = await append(key, field, list(getattr(elements, field)), reads=reads,
-                                     base_version=base_version,
-                                     message_class=type(elements), by=by)
+    result: CasResult = await store.append(key, field, list(getattr(elements, field)),
+                                           reads=reads, base_version=base_version,
+                                           message_class=type(elements), by=by)
     return result

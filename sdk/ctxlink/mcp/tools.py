@@ -46,7 +46,7 @@ from ctxlink.mcp._json import (
     parse_message,
     top_level_names,
 )
-from ctxlink.mcp._ops import AppendNotAvailable, append_items, op_patch
+from ctxlink.mcp._ops import append_items, op_patch
 
 __all__ = ["Tools", "Policy", "WAIT_MAX_S", "DEFAULT_MAX_REPLY_BYTES", "RESERVED_PREFIXES"]
 
@@ -310,8 +310,6 @@ class Tools:
                 return error("INVALID_MESSAGE", str(exc), where or "items")
             result = await append_items(self.store, key, elements, field, list(reads),
                                         base_version, self.policy.by)
-        except AppendNotAvailable as exc:
-            return error("NOT_AVAILABLE", str(exc))
         except FieldNameError as exc:
             m = re.search(r"'([^']+)'", str(exc))
             return error("CTXFIELD", str(exc), m.group(1) if m else "reads")
