@@ -1,0 +1,12 @@
+"""Backends for agent frameworks: ``ctxlink.integrations.<framework>``.
+
+Each adapter is an optional extra (``pip install ctxlink[langgraph]``) and imports its framework
+only when the adapter module itself is imported; this package imports nothing of a framework.
+
+    from ctxlink.integrations.langgraph import CtxlinkSaver   # needs ctxlink[langgraph]
+
+Shared pieces (schema registration, the adapters' protobuf messages, key prefixes) live in
+``ctxlink.integrations._common``.
+"""
+
+__all__: list[str] = []
