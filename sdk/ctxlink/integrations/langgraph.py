@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -168,7 +168,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         conf = config["configurable"]
         thread_id = str(conf["thread_id"])
         ns = conf.get("checkpoint_ns", "")
-        checkpoint_id = get_checkpoint_id(config)  # type: ignore[arg-type]
+        checkpoint_id = get_checkpoint_id(config)
         if not checkpoint_id:
             thread = self._read_thread(thread_id)
             if thread is None:
@@ -192,12 +192,12 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         if config is not None:
             threads = [str(config["configurable"]["thread_id"])]
             ns_filter = config["configurable"].get("checkpoint_ns")
-            want_id = get_checkpoint_id(config)  # type: ignore[arg-type]
+            want_id = get_checkpoint_id(config)
         else:
             threads = self._all_threads()
             ns_filter, want_id = None, None
-        before_id = get_checkpoint_id(before) if before else None  # type: ignore[arg-type]
-        found: list[tuple[str, str, str]] = []
+        before_id = get_checkpoint_id(before) if before else None
+        found: List[tuple[str, str, str]] = []
         for tid in threads:
             thread = self._read_thread(tid)
             if thread is None:
@@ -225,8 +225,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             count += 1
             yield tup
 
-    def _all_threads(self) -> list[str]:
-        out: list[str] = []
+    def _all_threads(self) -> List[str]:
+        out: List[str] = []
         head = f"{self._prefix}:thread:"
         client = self.store._client
         for key in client.scan_iter(match=_glob_escape(head) + "*", count=500):
@@ -252,7 +252,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             msg.thread_id, msg.checkpoint_ns, msg.checkpoint_id = thread_id, ns, cid
             msg.parent_checkpoint_id = parent_id
             self._dump(msg.checkpoint, checkpoint)
-            self._dump(msg.metadata, get_checkpoint_metadata(config, metadata))  # type: ignore[arg-type]
+            self._dump(msg.metadata, get_checkpoint_metadata(config, metadata))
 
         self.store.update(key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
                           default=_Checkpoint, ttl=self._ttl)
@@ -328,6 +328,78 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             if self.store.delete(self._thread_key(thread_id), snap.version).ok:
                 return  # else a put landed meanwhile: delete what it added too
 
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copies every checkpoint (with its pending writes) of one thread to another; the
+        target's index is merged with compare-and-set (checkpoints it already has are kept)."""
+        src, dst = str(source_thread_id), str(target_thread_id)
+        thread = self._read_thread(src)
+        if thread is None:
+            return
+        for n in thread.namespaces:
+            for cid in n.checkpoint_ids:
+                snap = self.store.get(self._cp_key(src, n.checkpoint_ns, cid))
+                if snap is None:
+                    continue
+                copy = snap.decode(_Checkpoint)
+                copy.thread_id = dst
+
+                def put_copy(msg: Any, copy: Any = copy) -> Any:
+                    return copy
+
+                self.store.update(self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
+                                  message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
+                                  default=_Checkpoint, ttl=self._ttl)
+
+        def merge(target: Any) -> None:
+            target.thread_id = dst
+            for n in thread.namespaces:
+                entry = next((e for e in target.namespaces if e.checkpoint_ns == n.checkpoint_ns),
+                             None)
+                if entry is None:
+                    entry = target.namespaces.add(checkpoint_ns=n.checkpoint_ns)
+                have = set(entry.checkpoint_ids)
+                entry.checkpoint_ids.extend(c for c in n.checkpoint_ids if c not in have)
+                if not entry.head or (n.head and n.head > entry.head):
+                    entry.head = n.head
+
+        self.store.update(self._thread_key(dst), merge, message_class=_Thread,
+                          schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Deletes every checkpoint whose metadata's ``run_id`` is one of ``run_ids`` (with its
+        pending writes), in every thread; each thread's index drops them with compare-and-set."""
+        runs = {str(r) for r in run_ids}
+        if not runs:
+            return
+        for tid in self._all_threads():
+            thread = self._read_thread(tid)
+            if thread is None:
+                continue
+            doomed: set[tuple[str, str]] = set()
+            for n in thread.namespaces:
+                for cid in n.checkpoint_ids:
+                    msg = self._read_cp(tid, n.checkpoint_ns, cid)
+                    if msg is None:
+                        continue
+                    meta = self._load(msg.metadata)
+                    if isinstance(meta, dict) and str(meta.get("run_id")) in runs:
+                        doomed.add((n.checkpoint_ns, cid))
+            if not doomed:
+                continue
+
+            def drop(t: Any) -> None:
+                for n in t.namespaces:
+                    keep = [c for c in n.checkpoint_ids if (n.checkpoint_ns, c) not in doomed]
+                    del n.checkpoint_ids[:]
+                    n.checkpoint_ids.extend(keep)
+                    if (n.checkpoint_ns, n.head) in doomed:
+                        n.head = max(keep) if keep else ""
+
+            self.store.update(self._thread_key(tid), drop, message_class=_Thread,
+                              schema=SCHEMA_THREAD)
+            for ns, cid in doomed:
+                self._delete_key(self._cp_key(tid, ns, cid))
+
     def _delete_key(self, key: str) -> None:
         while True:
             snap = self.store.get(key)
@@ -380,6 +452,12 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
 
 
 def _ttl_seconds(ttl: Optional[dict[str, Any]]) -> Optional[float]:
