@@ -387,7 +387,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             if not doomed:
                 continue
 
-            def drop(t: Any) -> None:
+            def drop(t: Any, doomed: set[tuple[str, str]] = doomed) -> None:
                 for n in t.namespaces:
                     keep = [c for c in n.checkpoint_ids if (n.checkpoint_ns, c) not in doomed]
                     del n.checkpoint_ids[:]
