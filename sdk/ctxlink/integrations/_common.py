@@ -90,7 +90,16 @@ def ensure_schemas(store: Store, specs: Sequence[SchemaSpec], adapter: str) -> i
     wrote = 0
     for spec in specs:
         want = build_descriptor_set(spec.message_class.DESCRIPTOR)
-        info = store.get_schema(spec.name)
+        try:
+            info = store.get_schema(spec.name)
+        except Exception as exc:
+            if _is_noperm(exc):
+                raise SetupRequiredError(
+                    f"this client's ACL may not read the schema registry ({exc}): have an "
+                    f"administrator run `ctxlink schema push` or {adapter}.setup() once, then "
+                    f"build the {adapter} with register=False"
+                ) from exc
+            raise
         if (info is not None and info.message_type == spec.message_class.DESCRIPTOR.full_name
                 and info.descriptor_set == want and info.history == spec.history):
             continue
