@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, List, Optional
 
 from langgraph.checkpoint.base import (
@@ -76,8 +77,9 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
     Exactly one of ``redis_url=``, ``redis_client=`` (a redis-py client) or ``store=`` (a ctxlink
     :class:`~ctxlink.Store`). ``key_prefix`` prefixes every key; ``ttl`` (``{"default_ttl":
     minutes}`` as langgraph-checkpoint-redis takes it, or None) sets the contexts' expiry, renewed
-    by every write. ``strict``: see the module's doc. ``register=False`` skips schema
-    registration (an administrator ran :meth:`setup` or ``ctxlink schema push``).
+    by every write (and by reads with ``"refresh_on_read": True``). ``strict``: see the module's
+    doc. ``register=False`` skips schema registration (an administrator ran :meth:`setup` or
+    ``ctxlink schema push``).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde or JsonPlusSerializer(pickle_fallback=False))
         self._prefix = check_prefix(key_prefix)
         self._ttl = _ttl_seconds(ttl)
+        self._refresh_on_read = bool(ttl and ttl.get("refresh_on_read")) and self._ttl is not None
         self.strict = bool(strict)
         self.store, self._owns = open_store(redis_url, redis_client, store)
         if register:
@@ -104,6 +107,18 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
     def from_url(cls, url: str, **kwargs: Any) -> "CtxlinkSaver":
         """A ready saver on ``url`` (it owns the connection: :meth:`close`)."""
         return cls(redis_url=url, **kwargs)
+
+    @classmethod
+    @contextmanager
+    def from_conn_string(
+        cls, redis_url: Optional[str] = None, **kwargs: Any
+    ) -> Iterator["CtxlinkSaver"]:
+        """``with CtxlinkSaver.from_conn_string(url) as saver:``, as RedisSaver's."""
+        saver = cls(redis_url=redis_url, **kwargs)
+        try:
+            yield saver
+        finally:
+            saver.close()
 
     def setup(self) -> int:
         """Registers the saver's schemas where the registry lacks them; returns how many."""
@@ -179,7 +194,12 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 return None
             checkpoint_id = max(ids)
         msg = self._read_cp(thread_id, ns, checkpoint_id)
-        return None if msg is None else self._tuple(msg)
+        if msg is None:
+            return None
+        if self._refresh_on_read and self._ttl is not None:
+            self.store.touch(self._cp_key(thread_id, ns, checkpoint_id), self._ttl)
+            self.store.touch(self._thread_key(thread_id), self._ttl)
+        return self._tuple(msg)
 
     def list(
         self,
