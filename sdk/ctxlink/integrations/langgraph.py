@@ -498,3 +498,11 @@ def _glob_escape(s: str) -> str:
 
 
 _ = NotFoundError  # re-exported for callers catching a missing context
+
+
+def __getattr__(name: str) -> Any:  # CtxlinkStore lives in langgraph_store (loaded on use)
+    if name == "CtxlinkStore":
+        from ctxlink.integrations.langgraph_store import CtxlinkStore
+
+        return CtxlinkStore
+    raise AttributeError(name)
