@@ -202,16 +202,20 @@ test: lint all ext redis62 $(VENV_STAMP)
 # The framework adapters' suites (tests/integrations/test_<framework>*.py), which `make test`
 # does not collect: per framework a venv of its own, .venv-int-<framework>, with the SDK and
 # exactly the tested range of its extra (ctxlink[<framework>] in pyproject.toml), reinstalled
-# when pyproject.toml changes. INTEGRATIONS="langgraph" picks frameworks.
+# when pyproject.toml changes; test-only packages from tests/integrations/requirements-<fw>.txt.
+# INTEGRATIONS="langgraph" picks frameworks.
 INTEGRATIONS ?= langgraph
 .PHONY: integrations
 integrations: all ext
 	@rc=0; for fw in $(INTEGRATIONS); do \
 	  venv=.venv-int-$$fw; stamp=$$venv/.ctxlink-int.stamp; \
-	  if [ ! -f $$stamp ] || [ pyproject.toml -nt $$stamp ]; then \
+	  if [ ! -f $$stamp ] || [ pyproject.toml -nt $$stamp ] || \
+	     [ tests/integrations/requirements-$$fw.txt -nt $$stamp ]; then \
 	    echo "  VENV $$venv: ctxlink[$$fw]"; \
 	    { test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; } && \
-	    $$venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$$fw,test]" && \
+	    req=tests/integrations/requirements-$$fw.txt; \
+	    $$venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$$fw,test]" \
+	      $$(test -f $$req && echo "-r $$req") && \
 	    touch $$stamp || exit 1; \
 	  fi; \
 	  echo "  TEST $$fw"; \

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -47,6 +48,7 @@ from ctxlink.integrations._common import (
 __all__ = ["CtxlinkStore", "SCHEMA_STORE_ITEM"]
 
 SCHEMA_STORE_ITEM = "lg_store_item"
+_FILTER_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 _Item: Any = messages("langgraph", "ctxlink.langgraph")["StoreItem"]
 
 
@@ -208,13 +210,19 @@ class CtxlinkStore(BaseStore):
                 "CtxlinkStore has no vector index: search(query=...) is not supported; use "
                 "filter= and the namespace prefix")
         _check_labels(op.namespace_prefix)
+        for fkey in op.filter or {}:
+            if not isinstance(fkey, str) or not _FILTER_KEY.match(fkey):
+                raise ValueError(
+                    f"Invalid filter key: {fkey!r}. Filter keys must contain only alphanumeric "
+                    "characters, underscores, dots, and hyphens (as LangGraph's SQL stores).")
         found = []
         for rkey in self._scan(op.namespace_prefix):
             msg = self._read(rkey, False)
             if msg is None:
                 continue
             value = json.loads(msg.value_json)
-            if op.filter and not all(_matches(value.get(k), v) for k, v in op.filter.items()):
+            if op.filter and not all(_matches(_lookup(value, k), v)
+                                     for k, v in op.filter.items()):
                 continue
             found.append((msg, rkey))
         found.sort(key=lambda m: (-m[0].updated_at_ms, m[0].key))
@@ -245,6 +253,9 @@ class CtxlinkStore(BaseStore):
 
     # -- BaseStore ------------------------------------------------------------------------------
     def batch(self, ops: Iterable[Any]) -> List[Any]:
+        ops = list(ops)
+        for op in ops:  # the whole batch is refused before anything is written
+            _validate(op)
         results: List[Any] = []
         for op in ops:
             if isinstance(op, GetOp):
@@ -265,6 +276,20 @@ class CtxlinkStore(BaseStore):
         return await asyncio.to_thread(self.batch, ops)
 
 
+def _validate(op: Any) -> None:
+    if isinstance(op, (GetOp, PutOp)):
+        _check_labels(op.namespace)
+        if isinstance(op, PutOp) and not op.namespace:
+            from langgraph.store.base import InvalidNamespaceError
+
+            raise InvalidNamespaceError("Namespace cannot be empty.")
+    elif isinstance(op, SearchOp):
+        _check_labels(op.namespace_prefix)
+    elif isinstance(op, ListNamespacesOp):
+        for cond in op.match_conditions or ():
+            _check_labels(tuple(x for x in cond.path if x != "*"))
+
+
 def _ns_match(cond: MatchCondition, ns: tuple[str, ...]) -> bool:
     path = tuple(cond.path)
     if len(ns) < len(path):
@@ -276,6 +301,17 @@ def _ns_match(cond: MatchCondition, ns: tuple[str, ...]) -> bool:
     else:
         pairs = zip(reversed(ns), reversed(path), strict=False)
     return all(p == "*" or a == p for a, p in pairs)
+
+
+def _lookup(value: Any, path: str) -> Any:
+    """``value[path]``, else the dotted path ``a.b.c`` walked through nested objects."""
+    if isinstance(value, dict) and path in value:
+        return value[path]
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _matches(value: Any, want: Any) -> bool:

@@ -1,0 +1,84 @@
+"""The store tests LangGraph ships in the langgraph-checkpoint-sqlite source distribution
+(tests/test_store.py, version 3.1.2), run against CtxlinkStore on both engines by a fixture
+swap: their file is fetched at test time (pinned version and sha256, verified, never committed),
+imported unchanged, and its test functions that take the ``store`` fixture run with our
+``store`` fixture below. Not run: the tests that build a SqliteStore themselves or need vector
+search (``fake_embeddings``), which CtxlinkStore does not offer (``query=`` raises).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SQLITE_VERSION = "3.1.2"
+SQLITE_SDIST = f"langgraph_checkpoint_sqlite-{SQLITE_VERSION}.tar.gz"
+SQLITE_SHA256 = "4e3f376fa6f192d6ad2a1a4643b039986f1593552ef870e9e45281575de6fbf2"
+DEST = ROOT / "build" / "_deps" / f"lg-sqlite-{SQLITE_VERSION}"
+MEMBER = f"langgraph_checkpoint_sqlite-{SQLITE_VERSION}/tests/test_store.py"
+
+
+def _fetch() -> Path:
+    out = DEST / "test_store.py"
+    if out.exists():
+        return out
+    dl = DEST.with_name(DEST.name + ".dl")
+    dl.mkdir(parents=True, exist_ok=True)
+    sdist = dl / SQLITE_SDIST
+    if not sdist.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                        ":all:", "-q", "-d", str(dl),
+                        f"langgraph-checkpoint-sqlite=={SQLITE_VERSION}"], check=True)
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    if digest != SQLITE_SHA256:
+        sdist.unlink()
+        raise RuntimeError(f"{SQLITE_SDIST}: sha256 {digest}, expected {SQLITE_SHA256}")
+    with tarfile.open(sdist) as tf:
+        data = tf.extractfile(MEMBER)
+        assert data is not None
+        DEST.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(data.read())
+        tmp.replace(out)
+    return out
+
+
+def _load() -> Any:
+    path = _fetch()
+    spec = importlib.util.spec_from_file_location("lg_sqlite_test_store", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_suite = _load()
+ADOPTED = []
+for _name, _obj in sorted(vars(_suite).items()):
+    if not _name.startswith("test_") or not inspect.isfunction(_obj):
+        continue
+    _params = inspect.signature(_obj).parameters
+    if "store" in _params and "fake_embeddings" not in _params:
+        globals()[_name] = _obj
+        ADOPTED.append(_name)
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[Any]:
+    from ctxlink.integrations.langgraph import CtxlinkStore
+
+    with CtxlinkStore.from_url(redis_url) as s:
+        yield s
+
+
+def test_adopted_some() -> None:
+    assert len(ADOPTED) >= 10, ADOPTED
