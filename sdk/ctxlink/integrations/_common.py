@@ -19,12 +19,12 @@ from typing import Any, Optional, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ctxlink._exceptions import CtxError
+from ctxlink._exceptions import ContextReplacedError, CtxError
 from ctxlink._registry import build_descriptor_set
 from ctxlink._sync import Store, connect
 
 __all__ = ["SchemaSpec", "SetupRequiredError", "messages", "ensure_schemas", "open_store",
-           "check_prefix"]
+           "check_prefix", "upsert"]
 
 
 class SetupRequiredError(CtxError):
@@ -140,3 +140,15 @@ def open_store(
         return connect(redis_client), False
     assert redis_url is not None
     return connect(redis_url), True
+
+
+def upsert(store: Store, key: str, fn: Any, **kwargs: Any) -> Any:
+    """``store.update(key, fn, **kwargs)``, called again when the context was deleted and
+    created again meanwhile (:class:`ContextReplacedError`): an adapter's read-modify-write
+    whose ``fn`` decides from the state it is given (never from an older read) may simply run
+    on the new context."""
+    while True:
+        try:
+            return store.update(key, fn, **kwargs)
+        except ContextReplacedError:
+            continue

@@ -53,6 +53,7 @@ from ctxlink.integrations._common import (
     ensure_schemas,
     messages,
     open_store,
+    upsert,
 )
 
 __all__ = ["CtxlinkSaver", "SCHEMA_CHECKPOINT", "SCHEMA_THREAD"]
@@ -274,7 +275,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             self._dump(msg.checkpoint, checkpoint)
             self._dump(msg.metadata, get_checkpoint_metadata(config, metadata))
 
-        self.store.update(key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
+        upsert(self.store, key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
                           default=_Checkpoint, ttl=self._ttl)
 
         def link(thread: Any) -> None:
@@ -292,7 +293,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 entry.checkpoint_ids.append(cid)
 
         try:
-            self.store.update(self._thread_key(thread_id), link, message_class=_Thread,
+            upsert(self.store, self._thread_key(thread_id), link, message_class=_Thread,
                               schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
         except ConflictError:
             snap = self.store.get(key)
@@ -332,7 +333,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 elif w.idx < 0:  # special channels: the newest write replaces the older one
                     msg.writes[at].CopyFrom(w)
 
-        self.store.update(self._cp_key(thread_id, ns, cid), add, message_class=_Checkpoint,
+        upsert(self.store, self._cp_key(thread_id, ns, cid), add, message_class=_Checkpoint,
                           schema=SCHEMA_CHECKPOINT, default=_Checkpoint, ttl=self._ttl)
 
     def delete_thread(self, thread_id: str) -> None:
@@ -366,7 +367,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 def put_copy(msg: Any, copy: Any = copy) -> Any:
                     return copy
 
-                self.store.update(self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
+                upsert(self.store, self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
                                   message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
                                   default=_Checkpoint, ttl=self._ttl)
 
@@ -382,7 +383,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 if not entry.head or (n.head and n.head > entry.head):
                     entry.head = n.head
 
-        self.store.update(self._thread_key(dst), merge, message_class=_Thread,
+        upsert(self.store, self._thread_key(dst), merge, message_class=_Thread,
                           schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -415,7 +416,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     if (n.checkpoint_ns, n.head) in doomed:
                         n.head = max(keep) if keep else ""
 
-            self.store.update(self._thread_key(tid), drop, message_class=_Thread,
+            upsert(self.store, self._thread_key(tid), drop, message_class=_Thread,
                               schema=SCHEMA_THREAD)
             for ns, cid in doomed:
                 self._delete_key(self._cp_key(tid, ns, cid))

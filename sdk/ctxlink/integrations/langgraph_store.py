@@ -43,6 +43,7 @@ from ctxlink.integrations._common import (
     ensure_schemas,
     messages,
     open_store,
+    upsert,
 )
 
 __all__ = ["CtxlinkStore", "SCHEMA_STORE_ITEM"]
@@ -201,7 +202,7 @@ class CtxlinkStore(BaseStore):
             msg.updated_at_ms = max(now, msg.created_at_ms)
             msg.ttl_minutes = float(ttl) if ttl else 0.0
 
-        self.store.update(rkey, fill, message_class=_Item, schema=SCHEMA_STORE_ITEM,
+        upsert(self.store, rkey, fill, message_class=_Item, schema=SCHEMA_STORE_ITEM,
                           default=_Item, ttl=float(ttl) * 60.0 if ttl else None)
 
     def _search(self, op: SearchOp) -> List[SearchItem]:
