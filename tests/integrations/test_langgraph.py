@@ -238,3 +238,16 @@ def test_import_ctxlink_imports_no_framework() -> None:
 def test_schema_setup_keeps_other_keys(redis_url: str) -> None:
     with CtxlinkSaver.from_url(redis_url) as saver:
         assert SCHEMA_CHECKPOINT in saver.store.schemas()
+
+
+def test_thread_ids_and_namespaces_with_colons_do_not_collide(redis_url: str) -> None:
+    with CtxlinkSaver.from_url(redis_url) as saver:
+        cp = _cp()
+        a = saver.put({"configurable": {"thread_id": "a", "checkpoint_ns": "b:c"}}, cp,
+                      {"which": "a"}, {})
+        b = saver.put({"configurable": {"thread_id": "a:b", "checkpoint_ns": "c"}}, cp,
+                      {"which": "b"}, {})
+        assert saver.get_tuple(a).metadata["which"] == "a"
+        assert saver.get_tuple(b).metadata["which"] == "b"
+        threads = {t.config["configurable"]["thread_id"] for t in saver.list(None)}
+        assert threads == {"a", "a:b"}

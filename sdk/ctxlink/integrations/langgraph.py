@@ -9,7 +9,7 @@ Layout (key prefix ``checkpoint`` by default, like langgraph-checkpoint-redis):
 - ``<prefix>:thread:<thread_id>``: the thread's index (schema ``lg_thread``): per namespace its
   checkpoint ids in put order and its head (the newest put). Every put changes it with
   compare-and-set, so concurrent puts never lose one another.
-- ``<prefix>:cp:<thread_id>:<ns>:<checkpoint_id>``: one checkpoint, its metadata and its pending
+- ``<prefix>:cp:<thread_id>:<ns>:<checkpoint_id>`` (``%`` and ``:`` escaped): one checkpoint, its metadata and its pending
   writes (schema ``lg_checkpoint``). ``put_writes`` is a read-modify-write of that context keyed
   by (task id, write index): a write re-sent (by LangGraph or by the SDK after a lost reply) is
   kept once.
@@ -136,11 +136,12 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         self.close()
 
     # -- keys ---------------------------------------------------------------------------------
+    # thread ids and namespaces are escaped (``%`` and ``:``) so that no two map to one key
     def _thread_key(self, thread_id: str) -> str:
-        return f"{self._prefix}:thread:{thread_id}"
+        return f"{self._prefix}:thread:{_esc(thread_id)}"
 
     def _cp_key(self, thread_id: str, ns: str, checkpoint_id: str) -> str:
-        return f"{self._prefix}:cp:{thread_id}:{ns}:{checkpoint_id}"
+        return f"{self._prefix}:cp:{_esc(thread_id)}:{_esc(ns)}:{_esc(checkpoint_id)}"
 
     # -- serialization -----------------------------------------------------------------------
     def _dump(self, typed: Any, value: Any) -> None:
@@ -252,7 +253,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         client = self.store._client
         for key in client.scan_iter(match=_glob_escape(head) + "*", count=500):
             k = key.decode() if isinstance(key, bytes) else key
-            out.append(k[len(head):])
+            out.append(_unesc(k[len(head):]))
         return out
 
     def put(
@@ -492,6 +493,14 @@ def _ttl_seconds(ttl: Optional[dict[str, Any]]) -> Optional[float]:
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
         raise ValueError(f"ttl['default_ttl'] must be minutes > 0, got {minutes!r}")
     return float(minutes) * 60.0
+
+
+def _esc(s: str) -> str:
+    return s.replace("%", "%25").replace(":", "%3A")
+
+
+def _unesc(s: str) -> str:
+    return s.replace("%3A", ":").replace("%25", "%")
 
 
 def _glob_escape(s: str) -> str:
