@@ -10,9 +10,9 @@ Layout (key prefix ``checkpoint`` by default, like langgraph-checkpoint-redis):
   checkpoint ids in put order and its head (the newest put). Every put changes it with
   compare-and-set, so concurrent puts never lose one another.
 - ``<prefix>:cp:<thread_id>:<ns>:<checkpoint_id>`` (``%`` and ``:`` escaped in each part): one
-  checkpoint, its metadata and its pending writes (schema ``lg_checkpoint``). ``put_writes`` is a read-modify-write of that context keyed
-  by (task id, write index): a write re-sent (by LangGraph or by the SDK after a lost reply) is
-  kept once.
+  checkpoint, its metadata and its pending writes (schema ``lg_checkpoint``). ``put_writes`` is
+  a read-modify-write of that context keyed by (task id, write index): a write re-sent (by
+  LangGraph or by the SDK after a lost reply) is kept once.
 
 ``strict=True``: a put whose parent is no longer its namespace's head raises
 :class:`ctxlink.ConflictError` (two workers on one thread: exactly one wins) instead of forking
