@@ -251,3 +251,26 @@ def test_thread_ids_and_namespaces_with_colons_do_not_collide(redis_url: str) ->
         assert saver.get_tuple(b).metadata["which"] == "b"
         threads = {t.config["configurable"]["thread_id"] for t in saver.list(None)}
         assert threads == {"a", "a:b"}
+
+
+def test_put_writes_exactly_once_when_the_reply_is_lost(redis_server: Any,
+                                                        redis_url: str) -> None:
+    """The write lands, its reply is dropped and the connection reset (tests/faultproxy.py):
+    the SDK re-sends it with the same write id and the server does not apply it twice."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(redis_server.port) as proxy:
+        client = redis.Redis(host="127.0.0.1", port=proxy.port)
+        with CtxlinkSaver(redis_client=client) as saver:
+            cfg = saver.put(_config("lost"), _cp(), {}, {})
+            proxy.arm(lambda args: any(b"task-fault" in a for a in args), times=1)
+            saver.put_writes(cfg, [("ch", "once"), ("ch2", "also once")], "task-fault")
+            assert proxy.faults == 1
+            tup = saver.get_tuple(cfg)
+            assert tup is not None
+            assert [w for w in tup.pending_writes if w[0] == "task-fault"] == [
+                ("task-fault", "ch", "once"), ("task-fault", "ch2", "also once")]
+            # one write for the put, one for put_writes: the re-send was not applied again
+            key = saver._cp_key("lost", "", cfg["configurable"]["checkpoint_id"])
+            assert saver.store.get(key).version == 2
+        client.close()
