@@ -175,7 +175,10 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             parent = {"configurable": {"thread_id": msg.thread_id,
                                        "checkpoint_ns": msg.checkpoint_ns,
                                        "checkpoint_id": msg.parent_checkpoint_id}}
-        writes = [(w.task_id, w.channel, self._load(w.value)) for w in msg.writes]
+        # LangGraph's writes_sort_key order (task path, task id, index): the order a super-step
+        # applies its tasks' writes, which get_delta_channel_history replays
+        ordered = sorted(msg.writes, key=lambda w: (w.task_path, w.task_id, w.idx))
+        writes = [(w.task_id, w.channel, self._load(w.value)) for w in ordered]
         return CheckpointTuple(config=cfg, checkpoint=self._load(msg.checkpoint),
                                metadata=self._load(msg.metadata), parent_config=parent,
                                pending_writes=writes)
