@@ -130,8 +130,8 @@ def test_put_writes_exactly_once_under_resends_and_concurrency(redis_url: str) -
         tup = saver.get_tuple(cfg)
         assert tup is not None
         writes = tup.pending_writes
-        assert [w for w in writes if w[0] == "task-1"] == [
-            ("task-1", "ch", "v1"), ("task-1", "ch2", "v2"), ("task-1", "__error__", "e2")]
+        assert [w for w in writes if w[0] == "task-1"] == [  # writes_sort_key order
+            ("task-1", "__error__", "e2"), ("task-1", "ch", "v1"), ("task-1", "ch2", "v2")]
         assert sorted(w[2] for w in writes if w[0].startswith("task-c")) == list(range(8))
 
 
