@@ -9,4 +9,6 @@ Shared pieces (schema registration, the adapters' protobuf messages, key prefixe
 ``ctxlink.integrations._common``.
 """
 
-__all__: list[str] = []
+from ctxlink.integrations._common import SetupRequiredError
+
+__all__ = ["SetupRequiredError"]
