@@ -8,7 +8,9 @@ Layout (key prefix ``checkpoint`` by default, like langgraph-checkpoint-redis):
 
 - ``<prefix>:thread:<thread_id>``: the thread's index (schema ``lg_thread``): per namespace its
   checkpoint ids in put order and its head (the newest put). Every put changes it with
-  compare-and-set, so concurrent puts never lose one another.
+  compare-and-set, so concurrent puts never lose one another. It grows by 38 bytes per
+  checkpoint: under the default max-payload-bytes (1 MiB) about 27,000 checkpoints per thread,
+  after which put raises PayloadTooLarge (delete_for_runs or delete_thread make room).
 - ``<prefix>:cp:<thread_id>:<ns>:<checkpoint_id>`` (``%`` and ``:`` escaped in each part): one
   checkpoint, its metadata and its pending writes (schema ``lg_checkpoint``). ``put_writes`` is
   a read-modify-write of that context keyed by (task id, write index): a write re-sent (by
