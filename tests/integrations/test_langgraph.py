@@ -274,3 +274,53 @@ def test_put_writes_exactly_once_when_the_reply_is_lost(redis_server: Any,
             key = saver._cp_key("lost", "", cfg["configurable"]["checkpoint_id"])
             assert saver.store.get(key).version == 2
         client.close()
+
+
+@pytest.mark.parametrize("frequency", [2, 1000])
+def test_prune_keep_latest_keeps_what_a_delta_channel_replays(redis_url: str,
+                                                              frequency: int) -> None:
+    """A graph whose state is a DeltaChannel (values rebuilt from ancestors' writes back to the
+    last snapshot): after prune(keep_latest) the state reads the same; with a snapshot every 2
+    updates the thread is shorter, with none yet (1000) every ancestor is still needed."""
+    delta = pytest.importorskip("langgraph.channels.delta")
+
+    def reducer(state: list[str] | None, writes: list[list[str]]) -> list[str]:
+        out = list(state or [])
+        for w in writes:
+            out.extend(w)
+        return out
+
+    # functional form: the annotation is evaluated here (the module has postponed annotations)
+    D = TypedDict("D", {"items": Annotated[list[str],
+                                           delta.DeltaChannel(reducer, snapshot_frequency=frequency)]})
+
+    b = StateGraph(D)
+    b.add_node("a", lambda s: {"items": ["a"]})
+    b.add_edge(START, "a")
+    b.add_edge("a", END)
+    with CtxlinkSaver.from_url(redis_url) as saver:
+        g = b.compile(checkpointer=saver)
+        cfg = {"configurable": {"thread_id": f"delta{frequency}"}}
+        for i in range(4):
+            g.invoke({"items": [f"in{i}"]}, cfg)
+        before = g.get_state(cfg).values["items"]
+        assert before == ["in0", "a", "in1", "a", "in2", "a", "in3", "a"]
+        n_before = len(list(saver.list(cfg)))
+        saver.prune([f"delta{frequency}"], strategy="keep_latest")
+        assert g.get_state(cfg).values["items"] == before
+        n_after = len(list(saver.list(cfg)))
+        assert n_after < n_before if frequency == 2 else n_after == n_before
+        saver.prune([f"delta{frequency}"], strategy="delete")
+        assert list(saver.list(cfg)) == []
+
+
+def test_prune_keep_latest_without_delta_channels_keeps_one(redis_url: str) -> None:
+    with CtxlinkSaver.from_url(redis_url) as saver:
+        cfg = _config("pr")
+        for _ in range(4):
+            cfg = saver.put(cfg, _cp(), {}, {})
+        saver.prune(["pr"])
+        assert [t.config["configurable"]["checkpoint_id"] for t in saver.list(_config("pr"))] \
+            == [cfg["configurable"]["checkpoint_id"]]
+        with pytest.raises(ValueError):
+            saver.prune(["pr"], strategy="oldest")

@@ -414,18 +414,74 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             if not doomed:
                 continue
 
-            def drop(t: Any, doomed: set[tuple[str, str]] = doomed) -> None:
-                for n in t.namespaces:
-                    keep = [c for c in n.checkpoint_ids if (n.checkpoint_ns, c) not in doomed]
-                    del n.checkpoint_ids[:]
-                    n.checkpoint_ids.extend(keep)
-                    if (n.checkpoint_ns, n.head) in doomed:
-                        n.head = max(keep) if keep else ""
+            self._drop(tid, doomed)
 
-            upsert(self.store, self._thread_key(tid), drop, message_class=_Thread,
-                              schema=SCHEMA_THREAD)
-            for ns, cid in doomed:
-                self._delete_key(self._cp_key(tid, ns, cid))
+    def _drop(self, thread_id: str, doomed: set[tuple[str, str]]) -> None:
+        """Removes (namespace, checkpoint id) pairs from the thread's index (compare-and-set:
+        a put landing meanwhile is kept), then deletes their contexts."""
+
+        def drop(t: Any) -> None:
+            for n in t.namespaces:
+                keep = [c for c in n.checkpoint_ids if (n.checkpoint_ns, c) not in doomed]
+                del n.checkpoint_ids[:]
+                n.checkpoint_ids.extend(keep)
+                if (n.checkpoint_ns, n.head) in doomed:
+                    n.head = max(keep) if keep else ""
+
+        try:
+            upsert(self.store, self._thread_key(thread_id), drop, message_class=_Thread,
+                   schema=SCHEMA_THREAD)
+        except NotFoundError:
+            pass  # the thread was deleted meanwhile
+        for ns, cid in doomed:
+            self._delete_key(self._cp_key(thread_id, ns, cid))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"delete"``: every checkpoint of the threads. ``"keep_latest"``: per namespace the
+        newest checkpoint and, DeltaChannel-safe, every ancestor up to the nearest one that holds
+        a value (a snapshot) for each DeltaChannel the newest has no value for (those its
+        metadata's ``counters_since_delta_snapshot`` names): the checkpoints
+        get_delta_channel_history walks. The rest is deleted with its writes."""
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r}: 'keep_latest' or 'delete'")
+        for tid in (str(t) for t in thread_ids):
+            if strategy == "delete":
+                self.delete_thread(tid)
+                continue
+            thread = self._read_thread(tid)
+            if thread is None:
+                continue
+            keep: set[tuple[str, str]] = set()
+            every: set[tuple[str, str]] = set()
+            for n in thread.namespaces:
+                ns = n.checkpoint_ns
+                every.update((ns, c) for c in n.checkpoint_ids)
+                if not n.checkpoint_ids:
+                    continue
+                latest = max(n.checkpoint_ids)
+                keep.add((ns, latest))
+                msg = self._read_cp(tid, ns, latest)
+                if msg is None:
+                    continue
+                cp = self._load(msg.checkpoint)
+                values = cp.get("channel_values") or {}
+                meta = self._load(msg.metadata)
+                # the DeltaChannel-backed channels LangGraph counts in the metadata; those whose
+                # value is not in this checkpoint are rebuilt from ancestors' writes
+                counted = (meta.get("counters_since_delta_snapshot") or {}
+                           if isinstance(meta, dict) else {})
+                missing = {ch for ch in counted if ch not in values}
+                parent = msg.parent_checkpoint_id
+                while missing and parent:
+                    keep.add((ns, parent))
+                    pmsg = self._read_cp(tid, ns, parent)
+                    if pmsg is None:
+                        break
+                    missing -= set(self._load(pmsg.checkpoint).get("channel_values") or {})
+                    parent = pmsg.parent_checkpoint_id
+            doomed = every - keep
+            if doomed:
+                self._drop(tid, doomed)
 
     def _delete_key(self, key: str) -> None:
         while True:
@@ -486,6 +542,9 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         await asyncio.to_thread(self.delete_for_runs, run_ids)
 
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
 
 def _ttl_seconds(ttl: Optional[dict[str, Any]]) -> Optional[float]:
     if ttl is None:
@@ -512,7 +571,6 @@ def _glob_escape(s: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in s)
 
 
-_ = NotFoundError  # re-exported for callers catching a missing context
 
 
 def __getattr__(name: str) -> Any:  # CtxlinkStore lives in langgraph_store (loaded on use)
