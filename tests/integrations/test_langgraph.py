@@ -105,6 +105,12 @@ def test_strict_refuses_a_stale_parent_non_strict_forks(redis_url: str) -> None:
         saver.put(first, _cp(), {}, {})
         with pytest.raises(ctxlink.ConflictError):
             saver.put(first, _cp(), {}, {})  # first is no longer the head
+        # a refused put of a checkpoint the thread already has leaves that checkpoint alone
+        second = saver.list(_config("s"), limit=1).__next__().checkpoint
+        old = saver.get_tuple(first)
+        with pytest.raises(ctxlink.ConflictError):
+            saver.put(_config("s"), old.checkpoint, {}, {})
+        assert saver.get_tuple(first) is not None and second is not None
     with CtxlinkSaver.from_url(redis_url) as lax:
         lax.put(first, _cp(), {}, {})  # time travel: a fork, allowed
         assert len(list(lax.list(_config("s")))) == 3

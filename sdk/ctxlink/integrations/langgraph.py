@@ -284,11 +284,14 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         upsert(self.store, key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
                           default=_Checkpoint, ttl=self._ttl)
 
+        listed = [False]  # the checkpoint was in the index already (a put of it again)
+
         def link(thread: Any) -> None:
             thread.thread_id = thread_id
             entry = next((n for n in thread.namespaces if n.checkpoint_ns == ns), None)
             if entry is None:
                 entry = thread.namespaces.add(checkpoint_ns=ns)
+            listed[0] = cid in entry.checkpoint_ids
             if self.strict and entry.head and entry.head != parent_id and entry.head != cid:
                 raise ConflictError(
                     f"thread {thread_id!r} namespace {ns!r}: checkpoint {cid} is based on "
@@ -302,8 +305,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             upsert(self.store, self._thread_key(thread_id), link, message_class=_Thread,
                               schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
         except ConflictError:
-            snap = self.store.get(key)
-            if snap is not None:  # the refused checkpoint is not left behind
+            snap = None if listed[0] else self.store.get(key)
+            if snap is not None:  # the refused (new) checkpoint is not left behind
                 self.store.delete(key, snap.version)
             raise
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
