@@ -203,6 +203,8 @@ test: lint all ext redis62 $(VENV_STAMP)
 # does not collect: per framework a venv of its own, .venv-int-<framework>, with the SDK and
 # exactly the tested range of its extra (ctxlink[<framework>] in pyproject.toml), reinstalled
 # when pyproject.toml changes; test-only packages from tests/integrations/requirements-<fw>.txt.
+# With tests/integrations/floor-<fw>.txt (the extra's lowest versions), the same tests run again
+# in .venv-int-<fw>-floor with exactly those.
 # INTEGRATIONS="langgraph" picks frameworks.
 INTEGRATIONS ?= langgraph
 .PHONY: integrations
@@ -220,6 +222,17 @@ integrations: all ext
 	  fi; \
 	  echo "  TEST $$fw"; \
 	  $$venv/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
+	    tests/integrations/test_$$(echo $$fw | tr - _)*.py $(PYTEST_ARGS) || rc=1; \
+	  floor=tests/integrations/floor-$$fw.txt; test -f $$floor || continue; \
+	  fvenv=.venv-int-$$fw-floor; fstamp=$$fvenv/.ctxlink-int.stamp; \
+	  if [ ! -f $$fstamp ] || [ pyproject.toml -nt $$fstamp ] || [ $$floor -nt $$fstamp ]; then \
+	    echo "  VENV $$fvenv: $$floor"; \
+	    { test -x $$fvenv/bin/python || $(PYTHON) -m venv $$fvenv; } && \
+	    $$fvenv/bin/python -m pip install --disable-pip-version-check -q -e ".[$$fw,test]" \
+	      -r $$floor && touch $$fstamp || exit 1; \
+	  fi; \
+	  echo "  TEST $$fw (floor)"; \
+	  $$fvenv/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
 	    tests/integrations/test_$$(echo $$fw | tr - _)*.py $(PYTEST_ARGS) || rc=1; \
 	done; exit $$rc
 

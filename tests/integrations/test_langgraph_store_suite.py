@@ -21,6 +21,10 @@ from typing import Any, Iterator
 
 import pytest
 
+# their module imports the package (tests/integrations/requirements-langgraph.txt); the floor
+# venv (langgraph-checkpoint 2.1.2) cannot have it
+pytest.importorskip("langgraph.store.sqlite")
+
 ROOT = Path(__file__).resolve().parents[2]
 SQLITE_VERSION = "3.1.2"
 SQLITE_SDIST = f"langgraph_checkpoint_sqlite-{SQLITE_VERSION}.tar.gz"
