@@ -282,7 +282,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             self._dump(msg.metadata, get_checkpoint_metadata(config, metadata))
 
         upsert(self.store, key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
-                          default=_Checkpoint, ttl=self._ttl)
+               default=_Checkpoint, ttl=self._ttl)
 
         listed = [False]  # the checkpoint was in the index already (a put of it again)
 
@@ -303,7 +303,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
 
         try:
             upsert(self.store, self._thread_key(thread_id), link, message_class=_Thread,
-                              schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
+                   schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
         except ConflictError:
             snap = None if listed[0] else self.store.get(key)
             if snap is not None:  # the refused (new) checkpoint is not left behind
@@ -343,7 +343,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     msg.writes[at].CopyFrom(w)
 
         upsert(self.store, self._cp_key(thread_id, ns, cid), add, message_class=_Checkpoint,
-                          schema=SCHEMA_CHECKPOINT, default=_Checkpoint, ttl=self._ttl)
+               schema=SCHEMA_CHECKPOINT, default=_Checkpoint, ttl=self._ttl)
 
     def delete_thread(self, thread_id: str) -> None:
         thread_id = str(thread_id)
@@ -377,8 +377,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     return copy
 
                 upsert(self.store, self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
-                                  message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
-                                  default=_Checkpoint, ttl=self._ttl)
+                       message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
+                       default=_Checkpoint, ttl=self._ttl)
 
         def merge(target: Any) -> None:
             target.thread_id = dst
@@ -393,7 +393,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     entry.head = n.head
 
         upsert(self.store, self._thread_key(dst), merge, message_class=_Thread,
-                          schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
+               schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Deletes every checkpoint whose metadata's ``run_id`` is one of ``run_ids`` (with its
