@@ -8,6 +8,7 @@
 #   make wheel         dist/: the sdist and a manylinux wheel (python -m build, auditwheel)
 #   make test-wheel    install the wheel into a fresh venv outside the repository and use it
 #   make test-floors   SDK tests with the lowest redis/protobuf/cffi pyproject.toml allows
+#   make integrations  the framework adapters' suites, a venv per framework (.venv-int-<name>)
 #   make clean         remove build outputs (keeps fetched sources and .venv)
 #   make distclean     also remove build/_deps, dist and the venvs
 #
@@ -198,6 +199,43 @@ test: lint all ext redis62 $(VENV_STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: no tests ran (pytest collected nothing)" >&2; fi; \
 	exit $$rc
 
+# The framework adapters' suites (tests/integrations/test_<framework>*.py), which `make test`
+# does not collect: per framework a venv of its own, .venv-int-<framework>, with the SDK and
+# exactly the tested range of its extra (ctxlink[<framework>] in pyproject.toml), reinstalled
+# when pyproject.toml changes; test-only packages from tests/integrations/requirements-<fw>.txt.
+# With tests/integrations/floor-<fw>.txt (the extra's lowest versions), the same tests run again
+# in .venv-int-<fw>-floor with exactly those.
+# INTEGRATIONS="langgraph" picks frameworks (default: every adapter).
+INTEGRATIONS ?= langgraph pydantic-ai
+.PHONY: integrations
+integrations: all ext
+	@rc=0; for fw in $(INTEGRATIONS); do \
+	  venv=.venv-int-$$fw; stamp=$$venv/.ctxlink-int.stamp; \
+	  if [ ! -f $$stamp ] || [ pyproject.toml -nt $$stamp ] || \
+	     [ tests/integrations/requirements-$$fw.txt -nt $$stamp ]; then \
+	    echo "  VENV $$venv: ctxlink[$$fw]"; \
+	    { test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; } && \
+	    req=tests/integrations/requirements-$$fw.txt; \
+	    $$venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$$fw,test]" \
+	      $$(test -f $$req && echo "-r $$req") && \
+	    touch $$stamp || exit 1; \
+	  fi; \
+	  echo "  TEST $$fw"; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
+	    tests/integrations/test_$$(echo $$fw | tr - _)*.py $(PYTEST_ARGS) || rc=1; \
+	  floor=tests/integrations/floor-$$fw.txt; test -f $$floor || continue; \
+	  fvenv=.venv-int-$$fw-floor; fstamp=$$fvenv/.ctxlink-int.stamp; \
+	  if [ ! -f $$fstamp ] || [ pyproject.toml -nt $$fstamp ] || [ $$floor -nt $$fstamp ]; then \
+	    echo "  VENV $$fvenv: $$floor"; \
+	    { test -x $$fvenv/bin/python || $(PYTHON) -m venv $$fvenv; } && \
+	    $$fvenv/bin/python -m pip install --disable-pip-version-check -q -e ".[$$fw,test]" \
+	      -r $$floor && touch $$fstamp || exit 1; \
+	  fi; \
+	  echo "  TEST $$fw (floor)"; \
+	  $$fvenv/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
+	    tests/integrations/test_$$(echo $$fw | tr - _)*.py $(PYTEST_ARGS) || rc=1; \
+	done; exit $$rc
+
 # Run the end-to-end demo.
 demo: all $(VENV_STAMP)
 	$(VENV)/bin/ctxlink demo
@@ -224,7 +262,7 @@ clean:
 # Remove everything generated, including fetched sources and the venv.
 # (The download cache, ${CTXLINK_CACHE:-~/.cache/ctxlink}, is kept.)
 distclean: clean
-	rm -rf $(DEPS) $(VENV) $(FLOORS_VENV) dist
+	rm -rf $(DEPS) $(VENV) $(FLOORS_VENV) dist .venv-int-*
 
 FORCE:
 

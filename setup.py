@@ -77,7 +77,9 @@ class BuildPy(build_py):
         # the sources would otherwise still be copied into the next wheel from there.
         if not self.editable_mode:
             shutil.rmtree(os.path.join(self.build_lib, "ctxlink"), ignore_errors=True)
-        _load_build_script("gen_order").write_order_pb()
+        gen = _load_build_script("gen_order")
+        gen.write_order_pb()
+        gen.write_integration_pbs()
         super().run()
 
     def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:

@@ -46,10 +46,24 @@ def write_order_pb(out: Path = OUT, proto: Path = PROTO) -> bool:
     return True
 
 
+def write_integration_pbs() -> list[Path]:
+    """sdk/ctxlink/integrations/<name>.pb from each proto/ctxlink_<name>.proto (the adapters'
+    messages); returns those it wrote."""
+    wrote = []
+    for proto in sorted((ROOT / "proto").glob("ctxlink_*.proto")):
+        out = ROOT / "sdk" / "ctxlink" / "integrations" / (proto.stem[len("ctxlink_"):] + ".pb")
+        if write_order_pb(out, proto):
+            wrote.append(out)
+    return wrote
+
+
 def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else OUT
     try:
         wrote = write_order_pb(out)
+        if len(argv) <= 1:
+            for extra in write_integration_pbs():
+                print(f"  GEN {extra.relative_to(ROOT)}")
     except GenError as exc:
         print(f"gen_order: {exc}", file=sys.stderr)
         return 1

@@ -27,6 +27,9 @@ import servers as srv  # noqa: E402
 from backends import ENGINES, make_backend, start_engine_server  # noqa: E402
 from helpers import ProtoLib  # noqa: E402
 
+# The framework suites need the frameworks: `make integrations` runs them, one venv each.
+collect_ignore = ["integrations"]
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "stock: runs against a stock redis-server only")

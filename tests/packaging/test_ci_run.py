@@ -1,4 +1,4 @@
-""".ci/run: every step (make test, test-wheel, test-floors) must pass a test; a failing step, a
+""".ci/run: every step (make test, test-wheel, test-floors, integrations) must pass a test; a failing step, a
 step whose pytest collected nothing (exit code 5) or one that passed no test fails CI, and the
 other steps still run. Driven with a stand-in ``make`` that prints a pytest summary line and
 exits with a chosen status (the real targets are what CI runs; this checks the script's logic).
@@ -45,34 +45,36 @@ def _calls(tmp_path: Path) -> list[str]:
 def test_ci_passes_when_every_step_passes_and_prints_the_summaries(tmp_path: Path) -> None:
     proc = _run_ci(tmp_path, {"test": ("500 passed, 3 skipped in 200.12s (0:03:20)", 0),
                               "test-wheel": ("9 passed in 19.0s", 0),
-                              "test-floors": ("196 passed, 4 skipped in 32.3s", 0)})
+                              "test-floors": ("196 passed, 4 skipped in 32.3s", 0),
+                              "integrations": ("97 passed, 1 skipped in 5.4s", 0)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _calls(tmp_path) == ["test", "test-wheel", "test-floors"]
+    assert _calls(tmp_path) == ["test", "test-wheel", "test-floors", "integrations"]
     assert "==> make test-wheel: 9 passed in 19.0s" in proc.stdout
     assert proc.stdout.rstrip().endswith(
         "==> tests passed: 500 passed, 3 skipped in 200.12s (0:03:20)")
 
 
-@pytest.mark.parametrize("failing", ["test", "test-floors"])
+@pytest.mark.parametrize("failing", ["test", "test-floors", "integrations"])
 def test_a_failing_step_fails_ci_and_the_other_steps_still_run(tmp_path: Path,
                                                                failing: str) -> None:
-    steps = {name: PASS for name in ("test", "test-wheel", "test-floors")}
+    steps = {name: PASS for name in ("test", "test-wheel", "test-floors", "integrations")}
     steps[failing] = ("1 failed, 11 passed in 3.40s", 2)
     proc = _run_ci(tmp_path, steps)
     assert proc.returncode != 0
-    assert _calls(tmp_path) == ["test", "test-wheel", "test-floors"]
+    assert _calls(tmp_path) == ["test", "test-wheel", "test-floors", "integrations"]
     assert f"CI: FAILED: make {failing} exited with status 2" in proc.stderr
 
 
 def test_nothing_collected_fails_ci(tmp_path: Path) -> None:
     proc = _run_ci(tmp_path, {"test": PASS, "test-wheel": ("no tests ran in 0.01s", 5),
-                              "test-floors": PASS})
+                              "test-floors": PASS, "integrations": PASS})
     assert proc.returncode != 0
     assert "make test-wheel: no tests ran (pytest exit code 5" in proc.stderr
 
 
 def test_a_step_that_passes_no_test_fails_ci(tmp_path: Path) -> None:
     proc = _run_ci(tmp_path, {"test": PASS, "test-wheel": PASS,
-                              "test-floors": ("7 skipped in 0.50s", 0)})
+                              "test-floors": ("7 skipped in 0.50s", 0),
+                              "integrations": PASS})
     assert proc.returncode != 0
     assert "make test-floors passed no test" in proc.stderr

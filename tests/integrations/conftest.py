@@ -1,0 +1,47 @@
+"""Fixtures of the framework suites (`make integrations`, one venv per framework).
+
+`make test` never collects this folder (tests/conftest.py's collect_ignore): the frameworks are
+not installed in .venv. Every test runs on both engines: a redis-server with build/ctxlink.so
+loaded, and a stock one where the SDK uses the Lua scripts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from ctxlink.embedded import EmbeddedRedis  # noqa: E402
+
+ENGINES = ("module", "lua")
+
+
+def _start(engine: str) -> EmbeddedRedis:
+    module = ROOT / "build" / "ctxlink.so" if engine == "module" else None
+    if module is not None and not module.exists():
+        pytest.fail("build/ctxlink.so is missing: run `make` first")
+    return EmbeddedRedis(module=module, die_with_parent=True).start()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def redis_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
+    server = _start(request.param)
+    server.engine = request.param  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    yield redis_server.url
