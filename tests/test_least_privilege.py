@@ -194,7 +194,7 @@ def history_agent_line(engine: str) -> str:
 
 def observer_line(engine: str) -> str:
     if engine == "lua":
-        return _doc_line("observer", "+evalsha")
+        return _doc_line("observer", "+evalsha_ro")
     return _doc_line("observer", "+ctx.get")
 
 
