@@ -4,6 +4,7 @@ and reads in the same atomic write."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterable, Optional, Sequence
 
@@ -123,7 +124,8 @@ def op_append(
     write_id: Any,
     px: Optional[int],
 ) -> Op[CasResult]:
-    """``append``: see :meth:`ctxlink.Store.append`."""
+    """``append``: see :meth:`ctxlink.Store.append`. Phases: check the arguments, encode the
+    write (the patch, then the new elements), choose the base version, send and settle."""
     check_key(key)
     check_by(by)
     if isinstance(reads, (str, bytes)):
@@ -135,6 +137,31 @@ def op_append(
     cls, name = yield from _message_class(st, key, schema, message_class)
     desc: Any = cls.DESCRIPTOR
     fd = _field(desc, field)
+    elements = _elements(cls, fd, field, items)
+    vfield = yield from _vfield(st, name or None, desc, key)
+    fields, raw = _patch_part(cls, desc, patch, vfield, field)
+    raw += elements
+    rnums = _read_numbers(desc, reads)
+    if base_version is not None:
+        base = _check_version(base_version, st)
+    elif rnums or fields:
+        snap = yield from op_get(st, key)
+        base = snap.version if snap is not None else 0
+    else:
+        base = st.append_base.get(key) or 0
+    wid = new_write_id() if write_id is None else check_write_id(write_id)
+    sch = schema if schema is not None else (name or None) if base == 0 else None
+    write = _AppendWrite(key, raw, fields, (fd.number,), rnums, sch, by, wid, px, desc)
+    result = yield from _send_append(st, write, base)
+    if result.ok or result.current is not None:
+        st.append_base.put(key, result.version)
+    if result.ok and name:
+        st.key_schema.put(key, name)
+    return result
+
+
+def _elements(cls: type[Message], fd: Any, field: str, items: Iterable[Any]) -> bytes:
+    """The new elements, encoded as occurrences of ``field`` (TypeError for a wrong item)."""
     msg = cls()
     try:
         rep = getattr(msg, field)
@@ -150,70 +177,84 @@ def op_append(
                 rep.add().MergeFromString(item.SerializePartialToString())
     except (TypeError, ValueError) as exc:
         raise TypeError(f"items of {field!r}: {exc}") from exc
-    vfield = yield from _vfield(st, name or None, desc, key)
-    fields: tuple[int, ...] = ()
-    raw = b""
-    if patch is not None:
-        if type(patch) is not cls:
-            raise TypeError(f"patch is a {type(patch).__name__}, the context a {cls.__name__}")
-        p = cls()
-        p.CopyFrom(patch)
-        if vfield in desc.fields_by_name:
-            p.ClearField(vfield)
-        fields = _patch_fields(desc, p, vfield, field)
-        raw = p.SerializePartialToString()
-    raw += msg.SerializePartialToString()
-    read_nums = []
+    return bytes(msg.SerializePartialToString())
+
+
+def _patch_part(cls: type[Message], desc: Any, patch: Optional[Message], vfield: str,
+                field: str) -> tuple[tuple[int, ...], bytes]:
+    """The field patch written with the append: its FIELDS and its bytes (none without one)."""
+    if patch is None:
+        return (), b""
+    if type(patch) is not cls:
+        raise TypeError(f"patch is a {type(patch).__name__}, the context a {cls.__name__}")
+    p = cls()
+    p.CopyFrom(patch)
+    if vfield in desc.fields_by_name:
+        p.ClearField(vfield)
+    return _patch_fields(desc, p, vfield, field), bytes(p.SerializePartialToString())
+
+
+def _read_numbers(desc: Any, reads: Sequence[str]) -> tuple[int, ...]:
+    """READS: the field numbers of ``reads``, ascending, each once."""
+    nums = set()
     for r in reads:
         rd = desc.fields_by_name.get(r)
         if rd is None:
             raise ArgumentError(f"{desc.full_name} has no field {r!r} (reads)")
-        read_nums.append(rd.number)
-    rnums = tuple(sorted(set(read_nums)))
-    if base_version is not None:
-        base = _check_version(base_version, st)
-    elif rnums or fields:
-        snap = yield from op_get(st, key)
-        base = snap.version if snap is not None else 0
-    else:
-        base = st.append_base.get(key) or 0
-    wid = new_write_id() if write_id is None else check_write_id(write_id)
-    sch = schema if schema is not None else (name or None) if base == 0 else None
-    apps = (fd.number,)
+        nums.add(rd.number)
+    return tuple(sorted(nums))
+
+
+@dataclass(frozen=True)
+class _AppendWrite:
+    """One append as sent (every send of it the same but for the base version)."""
+
+    key: Any
+    raw: bytes
+    fields: tuple[int, ...]
+    apps: tuple[int, ...]
+    reads: tuple[int, ...]
+    schema: Optional[str]
+    by: Optional[str]
+    wid: Any
+    px: Optional[int]
+    desc: Any
+
+    def names(self, nums: tuple[int, ...]) -> tuple[str, ...]:
+        by_number = self.desc.fields_by_number
+        return tuple(by_number[n].name if n in by_number else str(n) for n in nums)
+
+
+def _send_append(st: State, w: _AppendWrite, base: int) -> Op[CasResult]:
+    """Sends the append, settling lost replies by its write id; a ``rebase`` answer (its base
+    left the window: not applied) is sent again at the version given, unless an earlier send
+    may have landed (then the outcome is unknown)."""
     sent = False
     for _ in range(STALE_RETRIES):
         if st.engine == MODULE:
-            send = partial(_send_module, key, base, raw, fields, apps, rnums, sch, by, wid, px)
+            send = partial(_send_module, w.key, base, w.raw, w.fields, w.apps, w.reads, w.schema,
+                           w.by, w.wid, w.px)
         else:
-            send = partial(_write_lua, st, key, base, raw, sch, by, wid, fields, rnums, None,
-                           px, apps)
-        reply, resent = yield from _send_settled(st, key, send, wid, None, CAS_RESENDS,
+            send = partial(_write_lua, st, w.key, base, w.raw, w.schema, w.by, w.wid, w.fields,
+                           w.reads, None, w.px, w.apps)
+        reply, resent = yield from _send_settled(st, w.key, send, w.wid, None, CAS_RESENDS,
                                                  sent=sent)
         sent = sent or resent
         if isinstance(reply, list) and len(reply) == 2 and reply[0] in _REBASE:
             # not applied; an earlier send of this write may have been, beyond the window
             if sent:
-                raise _unknown(key, wid)
+                raise _unknown(w.key, w.wid)
             # the fields it reads and patches did not change in base..reply[1] (checked first)
             base = int(reply[1])
             continue
-        outcome = parse_outcome(reply, lambda nums: tuple(
-            desc.fields_by_number[n].name if n in desc.fields_by_number else str(n)
-            for n in nums))  # `changed` by field name, as update() reports it
+        outcome = parse_outcome(reply, w.names)  # `changed` by field name, as update() does
         if _ambiguous(outcome, base, sent):
-            raise _unknown(key, wid)
-        result = outcome.result
-        if result.ok:
-            st.append_base.put(key, result.version)
-            if name:
-                st.key_schema.put(key, name)
-        elif result.current is not None:
-            st.append_base.put(key, result.version)
-        return result
+            raise _unknown(w.key, w.wid)
+        return outcome.result
     raise ConflictError(
-        f"append to {key!r} gave up: {STALE_RETRIES} times in a row more than 16 writes landed "
-        "between reading the version and the send (the write id window could not vouch for a "
-        "re-send); it was not applied", None, (), STALE_RETRIES, key)
+        f"append to {w.key!r} gave up: {STALE_RETRIES} times in a row more than 16 writes "
+        "landed between reading the version and the send (the write id window could not vouch "
+        "for a re-send); it was not applied", None, (), STALE_RETRIES, w.key)
 
 
 def _send_module(key: Any, base: int, raw: bytes, fields: tuple[int, ...], apps: tuple[int, ...],

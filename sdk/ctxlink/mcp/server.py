@@ -139,10 +139,58 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
     write = ToolAnnotations(read_only_hint=False, destructive_hint=True,
                             idempotent_hint=False, open_world_hint=False)
 
+    for fn in _read_tools(tools):
+        server.add_tool(fn, annotations=read, structured_output=False)
+    if not policy.read_only:
+        for fn in _write_tools(tools):
+            server.add_tool(fn, annotations=write, structured_output=False)
+    _add_resources(server, tools)
+    return server
+
+
+def _read_tools(tools: Callable[[], Tools]) -> tuple[Callable[..., Any], ...]:
+    """The tools that only read (listed on a --read-only server too)."""
+
     async def get_context(key: Key) -> CallToolResult:
         """Read the context at key: its message (JSON), version, incarnation, schema and last
         writer. An absent key answers exists=false, version 0."""
         return _result(tools(), await tools().get_context(key))
+
+    async def context_history(
+        key: Key,
+        since_version: Annotated[Optional[int], Field(
+            ge=0, description="only the changes after this version")] = None,
+        limit: Annotated[Optional[int], Field(ge=0, description="only the newest N")] = None,
+    ) -> CallToolResult:
+        """The changes kept for the context at key, oldest first: version, kind (create,
+        update, patch), writer, time, the fields a patch touched, and the message after each
+        change when the schema keeps payloads."""
+        return _result(tools(), await tools().context_history(key, since_version, limit))
+
+    async def wait_for_change(
+        key: Key,
+        after_version: Annotated[int, Field(ge=0, description="the version you have")],
+        timeout_s: Annotated[float, Field(gt=0, le=WAIT_MAX_S, description="how long to wait, "
+                                          f"at most {WAIT_MAX_S:g} seconds")] = 30.0,
+    ) -> CallToolResult:
+        """Block until the context at key is past after_version (answers at once when it
+        already is) and return it; changed=false after timeout_s."""
+        return _result(tools(), await tools().wait_for_change(key, after_version, timeout_s))
+
+    async def describe_schema(
+        schema: Annotated[Optional[str], Field(description="a schema name")] = None,
+        key: Annotated[Optional[str], Field(description="or a context's key: its "
+                                            "schema")] = None,
+    ) -> CallToolResult:
+        """The fields and types of a schema's message (by name, or of the context at key),
+        so you know what to write; with neither, the registered schemas."""
+        return _result(tools(), await tools().describe_schema(schema, key))
+
+    return (get_context, context_history, wait_for_change, describe_schema)
+
+
+def _write_tools(tools: Callable[[], Tools]) -> tuple[Callable[..., Any], ...]:
+    """The tools that write (left out with --read-only)."""
 
     async def write_context(
         key: Key,
@@ -192,44 +240,11 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
         return _result(tools(), await tools().append_items(key, field, items, reads,
                                                            base_version))
 
-    async def context_history(
-        key: Key,
-        since_version: Annotated[Optional[int], Field(
-            ge=0, description="only the changes after this version")] = None,
-        limit: Annotated[Optional[int], Field(ge=0, description="only the newest N")] = None,
-    ) -> CallToolResult:
-        """The changes kept for the context at key, oldest first: version, kind (create,
-        update, patch), writer, time, the fields a patch touched, and the message after each
-        change when the schema keeps payloads."""
-        return _result(tools(), await tools().context_history(key, since_version, limit))
+    return (write_context, update_fields, append_items)
 
-    async def wait_for_change(
-        key: Key,
-        after_version: Annotated[int, Field(ge=0, description="the version you have")],
-        timeout_s: Annotated[float, Field(gt=0, le=WAIT_MAX_S, description="how long to wait, "
-                                          f"at most {WAIT_MAX_S:g} seconds")] = 30.0,
-    ) -> CallToolResult:
-        """Block until the context at key is past after_version (answers at once when it
-        already is) and return it; changed=false after timeout_s."""
-        return _result(tools(), await tools().wait_for_change(key, after_version, timeout_s))
 
-    async def describe_schema(
-        schema: Annotated[Optional[str], Field(description="a schema name")] = None,
-        key: Annotated[Optional[str], Field(description="or a context's key: its "
-                                            "schema")] = None,
-    ) -> CallToolResult:
-        """The fields and types of a schema's message (by name, or of the context at key),
-        so you know what to write; with neither, the registered schemas."""
-        return _result(tools(), await tools().describe_schema(schema, key))
-
-    reads_only: tuple[Callable[..., Any], ...] = (
-        get_context, context_history, wait_for_change, describe_schema)
-    writes: tuple[Callable[..., Any], ...] = (write_context, update_fields, append_items)
-    for fn in reads_only:
-        server.add_tool(fn, annotations=read, structured_output=False)
-    if not policy.read_only:
-        for fn in writes:
-            server.add_tool(fn, annotations=write, structured_output=False)
+def _add_resources(server: "_Server", tools: Callable[[], Tools]) -> None:
+    """Every context as the resource ``ctxlink://{key}``."""
 
     @server.resource("ctxlink://{key}", name="context", mime_type="application/json",
                      description="a context: its message (protobuf's JSON mapping), version, "
@@ -239,8 +254,6 @@ def build_server(connect: Callable[[], Awaitable[Any]], policy: Policy) -> MCPSe
         if not result.get("ok"):
             raise ResourceError(result["error"]["message"])
         return text
-
-    return server
 
 
 def run_stdio(connect: Callable[[], Awaitable[Any]], policy: Policy) -> None:
