@@ -180,9 +180,8 @@ class Telemetry:
     def script_name(self, sha: Any) -> str:
         sha = _text(sha)
         name = self._scripts.get(sha)
-        if name is None:
-            for script in self.st.scripts.values():
-                self._scripts[script.sha] = script.name
+        if name is None:  # rebuilt, not added to: as bounded as the Store's own script cache
+            self._scripts = {script.sha: script.name for script in self.st.scripts.values()}
             name = self._scripts.get(sha, "unknown")
         return name
 
