@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from google.protobuf.message import DecodeError
 
@@ -235,13 +235,10 @@ class Tools:
         from ctxlink.aio import _run
 
         try:
-            snap = await self.store.get(key)
-            if snap is None:
-                return error("NOT_FOUND", f"no context at {key!r}: create it with write_context "
-                             "(expected_version 0)", "key")
-            info = await self._info(snap.schema)
-            if info is None:
-                return error("CTXSCHEMA", f"schema {snap.schema!r} is not registered", "schema")
+            found = await self._existing(key)
+            if isinstance(found, dict):
+                return found
+            snap, info = found
             msg = parse_message(info, fields, "fields")
             if isinstance(fields, str):
                 fields = json.loads(fields)
@@ -278,6 +275,18 @@ class Tools:
         return {"ok": True, "key": key, "version": res.version, "replayed": res.replayed,
                 "fields": names}
 
+    async def _existing(self, key: str) -> Union[Result, tuple[Any, SchemaInfo]]:
+        """The context at ``key`` and its schema's entry, or the refusal a tool answers (no
+        context, or an unregistered schema)."""
+        snap = await self.store.get(key)
+        if snap is None:
+            return error("NOT_FOUND", f"no context at {key!r}: create it with write_context "
+                         "(expected_version 0)", "key")
+        info = await self._info(snap.schema)
+        if info is None:
+            return error("CTXSCHEMA", f"schema {snap.schema!r} is not registered", "schema")
+        return snap, info
+
     async def append_items(self, key: str, field: str, items: Any,
                            reads: Sequence[str] = (),
                            base_version: Optional[int] = None) -> Result:
@@ -287,13 +296,10 @@ class Tools:
         if not isinstance(items, list) or not items:
             return error("BAD_ARGUMENT", "items must be a non-empty list", "items")
         try:
-            snap = await self.store.get(key)
-            if snap is None:
-                return error("NOT_FOUND", f"no context at {key!r}: create it with write_context "
-                             "(expected_version 0)", "key")
-            info = await self._info(snap.schema)
-            if info is None:
-                return error("CTXSCHEMA", f"schema {snap.schema!r} is not registered", "schema")
+            found = await self._existing(key)
+            if isinstance(found, dict):
+                return found
+            snap, info = found
             desc = class_of(info).DESCRIPTOR
             f = desc.fields_by_name.get(field)
             if f is None or not is_list(f):
