@@ -21,7 +21,7 @@ every side of every schema once, --writes writes each), and the best of --rounds
     .venv/bin/python bench/bench_lua.py            # make bench runs it after bench_module.py
     .venv/bin/python bench/bench_lua.py --quick    # a smoke run (300 writes, 2 rounds)
 
-Targets (issue 10): lua-cas <= 3x ref for every schema; lua-cas growing <= 1.5x from the small
+Targets: lua-cas <= 3x ref for every schema; lua-cas growing <= 1.5x from the small
 to the 20x schema; lua-patch <= 1.5x lua-cas. The exit status is 0 either way (a benchmark, not
 a test); the table says which targets hold.
 """

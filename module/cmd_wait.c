@@ -177,7 +177,7 @@ static int wait_ready(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     case kWait_WrongType:
       return reply_get(ctx, argv);
     case kWait_Context:
-      /* Incarnations (issue 11, 0a): once the value carries one, a waiter
+      /* Incarnations: once the value carries one, a waiter
        * that blocked on a context should also compare it with the one it
        * saw at block time (kept in ctx_Waiter) and answer CTXDELETED when
        * it differs: a RESTORE or RENAME of another context onto the key is a

@@ -50,7 +50,7 @@ def compat_field(r: redis.Redis, name: str) -> bytes | None:
 
 
 def test_required_made_optional_is_refused_with_the_core_text_on_both_engines(store, pb, uniq):
-    """Divergence (a) of issue 10: the module accepted it, the Lua engine refused it with another
+    """Once a divergence: the module accepted it, the Lua engine refused it with another
     text. Decided once: breaking (old readers reject payloads without the field)."""
     name = uniq("strict")
     register(store, name, STRICT, pb.fds("strict2"))
@@ -84,7 +84,7 @@ def _break_entry(r: redis.Redis, name: str) -> None:
 
 def test_change_over_an_unreadable_revision_is_refused_without_force_on_both_engines(
         store, backend, pb, uniq):
-    """Divergence (b) of issue 10: the SDK's Lua path swallowed it and wrote."""
+    """Once a divergence: the SDK's Lua path swallowed it and wrote."""
     name = uniq("order")
     register(store, name, ORDER, pb.fds("order"))
     _break_entry(backend.r, name)

@@ -1,5 +1,5 @@
-"""The two engines side by side (issue: "identical replies, identical stored values for the same
-sequence of calls"): one sequence of calls on a module server (raw CTX.* commands) and on a stock
+"""The two engines side by side (identical replies, identical stored values for the same
+sequence of calls): one sequence of calls on a module server (raw CTX.* commands) and on a stock
 server running the Lua engine through the shipped SDK (``ctxlink.connect(client, engine="lua")``,
 tests/backends.py) gives the same replies (errors: the same code and the same full text) and
 leaves the same contexts (byte for byte except ``updated_ms`` and the write-id digests: the SDK
@@ -293,7 +293,7 @@ STRICT_REQUIRED_TO_OPTIONAL = ts.on_field(ts.STRICT, 2, lambda f: setattr(
 
 
 def test_a_required_field_made_optional_gets_the_same_verdict_on_both_engines(pair, pb):
-    """Issue 10: the module accepted it and the Lua engine refused it, with another message."""
+    """Once a divergence: the module accepted it and the Lua engine refused it, with another message."""
     new = ts.edited(pb, "strict2", STRICT_REQUIRED_TO_OPTIONAL)
     got = {}
     for engine, b in fresh(pair).items():
@@ -318,7 +318,7 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_change_over_an_entry_that_does_not_parse_is_handled_alike(pair, pb, damage):
-    """Issue 10: an incompatible change registered over a registry entry that no longer parses
+    """Once a divergence: an incompatible change registered over a registry entry that no longer parses
     was refused by the module without FORCE and accepted through the Lua engine."""
     got = {}
     for engine, b in fresh(pair).items():
@@ -410,7 +410,7 @@ def test_a_refused_registration_gets_the_same_error_text_on_both_engines(pair, p
 
 
 def test_the_lua_backend_is_the_sdk_not_a_second_implementation(pair):
-    """Issue 10: the Lua engine is tested through ``ctxlink.connect(engine="lua")`` and the real
+    """The Lua engine is tested through ``ctxlink.connect(engine="lua")`` and the real
     scripts. tests/backends.py may reach into the SDK only for the write path ``update(reads=)``
     sends its patches with; it has no command line to parse and no raw script arguments."""
     tree = ast.parse(Path(backends.__file__).read_text())

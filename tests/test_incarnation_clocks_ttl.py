@@ -32,7 +32,7 @@ ORDER_TYPE = "ctxlink.example.Order"
 WIDE_TYPE = "ctxlink.test.clock.Wide"
 INC_A = "0123456789abcdef"
 INC_B = "fedcba9876543210"
-#: updates per run of the disjoint-writers test, split among the writers: the issue's 8 writers
+#: updates per run of the disjoint-writers test, split among the writers: 8 writers
 #: x 500 (16 writers: 250 each); a few seconds per engine (CTX_CLOCK_UPDATES to change it)
 UPDATES = int(os.environ.get("CTX_CLOCK_UPDATES", "4000"))
 

@@ -1,4 +1,4 @@
-"""Every bad value of an argument issue 11 added gets its documented error and changes nothing
+"""Every bad value of an argument of protocol 3 (and the settings added with it) gets its documented error and changes nothing
 (docs/PROTOCOL.md: CTX.CAS / CTX.PATCH / CTX.DEL `INC` and `PX`, CTX.TOUCH, CTX.WAIT,
 CTX.SCHEMA.SET `HISTORY` / `HISTORYPAYLOADS`, "History" for store.history, "The SDK" for
 ``ttl=``, ``incarnation=``, ``store.wait``, ``store.touch``).

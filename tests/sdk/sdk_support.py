@@ -17,7 +17,7 @@ PROTOS = {
     "versions": (REPO / "tests" / "protos", "versions.proto"),
 }
 SDK_ENGINES = ["module", "lua"]
-LUA_MISSING = "lua/*.lua scripts (issue 3) are not all present yet"
+LUA_MISSING = "lua/*.lua scripts are not all present"
 
 
 class Protos:

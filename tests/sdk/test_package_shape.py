@@ -1,5 +1,5 @@
 """The package as a newcomer meets it: its version, its public names, what ``import ctxlink``
-pulls in, and what it says when the module is missing (issue 10, item 6)."""
+pulls in, and what it says when the module is missing."""
 
 from __future__ import annotations
 
