@@ -293,7 +293,8 @@ STRICT_REQUIRED_TO_OPTIONAL = ts.on_field(ts.STRICT, 2, lambda f: setattr(
 
 
 def test_a_required_field_made_optional_gets_the_same_verdict_on_both_engines(pair, pb):
-    """Once a divergence: the module accepted it and the Lua engine refused it, with another message."""
+    """Once a divergence: the module accepted it and the Lua engine refused it, with another
+    message."""
     new = ts.edited(pb, "strict2", STRICT_REQUIRED_TO_OPTIONAL)
     got = {}
     for engine, b in fresh(pair).items():
@@ -318,8 +319,9 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_change_over_an_entry_that_does_not_parse_is_handled_alike(pair, pb, damage):
-    """Once a divergence: an incompatible change registered over a registry entry that no longer parses
-    was refused by the module without FORCE and accepted through the Lua engine."""
+    """Once a divergence: an incompatible change registered over a registry entry that no
+    longer parses was refused by the module without FORCE and accepted through the Lua
+    engine."""
     got = {}
     for engine, b in fresh(pair).items():
         assert b.schema_set("s", ORDER, pb.fds("order")) == 1

@@ -1,7 +1,7 @@
-"""Every bad value of an argument of protocol 3 (and the settings added with it) gets its documented error and changes nothing
-(docs/PROTOCOL.md: CTX.CAS / CTX.PATCH / CTX.DEL `INC` and `PX`, CTX.TOUCH, CTX.WAIT,
-CTX.SCHEMA.SET `HISTORY` / `HISTORYPAYLOADS`, "History" for store.history, "The SDK" for
-``ttl=``, ``incarnation=``, ``store.wait``, ``store.touch``).
+"""Every bad value of an argument of protocol 3 (and the settings added with it) gets its
+documented error and changes nothing (docs/PROTOCOL.md: CTX.CAS / CTX.PATCH / CTX.DEL `INC`
+and `PX`, CTX.TOUCH, CTX.WAIT, CTX.SCHEMA.SET `HISTORY` / `HISTORYPAYLOADS`, "History" for
+store.history, "The SDK" for ``ttl=``, ``incarnation=``, ``store.wait``, ``store.touch``).
 
 One table, both engines. Each row is one bad call and the error it must raise: the SDK's calls
 (``ArgumentError``, a ``ValueError``; ``TypeError`` for a wrong type) on both engines, and on
