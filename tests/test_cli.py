@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +20,7 @@ import pytest
 import redis
 from ctxlink._cluster import _slot_tag
 from ctxlink._order_schema import Order
-from ctxlink.embedded import EmbeddedRedis, find_module, free_port
+from ctxlink.embedded import EmbeddedCluster, EmbeddedRedis, find_module, free_port
 from google.protobuf import json_format
 from redis.cluster import RedisCluster
 
@@ -580,39 +579,11 @@ def test_tls_with_a_ca_certificate(tmp_path, engine) -> None:
 # --------------------------------------------------------------------------- a cluster
 
 
-def _wait(predicate, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[list[EmbeddedRedis]]:
     """Three module primaries, slots split evenly."""
-    nodes: list[EmbeddedRedis] = []
-    try:
-        buses = []
-        for _ in range(3):
-            bus = free_port()
-            nodes.append(EmbeddedRedis(module=find_module(), args=[
-                "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                "--cluster-node-timeout", "5000"]).start())
-            buses.append(bus)
-        clients = [n.client() for n in nodes]
-        for c, (lo, hi) in zip(clients, [(0, 5460), (5461, 10922), (10923, 16383)]):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for n, bus in zip(nodes[1:], buses[1:]):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
-        _wait(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
-                          for c in clients), "cluster_state:ok")
-        for c in clients:
-            c.close()
-        yield nodes
-    finally:
-        for n in nodes:
-            n.close()
+    with EmbeddedCluster(3, module=find_module()) as c:
+        yield c.nodes
 
 
 def test_cluster_ls_stats_doctor(cluster) -> None:

@@ -14,8 +14,7 @@ from typing import Iterator
 import ctxlink
 import pytest
 import redis
-from ctxlink.embedded import EmbeddedRedis
-from ctxlink.embedded import find_module, free_port
+from ctxlink.embedded import EmbeddedCluster, EmbeddedRedis, find_module
 from redis.cluster import RedisCluster
 
 from helpers import ProtoLib, error_text
@@ -32,16 +31,6 @@ def _wait(predicate, what: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _node(module: bool = True) -> tuple[EmbeddedRedis, int]:
-    bus = free_port()
-    server = EmbeddedRedis(
-        module=find_module() if module else None,
-        args=["--cluster-enabled", "yes", "--cluster-port", str(bus),
-              "--cluster-node-timeout", "5000"],
-    ).start()
-    return server, bus
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[list[EmbeddedRedis]]:
     yield from _cluster(module=True)
@@ -54,32 +43,9 @@ def stock_cluster() -> Iterator[list[EmbeddedRedis]]:
 
 
 def _cluster(module: bool) -> Iterator[list[EmbeddedRedis]]:
-    nodes: list[EmbeddedRedis] = []
-    try:
-        buses = []
-        for _ in range(4):
-            server, bus = _node(module)
-            nodes.append(server)
-            buses.append(bus)
-        clients = [n.client() for n in nodes]
-        for c, (lo, hi) in zip(clients, RANGES):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for n, bus in zip(nodes[1:], buses[1:]):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
-        _wait(lambda: all(len(c.execute_command("CLUSTER", "NODES").splitlines()) == 4 for c in clients),
-              "all nodes to know each other")
-        primary_id = clients[0].execute_command("CLUSTER", "MYID")
-        _wait(lambda: primary_id in clients[3].execute_command("CLUSTER", "NODES"), "the replica to see its primary")
-        clients[3].execute_command("CLUSTER", "REPLICATE", primary_id)
-        _wait(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients),
-              "cluster_state:ok")
-        _wait(lambda: clients[3].info("replication").get("master_link_status") == "up", "the replica link")
-        for c in clients:
-            c.close()
-        yield nodes
-    finally:
-        for n in nodes:
-            n.close()
+    """Three primaries and a replica of the first (nodes[3])."""
+    with EmbeddedCluster(3, replicas=1, module=find_module() if module else None) as cluster:
+        yield cluster.nodes
 
 
 @pytest.fixture

@@ -320,18 +320,11 @@ def one_node_cluster(request) -> Iterator[tuple[str, Any]]:
     """A cluster of one primary holding every slot: starts in well under a second (the refusal
     needs cluster mode, not three nodes; the 3-primary cluster is test_cluster's and
     test_history's)."""
-    from test_cluster import _node, _wait
+    from ctxlink.embedded import EmbeddedCluster, find_module
 
-    server, _ = _node(module=request.param == "module")
-    try:
-        c = server.client()
-        c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        _wait(lambda: b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO"),
-              "cluster_state:ok")
-        c.close()
-        yield request.param, server
-    finally:
-        server.close()
+    module = find_module() if request.param == "module" else None
+    with EmbeddedCluster(1, module=module) as cluster:
+        yield request.param, cluster.nodes[0]
 
 
 def test_a_cluster_refuses_a_feed(one_node_cluster, pb):

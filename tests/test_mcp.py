@@ -356,29 +356,10 @@ def test_on_a_redis_cluster() -> None:
     history, the resource list); the module engine."""
     from redis.cluster import RedisCluster
 
-    from ctxlink.embedded import EmbeddedRedis, find_module, free_port
+    from ctxlink.embedded import EmbeddedCluster, find_module
 
-    nodes: list[EmbeddedRedis] = []
-    try:
-        buses = []
-        for _ in range(3):
-            bus = free_port()
-            nodes.append(EmbeddedRedis(module=find_module(), args=[
-                "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                "--cluster-node-timeout", "5000"]).start())
-            buses.append(bus)
-        clients = [n.client() for n in nodes]
-        for c, (lo, hi) in zip(clients, [(0, 5460), (5461, 10922), (10923, 16383)]):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for n, bus in zip(nodes[1:], buses[1:]):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
-        deadline = time.monotonic() + 30
-        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
-                      for c in clients):
-            assert time.monotonic() < deadline, "cluster_state:ok"
-            time.sleep(0.05)
-        for c in clients:
-            c.close()
+    with EmbeddedCluster(3, module=find_module()) as cluster:
+        nodes = cluster.nodes
         rc = RedisCluster(host="127.0.0.1", port=nodes[0].port)
         store = ctxlink.connect(rc)
         store.register_schema("order", Order, history=5)
@@ -405,6 +386,3 @@ def test_on_a_redis_cluster() -> None:
 
         run_on(["-c", "-p", str(nodes[0].port)], body)
         rc.close()
-    finally:
-        for n in nodes:
-            n.close()

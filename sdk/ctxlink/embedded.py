@@ -9,7 +9,7 @@ given), and is stopped (and its own directory removed) on exit. ``restart()`` ke
 directory, so RDB and AOF restarts can be exercised. Each start logs to a file of its own
 (``redis-<n>.log``, stdout and stderr in ``redis-<n>.out``), so a crash report names the process
 that crashed: :meth:`EmbeddedRedis.crash_report` (crash marks in the log, death by a signal)
-with the log's tail.
+with the log's tail. :class:`EmbeddedCluster` starts several of them as one Redis Cluster.
 
 Not imported by ``import ctxlink``: ``from ctxlink.embedded import EmbeddedRedis``.
 """
@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 __all__ = [
     "CRASH_MARKS",
+    "EmbeddedCluster",
     "EmbeddedRedis",
     "free_port",
     "find_module",
@@ -320,3 +321,118 @@ class EmbeddedRedis:
             return f"redis-server on port {self.port} was killed by signal {-code}:\n" + (
                 self.log_tail(60))
         return None
+
+
+class EmbeddedCluster:
+    """A throwaway Redis Cluster on loopback: ``primaries`` nodes with the 16384 slots split
+    evenly, plus ``replicas`` nodes replicating the first primary, each an :class:`EmbeddedRedis`
+    (the module loaded on every node, or none).
+
+        with EmbeddedCluster(3, module=find_module()) as cluster:
+            rc = cluster.client()          # a redis.cluster.RedisCluster
+
+    :meth:`start` returns once every node reports ``cluster_state:ok`` (and every replica's link
+    is up); ``nodes`` lists the primaries first, in slot order.
+    """
+
+    def __init__(
+        self,
+        primaries: int = 3,
+        *,
+        replicas: int = 0,
+        module: str | os.PathLike[str] | None = None,
+        args: Sequence[str] = (),
+        die_with_parent: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one primary and no negative replicas")
+        self.primaries = primaries
+        self.replicas = replicas
+        self.module = module
+        self.args = list(args)
+        self.die_with_parent = die_with_parent
+        self.timeout = timeout
+        self.nodes: list[EmbeddedRedis] = []
+
+    @property
+    def port(self) -> int:
+        """The first primary's port (a cluster client finds the others from it)."""
+        return self.nodes[0].port
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The slot range of each primary, split as ``redis-cli --cluster create`` splits them
+        (three primaries: 0-5460, 5461-10922, 10923-16383)."""
+        share = 16384 / self.primaries
+        out, first = [], 0
+        for i in range(1, self.primaries + 1):
+            last = 16383 if i == self.primaries else int(share * i - 0.5)
+            out.append((first, last))
+            first = last + 1
+        return out
+
+    def start(self) -> "EmbeddedCluster":
+        try:
+            buses = []
+            for _ in range(self.primaries + self.replicas):
+                bus = free_port()
+                self.nodes.append(EmbeddedRedis(
+                    module=self.module, die_with_parent=self.die_with_parent,
+                    args=["--cluster-enabled", "yes", "--cluster-port", str(bus),
+                          "--cluster-node-timeout", "5000", *self.args]).start())
+                buses.append(bus)
+            clients = [n.client() for n in self.nodes]
+            try:
+                self._form(clients, buses)
+            finally:
+                for c in clients:
+                    c.close()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _form(self, clients: list[Any], buses: list[int]) -> None:
+        for c, (lo, hi) in zip(clients, self.ranges(), strict=False):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for node, bus in zip(self.nodes[1:], buses[1:], strict=True):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+        if self.replicas:
+            first = clients[0].execute_command("CLUSTER", "MYID")
+            for c in clients[self.primaries:]:
+                self._until(lambda c=c: first in c.execute_command("CLUSTER", "NODES"),
+                            "a replica to see its primary")
+                c.execute_command("CLUSTER", "REPLICATE", first)
+        self._until(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                                for c in clients), "cluster_state:ok")
+        for c in clients[self.primaries:]:
+            self._until(lambda c=c: c.info("replication").get("master_link_status") == "up",
+                        "a replica's link")
+
+    def _until(self, predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not come up: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def client(self, **kwargs: Any) -> Any:
+        """A ``redis.cluster.RedisCluster`` on the first primary."""
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.port, **kwargs)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        self.nodes = []
+
+    def __enter__(self) -> "EmbeddedCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from ctxlink.embedded import EmbeddedRedis  # noqa: E402
+from ctxlink.embedded import EmbeddedCluster, EmbeddedRedis  # noqa: E402
 
 ENGINES = ("module", "lua")
 
@@ -45,3 +45,13 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def redis_cluster(request: pytest.FixtureRequest) -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster of three primaries on loopback, slots split evenly: the module loaded on
+    every node, or stock nodes where the SDK uses the Lua engine (``.engine`` says which)."""
+    module = ROOT / "build" / "ctxlink.so" if request.param == "module" else None
+    with EmbeddedCluster(3, module=module, die_with_parent=True) as cluster:
+        cluster.engine = request.param  # type: ignore[attr-defined]
+        yield cluster

@@ -4,56 +4,19 @@ still refuses a stale parent, the store searches across nodes."""
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterator
 
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from redis.cluster import RedisCluster
 
 import ctxlink
-from ctxlink.embedded import EmbeddedRedis, free_port
+from ctxlink.embedded import EmbeddedCluster
 from ctxlink.integrations.langgraph import CtxlinkSaver, CtxlinkStore
 
-from conftest import ROOT
 
-RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
-
-
-def _until(pred: Any, what: str, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module", params=["module", "lua"])
-def cluster_url(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    module = ROOT / "build" / "ctxlink.so" if request.param == "module" else None
-    nodes: list[EmbeddedRedis] = []
-    try:
-        buses = []
-        for _ in RANGES:
-            bus = free_port()
-            nodes.append(EmbeddedRedis(module=module, die_with_parent=True,
-                                       args=["--cluster-enabled", "yes", "--cluster-port",
-                                             str(bus), "--cluster-node-timeout", "5000"]).start())
-            buses.append(bus)
-        clients = [n.client() for n in nodes]
-        for c, (lo, hi) in zip(clients, RANGES):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for n, bus in zip(nodes[1:], buses[1:]):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
-        _until(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
-                           for c in clients), "cluster_state:ok")
-        for c in clients:
-            c.close()
-        yield request.param, nodes[0].port
-    finally:
-        for n in nodes:
-            n.close()
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedCluster) -> tuple[str, int]:
+    return redis_cluster.engine, redis_cluster.port  # type: ignore[attr-defined]
 
 
 def test_saver_and_store_on_a_cluster(cluster_url: tuple[str, int]) -> None:

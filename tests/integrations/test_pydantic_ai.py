@@ -398,39 +398,10 @@ def test_read_history_in_batches_matches_the_one_by_one_walk(url: str) -> None:
     run(go())
 
 
-@pytest.fixture(scope="module", params=["module", "lua"])
-def cluster_url(request: Any) -> Any:
+@pytest.fixture
+def cluster_url(redis_cluster: Any) -> int:
     """Three primaries on 127.0.0.1, slots split evenly; the module loaded or a stock server."""
-    import time
-
-    from ctxlink.embedded import free_port
-
-    module = find_module() if request.param == "module" else None
-    nodes, buses = [], []
-    try:
-        for _ in range(3):
-            bus = free_port()
-            nodes.append(EmbeddedRedis(module=module, die_with_parent=True, args=[
-                "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                "--cluster-node-timeout", "5000"]).start())
-            buses.append(bus)
-        clients = [n.client() for n in nodes]
-        bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for client, (lo, hi) in zip(clients, bounds, strict=True):
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for node, bus in zip(nodes[1:], buses[1:], strict=True):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
-        deadline = time.monotonic() + 30
-        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
-                      for c in clients):
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.05)
-        for client in clients:
-            client.close()
-        yield nodes[0].port
-    finally:
-        for node in nodes:
-            node.close()
+    return int(redis_cluster.port)
 
 
 def test_on_a_redis_cluster(cluster_url: int) -> None:

@@ -259,29 +259,10 @@ def test_async_update_is_applied_once_when_its_reply_is_lost(
 @pytest.fixture(scope="module")
 def two_primaries() -> Any:
     """A two-primary Redis Cluster with the module (the Lua engine runs on it too)."""
-    from ctxlink.embedded import find_module, free_port
+    from ctxlink.embedded import EmbeddedCluster, find_module
 
-    nodes, buses = [], []
-    try:
-        for _ in range(2):
-            bus = free_port()
-            nodes.append(ctxlink.embedded.EmbeddedRedis(module=find_module(), args=[
-                "--cluster-enabled", "yes", "--cluster-port", str(bus)]).start())
-            buses.append(bus)
-        a, b = (n.client() for n in nodes)
-        a.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 8191)
-        b.execute_command("CLUSTER", "ADDSLOTSRANGE", 8192, 16383)
-        a.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[1].port, buses[1])
-        deadline = time.monotonic() + 20
-        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in (a, b)):
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.05)
-        a.close()
-        b.close()
-        yield nodes
-    finally:
-        for n in nodes:
-            n.close()
+    with EmbeddedCluster(2, module=find_module()) as cluster:
+        yield cluster.nodes
 
 
 def test_async_cluster_write_follows_ask_during_a_slot_migration(

@@ -455,21 +455,10 @@ def test_import_ctxlink_imports_no_opentelemetry_of_its_own() -> None:
 
 @pytest.fixture(scope="module")
 def one_node_cluster() -> Iterator[EmbeddedRedis]:
-    from ctxlink.embedded import free_port
+    from ctxlink.embedded import EmbeddedCluster
 
-    args = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
-    srv = EmbeddedRedis(module=find_module(), args=args).start()
-    try:
-        r = srv.client()
-        r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        for _ in range(200):
-            if b"cluster_state:ok" in r.execute_command("CLUSTER", "INFO"):
-                break
-            time.sleep(0.05)
-        r.close()
-        yield srv
-    finally:
-        srv.close()
+    with EmbeddedCluster(1, module=find_module()) as cluster:
+        yield cluster.nodes[0]
 
 
 def test_cluster_spans_name_the_node_of_the_key(

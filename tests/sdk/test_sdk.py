@@ -566,27 +566,14 @@ def test_lua_stale_key_schema_cache(stock_server: Any, protos: Protos) -> None:
 
 @pytest.fixture(scope="module")
 def cluster_servers() -> Any:
-    import time
+    """Two one-node clusters holding every slot: with the module, and stock."""
+    from contextlib import ExitStack
 
-    from ctxlink.embedded import free_port
+    from ctxlink.embedded import EmbeddedCluster
 
-    started = []
-    try:
-        for mod in (ctxlink.embedded.find_module(), None):
-            args = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
-            srv = ctxlink.embedded.EmbeddedRedis(module=mod, args=args).start()
-            started.append(srv)
-            r = srv.client()
-            r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-            for _ in range(200):
-                if b"cluster_state:ok" in r.execute_command("CLUSTER", "INFO"):
-                    break
-                time.sleep(0.05)
-            r.close()
-        yield started
-    finally:
-        for srv in started:
-            srv.close()
+    with ExitStack() as stack:
+        yield [stack.enter_context(EmbeddedCluster(1, module=mod)).nodes[0]
+               for mod in (ctxlink.embedded.find_module(), None)]
 
 
 def test_cluster_module_engine(cluster_servers: Any, protos: Protos) -> None:
