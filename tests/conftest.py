@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,6 +27,8 @@ import helpers  # noqa: E402
 import servers as srv  # noqa: E402
 from backends import ENGINES, make_backend, start_engine_server  # noqa: E402
 from helpers import ProtoLib  # noqa: E402
+
+import ctxlink  # noqa: E402
 
 # The framework suites need the frameworks: `make integrations` runs them, one venv each.
 collect_ignore = ["integrations"]
@@ -162,6 +165,20 @@ def backend(engine, shared_server):
     r.execute_command("SCRIPT", "FLUSH")
     b = make_backend(engine, shared_server)
     yield b
+    shared_server.assert_alive()
+
+
+@pytest.fixture
+def store(engine: str, shared_server) -> Iterator[ctxlink.Store]:
+    """The shipped SDK on the engine's shared server, emptied (data and scripts); test files
+    that need more (schemas registered, another client) define their own."""
+    shared_server.assert_alive()
+    r = shared_server.r
+    r.flushall()
+    r.execute_command("SCRIPT", "FLUSH")
+    s = ctxlink.connect(shared_server.client())
+    assert s.engine == engine
+    yield s
     shared_server.assert_alive()
 
 

@@ -7,7 +7,6 @@ element; an append with a patch in one write; reads conflicts; re-sends replayed
 from __future__ import annotations
 
 import threading
-from typing import Iterator
 
 import pytest
 from backends import start_engine_server
@@ -17,18 +16,6 @@ from ctxlink._append import append_command
 from ctxlink._protocol import MODULE
 
 ITEMS = 10  # Order.items (repeated LineItem)
-
-
-@pytest.fixture
-def store(engine: str, shared_server) -> Iterator[ctxlink.Store]:
-    shared_server.assert_alive()
-    r = shared_server.r
-    r.flushall()
-    r.execute_command("SCRIPT", "FLUSH")
-    s = ctxlink.connect(shared_server.client())
-    assert s.engine == engine
-    yield s
-    shared_server.assert_alive()
 
 
 def _order(store: ctxlink.Store, pb, key: str = "o:1", **kw) -> None:

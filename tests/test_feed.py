@@ -29,18 +29,6 @@ from ctxlink._ctxcore import lib
 PROTOCOL = REPO_ROOT / "docs" / "PROTOCOL.md"
 
 
-@pytest.fixture
-def store(engine: str, shared_server) -> Iterator[ctxlink.Store]:
-    shared_server.assert_alive()
-    r = shared_server.r
-    r.flushall()
-    r.execute_command("SCRIPT", "FLUSH")
-    s = ctxlink.connect(shared_server.client())
-    assert s.engine == engine
-    yield s
-    shared_server.assert_alive()
-
-
 def _bump(o: Any) -> None:
     o.discount += 1
 
