@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sdk"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_history import ORDER, ORDER_PB, order_class, payload, timed_writes  # noqa: E402
+
 import ctxlink  # noqa: E402
-from bench_history import ORDER, ORDER_PB, order_class, payload  # noqa: E402
 from ctxlink.embedded import EmbeddedRedis, find_module  # noqa: E402
 
 SETTINGS = (("off", 0, 0), ("FEED 1000", 0, 1000), ("HISTORY 50", 50, 0),
@@ -40,21 +41,11 @@ def run(engine: str, writes: int, cls: type) -> list[tuple[str, float, float]]:
             assert store.engine == engine
             store.register_schema("order", ORDER_PB.read_bytes(), message_type=ORDER,
                                   history=hist, feed=feed)
-            keys = [f"ctx:{i}" for i in range(10)]
-            versions = dict.fromkeys(keys, 0)
-            for k in keys:
-                versions[k] = store.cas(k, 0, payload(cls, 1), schema="order").version
-            for _ in range(105):  # warm up: the feed (1000) and the streams (50) full
-                for k in keys:
-                    versions[k] = store.cas(k, versions[k], payload(cls, versions[k] + 1)).version
-            r.config_resetstat()
-            for i in range(writes):
-                k = keys[i % len(keys)]
-                versions[k] = store.cas(k, versions[k], payload(cls, versions[k] + 1)).version
-            stat = r.info("commandstats")[f"cmdstat_{cmd}"]
+            # warm up: the feed (1000) and the streams (50) full
+            _, usec = timed_writes(r, store, cls, cmd, writes, warmup=105)
             n = r.xlen("__ctxf:order") if feed else 0
             per_entry = (r.memory_usage("__ctxf:order") or 0) / n if n else 0.0
-            rows.append((label, float(stat["usec_per_call"]), per_entry))
+            rows.append((label, usec, per_entry))
         r.close()
     return rows
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sdk"))
 
+from google.protobuf import descriptor_pb2  # noqa: E402
+
 import ctxlink  # noqa: E402
 from ctxlink.embedded import EmbeddedRedis, find_module  # noqa: E402
-from google.protobuf import descriptor_pb2  # noqa: E402
 
 ORDER_PB = ROOT / "sdk" / "ctxlink" / "order.pb"
 ORDER = "ctxlink.example.Order"
@@ -47,6 +49,25 @@ def payload(cls: type, version: int) -> bytes:
     return bytes(msg.SerializeToString())
 
 
+def timed_writes(r: Any, store: ctxlink.Store, cls: type, cmd: str, writes: int,
+                 warmup: int) -> tuple[list[str], float]:
+    """Creates 10 contexts of schema "order", updates each ``warmup`` times, then CONFIG
+    RESETSTAT and ``writes`` updates round-robin; returns the keys and the server's usec_per_call
+    of ``cmd`` (INFO commandstats)."""
+    keys = [f"ctx:{i}" for i in range(10)]
+    versions = dict.fromkeys(keys, 0)
+    for k in keys:
+        versions[k] = store.cas(k, 0, payload(cls, 1), schema="order").version
+    for _ in range(warmup):
+        for k in keys:
+            versions[k] = store.cas(k, versions[k], payload(cls, versions[k] + 1)).version
+    r.config_resetstat()
+    for i in range(writes):
+        k = keys[i % len(keys)]
+        versions[k] = store.cas(k, versions[k], payload(cls, versions[k] + 1)).version
+    return keys, float(r.info("commandstats")[f"cmdstat_{cmd}"]["usec_per_call"])
+
+
 def run(engine: str, writes: int, cls: type) -> list[tuple[str, float, int]]:
     rows = []
     module = find_module() if engine == "module" else None
@@ -61,20 +82,10 @@ def run(engine: str, writes: int, cls: type) -> list[tuple[str, float, int]]:
             store = ctxlink.connect(server.client())
             store.register_schema("order", ORDER_PB.read_bytes(), message_type=ORDER,
                                   history=hist, history_payloads=hpay)
-            keys = [f"ctx:{i}" for i in range(10)]
-            versions = dict.fromkeys(keys, 0)
-            for k in keys:
-                versions[k] = store.cas(k, 0, payload(cls, 1), schema="order").version
-            for _ in range(60):  # warm up: streams full (MAXLEN trims from here on)
-                for k in keys:
-                    versions[k] = store.cas(k, versions[k], payload(cls, versions[k] + 1)).version
-            r.config_resetstat()
-            for i in range(writes):
-                k = keys[i % len(keys)]
-                versions[k] = store.cas(k, versions[k], payload(cls, versions[k] + 1)).version
-            stat = r.info("commandstats")[f"cmdstat_{cmd}"]
+            # warm up: streams full (MAXLEN trims from here on)
+            keys, usec = timed_writes(r, store, cls, cmd, writes, warmup=60)
             mem = r.memory_usage(f"__ctxh:{keys[0]}") or 0
-            rows.append((label, float(stat["usec_per_call"]), int(mem)))
+            rows.append((label, usec, int(mem)))
         r.close()
     return rows
 
