@@ -151,7 +151,7 @@ def _merged(app: dict[str, Any], user: dict[str, Any], own: dict[str, Any]) -> d
     return out
 
 
-class CtxlinkSessionService(BaseSessionService):  # type: ignore[misc]
+class CtxlinkSessionService(BaseSessionService):
     """An ADK session service whose appends are atomic, exactly-once ctxlink appends.
 
     Give exactly one of ``redis_client`` (a ``redis.asyncio.Redis`` or ``RedisCluster``),
@@ -425,7 +425,7 @@ class CtxlinkSessionService(BaseSessionService):  # type: ignore[misc]
                 self._merge_state(store, self._app_key(session.app_name), deltas["app"]),
                 self._merge_state(store, self._user_key(session.app_name, session.user_id),
                                   deltas["user"]))
-        return await super().append_event(session, event)  # type: ignore[no-any-return]
+        return await super().append_event(session, event)
 
     async def _base_version(self, store: ctxlink.aio.Store, key: str, session: Session) -> int:
         """The stored version ``session`` was read at: its marker, or for a Session without
