@@ -188,3 +188,66 @@ def test_agent_acl_without_registry_writes(redis_url: str, redis_server: Any) ->
             assert await s.setup() == 0  # the context manager's first use registered them
     asyncio.run(as_admin())
     asyncio.run(as_agent(False))
+
+
+def test_a_lost_reply_stores_the_event_once(redis_url: str, redis_server: Any) -> None:
+    """The reply of an append_event is lost after the server applied it (tests/faultproxy.py),
+    and meanwhile another writer appends to the session: the SDK re-sends the same write, the
+    server replays it, and each event is stored exactly once; the state merge of a lost
+    ``user:`` update is applied once too."""
+    from faultproxy import FaultProxy
+
+    from ctxlink import connect
+
+    def other_writer(args: list[bytes]) -> None:
+        store = connect(redis_url)
+        try:
+            snap = store.get("adk:session:app:u:s")
+            assert snap is not None
+            other = Event(invocation_id="other", author="x")
+            store.append("adk:session:app:u:s", "events",
+                         [other.model_dump_json(exclude_none=True).encode()],
+                         patch=SessionMessage(state=b"{}", last_update_time=other.timestamp),
+                         base_version=snap.version)
+        finally:
+            store.close()
+
+    with FaultProxy(redis_server.port) as proxy:
+        async def go() -> None:
+            async with CtxlinkSessionService.from_url(
+                    f"redis://127.0.0.1:{proxy.port}") as s:
+                session = await s.create_session(app_name=APP, user_id="u", session_id="s")
+                proxy.arm(lambda args: any(b"lost-reply" in a for a in args), times=1,
+                          hook=other_writer)
+                await s.append_event(session, delta_event({"k": 1}, "lost-reply"))
+                assert proxy.faults == 1
+                proxy.arm(lambda args: any(b'{"counter":7}' in a for a in args), times=1)
+                fresh = await s.get_session(app_name=APP, user_id="u", session_id="s")
+                assert fresh is not None
+                await s.append_event(fresh, delta_event({"user:counter": 7}, "second"))
+                assert proxy.faults == 2
+                got = await s.get_session(app_name=APP, user_id="u", session_id="s")
+                assert got is not None
+                assert [e.invocation_id for e in got.events] == ["lost-reply", "other", "second"]
+                assert await s.get_user_state(app_name=APP, user_id="u") == {"counter": 7}
+        asyncio.run(go())
+
+
+def test_append_to_a_session_never_stored_or_deleted_raises_not_found(redis_url: str) -> None:
+    """A Session built by hand, or deleted since it was read: SessionNotFoundError, and no
+    session is created by the append (ADK's own Redis service creates one)."""
+    from google.adk.errors.session_not_found_error import SessionNotFoundError
+    from google.adk.sessions.session import Session
+
+    async def go() -> None:
+        async with CtxlinkSessionService.from_url(redis_url) as s:
+            ghost = Session(id="ghost", app_name=APP, user_id="u")
+            with pytest.raises(SessionNotFoundError):
+                await s.append_event(ghost, delta_event({"k": 1}))
+            assert await s.get_session(app_name=APP, user_id="u", session_id="ghost") is None
+            made = await s.create_session(app_name=APP, user_id="u", session_id="gone")
+            await s.delete_session(app_name=APP, user_id="u", session_id="gone")
+            with pytest.raises(SessionNotFoundError):
+                await s.append_event(made, delta_event({"k": 1}))
+            assert await s.get_session(app_name=APP, user_id="u", session_id="gone") is None
+    asyncio.run(go())
