@@ -4,9 +4,10 @@
     sessions = CtxlinkSessionService.from_url("redis://localhost:6379")  # was RedisSessionService
     runner = Runner(agent=agent, app_name="app", session_service=sessions)
 
-A ``google.adk.sessions.BaseSessionService`` (google-adk 2.7 to 2.13 tested): ``create_session``,
-``get_session`` (``GetSessionConfig``), ``list_sessions``, ``delete_session``,
-``get_user_state`` and ``append_event``, on the SDK's asyncio twin (:mod:`ctxlink.aio`).
+A ``google.adk.sessions.BaseSessionService`` (tested with google-adk 2.7.0 and 2.13.0):
+``create_session``, ``get_session`` (``GetSessionConfig``), ``list_sessions``,
+``delete_session``, ``get_user_state`` and ``append_event``, on the SDK's asyncio twin
+(:mod:`ctxlink.aio`).
 
 Layout (``key_prefix`` ``adk:`` by default; ``%`` and ``:`` escaped in every name part):
 
