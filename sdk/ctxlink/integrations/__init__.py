@@ -5,6 +5,7 @@ only when the adapter module itself is imported; this package imports nothing of
 
     from ctxlink.integrations.langgraph import CtxlinkSaver   # needs ctxlink[langgraph]
     from ctxlink.integrations.pydantic_ai import CtxlinkConversationStore   # ctxlink[pydantic-ai]
+    from ctxlink.integrations.adk import CtxlinkSessionService   # ctxlink[adk]
 
 Shared pieces (schema registration, the adapters' protobuf messages, key prefixes) live in
 ``ctxlink.integrations._common``.

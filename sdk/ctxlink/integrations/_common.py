@@ -7,6 +7,7 @@
   definition: when it is there, one read per schema and no write. When the caller's ACL cannot
   write the registry, :class:`SetupRequiredError` says to run ``ctxlink schema push`` or the
   adapter's ``setup()`` once with an account that may.
+- :func:`ensure_schemas_async`: the same for a :class:`ctxlink.aio.Store` (the asyncio adapters).
 - :func:`open_store` turns the constructors' ``redis_url=`` / ``redis_client=`` / ``store=``
   into a ctxlink Store.
 """
@@ -19,12 +20,12 @@ from typing import Any, Optional, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ctxlink._exceptions import ContextReplacedError, CtxError
+from ctxlink._exceptions import ContextReplacedError, CtxError, SchemaError
 from ctxlink._registry import build_descriptor_set
 from ctxlink._sync import Store, connect
 
-__all__ = ["SchemaSpec", "SetupRequiredError", "messages", "ensure_schemas", "open_store",
-           "check_prefix", "upsert"]
+__all__ = ["SchemaSpec", "SetupRequiredError", "messages", "ensure_schemas",
+           "ensure_schemas_async", "open_store", "check_prefix", "upsert"]
 
 
 class SetupRequiredError(CtxError):
@@ -117,6 +118,49 @@ def ensure_schemas(store: Store, specs: Sequence[SchemaSpec], adapter: str) -> i
                 ) from exc
             raise
         wrote += 1
+    return wrote
+
+
+async def ensure_schemas_async(store: Any, specs: Sequence[SchemaSpec], adapter: str) -> int:
+    """:func:`ensure_schemas` on a :class:`ctxlink.aio.Store`. A registration that races another
+    process registering the same definition reads the registry again (up to three times)."""
+    wrote = 0
+    for spec in specs:
+        want = build_descriptor_set(spec.message_class.DESCRIPTOR)
+        for attempt in range(3):
+            try:
+                info = await store.get_schema(spec.name)
+            except Exception as exc:
+                if _is_noperm(exc):
+                    raise SetupRequiredError(
+                        f"this client's ACL may not read the schema registry ({exc}): have an "
+                        f"administrator run `ctxlink schema push` or {adapter}.setup() once, "
+                        f"then build the {adapter} with register=False"
+                    ) from exc
+                raise
+            if (info is not None
+                    and info.message_type == spec.message_class.DESCRIPTOR.full_name
+                    and info.descriptor_set == want and info.history == spec.history):
+                break
+            try:
+                await store.register_schema(spec.name, spec.message_class,
+                                            version_field=spec.version_field,
+                                            history=spec.history or None)
+            except SchemaError:
+                if attempt == 2:
+                    raise
+                continue  # another process registered it meanwhile: compare again
+            except Exception as exc:
+                if _is_noperm(exc):
+                    raise SetupRequiredError(
+                        f"schema {spec.name!r} ({adapter}) is not registered and this client's "
+                        "ACL may not write the schema registry: have an administrator run "
+                        f"`ctxlink schema push` for it or call {adapter}.setup() once with an "
+                        f"account that may ({exc})"
+                    ) from exc
+                raise
+            wrote += 1
+            break
     return wrote
 
 
