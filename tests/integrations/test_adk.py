@@ -251,3 +251,42 @@ def test_append_to_a_session_never_stored_or_deleted_raises_not_found(redis_url:
                 await s.append_event(made, delta_event({"k": 1}))
             assert await s.get_session(app_name=APP, user_id="u", session_id="gone") is None
     asyncio.run(go())
+
+
+def test_on_a_redis_cluster(redis_cluster: Any) -> None:
+    """A ``redis.asyncio.RedisCluster`` client on three primaries: sessions, app and user state
+    in several slots; appends, the stale-writer race, concurrent ``user:`` keys and
+    ``list_sessions`` (a SCAN of every primary)."""
+    async def go() -> None:
+        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+        s = CtxlinkSessionService(client)
+        try:
+            sessions = [await s.create_session(app_name=APP, user_id="u", session_id=f"s{n}")
+                        for n in range(6)]
+            slots = {client.keyslot(f"adk:session:{APP}:u:s{n}") for n in range(6)}
+            owners = {client.get_node_from_key(f"adk:session:{APP}:u:s{n}").port
+                      for n in range(6)}
+            assert len(slots) == 6 and len(owners) >= 2
+
+            async def writer(n: int) -> None:
+                for i in range(3):
+                    await s.append_event(sessions[n], delta_event(
+                        {f"user:k{n}": i, f"app:a{n}": i}, f"s{n}-{i}"))
+
+            await asyncio.gather(*(writer(n) for n in range(6)))
+            assert await s.get_user_state(app_name=APP, user_id="u") == {
+                f"k{n}": 2 for n in range(6)}
+            stale = await s.get_session(app_name=APP, user_id="u", session_id="s0")
+            assert stale is not None
+            await s.append_event(sessions[0], delta_event({"x": 1}, "fresh"))
+            with pytest.raises(StaleSessionError):
+                await s.append_event(stale, delta_event({"x": 2}, "stale"))
+            listed = (await s.list_sessions(app_name=APP, user_id="u")).sessions
+            assert sorted(x.id for x in listed) == [f"s{n}" for n in range(6)]
+            got = await s.get_session(app_name=APP, user_id="u", session_id="s0")
+            assert got is not None
+            assert [e.invocation_id for e in got.events] == ["s0-0", "s0-1", "s0-2", "fresh"]
+        finally:
+            await s.close()
+            await client.aclose()
+    asyncio.run(go())

@@ -353,7 +353,7 @@ class CtxlinkSessionService(BaseSessionService):
         """The app's sessions (of ``user_id``, or of every user), without events, with merged
         state, oldest ``last_update_time`` first (then user id, session id). Scans the keys."""
         store = await self._ctx()
-        client: Any = store._client  # the Store's redis-py client, for SCAN
+        client: Any = store.client  # the Store's redis-py client, for SCAN
         pattern = _glob(f"{self.key_prefix}session:{_part(app_name)}:")
         pattern += "*" if user_id is None else _glob(f"{_part(user_id)}:") + "*"
         app = await self._read_state(store, self._app_key(app_name))

@@ -255,7 +255,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
     def _all_threads(self) -> List[str]:
         out: List[str] = []
         head = f"{self._prefix}:thread:"
-        client = self.store._client
+        client = self.store.client
         for key in client.scan_iter(match=_glob_escape(head) + "*", count=500):
             k = key.decode() if isinstance(key, bytes) else key
             out.append(_unesc(k[len(head):]))

@@ -142,7 +142,7 @@ class CtxlinkStore(BaseStore):
         else:
             pattern = _glob(head) + "*"
         out = []
-        for k in self.store._client.scan_iter(match=pattern, count=1000):
+        for k in self.store.client.scan_iter(match=pattern, count=1000):
             out.append(k.decode() if isinstance(k, bytes) else k)
         return out
 

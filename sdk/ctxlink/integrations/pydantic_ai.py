@@ -274,7 +274,7 @@ class CtxlinkConversationStore(ConversationStore):
     async def read_records(self, *, scope: Optional[str] = None,
                            limit: Optional[int] = None) -> Sequence[ConversationRecord]:
         store = await self._ctx()
-        client: Any = store._client  # the Store's redis-py client, for SCAN
+        client: Any = store.client  # the Store's redis-py client, for SCAN
         prefix = self._record_key("")
         records: list[ConversationRecord] = []
         async for raw in client.scan_iter(match=_glob_escape(prefix) + "*", count=500):
