@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Mapping
 from typing import Any, Callable, Literal, Optional, TypeVar
@@ -256,9 +257,9 @@ class CtxlinkSession:
                 self._ready = True
         return self._store
 
-    def _remember(self, snap: Optional[Snapshot]) -> None:
-        """Records the version this task read (the base of ``_atomic_replace_items``)."""
-        seen = (0, "") if snap is None else (snap.version, snap.incarnation)
+    def _remember(self, seen: tuple[int, str]) -> None:
+        """Records the state (version, incarnation; (0, "") for none) this task last read or
+        wrote with a compare-and-swap: the base of ``_atomic_replace_items``."""
         self._last_read = seen
         reads = dict(_READS.get() or {})
         reads[self._token] = seen
@@ -266,7 +267,7 @@ class CtxlinkSession:
 
     async def _read(self) -> tuple[Optional[Snapshot], list[str]]:
         snap = await (await self._ctx()).get(self.key)
-        self._remember(snap)
+        self._remember(_state(snap))
         return snap, [] if snap is None else list(snap.decode(SessionMessage).items)
 
     def _serialize_item(self, item: Any) -> str:
@@ -286,20 +287,25 @@ class CtxlinkSession:
                 continue
         return out
 
-    async def _cas_items(self, snap: Optional[Snapshot], items: list[str]) -> bool:
+    async def _cas_items(self, snap: Optional[Snapshot],
+                         items: list[str]) -> Optional[tuple[int, str]]:
         """Writes ``items`` as the whole history if the context is still ``snap`` (version and
-        incarnation; absent when None). False when another write came first."""
+        incarnation; absent when None): the state written, or None when another write came
+        first (nothing written)."""
         store = await self._ctx()
         message = SessionMessage(items=items)
+        # a create names its incarnation, so the state written is known exactly
+        incarnation = os.urandom(8).hex() if snap is None else snap.incarnation
         try:
             if snap is None:
-                res = await store.cas(self.key, 0, message, schema=SESSION_SCHEMA, ttl=self.ttl)
+                res = await store.cas(self.key, 0, message, schema=SESSION_SCHEMA, ttl=self.ttl,
+                                      incarnation=incarnation)
             else:
                 res = await store.cas(self.key, snap.version, message, ttl=self.ttl,
-                                      incarnation=snap.incarnation or None)
+                                      incarnation=incarnation or None)
         except ContextReplacedError:
-            return False
-        return res.ok
+            return None
+        return (res.version, incarnation) if res.ok else None
 
     # -- the Session protocol --------------------------------------------------------------
     async def get_items(self, limit: Optional[int] = None) -> list[Any]:
@@ -339,16 +345,19 @@ class CtxlinkSession:
         """Removes and returns the newest item (None when there is none), with a
         compare-and-swap: exactly that item goes, even with other writers at work."""
         await self._ctx()
-        return await _settled(self._pop())
+        got, seen = await _settled(self._pop())
+        self._remember(seen)  # in this task (the work ran in a task of its own)
+        return got
 
-    async def _pop(self) -> Optional[Any]:
+    async def _pop(self) -> tuple[Optional[Any], tuple[int, str]]:
         snap, raw = await self._read()
         while True:
             if snap is None or not raw:
-                return None
-            if await self._cas_items(snap, raw[:-1]):
+                return None, _state(snap)
+            written = await self._cas_items(snap, raw[:-1])
+            if written is not None:
                 try:
-                    return self._deserialize_item(raw[-1])
+                    return self._deserialize_item(raw[-1]), written
                 except (json.JSONDecodeError, TypeError):
                     pass  # not an item (written by another client): dropped, pop the next one
             snap, raw = await self._read()
@@ -358,6 +367,7 @@ class CtxlinkSession:
         deleted too, or land in a new context after it)."""
         await self._ctx()
         await _settled(self._clear())
+        self._remember((0, ""))
 
     async def _clear(self) -> None:
         store = await self._ctx()
@@ -372,7 +382,7 @@ class CtxlinkSession:
             if res.ok:
                 break
             snap = res.current
-        self._remember(None)
+        self._remember((0, ""))
 
     # -- the compaction hooks (openai-agents >= 0.23.1) ------------------------------------
     async def _get_compaction_snapshot(
@@ -412,9 +422,10 @@ class CtxlinkSession:
                 keep = keep[cut:]
             written = await self._cas_items(snap, keep + [self._serialize_item(o)
                                                           for o in output])
-            if written:
-                self._remember(None)  # a later replacement must read first
-            return written
+            if written is None:
+                return False
+            self._remember(written)
+            return True
 
         return _CompactionSnapshot(items, complete, replace_suffix)
 
@@ -429,15 +440,20 @@ class CtxlinkSession:
         else:
             version, incarnation = seen
             current = await store.get(self.key)
-            now = (0, "") if current is None else (current.version, current.incarnation)
-            if now != (version, incarnation):
+            if _state(current) != (version, incarnation):
                 raise HistoryChangedError(self.key, current)
             snap = current
         data = [self._serialize_item(item) for item in items]
-        if not await self._cas_items(snap, data):
+        written = await self._cas_items(snap, data)
+        if written is None:
             raise HistoryChangedError(self.key, await store.get(self.key))
-        self._remember(None)
+        self._remember(written)
         return True
+
+
+def _state(snap: Optional[Snapshot]) -> tuple[int, str]:
+    """(version, incarnation) of a context; (0, "") for none."""
+    return (0, "") if snap is None else (snap.version, snap.incarnation)
 
 
 async def _ensure_schema(store: ctxlink.aio.Store) -> None:
