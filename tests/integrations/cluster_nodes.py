@@ -38,9 +38,9 @@ def three_primaries(engine: str) -> Iterator[int]:
                                              str(bus), "--cluster-node-timeout", "5000"]).start())
             buses.append(bus)
         clients = [n.client() for n in nodes]
-        for c, (lo, hi) in zip(clients, RANGES):
+        for c, (lo, hi) in zip(clients, RANGES, strict=True):
             c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        for n, bus in zip(nodes[1:], buses[1:]):
+        for n, bus in zip(nodes[1:], buses[1:], strict=True):
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
         _until(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
                            for c in clients), "cluster_state:ok")

@@ -193,7 +193,7 @@ def test_atomic_replace_racing_an_add_never_drops_it(redis_url: str) -> None:
 def small_limit_store(redis_server: EmbeddedRedis) -> Iterator[Any]:
     """A Store whose payload limit is 4096 bytes: the module's own (a server of its own with
     max-payload-bytes 4096) or the Lua engine's (the Store's max_payload_bytes)."""
-    engine = getattr(redis_server, "engine")
+    engine = redis_server.engine  # type: ignore[attr-defined]
     if engine == "module":
         server = EmbeddedRedis(module=ROOT / "build" / "ctxlink.so",
                                module_args=["max-payload-bytes", "4096"],
