@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -36,6 +37,12 @@ from openai_agents_session import CannedModel  # noqa: E402
 
 T = TypeVar("T")
 set_tracing_disabled(True)
+
+#: openai-agents before 0.24 replaces the history of a manual compaction by clear_session then
+#: add_items (its own path, not atomic); from 0.24.0 through _atomic_replace_items
+AGENTS = tuple(int(x) for x in version("openai-agents").split(".")[:2])
+atomic_manual_compaction = pytest.mark.skipif(
+    AGENTS < (0, 24), reason="openai-agents < 0.24 does not call _atomic_replace_items")
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -299,6 +306,28 @@ def test_runner_session_settings_override(redis_url: str) -> None:
     run(go)
 
 
+def test_cancelled_add_and_pop_settle_before_raising(redis_url: str) -> None:
+    """test_mutation_cancellation_waits_for_authoritative_outcome: a caller cancelled while its
+    add or pop is under way gets CancelledError once the write settled; it landed once."""
+    async def go() -> None:
+        s = CtxlinkSession.from_url("cancel", url=redis_url)
+        await s.setup()
+        task = asyncio.create_task(s.add_items([msg("user", "a"), msg("user", "b")]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await s.get_items() == [msg("user", "a"), msg("user", "b")]
+        task = asyncio.create_task(s.pop_item())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await s.get_items() == [msg("user", "a")]
+        await s.close()
+    run(go)
+
+
 def test_constructor_takes_exactly_one_connection(redis_url: str) -> None:
     with pytest.raises(ValueError):
         CtxlinkSession("x")
@@ -309,6 +338,22 @@ def test_constructor_takes_exactly_one_connection(redis_url: str) -> None:
 
 
 # -- the compaction hooks (test_redis_session.py, test_compaction_suffix.py) -----------------
+def test_manual_compaction_leaves_its_output(redis_url: str) -> None:
+    """test_compaction_replaces_redis_history_atomically's end state, on every version of the
+    range (0.23.x through clear_session and add_items): the history is the output."""
+    async def go() -> None:
+        s = CtxlinkSession.from_url("cmp-any", url=redis_url)
+        await s.add_items([msg("user", "original"), msg("assistant", "answer")])
+        session = OpenAIResponsesCompactionSession(
+            "cmp-any", s, client=Compactor([msg("user", "summary")]), compaction_mode="input",
+            should_trigger_compaction=lambda _: True)
+        await session.run_compaction({"force": True})
+        assert await s.get_items() == [msg("user", "summary")]
+        await s.close()
+    run(go)
+
+
+@atomic_manual_compaction
 @pytest.mark.parametrize("empty", [False, True])
 def test_manual_compaction_replaces_history_atomically(redis_url: str, empty: bool) -> None:
     """test_compaction_replaces_redis_history_atomically (manual run_compaction): the history
@@ -373,6 +418,7 @@ def test_write_during_compaction_invalidates_the_snapshot(redis_url: str) -> Non
     run(go)
 
 
+@atomic_manual_compaction
 def test_write_during_manual_compaction_refuses_the_replacement(redis_url: str) -> None:
     """The manual path (_atomic_replace_items) after a write by another client: refused with
     HistoryChangedError, nothing written, the item there (never the clear-then-add fallback)."""

@@ -30,17 +30,21 @@ Guarantees:
   changed (an add, a pop, a clear, another compaction) is never replaced.
 - ``_atomic_replace_items(items)`` writes the whole history with a compare-and-swap on the
   version and incarnation of the last read of this session in the calling task (asyncio
-  context: ``get_items`` or a snapshot; the instance's last read when the task made none). When
+  context: ``get_items``, a snapshot, or the state a ``pop_item``, ``clear_session`` or
+  replacement of that task wrote; the instance's last one when the task has none). When
   anything was written since, it raises :class:`HistoryChangedError` and writes nothing: it never
   returns False, so the framework never falls back to its clear-then-add replacement.
+  openai-agents calls it for a manual ``run_compaction`` from 0.24.0 on; 0.23.x replaces the
+  history of a manual compaction by ``clear_session`` then ``add_items`` (its own path, not
+  atomic). The automatic compaction of the Runner uses the snapshot on both.
 - Mutations run to their end when the caller is cancelled (the caller's cancellation is raised
   after the outcome is known), as the framework's own backends do.
 
 Limits: the whole history is one context, so it is bounded by the server's
-``max-payload-bytes`` (1 MiB by default, ``ctxlink-max-payload-bytes`` of the module or the
-Store's ``max_payload_bytes``): the ``add_items`` that would take it over is refused with
-:class:`ctxlink.PayloadTooLarge` and nothing of it is written (the history stays as it was,
-readable and poppable). A long session is kept below the limit by compaction
+``max-payload-bytes`` (1 MiB by default: the module's ``max-payload-bytes`` argument, on the
+Lua engine the Store's ``max_payload_bytes``): the ``add_items`` that would take it over is
+refused with :class:`ctxlink.PayloadTooLarge` and nothing of it is written (the history stays
+as it was, readable and poppable). A long session is kept below the limit by compaction
 (``OpenAIResponsesCompactionSession`` over this session), by ``clear_session``, or by raising
 the server's limit; the adapter does not split a session into segments. ``ttl`` (seconds) is
 set again by every write: the session expires ``ttl`` seconds after its last write.
