@@ -233,3 +233,63 @@ def test_history_at_max_payload_bytes_is_refused_whole(small_limit_store: Any) -
         assert len(await s.get_items()) == 2
         await store.close()
     asyncio.run(go())
+
+
+def test_connections_killed_mid_write_lose_and_double_nothing(redis_url: str) -> None:
+    """Writers' connections are killed again and again (CLIENT KILL) while they add: a lost
+    reply is re-sent and applied once. Every acknowledged item is there exactly once; an item
+    whose outcome the SDK could not settle (OutcomeUnknownError) is there at most once."""
+    import redis as sync_redis
+
+    writers, per = 4, 40
+
+    async def go() -> None:
+        sessions = [CtxlinkSession.from_url("killed", url=redis_url) for _ in range(writers)]
+        for s in sessions:
+            await s.setup()
+        acked: list[str] = []
+        unknown: list[str] = []
+        retried = [0]
+        done = asyncio.Event()
+
+        async def add(w: int) -> None:
+            for n in range(per):
+                text = f"w{w}-{n}"
+                for _ in range(20):
+                    try:
+                        await sessions[w].add_items([{"role": "user", "content": text}])
+                        acked.append(text)
+                        break
+                    except ctxlink.OutcomeUnknownError:
+                        unknown.append(text)
+                        break
+                    except (ConnectionError, OSError, sync_redis.exceptions.ConnectionError):
+                        retried[0] += 1
+                        await asyncio.sleep(0.001)  # not sent: the next call is a new write
+                        continue
+
+        async def killer() -> int:
+            admin = sync_redis.Redis.from_url(redis_url)
+            kills = 0
+            while not done.is_set():
+                kills += int(await asyncio.to_thread(
+                    admin.execute_command, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+                await asyncio.sleep(0.003)
+            admin.close()
+            return kills
+
+        kill_task = asyncio.create_task(killer())
+        await asyncio.gather(*(add(w) for w in range(writers)))
+        done.set()
+        kills = await kill_task
+        reader = CtxlinkSession.from_url("killed", url=redis_url)
+        texts = [i["content"] for i in await reader.get_items()]
+        counts = Counter(texts)
+        assert kills > 0
+        assert all(counts[t] == 1 for t in acked), "an acknowledged item is missing or doubled"
+        assert all(counts[t] <= 1 for t in unknown)
+        assert set(texts) <= set(acked) | set(unknown)
+        assert len(acked) + len(unknown) == writers * per
+        for s in [*sessions, reader]:
+            await s.close()
+    asyncio.run(go())

@@ -20,7 +20,9 @@ Guarantees:
   once and the items of one call together and in order. Creating the session is the first
   append: two clients that create it at once make one context holding both their items. A reply
   lost on the way is settled by the write's id (applied exactly once), else
-  :class:`ctxlink.OutcomeUnknownError` (read the session to see whether the items landed).
+  :class:`ctxlink.OutcomeUnknownError` (read the session to see whether the items landed). The
+  client's own connection error comes through only when nothing reached the server: calling
+  ``add_items`` again then adds the items once.
 - ``pop_item`` removes exactly the last item with a compare-and-swap on the context's version
   and incarnation (re-read and tried again when another write came first); ``clear_session``
   deletes the context with the same compare-and-swap.
