@@ -29,6 +29,7 @@ from ctxlink.integrations.openai_agents import (
     HistoryChangedError,
     SessionMessage,
 )
+from ctxlink.integrations import SetupRequiredError
 
 from conftest import ROOT
 
@@ -534,3 +535,38 @@ def test_setup_registers_once(redis_url: str) -> None:
         await store.close()
         await s.close()
     run(go)
+
+
+def test_agent_acl_without_registry_writes(redis_url: str, redis_server: Any) -> None:
+    """An agent with docs/PROTOCOL.md's least-privilege ACL line (keys ``ctx:*``) cannot
+    register the schema: SetupRequiredError says to run setup(); after an administrator's
+    setup() the agent works (register=False, or the default check, which then writes nothing)."""
+    import redis as sync_redis
+
+    admin = sync_redis.Redis.from_url(redis_url)
+    line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous"]
+    if redis_server.engine == "module":
+        line += ["-ctx.schema.set", "-ctx.schema.del"]
+    else:
+        line += ["&__ctx:wait:*"]
+    admin.execute_command("ACL", "SETUSER", "oa-agent", "reset", *line)
+    admin.close()
+    agent_url = redis_url.replace("redis://", "redis://oa-agent:pw@", 1)
+
+    async def as_agent(**kw: Any) -> None:
+        s = CtxlinkSession.from_url("acl", url=agent_url, key_prefix="ctx:s", **kw)
+        await s.add_items([msg("user", "hi")])
+        assert (await s.get_items())[-1] == msg("user", "hi")
+        assert await s.pop_item() == msg("user", "hi")
+        await s.close()
+
+    with pytest.raises(SetupRequiredError, match=r"setup\(\)"):
+        run(as_agent)
+    with pytest.raises(SetupRequiredError, match=r"setup\(\)"):
+        run(lambda: as_agent(register=False))
+
+    async def as_admin() -> None:
+        await CtxlinkSession.from_url("acl", url=redis_url, key_prefix="ctx:s").setup()
+    run(as_admin)
+    run(as_agent)
+    run(lambda: as_agent(register=False))

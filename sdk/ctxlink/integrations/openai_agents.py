@@ -71,7 +71,14 @@ from agents.memory.session_settings import (
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 import ctxlink.aio
-from ctxlink import ArgumentError, ConflictError, ContextReplacedError, CtxError, Snapshot
+from ctxlink import (
+    ArgumentError,
+    ConflictError,
+    ContextReplacedError,
+    CtxError,
+    SchemaError,
+    Snapshot,
+)
 from ctxlink.integrations._common import SetupRequiredError, _is_noperm, check_prefix
 
 __all__ = ["CtxlinkSession", "HistoryChangedError", "SESSION_SCHEMA", "SessionMessage"]
@@ -114,6 +121,9 @@ SessionMessage: Any = _message_class()
 #: per asyncio context: session token -> (version, incarnation) of that session's last read
 _READS: contextvars.ContextVar[Optional[Mapping[str, tuple[int, str]]]] = (
     contextvars.ContextVar("ctxlink_openai_agents_reads", default=None))
+#: how many sessions' last reads a task keeps (a session dropped from it falls back to the
+#: instance's last read)
+_READS_KEPT = 64
 
 
 async def _settled(awaitable: Awaitable[_T]) -> _T:
@@ -268,7 +278,11 @@ class CtxlinkSession:
         wrote with a compare-and-swap: the base of ``_atomic_replace_items``."""
         self._last_read = seen
         reads = dict(_READS.get() or {})
+        reads.pop(self._token, None)
         reads[self._token] = seen
+        if len(reads) > _READS_KEPT:  # the sessions this task used least recently
+            for token in list(reads)[:len(reads) - _READS_KEPT]:
+                del reads[token]
         _READS.set(reads)
 
     async def _read(self) -> tuple[Optional[Snapshot], list[str]]:
@@ -311,6 +325,8 @@ class CtxlinkSession:
                                       incarnation=incarnation or None)
         except ContextReplacedError:
             return None
+        except SchemaError as exc:
+            raise _setup_required(exc) from exc
         return (res.version, incarnation) if res.ok else None
 
     # -- the Session protocol --------------------------------------------------------------
@@ -335,9 +351,12 @@ class CtxlinkSession:
     async def _append(self, store: ctxlink.aio.Store, data: list[str]) -> None:
         base: Optional[int] = None
         for _ in range(8):
-            res = await store.append(self.key, "items", data, base_version=base,
-                                     schema=SESSION_SCHEMA, message_class=SessionMessage,
-                                     ttl=self.ttl)
+            try:
+                res = await store.append(self.key, "items", data, base_version=base,
+                                         schema=SESSION_SCHEMA, message_class=SessionMessage,
+                                         ttl=self.ttl)
+            except SchemaError as exc:
+                raise _setup_required(exc) from exc
             if res.ok:
                 return
             # not applied: the context this client last saw was deleted (clear_session):
@@ -455,6 +474,14 @@ class CtxlinkSession:
             raise HistoryChangedError(self.key, await store.get(self.key))
         self._remember(written)
         return True
+
+
+def _setup_required(exc: SchemaError) -> CtxError:
+    """SetupRequiredError for the server's "unknown schema" (this client could not check the
+    registry and an administrator has not registered the schema); else ``exc`` itself."""
+    if "unknown schema" in str(exc):
+        return SetupRequiredError(_SETUP_HINT.format(error=exc))
+    return exc
 
 
 def _state(snap: Optional[Snapshot]) -> tuple[int, str]:
