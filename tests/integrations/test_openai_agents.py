@@ -570,3 +570,31 @@ def test_agent_acl_without_registry_writes(redis_url: str, redis_server: Any) ->
     run(as_admin)
     run(as_agent)
     run(lambda: as_agent(register=False))
+
+
+def test_encrypted_session_over_ctxlink(redis_url: str) -> None:
+    """test_redis_compaction_preserves_encryption_wrapper: EncryptedSession over CtxlinkSession
+    stores only ciphertext, reads it back, and the Runner's automatic compaction goes through
+    the wrapper's snapshot (its prune_prefix included) to ours."""
+    pytest.importorskip("cryptography")
+    from agents.extensions.memory.encrypt_session import EncryptedSession
+
+    async def go() -> None:
+        inner = CtxlinkSession.from_url("enc", url=redis_url)
+        enc = EncryptedSession("enc", inner, encryption_key="synthetic-key", ttl=600)
+        await enc.add_items([msg("user", "secret words")])
+        assert await enc.get_items() == [msg("user", "secret words")]
+        store = await ctxlink.aio.connect(redis_url)
+        snap = await store.get(inner.key)
+        assert snap is not None and b"secret words" not in snap.raw
+        summary = {"type": "compaction", "id": "cmp_e", "encrypted_content": "synthetic"}
+        client = Compactor([summary])
+        session = OpenAIResponsesCompactionSession(
+            "enc", enc, client=client, compaction_mode="input",
+            should_trigger_compaction=lambda _: True)
+        await Runner.run(Agent(name="a", model=CannedModel(["reply"])), "next", session=session)
+        assert len(client.calls) == 1
+        assert await enc.get_items() == [summary]  # the whole (complete) history compacted
+        await store.close()
+        await inner.close()
+    run(go)
