@@ -108,6 +108,25 @@ def test_runner_carries_history_between_turns(redis_url: str) -> None:
     run(go)
 
 
+def test_list_input_and_input_callback(redis_url: str) -> None:
+    """test_session_memory_appends_list_input_by_default, test_session_callback_prepared_input:
+    a list input is appended after the history; a session_input_callback decides what the model
+    sees, and the session keeps every turn."""
+    async def go() -> None:
+        s = CtxlinkSession.from_url("cb", url=redis_url)
+        await s.add_items([msg("user", "h1"), msg("assistant", "h2")])
+        model = CannedModel(["one", "two"])
+        agent = Agent(name="a", model=model)
+        await Runner.run(agent, [msg("user", "n1"), msg("user", "n2")], session=s)
+        assert [i.get("content") for i in model.inputs[0]] == ["h1", "h2", "n1", "n2"]
+        await Runner.run(agent, "n3", session=s, run_config=RunConfig(
+            session_input_callback=lambda history, new: history[-1:] + new))
+        assert len(model.inputs[1]) == 2 and model.inputs[1][1]["content"] == "n3"
+        assert len(await s.get_items()) == 7
+        await s.close()
+    run(go)
+
+
 def test_sessions_are_isolated(redis_url: str) -> None:
     """test_session_isolation / test_session_memory_different_sessions_parametrized."""
     async def go() -> None:
