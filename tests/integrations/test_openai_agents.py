@@ -226,12 +226,16 @@ def test_ping_from_url_and_ownership(redis_url: str) -> None:
     test_redis_session_closed_operations_raise_runtime_error, test_close_is_idempotent."""
     async def go() -> None:
         s = CtxlinkSession.from_url("own", url=redis_url, key_prefix="p",
-                                    redis_kwargs={"socket_timeout": 5})
+                                    redis_kwargs={"socket_timeout": 5, "client_name": "oa-owned"})
         assert await s.ping()
         assert s.key == "p:own"
         await s.add_items([msg("user", "x")])
+        admin = redis.asyncio.from_url(redis_url)
+        assert b"name=oa-owned" in await admin.execute_command("CLIENT", "LIST")
         await s.close()
         await s.close()
+        assert b"name=oa-owned" not in await admin.execute_command("CLIENT", "LIST")
+        await admin.aclose()
         for call in (s.get_items(), s.add_items([]), s.pop_item(), s.clear_session()):
             with pytest.raises(RuntimeError):
                 await call

@@ -234,9 +234,10 @@ class CtxlinkSession:
             return
         self._closed = True
         if self._store is not None:
-            await self._store.close()
+            await self._store.close()  # closes the client it opened from a URL
             self._store = None
-        elif self._target is not None and not isinstance(self._target, str):
+        if self._target is not None and not isinstance(self._target, str):
+            # the client from_url(redis_kwargs=...) built, which the Store does not own
             close = getattr(self._target, "aclose", None) or self._target.close
             await close()
         self._target = None
