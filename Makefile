@@ -206,7 +206,7 @@ test: lint all ext redis62 $(VENV_STAMP)
 # With tests/integrations/floor-<fw>.txt (the extra's lowest versions), the same tests run again
 # in .venv-int-<fw>-floor with exactly those.
 # INTEGRATIONS="langgraph" picks frameworks (default: every adapter).
-INTEGRATIONS ?= langgraph pydantic-ai adk
+INTEGRATIONS ?= langgraph pydantic-ai adk openai-agents
 .PHONY: integrations
 integrations: all ext
 	@rc=0; for fw in $(INTEGRATIONS); do \

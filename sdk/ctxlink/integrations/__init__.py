@@ -6,6 +6,7 @@ only when the adapter module itself is imported; this package imports nothing of
     from ctxlink.integrations.langgraph import CtxlinkSaver   # needs ctxlink[langgraph]
     from ctxlink.integrations.pydantic_ai import CtxlinkConversationStore   # ctxlink[pydantic-ai]
     from ctxlink.integrations.adk import CtxlinkSessionService   # ctxlink[adk]
+    from ctxlink.integrations.openai_agents import CtxlinkSession   # ctxlink[openai-agents]
 
 Shared pieces (schema registration, the adapters' protobuf messages, key prefixes) live in
 ``ctxlink.integrations._common``.
