@@ -123,31 +123,41 @@ def register_lua(
     raise AssertionError("unreachable")
 
 
-def _read_entry(st: State, entry: str) -> Op[list[Any]]:
-    """The entry's fields the decision reads; a key of another type is the module's refusal."""
+def _read_entry(st: State, entry: str) -> Op[tuple[list[Any], bool]]:
+    """The entry's fields the decision reads (``_PREV_FIELDS`` order, None where absent) and
+    whether the key exists, from one ``HGETALL``: one atomic read, so a registration landing
+    meanwhile is seen whole or not at all (an existence check of its own, a second round trip,
+    could see an entry whose fields the first read missed: "cannot be read"). A key of another
+    type is the module's refusal."""
     try:
-        fields = yield Cmd(("HMGET", entry, *_PREV_FIELDS))
+        reply = yield Cmd(("HGETALL", entry))
     except (WrongTypeError, ResponseError) as exc:
         if "WRONGTYPE" not in str(exc):
             raise
         raise SchemaError(_OTHER_TYPE) from None
-    return list(fields)
+    if isinstance(reply, dict):
+        pairs = list(reply.items())
+    else:  # a flat [field, value, ...] list (no response callback)
+        flat = list(reply or [])
+        pairs = list(zip(flat[0::2], flat[1::2], strict=True))
+    have = {_text(k): v for k, v in pairs}
+    return [have.get(f) for f in _PREV_FIELDS], bool(pairs)
 
 
 # On a cluster whose first copy is missing, every _SAMPLE_STEP-th copy is read for another one
 _SAMPLE_STEP = 64
 
 
-def _first_present(st: State, copies: list[tuple[str, str]]) -> Op[list[Any]]:
+def _first_present(st: State, copies: list[tuple[str, str]]) -> Op[tuple[list[Any], bool]]:
     """On a cluster whose first copy is missing: the fields of a copy that has some, among every
     ``_SAMPLE_STEP``-th slot's (the change is checked against it, as CTX.SCHEMA.SET does on each
     node against its first copy there: a copy lost by hand or in a failover must not make the
     name look new). A new name costs 255 reads, not 16383; every node serves some of them."""
     for entry, _ in copies[_SAMPLE_STEP::_SAMPLE_STEP]:
-        fields = yield from _read_entry(st, entry)
-        if any(v is not None for v in fields):
-            return fields
-    return [None] * len(_PREV_FIELDS)
+        fields, exists = yield from _read_entry(st, entry)
+        if exists:
+            return fields, True
+    return [None] * len(_PREV_FIELDS), False
 
 
 def _register_once(
@@ -157,12 +167,10 @@ def _register_once(
 ) -> Op[int]:
     """One read-decide-write round of :func:`register_lua`."""
     copies = registry_copies(st, name)
-    fields = yield from _read_entry(st, copies[0][0])
     # a hash without any of an entry's fields is an entry that cannot be read, as on the module
-    exists = any(v is not None for v in fields) or bool((yield Cmd(("EXISTS", copies[0][0]))))
+    fields, exists = yield from _read_entry(st, copies[0][0])
     if not exists and len(copies) > 1:
-        fields = yield from _first_present(st, copies)
-        exists = any(v is not None for v in fields)
+        fields, exists = yield from _first_present(st, copies)
     stored = _stored_compat(fields[5])
     mode = compat or (stored if exists else _native.DEFAULT_COMPAT)
     # the very same definition under the same category: schema_set.lua writes nothing where it is
