@@ -20,12 +20,13 @@ from ctxlink._instr import Cmd, Op
 from ctxlink._lua import _evalsha, check_plan
 from ctxlink._protocol import _bytes, _text
 from ctxlink._state import State
+from ctxlink._window import WINDOW_DEFAULT, stored_window
 
 __all__ = ["check_compat_arg", "register_lua"]
 
 # The entry fields the change decision reads (HMGET order).
 _PREV_FIELDS = ("type", "fds", "vfield", "revision", "digest", "compat", "history", "hpayload",
-                "feed")
+                "feed", "window")
 
 
 def _schema_error(text: str) -> SchemaError:
@@ -90,20 +91,21 @@ _CONCURRENT = "CTXSCHEMA concurrent registration, retry"
 _OTHER_TYPE = "CTXSCHEMA the registry key holds another type"
 
 
-def _stored_history(fields: Sequence[Any]) -> tuple[int, bool, int]:
-    """An entry's history and feed settings as the module reads them (unreadable: off)."""
+def _stored_history(fields: Sequence[Any]) -> tuple[int, bool, int, int]:
+    """An entry's history, feed and window settings as the module reads them (unreadable: off,
+    the default window)."""
     text = _text(fields[6]) if fields[6] is not None else ""
     n = int(text) if _INT.fullmatch(text) else 0
     ftext = _text(fields[8]) if fields[8] is not None else ""
     f = int(ftext) if _INT.fullmatch(ftext) else 0
     return ((n if 0 <= n <= 1000 else 0), fields[7] is not None and _text(fields[7]) == "1",
-            f if 0 <= f <= 10_000_000 else 0)
+            f if 0 <= f <= 10_000_000 else 0, stored_window(fields[9]))
 
 
 def register_lua(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None, history: int | None = None, history_payloads: bool | None = None,
-    feed: int | None = None,
+    feed: int | None = None, window: int | None = None,
 ) -> Op[int]:
     """The Lua engine's ``register_schema``: what CTX.SCHEMA.SET decides, through the C core,
     then lua/schema_set.lua on every copy of the entry. Returns the revision. A registration by
@@ -116,7 +118,8 @@ def register_lua(
     for attempt in range(_ATTEMPTS):
         try:
             return (yield from _register_once(st, name, type_name, fds, force, vfield, compat,
-                                              nxt, digest, history, history_payloads, feed))
+                                              nxt, digest, history, history_payloads, feed,
+                                              window))
         except SchemaError as exc:
             if str(exc) != _CONCURRENT or attempt == _ATTEMPTS - 1:
                 raise
@@ -164,6 +167,7 @@ def _register_once(
     st: State, name: str, type_name: str, fds: bytes, force: bool, vfield: str,
     compat: str | None, nxt: _native.Schema, digest: str,
     history: int | None = None, history_payloads: bool | None = None, feed: int | None = None,
+    window: int | None = None,
 ) -> Op[int]:
     """One read-decide-write round of :func:`register_lua`."""
     copies = registry_copies(st, name)
@@ -178,10 +182,11 @@ def _register_once(
     # (an unreadable revision has nothing to keep: written again as revision 1, as the module does)
     seen = _revision(fields[3])
     # history settings not given keep the entry's; other settings are a new revision
-    have = _stored_history(fields) if exists else (0, False, 0)
+    have = _stored_history(fields) if exists else (0, False, 0, WINDOW_DEFAULT)
     want = (have[0] if history is None else history,
             have[1] if history_payloads is None else history_payloads,
-            have[2] if feed is None else feed)
+            have[2] if feed is None else feed,
+            have[3] if window is None else window)
     same = seen > 0 and fields[4] is not None and _text(fields[4]) == digest and stored == mode \
         and want == have
     if exists and not same:
@@ -192,7 +197,7 @@ def _register_once(
         reply = yield from _evalsha(
             st, "schema_set", (entry, index),
             (name, type_name, fds, vfield, mode, seen, 1 if same else 0, 0 if i else 1,
-             want[0], 1 if want[1] else 0, want[2]),
+             want[0], 1 if want[1] else 0, want[2], want[3]),
         )
         if i == 0:  # the copy read: its revision is the entry's
             revision = int(reply)
