@@ -212,3 +212,30 @@ def test_the_lua_copies_of_the_window_bound_are_the_c_cores() -> None:
     assert (WINDOW_MAX, WINDOW_DEFAULT) == (lib.CTX_WINDOW_MAX, lib.CTX_WINDOW_DEFAULT)
     header = (REPO_ROOT / "module" / "core" / "ctx_core.h").read_text()
     assert "#define CTX_WINDOW_MAX 255\n" in header
+
+
+def test_the_async_store_sets_and_reports_the_window(
+        engine: str, shared_server: srv.Server, pb: Any) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    import ctxlink.aio
+
+    shared_server.r.flushall()
+
+    async def run() -> tuple[int, int, int]:
+        client = aredis.Redis(port=shared_server.port)
+        s = await ctxlink.aio.connect(client, engine=engine)
+        rev = await s.register_schema("order", pb.Order, window=48)
+        with pytest.raises(ctxlink.ArgumentError):
+            await s.register_schema("order", pb.Order, window=0)
+        info = await s.get_schema("order")
+        await s.cas("o:1", 0, pb.Order(order_id="o"), schema="order")
+        for v in range(1, 60):
+            await s.cas("o:1", v, pb.Order(order_id="o", base_price=v))
+        await client.aclose()
+        assert info is not None
+        return rev, info.window, len(_value(shared_server, "o:1").window)
+
+    assert asyncio.run(run()) == (1, 48, 48)
