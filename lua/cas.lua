@@ -334,10 +334,12 @@ end
 if not name_ok(name) then return err('CTXSCHEMA', BAD_NAME) end
 local skey = registry_key(tag, name)
 if not skey then return err('ERR', 'slot tag must be a decimal integer (ARGV[9])') end
--- with the history settings (cas_history.lua), read as the module reads them
-local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload', 'feed')
+-- with the history settings (cas_history.lua) and the window, read as the module reads them
+local edigest = redis.pcall('HMGET', skey, 'digest', 'history', 'hpayload', 'feed', 'window')
 local hist_n, hist_payload = strict_int(edigest[2] or nil) or 0, edigest[3] == '1'
 if hist_n > 1000 then hist_n = 0 end
+local window = strict_int(edigest[5] or nil) or WINDOW_DEFAULT
+if window < 1 or window > WINDOW_MAX then window = WINDOW_DEFAULT end
 -- (no change feed on a cluster)
 local feed_n = tag == '' and strict_int(edigest[4] or nil) or 0
 if feed_n > 1e7 then feed_n = 0 end
@@ -482,7 +484,9 @@ end
 -- Storage format v3. Clocks: a whole write (CAS, create) moves the floor to the new version and
 -- clears the mask; a patch sets the FIELDS bits' clocks to the new version (delta new - floor;
 -- an upgrade starts from floor = the old version). The window: the new record first, then the
--- newest 15 of the old ones (a v2 record's first 8 bytes). The schema is the checked name.
+-- newest window - 1 of the old ones (the schema's WINDOW setting, 16 by default; a v2 record's
+-- first 8 bytes): a value written under a larger window is trimmed here. The schema is the
+-- checked name.
 
 -- [include wait_publish]
 
@@ -516,7 +520,7 @@ if patching and present then
     end
   end
 end
-local keep = cur_n < WINDOW and cur_n or WINDOW - 1
+local keep = cur_n < window and cur_n or window - 1
 local win = ''
 if keep > 0 then
   if cur_fv == 3 then

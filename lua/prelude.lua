@@ -35,7 +35,11 @@ local byte, sub, find, floor, char = string.byte, string.sub, string.find, math.
 local fmt, match = string.format, string.match
 local spack, sunpack = struct.pack, struct.unpack
 
-local WINDOW = 16
+-- the write-id window (docs/PROTOCOL.md, "Storage format"): the most records a value holds and
+-- the window of a schema without a WINDOW setting (the C core's CTX_WINDOW_MAX and
+-- CTX_WINDOW_DEFAULT, compared by a test)
+local WINDOW_MAX = 255
+local WINDOW_DEFAULT = 16
 local MAX_EXPECTED = 9007199254740990 -- 2^53 - 2: the largest version a double keeps exact + 1
 local BAD_NAME = 'invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :'
 
@@ -111,7 +115,7 @@ local function read_ctx(key, got) -- got: the value (or a prefix of it) read alr
       -- the schema, the writer and the payload
       if len < 44 then return false end
       local v, ms, inc, fl, cmask, n, sl, bl = sunpack('<I8I8c8I8I4BBI2', got, 5)
-      if n > WINDOW or sl < 1 or sl > 128 or v < 1 or n > v or v >= 2 ^ 63 or fl < 1 or fl > v
+      if n > WINDOW_MAX or sl < 1 or sl > 128 or v < 1 or n > v or v >= 2 ^ 63 or fl < 1 or fl > v
         or cmask >= 2147483648 or inc == ZERO8 then
         return false
       end
@@ -134,7 +138,7 @@ local function read_ctx(key, got) -- got: the value (or a prefix of it) read alr
     local at = 25 + 12 * n
     local hl = at + sl + bl - 1
     -- n <= v and v < 2^63 as the module (a hand-made window longer than the history)
-    if n > WINDOW or sl < 1 or sl > 128 or hl > len or v < 1 or n > v or v >= 2 ^ 63 then
+    if n > WINDOW_MAX or sl < 1 or sl > 128 or hl > len or v < 1 or n > v or v >= 2 ^ 63 then
       return false
     end
     return v, n, ms, sub(got, at, at + sl - 1), sub(got, at + sl, hl), hl, got, nil,

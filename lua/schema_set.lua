@@ -28,6 +28,8 @@
   ARGV[10] HISTORYPAYLOADS: "1" / "0"; "" or absent: keep the entry's (0 for a new name)
   ARGV[11] FEED: "0" .. "10000000" (changes kept in the schema's change feed); "" or absent: keep
            the entry's (0 for a new name). Above 0 refused on a cluster's copy (a tagged KEYS[1]).
+  ARGV[12] WINDOW: "1" .. "255" (write records kept per context); "" or absent: keep the entry's
+           (16 for a new name)
 
   digest = sha1hex("<#type>:<type><#vfield>:<vfield><fds>"), lengths in bytes (the C core's
   ctx_Digest). No validation plan is stored: the SDK generates it from the entry
@@ -35,13 +37,14 @@
 
   Replies:
     the revision (integer). When the entry already holds this very definition (same digest,
-    same compat, same history settings; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
+    same compat, same history settings and window; an entry's compat is WIRE in any ASCII case, else WIRE_JSON, as the module
     reads it) nothing is written and the current revision is returned; if that entry's content
     no longer hashes to its digest (edited by hand) or KEYS[2] does not list the name, it is
     written again under the same revision. The entry's revision is read as the module reads it
     (prelude's strict_int; unreadable or negative is 0). Every check comes before the first
     write, so an error writes nothing. Otherwise
-    HSET KEYS[1] type fds revision vfield digest compat history hpayload feed, HDEL KEYS[1] plan,
+    HSET KEYS[1] type fds revision vfield digest compat history hpayload feed window,
+    HDEL KEYS[1] plan,
     SADD KEYS[2] name;
     the reply is ARGV[6] + 1 (ARGV[6] with ARGV[7] when above 0), also over another copy at an
     older revision.
@@ -51,6 +54,7 @@
     ERR HISTORY must be an integer from 0 to 1000
     ERR HISTORYPAYLOADS must be yes or no
     ERR FEED must be an integer from 0 to 10000000
+    ERR WINDOW must be an integer from 1 to 255
     CTXSCHEMA a change feed needs a standalone server or a replica set (Redis Cluster: ...)
     CTXSCHEMA the registry key does not match the name
     CTXSCHEMA the registry key holds another type
@@ -86,6 +90,18 @@ end
 if feed_new and feed_new > 0 and string.match(entry, '^__ctx:{') then
   return err('CTXSCHEMA', 'a change feed needs a standalone server or a replica set (Redis '
     .. 'Cluster: see docs/PROTOCOL.md, "Change feed")')
+end
+-- WINDOW_MAX / WINDOW_DEFAULT: prelude's (the C core's CTX_WINDOW_MAX / CTX_WINDOW_DEFAULT)
+local win_arg = ARGV[12] or ''
+local win_new = strict_int(win_arg)
+if win_arg ~= '' and (not win_new or win_new < 1 or win_new > WINDOW_MAX) then
+  return err('ERR', 'WINDOW must be an integer from 1 to ' .. WINDOW_MAX)
+end
+-- an entry's window as the module reads it: absent, unreadable or out of range is the default
+local function win_of(v)
+  local n = strict_int(v or nil)
+  if not n or n < 1 or n > WINDOW_MAX then return WINDOW_DEFAULT end
+  return n
 end
 local function feed_of(v)
   local n = strict_int(v or nil)
@@ -134,7 +150,7 @@ end
 local revision, repair = seen, false
 if t == 'hash' then
   local h = redis.call('HMGET', entry, 'revision', 'digest', 'type', 'fds', 'vfield', 'compat',
-    'history', 'hpayload', 'feed')
+    'history', 'hpayload', 'feed', 'window')
   -- read as the module reads it (Redis' string2ll); unreadable or negative counts as 0
   revision = strict_int(h[1] or nil) or 0
   if revision < 0 then revision = 0 end
@@ -142,9 +158,10 @@ if t == 'hash' then
   if hist_arg == '' then hist_arg = tostring(hist_of(h[7])) end
   if hpay_arg == '' then hpay_arg = h[8] == '1' and '1' or '0' end
   if feed_arg == '' then feed_arg = tostring(feed_of(h[9])) end
+  if win_arg == '' then win_arg = tostring(win_of(h[10])) end
   if h[2] == digest and category(h[6]) == compat and revision > 0
       and hist_of(h[7]) == tonumber(hist_arg) and (h[8] == '1') == (hpay_arg == '1')
-      and feed_of(h[9]) == tonumber(feed_arg) then
+      and feed_of(h[9]) == tonumber(feed_arg) and win_of(h[10]) == tonumber(win_arg) then
     -- the very same definition: nothing changes, unless the entry was damaged by hand (its
     -- content no longer hashes to its digest): then it is written again, same revision
     if h[3] and h[4] and h[5] and registry_digest(h[3], h[5], h[4]) == digest
@@ -167,9 +184,10 @@ end
 if hist_arg == '' then hist_arg = '0' end
 if hpay_arg == '' then hpay_arg = '0' end
 if feed_arg == '' then feed_arg = '0' end
+if win_arg == '' then win_arg = tostring(WINDOW_DEFAULT) end
 redis.call('HSET', entry, 'type', mtype, 'fds', fds, 'revision', fmt('%.0f', revision),
   'vfield', vfield, 'digest', digest, 'compat', compat, 'history', hist_arg, 'hpayload', hpay_arg,
-  'feed', feed_arg)
+  'feed', feed_arg, 'window', win_arg)
 redis.call('HDEL', entry, 'plan')
 redis.call('SADD', index, name)
 return revision

@@ -322,7 +322,9 @@ bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *ke
   const ctx_Value *prev = s->kind == kState_Context ? &s->v : NULL;
   size_t by_len;
   const char *by_p = str_or_empty(o->by, &by_len);
-  size_t size = ctx_Value_Size(prev, clocks, schema_len, by_len, payload_len);
+  /* the window of the schema write_schema resolved (its WINDOW setting) */
+  int window = ctx_Registry_LastWindow();
+  size_t size = ctx_Value_Size(prev, window, clocks, schema_len, by_len, payload_len);
   /* RM_StringTruncate refuses more than 512 MiB: the key would be deleted and
    * the copy below would go to StringDMA's read-only placeholder (a crash).
    * max-payload-bytes may be 512 MiB, so header + BY can push a value over. */
@@ -336,7 +338,7 @@ bool write_value(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModuleString *ke
   unsigned char inc[CTX_INC_LEN];
   write_incarnation(s, o, inc);
   mstime_t now = RedisModule_Milliseconds();
-  ctx_Value_Write(buf, prev, version, (uint64_t)now, inc, clocks, o->id ? o->digest : NULL,
+  ctx_Value_Write(buf, prev, window, version, (uint64_t)now, inc, clocks, o->id ? o->digest : NULL,
                   schema, schema_len, by_p, by_len, payload, payload_len);
 
   bool in_place = prev && !s->v1 && size <= RedisModule_ValueLength(key);

@@ -107,7 +107,8 @@ static int append_in_place(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModule
    * them as cas.lua does (items[0], not their index in the merged payload) */
   ctx_PayloadVersion pv;
   if (!ctx_Validate(schema, q, qlen, &ctx_config.limits, &pv, st)) return -1;
-  if (ctx_Value_Size(v, clocks, v->schema_len, by_len, 0) != old_hdr) return 0;
+  int window = ctx_Registry_LastWindow(); /* of the schema write_schema resolved */
+  if (ctx_Value_Size(v, window, clocks, v->schema_len, by_len, 0) != old_hdr) return 0;
 
   size_t plen = old_hdr + vlen;
   char stackbuf[512];
@@ -118,7 +119,7 @@ static int append_in_place(RedisModuleCtx *ctx, RedisModuleKey *key, RedisModule
   write_incarnation(s, o, inc);
   mstime_t now = RedisModule_Milliseconds();
   /* reads `v` (the window, schema name) before the string moves */
-  ctx_Value_Write(buf, v, cur + 1, (uint64_t)now, inc, clocks, o->id ? o->digest : NULL,
+  ctx_Value_Write(buf, v, window, cur + 1, (uint64_t)now, inc, clocks, o->id ? o->digest : NULL,
                   v->schema, v->schema_len, by_p, by_len, venc, vlen);
   RedisModule_StringTruncate(key, old_total + qlen);
   size_t len;

@@ -138,14 +138,17 @@ static bool copies_hold(RedisModuleCtx *ctx, const copies *c, const char *name, 
     RedisModuleString *hi = NULL, *hp = NULL;
     bool ok = RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH;
     if (ok) {
-      RedisModuleString *fe = NULL;
+      RedisModuleString *fe = NULL, *wi = NULL;
       RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "history", &hi, "hpayload", &hp, "feed",
-                          &fe, NULL);
+                          &fe, "window", &wi, NULL);
       ctx_HistorySettings have;
       ctx_HistorySettings_Read(hi, hp, &have);
       have.feed = ctx_FeedSetting_Read(fe);
+      have.window = ctx_WindowSetting_Read(wi);
       if (fe) RedisModule_FreeString(ctx, fe);
-      ok = have.history == hs->history && have.payloads == hs->payloads && have.feed == hs->feed;
+      if (wi) RedisModule_FreeString(ctx, wi);
+      ok = have.history == hs->history && have.payloads == hs->payloads && have.feed == hs->feed &&
+           have.window == hs->window;
     }
     if (ok && i == 0) {
       RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "digest", &d, "type", &type, "fds",
@@ -243,7 +246,18 @@ static bool parse_feed(RedisModuleString *arg, int *out) {
   return true;
 }
 
+/* WINDOW n: 1 .. CTX_WINDOW_MAX. */
+static bool parse_window(RedisModuleString *arg, int *out) {
+  long long n;
+  if (RedisModule_StringToLongLong(arg, &n) != REDISMODULE_OK || n < 1 || n > CTX_WINDOW_MAX) {
+    return false;
+  }
+  *out = (int)n;
+  return true;
+}
+
 #define CTX_HISTORY_ARG_MSG "ERR HISTORY must be an integer from 0 to 1000"
+#define CTX_WINDOW_ARG_MSG "ERR WINDOW must be an integer from 1 to 255"
 #define CTX_FEED_ARG_MSG "ERR FEED must be an integer from 0 to 10000000"
 #define CTX_FEED_CLUSTER_MSG                                                             \
   "CTXSCHEMA a change feed needs a standalone server or a replica set (Redis Cluster: " \
@@ -251,12 +265,13 @@ static bool parse_feed(RedisModuleString *arg, int *out) {
 #define CTX_HPAYLOAD_ARG_MSG "ERR HISTORYPAYLOADS must be yes or no"
 
 /* CTX.SCHEMA.SET name message_type descriptor_set [FORCE] [VERSIONFIELD field]
- *                [COMPAT WIRE|WIRE_JSON] [HISTORY n] [HISTORYPAYLOADS yes|no] [FEED n] */
+ *                [COMPAT WIRE|WIRE_JSON] [HISTORY n] [HISTORYPAYLOADS yes|no] [FEED n]
+ *                [WINDOW n] */
 int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
   bool force = false;
   RedisModuleString *vfield_arg = NULL, *compat_arg = NULL, *hist_arg = NULL, *hpay_arg = NULL;
-  RedisModuleString *feed_arg = NULL;
+  RedisModuleString *feed_arg = NULL, *win_arg = NULL;
   for (int i = 4; i < argc; i++) {
     if (ctx_ArgIs(argv[i], "FORCE") && !force) {
       force = true;
@@ -270,12 +285,14 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
       hpay_arg = argv[++i];
     } else if (ctx_ArgIs(argv[i], "FEED") && !feed_arg && i + 1 < argc) {
       feed_arg = argv[++i];
+    } else if (ctx_ArgIs(argv[i], "WINDOW") && !win_arg && i + 1 < argc) {
+      win_arg = argv[++i];
     } else {
       return RedisModule_ReplyWithError(ctx, "ERR syntax error");
     }
   }
-  /* Settings not given keep the entry's (a new name: off). */
-  ctx_HistorySettings hs = {0, false, 0};
+  /* Settings not given keep the entry's (a new name: off, a window of CTX_WINDOW_DEFAULT). */
+  ctx_HistorySettings hs = {0, false, 0, CTX_WINDOW_DEFAULT};
   if (hist_arg && !parse_history(hist_arg, &hs.history)) {
     return RedisModule_ReplyWithError(ctx, CTX_HISTORY_ARG_MSG);
   }
@@ -284,6 +301,9 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   }
   if (feed_arg && !parse_feed(feed_arg, &hs.feed)) {
     return RedisModule_ReplyWithError(ctx, CTX_FEED_ARG_MSG);
+  }
+  if (win_arg && !parse_window(win_arg, &hs.window)) {
+    return RedisModule_ReplyWithError(ctx, CTX_WINDOW_ARG_MSG);
   }
   if (hs.feed > 0 && ctx_Cluster_Enabled()) {
     return RedisModule_ReplyWithError(ctx, CTX_FEED_CLUSTER_MSG);
@@ -311,7 +331,8 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   copies c = {0};
   RedisModuleString *kname = NULL, *iname = NULL, *revstr = NULL, *prev_digest = NULL;
   RedisModuleString *prev_compat = NULL, *prev_hist = NULL, *prev_hpay = NULL, *prev_feed = NULL;
-  ctx_HistorySettings prev_hs = {0, false, 0};
+  RedisModuleString *prev_win = NULL;
+  ctx_HistorySettings prev_hs = {0, false, 0, CTX_WINDOW_DEFAULT};
   ctx_Schema *next =
       ctx_Schema_Build(fds, flen, type, tlen, vfield, vlen, ctx_config.max_schema_bytes, &st);
   if (!next) {
@@ -332,7 +353,7 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   if (ktype == REDISMODULE_KEYTYPE_HASH) {
     RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "revision", &revstr, "digest",
                         &prev_digest, "compat", &prev_compat, "history", &prev_hist,
-                        "hpayload", &prev_hpay, "feed", &prev_feed, NULL);
+                        "hpayload", &prev_hpay, "feed", &prev_feed, "window", &prev_win, NULL);
     if (revstr) RedisModule_StringToLongLong(revstr, &revision);
     /* Without COMPAT the entry keeps its setting; so do HISTORY and HISTORYPAYLOADS. */
     if (!compat_arg) mode = compat_of(prev_compat);
@@ -341,12 +362,15 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     if (!hpay_arg) hs.payloads = prev_hs.payloads;
     prev_hs.feed = ctx_FeedSetting_Read(prev_feed);
     if (!feed_arg) hs.feed = prev_hs.feed;
+    prev_hs.window = ctx_WindowSetting_Read(prev_win);
+    if (!win_arg) hs.window = prev_hs.window;
   }
   RedisModule_CloseKey(key);
   /* The same definition under another setting is a change (a new revision). */
   bool same = false;
   if (prev_digest && compat_of(prev_compat) == mode && prev_hs.history == hs.history &&
-      prev_hs.payloads == hs.payloads && prev_hs.feed == hs.feed) {
+      prev_hs.payloads == hs.payloads && prev_hs.feed == hs.feed &&
+      prev_hs.window == hs.window) {
     size_t dl;
     const char *d = RedisModule_StringPtrLen(prev_digest, &dl);
     same = dl == 40 && memcmp(d, digest, 40) == 0;
@@ -395,14 +419,17 @@ int ctx_SchemaSetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   snprintf(histnum, sizeof(histnum), "%d", hs.history);
   char feednum[16];
   snprintf(feednum, sizeof(feednum), "%d", hs.feed);
+  char winnum[16];
+  snprintf(winnum, sizeof(winnum), "%d", hs.window);
   for (int i = 0; i < c.n; i++) {
     RedisModuleString *k = ctx_Registry_KeyName(ctx, name, nlen, c.slots[i]);
     RedisModuleString *ix = ctx_Registry_IndexName(ctx, c.slots[i]);
     /* s: RedisModuleString, c: C string, b: buffer and length. */
     RedisModuleCallReply *r1 = RedisModule_Call(
-        ctx, "HSET", "!scscscscbcccccccccc", k, "type", argv[2], "fds", argv[3], "revision",
+        ctx, "HSET", "!scscscscbcccccccccccc", k, "type", argv[2], "fds", argv[3], "revision",
         revstr, "vfield", vfield, vlen, "digest", digest, "compat", ctx_Compat_Name(mode),
-        "history", histnum, "hpayload", hs.payloads ? "1" : "0", "feed", feednum);
+        "history", histnum, "hpayload", hs.payloads ? "1" : "0", "feed", feednum, "window",
+        winnum);
     RedisModuleCallReply *r2 =
         call_ok(r1) ? RedisModule_Call(ctx, "SADD", "!ss", ix, argv[1]) : NULL;
     bool ok = call_ok(r1) && call_ok(r2);
@@ -426,6 +453,7 @@ done:
   if (prev_hist) RedisModule_FreeString(ctx, prev_hist);
   if (prev_hpay) RedisModule_FreeString(ctx, prev_hpay);
   if (prev_feed) RedisModule_FreeString(ctx, prev_feed);
+  if (prev_win) RedisModule_FreeString(ctx, prev_win);
   if (kname) RedisModule_FreeString(ctx, kname);
   if (iname) RedisModule_FreeString(ctx, iname);
   return REDISMODULE_OK;
@@ -442,21 +470,21 @@ int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
   RedisModuleString *kname = ctx_Registry_KeyName(ctx, name, nlen, first_present(ctx, &c, name, nlen));
   RedisModuleKey *key = RedisModule_OpenKey(ctx, kname, REDISMODULE_READ);
   RedisModuleString *type = NULL, *fds = NULL, *rev = NULL, *cm = NULL, *hi = NULL, *hp = NULL;
-  RedisModuleString *fe = NULL;
+  RedisModuleString *fe = NULL, *wi = NULL;
   long long revision = 0;
   if (RedisModule_KeyType(key) == REDISMODULE_KEYTYPE_HASH) {
     RedisModule_HashGet(key, REDISMODULE_HASH_CFIELDS, "type", &type, "fds", &fds,
                         "revision", &rev, "compat", &cm, "history", &hi, "hpayload", &hp, "feed",
-                        &fe, NULL);
+                        &fe, "window", &wi, NULL);
   }
   if (!type || !fds || !rev || RedisModule_StringToLongLong(rev, &revision) != REDISMODULE_OK) {
     RedisModule_ReplyWithNull(ctx);
   } else {
-    /* [type, fds, revision, compat, history, history payloads (0/1)]: the settings at the
+    /* [type, fds, revision, compat, history, history payloads (0/1), feed, window]: the settings at the
      * end, so readers of the first three are unaffected. */
     ctx_HistorySettings hs;
     ctx_HistorySettings_Read(hi, hp, &hs);
-    RedisModule_ReplyWithArray(ctx, 7);
+    RedisModule_ReplyWithArray(ctx, 8);
     RedisModule_ReplyWithString(ctx, type);
     RedisModule_ReplyWithString(ctx, fds);
     RedisModule_ReplyWithLongLong(ctx, revision);
@@ -465,8 +493,10 @@ int ctx_SchemaGetCommand(RedisModuleCtx *ctx, RedisModuleString **argv, int argc
     RedisModule_ReplyWithLongLong(ctx, hs.history);
     RedisModule_ReplyWithLongLong(ctx, hs.payloads ? 1 : 0);
     RedisModule_ReplyWithLongLong(ctx, ctx_FeedSetting_Read(fe)); /* the change feed's FEED */
+    RedisModule_ReplyWithLongLong(ctx, ctx_WindowSetting_Read(wi)); /* WINDOW */
   }
   if (fe) RedisModule_FreeString(ctx, fe);
+  if (wi) RedisModule_FreeString(ctx, wi);
   if (cm) RedisModule_FreeString(ctx, cm);
   if (hi) RedisModule_FreeString(ctx, hi);
   if (hp) RedisModule_FreeString(ctx, hp);

@@ -47,6 +47,7 @@ typedef struct {
   RedisModuleString *keepttl; /* the last argument of every propagated SET */
   RedisModuleString *history, *hpayload; /* registry entry fields (history.c) */
   RedisModuleString *feed;               /* registry entry field (history.c, the change feed) */
+  RedisModuleString *window;             /* registry entry field: the write-id window */
 } ctx_Names;
 
 extern ctx_Names ctx_names;
@@ -116,10 +117,19 @@ typedef struct {
   int history;
   bool payloads;
   int feed; /* changes kept in the schema's feed `__ctxf:<name>` (0 = off, <= CTX_FEED_MAX) */
+  int window; /* write records kept per context (1..CTX_WINDOW_MAX; the WINDOW setting) */
 } ctx_HistorySettings;
 
 /* An entry's stored `feed` (NULL, unreadable or out of range: 0). */
 int ctx_FeedSetting_Read(RedisModuleString *feed);
+
+/* An entry's stored `window` (NULL, unreadable or out of 1..CTX_WINDOW_MAX:
+ * CTX_WINDOW_DEFAULT, so entries written before the setting keep 16 records). */
+int ctx_WindowSetting_Read(RedisModuleString *window);
+
+/* The window a write of the schema the last ctx_Registry_Resolve found keeps
+ * (CTX_WINDOW_DEFAULT when it found none). */
+int ctx_Registry_LastWindow(void);
 
 /* Parses an entry's stored settings (either may be NULL). */
 void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpayload,

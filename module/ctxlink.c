@@ -38,6 +38,7 @@ static void make_names(void) {
   ctx_names.history = make_name("history");
   ctx_names.hpayload = make_name("hpayload");
   ctx_names.feed = make_name("feed");
+  ctx_names.window = make_name("window");
 }
 
 /* ---- the core's allocator: Redis' ---- */

@@ -298,7 +298,7 @@ void ctx_Feed_Delete(RedisModuleCtx *ctx, RedisModuleString *keyname, const char
   }
   RedisModule_CloseKey(ek);
   RedisModule_FreeString(ctx, ekey);
-  ctx_HistorySettings set = {0, false, ctx_FeedSetting_Read(fs)};
+  ctx_HistorySettings set = {0, false, ctx_FeedSetting_Read(fs), CTX_WINDOW_DEFAULT};
   if (fs) RedisModule_FreeString(ctx, fs);
   if (set.feed <= 0) return;
   RedisModuleString *fkey = feed_keyname(ctx, schema, slen);

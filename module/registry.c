@@ -44,6 +44,7 @@ void ctx_HistorySettings_Read(RedisModuleString *history, RedisModuleString *hpa
   const char *p = hpayload ? RedisModule_StringPtrLen(hpayload, &len) : "";
   out->payloads = len == 1 && p[0] == '1';
   out->feed = 0; /* read on its own: ctx_FeedSetting_Read */
+  out->window = CTX_WINDOW_DEFAULT; /* read on its own: ctx_WindowSetting_Read */
 }
 
 int ctx_FeedSetting_Read(RedisModuleString *feed) {
@@ -55,7 +56,20 @@ int ctx_FeedSetting_Read(RedisModuleString *feed) {
   return (int)n;
 }
 
+int ctx_WindowSetting_Read(RedisModuleString *window) {
+  long long n = 0;
+  if (!window || RedisModule_StringToLongLong(window, &n) != REDISMODULE_OK || n < 1 ||
+      n > CTX_WINDOW_MAX) {
+    n = CTX_WINDOW_DEFAULT;
+  }
+  return (int)n;
+}
+
 void ctx_Registry_LastSettings(ctx_HistorySettings *out) { *out = last_settings; }
+
+int ctx_Registry_LastWindow(void) {
+  return last_settings.window > 0 ? last_settings.window : CTX_WINDOW_DEFAULT;
+}
 
 int ctx_Registry_CheckName(RedisModuleCtx *ctx, RedisModuleString *name) {
   size_t len;
@@ -236,7 +250,7 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   if (!ctx_SchemaName_Check(name, len, st)) return NULL;
   const ctx_Schema *result = NULL;
   RedisModuleString *type = NULL, *fds = NULL, *vfield = NULL, *digest = NULL;
-  RedisModuleString *hist = NULL, *hpay = NULL, *feed = NULL;
+  RedisModuleString *hist = NULL, *hpay = NULL, *feed = NULL, *win = NULL;
   bool made = false;
   memset(&last_settings, 0, sizeof(last_settings));
   RedisModuleString *kname = slot < 0 ? standalone_keyname(name, len, &made)
@@ -252,9 +266,10 @@ const ctx_Schema *ctx_Registry_Resolve(RedisModuleCtx *ctx, const char *name,
   /* The history settings come with the digest: one lookup, no cache keyed by them. */
   RedisModule_HashGet(key, REDISMODULE_HASH_NONE, ctx_names.digest, &digest,
                       ctx_names.history, &hist, ctx_names.hpayload, &hpay, ctx_names.feed,
-                      &feed, NULL);
+                      &feed, ctx_names.window, &win, NULL);
   ctx_HistorySettings_Read(hist, hpay, &last_settings);
   last_settings.feed = ctx_FeedSetting_Read(feed);
+  last_settings.window = ctx_WindowSetting_Read(win);
   size_t dlen;
   const char *d = str_or_empty(digest, &dlen);
   if (dlen == 40) {
@@ -302,6 +317,7 @@ done:
   if (hist) RedisModule_FreeString(ctx, hist);
   if (hpay) RedisModule_FreeString(ctx, hpay);
   if (feed) RedisModule_FreeString(ctx, feed);
+  if (win) RedisModule_FreeString(ctx, win);
   if (!result) memset(&last_settings, 0, sizeof(last_settings));
   return result;
 }

@@ -19,7 +19,8 @@ HEADER = 44            # v3 fixed header
 HEADER_V2 = 24
 RECORD = 8             # v3 window record: the digest
 RECORD_V2 = 12         # v2 window record: digest + mask
-WINDOW = 16
+WINDOW = 16           # the default window (a schema without WINDOW)
+WINDOW_MAX = 255      # the most records a value holds (the header byte; CTX_WINDOW_MAX)
 FIELD_BITS = 31
 DELTA_MAX = 0xFFFFFFFF
 WHOLE = 1 << 31  # v2 mask bit: the whole context (CTX.CAS, a create)
@@ -103,7 +104,7 @@ def decode_v2(raw: bytes) -> Value:
     if not is_v2(raw):
         raise ValueError("not a v2 context value")
     version, updated_ms, n, s, b = struct.unpack_from("<QQBBH", raw, 4)
-    if n > WINDOW or not 1 <= s <= 128 or version < 1 or n > version or version >= 1 << 63:
+    if n > WINDOW_MAX or not 1 <= s <= 128 or version < 1 or n > version or version >= 1 << 63:
         raise ValueError("bad v2 header")
     if HEADER_V2 + RECORD_V2 * n + s + b > len(raw):
         raise ValueError("v2 lengths exceed the value")
@@ -123,7 +124,7 @@ def decode(raw: bytes) -> Value:
     if not is_v3(raw):
         raise ValueError("not a v3 context value")
     version, updated_ms, inc, floor, cmask, n, s, b = struct.unpack_from("<QQ8sQIBBH", raw, 4)
-    if n > WINDOW or not 1 <= s <= 128 or version < 1 or n > version or version >= 1 << 63:
+    if n > WINDOW_MAX or not 1 <= s <= 128 or version < 1 or n > version or version >= 1 << 63:
         raise ValueError("bad v3 header")
     if not 1 <= floor <= version or cmask & WHOLE or inc == bytes(8):
         raise ValueError("bad v3 clocks or incarnation")

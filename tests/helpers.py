@@ -225,13 +225,15 @@ def registry_digest(type_: str | bytes, vfield: str | bytes, fds: bytes) -> str:
 
 
 def registry_entry(type_: str, fds: bytes, revision: int = 1, vfield: str = "version",
-                   compat: str = "WIRE_JSON", history: int = 0, hpayload: bool = False) -> dict:
+                   compat: str = "WIRE_JSON", history: int = 0, hpayload: bool = False,
+                   window: int = 16) -> dict:
     """The fields of ``__ctx:schema:<name>`` as the protocol defines them (what a Lua engine or
     redis-cli writes)."""
     return {b"type": type_.encode(), b"fds": fds, b"revision": str(revision).encode(),
             b"vfield": vfield.encode(), b"digest": registry_digest(type_, vfield, fds).encode(),
             b"compat": compat.encode(), b"history": str(history).encode(),
-            b"hpayload": b"1" if hpayload else b"0", b"feed": b"0"}
+            b"hpayload": b"1" if hpayload else b"0", b"feed": b"0",
+            b"window": str(window).encode()}
 
 
 def write_registry(r: redis.Redis, name: str, type_: str, fds: bytes, revision: int = 1,

@@ -338,6 +338,21 @@ def test_watch(store, srv, engine) -> None:
 # --------------------------------------------------------------------------- schemas
 
 
+def test_schema_push_window_sets_and_show_reports_the_write_id_window(store, srv) -> None:
+    pushed, shown, text, bad, again = batch(
+        ("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--name", "w", "--window", "64",
+         "-p", srv),
+        ("schema", "show", "w", "--json", "-p", srv), ("schema", "show", "w", "-p", srv),
+        ("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--window", "256", "-p", srv),
+        ("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--name", "w", "-p", srv))
+    assert succeeded(pushed).strip() == "w: ctxlink.example.Order, revision 1, window 64"
+    assert json.loads(succeeded(shown))["window"] == 64
+    assert "the last 64 write ids of each context" in succeeded(text)
+    assert "Usage: " in failed(bad, code=2)
+    assert "revision 1, window 64" in succeeded(again)  # not given: the entry's
+    assert store.get_schema("w").window == 64
+
+
 def test_schema_push_ls_show(store, srv, tmp_path, engine) -> None:
     first, again = batch(
         ("schema", "push", ORDER_PROTO, "ctxlink.example.Order", "--name", "order", "-p", srv),

@@ -76,7 +76,7 @@ def test_feed_argument_errors_on_the_server(store, engine, shared_server, pb):
                 r.execute_command("CTX.SCHEMA.SET", "order", "ctxlink.example.Order", fds,
                                   "FEED", bad)
         reply = r.execute_command("CTX.SCHEMA.GET", "order")
-        assert reply[6] == 5 and len(reply) == 7
+        assert reply[6] == 5 and len(reply) == 8  # [..., feed, window]
     assert r.hget("__ctx:schema:order", "feed") == b"5"
 
 

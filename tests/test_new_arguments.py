@@ -1,7 +1,8 @@
 """Every bad value of an argument of protocol 3 (and the settings added with it) gets its
 documented error and changes nothing (docs/PROTOCOL.md: CTX.CAS / CTX.PATCH / CTX.DEL `INC`
-and `PX`, CTX.TOUCH, CTX.WAIT, CTX.SCHEMA.SET `HISTORY` / `HISTORYPAYLOADS`, "History" for
-store.history, "The SDK" for ``ttl=``, ``incarnation=``, ``store.wait``, ``store.touch``).
+and `PX`, CTX.TOUCH, CTX.WAIT, CTX.SCHEMA.SET `HISTORY` / `HISTORYPAYLOADS` / `WINDOW`,
+"History" for store.history, "The SDK" for ``ttl=``, ``incarnation=``, ``store.wait``,
+``store.touch``).
 
 One table, both engines. Each row is one bad call and the error it must raise: the SDK's calls
 (``ArgumentError``, a ``ValueError``; ``TypeError`` for a wrong type) on both engines, and on
@@ -53,6 +54,7 @@ ERR_AFTER = "ERR after_version must be an integer from 0 to 9223372036854775806"
 ERR_TIMEOUT = "ERR timeout_ms must be an integer from 0 (no timeout) to 1099511627776"
 ERR_HISTORY = "ERR HISTORY must be an integer from 0 to 1000"
 ERR_HPAYLOADS = "ERR HISTORYPAYLOADS must be yes or no"
+ERR_WINDOW = "ERR WINDOW must be an integer from 1 to 255"
 ERR_SYNTAX = "ERR syntax error"
 
 
@@ -115,6 +117,11 @@ def _rows() -> list[Row]:
                          lambda s, r, pb, b=bad: s.register_schema(
                              "order", pb.fds("order"), message_type=ORDER, history_payloads=b),
                          "history_payloads"))
+    for bad in (0, -1, 256, 1.5, "16", True):
+        rows.append(_sdk(f"register-window={bad!r}",
+                         lambda s, r, pb, b=bad: s.register_schema(
+                             "order", pb.fds("order"), message_type=ORDER, window=b),
+                         "window"))
     rows.append(_sdk("register-unknown-setting",
                      lambda s, r, pb: s.register_schema("order", pb.fds("order"),
                                                         message_type=ORDER, maxlen=3),
@@ -162,6 +169,13 @@ def _rows() -> list[Row]:
         rows.append(Row(f"CTX.SCHEMA.SET-HISTORYPAYLOADS={bad!r}",
                         schema_set("HISTORYPAYLOADS", bad), redis.ResponseError, ERR_HPAYLOADS,
                         ("module",)))
+    for bad in (0, -1, 256, "abc", "1.5", "", 2**64):
+        rows.append(Row(f"CTX.SCHEMA.SET-WINDOW={bad!r}", schema_set("WINDOW", bad),
+                        redis.ResponseError, ERR_WINDOW, ("module",)))
+    rows.append(Row("CTX.SCHEMA.SET-WINDOW-twice", schema_set("WINDOW", 32, "WINDOW", 32),
+                    redis.ResponseError, ERR_SYNTAX, ("module",)))
+    rows.append(Row("CTX.SCHEMA.SET-WINDOW", schema_set("WINDOW"), redis.ResponseError,
+                    ERR_SYNTAX, ("module",)))
     for opts in (("MAXLEN", 3), ("HISTORY", 3, "HISTORY", 3), ("HISTORYPAYLOADS", "yes",
                  "HISTORYPAYLOADS", "no"), ("HISTORY",), ("HISTORYPAYLOADS",), ("FEEDX", 1)):
         rows.append(Row(f"CTX.SCHEMA.SET-{'-'.join(map(str, opts))}", schema_set(*opts),
@@ -226,7 +240,7 @@ def test_the_table_covers_what_the_issue_names() -> None:
                  "nan", "inf", "ttl=True", "touch-ttl=0", "wait-after_version=-1",
                  "wait-timeout=-1", "CTX.CAS-INC=", "CTX.CAS-PX=0", "CTX.SCHEMA.SET-HISTORY=-1",
                  "CTX.SCHEMA.SET-HISTORYPAYLOADS=", "CTX.SCHEMA.SET-MAXLEN-3",
-                 "register-unknown-setting"):
+                 "register-unknown-setting", "register-window=0", "CTX.SCHEMA.SET-WINDOW=0"):
         assert part in ids, part
     assert len(ROWS) > 150
 

@@ -144,6 +144,11 @@ bool ctx_Schema_CheckChange(const ctx_Schema* prev, const ctx_Schema* next,
 /* The change feed (docs/PROTOCOL.md, "Change feed"): the most changes a schema's FEED
  * setting keeps in its stream `__ctxf:<schema>`. */
 #define CTX_FEED_MAX 10000000
+/* The write-id window (docs/PROTOCOL.md, "Storage format" and "Write ids"): the most write
+ * records a schema's WINDOW setting keeps per context (the value header's count is one byte),
+ * and the window of a schema without the setting. */
+#define CTX_WINDOW_MAX 255
+#define CTX_WINDOW_DEFAULT 16
 #define CTX_BAD_NAME_MSG "invalid schema name: 1 to 128 bytes of A-Z a-z 0-9 _ . - :"
 
 /* True when `name` is a legal schema name: 1 to CTX_SCHEMA_NAME_MAX bytes of

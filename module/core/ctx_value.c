@@ -87,7 +87,7 @@ static bool parse_v2(const char* buf, size_t len, ctx_Value* out) {
   int n = p[20];
   size_t s = p[21];
   size_t b = (size_t)p[22] | (size_t)p[23] << 8;
-  if (version < 1 || n > CTX_VALUE_WINDOW || s < 1 || s > CTX_VALUE_SCHEMA_MAX) return false;
+  if (version < 1 || n > CTX_WINDOW_MAX || s < 1 || s > CTX_VALUE_SCHEMA_MAX) return false;
   /* Every write adds one record and one version, so n <= version, and a version
    * is a signed 64-bit reply. A hand-made value beyond either would make
    * version - i and version - n + 1 wrap (replayed/oldest_known replies of
@@ -111,7 +111,7 @@ static bool parse_v3(const char* buf, size_t len, ctx_Value* out) {
   int n = p[40];
   size_t s = p[41];
   size_t b = (size_t)p[42] | (size_t)p[43] << 8;
-  if (version < 1 || version > (uint64_t)INT64_MAX || n > CTX_VALUE_WINDOW ||
+  if (version < 1 || version > (uint64_t)INT64_MAX || n > CTX_WINDOW_MAX ||
       (uint64_t)n > version || s < 1 || s > CTX_VALUE_SCHEMA_MAX) {
     return false;
   }
@@ -222,25 +222,27 @@ void ctx_Clocks_Patch(ctx_Clocks* c, const ctx_Value* prev, uint64_t version, ui
   c->cmask |= bits;
 }
 
-static int kept_records(const ctx_Value* prev) {
+int ctx_Value_KeptRecords(const ctx_Value* prev, int window) {
   if (!prev) return 0;
-  return prev->n < CTX_VALUE_WINDOW ? prev->n : CTX_VALUE_WINDOW - 1;
+  if (window < 1) window = 1;
+  if (window > CTX_WINDOW_MAX) window = CTX_WINDOW_MAX;
+  return prev->n < window ? prev->n : window - 1;
 }
 
-size_t ctx_Value_Size(const ctx_Value* prev, const ctx_Clocks* clocks, size_t schema_len,
-                      size_t by_len, size_t payload_len) {
+size_t ctx_Value_Size(const ctx_Value* prev, int window, const ctx_Clocks* clocks,
+                      size_t schema_len, size_t by_len, size_t payload_len) {
   return CTX_VALUE_HEADER_V3 + 4 * (size_t)popcount32(clocks->cmask) +
-         (size_t)(kept_records(prev) + 1) * CTX_VALUE_RECORD_V3 + schema_len + by_len +
-         payload_len;
+         (size_t)(ctx_Value_KeptRecords(prev, window) + 1) * CTX_VALUE_RECORD_V3 + schema_len +
+         by_len + payload_len;
 }
 
-void ctx_Value_Write(char* out, const ctx_Value* prev, uint64_t version,
+void ctx_Value_Write(char* out, const ctx_Value* prev, int window, uint64_t version,
                      uint64_t updated_ms, const unsigned char inc[CTX_INC_LEN],
                      const ctx_Clocks* clocks, const unsigned char* digest,
                      const char* schema, size_t schema_len, const char* by,
                      size_t by_len, const char* payload, size_t payload_len) {
   unsigned char* p = (unsigned char*)out;
-  int kept = kept_records(prev);
+  int kept = ctx_Value_KeptRecords(prev, window);
   memcpy(p, kMagic3, 4);
   put_u64(p + 4, version);
   put_u64(p + 12, updated_ms);

@@ -12,7 +12,7 @@
  *         20  incarnation  8 bytes, never all zero
  *         28  floor        u64 LE: version of the newest whole-context write
  *         36  cmask        u32 LE: field bits whose clock is above floor (bit 31 clear)
- *         40  n            u8, window records (0..16), newest first
+ *         40  n            u8, window records (0..CTX_WINDOW_MAX), newest first
  *         41  s            u8, schema name length (1..128)
  *         42  b            u16 LE, updated_by length
  *         44  k = popcount(cmask) clock deltas, u32 LE, ascending bit order
@@ -41,7 +41,6 @@ extern "C" {
 #define CTX_VALUE_HEADER_V3 44
 #define CTX_VALUE_RECORD 12    /* v2 window record */
 #define CTX_VALUE_RECORD_V3 8  /* v3 window record: the digest alone */
-#define CTX_VALUE_WINDOW 16
 #define CTX_VALUE_SCHEMA_MAX 128
 #define CTX_VALUE_BY_MAX 65535
 #define CTX_WRITE_ID_MAX 64
@@ -130,16 +129,23 @@ bool ctx_Incarnation_Parse(const char* s, size_t len, unsigned char out[CTX_INC_
 /* True when all CTX_INC_LEN bytes are zero. */
 bool ctx_Incarnation_IsZero(const unsigned char inc[CTX_INC_LEN]);
 
-/* Size of a v3 value written with ctx_Value_Write; `prev` (may be NULL) is the
- * value it replaces, whose newest digests stay in the window. */
-size_t ctx_Value_Size(const ctx_Value* prev, const ctx_Clocks* clocks, size_t schema_len,
-                      size_t by_len, size_t payload_len);
+/* The records a write keeps of `prev` (may be NULL) under a window of `window` records
+ * (clamped to 1..CTX_WINDOW_MAX): min(prev->n, window - 1), so the written value holds at most
+ * `window` records; a value written under a larger window is trimmed by its next write. */
+int ctx_Value_KeptRecords(const ctx_Value* prev, int window);
 
-/* Writes the v3 value into `out` (ctx_Value_Size bytes): version, the
- * incarnation, the clocks, the new record (digest may be NULL: zero), the
- * newest digests of `prev` (any format), schema, writer and payload. `prev`
- * and the strings must not overlap `out`. */
-void ctx_Value_Write(char* out, const ctx_Value* prev, uint64_t version,
+/* Size of a v3 value written with ctx_Value_Write; `prev` (may be NULL) is the
+ * value it replaces, whose newest digests stay in the window of `window`
+ * records (the schema's WINDOW setting). */
+size_t ctx_Value_Size(const ctx_Value* prev, int window, const ctx_Clocks* clocks,
+                      size_t schema_len, size_t by_len, size_t payload_len);
+
+/* Writes the v3 value into `out` (ctx_Value_Size bytes, same `window`):
+ * version, the incarnation, the clocks, the new record (digest may be NULL:
+ * zero), the newest digests of `prev` (any format, ctx_Value_KeptRecords of
+ * them), schema, writer and payload. `prev` and the strings must not overlap
+ * `out`. */
+void ctx_Value_Write(char* out, const ctx_Value* prev, int window, uint64_t version,
                      uint64_t updated_ms, const unsigned char inc[CTX_INC_LEN],
                      const ctx_Clocks* clocks, const unsigned char* digest,
                      const char* schema, size_t schema_len, const char* by,

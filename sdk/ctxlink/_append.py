@@ -252,9 +252,10 @@ def _send_append(st: State, w: _AppendWrite, base: int) -> Op[CasResult]:
             raise _unknown(w.key, w.wid)
         return outcome.result
     raise ConflictError(
-        f"append to {w.key!r} gave up: {STALE_RETRIES} times in a row more than 16 writes "
-        "landed between reading the version and the send (the write id window could not vouch "
-        "for a re-send); it was not applied", None, (), STALE_RETRIES, w.key)
+        f"append to {w.key!r} gave up: {STALE_RETRIES} times in a row more writes than the "
+        "context's window (the schema's WINDOW) landed between reading the version and the "
+        "send (the write id window could not vouch for a re-send); it was not applied", None,
+        (), STALE_RETRIES, w.key)
 
 
 def _send_module(key: Any, base: int, raw: bytes, fields: tuple[int, ...], apps: tuple[int, ...],

@@ -361,9 +361,10 @@ class StoreBase:
         history: Optional[int] = None,
         history_payloads: Optional[bool] = None,
         feed: Optional[int] = None,
+        window: Optional[int] = None,
     ) -> Op[int]:
         return op_register_schema(self._st, name, source, force, version_field, message_type,
-                                  compat, history, history_payloads, feed)
+                                  compat, history, history_payloads, feed, window)
 
     def _schemas(self) -> Op[list[str]]:
         return op_schemas(self._st)

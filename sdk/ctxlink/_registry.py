@@ -22,6 +22,7 @@ from ctxlink._protocol import MODULE, _bytes, _text
 from ctxlink._schema_rules import _schema_error, check_compat_arg, register_lua
 from ctxlink._state import State
 from ctxlink._types import note_schema_type
+from ctxlink._window import WINDOW_DEFAULT, check_window_arg
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class SchemaInfo:
     """A registry entry, as ``get_schema`` returns it: the definition, its revision and its
     settings (``compat``: "WIRE_JSON" or "WIRE"; ``history``: changes kept per context, 0 = off;
     ``history_payloads``: history entries keep the payload; ``feed``: changes kept in the
-    schema's change feed, 0 = off)."""
+    schema's change feed, 0 = off; ``window``: write records each context keeps, the reach of
+    replays and of ``rebase`` for appends)."""
 
     name: str
     message_type: str
@@ -39,6 +41,7 @@ class SchemaInfo:
     history: int = 0
     history_payloads: bool = False
     feed: int = 0
+    window: int = WINDOW_DEFAULT
 
 
 def build_descriptor_set(desc: Descriptor | FileDescriptor) -> bytes:
@@ -145,13 +148,16 @@ def op_register_schema(
     history: int | None = None,
     history_payloads: bool | None = None,
     feed: int | None = None,
+    window: int | None = None,
 ) -> Op[int]:
     """Registers a schema. ``compat`` ("WIRE_JSON" or "WIRE") sets the entry's compatibility
     category; None keeps the entry's (WIRE_JSON for a new name). Both engines decide the change
     with the C core (docs/PROTOCOL.md, "Compatibility categories"). ``history`` (0..1000) and
     ``history_payloads`` set the entry's history settings; None keeps the entry's (off for a new
     name); other settings for the same definition are a new revision (docs/PROTOCOL.md,
-    "History")."""
+    "History"). ``window`` (1..255) sets how many write records each context keeps (None keeps
+    the entry's; 16 for a new name): a larger window lets more concurrent writers re-send a
+    write whose reply was lost and still learn its outcome."""
     if not isinstance(name, str):
         raise TypeError(f"the schema name must be a str, not {type(name).__name__}")
     if version_field is not None and (not isinstance(version_field, str) or not version_field):
@@ -159,6 +165,7 @@ def op_register_schema(
     mode = check_compat_arg(compat)
     hist, hpay = check_history_args(history, history_payloads)
     fd = check_feed_arg(feed)
+    win = check_window_arg(window)
     if fd and st.cluster:  # as CTX.SCHEMA.SET and schema_set.lua refuse it; nothing sent
         raise SchemaError(FEED_CLUSTER_MSG)
     type_name, fds = resolve_schema_source(source, message_type)
@@ -177,10 +184,12 @@ def op_register_schema(
             args += ("HISTORYPAYLOADS", "yes" if hpay else "no")
         if fd is not None:
             args += ("FEED", fd)
+        if win is not None:
+            args += ("WINDOW", win)
         revision = int((yield from _admin(st, args, write=True)))
     else:
         revision = yield from register_lua(st, name, type_name, fds, force, vfield, mode,
-                                           hist, hpay, fd)
+                                           hist, hpay, fd, win)
     st.vfield_by_schema[name] = vfield
     st.vfield_by_type[type_name] = vfield
     st.type_by_schema[name] = type_name
@@ -215,8 +224,9 @@ def op_get_schema(st: State, name: str) -> Op[SchemaInfo | None]:
         return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision))
     compat, hist, hpay = reply[3:6]
     feed = int(reply[6]) if len(reply) > 6 else 0  # a server before the change feed: off
+    window = int(reply[7]) if len(reply) > 7 else WINDOW_DEFAULT  # before WINDOW: the default
     return SchemaInfo(name, _text(type_name), _bytes(fds), int(revision), _text(compat),
-                      int(hist), bool(int(hpay)), feed)
+                      int(hist), bool(int(hpay)), feed, window)
 
 
 def op_drop_schema(st: State, name: str) -> Op[bool]:

@@ -261,7 +261,8 @@ class Store(StoreBase):
 
         ``write_id`` (1 to 64 bytes; a fresh random one when not given) makes the write
         idempotent: if its reply is lost the SDK re-sends it (up to 3 times) and the server,
-        which remembers the ids of each context's last 16 writes, does not apply it twice:
+        which remembers the ids of each context's last writes (the schema's ``window``, 16 by
+        default), does not apply it twice:
         ``replayed`` is then True. When that cannot be settled, :class:`OutcomeUnknownError`.
         The id *is* the write: a write whose id is in the window is answered ``replayed`` and not
         applied, whatever its payload, so never reuse an id for another change.
@@ -307,11 +308,11 @@ class Store(StoreBase):
         (only possible with ``reads`` or ``patch``) is ``ok`` False with ``current`` and
         ``changed``: re-read and decide, as for ``cas``; an append without reads or patch never
         returns one. Exactly once: a lost reply is re-sent with the same write id; the server
-        replays it from its 16-write window, and refuses (``rebase``, not applied) a send whose
-        base the window no longer covers; the SDK then re-sends with the reported version unless
-        an earlier send may have landed, in which case :class:`OutcomeUnknownError`; refused so
-        8 times in a row (more than 16 writes between each read and send), :class:`ConflictError`
-        (not applied).
+        replays it from its window of recent writes (the schema's ``window``, 16 by default),
+        and refuses (``rebase``, not applied) a send whose base the window no longer covers;
+        the SDK then re-sends with the reported version unless an earlier send may have landed,
+        in which case :class:`OutcomeUnknownError`; refused so 8 times in a row (more writes
+        than the window between each read and send), :class:`ConflictError` (not applied).
         """
         return _run(self._client, self._append(key, field, items, message_class, reads, patch,
                                        base_version, schema, by, write_id, ttl))
@@ -440,6 +441,7 @@ class Store(StoreBase):
         history: Optional[int] = None,
         history_payloads: Optional[bool] = None,
         feed: Optional[int] = None,
+        window: Optional[int] = None,
     ) -> int:
         """Registers (or re-registers) a schema; returns its revision.
 
@@ -459,10 +461,16 @@ class Store(StoreBase):
         contexts, in its change feed (:meth:`changes`; 0 = off; None keeps the setting). A
         Redis Cluster has no feed: ``feed`` > 0 raises SchemaError there (docs/PROTOCOL.md,
         "Change feed").
+
+        ``window`` (1 to 255) is how many write records each context keeps (None keeps the
+        setting; 16 for a new name): a write re-sent after a lost reply is replayed, and an
+        append's ``rebase`` avoided, while fewer than that many writes happened since. Raise it
+        for contexts with many concurrent writers (docs/PROTOCOL.md, "Write ids"); each record
+        costs 8 bytes per context. A smaller setting trims a context at its next write.
         """
         return _run(self._client, self._register_schema(
             name, message_class_or_descriptor_set, force, version_field, message_type, compat,
-            history, history_payloads, feed))
+            history, history_payloads, feed, window))
 
     def schemas(self) -> list[str]:
         """Registered schema names, sorted."""

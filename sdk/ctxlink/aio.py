@@ -296,11 +296,12 @@ class Store(StoreBase):
         history: Optional[int] = None,
         history_payloads: Optional[bool] = None,
         feed: Optional[int] = None,
+        window: Optional[int] = None,
     ) -> int:
         """Async :meth:`ctxlink.Store.register_schema`."""
         return await _run(self._client, self._register_schema(
             name, message_class_or_descriptor_set, force, version_field, message_type, compat,
-            history, history_payloads, feed))
+            history, history_payloads, feed, window))
 
     async def schemas(self) -> list[str]:
         """Async :meth:`ctxlink.Store.schemas`."""

@@ -33,8 +33,8 @@ int main(int argc, char** argv) {
     /* a valid chain of writes */
     ctx_Clocks c;
     ctx_Clocks_Whole(&c, 1);
-    size_t len = ctx_Value_Size(NULL, &c, 5, 2, 10);
-    ctx_Value_Write(out, NULL, 1, 7, inc, &c, NULL, "order", 5, "by", 2, "0123456789", 10);
+    size_t len = ctx_Value_Size(NULL, CTX_WINDOW_DEFAULT, &c, 5, 2, 10);
+    ctx_Value_Write(out, NULL, CTX_WINDOW_DEFAULT, 1, 7, inc, &c, NULL, "order", 5, "by", 2, "0123456789", 10);
     check_written(out, len);
     ctx_Value v;
     uint64_t shadow[31]; /* the clock each bit must have */
@@ -55,14 +55,17 @@ int main(int argc, char** argv) {
       }
       unsigned char d[8];
       for (int i = 0; i < 8; i++) d[i] = (unsigned char)next();
-      size_t l2 = ctx_Value_Size(&v, &c, v.schema_len, v.by_len, v.payload_len);
+      /* a window that changes from write to write (WINDOW set again): at most `win` records */
+      int win = 1 + (int)(next() % 48);
+      size_t l2 = ctx_Value_Size(&v, win, &c, v.schema_len, v.by_len, v.payload_len);
       if (l2 > sizeof(out2)) abort();
-      ctx_Value_Write(out2, &v, nv, 9, v.incarnation, &c, d, v.schema, v.schema_len,
+      ctx_Value_Write(out2, &v, win, nv, 9, v.incarnation, &c, d, v.schema, v.schema_len,
                       v.updated_by, v.by_len, v.payload, v.payload_len);
       check_written(out2, l2);
       ctx_Value nv_;
       ctx_Value_Parse(out2, l2, &nv_);
       if (ctx_Value_FindWrite(&nv_, d) != nv) abort();
+      if (nv_.n != (v.n < win ? v.n : win - 1) + 1) abort();
       /* every clock is what the writes made it; the conflict rule follows the clocks */
       uint64_t base = next() % (nv + 2);
       for (uint32_t f = 1; f <= 62; f++) {
@@ -100,10 +103,10 @@ int main(int argc, char** argv) {
       (void)ctx_Value_FindWrite(&v, z);
       if (v.version < (uint64_t)INT64_MAX) {
         ctx_Clocks_Patch(&c, &v, v.version + 1, 0x10);
-        size_t l2 = ctx_Value_Size(&v, &c, v.schema_len, v.by_len, v.payload_len);
+        size_t l2 = ctx_Value_Size(&v, CTX_WINDOW_DEFAULT, &c, v.schema_len, v.by_len, v.payload_len);
         if (l2 <= sizeof(out2)) {
           unsigned char in2[8] = {9, 9, 9, 9, 9, 9, 9, 9};
-          ctx_Value_Write(out2, &v, v.version + 1, 1, v.incarnation ? v.incarnation : in2, &c,
+          ctx_Value_Write(out2, &v, CTX_WINDOW_DEFAULT, v.version + 1, 1, v.incarnation ? v.incarnation : in2, &c,
                           NULL, v.schema, v.schema_len, v.updated_by, v.by_len, v.payload,
                           v.payload_len);
           check_written(out2, l2);

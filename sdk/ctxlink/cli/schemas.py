@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import click
 
 from ctxlink._history import HISTORY_MAX
+from ctxlink._window import WINDOW_DEFAULT, WINDOW_MAX
 from ctxlink.cli._conn import connection_options, open_store
 from ctxlink.cli._output import fail, print_json
 
@@ -76,15 +77,19 @@ def _source_options(f: Any) -> Any:
               "(default: the entry's, off for a new name)")
 @click.option("--feed", type=click.IntRange(min=0), metavar="N", help="keep the schema's last N "
               "changes in its change feed (0: off; default: the entry's; `ctxlink watch --schema`)")
+@click.option("--window", type=click.IntRange(1, WINDOW_MAX), metavar="N",
+              help=f"write records each context keeps (1 to {WINDOW_MAX}; default: the entry's, "
+              f"{WINDOW_DEFAULT} for a new name): a lost reply is settled while fewer writes "
+              "happened since")
 @connection_options
 @click.pass_context
 def push(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
          version_field: Optional[str], includes: tuple[str, ...], descriptor_set: Optional[str],
          force: bool, compat: Optional[str], history: Optional[int],
-         history_payloads: Optional[bool], feed: Optional[int]) -> None:
+         history_payloads: Optional[bool], feed: Optional[int], window: Optional[int]) -> None:
     """Register (or re-register) the message MESSAGE of FILE.proto as a schema. Other settings
-    (--compat, --history, --history-payloads, --feed) for the same definition are a new
-    revision."""
+    (--compat, --history, --history-payloads, --feed, --window) for the same definition are a
+    new revision."""
     message, fds = _source(args, descriptor_set, includes)
     name = name or message
     with open_store(ctx) as store:
@@ -92,7 +97,7 @@ def push(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
                                          version_field=version_field,
                                          compat=compat.upper() if compat else None,
                                          history=history, history_payloads=history_payloads,
-                                         feed=feed)
+                                         feed=feed, window=window)
         info = store.get_schema(name)
     settings = ""
     if info is not None and info.history:
@@ -100,6 +105,8 @@ def push(ctx: click.Context, args: tuple[str, ...], name: Optional[str],
                                                   else "")
     if info is not None and info.feed:
         settings += f", feed {info.feed}"
+    if info is not None and info.window != WINDOW_DEFAULT:
+        settings += f", window {info.window}"
     click.echo(f"{name}: {message}, revision {revision}{settings}")
 
 
@@ -170,6 +177,7 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
         "compat": info.compat,
         "history": info.history,
         "history_payloads": info.history_payloads,
+        "window": info.window,
         "digest": _text(fields[4]) or "",
         "descriptor_set_bytes": len(info.descriptor_set),
         "fields": field_rows(info.descriptor_set, info.message_type),
@@ -191,7 +199,9 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
     for label, value in (("name", name), ("message type", info.message_type),
                          ("revision", str(info.revision)),
                          ("version field", data["version_field"]), ("compat", info.compat),
-                         ("history", history), ("digest", data["digest"]),
+                         ("history", history),
+                         ("window", f"the last {info.window} write ids of each context"),
+                         ("digest", data["digest"]),
                          ("descriptor set", f"{len(info.descriptor_set)} bytes")):
         head.add_row(label, value)
     out.print(head)

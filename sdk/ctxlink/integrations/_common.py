@@ -40,6 +40,9 @@ class SchemaSpec:
     message_class: Any
     version_field: str = "version"
     history: int = 0
+    #: write records each context keeps (None: the schema's, 16 for a new name); raise it for
+    #: contexts many processes append to, so a re-send after a lost reply is still settled
+    window: Optional[int] = None
 
 
 _classes: dict[str, dict[str, Any]] = {}
@@ -86,8 +89,9 @@ def _is_noperm(exc: BaseException) -> bool:
 
 
 def ensure_schemas(store: Store, specs: Sequence[SchemaSpec], adapter: str) -> int:
-    """Registers each spec whose exact definition (message type, descriptor set, history) the
-    registry lacks; returns how many it registered (0: nothing was written)."""
+    """Registers each spec whose exact definition (message type, descriptor set, history, and
+    window when the spec names one) the registry lacks; returns how many it registered (0:
+    nothing was written)."""
     wrote = 0
     for spec in specs:
         want = build_descriptor_set(spec.message_class.DESCRIPTOR)
@@ -102,12 +106,13 @@ def ensure_schemas(store: Store, specs: Sequence[SchemaSpec], adapter: str) -> i
                 ) from exc
             raise
         if (info is not None and info.message_type == spec.message_class.DESCRIPTOR.full_name
-                and info.descriptor_set == want and info.history == spec.history):
+                and info.descriptor_set == want and info.history == spec.history
+                and (spec.window is None or info.window == spec.window)):
             continue
         try:
             store.register_schema(spec.name, spec.message_class,
                                   version_field=spec.version_field,
-                                  history=spec.history or None)
+                                  history=spec.history or None, window=spec.window)
         except Exception as exc:
             if _is_noperm(exc):
                 raise SetupRequiredError(

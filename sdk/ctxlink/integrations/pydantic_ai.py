@@ -186,32 +186,25 @@ class CtxlinkConversationStore(ConversationStore):
         from ctxlink._registry import build_descriptor_set
 
         wanted = build_descriptor_set(cls.DESCRIPTOR)  # type: ignore[arg-type]
-        for attempt in range(3):
-            try:
-                info = await store.get_schema(name)
-            except Exception as e:
-                if _is_noperm(e):
-                    # an ACL that cannot even read the registry this way (the Lua engine's
-                    # schema_get is an EVALSHA, which Redis 7 treats as a write of its key):
-                    # trust an administrator's setup(); a write then names it if it is missing
-                    return
-                raise
-            if (info is not None and info.message_type == cls.DESCRIPTOR.full_name
-                    and info.descriptor_set == wanted):
+        try:
+            info = await store.get_schema(name)
+        except Exception as e:
+            if _is_noperm(e):
+                # an ACL that cannot even read the registry this way (the Lua engine's
+                # schema_get is an EVALSHA, which Redis 7 treats as a write of its key):
+                # trust an administrator's setup(); a write then names it if it is missing
                 return
-            try:
-                await store.register_schema(name, cls)
-                return
-            except SchemaError:
-                # another process registering the same name at the same moment (seen on the Lua
-                # engine as "the registered revision cannot be read"): read it again
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-            except Exception as e:
-                if _is_noperm(e):
-                    raise SchemaError(_SETUP_HINT.format(name=name, error=e)) from e
-                raise
+            raise
+        if (info is not None and info.message_type == cls.DESCRIPTOR.full_name
+                and info.descriptor_set == wanted):
+            return
+        # identical registrations from several processes at once all succeed (both engines)
+        try:
+            await store.register_schema(name, cls)
+        except Exception as e:
+            if _is_noperm(e):
+                raise SchemaError(_SETUP_HINT.format(name=name, error=e)) from e
+            raise
 
     async def _cas(self, key: str, expected: int, message: Message, schema: str,
                    incarnation: Optional[str] = None, ttl: Optional[float] = None) -> CasResult:
