@@ -136,6 +136,35 @@ def _send(store, args):
                                          lists["READS"], None, None, lists["APPEND"]))
 
 
+def test_an_append_based_on_a_deleted_and_recreated_context_is_refused_unapplied(store, pb):
+    """``incarnation=``: an append based on a context that was deleted and created again since
+    (the new one at the same version) raises ContextReplacedError and writes nothing; on the
+    same incarnation it lands; a missing context at a base >= 1 is a conflict without current;
+    a base of 0 sends no INC (the append may create the context)."""
+    _order(store, pb)
+    first = store.get("o:1")
+    li = pb.LineItem(sku="x")
+    assert store.append("o:1", "items", [li], base_version=first.version,
+                        incarnation=first.incarnation, message_class=pb.Order).version == 2
+    store.delete("o:1", 2)
+    assert store.cas("o:1", 0, pb.Order(order_id="b"), schema="order").ok
+    assert store.cas("o:1", 1, pb.Order(order_id="c")).ok
+    before = store.get("o:1")
+    with pytest.raises(ctxlink.ContextReplacedError):
+        store.append("o:1", "items", [li], base_version=2, incarnation=first.incarnation,
+                     message_class=pb.Order)
+    assert store.get("o:1").raw == before.raw
+    store.delete("o:1", 2)
+    gone = store.append("o:1", "items", [li], base_version=2, incarnation=first.incarnation,
+                        message_class=pb.Order)
+    assert (gone.ok, gone.current) == (False, None) and store.get("o:1") is None
+    made = store.append("o:1", "items", [li], base_version=0, incarnation=first.incarnation,
+                        schema="order", message_class=pb.Order)
+    assert made.ok and store.get("o:1").incarnation not in ("", first.incarnation)
+    with pytest.raises(ctxlink.ArgumentError):
+        store.append("o:1", "items", [li], incarnation="zz", message_class=pb.Order)
+
+
 def test_resend_is_replayed_in_the_window_and_refused_beyond_it(store, pb, shared_server):
     _order(store, pb)
     el = pb.Order(items=[{"sku": "z"}]).SerializeToString()

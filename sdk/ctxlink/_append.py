@@ -24,6 +24,7 @@ from ctxlink._write import (
     _schema_type,
     _vfield,
     check_by,
+    check_incarnation,
     check_key,
     check_write_id,
     new_write_id,
@@ -48,6 +49,7 @@ def append_command(
     by: Optional[str],
     write_id: Any,
     px: Optional[int] = None,
+    inc: Optional[str] = None,
 ) -> tuple[Any, ...]:
     """The arguments of ``CTX.PATCH`` with ``APPEND``."""
     args: tuple[Any, ...] = ("CTX.PATCH", key, base, payload)
@@ -56,7 +58,7 @@ def append_command(
     args += ("APPEND", len(apps), *apps)
     if reads:
         args += ("READS", len(reads), *reads)
-    return args + _options(schema, by, write_id, None, px)
+    return args + _options(schema, by, write_id, inc, px)
 
 
 def _message_class(st: State, key: Any, schema: Optional[str],
@@ -74,10 +76,14 @@ def _message_class(st: State, key: Any, schema: Optional[str],
     if message_class is not None:
         return message_class, name or ""
     type_name = (yield from _schema_type(st, name, key)) if name else None
-    if type_name is None:
+    try:
+        if type_name is None:
+            raise KeyError(name)
+        desc = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    except KeyError:
         raise ArgumentError(f"the message type of schema {name!r} is not known here: pass "
-                            "message_class= (or register_schema the type in this process)")
-    desc = descriptor_pool.Default().FindMessageTypeByName(type_name)
+                            "message_class= (or register_schema the type in this process, from "
+                            "the default descriptor pool)") from None
     return message_factory.GetMessageClass(desc), name or ""
 
 
@@ -123,11 +129,13 @@ def op_append(
     by: Optional[str],
     write_id: Any,
     px: Optional[int],
+    inc: Optional[str] = None,
 ) -> Op[CasResult]:
     """``append``: see :meth:`ctxlink.Store.append`. Phases: check the arguments, encode the
     write (the patch, then the new elements), choose the base version, send and settle."""
     check_key(key)
     check_by(by)
+    inc = None if inc is None else check_incarnation(inc)
     if isinstance(reads, (str, bytes)):
         raise TypeError("reads must be a sequence of field names, not a str")
     if patch is not None and not isinstance(patch, Message):
@@ -151,7 +159,7 @@ def op_append(
         base = st.append_base.get(key) or 0
     wid = new_write_id() if write_id is None else check_write_id(write_id)
     sch = schema if schema is not None else (name or None) if base == 0 else None
-    write = _AppendWrite(key, raw, fields, (fd.number,), rnums, sch, by, wid, px, desc)
+    write = _AppendWrite(key, raw, fields, (fd.number,), rnums, sch, by, wid, px, desc, inc)
     result = yield from _send_append(st, write, base)
     if result.ok or result.current is not None:
         st.append_base.put(key, result.version)
@@ -219,6 +227,13 @@ class _AppendWrite:
     wid: Any
     px: Optional[int]
     desc: Any
+    inc: Optional[str] = None
+
+    def inc_at(self, base: int) -> Optional[str]:
+        """``INC`` at ``base``: the incarnation the append is based on, checked by the server
+        against the context's (``CTXGONE``: it was deleted and created again); none at base 0,
+        where the append may create the context (which then gets an incarnation of its own)."""
+        return self.inc if base > 0 else None
 
     def names(self, nums: tuple[int, ...]) -> tuple[str, ...]:
         by_number = self.desc.fields_by_number
@@ -233,10 +248,10 @@ def _send_append(st: State, w: _AppendWrite, base: int) -> Op[CasResult]:
     for _ in range(STALE_RETRIES):
         if st.engine == MODULE:
             send = partial(_send_module, w.key, base, w.raw, w.fields, w.apps, w.reads, w.schema,
-                           w.by, w.wid, w.px)
+                           w.by, w.wid, w.px, w.inc_at(base))
         else:
             send = partial(_write_lua, st, w.key, base, w.raw, w.schema, w.by, w.wid, w.fields,
-                           w.reads, None, w.px, w.apps)
+                           w.reads, w.inc_at(base), w.px, w.apps)
         reply, resent = yield from _send_settled(st, w.key, send, w.wid, None, CAS_RESENDS,
                                                  sent=sent)
         sent = sent or resent
@@ -260,6 +275,6 @@ def _send_append(st: State, w: _AppendWrite, base: int) -> Op[CasResult]:
 
 def _send_module(key: Any, base: int, raw: bytes, fields: tuple[int, ...], apps: tuple[int, ...],
                  reads: tuple[int, ...], schema: Optional[str], by: Optional[str], wid: Any,
-                 px: Optional[int]) -> Op[Any]:
+                 px: Optional[int], inc: Optional[str]) -> Op[Any]:
     return (yield Write(key, append_command(key, base, raw, fields, apps, reads, schema, by, wid,
-                                            px)))
+                                            px, inc)))

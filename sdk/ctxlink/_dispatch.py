@@ -289,6 +289,7 @@ class StoreBase:
         by: Optional[str],
         write_id: Optional[Union[str, bytes]],
         ttl: Optional[float],
+        incarnation: Optional[str] = None,
     ) -> Op[CasResult]:
         if schema is not None and not isinstance(schema, str):
             raise TypeError(f"schema must be a str (a schema name), not {type(schema).__name__}")
@@ -296,7 +297,7 @@ class StoreBase:
             raise TypeError(f"field must be a field name (str), not {type(field).__name__}")
         px = None if ttl is None else ttl_ms(ttl)
         op = op_append(self._st, key, field, items, message_class, reads, patch, base_version,
-                       schema, by, write_id, px)
+                       schema, by, write_id, px, incarnation)
         return self._tel.traced(op, "append", key) if self._tel.active() else op
 
     def _delete(

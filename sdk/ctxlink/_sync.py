@@ -290,6 +290,7 @@ class Store(StoreBase):
         by: Optional[str] = None,
         write_id: Optional[Union[str, bytes]] = None,
         ttl: Optional[float] = None,
+        incarnation: Optional[str] = None,
     ) -> CasResult:
         """Appends ``items`` to the repeated top-level field ``field`` of context ``key`` in one
         atomic write (``CTX.PATCH ... APPEND``, docs/PROTOCOL.md "Appends"), creating the context
@@ -302,7 +303,10 @@ class Store(StoreBase):
         ``field``) are written whole in the same write. ``base_version``: the version your reads
         and patch are based on; without it (and with reads or patch) the SDK reads the context
         once and uses its version. ``message_class``: the context's message type when neither
-        ``patch`` nor the schema's registered type tells it.
+        ``patch`` nor the schema's registered type tells it. ``incarnation``
+        (``Snapshot.incarnation`` of the state ``base_version`` comes from): the append is
+        refused with :class:`ContextReplacedError`, unapplied, when the context was deleted and
+        created again since (not sent with a base of 0, where the append may create it).
 
         Returns a :class:`CasResult` (``version``: the version the append produced). A conflict
         (only possible with ``reads`` or ``patch``) is ``ok`` False with ``current`` and
@@ -315,7 +319,7 @@ class Store(StoreBase):
         than the window between each read and send), :class:`ConflictError` (not applied).
         """
         return _run(self._client, self._append(key, field, items, message_class, reads, patch,
-                                       base_version, schema, by, write_id, ttl))
+                                       base_version, schema, by, write_id, ttl, incarnation))
 
     def delete(
         self,

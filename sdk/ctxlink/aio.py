@@ -215,10 +215,11 @@ class Store(StoreBase):
         by: Optional[str] = None,
         write_id: Optional[Union[str, bytes]] = None,
         ttl: Optional[float] = None,
+        incarnation: Optional[str] = None,
     ) -> CasResult:
         """Async :meth:`ctxlink.Store.append`: appends ``items`` to the repeated field ``field``."""
         return await _run(self._client, self._append(key, field, items, message_class, reads, patch,
-                                       base_version, schema, by, write_id, ttl))
+                                       base_version, schema, by, write_id, ttl, incarnation))
 
     async def delete(
         self,

@@ -290,3 +290,24 @@ def test_on_a_redis_cluster(redis_cluster: Any) -> None:
             await s.close()
             await client.aclose()
     asyncio.run(go())
+
+
+def test_a_session_deleted_and_created_again_refuses_the_old_session_object(
+        redis_url: str) -> None:
+    """A Session read before its session was deleted and created again under the same id, the
+    new one brought to the very version the old object holds: StaleSessionError, nothing
+    written (the marker carries the context's incarnation)."""
+    async def go() -> None:
+        async with CtxlinkSessionService.from_url(redis_url) as s:
+            old = await s.create_session(app_name=APP, user_id="u", session_id="s")
+            await s.append_event(old, delta_event({"k": 1}, "old-1"))
+            await s.delete_session(app_name=APP, user_id="u", session_id="s")
+            new = await s.create_session(app_name=APP, user_id="u", session_id="s")
+            await s.append_event(new, delta_event({"k": 2}, "new-1"))
+            with pytest.raises(StaleSessionError):
+                await s.append_event(old, delta_event({"k": 3}, "old-2"))
+            got = await s.get_session(app_name=APP, user_id="u", session_id="s")
+            assert got is not None
+            assert [e.invocation_id for e in got.events] == ["new-1"]
+            assert got.state == {"k": 2}
+    asyncio.run(go())

@@ -49,9 +49,9 @@ adapter keeps no segments: a session that must outgrow the limit needs the segme
 docs/PROTOCOL.md ("At max-payload-bytes"), which it does not implement.
 
 ``ttl_seconds``: every write stores the expiry, so a session lives ``ttl_seconds`` after its last
-event, app and user state after their last change. A session deleted and created again under
-the same id between a Session's read and its append, reaching exactly the version the Session
-was read at, is not told apart (the append lands in the new session).
+event, app and user state after their last change. The marker also carries the context's
+incarnation: a Session read before its session was deleted and created again under the same id
+gets ``StaleSessionError`` on append, whatever version the new session has reached.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ from google.protobuf.message import Message
 
 import ctxlink.aio
 from ctxlink import ArgumentError, ContextReplacedError
+from ctxlink._protocol import new_incarnation
 from ctxlink.integrations._common import SchemaSpec, check_prefix, ensure_schemas_async
 
 __all__ = ["CtxlinkSessionService", "SESSION_SCHEMA", "STATE_SCHEMA"]
@@ -150,6 +151,12 @@ def _merged(app: dict[str, Any], user: dict[str, Any], own: dict[str, Any]) -> d
     out.update({State.APP_PREFIX + k: v for k, v in app.items()})
     out.update({State.USER_PREFIX + k: v for k, v in user.items()})
     return out
+
+
+def _marker(version: int, incarnation: str) -> str:
+    """The Session's storage marker: ``<version>:<incarnation>`` of the context it was read at
+    (or wrote)."""
+    return f"{version}:{incarnation}"
 
 
 class CtxlinkSessionService(BaseSessionService):
@@ -281,12 +288,12 @@ class CtxlinkSessionService(BaseSessionService):
         return app, user
 
     @staticmethod
-    def _session_of(msg: Any, version: int, app: dict[str, Any], user: dict[str, Any],
-                    events: list[Event]) -> Session:
+    def _session_of(msg: Any, version: int, incarnation: str, app: dict[str, Any],
+                    user: dict[str, Any], events: list[Event]) -> Session:
         session = Session(id=msg.id, app_name=msg.app_name, user_id=msg.user_id,
                           state=_merged(app, user, _load(msg.state)), events=events,
                           last_update_time=msg.last_update_time)
-        session._storage_update_marker = str(version)
+        session._storage_update_marker = _marker(version, incarnation)
         return session
 
     # -- BaseSessionService ----------------------------------------------------------------
@@ -307,14 +314,15 @@ class CtxlinkSessionService(BaseSessionService):
         msg = SessionMessage(app_name=app_name, user_id=user_id, id=sid,
                              state=_dump(deltas["session"]), last_update_time=now,
                              create_time=now)
+        inc = new_incarnation()  # the new context's, kept in the Session's marker
         res = await store.cas(self._session_key(app_name, user_id, sid), 0, msg,
-                              schema=SESSION_SCHEMA, ttl=self.ttl_seconds)
+                              schema=SESSION_SCHEMA, ttl=self.ttl_seconds, incarnation=inc)
         if not res.ok:
             raise AlreadyExistsError(f"Session with id {sid} already exists.")
         app, user = await asyncio.gather(
             self._merge_state(store, self._app_key(app_name), deltas["app"]),
             self._merge_state(store, self._user_key(app_name, user_id), deltas["user"]))
-        return self._session_of(msg, res.version, app, user, [])
+        return self._session_of(msg, res.version, inc, app, user, [])
 
     async def get_session(
         self,
@@ -345,7 +353,7 @@ class CtxlinkSessionService(BaseSessionService):
             picked.append(event)
         picked.reverse()
         app, user = await self._shared(store, app_name, user_id)
-        return self._session_of(msg, snap.version, app, user, picked)
+        return self._session_of(msg, snap.version, snap.incarnation, app, user, picked)
 
     async def list_sessions(
         self, *, app_name: str, user_id: Optional[str] = None
@@ -371,7 +379,8 @@ class CtxlinkSessionService(BaseSessionService):
             if msg.user_id not in users:
                 users[msg.user_id] = await self._read_state(
                     store, self._user_key(app_name, msg.user_id))
-            sessions.append(self._session_of(msg, snap.version, app, users[msg.user_id], []))
+            sessions.append(self._session_of(msg, snap.version, snap.incarnation, app,
+                                              users[msg.user_id], []))
         sessions.sort(key=lambda s: (s.last_update_time, s.user_id, s.id))
         return ListSessionsResponse(sessions=sessions)
 
@@ -407,20 +416,24 @@ class CtxlinkSessionService(BaseSessionService):
         delta = event.actions.state_delta if event.actions and event.actions.state_delta else {}
         deltas = _session_util.extract_state_delta(delta)
         key = self._session_key(session.app_name, session.user_id, session.id)
-        base = await self._base_version(store, key, session)
+        base, inc = await self._base_version(store, key, session)
         own = _scoped(session.state)
         own.update(deltas["session"])
         patch = SessionMessage(state=_dump(own), last_update_time=event.timestamp)
-        res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
-                                                 .encode()],
-                                 patch=patch, base_version=base, schema=SESSION_SCHEMA,
-                                 ttl=self.ttl_seconds)
+        try:
+            res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
+                                                     .encode()],
+                                     patch=patch, base_version=base, schema=SESSION_SCHEMA,
+                                     ttl=self.ttl_seconds, incarnation=inc or None)
+        except ContextReplacedError:
+            # deleted and created again since the Session was read: not its session any more
+            raise StaleSessionError(_STALE) from None
         if not res.ok:
             if res.current is None:
                 raise SessionNotFoundError(f"Session {session.id} not found.")
             raise StaleSessionError(_STALE)
         session.last_update_time = event.timestamp
-        session._storage_update_marker = str(res.version)
+        session._storage_update_marker = _marker(res.version, inc)
         if deltas["app"] or deltas["user"]:
             await asyncio.gather(
                 self._merge_state(store, self._app_key(session.app_name), deltas["app"]),
@@ -428,13 +441,16 @@ class CtxlinkSessionService(BaseSessionService):
                                   deltas["user"]))
         return await super().append_event(session, event)
 
-    async def _base_version(self, store: ctxlink.aio.Store, key: str, session: Session) -> int:
-        """The stored version ``session`` was read at: its marker, or for a Session without
-        one the current version when the Session is not behind it (else StaleSessionError)."""
+    async def _base_version(self, store: ctxlink.aio.Store, key: str,
+                            session: Session) -> tuple[int, str]:
+        """The stored version and incarnation ``session`` was read at: its marker, or for a
+        Session without one the current ones when the Session is not behind them (else
+        StaleSessionError)."""
         marker = session._storage_update_marker
         if marker is not None:
+            version, _, inc = str(marker).partition(":")
             try:
-                return max(1, int(marker))
+                return max(1, int(version)), inc
             except ValueError:
                 pass  # another service's marker: check as a marker-less Session
         snap = await store.get(key)
@@ -446,4 +462,4 @@ class CtxlinkSessionService(BaseSessionService):
             mine = session.events[-1].id if session.events else None
             if stored_last != mine:
                 raise StaleSessionError(_STALE)
-        return int(snap.version)
+        return int(snap.version), snap.incarnation
