@@ -6,13 +6,10 @@ in-flight event may or may not be there."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
+
+from hammer import hammer
 
 from ctxlink.integrations.adk import CtxlinkSessionService
 
@@ -25,26 +22,8 @@ def test_processes_and_kill9_lose_and_double_no_event(redis_url: str) -> None:
             await s.create_session(app_name="hammer", user_id="u", session_id="one")
     asyncio.run(create())
     n_events = 25
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), redis_url, "one", f"w{n}",
-                               str(n_events)], stdout=subprocess.PIPE, text=True, env=env)
-             for n in range(4)]
-    victim = procs[0]
-    assert victim.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + 120
-    for line in victim.stdout:
-        seen.append(line)
-        if len(seen) >= 5 or time.monotonic() > deadline:
-            break
-    time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    rest, _ = victim.communicate()
-    outputs = ["".join(seen) + rest]
-    for p in procs[1:]:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0
-        outputs.append(out)
+    outputs = hammer(WORKER, lambda n: [redis_url, "one", f"w{n}", str(n_events)],
+                     lambda seen: len(seen) >= 5)
     acked = {line.split()[1] for out in outputs for line in out.splitlines()
              if line.startswith("ack ")}
 

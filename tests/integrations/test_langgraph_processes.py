@@ -5,13 +5,10 @@ there exactly once (the killed process's one in-flight put may or may not be the
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
+
+from hammer import hammer
 
 from ctxlink.integrations.langgraph import CtxlinkSaver
 
@@ -21,26 +18,9 @@ WORKER = Path(__file__).with_name("lg_worker.py")
 def test_processes_and_kill9_lose_and_double_nothing(redis_url: str) -> None:
     thread = "hammer"
     n_steps = 40
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), redis_url, thread, f"w{n}",
-                               str(n_steps)], stdout=subprocess.PIPE, text=True, env=env)
-             for n in range(4)]
-    victim = procs[0]
-    # kill the victim once it has acknowledged a few checkpoints
-    seen_victim: list[str] = []
-    assert victim.stdout is not None
-    for line in victim.stdout:
-        seen_victim.append(line)
-        if sum(1 for x in seen_victim if x.startswith("cp ")) >= 5:
-            break
-    time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    rest, _ = victim.communicate()
-    outputs = ["".join(seen_victim) + rest]
-    for p in procs[1:]:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0
-        outputs.append(out)
+    # the victim is killed once it has acknowledged a few checkpoints
+    outputs = hammer(WORKER, lambda n: [redis_url, thread, f"w{n}", str(n_steps)],
+                     lambda seen: sum(1 for x in seen if x.startswith("cp ")) >= 5)
     acked_cps: set[str] = set()
     acked_writes: list[tuple[str, str]] = []
     for out in outputs:

@@ -6,13 +6,10 @@ killed process's unacknowledged work at most its one in-flight pair landed (whol
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
+
+from hammer import hammer
 
 from ctxlink.integrations.openai_agents import CtxlinkSession
 
@@ -22,26 +19,8 @@ WORKER = Path(__file__).with_name("oa_worker.py")
 def test_processes_and_kill9_lose_and_double_nothing(redis_url: str) -> None:
     session_id = "hammer"
     count = 60
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), redis_url, session_id, f"p{n}",
-                               str(count)], stdout=subprocess.PIPE, text=True, env=env)
-             for n in range(4)]
-    victim = procs[0]
-    seen_victim: list[str] = []
-    assert victim.stdout is not None
-    for line in victim.stdout:
-        seen_victim.append(line)
-        if len(seen_victim) >= 8:
-            break
-    time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    rest, _ = victim.communicate()
-    outputs = ["".join(seen_victim) + rest]
-    for p in procs[1:]:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0
-        outputs.append(out)
-    assert victim.returncode == -signal.SIGKILL
+    outputs = hammer(WORKER, lambda n: [redis_url, session_id, f"p{n}", str(count)],
+                     lambda seen: len(seen) >= 8)
     acked = {line.split()[1] for out in outputs for line in out.splitlines()
              if line.startswith("ack ")}
     assert len(acked) >= 3 * count + 8
