@@ -80,7 +80,12 @@ from google.protobuf.message import Message
 
 import ctxlink.aio
 from ctxlink import ArgumentError, ContextReplacedError
-from ctxlink.integrations._common import SchemaSpec, check_prefix, ensure_schemas_async
+from ctxlink.integrations._common import (
+    SchemaSpec,
+    check_prefix,
+    ensure_schemas_async,
+    setup_guard,
+)
 
 __all__ = ["CtxlinkSessionService", "SESSION_SCHEMA", "STATE_SCHEMA"]
 
@@ -119,6 +124,7 @@ def _message_classes() -> tuple[Any, Any]:
 
 SessionMessage, StateMessage = _message_classes()
 _SPECS = (SchemaSpec(SESSION_SCHEMA, SessionMessage), SchemaSpec(STATE_SCHEMA, StateMessage))
+_ADAPTER = "CtxlinkSessionService"
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -206,7 +212,7 @@ class CtxlinkSessionService(BaseSessionService):
         are; returns how many it wrote (0: nothing). Run it once as an administrator where the
         agents' ACL cannot write the registry (``ctxlink schema push`` does the same)."""
         store = await self._connect()
-        wrote = await ensure_schemas_async(store, _SPECS, "CtxlinkSessionService")
+        wrote = await ensure_schemas_async(store, _SPECS, _ADAPTER)
         self._ready = True
         return wrote
 
@@ -266,9 +272,10 @@ class CtxlinkSessionService(BaseSessionService):
 
         while True:
             try:
-                got = await store.update(key, apply, message_class=StateMessage,
-                                         schema=STATE_SCHEMA, default=StateMessage,
-                                         ttl=self.ttl_seconds)
+                with setup_guard(_ADAPTER):
+                    got = await store.update(key, apply, message_class=StateMessage,
+                                             schema=STATE_SCHEMA, default=StateMessage,
+                                             ttl=self.ttl_seconds)
             except ContextReplacedError:
                 continue  # deleted and created again meanwhile: merge into the new one
             return _load(got.message.data)
@@ -307,8 +314,9 @@ class CtxlinkSessionService(BaseSessionService):
         msg = SessionMessage(app_name=app_name, user_id=user_id, id=sid,
                              state=_dump(deltas["session"]), last_update_time=now,
                              create_time=now)
-        res = await store.cas(self._session_key(app_name, user_id, sid), 0, msg,
-                              schema=SESSION_SCHEMA, ttl=self.ttl_seconds)
+        with setup_guard(_ADAPTER):
+            res = await store.cas(self._session_key(app_name, user_id, sid), 0, msg,
+                                  schema=SESSION_SCHEMA, ttl=self.ttl_seconds)
         if not res.ok:
             raise AlreadyExistsError(f"Session with id {sid} already exists.")
         app, user = await asyncio.gather(
@@ -411,10 +419,11 @@ class CtxlinkSessionService(BaseSessionService):
         own = _scoped(session.state)
         own.update(deltas["session"])
         patch = SessionMessage(state=_dump(own), last_update_time=event.timestamp)
-        res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
-                                                 .encode()],
-                                 patch=patch, base_version=base, schema=SESSION_SCHEMA,
-                                 ttl=self.ttl_seconds)
+        with setup_guard(_ADAPTER):
+            res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
+                                                     .encode()],
+                                     patch=patch, base_version=base, schema=SESSION_SCHEMA,
+                                     ttl=self.ttl_seconds)
         if not res.ok:
             if res.current is None:
                 raise SessionNotFoundError(f"Session {session.id} not found.")
