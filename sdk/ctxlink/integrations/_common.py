@@ -13,9 +13,10 @@
   run ``ctxlink schema push`` or the adapter's ``setup()`` once with an account that may. A
   registry the ACL may not even *read* (a module-engine agent without rights on ``__ctx:*``, as
   docs/PROTOCOL.md's line for Redis 6.2, or denied ``CTX.SCHEMA.GET``) is trusted to hold the
-  schemas, as an administrator's ``setup()`` left them: nothing is registered, the adapter works, and when the
-  schema is in fact missing the first write raises :class:`SetupRequiredError` naming
-  ``setup()`` and ``ctxlink schema push`` (every adapter writes inside :func:`setup_guard`).
+  schemas, as an administrator's ``setup()`` left them: nothing is registered, the adapter
+  works, and when the schema is in fact missing the first write raises
+  :class:`SetupRequiredError` naming ``setup()`` and ``ctxlink schema push`` (every adapter
+  maps its writes' errors through :func:`setup_error` / :func:`setup_guard`).
 - :func:`open_store` turns the constructors' ``redis_url=`` / ``redis_client=`` / ``store=``
   into a ctxlink Store.
 """
