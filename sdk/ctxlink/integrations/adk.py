@@ -167,9 +167,10 @@ class CtxlinkSessionService(BaseSessionService):
     ``key_prefix`` (non-empty, no whitespace, else ``ValueError``) starts every key;
     ``ttl_seconds`` (> 0, else :class:`ctxlink.ArgumentError`; None: no expiry) is stored with
     every write, as ADK's ``RedisSessionServiceConfig.ttl_seconds``. ``register=False`` skips the
-    schema check (an agent whose ACL cannot read the registry, after an administrator's
-    :meth:`setup`). ``engine``: as :func:`ctxlink.aio.connect`. The connection and the schema
-    check happen on first use (:meth:`setup` does them at once).
+    schema check (after an administrator's :meth:`setup`; an agent whose ACL cannot read the
+    registry skips it anyway, see :mod:`ctxlink.integrations._common`). ``engine``: as
+    :func:`ctxlink.aio.connect`. The connection and the schema check happen on first use
+    (:meth:`setup` does them at once).
     """
 
     def __init__(
