@@ -16,7 +16,7 @@
   schemas, as an administrator's ``setup()`` left them: nothing is registered, the adapter
   works, and when the schema is in fact missing the first write raises
   :class:`SetupRequiredError` naming ``setup()`` and ``ctxlink schema push`` (every adapter
-  maps its writes' errors through :func:`setup_error` / :func:`setup_guard`).
+  maps its writes' errors through :func:`raise_setup_error` / :func:`setup_guard`).
 - :func:`open_store` turns the constructors' ``redis_url=`` / ``redis_client=`` / ``store=``
   into a ctxlink Store.
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -35,7 +35,7 @@ from ctxlink._registry import SchemaInfo, build_descriptor_set
 from ctxlink._sync import Store, connect
 
 __all__ = ["SchemaSpec", "SetupRequiredError", "messages", "has_schema", "ensure_schemas",
-           "ensure_schemas_async", "setup_error", "setup_guard",
+           "ensure_schemas_async", "raise_setup_error", "setup_guard",
            "open_store", "check_prefix", "upsert"]
 
 
@@ -123,16 +123,14 @@ def _read_refused(exc: Exception) -> bool:
     return _is_noperm(exc)
 
 
-def _register_failed(exc: Exception, spec: SchemaSpec, adapter: str) -> Exception:
-    """What a refused registration raises: SetupRequiredError when the ACL refused it, else
-    ``exc`` itself."""
+def _raise_refused(exc: Exception, spec: SchemaSpec, adapter: str) -> NoReturn:
+    """Raises for a registration that raised ``exc``: SetupRequiredError when the ACL refused
+    it, else ``exc`` itself."""
     if _is_noperm(exc):
-        err = SetupRequiredError(
+        raise SetupRequiredError(
             f"schema {spec.name!r} ({adapter}) is missing or differs and this client's ACL may "
-            f"not write the schema registry ({exc}): {_setup_hint(adapter)}")
-        err.__cause__ = exc
-        return err
-    return exc
+            f"not write the schema registry ({exc}): {_setup_hint(adapter)}") from exc
+    raise exc
 
 
 def _register_kwargs(spec: SchemaSpec) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def ensure_schemas(store: Store, specs: Sequence[SchemaSpec], adapter: str) -> i
         try:
             store.register_schema(spec.name, spec.message_class, **_register_kwargs(spec))
         except Exception as exc:
-            raise _register_failed(exc, spec, adapter) from exc
+            _raise_refused(exc, spec, adapter)
         wrote += 1
     return wrote
 
@@ -180,31 +178,30 @@ async def ensure_schemas_async(store: Any, specs: Sequence[SchemaSpec], adapter:
         try:
             await store.register_schema(spec.name, spec.message_class, **_register_kwargs(spec))
         except Exception as exc:
-            raise _register_failed(exc, spec, adapter) from exc
+            _raise_refused(exc, spec, adapter)
         wrote += 1
     return wrote
 
 
-def setup_error(exc: Exception, adapter: str) -> Exception:
-    """What an adapter raises for ``exc``, raised by one of its writes: the server's "unknown
-    schema" becomes :class:`SetupRequiredError` naming ``{adapter}.setup()`` and ``ctxlink
-    schema push``; any other exception is returned unchanged."""
+def raise_setup_error(exc: Exception, adapter: str) -> NoReturn:
+    """Raises for ``exc``, raised by one of an adapter's writes: the server's "unknown schema"
+    becomes :class:`SetupRequiredError` naming ``{adapter}.setup()`` and ``ctxlink schema
+    push``; any other exception is raised as it is."""
     if (isinstance(exc, SchemaError) and not isinstance(exc, SetupRequiredError)
             and "unknown schema" in str(exc)):
-        err = SetupRequiredError(
-            f"the server does not know a schema {adapter} writes ({exc}): {_setup_hint(adapter)}")
-        err.__cause__ = exc
-        return err
-    return exc
+        raise SetupRequiredError(
+            f"the server does not know a schema {adapter} writes ({exc}): "
+            f"{_setup_hint(adapter)}") from exc
+    raise exc
 
 
 @contextmanager
 def setup_guard(adapter: str) -> Iterator[None]:
-    """Around an adapter's writes (sync or asyncio code alike): :func:`setup_error`."""
+    """Around an adapter's writes (sync or asyncio code alike): :func:`raise_setup_error`."""
     try:
         yield
     except SchemaError as exc:
-        raise setup_error(exc, adapter) from exc
+        raise_setup_error(exc, adapter)
 
 
 def check_prefix(prefix: str) -> str:

@@ -87,7 +87,7 @@ from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
     ensure_schemas_async,
-    setup_error,
+    raise_setup_error,
 )
 
 __all__ = ["CtxlinkSession", "HistoryChangedError", "SESSION_SCHEMA", "SessionMessage"]
@@ -342,7 +342,7 @@ class CtxlinkSession:
         except ContextReplacedError:
             return None
         except SchemaError as exc:
-            raise setup_error(exc, _ADAPTER) from exc
+            raise_setup_error(exc, _ADAPTER)
         return (res.version, incarnation) if res.ok else None
 
     # -- the Session protocol --------------------------------------------------------------
@@ -372,7 +372,7 @@ class CtxlinkSession:
                                          schema=SESSION_SCHEMA, message_class=SessionMessage,
                                          ttl=self.ttl)
             except SchemaError as exc:
-                raise setup_error(exc, _ADAPTER) from exc
+                raise_setup_error(exc, _ADAPTER)
             if res.ok:
                 return
             # not applied: the context this client last saw was deleted (clear_session):

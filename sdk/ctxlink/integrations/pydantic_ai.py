@@ -58,7 +58,7 @@ from pydantic_ai.conversation_store import (
 
 import ctxlink.aio
 from ctxlink import CasResult, ContextReplacedError, SchemaError, Snapshot
-from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async, setup_error
+from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async, raise_setup_error
 
 __all__ = ["CtxlinkConversationStore", "RECORD_SCHEMA", "ENTRY_SCHEMA"]
 
@@ -190,7 +190,7 @@ class CtxlinkConversationStore(ConversationStore):
             return await store.cas(key, expected, message, schema=schema,
                                    ttl=self.ttl if ttl is None else ttl, incarnation=incarnation)
         except SchemaError as e:
-            raise setup_error(e, _ADAPTER) from e
+            raise_setup_error(e, _ADAPTER)
 
     def _record_key(self, conversation_id: str) -> str:
         return f"{self.key_prefix}conversation:{conversation_id}"
