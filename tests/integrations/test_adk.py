@@ -190,6 +190,44 @@ def test_agent_acl_without_registry_writes(redis_url: str, redis_server: Any) ->
     asyncio.run(as_agent(False))
 
 
+def test_agent_that_cannot_read_the_registry(redis_url: str, redis_server: Any) -> None:
+    """An agent whose ACL may not read the schema registry trusts an administrator's setup():
+    without it the first write raises SetupRequiredError naming setup() and ``ctxlink schema
+    push``; after it the agent works."""
+    admin = redis.Redis.from_url(redis_url)
+    # module engine: an ACL that may not even read the registry (no rights on __ctx:*, no
+    # CTX.SCHEMA.GET); the Lua engine's agent needs read rights on __ctx:* to write (cas.lua
+    # reads the registry), so there the agent reads it and its registration is refused
+    if redis_server.engine == "module":
+        line = ["on", ">pw", "~ctx:*", "+@all", "-@admin", "-@dangerous", "-ctx.schema.get",
+                "-ctx.schema.set", "-ctx.schema.del"]
+    else:
+        line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous",
+                "&__ctx:wait:*"]
+    admin.execute_command("ACL", "SETUSER", "adk-reader", "reset", *line)
+    admin.close()
+    agent_url = redis_url.replace("redis://", "redis://adk-reader:pw@", 1)
+
+    async def as_agent() -> None:
+        async with CtxlinkSessionService.from_url(agent_url, key_prefix="ctx:adk:") as s:
+            session = await s.create_session(app_name=APP, user_id="u", state={"user:a": 1})
+            await s.append_event(session, delta_event({"app:b": 2}))
+            got = await s.get_session(app_name=APP, user_id="u", session_id=session.id)
+            assert got is not None and got.state == {"user:a": 1, "app:b": 2}
+
+    with pytest.raises(SetupRequiredError) as err:
+        asyncio.run(as_agent())
+    assert "setup()" in str(err.value) and "ctxlink schema push" in str(err.value)
+    # module: the first write meets the missing schema; Lua: the registration is refused
+    assert ("does not know" if redis_server.engine == "module" else "may not write") in str(err.value)
+
+    async def as_admin() -> None:
+        async with CtxlinkSessionService.from_url(redis_url, key_prefix="ctx:adk:") as s:
+            assert await s.setup() == 0  # the context manager's first use registered them
+    asyncio.run(as_admin())
+    asyncio.run(as_agent())
+
+
 def test_a_lost_reply_stores_the_event_once(redis_url: str, redis_server: Any) -> None:
     """The reply of an append_event is lost after the server applied it (tests/faultproxy.py),
     and meanwhile another writer appends to the session: the SDK re-sends the same write, the

@@ -211,6 +211,35 @@ def test_acl_without_registry_rights_names_the_setup(redis_server: Any, redis_ur
         admin.close()
 
 
+def test_agent_that_cannot_read_the_registry(redis_server: Any, redis_url: str) -> None:
+    """A module-engine agent without rights on __ctx:* nor CTX.SCHEMA.GET trusts an
+    administrator's setup(): without it the first put raises SetupRequiredError naming setup()
+    and ``ctxlink schema push``; after it the saver works."""
+    if redis_server.engine != "module":
+        pytest.skip("the Lua engine's agents need read rights on __ctx:* to write (cas.lua "
+                    "reads the registry), so they can read it")
+    admin = redis_server.client()
+    rules = ["on", ">pw", "~checkpoint:*", "+@all", "-@admin", "-@dangerous",
+             "-ctx.schema.get", "-ctx.schema.set", "-ctx.schema.del"]
+    admin.execute_command("ACL", "SETUSER", "lgreader", "reset", *rules)
+    agent = redis.Redis(host="127.0.0.1", port=redis_server.port, username="lgreader",
+                        password="pw")
+    try:
+        with CtxlinkSaver(redis_client=agent) as saver:
+            with pytest.raises(SetupRequiredError, match="does not know") as err:
+                saver.put(_config("acl"), _cp(), {}, {})
+            assert "setup()" in str(err.value) and "ctxlink schema push" in str(err.value)
+        with CtxlinkSaver(redis_client=admin) as adm:
+            assert adm.setup() == 0
+        with CtxlinkSaver(redis_client=agent) as saver:
+            cfg = saver.put(_config("acl"), _cp(), {}, {})
+            assert saver.get_tuple(cfg) is not None
+    finally:
+        agent.close()
+        admin.execute_command("ACL", "DELUSER", "lgreader")
+        admin.close()
+
+
 def test_ttl_and_constructors(redis_server: Any, redis_url: str) -> None:
     client = redis_server.client()
     with CtxlinkSaver(redis_client=client, key_prefix="lg", ttl={"default_ttl": 2}) as saver:

@@ -595,6 +595,53 @@ def test_agent_acl_without_registry_writes(redis_url: str, redis_server: Any) ->
     run(lambda: as_agent(register=False))
 
 
+def test_agent_that_cannot_read_the_registry(redis_url: str, redis_server: Any) -> None:
+    """An agent whose ACL may not read the schema registry trusts an administrator's setup():
+    without it the first write raises SetupRequiredError naming setup() and ``ctxlink schema
+    push``; after it the agent works, and the schema has the session's window of 64."""
+    import redis as sync_redis
+
+    admin = sync_redis.Redis.from_url(redis_url)
+    # module engine: an ACL that may not even read the registry (no rights on __ctx:*, no
+    # CTX.SCHEMA.GET); the Lua engine's agent needs read rights on __ctx:* to write (cas.lua
+    # reads the registry), so there the agent reads it and its registration is refused
+    if redis_server.engine == "module":
+        line = ["on", ">pw", "~ctx:*", "+@all", "-@admin", "-@dangerous", "-ctx.schema.get",
+                "-ctx.schema.set", "-ctx.schema.del"]
+    else:
+        line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous",
+                "&__ctx:wait:*"]
+    admin.execute_command("ACL", "SETUSER", "oa-reader", "reset", *line)
+    admin.close()
+    agent_url = redis_url.replace("redis://", "redis://oa-reader:pw@", 1)
+
+    async def as_agent() -> None:
+        s = CtxlinkSession.from_url("acl", url=agent_url, key_prefix="ctx:s")
+        try:
+            await s.add_items([msg("user", "hi")])
+            assert await s.get_items() == [msg("user", "hi")]
+            assert await s.pop_item() == msg("user", "hi")
+        finally:
+            await s.close()
+
+    with pytest.raises(SetupRequiredError) as err:
+        run(as_agent)
+    assert "setup()" in str(err.value) and "ctxlink schema push" in str(err.value)
+    # module: the first write meets the missing schema; Lua: the registration is refused
+    assert ("does not know" if redis_server.engine == "module" else "may not write") in str(err.value)
+
+    async def as_admin() -> None:
+        s = CtxlinkSession.from_url("acl", url=redis_url, key_prefix="ctx:s")
+        await s.setup()
+        await s.close()
+        store = await ctxlink.aio.connect(redis_url)
+        info = await store.get_schema(SESSION_SCHEMA)
+        await store.close()
+        assert info is not None and info.window == 64
+    run(as_admin)
+    run(as_agent)
+
+
 def test_encrypted_session_over_ctxlink(redis_url: str) -> None:
     """test_redis_compaction_preserves_encryption_wrapper: EncryptedSession over CtxlinkSession
     stores only ciphertext, reads it back, and the Runner's automatic compaction goes through

@@ -367,6 +367,45 @@ def test_agent_acl_without_registry_writes(url: str, server: Any) -> None:
     run(as_agent())
 
 
+def test_agent_that_cannot_read_the_registry(url: str, server: Any) -> None:
+    """An agent whose ACL may not read the schema registry trusts an administrator's setup():
+    without it the first save raises SetupRequiredError naming setup() and ``ctxlink schema
+    push``; after it the agent saves and loads."""
+    from ctxlink.integrations import SetupRequiredError
+
+    admin = redis.Redis.from_url(url)
+    # module engine: an ACL that may not even read the registry (no rights on __ctx:*, no
+    # CTX.SCHEMA.GET); the Lua engine's agent needs read rights on __ctx:* to write (cas.lua
+    # reads the registry), so there the agent reads it and its registration is refused
+    if server.engine == "module":
+        line = ["on", ">pw", "~ctx:*", "+@all", "-@admin", "-@dangerous", "-ctx.schema.get",
+                "-ctx.schema.set", "-ctx.schema.del"]
+    else:
+        line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous",
+                "&__ctx:wait:*"]
+    admin.execute_command("ACL", "SETUSER", "pyai-reader", "reset", *line)
+    admin.close()
+    agent_url = url.replace("redis://", "redis://pyai-reader:pw@", 1)
+
+    async def as_agent() -> None:
+        async with make(agent_url, key_prefix="ctx:chat:") as store:
+            conv = Conversation(conversation_id="acl")
+            conv.messages.append(prompt("hi"))
+            await store.save(conv)
+            assert (await store.load("acl")) is not None
+
+    with pytest.raises(SetupRequiredError) as err:
+        run(as_agent())
+    assert "setup()" in str(err.value) and "ctxlink schema push" in str(err.value)
+    # module: the first write meets the missing schema; Lua: the registration is refused
+    assert ("does not know" if server.engine == "module" else "may not write") in str(err.value)
+
+    async def as_admin() -> None:
+        await make(url, key_prefix="ctx:chat:").setup()
+    run(as_admin())
+    run(as_agent())
+
+
 def test_read_history_in_batches_matches_the_one_by_one_walk(url: str) -> None:
     """read_history reads an entry's listed ancestors at once; it returns what the base class's
     walk (one read_entry per entry) returns, for every limit, across saves, a branch and a fork."""

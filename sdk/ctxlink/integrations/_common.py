@@ -3,33 +3,46 @@
 - :func:`messages` builds the message classes of ``proto/ctxlink_<name>.proto`` from the
   descriptor set the build ships as ``ctxlink/integrations/<name>.pb`` (a private descriptor pool,
   as ``ctxlink._order_schema`` does).
-- :func:`ensure_schemas` registers an adapter's schemas only when the registry lacks that exact
-  definition: when it is there, one read per schema and no write. When the caller's ACL cannot
-  write the registry, :class:`SetupRequiredError` says to run ``ctxlink schema push`` or the
-  adapter's ``setup()`` once with an account that may.
-- :func:`ensure_schemas_async`: the same for a :class:`ctxlink.aio.Store` (the asyncio adapters).
+- One rule for every adapter's schemas (each adapter lists them as :class:`SchemaSpec`):
+  :func:`has_schema` decides whether the registry already holds a spec's exact definition
+  (message type, descriptor set, history, and window when the spec names one);
+  :func:`ensure_schemas` (sync) and :func:`ensure_schemas_async` (asyncio) register only the
+  specs it does not hold: when all are there, one read per schema and no write. Identical
+  registrations racing from several processes all succeed (both engines), so neither retries.
+- The ACL: a registration the client's ACL refuses raises :class:`SetupRequiredError` saying to
+  run ``ctxlink schema push`` or the adapter's ``setup()`` once with an account that may. A
+  registry the ACL may not even *read* (a module-engine agent without rights on ``__ctx:*``, as
+  docs/PROTOCOL.md's line for Redis 6.2, or denied ``CTX.SCHEMA.GET``) is trusted to hold the
+  schemas, as an administrator's ``setup()`` left them: nothing is registered, the adapter
+  works, and when the schema is in fact missing the first write raises
+  :class:`SetupRequiredError` naming ``setup()`` and ``ctxlink schema push`` (every adapter
+  maps its writes' errors through :func:`raise_setup_error` / :func:`setup_guard`).
 - :func:`open_store` turns the constructors' ``redis_url=`` / ``redis_client=`` / ``store=``
   into a ctxlink Store.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from ctxlink._exceptions import ContextReplacedError, CtxError, SchemaError
-from ctxlink._registry import build_descriptor_set
+from ctxlink._exceptions import ContextReplacedError, SchemaError
+from ctxlink._registry import SchemaInfo, build_descriptor_set
 from ctxlink._sync import Store, connect
 
-__all__ = ["SchemaSpec", "SetupRequiredError", "messages", "ensure_schemas",
-           "ensure_schemas_async", "open_store", "check_prefix", "upsert"]
+__all__ = ["SchemaSpec", "SetupRequiredError", "messages", "has_schema", "ensure_schemas",
+           "ensure_schemas_async", "raise_setup_error", "setup_guard",
+           "open_store", "check_prefix", "upsert"]
 
 
-class SetupRequiredError(CtxError):
-    """The adapter's schemas are missing (or differ) and this client may not register them."""
+class SetupRequiredError(SchemaError):
+    """The adapter's schemas are missing (or differ) and this client may not register them:
+    an administrator runs ``ctxlink schema push`` or the adapter's ``setup()`` once. A
+    :class:`ctxlink.SchemaError`."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ def messages(name: str, package: str) -> dict[str, Any]:
 
 
 def _is_noperm(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is the server's ACL refusal."""
     seen: Optional[BaseException] = exc
     while seen is not None:
         text = str(seen)
@@ -88,85 +102,106 @@ def _is_noperm(exc: BaseException) -> bool:
     return False
 
 
+def _setup_hint(adapter: str) -> str:
+    return (f"have an administrator run `ctxlink schema push` or {adapter}.setup() once with an "
+            "account that may write the schema registry")
+
+
+def has_schema(info: Optional[SchemaInfo], spec: SchemaSpec) -> bool:
+    """True when the registry entry ``info`` (None: absent) is exactly ``spec``'s definition:
+    message type, descriptor set, history, and window when the spec names one."""
+    return (info is not None
+            and info.message_type == spec.message_class.DESCRIPTOR.full_name
+            and info.descriptor_set == build_descriptor_set(spec.message_class.DESCRIPTOR)
+            and info.history == spec.history
+            and (spec.window is None or info.window == spec.window))
+
+
+def _read_refused(exc: Exception) -> bool:
+    """After a registry read raised ``exc``: True when the ACL refused it (the caller then
+    trusts an administrator's setup() and registers nothing), else False (re-raise)."""
+    return _is_noperm(exc)
+
+
+def _raise_refused(exc: Exception, spec: SchemaSpec, adapter: str) -> NoReturn:
+    """Raises for a registration that raised ``exc``: SetupRequiredError when the ACL refused
+    it, else ``exc`` itself."""
+    if _is_noperm(exc):
+        raise SetupRequiredError(
+            f"schema {spec.name!r} ({adapter}) is missing or differs and this client's ACL may "
+            f"not write the schema registry ({exc}): {_setup_hint(adapter)}") from exc
+    raise exc
+
+
+def _register_kwargs(spec: SchemaSpec) -> dict[str, Any]:
+    return {"version_field": spec.version_field, "history": spec.history or None,
+            "window": spec.window}
+
+
 def ensure_schemas(store: Store, specs: Sequence[SchemaSpec], adapter: str) -> int:
-    """Registers each spec whose exact definition (message type, descriptor set, history, and
-    window when the spec names one) the registry lacks; returns how many it registered (0:
-    nothing was written)."""
+    """Registers each spec the registry lacks exactly (:func:`has_schema`); returns how many
+    it registered (0: nothing was written). A registry this client's ACL may not read is
+    trusted to hold them (an administrator's setup()): nothing is registered and a write that
+    then meets a missing schema raises :class:`SetupRequiredError` (:func:`setup_guard`). A
+    registration the ACL refuses: :class:`SetupRequiredError` naming setup() and
+    ``ctxlink schema push``."""
     wrote = 0
     for spec in specs:
-        want = build_descriptor_set(spec.message_class.DESCRIPTOR)
         try:
             info = store.get_schema(spec.name)
         except Exception as exc:
-            if _is_noperm(exc):
-                raise SetupRequiredError(
-                    f"this client's ACL may not read the schema registry ({exc}): have an "
-                    f"administrator run `ctxlink schema push` or {adapter}.setup() once, then "
-                    f"build the {adapter} with register=False"
-                ) from exc
+            if _read_refused(exc):
+                continue
             raise
-        if (info is not None and info.message_type == spec.message_class.DESCRIPTOR.full_name
-                and info.descriptor_set == want and info.history == spec.history
-                and (spec.window is None or info.window == spec.window)):
+        if has_schema(info, spec):
             continue
         try:
-            store.register_schema(spec.name, spec.message_class,
-                                  version_field=spec.version_field,
-                                  history=spec.history or None, window=spec.window)
+            store.register_schema(spec.name, spec.message_class, **_register_kwargs(spec))
         except Exception as exc:
-            if _is_noperm(exc):
-                raise SetupRequiredError(
-                    f"schema {spec.name!r} ({adapter}) is not registered and this client's ACL "
-                    "may not write the schema registry: have an administrator run "
-                    f"`ctxlink schema push` for it or call {adapter}.setup() once with an account "
-                    f"that may ({exc})"
-                ) from exc
-            raise
+            _raise_refused(exc, spec, adapter)
         wrote += 1
     return wrote
 
 
 async def ensure_schemas_async(store: Any, specs: Sequence[SchemaSpec], adapter: str) -> int:
-    """:func:`ensure_schemas` on a :class:`ctxlink.aio.Store`. A registration that races another
-    process registering the same definition reads the registry again (up to three times)."""
+    """:func:`ensure_schemas` on a :class:`ctxlink.aio.Store`, with the same guarantees."""
     wrote = 0
     for spec in specs:
-        want = build_descriptor_set(spec.message_class.DESCRIPTOR)
-        for attempt in range(3):
-            try:
-                info = await store.get_schema(spec.name)
-            except Exception as exc:
-                if _is_noperm(exc):
-                    raise SetupRequiredError(
-                        f"this client's ACL may not read the schema registry ({exc}): have an "
-                        f"administrator run `ctxlink schema push` or {adapter}.setup() once, "
-                        f"then build the {adapter} with register=False"
-                    ) from exc
-                raise
-            if (info is not None
-                    and info.message_type == spec.message_class.DESCRIPTOR.full_name
-                    and info.descriptor_set == want and info.history == spec.history):
-                break
-            try:
-                await store.register_schema(spec.name, spec.message_class,
-                                            version_field=spec.version_field,
-                                            history=spec.history or None)
-            except SchemaError:
-                if attempt == 2:
-                    raise
-                continue  # another process registered it meanwhile: compare again
-            except Exception as exc:
-                if _is_noperm(exc):
-                    raise SetupRequiredError(
-                        f"schema {spec.name!r} ({adapter}) is not registered and this client's "
-                        "ACL may not write the schema registry: have an administrator run "
-                        f"`ctxlink schema push` for it or call {adapter}.setup() once with an "
-                        f"account that may ({exc})"
-                    ) from exc
-                raise
-            wrote += 1
-            break
+        try:
+            info = await store.get_schema(spec.name)
+        except Exception as exc:
+            if _read_refused(exc):
+                continue
+            raise
+        if has_schema(info, spec):
+            continue
+        try:
+            await store.register_schema(spec.name, spec.message_class, **_register_kwargs(spec))
+        except Exception as exc:
+            _raise_refused(exc, spec, adapter)
+        wrote += 1
     return wrote
+
+
+def raise_setup_error(exc: Exception, adapter: str) -> NoReturn:
+    """Raises for ``exc``, raised by one of an adapter's writes: the server's "unknown schema"
+    becomes :class:`SetupRequiredError` naming ``{adapter}.setup()`` and ``ctxlink schema
+    push``; any other exception is raised as it is."""
+    if (isinstance(exc, SchemaError) and not isinstance(exc, SetupRequiredError)
+            and "unknown schema" in str(exc)):
+        raise SetupRequiredError(
+            f"the server does not know a schema {adapter} writes ({exc}): "
+            f"{_setup_hint(adapter)}") from exc
+    raise exc
+
+
+@contextmanager
+def setup_guard(adapter: str) -> Iterator[None]:
+    """Around an adapter's writes (sync or asyncio code alike): :func:`raise_setup_error`."""
+    try:
+        yield
+    except SchemaError as exc:
+        raise_setup_error(exc, adapter)
 
 
 def check_prefix(prefix: str) -> str:
@@ -191,13 +226,14 @@ def open_store(
     return connect(redis_url), True
 
 
-def upsert(store: Store, key: str, fn: Any, **kwargs: Any) -> Any:
+def upsert(store: Store, key: str, fn: Any, *, adapter: str, **kwargs: Any) -> Any:
     """``store.update(key, fn, **kwargs)``, called again when the context was deleted and
     created again meanwhile (:class:`ContextReplacedError`): an adapter's read-modify-write
     whose ``fn`` decides from the state it is given (never from an older read) may simply run
-    on the new context."""
-    while True:
-        try:
-            return store.update(key, fn, **kwargs)
-        except ContextReplacedError:
-            continue
+    on the new context. A missing schema: :class:`SetupRequiredError` (:func:`setup_guard`)."""
+    with setup_guard(adapter):
+        while True:
+            try:
+                return store.update(key, fn, **kwargs)
+            except ContextReplacedError:
+                continue

@@ -81,7 +81,12 @@ from google.protobuf.message import Message
 import ctxlink.aio
 from ctxlink import ArgumentError, ContextReplacedError
 from ctxlink._protocol import new_incarnation
-from ctxlink.integrations._common import SchemaSpec, check_prefix, ensure_schemas_async
+from ctxlink.integrations._common import (
+    SchemaSpec,
+    check_prefix,
+    ensure_schemas_async,
+    setup_guard,
+)
 
 __all__ = ["CtxlinkSessionService", "SESSION_SCHEMA", "STATE_SCHEMA"]
 
@@ -120,6 +125,7 @@ def _message_classes() -> tuple[Any, Any]:
 
 SessionMessage, StateMessage = _message_classes()
 _SPECS = (SchemaSpec(SESSION_SCHEMA, SessionMessage), SchemaSpec(STATE_SCHEMA, StateMessage))
+_ADAPTER = "CtxlinkSessionService"
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -168,9 +174,10 @@ class CtxlinkSessionService(BaseSessionService):
     ``key_prefix`` (non-empty, no whitespace, else ``ValueError``) starts every key;
     ``ttl_seconds`` (> 0, else :class:`ctxlink.ArgumentError`; None: no expiry) is stored with
     every write, as ADK's ``RedisSessionServiceConfig.ttl_seconds``. ``register=False`` skips the
-    schema check (an agent whose ACL cannot read the registry, after an administrator's
-    :meth:`setup`). ``engine``: as :func:`ctxlink.aio.connect`. The connection and the schema
-    check happen on first use (:meth:`setup` does them at once).
+    schema check (after an administrator's :meth:`setup`; an agent whose ACL cannot read the
+    registry skips it anyway, see :mod:`ctxlink.integrations._common`). ``engine``: as
+    :func:`ctxlink.aio.connect`. The connection and the schema check happen on first use
+    (:meth:`setup` does them at once).
     """
 
     def __init__(
@@ -213,7 +220,7 @@ class CtxlinkSessionService(BaseSessionService):
         are; returns how many it wrote (0: nothing). Run it once as an administrator where the
         agents' ACL cannot write the registry (``ctxlink schema push`` does the same)."""
         store = await self._connect()
-        wrote = await ensure_schemas_async(store, _SPECS, "CtxlinkSessionService")
+        wrote = await ensure_schemas_async(store, _SPECS, _ADAPTER)
         self._ready = True
         return wrote
 
@@ -273,9 +280,10 @@ class CtxlinkSessionService(BaseSessionService):
 
         while True:
             try:
-                got = await store.update(key, apply, message_class=StateMessage,
-                                         schema=STATE_SCHEMA, default=StateMessage,
-                                         ttl=self.ttl_seconds)
+                with setup_guard(_ADAPTER):
+                    got = await store.update(key, apply, message_class=StateMessage,
+                                             schema=STATE_SCHEMA, default=StateMessage,
+                                             ttl=self.ttl_seconds)
             except ContextReplacedError:
                 continue  # deleted and created again meanwhile: merge into the new one
             return _load(got.message.data)
@@ -315,8 +323,9 @@ class CtxlinkSessionService(BaseSessionService):
                              state=_dump(deltas["session"]), last_update_time=now,
                              create_time=now)
         inc = new_incarnation()  # the new context's, kept in the Session's marker
-        res = await store.cas(self._session_key(app_name, user_id, sid), 0, msg,
-                              schema=SESSION_SCHEMA, ttl=self.ttl_seconds, incarnation=inc)
+        with setup_guard(_ADAPTER):
+            res = await store.cas(self._session_key(app_name, user_id, sid), 0, msg,
+                                  schema=SESSION_SCHEMA, ttl=self.ttl_seconds, incarnation=inc)
         if not res.ok:
             raise AlreadyExistsError(f"Session with id {sid} already exists.")
         app, user = await asyncio.gather(
@@ -421,10 +430,11 @@ class CtxlinkSessionService(BaseSessionService):
         own.update(deltas["session"])
         patch = SessionMessage(state=_dump(own), last_update_time=event.timestamp)
         try:
-            res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
-                                                     .encode()],
-                                     patch=patch, base_version=base, schema=SESSION_SCHEMA,
-                                     ttl=self.ttl_seconds, incarnation=inc or None)
+            with setup_guard(_ADAPTER):
+                res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
+                                                         .encode()],
+                                         patch=patch, base_version=base, schema=SESSION_SCHEMA,
+                                         ttl=self.ttl_seconds, incarnation=inc or None)
         except ContextReplacedError:
             # deleted and created again since the Session was read: not its session any more
             raise StaleSessionError(_STALE) from None

@@ -62,6 +62,7 @@ __all__ = ["CtxlinkSaver", "SCHEMA_CHECKPOINT", "SCHEMA_THREAD"]
 
 SCHEMA_CHECKPOINT = "lg_checkpoint"
 SCHEMA_THREAD = "lg_thread"
+_ADAPTER = "CtxlinkSaver"
 
 _M = messages("langgraph", "ctxlink.langgraph")
 _Checkpoint: Any = _M["Checkpoint"]
@@ -125,7 +126,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
 
     def setup(self) -> int:
         """Registers the saver's schemas where the registry lacks them; returns how many."""
-        return ensure_schemas(self.store, _specs(), "CtxlinkSaver")
+        return ensure_schemas(self.store, _specs(), _ADAPTER)
 
     def close(self) -> None:
         if self._owns:
@@ -282,7 +283,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             self._dump(msg.metadata, get_checkpoint_metadata(config, metadata))
 
         upsert(self.store, key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
-               default=_Checkpoint, ttl=self._ttl)
+               adapter=_ADAPTER, default=_Checkpoint, ttl=self._ttl)
 
         listed = [False]  # the checkpoint was in the index already (a put of it again)
 
@@ -303,7 +304,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
 
         try:
             upsert(self.store, self._thread_key(thread_id), link, message_class=_Thread,
-                   schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
+                   schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl, adapter=_ADAPTER)
         except ConflictError:
             snap = None if listed[0] else self.store.get(key)
             if snap is not None:  # the refused (new) checkpoint is not left behind
@@ -343,7 +344,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     msg.writes[at].CopyFrom(w)
 
         upsert(self.store, self._cp_key(thread_id, ns, cid), add, message_class=_Checkpoint,
-               schema=SCHEMA_CHECKPOINT, default=_Checkpoint, ttl=self._ttl)
+               schema=SCHEMA_CHECKPOINT, adapter=_ADAPTER, default=_Checkpoint, ttl=self._ttl)
 
     def delete_thread(self, thread_id: str) -> None:
         thread_id = str(thread_id)
@@ -377,7 +378,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     return copy
 
                 upsert(self.store, self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
-                       message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
+                       message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT, adapter=_ADAPTER,
                        default=_Checkpoint, ttl=self._ttl)
 
         def merge(target: Any) -> None:
@@ -393,7 +394,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     entry.head = n.head
 
         upsert(self.store, self._thread_key(dst), merge, message_class=_Thread,
-               schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
+               schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl, adapter=_ADAPTER)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Deletes every checkpoint whose metadata's ``run_id`` is one of ``run_ids`` (with its
@@ -433,7 +434,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
 
         try:
             upsert(self.store, self._thread_key(thread_id), drop, message_class=_Thread,
-                   schema=SCHEMA_THREAD)
+                   schema=SCHEMA_THREAD, adapter=_ADAPTER)
         except NotFoundError:
             pass  # the thread was deleted meanwhile
         for ns, cid in doomed:

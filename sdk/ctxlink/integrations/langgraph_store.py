@@ -203,7 +203,7 @@ class CtxlinkStore(BaseStore):
             msg.ttl_minutes = float(ttl) if ttl else 0.0
 
         upsert(self.store, rkey, fill, message_class=_Item, schema=SCHEMA_STORE_ITEM,
-               default=_Item, ttl=float(ttl) * 60.0 if ttl else None)
+               adapter="CtxlinkStore", default=_Item, ttl=float(ttl) * 60.0 if ttl else None)
 
     def _search(self, op: SearchOp) -> List[SearchItem]:
         if op.query is not None:

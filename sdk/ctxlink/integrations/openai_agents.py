@@ -20,7 +20,12 @@ Guarantees:
   once and the items of one call together and in order. Creating the session is the first
   append: two clients that create it at once make one context holding both their items. A reply
   lost on the way is settled by the write's id (applied exactly once), else
-  :class:`ctxlink.OutcomeUnknownError` (read the session to see whether the items landed). The
+  :class:`ctxlink.OutcomeUnknownError` (read the session to see whether the items landed).
+  Because a session has many concurrent appenders, :data:`SESSION_SCHEMA` is registered with
+  a write-id window of 64 (``WINDOW 64``, docs/PROTOCOL.md; the default is 16): a re-send is
+  settled while its id is among the context's last 64 writes, which with 16 appenders settles
+  every lost reply (docs/BENCHMARKS.md, "The window per schema"). A registry holding the schema
+  with another window is registered again by :meth:`CtxlinkSession.setup`. The
   client's own connection error comes through only when nothing reached the server: calling
   ``add_items`` again then adds the items once.
 - ``pop_item`` removes exactly the last item with a compare-and-swap on the context's version
@@ -75,11 +80,15 @@ from ctxlink import (
     ArgumentError,
     ConflictError,
     ContextReplacedError,
-    CtxError,
     SchemaError,
     Snapshot,
 )
-from ctxlink.integrations._common import SetupRequiredError, _is_noperm, check_prefix
+from ctxlink.integrations._common import (
+    SchemaSpec,
+    check_prefix,
+    ensure_schemas_async,
+    raise_setup_error,
+)
 
 __all__ = ["CtxlinkSession", "HistoryChangedError", "SESSION_SCHEMA", "SessionMessage"]
 
@@ -117,6 +126,12 @@ def _message_class() -> Any:
 
 #: the session's message class (``version``, ``items``)
 SessionMessage: Any = _message_class()
+
+#: write-id window of the session schema: many processes append to one session, and a lost
+#: reply is settled only while its write id is among the context's last ``window`` writes
+_WINDOW = 64
+_SPECS = (SchemaSpec(SESSION_SCHEMA, SessionMessage, window=_WINDOW),)
+_ADAPTER = "CtxlinkSession"
 
 #: per asyncio context: session token -> (version, incarnation) of that session's last read
 _READS: contextvars.ContextVar[Optional[Mapping[str, tuple[int, str]]]] = (
@@ -270,7 +285,7 @@ class CtxlinkSession:
             if self._store is None:
                 self._store = await ctxlink.aio.connect(self._target, engine=self._engine)
             if not self._ready:
-                await _ensure_schema(self._store)
+                await ensure_schemas_async(self._store, _SPECS, _ADAPTER)
                 self._ready = True
         return self._store
 
@@ -327,7 +342,7 @@ class CtxlinkSession:
         except ContextReplacedError:
             return None
         except SchemaError as exc:
-            raise _setup_required(exc) from exc
+            raise_setup_error(exc, _ADAPTER)
         return (res.version, incarnation) if res.ok else None
 
     # -- the Session protocol --------------------------------------------------------------
@@ -357,7 +372,7 @@ class CtxlinkSession:
                                          schema=SESSION_SCHEMA, message_class=SessionMessage,
                                          ttl=self.ttl)
             except SchemaError as exc:
-                raise _setup_required(exc) from exc
+                raise_setup_error(exc, _ADAPTER)
             if res.ok:
                 return
             # not applied: the context this client last saw was deleted (clear_session):
@@ -477,50 +492,6 @@ class CtxlinkSession:
         return True
 
 
-def _setup_required(exc: SchemaError) -> CtxError:
-    """SetupRequiredError for the server's "unknown schema" (this client could not check the
-    registry and an administrator has not registered the schema); else ``exc`` itself."""
-    if "unknown schema" in str(exc):
-        return SetupRequiredError(_SETUP_HINT.format(error=exc))
-    return exc
-
-
 def _state(snap: Optional[Snapshot]) -> tuple[int, str]:
     """(version, incarnation) of a context; (0, "") for none."""
     return (0, "") if snap is None else (snap.version, snap.incarnation)
-
-
-async def _ensure_schema(store: ctxlink.aio.Store) -> None:
-    """Registers :data:`SESSION_SCHEMA` unless the registry has this exact definition."""
-    from ctxlink._registry import build_descriptor_set
-
-    wanted = build_descriptor_set(SessionMessage.DESCRIPTOR)
-    for attempt in range(3):
-        try:
-            info = await store.get_schema(SESSION_SCHEMA)
-        except Exception as exc:
-            if _is_noperm(exc):
-                return  # an ACL that cannot read the registry: trust an administrator's setup()
-            raise
-        if (info is not None and info.message_type == SessionMessage.DESCRIPTOR.full_name
-                and info.descriptor_set == wanted):
-            return
-        try:
-            await store.register_schema(SESSION_SCHEMA, SessionMessage)
-            return
-        except CtxError as exc:
-            if _is_noperm(exc):
-                raise SetupRequiredError(_SETUP_HINT.format(error=exc)) from exc
-            if attempt == 2:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))  # registered by another client meanwhile
-        except Exception as exc:
-            if _is_noperm(exc):
-                raise SetupRequiredError(_SETUP_HINT.format(error=exc)) from exc
-            raise
-
-
-_SETUP_HINT = (
-    f"schema {SESSION_SCHEMA!r} is missing or differs, and this client may not write the "
-    "registry ({error}): an administrator runs `await CtxlinkSession(...).setup()` once (or "
-    "`ctxlink schema push`)")

@@ -58,6 +58,7 @@ from pydantic_ai.conversation_store import (
 
 import ctxlink.aio
 from ctxlink import CasResult, ContextReplacedError, SchemaError, Snapshot
+from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async, raise_setup_error
 
 __all__ = ["CtxlinkConversationStore", "RECORD_SCHEMA", "ENTRY_SCHEMA"]
 
@@ -99,6 +100,8 @@ def _message_classes() -> tuple[type[Message], type[Message]]:
 _classes = _message_classes()
 RecordMessage: Any = _classes[0]
 EntryMessage: Any = _classes[1]
+_SPECS = (SchemaSpec(RECORD_SCHEMA, RecordMessage), SchemaSpec(ENTRY_SCHEMA, EntryMessage))
+_ADAPTER = "CtxlinkConversationStore"
 
 
 class CtxlinkConversationStore(ConversationStore):
@@ -176,35 +179,9 @@ class CtxlinkConversationStore(ConversationStore):
             if self._store is None:
                 self._store = await ctxlink.aio.connect(self._target, engine=self._engine)
             if not self._ready:
-                for name, cls in ((RECORD_SCHEMA, RecordMessage), (ENTRY_SCHEMA, EntryMessage)):
-                    await self._ensure_schema(self._store, name, cls)
+                await ensure_schemas_async(self._store, _SPECS, _ADAPTER)
                 self._ready = True
         return self._store
-
-    @staticmethod
-    async def _ensure_schema(store: ctxlink.aio.Store, name: str, cls: type[Message]) -> None:
-        from ctxlink._registry import build_descriptor_set
-
-        wanted = build_descriptor_set(cls.DESCRIPTOR)  # type: ignore[arg-type]
-        try:
-            info = await store.get_schema(name)
-        except Exception as e:
-            if _is_noperm(e):
-                # an ACL that cannot even read the registry this way (the Lua engine's
-                # schema_get is an EVALSHA, which Redis 7 treats as a write of its key):
-                # trust an administrator's setup(); a write then names it if it is missing
-                return
-            raise
-        if (info is not None and info.message_type == cls.DESCRIPTOR.full_name
-                and info.descriptor_set == wanted):
-            return
-        # identical registrations from several processes at once all succeed (both engines)
-        try:
-            await store.register_schema(name, cls)
-        except Exception as e:
-            if _is_noperm(e):
-                raise SchemaError(_SETUP_HINT.format(name=name, error=e)) from e
-            raise
 
     async def _cas(self, key: str, expected: int, message: Message, schema: str,
                    incarnation: Optional[str] = None, ttl: Optional[float] = None) -> CasResult:
@@ -213,9 +190,7 @@ class CtxlinkConversationStore(ConversationStore):
             return await store.cas(key, expected, message, schema=schema,
                                    ttl=self.ttl if ttl is None else ttl, incarnation=incarnation)
         except SchemaError as e:
-            if "unknown schema" in str(e):
-                raise SchemaError(_SETUP_HINT.format(name=schema, error=e)) from e
-            raise
+            raise_setup_error(e, _ADAPTER)
 
     def _record_key(self, conversation_id: str) -> str:
         return f"{self.key_prefix}conversation:{conversation_id}"
@@ -423,21 +398,6 @@ class CtxlinkConversationStore(ConversationStore):
 
 #: how many ancestor ids an entry lists (read_history reads that many at once)
 ANCESTORS = 16
-
-_SETUP_HINT = (
-    "schema {name!r} is missing or differs, and this client may not write the registry "
-    "({error}): an administrator runs `await CtxlinkConversationStore(...).setup()` once "
-    "(or `ctxlink schema push`)")
-
-
-def _is_noperm(exc: BaseException) -> bool:
-    seen: Optional[BaseException] = exc
-    while seen is not None:
-        if "noperm" in str(seen).lower() or "no permissions" in str(seen).lower():
-            return True
-        seen = seen.__cause__
-    return False
-
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
