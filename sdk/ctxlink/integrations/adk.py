@@ -79,12 +79,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 import ctxlink.aio
-from ctxlink import ArgumentError, ContextReplacedError
+from ctxlink import ContextReplacedError
 from ctxlink._protocol import new_incarnation
+from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl
 from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
-    ensure_schemas_async,
     setup_guard,
 )
 
@@ -165,7 +165,7 @@ def _marker(version: int, incarnation: str) -> str:
     return f"{version}:{incarnation}"
 
 
-class CtxlinkSessionService(BaseSessionService):
+class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
     """An ADK session service whose appends are atomic, exactly-once ctxlink appends.
 
     Give exactly one of ``redis_client`` (a ``redis.asyncio.Redis`` or ``RedisCluster``),
@@ -180,6 +180,9 @@ class CtxlinkSessionService(BaseSessionService):
     (:meth:`setup` does them at once).
     """
 
+    _SPECS = _SPECS
+    _ADAPTER = _ADAPTER
+
     def __init__(
         self,
         redis_client: Any = None,
@@ -191,23 +194,9 @@ class CtxlinkSessionService(BaseSessionService):
         register: bool = True,
         engine: Literal["auto", "module", "lua"] = "auto",
     ) -> None:
-        given = [x for x in (redis_client, redis_url, store) if x is not None]
-        if len(given) != 1:
-            raise ValueError("CtxlinkSessionService takes exactly one of redis_client, "
-                             "redis_url= and store=")
-        if ttl_seconds is not None and (
-                isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, (int, float))
-                or not 0 < ttl_seconds < float("inf")):
-            raise ArgumentError(f"ttl_seconds must be a number > 0, not {ttl_seconds!r}")
+        self._adapter_init(redis_client, redis_url, store, engine, register)
         self.key_prefix = check_prefix(key_prefix)
-        self.ttl_seconds = ttl_seconds
-        self._target: Any = redis_url if redis_url is not None else redis_client
-        self._store: Optional[ctxlink.aio.Store] = store
-        self._owns = redis_url is not None
-        self._engine: Literal["auto", "module", "lua"] = engine
-        self._ready = False
-        self._register = register
-        self._lock = asyncio.Lock()
+        self.ttl_seconds = check_ttl(ttl_seconds, "ttl_seconds")
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "CtxlinkSessionService":
@@ -215,43 +204,7 @@ class CtxlinkSessionService(BaseSessionService):
         first use, or ``await service.setup()``)."""
         return cls(redis_url=url, **kwargs)
 
-    async def setup(self) -> int:
-        """Connects and registers the two schemas unless the registry has them exactly as they
-        are; returns how many it wrote (0: nothing). Run it once as an administrator where the
-        agents' ACL cannot write the registry (``ctxlink schema push`` does the same)."""
-        store = await self._connect()
-        wrote = await ensure_schemas_async(store, _SPECS, _ADAPTER)
-        self._ready = True
-        return wrote
-
-    async def close(self) -> None:
-        """Closes the client when the service opened it (``redis_url=``, :meth:`from_url`)."""
-        if self._owns and self._store is not None:
-            await self._store.close()
-
-    async def __aenter__(self) -> "CtxlinkSessionService":
-        await self._ctx()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # -- plumbing --------------------------------------------------------------------------
-    async def _connect(self) -> ctxlink.aio.Store:
-        async with self._lock:
-            if self._store is None:
-                self._store = await ctxlink.aio.connect(self._target, engine=self._engine)
-            return self._store
-
-    async def _ctx(self) -> ctxlink.aio.Store:
-        if self._store is not None and (self._ready or not self._register):
-            return self._store
-        if not self._register:
-            return await self._connect()
-        await self.setup()
-        assert self._store is not None
-        return self._store
-
     def _session_key(self, app_name: str, user_id: str, session_id: str) -> str:
         return f"{self.key_prefix}session:{_part(app_name)}:{_part(user_id)}:{_part(session_id)}"
 

@@ -77,16 +77,15 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 import ctxlink.aio
 from ctxlink import (
-    ArgumentError,
     ConflictError,
     ContextReplacedError,
     SchemaError,
     Snapshot,
 )
+from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl
 from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
-    ensure_schemas_async,
     raise_setup_error,
 )
 
@@ -158,7 +157,7 @@ async def _settled(awaitable: Awaitable[_T]) -> _T:
     return task.result()
 
 
-class CtxlinkSession:
+class CtxlinkSession(AsyncAdapter):
     """An OpenAI Agents SDK session stored in one ctxlink context (see the module docstring).
 
     Give exactly one of ``redis_client`` (a ``redis.asyncio.Redis`` or ``RedisCluster``),
@@ -172,6 +171,8 @@ class CtxlinkSession:
     """
 
     session_settings: Optional[SessionSettings] = None
+    _SPECS = _SPECS
+    _ADAPTER = _ADAPTER
 
     def __init__(
         self,
@@ -186,25 +187,14 @@ class CtxlinkSession:
         engine: Literal["auto", "module", "lua"] = "auto",
         register: bool = True,
     ) -> None:
-        if sum(x is not None for x in (redis_client, redis_url, store)) != 1:
-            raise ValueError("CtxlinkSession takes exactly one of redis_client=, redis_url= "
-                             "and store=")
         if not isinstance(session_id, str) or not session_id:
             raise ValueError(f"session_id must be a non-empty str, not {session_id!r}")
+        self._adapter_init(redis_client, redis_url, store, engine, register)
         check_prefix(key_prefix)
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                                or not 0 < ttl < float("inf")):
-            raise ArgumentError(f"ttl must be a number of seconds > 0, not {ttl!r}")
+        check_ttl(ttl)
         self.session_id = session_id
         self.session_settings = (coerce_session_settings(session_settings)
                                  if session_settings is not None else SessionSettings())
-        self._target: Any = redis_url if redis_url is not None else redis_client
-        self._store: Optional[ctxlink.aio.Store] = store
-        self._owns = redis_url is not None
-        self._engine: Literal["auto", "module", "lua"] = engine
-        self._ready = not register
-        self._lock = asyncio.Lock()
-        self._closed = False
         self._token = uuid.uuid4().hex
         self._last_read: Optional[tuple[int, str]] = None
         self.key_prefix = key_prefix
@@ -233,14 +223,6 @@ class CtxlinkSession:
             return session
         return cls(session_id, redis_url=url, session_settings=session_settings, **kwargs)
 
-    async def setup(self) -> None:
-        """Connects and registers :data:`SESSION_SCHEMA` unless the registry has it exactly as
-        it is (then nothing is written). Run it once with an account that may write the
-        registry where the agents' ACL cannot (``ctxlink schema push`` does the same); without
-        that right and without the schema: :class:`SetupRequiredError`."""
-        self._ready = False
-        await self._ctx()
-
     async def close(self) -> None:
         """Closes the client when the session opened it (``redis_url=``, :meth:`from_url`);
         the session is then closed (``RuntimeError`` on use). A no-op for a client or Store
@@ -261,34 +243,14 @@ class CtxlinkSession:
         """True when the server answers."""
         try:
             store = await self._ctx()
-            client: Any = store._client
+            client: Any = store.client
             return bool(await client.ping())
         except RuntimeError:
             raise
         except Exception:
             return False
 
-    async def __aenter__(self) -> "CtxlinkSession":
-        await self._ctx()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # -- plumbing --------------------------------------------------------------------------
-    async def _ctx(self) -> ctxlink.aio.Store:
-        if self._closed:
-            raise RuntimeError("CtxlinkSession is closed")
-        if self._ready and self._store is not None:
-            return self._store
-        async with self._lock:
-            if self._store is None:
-                self._store = await ctxlink.aio.connect(self._target, engine=self._engine)
-            if not self._ready:
-                await ensure_schemas_async(self._store, _SPECS, _ADAPTER)
-                self._ready = True
-        return self._store
-
     def _remember(self, seen: tuple[int, str]) -> None:
         """Records the state (version, incarnation; (0, "") for none) this task last read or
         wrote with a compare-and-swap: the base of ``_atomic_replace_items``."""

@@ -58,7 +58,8 @@ from pydantic_ai.conversation_store import (
 
 import ctxlink.aio
 from ctxlink import CasResult, ContextReplacedError, SchemaError, Snapshot
-from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async, raise_setup_error
+from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl
+from ctxlink.integrations._common import SchemaSpec, check_prefix, raise_setup_error
 
 __all__ = ["CtxlinkConversationStore", "RECORD_SCHEMA", "ENTRY_SCHEMA"]
 
@@ -104,7 +105,7 @@ _SPECS = (SchemaSpec(RECORD_SCHEMA, RecordMessage), SchemaSpec(ENTRY_SCHEMA, Ent
 _ADAPTER = "CtxlinkConversationStore"
 
 
-class CtxlinkConversationStore(ConversationStore):
+class CtxlinkConversationStore(AsyncAdapter, ConversationStore):
     """A pydantic-ai ``ConversationStore`` whose saves are compare-and-swap on ctxlink contexts.
 
     Give exactly one of ``redis_client`` (a ``redis.asyncio.Redis`` or ``RedisCluster``),
@@ -116,6 +117,9 @@ class CtxlinkConversationStore(ConversationStore):
     (:meth:`setup` does them at once).
     """
 
+    _SPECS = _SPECS
+    _ADAPTER = _ADAPTER
+
     def __init__(
         self,
         redis_client: Any = None,
@@ -126,25 +130,9 @@ class CtxlinkConversationStore(ConversationStore):
         ttl: Optional[float] = None,
         engine: Literal["auto", "module", "lua"] = "auto",
     ) -> None:
-        given = [x for x in (redis_client, redis_url, store) if x is not None]
-        if len(given) != 1:
-            raise ValueError("CtxlinkConversationStore takes exactly one of redis_client, "
-                             "redis_url= and store=")
-        if not isinstance(key_prefix, str) or not key_prefix or any(
-                c.isspace() for c in key_prefix):
-            raise ValueError(
-                f"key_prefix must be a non-empty str without whitespace, not {key_prefix!r}")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                                or not 0 < ttl < float("inf")):
-            raise ctxlink.ArgumentError(f"ttl must be a number of seconds > 0, not {ttl!r}")
-        self._target: Any = redis_url if redis_url is not None else redis_client
-        self._store: Optional[ctxlink.aio.Store] = store
-        self._owns = redis_url is not None
-        self._engine: Literal["auto", "module", "lua"] = engine
-        self.key_prefix = key_prefix
-        self.ttl = ttl
-        self._ready = False
-        self._lock = asyncio.Lock()
+        self._adapter_init(redis_client, redis_url, store, engine)
+        self.key_prefix = check_prefix(key_prefix)
+        self.ttl = check_ttl(ttl)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "pydantic_ai:", ttl: Optional[float] = None,
@@ -153,36 +141,7 @@ class CtxlinkConversationStore(ConversationStore):
         first use, or ``await store.setup()``)."""
         return cls(redis_url=url, key_prefix=key_prefix, ttl=ttl, engine=engine)
 
-    async def setup(self) -> None:
-        """Connects and registers the two schemas unless the registry has them exactly as they
-        are (then nothing is written). Run it once as an administrator where the agents' ACL
-        cannot write the registry (``ctxlink schema push`` does the same)."""
-        await self._ctx()
-
-    async def close(self) -> None:
-        """Closes the client when the store opened it (``url=``, :meth:`from_url`)."""
-        if self._owns and self._store is not None:
-            await self._store.close()
-
-    async def __aenter__(self) -> "CtxlinkConversationStore":
-        await self.setup()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # -- plumbing --------------------------------------------------------------------------
-    async def _ctx(self) -> ctxlink.aio.Store:
-        if self._ready and self._store is not None:
-            return self._store
-        async with self._lock:
-            if self._store is None:
-                self._store = await ctxlink.aio.connect(self._target, engine=self._engine)
-            if not self._ready:
-                await ensure_schemas_async(self._store, _SPECS, _ADAPTER)
-                self._ready = True
-        return self._store
-
     async def _cas(self, key: str, expected: int, message: Message, schema: str,
                    incarnation: Optional[str] = None, ttl: Optional[float] = None) -> CasResult:
         store = await self._ctx()
