@@ -55,3 +55,24 @@ def redis_cluster(request: pytest.FixtureRequest) -> Iterator[EmbeddedCluster]:
     with EmbeddedCluster(3, module=module, die_with_parent=True) as cluster:
         cluster.engine = request.param  # type: ignore[attr-defined]
         yield cluster
+
+
+def registry_blind_agent(url: str, engine: str, user: str) -> str:
+    """The URL of a new ACL user that may not read the schema registry where the engine allows
+    it (module: no rights on ``__ctx:*``, no ``CTX.SCHEMA.*``). The Lua engine's agent needs read
+    rights on ``__ctx:*`` to write at all (cas.lua reads the registry), so there it reads the
+    registry and may not write it."""
+    import redis
+
+    if engine == "module":
+        line = ["on", ">pw", "~ctx:*", "+@all", "-@admin", "-@dangerous", "-ctx.schema.get",
+                "-ctx.schema.set", "-ctx.schema.del"]
+    else:
+        line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous",
+                "&__ctx:wait:*"]
+    admin = redis.Redis.from_url(url)
+    try:
+        admin.execute_command("ACL", "SETUSER", user, "reset", *line)
+    finally:
+        admin.close()
+    return url.replace("redis://", f"redis://{user}:pw@", 1)

@@ -19,6 +19,8 @@ import ctxlink.aio
 from ctxlink.integrations import SetupRequiredError
 from ctxlink.integrations.adk import SESSION_SCHEMA, CtxlinkSessionService, SessionMessage
 
+from conftest import registry_blind_agent
+
 APP = "app"
 
 
@@ -194,19 +196,7 @@ def test_agent_that_cannot_read_the_registry(redis_url: str, redis_server: Any) 
     """An agent whose ACL may not read the schema registry trusts an administrator's setup():
     without it the first write raises SetupRequiredError naming setup() and ``ctxlink schema
     push``; after it the agent works."""
-    admin = redis.Redis.from_url(redis_url)
-    # module engine: an ACL that may not even read the registry (no rights on __ctx:*, no
-    # CTX.SCHEMA.GET); the Lua engine's agent needs read rights on __ctx:* to write (cas.lua
-    # reads the registry), so there the agent reads it and its registration is refused
-    if redis_server.engine == "module":
-        line = ["on", ">pw", "~ctx:*", "+@all", "-@admin", "-@dangerous", "-ctx.schema.get",
-                "-ctx.schema.set", "-ctx.schema.del"]
-    else:
-        line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous",
-                "&__ctx:wait:*"]
-    admin.execute_command("ACL", "SETUSER", "adk-reader", "reset", *line)
-    admin.close()
-    agent_url = redis_url.replace("redis://", "redis://adk-reader:pw@", 1)
+    agent_url = registry_blind_agent(redis_url, redis_server.engine, "adk-reader")
 
     async def as_agent() -> None:
         async with CtxlinkSessionService.from_url(agent_url, key_prefix="ctx:adk:") as s:
@@ -219,7 +209,8 @@ def test_agent_that_cannot_read_the_registry(redis_url: str, redis_server: Any) 
         asyncio.run(as_agent())
     assert "setup()" in str(err.value) and "ctxlink schema push" in str(err.value)
     # module: the first write meets the missing schema; Lua: the registration is refused
-    assert ("does not know" if redis_server.engine == "module" else "may not write") in str(err.value)
+    assert ("does not know" if redis_server.engine == "module"
+            else "may not write") in str(err.value)
 
     async def as_admin() -> None:
         async with CtxlinkSessionService.from_url(redis_url, key_prefix="ctx:adk:") as s:

@@ -4,7 +4,6 @@ still refuses a stale parent, the store searches across nodes."""
 
 from __future__ import annotations
 
-
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from redis.cluster import RedisCluster

@@ -39,6 +39,8 @@ from ctxlink.integrations.pydantic_ai import (  # noqa: E402
     CtxlinkConversationStore,
 )
 
+from conftest import registry_blind_agent  # noqa: E402
+
 
 @pytest.fixture(scope="module", params=["module", "lua"])
 def server(request: Any) -> Any:
@@ -373,19 +375,7 @@ def test_agent_that_cannot_read_the_registry(url: str, server: Any) -> None:
     push``; after it the agent saves and loads."""
     from ctxlink.integrations import SetupRequiredError
 
-    admin = redis.Redis.from_url(url)
-    # module engine: an ACL that may not even read the registry (no rights on __ctx:*, no
-    # CTX.SCHEMA.GET); the Lua engine's agent needs read rights on __ctx:* to write (cas.lua
-    # reads the registry), so there the agent reads it and its registration is refused
-    if server.engine == "module":
-        line = ["on", ">pw", "~ctx:*", "+@all", "-@admin", "-@dangerous", "-ctx.schema.get",
-                "-ctx.schema.set", "-ctx.schema.del"]
-    else:
-        line = ["on", ">pw", "~ctx:*", "%R~__ctx:*", "+@all", "-@admin", "-@dangerous",
-                "&__ctx:wait:*"]
-    admin.execute_command("ACL", "SETUSER", "pyai-reader", "reset", *line)
-    admin.close()
-    agent_url = url.replace("redis://", "redis://pyai-reader:pw@", 1)
+    agent_url = registry_blind_agent(url, server.engine, "pyai-reader")
 
     async def as_agent() -> None:
         async with make(agent_url, key_prefix="ctx:chat:") as store:
