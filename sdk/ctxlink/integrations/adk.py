@@ -126,6 +126,8 @@ def _message_classes() -> tuple[Any, Any]:
 SessionMessage, StateMessage = _message_classes()
 _SPECS = (SchemaSpec(SESSION_SCHEMA, SessionMessage), SchemaSpec(STATE_SCHEMA, StateMessage))
 _ADAPTER = "CtxlinkSessionService"
+#: how many sessions list_sessions reads at once
+_LIST_READS = 64
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -321,7 +323,8 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
         self, *, app_name: str, user_id: Optional[str] = None
     ) -> ListSessionsResponse:
         """The app's sessions (of ``user_id``, or of every user), without events, with merged
-        state, oldest ``last_update_time`` first (then user id, session id). Scans the keys."""
+        state, oldest ``last_update_time`` first (then user id, session id). Scans the keys, then
+        reads the sessions 64 at a time."""
         store = await self._ctx()
         client: Any = store.client  # the Store's redis-py client, for SCAN
         pattern = _glob(f"{self.key_prefix}session:{_part(app_name)}:")
@@ -329,9 +332,12 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
         app = await self._read_state(store, self._app_key(app_name))
         users: dict[str, dict[str, Any]] = {}
         sessions: list[Session] = []
-        async for raw_key in client.scan_iter(match=pattern, count=500):
-            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            snap = await store.get(key)
+        keys = [k.decode() if isinstance(k, bytes) else str(k)
+                async for k in client.scan_iter(match=pattern, count=500)]
+        snaps: list[Optional[ctxlink.Snapshot]] = []
+        for i in range(0, len(keys), _LIST_READS):  # reads in parallel, a bounded batch at a time
+            snaps += await asyncio.gather(*(store.get(k) for k in keys[i:i + _LIST_READS]))
+        for snap in snaps:
             if snap is None:
                 continue  # deleted since the scan saw it
             msg = snap.decode(SessionMessage)
