@@ -340,3 +340,99 @@ def test_a_session_deleted_and_created_again_refuses_the_old_session_object(
             assert [e.invocation_id for e in got.events] == ["new-1"]
             assert got.state == {"k": 2}
     asyncio.run(go())
+
+
+def test_an_event_appended_twice_is_stored_once(redis_url: str) -> None:
+    """The same event appended again through the Session that holds it: nothing is written;
+    through a Session that missed the first reply (the event not in it): the server answers
+    from its window (the write id comes from the session and the event id), once."""
+    async def go() -> None:
+        async with CtxlinkSessionService.from_url(redis_url) as s:
+            session = await s.create_session(app_name=APP, user_id="u", session_id="twice")
+            stale_copy = session.model_copy(deep=True)
+            event = delta_event({"k": 1}, "once")
+            await s.append_event(session, event)
+            await s.append_event(session, event)
+            # a copy taken before the append, its marker moved as if its reply had been lost
+            stale_copy._storage_update_marker = session._storage_update_marker
+            stale_copy._storage_update_marker = "1:" + str(
+                session._storage_update_marker).partition(":")[2]
+            await s.append_event(stale_copy, event)
+            got = await s.get_session(app_name=APP, user_id="u", session_id="twice")
+            assert got is not None and [e.id for e in got.events] == [event.id]
+    asyncio.run(go())
+
+
+def test_concurrent_appends_through_one_session_object_all_land(redis_url: str) -> None:
+    """Appends through one Session object from several tasks at once are taken in turn (a lock
+    per session), as ADK's database service does: none is refused as stale."""
+    async def go() -> None:
+        async with CtxlinkSessionService.from_url(redis_url) as s:
+            session = await s.create_session(app_name=APP, user_id="u", session_id="shared")
+            await asyncio.gather(*(s.append_event(session, delta_event({f"k{n}": n}, f"e{n}"))
+                                   for n in range(8)))
+            got = await s.get_session(app_name=APP, user_id="u", session_id="shared")
+            assert got is not None
+            assert sorted(e.invocation_id for e in got.events) == [f"e{n}" for n in range(8)]
+            assert got.state == {f"k{n}": n for n in range(8)}
+            assert s._locks == {}  # the lock table holds only sessions being appended to
+    asyncio.run(go())
+
+
+def test_a_session_without_marker_adds_its_delta_to_the_stored_state(redis_url: str) -> None:
+    """A Session built by hand (no storage marker) appends its event's delta to the stored
+    session state, not its own (empty) state over it."""
+    from google.adk.sessions.session import Session
+
+    async def go() -> None:
+        async with CtxlinkSessionService.from_url(redis_url) as s:
+            made = await s.create_session(app_name=APP, user_id="u", session_id="bare",
+                                          state={"k": 1})
+            bare = Session(id="bare", app_name=APP, user_id="u",
+                           last_update_time=made.last_update_time)
+            await s.append_event(bare, delta_event({"n": 5}, "bare-1"))
+            got = await s.get_session(app_name=APP, user_id="u", session_id="bare")
+            assert got is not None and got.state == {"k": 1, "n": 5}
+    asyncio.run(go())
+
+
+def test_a_cancelled_append_leaves_session_and_store_agreeing(redis_url: str) -> None:
+    """append_event cancelled at any point: the event is stored with its user: merge and in
+    the Session, or nowhere; the next append through the same Session keeps earlier state."""
+    async def go() -> None:
+        async with CtxlinkSessionService.from_url(redis_url) as s:
+            session = await s.create_session(app_name=APP, user_id="u", session_id="cancel")
+            for n in range(12):
+                task = asyncio.ensure_future(s.append_event(
+                    session, delta_event({f"k{n}": n, f"user:u{n}": n}, f"c{n}")))
+                for _ in range(n):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                got = await s.get_session(app_name=APP, user_id="u", session_id="cancel")
+                assert got is not None
+                assert [e.id for e in got.events] == [e.id for e in session.events]
+                assert got.state == session.state
+                user = await s.get_user_state(app_name=APP, user_id="u")
+                assert all(user.get(f"u{m}") == m for m in range(n + 1)
+                           if f"k{m}" in session.state)
+            await s.append_event(session, delta_event({"last": 1}, "last"))
+            got = await s.get_session(app_name=APP, user_id="u", session_id="cancel")
+            assert got is not None and got.state["last"] == 1
+            assert {k for k in got.state if k.startswith("k")} == {
+                k for k in session.state if k.startswith("k")}
+    asyncio.run(go())
+
+
+def test_a_closed_service_refuses_use(redis_url: str) -> None:
+    """close() closes the client the service opened; using it afterwards is a RuntimeError."""
+    async def go() -> None:
+        s = CtxlinkSessionService.from_url(redis_url)
+        await s.create_session(app_name=APP, user_id="u", session_id="c")
+        await s.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await s.get_session(app_name=APP, user_id="u", session_id="c")
+    asyncio.run(go())

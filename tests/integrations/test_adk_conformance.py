@@ -236,8 +236,9 @@ def test_append_to_a_stale_session_is_refused(redis_url: str) -> None:
 
 def test_concurrent_stale_writers_exactly_one_wins(redis_url: str) -> None:
     """covers test_session_service.py::test_append_event_concurrent_stale_sessions_reject_stale_
-    writer (2.13.0): 8 rounds of two writers holding copies of one read; also two writers
-    holding the very same Session object"""
+    writer (2.13.0): 8 rounds of two writers holding copies of one read; two tasks appending
+    through the very same Session object both land (taken in turn, as the database service's
+    per-session lock does)"""
     async def body(s: CtxlinkSessionService) -> None:
         session = await s.create_session(app_name=APP, user_id="u")
         rounds = 8
@@ -263,9 +264,9 @@ def test_concurrent_stale_writers_exactly_one_wins(redis_url: str) -> None:
         assert shared is not None
         out = await asyncio.gather(s.append_event(shared, ev("a")),
                                    s.append_event(shared, ev("b")), return_exceptions=True)
-        assert sum(isinstance(x, StaleSessionError) for x in out) == 1, out
+        assert not [x for x in out if isinstance(x, BaseException)], out
         final = await s.get_session(app_name=APP, user_id="u", session_id=session.id)
-        assert final is not None and len(final.events) == rounds + 1
+        assert final is not None and len(final.events) == rounds + 2
     run(redis_url, body)
 
 

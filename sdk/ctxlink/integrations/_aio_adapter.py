@@ -10,16 +10,17 @@ Store before every operation.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Literal, Optional, Sequence, TypeVar
+from typing import Any, Awaitable, ClassVar, Literal, Optional, Sequence, TypeVar
 
 import ctxlink.aio
 from ctxlink._exceptions import ArgumentError
 from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async
 
-__all__ = ["AsyncAdapter", "check_ttl"]
+__all__ = ["AsyncAdapter", "check_ttl", "settled"]
 
 Engine = Literal["auto", "module", "lua"]
 _A = TypeVar("_A", bound="AsyncAdapter")
+_T = TypeVar("_T")
 
 
 def check_ttl(ttl: Optional[float], name: str = "ttl") -> Optional[float]:
@@ -28,6 +29,24 @@ def check_ttl(ttl: Optional[float], name: str = "ttl") -> Optional[float]:
                             or not 0 < ttl < float("inf")):
         raise ArgumentError(f"{name} must be a number of seconds > 0, not {ttl!r}")
     return ttl
+
+
+async def settled(awaitable: Awaitable[_T]) -> _T:
+    """Awaits ``awaitable`` to its end even when the caller is cancelled meanwhile; the
+    cancellation is raised once the outcome is known (a write is never left half-done in the
+    adapter's own bookkeeping)."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled: Optional[asyncio.CancelledError] = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller's cancellation wins
+        raise cancelled
+    return task.result()
 
 
 class AsyncAdapter:
@@ -91,10 +110,15 @@ class AsyncAdapter:
         return wrote
 
     async def close(self) -> None:
-        """Closes the client when the adapter opened it (``redis_url=``, ``from_url``); a
-        client or Store given to it stays open."""
-        if self._owns and self._store is not None:
+        """Closes the client when the adapter opened it (``redis_url=``, ``from_url``); the
+        adapter is then closed (``RuntimeError`` on use). A client or Store given to it stays
+        open, and the adapter usable."""
+        if not self._owns:
+            return
+        self._closed = True
+        if self._store is not None:
             await self._store.close()
+            self._store = None
 
     async def __aenter__(self: _A) -> _A:
         await self._ctx()

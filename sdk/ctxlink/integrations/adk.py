@@ -29,17 +29,23 @@ version of the context the Session object was read at (kept in the Session's pri
 marker). Appends never conflict with each other as appends, but the state patch conflicts with
 any other ``append_event`` since that version: an append through a Session object older than
 the stored session raises ``google.adk.errors.StaleSessionError`` and writes nothing; of two
-writers holding the same (or equal) Session object exactly one wins. A Session without the
-marker (built by hand, or by another service) is checked as ADK's database service checks
-one: stale when the stored session is newer and its last event is not the Session's last.
-The event is applied exactly once: a lost reply is re-sent with the same write id and answers
-the event once, or :class:`ctxlink.OutcomeUnknownError` when that cannot be settled (read the
-session to see), never twice. After the event is stored, its ``app:`` and ``user:`` deltas are
-merged key by key into their contexts with compare-and-swap retries (``store.update``), so
-concurrent sessions of one app or user never lose each other's keys. Those merges are separate
-writes: a process killed between the event and them leaves the event (its ``state_delta``
-included) without the merge; ``temp:`` keys are never stored. Then the base class's
-``append_event`` applies the delta to the in-memory Session and appends the event there.
+writers holding copies of one read (or one Session object, through two services or processes)
+exactly one wins. A Session without the marker (built by hand, or by another service) is
+checked as ADK's database service checks one: stale when the stored session is newer and its
+last event is not the Session's last; its event's delta is then applied to the stored state.
+The event is applied exactly once. Its write id is derived from the session key and the event
+id, so a lost reply re-sent by the SDK, or the same ``append_event`` called again after
+:class:`ctxlink.OutcomeUnknownError`, is answered from the server's window of recent writes
+instead of storing the event twice (beyond the window the state patch conflicts and the call
+raises ``StaleSessionError``: reload the session); an event the Session already holds is not
+sent at all. Appends through one Session object are taken one at a time (a lock per session, as
+ADK's database service holds), so concurrent appends through it all land. Once the event is
+stored, the base class's ``append_event`` applies the delta to the in-memory Session and appends
+the event there, and the event's ``app:`` and ``user:`` deltas are merged key by key into their
+contexts with compare-and-swap retries (``store.update``), so concurrent sessions of one app or
+user never lose each other's keys; a caller cancelled meanwhile does not interrupt this. The
+merges are separate writes: a process killed between the event and them leaves the event (its
+``state_delta`` included) without the merge; ``temp:`` keys are never stored.
 
 Size: a session is one context, so its events and state together are bounded by the server's
 ``max-payload-bytes`` (1 MiB by default). The append that would pass it raises
@@ -57,10 +63,12 @@ gets ``StaleSessionError`` on append, whatever version the new session has reach
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional
+from typing import Any, AsyncIterator, Literal, Optional
 
 import pydantic_core
 from google.adk.errors import StaleSessionError
@@ -79,9 +87,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 import ctxlink.aio
-from ctxlink import ContextReplacedError
+from ctxlink import CasResult, ContextReplacedError
 from ctxlink._protocol import new_incarnation
-from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl
+from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl, settled
 from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
@@ -199,6 +207,7 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
         self._adapter_init(redis_client, redis_url, store, engine, register)
         self.key_prefix = check_prefix(key_prefix)
         self.ttl_seconds = check_ttl(ttl_seconds, "ttl_seconds")
+        self._locks: dict[str, list[Any]] = {}  # session key -> [asyncio.Lock, holders]
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "CtxlinkSessionService":
@@ -283,9 +292,10 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
                                   schema=SESSION_SCHEMA, ttl=self.ttl_seconds, incarnation=inc)
         if not res.ok:
             raise AlreadyExistsError(f"Session with id {sid} already exists.")
-        app, user = await asyncio.gather(
+        # the session exists: its app:/user: keys follow, whatever happens to the caller
+        app, user = await settled(asyncio.gather(
             self._merge_state(store, self._app_key(app_name), deltas["app"]),
-            self._merge_state(store, self._user_key(app_name, user_id), deltas["user"]))
+            self._merge_state(store, self._user_key(app_name, user_id), deltas["user"])))
         return self._session_of(msg, res.version, inc, app, user, [])
 
     async def get_session(
@@ -332,23 +342,22 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
         app = await self._read_state(store, self._app_key(app_name))
         users: dict[str, dict[str, Any]] = {}
         sessions: list[Session] = []
-        keys = [k.decode() if isinstance(k, bytes) else str(k)
-                async for k in client.scan_iter(match=pattern, count=500)]
-        snaps: list[Optional[ctxlink.Snapshot]] = []
+        # SCAN may return a key twice: each once, in the order first seen
+        keys = list(dict.fromkeys([k.decode() if isinstance(k, bytes) else str(k)
+                                   async for k in client.scan_iter(match=pattern, count=500)]))
         for i in range(0, len(keys), _LIST_READS):  # reads in parallel, a bounded batch at a time
-            snaps += await asyncio.gather(*(store.get(k) for k in keys[i:i + _LIST_READS]))
-        for snap in snaps:
-            if snap is None:
-                continue  # deleted since the scan saw it
-            msg = snap.decode(SessionMessage)
-            if msg.app_name != app_name or (user_id is not None and msg.user_id != user_id):
-                continue
-            msg.ClearField("events")
-            if msg.user_id not in users:
-                users[msg.user_id] = await self._read_state(
-                    store, self._user_key(app_name, msg.user_id))
-            sessions.append(self._session_of(msg, snap.version, snap.incarnation, app,
-                                              users[msg.user_id], []))
+            for snap in await asyncio.gather(*(store.get(k) for k in keys[i:i + _LIST_READS])):
+                if snap is None:
+                    continue  # deleted since the scan saw it
+                msg = snap.decode(SessionMessage)
+                if msg.app_name != app_name or (user_id is not None and msg.user_id != user_id):
+                    continue
+                msg.ClearField("events")
+                if msg.user_id not in users:
+                    users[msg.user_id] = await self._read_state(
+                        store, self._user_key(app_name, msg.user_id))
+                sessions.append(self._session_of(msg, snap.version, snap.incarnation, app,
+                                                  users[msg.user_id], []))
         sessions.sort(key=lambda s: (s.last_update_time, s.user_id, s.id))
         return ListSessionsResponse(sessions=sessions)
 
@@ -374,26 +383,56 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
         """Stores ``event`` (partial events are not stored) and its state delta, then applies
         it to ``session`` as the base class does. ``StaleSessionError``: ``session`` is older
         than the stored session (nothing written); ``SessionNotFoundError``: no such session;
-        :class:`ctxlink.PayloadTooLarge`: the session would pass max-payload-bytes."""
+        :class:`ctxlink.PayloadTooLarge`: the session would pass max-payload-bytes.
+
+        Appends through one Session object are taken one at a time (a lock per session, as
+        ADK's database service holds), so concurrent appends through it all land. An event
+        already in ``session`` is not stored again; the write id is derived from the session
+        and the event id, so a call repeated after its reply was lost is answered from the
+        server's window instead of storing the event twice. Once the event is stored, the
+        Session is updated and the ``app:``/``user:`` merges run to their end even when the
+        caller is cancelled."""
         if event.partial:
             return event
         store = await self._ctx()
-        # as the base class: temp state is visible in memory for this invocation, never stored
-        self._apply_temp_state(session, event)
-        event = self._trim_temp_delta_state(event)
-        delta = event.actions.state_delta if event.actions and event.actions.state_delta else {}
-        deltas = _session_util.extract_state_delta(delta)
+        return await settled(self._append_event(store, session, event))
+
+    async def _append_event(self, store: ctxlink.aio.Store, session: Session,
+                            event: Event) -> Event:
         key = self._session_key(session.app_name, session.user_id, session.id)
-        base, inc = await self._base_version(store, key, session)
-        own = _scoped(session.state)
-        own.update(deltas["session"])
-        patch = SessionMessage(state=_dump(own), last_update_time=event.timestamp)
+        async with self._session_lock(key):
+            if any(e.id == event.id for e in session.events):
+                return event  # appended through this Session already
+            # as the base class: temp state is visible in memory for this invocation only
+            self._apply_temp_state(session, event)
+            event = self._trim_temp_delta_state(event)
+            delta = (event.actions.state_delta
+                     if event.actions and event.actions.state_delta else {})
+            deltas = _session_util.extract_state_delta(delta)
+            base, inc, stored = await self._base_version(store, key, session)
+            own = stored if stored is not None else _scoped(session.state)
+            own.update(deltas["session"])
+            patch = SessionMessage(state=_dump(own), last_update_time=event.timestamp)
+            res = await self._store_event(store, key, session, event, patch, base, inc)
+            # stored: the Session and the shared state follow, whatever happens to the caller
+            session._storage_update_marker = _marker(res.version, inc)
+            session.last_update_time = event.timestamp
+            event = await super().append_event(session, event)
+            await self._merge_shared(store, session, deltas)
+            return event
+
+    async def _store_event(self, store: ctxlink.aio.Store, key: str, session: Session,
+                           event: Event, patch: Message, base: int, inc: str) -> CasResult:
+        """The append of ``event`` with ``patch``; StaleSessionError / SessionNotFoundError
+        when refused (nothing written)."""
+        wid = hashlib.sha1(f"{key}\0{event.id}".encode()).hexdigest()
         try:
             with setup_guard(_ADAPTER):
                 res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
                                                          .encode()],
                                          patch=patch, base_version=base, schema=SESSION_SCHEMA,
-                                         ttl=self.ttl_seconds, incarnation=inc or None)
+                                         ttl=self.ttl_seconds, incarnation=inc or None,
+                                         write_id=wid)
         except ContextReplacedError:
             # deleted and created again since the Session was read: not its session any more
             raise StaleSessionError(_STALE) from None
@@ -401,25 +440,44 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
             if res.current is None:
                 raise SessionNotFoundError(f"Session {session.id} not found.")
             raise StaleSessionError(_STALE)
-        session.last_update_time = event.timestamp
-        session._storage_update_marker = _marker(res.version, inc)
-        if deltas["app"] or deltas["user"]:
-            await asyncio.gather(
-                self._merge_state(store, self._app_key(session.app_name), deltas["app"]),
-                self._merge_state(store, self._user_key(session.app_name, session.user_id),
-                                  deltas["user"]))
-        return await super().append_event(session, event)
+        return res
+
+    async def _merge_shared(self, store: ctxlink.aio.Store, session: Session,
+                            deltas: dict[str, dict[str, Any]]) -> None:
+        """Merges an event's ``app:`` and ``user:`` deltas into their contexts."""
+        if deltas["app"]:
+            await self._merge_state(store, self._app_key(session.app_name), deltas["app"])
+        if deltas["user"]:
+            await self._merge_state(store, self._user_key(session.app_name, session.user_id),
+                                    deltas["user"])
+
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, key: str) -> AsyncIterator[None]:
+        """One append at a time per session key in this service (the entry goes with its last
+        holder, so the table holds only the sessions being appended to)."""
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._locks.pop(key, None)
 
     async def _base_version(self, store: ctxlink.aio.Store, key: str,
-                            session: Session) -> tuple[int, str]:
-        """The stored version and incarnation ``session`` was read at: its marker, or for a
-        Session without one the current ones when the Session is not behind them (else
-        StaleSessionError)."""
+                            session: Session) -> tuple[int, str, Optional[dict[str, Any]]]:
+        """The stored version and incarnation ``session`` was read at: its marker; or, for a
+        Session without one, the current ones when the Session is not behind them (else
+        StaleSessionError), with the stored session state (the Session's own may not hold it:
+        the event's delta is applied to the stored state then)."""
         marker = session._storage_update_marker
         if marker is not None:
             version, _, inc = str(marker).partition(":")
             try:
-                return max(1, int(version)), inc
+                return max(1, int(version)), inc, None
             except ValueError:
                 pass  # another service's marker: check as a marker-less Session
         snap = await store.get(key)
@@ -431,4 +489,4 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
             mine = session.events[-1].id if session.events else None
             if stored_last != mine:
                 raise StaleSessionError(_STALE)
-        return int(snap.version), snap.incarnation
+        return int(snap.version), snap.incarnation, _load(msg.state)

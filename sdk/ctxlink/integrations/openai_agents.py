@@ -59,12 +59,11 @@ set again by every write: the session expires ``ttl`` seconds after its last wri
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import json
 import os
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 from agents.memory.session import _CompactionSnapshot
@@ -82,7 +81,7 @@ from ctxlink import (
     SchemaError,
     Snapshot,
 )
-from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl
+from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl, settled
 from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
@@ -138,23 +137,6 @@ _READS: contextvars.ContextVar[Optional[Mapping[str, tuple[int, str]]]] = (
 #: how many sessions' last reads a task keeps (a session dropped from it falls back to the
 #: instance's last read)
 _READS_KEPT = 64
-
-
-async def _settled(awaitable: Awaitable[_T]) -> _T:
-    """Awaits ``awaitable`` to its end even when the caller is cancelled meanwhile; the
-    cancellation is raised once the outcome is known."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled: Optional[asyncio.CancelledError] = None
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    if cancelled is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller's cancellation wins
-        raise cancelled
-    return task.result()
 
 
 class CtxlinkSession(AsyncAdapter):
@@ -324,7 +306,7 @@ class CtxlinkSession(AsyncAdapter):
         if not items:
             return
         data = [self._serialize_item(item) for item in items]
-        await _settled(self._append(store, data))
+        await settled(self._append(store, data))
 
     async def _append(self, store: ctxlink.aio.Store, data: list[str]) -> None:
         base: Optional[int] = None
@@ -348,7 +330,7 @@ class CtxlinkSession(AsyncAdapter):
         """Removes and returns the newest item (None when there is none), with a
         compare-and-swap: exactly that item goes, even with other writers at work."""
         await self._ctx()
-        got, seen = await _settled(self._pop())
+        got, seen = await settled(self._pop())
         self._remember(seen)  # in this task (the work ran in a task of its own)
         return got
 
@@ -369,7 +351,7 @@ class CtxlinkSession(AsyncAdapter):
         """Deletes the session's context (compare-and-swap; items appended during the call are
         deleted too, or land in a new context after it)."""
         await self._ctx()
-        await _settled(self._clear())
+        await settled(self._clear())
         self._remember((0, ""))
 
     async def _clear(self) -> None:
