@@ -100,7 +100,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
     ) -> None:
         super().__init__(serde=serde or JsonPlusSerializer(pickle_fallback=False))
         self._prefix = check_prefix(key_prefix)
-        self._ttl = _ttl_seconds(ttl)
+        self._ttl = ttl_config_seconds(ttl)
         self._refresh_on_read = bool(ttl and ttl.get("refresh_on_read")) and self._ttl is not None
         self.strict = bool(strict)
         self.store, self._owns = open_store(redis_url, redis_client, store)
@@ -550,7 +550,9 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
 
 
-def _ttl_seconds(ttl: Optional[dict[str, Any]]) -> Optional[float]:
+def ttl_config_seconds(ttl: Optional[dict[str, Any]]) -> Optional[float]:
+    """LangGraph's TTL config (``{"default_ttl": minutes, ...}`` or None), checked, as seconds
+    (None: no expiry); ValueError for anything else. The saver's and the store's rule."""
     if ttl is None:
         return None
     if not isinstance(ttl, dict):

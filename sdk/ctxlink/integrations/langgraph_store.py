@@ -45,6 +45,7 @@ from ctxlink.integrations._common import (
     open_store,
     upsert,
 )
+from ctxlink.integrations.langgraph import ttl_config_seconds
 
 __all__ = ["CtxlinkStore", "SCHEMA_STORE_ITEM"]
 
@@ -96,11 +97,7 @@ class CtxlinkStore(BaseStore):
         register: bool = True,
     ) -> None:
         self._prefix = check_prefix(key_prefix)
-        if ttl is not None:
-            d = ttl.get("default_ttl")
-            if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float))
-                                  or d <= 0):
-                raise ValueError(f"ttl['default_ttl'] must be minutes > 0, got {d!r}")
+        ttl_config_seconds(ttl)  # checked as the saver checks it
         self.ttl_config = ttl
         self.store, self._owns = open_store(redis_url, redis_client, store)
         if register:
