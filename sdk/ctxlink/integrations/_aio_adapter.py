@@ -10,17 +10,19 @@ Store before every operation.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, ClassVar, Literal, Optional, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Literal, Optional, Sequence, TypeVar
 
 import ctxlink.aio
-from ctxlink._exceptions import ArgumentError
-from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async
+from ctxlink._exceptions import ArgumentError, SchemaError
+from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async, raise_setup_error
 
 __all__ = ["AsyncAdapter", "check_ttl", "settled"]
 
 Engine = Literal["auto", "module", "lua"]
 _A = TypeVar("_A", bound="AsyncAdapter")
 _T = TypeVar("_T")
+#: the pauses between the sends of a write the server refused for an unknown schema
+_SCHEMA_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, None)
 
 
 def check_ttl(ttl: Optional[float], name: str = "ttl") -> Optional[float]:
@@ -77,6 +79,7 @@ class AsyncAdapter:
         self._owns = redis_url is not None
         self._engine = engine
         self._ready = not register
+        self._registers = register
         self._closed = False
         self._lock = asyncio.Lock()
 
@@ -97,6 +100,21 @@ class AsyncAdapter:
                 await ensure_schemas_async(store, self._SPECS, self._ADAPTER)
                 self._ready = True
         return store
+
+    async def _write(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """One of the adapter's writes (``call`` makes it). A schema the server does not know
+        is :class:`SetupRequiredError`; but when this adapter registers its schemas, another
+        client may be registering them right now (on a cluster the copies reach the primaries
+        one after the other, so this client may have seen one and skipped registering): the
+        write, refused and not applied, is made again after a pause, for about 1.5 s."""
+        for pause in _SCHEMA_WAITS:
+            try:
+                return await call()
+            except SchemaError as exc:
+                if "unknown schema" not in str(exc) or not self._registers or pause is None:
+                    raise_setup_error(exc, self._ADAPTER)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # the last pause is None
 
     async def setup(self) -> int:
         """Connects and registers the adapter's schemas unless the registry holds them exactly

@@ -93,7 +93,6 @@ from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl, settled
 from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
-    setup_guard,
 )
 
 __all__ = ["CtxlinkSessionService", "SESSION_SCHEMA", "STATE_SCHEMA"]
@@ -244,10 +243,9 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
 
         while True:
             try:
-                with setup_guard(_ADAPTER):
-                    got = await store.update(key, apply, message_class=StateMessage,
-                                             schema=STATE_SCHEMA, default=StateMessage,
-                                             ttl=self.ttl_seconds)
+                got = await self._write(lambda: store.update(
+                    key, apply, message_class=StateMessage, schema=STATE_SCHEMA,
+                    default=StateMessage, ttl=self.ttl_seconds))
             except ContextReplacedError:
                 continue  # deleted and created again meanwhile: merge into the new one
             return _load(got.message.data)
@@ -287,9 +285,9 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
                              state=_dump(deltas["session"]), last_update_time=now,
                              create_time=now)
         inc = new_incarnation()  # the new context's, kept in the Session's marker
-        with setup_guard(_ADAPTER):
-            res = await store.cas(self._session_key(app_name, user_id, sid), 0, msg,
-                                  schema=SESSION_SCHEMA, ttl=self.ttl_seconds, incarnation=inc)
+        res = await self._write(lambda: store.cas(
+            self._session_key(app_name, user_id, sid), 0, msg, schema=SESSION_SCHEMA,
+            ttl=self.ttl_seconds, incarnation=inc))
         if not res.ok:
             raise AlreadyExistsError(f"Session with id {sid} already exists.")
         # the session exists: its app:/user: keys follow, whatever happens to the caller
@@ -427,12 +425,10 @@ class CtxlinkSessionService(AsyncAdapter, BaseSessionService):
         when refused (nothing written)."""
         wid = hashlib.sha1(f"{key}\0{event.id}".encode()).hexdigest()
         try:
-            with setup_guard(_ADAPTER):
-                res = await store.append(key, "events", [event.model_dump_json(exclude_none=True)
-                                                         .encode()],
-                                         patch=patch, base_version=base, schema=SESSION_SCHEMA,
-                                         ttl=self.ttl_seconds, incarnation=inc or None,
-                                         write_id=wid)
+            data = [event.model_dump_json(exclude_none=True).encode()]
+            res = await self._write(lambda: store.append(
+                key, "events", data, patch=patch, base_version=base, schema=SESSION_SCHEMA,
+                ttl=self.ttl_seconds, incarnation=inc or None, write_id=wid))
         except ContextReplacedError:
             # deleted and created again since the Session was read: not its session any more
             raise StaleSessionError(_STALE) from None

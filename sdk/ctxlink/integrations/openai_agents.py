@@ -64,6 +64,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 from agents.memory.session import _CompactionSnapshot
@@ -78,14 +79,12 @@ import ctxlink.aio
 from ctxlink import (
     ConflictError,
     ContextReplacedError,
-    SchemaError,
     Snapshot,
 )
 from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl, settled
 from ctxlink.integrations._common import (
     SchemaSpec,
     check_prefix,
-    raise_setup_error,
 )
 
 __all__ = ["CtxlinkSession", "HistoryChangedError", "SESSION_SCHEMA", "SessionMessage"]
@@ -278,15 +277,15 @@ class CtxlinkSession(AsyncAdapter):
         incarnation = os.urandom(8).hex() if snap is None else snap.incarnation
         try:
             if snap is None:
-                res = await store.cas(self.key, 0, message, schema=SESSION_SCHEMA, ttl=self.ttl,
-                                      incarnation=incarnation)
+                res = await self._write(lambda: store.cas(
+                    self.key, 0, message, schema=SESSION_SCHEMA, ttl=self.ttl,
+                    incarnation=incarnation))
             else:
-                res = await store.cas(self.key, snap.version, message, ttl=self.ttl,
-                                      incarnation=incarnation or None)
+                res = await self._write(lambda: store.cas(
+                    self.key, snap.version, message, ttl=self.ttl,
+                    incarnation=incarnation or None))
         except ContextReplacedError:
             return None
-        except SchemaError as exc:
-            raise_setup_error(exc, _ADAPTER)
         return (res.version, incarnation) if res.ok else None
 
     # -- the Session protocol --------------------------------------------------------------
@@ -311,12 +310,9 @@ class CtxlinkSession(AsyncAdapter):
     async def _append(self, store: ctxlink.aio.Store, data: list[str]) -> None:
         base: Optional[int] = None
         for _ in range(8):
-            try:
-                res = await store.append(self.key, "items", data, base_version=base,
-                                         schema=SESSION_SCHEMA, message_class=SessionMessage,
-                                         ttl=self.ttl)
-            except SchemaError as exc:
-                raise_setup_error(exc, _ADAPTER)
+            res = await self._write(partial(
+                store.append, self.key, "items", data, base_version=base,
+                schema=SESSION_SCHEMA, message_class=SessionMessage, ttl=self.ttl))
             if res.ok:
                 return
             # not applied: the context this client last saw was deleted (clear_session):

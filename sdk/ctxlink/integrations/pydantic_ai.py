@@ -57,9 +57,9 @@ from pydantic_ai.conversation_store import (
 )
 
 import ctxlink.aio
-from ctxlink import CasResult, ContextReplacedError, SchemaError, Snapshot
+from ctxlink import CasResult, ContextReplacedError, Snapshot
 from ctxlink.integrations._aio_adapter import AsyncAdapter, check_ttl
-from ctxlink.integrations._common import SchemaSpec, check_prefix, raise_setup_error
+from ctxlink.integrations._common import SchemaSpec, check_prefix
 
 __all__ = ["CtxlinkConversationStore", "RECORD_SCHEMA", "ENTRY_SCHEMA"]
 
@@ -145,11 +145,9 @@ class CtxlinkConversationStore(AsyncAdapter, ConversationStore):
     async def _cas(self, key: str, expected: int, message: Message, schema: str,
                    incarnation: Optional[str] = None, ttl: Optional[float] = None) -> CasResult:
         store = await self._ctx()
-        try:
-            return await store.cas(key, expected, message, schema=schema,
-                                   ttl=self.ttl if ttl is None else ttl, incarnation=incarnation)
-        except SchemaError as e:
-            raise_setup_error(e, _ADAPTER)
+        return await self._write(lambda: store.cas(
+            key, expected, message, schema=schema, ttl=self.ttl if ttl is None else ttl,
+            incarnation=incarnation))
 
     def _record_key(self, conversation_id: str) -> str:
         return f"{self.key_prefix}conversation:{conversation_id}"
