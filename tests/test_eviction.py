@@ -57,17 +57,23 @@ def evicting(engine: str, servers: srv.ServerPool, module_so: Any, pb: Any
 def evict(r: redis.Redis, gone: tuple[str, ...], keep: tuple[str, ...]) -> None:
     """Makes Redis evict every key of ``gone`` and none of ``keep``, then lifts maxmemory.
 
-    24 filler keys of 32 KiB are written next to the state; after one LRU tick (one second) they
-    and ``gone`` are idle, ``keep`` is touched (idle 0, also before every later write). Then
-    maxmemory is set a little above what is used and more fillers are written, one at a time:
-    each write makes Redis evict the idlest keys it samples (10 samples of about 30 keys, and
-    its pool of candidates), so the keys of ``gone`` go among the old fillers, long before those
-    run out; the loop stops when ``gone`` is gone."""
+    Redis' LRU clock ticks once a second, so three ages are made a tick apart: ``gone`` (left
+    alone for one tick), then 24 filler keys of 32 KiB written next to the state, then ``keep``,
+    touched after one more tick (and before every later write). Then maxmemory is set a little
+    above what is used and more fillers are written, one at a time: each write makes Redis evict
+    the idlest keys it samples (10 samples of about 30 keys, and its pool of candidates), so the
+    keys of ``gone``, older than every other key, go first, long before the old fillers run out;
+    the loop stops when ``gone`` is gone. (With ``gone`` as old as the old fillers, it could
+    outlive them all, and then tie with ``keep``: seen once in CI.)"""
+    time.sleep(1.1)
     for i in range(24):
         r.set(f"old-filler:{i}", FILLER)
     time.sleep(1.1)
     if keep:
         r.touch(*keep)
+        # OBJECT IDLETIME does not touch; in seconds of the LRU clock
+        idle = {k: int(r.object("idletime", k)) for k in (*gone, "old-filler:0", *keep)}
+        assert min(idle[k] for k in gone) > idle["old-filler:0"] > max(idle[k] for k in keep), idle
     used = int(r.info("memory")["used_memory"])
     r.config_set("maxmemory", used + 16 * 1024)
     try:
