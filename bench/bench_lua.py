@@ -11,6 +11,10 @@ One redis-server 7 with the module loaded runs, side by side, for each schema of
                SDK sends it
     lua-patch  the same script as CTX.PATCH of one top-level field (FIELDS 1 field), with an id
     module     CTX.CAS ... ID (the module)
+    floor      EVALSHA of a script with lua-cas's key and 19 ARGV that makes only the commands a
+               write of the protocol makes (GET the value, HMGET the registry entry, TIME, SET,
+               PUBLISH on the wait channel) and checks nothing: what any Lua engine of this
+               protocol pays before it validates a byte
 
 Every write is an update of a context that exists (version v -> v + 1) with a 100-250 byte
 payload that carries its version: validated writes, never conflicts. Server time per call comes
@@ -53,6 +57,17 @@ REF_CAS = (
     "if (v or '0') ~= ARGV[1] then return redis.call('HGETALL', KEYS[1]) end; "
     "redis.call('HSET', KEYS[1], 'raw', ARGV[2], 'version', ARGV[1] + 1); "
     "return ARGV[1] + 1"
+)
+FLOOR = (
+    "local val = redis.call('GET', KEYS[1]) or ''; "
+    "redis.call('HMGET', '__ctx:schema:' .. ARGV[8], 'digest', 'history', 'hpayload', 'feed', "
+    "'window'); "
+    "local t = redis.call('TIME'); "
+    "local v = tonumber(ARGV[1]) + 1; "
+    "redis.call('SET', KEYS[1], string.sub(val, 1, 64) .. ARGV[2], 'KEEPTTL'); "
+    "if ARGV[17] ~= '' then redis.call(ARGV[18] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[17], "
+    "v) end; "
+    "return v"
 )
 ORDER_FIELDS = 12  # Order 10 + LineItem 2
 PIPELINE = 100
@@ -183,6 +198,10 @@ class Side:
             return ("CTX.CAS", key, v, s.payload(v + 1), *extra, "ID", wid)
         # the ARGV the SDK sends (ctxlink._lua._lua_argv: 1..18, with the key's wait channel
         # and a fresh incarnation on every write)
+        if self.kind == "floor":
+            argv = _lua_argv(_LIMITS, v, s.payload(v + 1), given == 1, None, s.name, "", wid,
+                             None, (), None, None, new_incarnation(), key)
+            return ("EVALSHA", self.shas["floor"], 1, key, *argv)
         if self.kind == "lua-cas" or v == 0:
             sha = self.shas[(s.name, "cas")]
             argv = _lua_argv(_LIMITS, v, s.payload(v + 1), given == 1, None, s.name, "", wid,
@@ -240,12 +259,12 @@ def main() -> int:
         args.writes, args.rounds, args.keys = 300, 2, 150
     module = Path(args.module) if args.module else find_module()
     sweep = schemas()
-    kinds = ("ref", "lua-cas", "lua-patch", "module")
+    kinds = ("ref", "lua-cas", "lua-patch", "module", "floor")
     best: dict[tuple[str, str], float] = {}
     sizes: dict[str, tuple[int, int]] = {}
     with EmbeddedRedis(module=module) as server:
         r = server.client()
-        shas = {"ref": r.script_load(REF_CAS)}
+        shas = {"ref": r.script_load(REF_CAS), "floor": r.script_load(FLOOR)}
         for s in sweep:
             r.execute_command("CTX.SCHEMA.SET", s.name, s.type_name, s.fds)
             entry = r.hmget(f"__ctx:schema:{s.name}", "type", "fds", "vfield", "digest")
@@ -270,16 +289,17 @@ def main() -> int:
           f"of {args.writes} writes per side, interleaved; redis {version}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     head = (f"{'schema':<26} {'payload':>7} {'script':>7} {'ref':>6} {'lua-cas':>8} "
-            f"{'lua-patch':>9} {'module':>7} {'cas/ref':>8} {'patch/cas':>9} {'cas/module':>10}")
+            f"{'lua-patch':>9} {'module':>7} {'floor':>6} {'cas/ref':>8} {'patch/cas':>9} "
+            f"{'cas/module':>10} {'floor/ref':>9}")
     print(head)
     print("-" * len(head))
     ok = True
     for s in sweep:
-        ref, cas, patch, mod = (best[(s.name, k)] for k in kinds)
+        ref, cas, patch, mod, floor = (best[(s.name, k)] for k in kinds)
         script_len, payload_len = sizes[s.name]
         print(f"{s.label:<26} {payload_len:>7} {script_len:>7} {ref:>6.2f} {cas:>8.2f} "
-              f"{patch:>9.2f} {mod:>7.2f} {cas / ref:>7.2f}x {patch / cas:>8.2f}x "
-              f"{cas / mod:>9.2f}x")
+              f"{patch:>9.2f} {mod:>7.2f} {floor:>6.2f} {cas / ref:>7.2f}x {patch / cas:>8.2f}x "
+              f"{cas / mod:>9.2f}x {floor / ref:>8.2f}x")
         ok &= cas / ref <= 3.0 and patch / cas <= 1.5
     small, large = best[(sweep[0].name, "lua-cas")], best[(sweep[-1].name, "lua-cas")]
     growth = large / small
