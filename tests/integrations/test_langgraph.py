@@ -14,6 +14,7 @@ import operator
 import subprocess
 import sys
 import threading
+import time
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -184,6 +185,34 @@ def test_schemas_registered_once_without_a_second_write(redis_url: str) -> None:
         assert saver.setup() == 0  # the registry has the exact definition: nothing written
         with CtxlinkSaver.from_url(redis_url) as again:
             assert again.store.get_schema(SCHEMA_CHECKPOINT).revision == rev
+
+
+@pytest.mark.parametrize("register", [True, False])
+def test_a_write_waits_for_a_registration_on_its_way(redis_url: str, register: bool) -> None:
+    """A put meeting an unknown schema while the saver registers its schemas is sent again for
+    about 1.5 s: a registration by another client may still be reaching the server (on a
+    cluster, one primary after the other); the refused write was not applied. A saver that
+    does not register (an administrator's setup() did) raises SetupRequiredError at once."""
+    with CtxlinkSaver.from_url(redis_url, register=register) as saver:
+        if not register:
+            saver.setup()
+        admin = ctxlink.connect(redis_url)
+        assert admin.drop_schema(SCHEMA_CHECKPOINT)
+        again = threading.Timer(0.3, lambda: CtxlinkSaver.from_url(redis_url).close())
+        again.start()  # another client's saver registers the schemas 0.3 s later
+        t0 = time.monotonic()
+        try:
+            if register:
+                cfg = saver.put(_config("waits"), _cp(), {}, {})
+                assert time.monotonic() - t0 >= 0.25
+                assert saver.get_tuple(cfg) is not None
+            else:
+                with pytest.raises(SetupRequiredError, match="does not know"):
+                    saver.put(_config("waits"), _cp(), {}, {})
+                assert time.monotonic() - t0 < 0.25
+        finally:
+            again.join()
+            admin.close()
 
 
 def test_acl_without_registry_rights_names_the_setup(redis_server: Any, redis_url: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, TypeVar
@@ -556,6 +557,41 @@ def test_setup_registers_once(redis_url: str) -> None:
         assert (await store.get_schema(SESSION_SCHEMA)).revision == info.revision  # type: ignore[union-attr]
         await store.close()
         await s.close()
+    run(go)
+
+
+@pytest.mark.parametrize("register", [True, False])
+def test_a_write_waits_for_a_registration_on_its_way(redis_url: str, register: bool) -> None:
+    """An add_items meeting an unknown schema while the session registers its schema is sent
+    again for about 1.5 s (another client's registration may still be on its way); a session
+    that does not register raises SetupRequiredError at once."""
+    async def go() -> None:
+        s = CtxlinkSession.from_url("waits", url=redis_url, register=register)
+        await s.setup()
+        admin = await ctxlink.aio.connect(redis_url)
+        assert await admin.drop_schema(SESSION_SCHEMA)
+
+        async def register_later() -> None:
+            await asyncio.sleep(0.3)
+            other = CtxlinkSession.from_url("other", url=redis_url)
+            await other.setup()
+            await other.close()
+
+        later = asyncio.ensure_future(register_later())
+        t0 = time.monotonic()
+        try:
+            if register:
+                await s.add_items([msg("user", "hi")])
+                assert time.monotonic() - t0 >= 0.25
+                assert await s.get_items() == [msg("user", "hi")]
+            else:
+                with pytest.raises(SetupRequiredError, match="does not know"):
+                    await s.add_items([msg("user", "hi")])
+                assert time.monotonic() - t0 < 0.25
+        finally:
+            await later
+            await admin.close()
+            await s.close()
     run(go)
 
 

@@ -14,15 +14,18 @@ from typing import Any, Awaitable, Callable, ClassVar, Literal, Optional, Sequen
 
 import ctxlink.aio
 from ctxlink._exceptions import ArgumentError, SchemaError
-from ctxlink.integrations._common import SchemaSpec, ensure_schemas_async, raise_setup_error
+from ctxlink.integrations._common import (
+    SchemaSpec,
+    ensure_schemas_async,
+    next_schema_wait,
+    schema_waits,
+)
 
 __all__ = ["AsyncAdapter", "check_ttl", "settled"]
 
 Engine = Literal["auto", "module", "lua"]
 _A = TypeVar("_A", bound="AsyncAdapter")
 _T = TypeVar("_T")
-#: the pauses between the sends of a write the server refused for an unknown schema
-_SCHEMA_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, None)
 
 
 def check_ttl(ttl: Optional[float], name: str = "ttl") -> Optional[float]:
@@ -103,18 +106,14 @@ class AsyncAdapter:
 
     async def _write(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """One of the adapter's writes (``call`` makes it). A schema the server does not know
-        is :class:`SetupRequiredError`; but when this adapter registers its schemas, another
-        client may be registering them right now (on a cluster the copies reach the primaries
-        one after the other, so this client may have seen one and skipped registering): the
-        write, refused and not applied, is made again after a pause, for about 1.5 s."""
-        for pause in _SCHEMA_WAITS:
+        is :class:`SetupRequiredError`, after about 1.5 s of sending it again when this adapter
+        registers its schemas (:func:`~ctxlink.integrations._common.next_schema_wait`)."""
+        waits = schema_waits(self._registers)
+        while True:
             try:
                 return await call()
             except SchemaError as exc:
-                if "unknown schema" not in str(exc) or not self._registers or pause is None:
-                    raise_setup_error(exc, self._ADAPTER)
-                await asyncio.sleep(pause)
-        raise AssertionError("unreachable")  # the last pause is None
+                await asyncio.sleep(next_schema_wait(exc, self._ADAPTER, waits))
 
     async def setup(self) -> int:
         """Connects and registers the adapter's schemas unless the registry holds them exactly

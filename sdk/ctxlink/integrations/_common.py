@@ -17,12 +17,18 @@
   works, and when the schema is in fact missing the first write raises
   :class:`SetupRequiredError` naming ``setup()`` and ``ctxlink schema push`` (every adapter
   maps its writes' errors through :func:`raise_setup_error` / :func:`setup_guard`).
+- A write the server refuses for an unknown schema while the adapter registers its schemas is
+  sent again for about 1.5 s (:func:`schema_waits`, :func:`next_schema_wait`): another
+  client's registration may still be on its way (on a cluster it reaches the primaries one
+  after the other, so this client may have seen it on one and skipped registering). The refused
+  write was not applied, so sending it again is safe.
 - :func:`open_store` turns the constructors' ``redis_url=`` / ``redis_client=`` / ``store=``
   into a ctxlink Store.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -35,7 +41,8 @@ from ctxlink._registry import SchemaInfo, build_descriptor_set
 from ctxlink._sync import Store, connect
 
 __all__ = ["SchemaSpec", "SetupRequiredError", "messages", "has_schema", "ensure_schemas",
-           "ensure_schemas_async", "raise_setup_error", "setup_guard",
+           "ensure_schemas_async", "raise_setup_error", "setup_guard", "schema_waits",
+           "next_schema_wait",
            "open_store", "check_prefix", "upsert"]
 
 
@@ -195,6 +202,26 @@ def raise_setup_error(exc: Exception, adapter: str) -> NoReturn:
     raise exc
 
 
+#: the pauses between the sends of a write the server refused for an unknown schema (1.55 s)
+_SCHEMA_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def schema_waits(registers: bool) -> Iterator[float]:
+    """The pauses of one write (:func:`next_schema_wait`): none when the adapter does not
+    register its schemas (an administrator's ``setup()`` did: an unknown schema is an error at
+    once)."""
+    return iter(_SCHEMA_WAITS if registers else ())
+
+
+def next_schema_wait(exc: SchemaError, adapter: str, waits: Iterator[float]) -> float:
+    """After one of an adapter's writes raised ``exc``: the pause before it is sent again
+    (an unknown schema, while ``waits`` lasts), else :func:`raise_setup_error`."""
+    pause = next(waits, None) if "unknown schema" in str(exc) else None
+    if pause is None:
+        raise_setup_error(exc, adapter)
+    return pause
+
+
 @contextmanager
 def setup_guard(adapter: str) -> Iterator[None]:
     """Around an adapter's writes (sync or asyncio code alike): :func:`raise_setup_error`."""
@@ -226,14 +253,18 @@ def open_store(
     return connect(redis_url), True
 
 
-def upsert(store: Store, key: str, fn: Any, *, adapter: str, **kwargs: Any) -> Any:
+def upsert(store: Store, key: str, fn: Any, *, adapter: str, registers: bool = True,
+           **kwargs: Any) -> Any:
     """``store.update(key, fn, **kwargs)``, called again when the context was deleted and
     created again meanwhile (:class:`ContextReplacedError`): an adapter's read-modify-write
     whose ``fn`` decides from the state it is given (never from an older read) may simply run
-    on the new context. A missing schema: :class:`SetupRequiredError` (:func:`setup_guard`)."""
-    with setup_guard(adapter):
-        while True:
-            try:
-                return store.update(key, fn, **kwargs)
-            except ContextReplacedError:
-                continue
+    on the new context. A missing schema: sent again for about 1.5 s when the adapter
+    ``registers`` its schemas (:func:`next_schema_wait`), then :class:`SetupRequiredError`."""
+    waits = schema_waits(registers)
+    while True:
+        try:
+            return store.update(key, fn, **kwargs)
+        except ContextReplacedError:
+            continue
+        except SchemaError as exc:
+            time.sleep(next_schema_wait(exc, adapter, waits))

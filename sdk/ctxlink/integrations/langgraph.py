@@ -104,6 +104,7 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
         self._refresh_on_read = bool(ttl and ttl.get("refresh_on_read")) and self._ttl is not None
         self.strict = bool(strict)
         self.store, self._owns = open_store(redis_url, redis_client, store)
+        self._registers = register
         if register:
             self.setup()
 
@@ -127,6 +128,11 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
     def setup(self) -> int:
         """Registers the saver's schemas where the registry lacks them; returns how many."""
         return ensure_schemas(self.store, _specs(), _ADAPTER)
+
+    def _upsert(self, key: str, fn: Any, **kwargs: Any) -> Any:
+        """One of its writes (:func:`~ctxlink.integrations._common.upsert`)."""
+        return upsert(self.store, key, fn, adapter=_ADAPTER, registers=self._registers,
+                      **kwargs)
 
     def close(self) -> None:
         if self._owns:
@@ -282,8 +288,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
             self._dump(msg.checkpoint, checkpoint)
             self._dump(msg.metadata, get_checkpoint_metadata(config, metadata))
 
-        upsert(self.store, key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
-               adapter=_ADAPTER, default=_Checkpoint, ttl=self._ttl)
+        self._upsert(key, fill, message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
+                     default=_Checkpoint, ttl=self._ttl)
 
         listed = [False]  # the checkpoint was in the index already (a put of it again)
 
@@ -303,8 +309,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 entry.checkpoint_ids.append(cid)
 
         try:
-            upsert(self.store, self._thread_key(thread_id), link, message_class=_Thread,
-                   schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl, adapter=_ADAPTER)
+            self._upsert(self._thread_key(thread_id), link, message_class=_Thread,
+                         schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
         except ConflictError:
             snap = None if listed[0] else self.store.get(key)
             if snap is not None:  # the refused (new) checkpoint is not left behind
@@ -343,8 +349,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 elif w.idx < 0:  # special channels: the newest write replaces the older one
                     msg.writes[at].CopyFrom(w)
 
-        upsert(self.store, self._cp_key(thread_id, ns, cid), add, message_class=_Checkpoint,
-               schema=SCHEMA_CHECKPOINT, adapter=_ADAPTER, default=_Checkpoint, ttl=self._ttl)
+        self._upsert(self._cp_key(thread_id, ns, cid), add, message_class=_Checkpoint,
+                     schema=SCHEMA_CHECKPOINT, default=_Checkpoint, ttl=self._ttl)
 
     def delete_thread(self, thread_id: str) -> None:
         thread_id = str(thread_id)
@@ -377,9 +383,9 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 def put_copy(msg: Any, copy: Any = copy) -> Any:
                     return copy
 
-                upsert(self.store, self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
-                       message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT, adapter=_ADAPTER,
-                       default=_Checkpoint, ttl=self._ttl)
+                self._upsert(self._cp_key(dst, n.checkpoint_ns, cid), put_copy,
+                             message_class=_Checkpoint, schema=SCHEMA_CHECKPOINT,
+                             default=_Checkpoint, ttl=self._ttl)
 
         def merge(target: Any) -> None:
             target.thread_id = dst
@@ -393,8 +399,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                 if not entry.head or (n.head and n.head > entry.head):
                     entry.head = n.head
 
-        upsert(self.store, self._thread_key(dst), merge, message_class=_Thread,
-               schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl, adapter=_ADAPTER)
+        self._upsert(self._thread_key(dst), merge, message_class=_Thread,
+                     schema=SCHEMA_THREAD, default=_Thread, ttl=self._ttl)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Deletes every checkpoint whose metadata's ``run_id`` is one of ``run_ids`` (with its
@@ -433,8 +439,8 @@ class CtxlinkSaver(BaseCheckpointSaver[str]):
                     n.head = max(keep) if keep else ""
 
         try:
-            upsert(self.store, self._thread_key(thread_id), drop, message_class=_Thread,
-                   schema=SCHEMA_THREAD, adapter=_ADAPTER)
+            self._upsert(self._thread_key(thread_id), drop, message_class=_Thread,
+                         schema=SCHEMA_THREAD)
         except NotFoundError:
             pass  # the thread was deleted meanwhile
         for ns, cid in doomed:

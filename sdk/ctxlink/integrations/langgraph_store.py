@@ -100,6 +100,7 @@ class CtxlinkStore(BaseStore):
         ttl_config_seconds(ttl)  # checked as the saver checks it
         self.ttl_config = ttl
         self.store, self._owns = open_store(redis_url, redis_client, store)
+        self._registers = register
         if register:
             self.setup()
 
@@ -110,6 +111,11 @@ class CtxlinkStore(BaseStore):
     def setup(self) -> int:
         """Registers the store's schema where the registry lacks it; returns how many."""
         return ensure_schemas(self.store, [SchemaSpec(SCHEMA_STORE_ITEM, _Item)], "CtxlinkStore")
+
+    def _upsert(self, key: str, fn: Any, **kwargs: Any) -> Any:
+        """One of its writes (:func:`~ctxlink.integrations._common.upsert`)."""
+        return upsert(self.store, key, fn, adapter="CtxlinkStore", registers=self._registers,
+                      **kwargs)
 
     def close(self) -> None:
         if self._owns:
@@ -199,8 +205,8 @@ class CtxlinkStore(BaseStore):
             msg.updated_at_ms = max(now, msg.created_at_ms)
             msg.ttl_minutes = float(ttl) if ttl else 0.0
 
-        upsert(self.store, rkey, fill, message_class=_Item, schema=SCHEMA_STORE_ITEM,
-               adapter="CtxlinkStore", default=_Item, ttl=float(ttl) * 60.0 if ttl else None)
+        self._upsert(rkey, fill, message_class=_Item, schema=SCHEMA_STORE_ITEM, default=_Item,
+                     ttl=float(ttl) * 60.0 if ttl else None)
 
     def _search(self, op: SearchOp) -> List[SearchItem]:
         if op.query is not None:
